@@ -1,0 +1,134 @@
+"""One runtime process: the log, the router, the worker and the ingress, started and
+stopped together.
+
+``Runtime.open`` picks the log (the durable embedded log under a data directory, or
+the in-memory one); ``serve`` runs until SIGINT or SIGTERM, then stops taking
+requests, lets calls in flight finish (bounded) and closes the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from runtime.ingress import create_ingress_app
+from runtime.log import Log
+from runtime.log.memory import MemoryLog
+from runtime.log.sqlite import SqliteLog
+from runtime.replies import ReplyWaiters
+from runtime.router import Router
+from runtime.routing import partition_for
+from runtime.worker import Worker, WorkerConfig
+from statefun.address import Address
+from statefun.module_spec import ModuleSpec
+from statefun.values import TypedValue
+
+log = logging.getLogger("runtime")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    module: ModuleSpec
+    data_dir: Path | None = None
+    """Where the embedded log lives; None keeps everything in memory (tests)."""
+    ingress_host: str = "127.0.0.1"
+    ingress_port: int = 8090
+    messages_partitions: int = 8
+    max_body_bytes: int = 1 << 20
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+
+class Runtime:
+    def __init__(
+        self, config: RuntimeConfig, log_: Log, *, transport: httpx.AsyncBaseTransport | None = None
+    ):
+        self.config = config
+        self.module = config.module
+        self.log = log_
+        self.replies = ReplyWaiters()
+        self.router = Router(log_, config.module, self.replies, config.messages_partitions)
+        self.worker = Worker(
+            log_, config.module, self.router, config=config.worker, transport=transport
+        )
+        self.ingress_app: FastAPI = create_ingress_app(self)
+
+    @classmethod
+    async def open(
+        cls, config: RuntimeConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> Runtime:
+        log_: Log = await SqliteLog.open(config.data_dir) if config.data_dir else MemoryLog()
+        return cls(config, log_, transport=transport)
+
+    async def start(self) -> None:
+        await self.router.create_topics()
+        await self.worker.start()
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        await self.log.close()
+
+    async def append_message(
+        self, target: Address, caller: Address | None, value: TypedValue
+    ) -> tuple[int, int]:
+        """Append a message from outside; (partition, offset) once it is durable."""
+        append = self.router.send(target, caller, value)
+        assert append is not None, "the ingress never sends to an ingress caller"
+        (offset,) = await append
+        return partition_for(target, self.router.partitions), offset
+
+    async def serve(self) -> None:
+        """Start, serve the ingress until SIGINT or SIGTERM, then stop cleanly."""
+        server = _IngressServer(
+            uvicorn.Config(
+                self.ingress_app,
+                host=self.config.ingress_host,
+                port=self.config.ingress_port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.request_exit, sig)
+        await self.start()
+        try:
+            log.info(
+                "ingress listening on http://%s:%d",
+                self.config.ingress_host,
+                self.config.ingress_port,
+            )
+            await server.serve()
+            if not server.started:
+                raise OSError(
+                    f"the ingress could not listen on {self.config.ingress_host}:"
+                    f"{self.config.ingress_port}"
+                )
+        finally:
+            log.info("stopping: finishing calls in flight")
+            await self.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            log.info("stopped")
+
+
+class _IngressServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the runtime owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def request_exit(self, sig: int) -> None:
+        log.info("received %s", signal.Signals(sig).name)
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True

@@ -1,0 +1,231 @@
+"""The ``statefun`` command: run the runtime, send messages, call functions.
+
+``statefun run --module module.yaml`` runs the runtime on the embedded log;
+``statefun send ADDRESS VALUE`` and ``statefun call ADDRESS VALUE`` talk to a running
+runtime's ingress. Errors are one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+from runtime.app import Runtime, RuntimeConfig
+from runtime.log import LogError
+from statefun.address import Address
+from statefun.errors import InvalidNameError, ModuleSpecError
+from statefun.module_spec import load_module_spec
+
+DEFAULT_INGRESS = "http://127.0.0.1:8090"
+
+
+class CliError(Exception):
+    """A problem to report in one line and exit with ``status``."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="statefun",
+        description="Stateful functions runtime: run it, send messages, call functions.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the runtime on the embedded log",
+        description="Run the runtime: the embedded durable log, the worker and the HTTP ingress.",
+    )
+    run.add_argument(
+        "--module",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="module spec (StateFun module.yaml format)",
+    )
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("statefun-data"),
+        metavar="DIR",
+        help="directory of the embedded log (default: ./statefun-data)",
+    )
+    run.add_argument(
+        "--ingress-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the ingress listens on (default: 127.0.0.1)",
+    )
+    run.add_argument(
+        "--ingress-port",
+        type=int,
+        default=8090,
+        metavar="PORT",
+        help="port the ingress listens on (default: 8090)",
+    )
+    run.add_argument(
+        "--partitions",
+        type=int,
+        default=8,
+        metavar="N",
+        help="partitions of the messages topic, fixed when it is created (default: 8)",
+    )
+    run.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="largest message body the ingress accepts (default: 1048576)",
+    )
+    run.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
+    )
+
+    ingress_help = f"ingress URL (default: $STATEFUN_INGRESS or {DEFAULT_INGRESS})"
+    for name, text in (
+        ("send", "send a message to a function and return once it is durable"),
+        ("call", "send a message to a function and print its reply"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text.capitalize() + ".")
+        sub.add_argument("address", metavar="ADDRESS", help="namespace/type/id")
+        sub.add_argument(
+            "value", metavar="VALUE", help="the message: a string, or JSON when --type is given"
+        )
+        sub.add_argument(
+            "--type",
+            metavar="T",
+            help="typename of the value (e.g. io.statefun.types/int or a JSON type)",
+        )
+        sub.add_argument(
+            "--ingress",
+            default=os.environ.get("STATEFUN_INGRESS", DEFAULT_INGRESS),
+            metavar="URL",
+            help=ingress_help,
+        )
+        if name == "call":
+            sub.add_argument(
+                "--timeout",
+                type=float,
+                default=30.0,
+                metavar="SECONDS",
+                help="how long to wait for the reply (default: 30)",
+            )
+            sub.add_argument(
+                "--json",
+                action="store_true",
+                help="print the whole answer as JSON instead of the value",
+            )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        module = load_module_spec(args.module)
+    except ModuleSpecError as e:
+        raise CliError(f"invalid module spec: {e}", status=2) from None
+    if not module.endpoints:
+        raise CliError(f"{args.module} declares no function endpoint", status=2)
+    config = RuntimeConfig(
+        module=module,
+        data_dir=args.data_dir,
+        ingress_host=args.ingress_host,
+        ingress_port=args.ingress_port,
+        messages_partitions=args.partitions,
+        max_body_bytes=args.max_body_bytes,
+    )
+
+    async def main() -> None:
+        runtime = await Runtime.open(config)
+        await runtime.serve()
+
+    try:
+        asyncio.run(main())
+    except LogError as e:
+        raise CliError(str(e)) from None
+    return 0
+
+
+def _post(args: argparse.Namespace, kind: str) -> httpx.Response:
+    try:
+        address = Address.parse(args.address)
+    except InvalidNameError as e:
+        raise CliError(str(e), status=2) from None
+    if args.type is None:
+        headers = {"content-type": "text/plain; charset=utf-8"}
+        params = {}
+    else:
+        try:
+            json.loads(args.value)
+        except ValueError:
+            raise CliError(
+                f"VALUE must be JSON when --type is given (quote a string: '\"{args.value}\"')",
+                status=2,
+            ) from None
+        headers = {"content-type": "application/json"}
+        params = {"type": args.type}
+    timeout = 10.0
+    if kind == "call":
+        params["timeout"] = str(args.timeout)
+        timeout = args.timeout + 10.0
+    path = "/".join(quote(p, safe="") for p in (address.namespace, address.type, address.id))
+    url = f"{args.ingress.rstrip('/')}/v1/{kind}/{path}"
+    try:
+        response = httpx.post(
+            url, content=args.value.encode(), headers=headers, params=params, timeout=timeout
+        )
+    except httpx.HTTPError as e:
+        raise CliError(f"cannot reach the ingress at {args.ingress}: {e}") from None
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            detail = f"{body.get('error')}: {body.get('detail')}"
+        except ValueError:
+            detail = response.text[:300]
+        raise CliError(f"the ingress answered {response.status_code}: {detail}")
+    return response
+
+
+def _send(args: argparse.Namespace) -> int:
+    print(json.dumps(_post(args, "messages").json()))
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    answer = _post(args, "call").json()
+    if args.json:
+        print(json.dumps(answer))
+    elif isinstance(answer.get("value"), str) and answer.get("encoding") != "base64":
+        print(answer["value"])
+    else:
+        print(json.dumps(answer["value"]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _run, "send": _send, "call": _call}
+    try:
+        return handlers[args.command](args)
+    except CliError as e:
+        print(f"statefun: error: {e}", file=sys.stderr)
+        return e.status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The HTTP ingress: the runtime's API for clients.
+
+``POST /v1/messages/{namespace}/{type}/{id}`` appends a message and answers 202 once
+it is durable; ``POST /v1/call/...`` also waits for the reply; ``GET /v1/state/...``
+shows an address's state; ``GET /v1/egress/{namespace}/{name}`` reads an embedded
+egress; ``GET /health``. Every error is JSON ``{"error": code, "detail": message}``,
+and a rejected request leaves nothing in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runtime.http_values import BadInput, value_from_http, value_to_json
+from statefun.address import Address, TypeName
+from statefun.errors import InvalidNameError
+from statefun.values import TypedValue
+
+if TYPE_CHECKING:
+    from runtime.app import Runtime
+
+MAX_CALL_TIMEOUT = 300.0
+
+
+def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+
+
+class _Rejected(Exception):
+    def __init__(self, response: JSONResponse):
+        self.response = response
+
+
+def _address(namespace: str, type_: str, id_: str) -> Address:
+    try:
+        return Address(namespace, type_, id_)
+    except InvalidNameError as e:
+        raise _Rejected(_error(400, "bad_address", str(e))) from None
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _Rejected(
+            _error(413, "body_too_large", f"the body is over the limit of {limit} bytes")
+        )
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise _Rejected(
+                _error(413, "body_too_large", f"the body is over the limit of {limit} bytes")
+            )
+    return bytes(chunks)
+
+
+def create_ingress_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="statefun runtime ingress", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(_Rejected)
+    async def rejected(_: Request, exc: _Rejected) -> JSONResponse:
+        return exc.response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return _error(400, "bad_request", problems)
+
+    async def accept(
+        request: Request, namespace: str, type_: str, id_: str, typename: str | None
+    ) -> tuple[Address, TypedValue]:
+        """The target and the message of a POST, or a rejection; nothing is appended here."""
+        target = _address(namespace, type_, id_)
+        if runtime.module.endpoint_for(target.function_type) is None:
+            raise _Rejected(
+                _error(
+                    404,
+                    "unknown_function_type",
+                    f"no endpoint in the module spec serves {target.function_type}",
+                )
+            )
+        body = await _body(request, runtime.config.max_body_bytes)
+        try:
+            value = value_from_http(body, request.headers.get("content-type"), typename)
+        except BadInput as e:
+            raise _Rejected(_error(e.status, e.error, e.detail)) from None
+        return target, value
+
+    @app.post("/v1/messages/{namespace}/{type_}/{id_:path}", status_code=202)
+    async def post_message(
+        request: Request, namespace: str, type_: str, id_: str, type: str | None = None
+    ) -> JSONResponse:
+        target, value = await accept(request, namespace, type_, id_, type)
+        partition, offset = await runtime.append_message(target, None, value)
+        return JSONResponse({"partition": partition, "offset": offset}, status_code=202)
+
+    @app.post("/v1/call/{namespace}/{type_}/{id_:path}")
+    async def call(
+        request: Request,
+        namespace: str,
+        type_: str,
+        id_: str,
+        type: str | None = None,
+        timeout: float = Query(30.0, gt=0, le=MAX_CALL_TIMEOUT),  # noqa: ASYNC109
+    ) -> JSONResponse:
+        target, value = await accept(request, namespace, type_, id_, type)
+        caller, reply = runtime.replies.new_caller()
+        try:
+            partition, offset = await runtime.append_message(target, caller, value)
+            try:
+                answer = await asyncio.wait_for(reply, timeout)
+            except TimeoutError:
+                return _error(
+                    504,
+                    "timeout",
+                    f"no reply within {timeout:g} s; the message was accepted and will be processed",
+                    partition=partition,
+                    offset=offset,
+                )
+        finally:
+            runtime.replies.forget(caller)
+        return JSONResponse(value_to_json(answer))
+
+    @app.get("/v1/state/{namespace}/{type_}/{id_:path}")
+    async def state(namespace: str, type_: str, id_: str) -> JSONResponse:
+        address = _address(namespace, type_, id_)
+        if runtime.module.endpoint_for(address.function_type) is None:
+            return _error(
+                404,
+                "unknown_function_type",
+                f"no endpoint in the module spec serves {address.function_type}",
+            )
+        values = runtime.worker.state_of(address)
+        return JSONResponse({"state": {name: value_to_json(v) for name, v in values.items()}})
+
+    @app.get("/v1/egress/{namespace}/{name}")
+    async def egress(
+        namespace: str,
+        name: str,
+        from_: int = Query(0, alias="from", ge=0),
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> JSONResponse:
+        try:
+            egress_id = TypeName.parse(f"{namespace}/{name}")
+        except InvalidNameError as e:
+            return _error(400, "bad_egress", str(e))
+        if runtime.module.egress(egress_id) is None:
+            return _error(
+                404, "unknown_egress", f"no egress {egress_id} is declared in the module spec"
+            )
+        records = await runtime.router.read_egress(egress_id, from_, limit)
+        return JSONResponse(
+            {
+                "records": [{"offset": o, **value_to_json(v)} for o, v in records],
+                "next": records[-1][0] + 1 if records else from_,
+            }
+        )
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        stuck = runtime.worker.failures()
+        if not stuck:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse(
+            {
+                "status": "failing",
+                "failures": [
+                    {
+                        "address": str(s.address),
+                        "since": s.since,
+                        "attempts": s.attempts,
+                        "reason": s.reason,
+                    }
+                    for s in stuck
+                ],
+            },
+            status_code=503,
+        )
+
+    return app

@@ -1,0 +1,141 @@
+"""The log interface: partitioned topics of offset-addressed records.
+
+Everything durable in the runtime goes through a :class:`Log`: the messages between
+functions, the ingress, the embedded egress and the consumer positions. Two families
+implement it: the embedded logs (``runtime.log.memory``, ``runtime.log.sqlite``) and
+Kafka. A log never interprets record contents.
+
+Ordering and durability contract:
+
+* :meth:`Log.append` takes its place in the partition when it is *called*, so appends
+  made one after another land in that order even if nobody awaits them in between;
+  the future it returns resolves with the offsets once the records are durable.
+* Readers (:meth:`Log.read`, :class:`LogConsumer`) see only durable records.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = [
+    "Log",
+    "LogConsumer",
+    "LogError",
+    "Record",
+    "StoredRecord",
+    "TopicMismatchError",
+    "TopicPartition",
+    "UnknownTopicError",
+]
+
+
+class LogError(Exception):
+    """Base of the log's errors."""
+
+
+class UnknownTopicError(LogError):
+    """The topic does not exist."""
+
+
+class TopicMismatchError(LogError):
+    """The topic exists with another partition count than the one asked for."""
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record to append."""
+
+    value: bytes
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record read back, with its place in the partition and its append time."""
+
+    offset: int
+    value: bytes
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+
+class LogConsumer(abc.ABC):
+    """Reads a set of partitions from given positions, waiting for new records."""
+
+    @abc.abstractmethod
+    def assign(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Read exactly these partitions, each from its given offset."""
+
+    @abc.abstractmethod
+    def position(self, tp: TopicPartition) -> int:
+        """The offset of the next record :meth:`poll` returns for ``tp``."""
+
+    @abc.abstractmethod
+    async def poll(
+        self, max_wait: float, max_records: int = 1000
+    ) -> dict[TopicPartition, list[StoredRecord]]:
+        """Records past the positions (advancing them), or ``{}`` after ``max_wait`` seconds."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Log(abc.ABC):
+    """A set of topics, each with a fixed number of partitions."""
+
+    @abc.abstractmethod
+    async def ensure_topic(self, topic: str, partitions: int) -> None:
+        """Create ``topic`` if missing; raise :class:`TopicMismatchError` if it exists with
+        another partition count."""
+
+    @abc.abstractmethod
+    def partitions(self, topic: str) -> int:
+        """The partition count of a known topic (:class:`UnknownTopicError` otherwise)."""
+
+    @abc.abstractmethod
+    def append(
+        self, topic: str, partition: int, records: Sequence[Record]
+    ) -> asyncio.Future[list[int]]:
+        """Append in call order; the future gives the offsets once the records are durable."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Return once everything appended before the call is durable."""
+
+    @abc.abstractmethod
+    async def read(
+        self, topic: str, partition: int, offset: int, max_records: int = 1000
+    ) -> list[StoredRecord]:
+        """Durable records from ``offset`` on, at most ``max_records``, without waiting."""
+
+    @abc.abstractmethod
+    async def end_offsets(self, topic: str) -> list[int]:
+        """Per partition, the offset the next durable record will have."""
+
+    @abc.abstractmethod
+    def consumer(self) -> LogConsumer: ...
+
+    @abc.abstractmethod
+    async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Durably record a consumer group's positions."""
+
+    @abc.abstractmethod
+    async def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        """A consumer group's recorded positions in ``topic``, by partition."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

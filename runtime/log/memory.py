@@ -1,0 +1,45 @@
+"""The in-memory embedded log, for tests: the embedded log's behaviour, nothing on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from runtime.log.base import StoredRecord, TopicPartition
+from runtime.log.local import LocalLog, PendingAppend
+
+
+class MemoryLog(LocalLog):
+    def __init__(self) -> None:
+        super().__init__()
+        self._records: dict[TopicPartition, list[StoredRecord]] = {}
+        self._offsets: dict[tuple[str, TopicPartition], int] = {}
+
+    async def _create_topic(self, topic: str, partitions: int) -> None:
+        for p in range(partitions):
+            self._records[TopicPartition(topic, p)] = []
+
+    def _write(self, append: PendingAppend) -> None:
+        stored = self._records[append.tp]
+        for i, r in enumerate(append.records):
+            stored.append(
+                StoredRecord(append.base_offset + i, r.value, r.key, r.headers, append.timestamp_ms)
+            )
+        # Durable "later", as on disk: appenders never see their future done synchronously.
+        self._loop.call_soon(self._made_durable, [append])
+
+    def _read_range(self, tp: TopicPartition, start: int, end: int) -> list[StoredRecord]:
+        return self._records[tp][start:end]
+
+    async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            self._offsets[group, tp] = offset
+
+    async def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        return {
+            tp.partition: offset
+            for (g, tp), offset in self._offsets.items()
+            if g == group and tp.topic == topic
+        }
+
+    async def close(self) -> None:
+        self._wake_consumers()

@@ -1,0 +1,100 @@
+"""Type names and addresses: what a value is and who a message is for.
+
+Owns the rules for ``namespace/name`` type names and for function addresses
+``namespace/type/id``. Nothing else in the system validates names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from statefun.errors import InvalidNameError
+
+__all__ = ["Address", "TypeName"]
+
+
+_WHITESPACE = re.compile(r"\s")
+
+
+def _check_part(text: str, what: str, whole: str) -> None:
+    if not text:
+        raise InvalidNameError(f"{what} of {whole!r} is empty")
+    if not text.isprintable() or _WHITESPACE.search(text):
+        raise InvalidNameError(f"{what} of {whole!r} contains whitespace or control characters")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TypeName:
+    """A type name ``namespace/name``: of a function type, a value type or an egress.
+
+    The namespace may itself contain ``/`` (``type.googleapis.com/x.Y`` style names
+    split at the last one); the name may not.
+    """
+
+    namespace: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> TypeName:
+        if not isinstance(text, str):
+            raise InvalidNameError(f"a type name must be a string, not {type(text).__name__}")
+        namespace, slash, name = text.rpartition("/")
+        if not slash:
+            raise InvalidNameError(f"type name {text!r} is not of the form 'namespace/name'")
+        _check_part(namespace, "the namespace", text)
+        _check_part(name, "the name", text)
+        return cls(namespace, name)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Address:
+    """A function instance: its function type ``namespace/type`` and its id.
+
+    Function type namespaces contain no ``/`` so an address reads unambiguously as
+    ``namespace/type/id``; the id may contain anything printable, ``/`` included.
+    """
+
+    namespace: str
+    type: str
+    id: str
+
+    def __post_init__(self) -> None:
+        whole = f"{self.namespace}/{self.type}/{self.id}"
+        _check_part(self.namespace, "the namespace", whole)
+        if "/" in self.namespace:
+            raise InvalidNameError(f"the namespace of function address {whole!r} contains '/'")
+        _check_part(self.type, "the function type name", whole)
+        if "/" in self.type:
+            raise InvalidNameError(f"the function type name of {whole!r} contains '/'")
+        if not self.id:
+            raise InvalidNameError(f"the id of {whole!r} is empty")
+        if not self.id.isprintable():
+            raise InvalidNameError(f"the id of {whole!r} contains control characters")
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """Parse ``namespace/type/id``."""
+        parts = text.split("/", 2)
+        if len(parts) != 3:
+            raise InvalidNameError(f"address {text!r} is not of the form 'namespace/type/id'")
+        return cls(*parts)
+
+    @classmethod
+    def of(cls, function_type: str | TypeName, id: str) -> Address:
+        tn = function_type if isinstance(function_type, TypeName) else TypeName.parse(function_type)
+        return cls(tn.namespace, tn.name, id)
+
+    @property
+    def function_type(self) -> TypeName:
+        return TypeName(self.namespace, self.type)
+
+    @property
+    def typename(self) -> str:
+        return f"{self.namespace}/{self.type}"
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.type}/{self.id}"

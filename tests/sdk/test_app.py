@@ -1,0 +1,132 @@
+"""The FastAPI app: the native protocol over HTTP, discovery and health."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+with warnings.catch_warnings():
+    # Starlette 1.x deprecates its TestClient on httpx in favour of httpx2, which the
+    # project does not depend on; the warning fires once, at import.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+from sdk import Context, IntType, Message, StatefulFunctions, ValueSpec, message_builder
+from statefun.address import Address
+from statefun.native_codec import CONTENT_TYPE, decode_response, encode_request
+from statefun.protocol import (
+    FunctionRequest,
+    Invocation,
+    InvocationBatch,
+    InvocationResult,
+    OutgoingMessage,
+    StateMutation,
+)
+from statefun.values import to_typed_value
+
+
+def make_functions() -> StatefulFunctions:
+    functions = StatefulFunctions()
+
+    @functions.bind("ex/counter", specs=[ValueSpec("count", IntType)])
+    async def counter(context: Context, message: Message) -> None:
+        context.storage.count = (context.storage.count or 0) + (message.as_int() or 0)
+        context.send(
+            message_builder("ex/sink", context.address.id, int_value=context.storage.count)
+        )
+
+    @functions.bind("ex/echo")
+    def echo(context: Context, message: Message) -> None:
+        context.reply(int_value=message.as_int() or 0)
+
+    return functions
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(make_functions().asgi_app())
+
+
+def request_body(*batches: InvocationBatch) -> bytes:
+    return encode_request(FunctionRequest(list(batches)))
+
+
+def test_post_runs_the_batches(client: TestClient) -> None:
+    one, two = to_typed_value(IntType, 1), to_typed_value(IntType, 2)
+    body = request_body(
+        InvocationBatch(Address("ex", "counter", "a"), {"count": one}, [Invocation(None, two)]),
+        InvocationBatch(Address("ex", "echo", "b"), {}, [Invocation(Address("ex", "x", "y"), one)]),
+    )
+    response = client.post("/statefun", content=body, headers={"content-type": CONTENT_TYPE})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == CONTENT_TYPE
+    three = to_typed_value(IntType, 3)
+    assert decode_response(response.content).outcomes == [
+        InvocationResult(
+            mutations=[StateMutation("count", three)],
+            messages=[OutgoingMessage(Address("ex", "sink", "a"), three)],
+        ),
+        InvocationResult(messages=[OutgoingMessage(Address("ex", "x", "y"), one)]),
+    ]
+
+
+def test_a_content_type_with_parameters_is_accepted(client: TestClient) -> None:
+    response = client.post(
+        "/statefun", content=request_body(), headers={"content-type": f"{CONTENT_TYPE}; v=1"}
+    )
+    assert response.status_code == 200
+    assert decode_response(response.content).outcomes == []
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/octet-stream", None])
+def test_another_content_type_is_415(client: TestClient, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = client.post("/statefun", content=request_body(), headers=headers)
+    assert response.status_code == 415
+    assert response.json() == {
+        "error": "unsupported_media_type",
+        "detail": f"expected Content-Type {CONTENT_TYPE}, got {content_type or 'none'}",
+    }
+
+
+@pytest.mark.parametrize("body", [b"", b"\x93garbage", b"\x92\x02\x90"])
+def test_a_body_that_is_not_a_native_request_is_400(client: TestClient, body: bytes) -> None:
+    response = client.post("/statefun", content=body, headers={"content-type": CONTENT_TYPE})
+    assert response.status_code == 400
+    payload = response.json()
+    assert payload["error"] == "invalid_request"
+    assert payload["detail"]
+
+
+def test_another_protocol_version_is_400_naming_it(client: TestClient) -> None:
+    response = client.post(
+        "/statefun", content=b"\x92\x02\x90", headers={"content-type": CONTENT_TYPE}
+    )
+    assert "version 2" in response.json()["detail"]
+
+
+def test_get_path_describes_the_endpoint(client: TestClient) -> None:
+    response = client.get("/statefun")
+    assert response.status_code == 200
+    assert response.json() == {"protocols": ["native/1"], "functions": ["ex/counter", "ex/echo"]}
+
+
+def test_health(client: TestClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "functions": ["ex/counter", "ex/echo"]}
+
+
+def test_a_custom_path_and_late_registrations() -> None:
+    functions = make_functions()
+    client = TestClient(functions.asgi_app("/fn"))
+    functions.register("ex/late", lambda context, message: None)
+    assert client.get("/fn").json()["functions"] == ["ex/counter", "ex/echo", "ex/late"]
+    assert client.get("/statefun").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["statefun", "", "/health"])
+def test_invalid_paths_are_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="path"):
+        StatefulFunctions().asgi_app(path)

@@ -1,0 +1,193 @@
+"""Test support: free loopback ports, uvicorn servers and a runtime in background threads."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from runtime.app import Runtime, RuntimeConfig
+from runtime.worker import WorkerConfig
+from statefun.module_spec import ModuleSpec, parse_module_spec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+class ServerThread:
+    """A uvicorn server for an ASGI app, in a thread with its own event loop."""
+
+    def __init__(self, app: Any, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self.server.serve()), daemon=True
+        )
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        wait_until(lambda: self.server.started, timeout=10)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[ServerThread]:
+    server = ServerThread(app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def module_for(
+    function_url: str,
+    *,
+    functions: str = "example/*",
+    egresses: tuple[str, ...] = (),
+    extra: str = "",
+) -> ModuleSpec:
+    docs = [
+        f"""
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: {functions}
+  urlPathTemplate: {function_url}
+  transport:
+    timeouts:
+      call: 3s
+      read: 2s
+{extra}"""
+    ]
+    docs += [f"kind: statefun.v1/egress\nspec:\n  id: {e}\n" for e in egresses]
+    return parse_module_spec("---\n".join(docs))
+
+
+class RuntimeThread:
+    """A runtime with its ingress on a loopback port, in a background thread."""
+
+    def __init__(self, config: RuntimeConfig):
+        self.config = config
+        self.port = config.ingress_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.runtime: Runtime | None = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as e:  # reported to the test thread
+            self._error = e
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self.runtime = await Runtime.open(self.config)
+        await self.runtime.start()
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.runtime.ingress_app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        task = asyncio.create_task(self._server.serve())
+        while not self._server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no started event
+            await asyncio.sleep(0.01)
+        self._ready.set()
+        try:
+            await task
+        finally:
+            await self.runtime.stop()
+
+    def start(self) -> RuntimeThread:
+        self._thread.start()
+        self._ready.wait(20)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        self._thread.join(timeout=20)
+        if self._error is not None:
+            raise self._error
+
+    def call_soon(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the runtime's loop and return its result (for inspecting state)."""
+        done = threading.Event()
+        box: list[Any] = []
+
+        def run() -> None:
+            box.append(fn())
+            done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        done.wait(10)
+        return box[0]
+
+
+@contextmanager
+def running_runtime(
+    module: ModuleSpec,
+    *,
+    data_dir: Path | None = None,
+    worker: WorkerConfig | None = None,
+    **config: Any,
+) -> Iterator[RuntimeThread]:
+    rt = RuntimeThread(
+        RuntimeConfig(
+            module=module,
+            data_dir=data_dir,
+            ingress_port=free_port(),
+            worker=worker or WorkerConfig(retry_max_backoff=0.2),
+            **config,
+        )
+    )
+    rt.start()
+    try:
+        yield rt
+    finally:
+        rt.stop()
+
+
+def client(base_url: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, timeout=15)
