@@ -18,8 +18,6 @@ from urllib.parse import quote
 
 import httpx
 
-from runtime.app import Runtime, RuntimeConfig
-from runtime.log import LogError
 from statefun.address import Address
 from statefun.errors import InvalidNameError, ModuleSpecError
 from statefun.module_spec import load_module_spec
@@ -130,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Imported here: the server stack takes a second to import, which send and call skip.
+    from runtime.app import Runtime, RuntimeConfig
+    from runtime.log import LogError
+
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -297,7 +297,8 @@ class Worker:
     async def _consume(self) -> None:
         while True:
             await self._room.wait()
-            polled = await self._consumer.poll(self.config.poll_max_wait)
+            room = min(1000, self.config.max_buffered_messages - self._buffered)
+            polled = await self._consumer.poll(self.config.poll_max_wait, max_records=room)
             for tp, records in polled.items():
                 progress = self._progress[tp]
                 for record in records:

@@ -6,10 +6,10 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -17,6 +17,8 @@ import uvicorn
 from runtime.app import Runtime, RuntimeConfig
 from runtime.worker import WorkerConfig
 from statefun.module_spec import ModuleSpec, parse_module_spec
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -63,8 +65,8 @@ class ServerThread:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[ServerThread]:
-    server = ServerThread(app).start()
+def serve(app: Any, port: int | None = None) -> Iterator[ServerThread]:
+    server = ServerThread(app, port).start()
     try:
         yield server
     finally:
@@ -150,6 +152,10 @@ class RuntimeThread:
         self._thread.join(timeout=20)
         if self._error is not None:
             raise self._error
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the runtime's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
 
     def call_soon(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the runtime's loop and return its result (for inspecting state)."""

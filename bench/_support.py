@@ -1,0 +1,205 @@
+"""What both benchmarks share: child processes (started on loopback, always stopped),
+free ports, CPU seconds from ``/proc``, percentiles and plain-text tables."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (bound to port 0 on loopback, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads included (/proc/<pid>/stat)."""
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def cpu_seconds_of(stat_path: Path) -> float:
+    """User + system CPU seconds from a ``stat`` file of /proc (a process's or a thread's)."""
+    stat = stat_path.read_bytes()
+    # The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
+    return (utime + stime) / _CLOCK_TICKS
+
+
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process's main thread and of all its other threads together."""
+    main = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            seconds = cpu_seconds_of(task / "stat")
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        if int(task.name) == pid:
+            main = seconds
+        else:
+            others += seconds
+    return main, others
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (0 < q <= 100) of already sorted values."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[int(rank) - 1]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns right-aligned except the first, separated by two spaces."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        first, *rest = cells
+        parts = [first.ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the benchmark process dies (even by SIGKILL)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class Child:
+    """A process started from the repository root, its output going to ``log_path``."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path):
+        self.name = name
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("wb")
+        # Its own session: a Ctrl-C in the terminal reaches only the benchmark, which then
+        # stops its children itself (in order, and after reading their CPU use).
+        self.process = subprocess.Popen(
+            list(argv),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def problems(self) -> list[str]:
+        """Lines of its log at WARNING or above, or from a traceback."""
+        self._log.flush()
+        keys = ("WARNING", "ERROR", "CRITICAL", "Traceback")
+        return [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if any(k in line for k in keys)
+        ]
+
+    def check_alive(self) -> None:
+        status = self.process.poll()
+        if status is not None:
+            raise BenchError(
+                f"{self.name} exited with status {status}; its output:\n{self.log_tail()}"
+            )
+
+    async def wait_healthy(self, session: aiohttp.ClientSession, url: str) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        raise BenchError(f"{self.name} did not become healthy at {url}:\n{self.log_tail()}")
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+class Children:
+    """Child processes that are always stopped on exit: SIGTERM, then SIGKILL after ``grace``.
+
+    Entering it also turns the benchmark's own SIGTERM into an exception, so ``with``
+    blocks unwind (and stop the children) as on Ctrl-C.
+    """
+
+    def __init__(self, grace: float = 10.0):
+        self.grace = grace
+        self._children: list[Child] = []
+
+    def start(self, name: str, argv: Sequence[str], log_path: Path) -> Child:
+        child = Child(name, argv, log_path)
+        self._children.append(child)
+        return child
+
+    def stop(self) -> None:
+        children, self._children = self._children, []
+        for child in reversed(children):
+            if child.process.poll() is None:
+                child.process.terminate()
+        deadline = time.monotonic() + self.grace
+        for child in reversed(children):
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"bench: {child.name} ignored SIGTERM; killing it", file=sys.stderr)
+                child.process.kill()
+                child.process.wait()
+            child._log.close()
+
+    def __enter__(self) -> Children:
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Stop before giving SIGTERM back its default: a second one must not kill us mid-way.
+        self.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")

@@ -1,0 +1,133 @@
+"""Function apps the integration tests serve, and a recorder of what reaches them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from sdk import (
+    Context,
+    IntType,
+    Message,
+    StatefulFunctions,
+    StringType,
+    ValueSpec,
+    egress_message_builder,
+    make_json_type,
+    message_builder,
+)
+from statefun.native_codec import decode_request
+
+SEEN = make_json_type("test/Seen")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class RecordingApp:
+    """Wraps an ASGI app and records every invocation request that reaches it."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.requests: list[list[tuple[str, int]]] = []  # per request: (address, invocations)
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            request = decode_request(body)
+            with self._lock:
+                self.requests.append([(str(b.target), len(b.invocations)) for b in request.batches])
+        except Exception:
+            pass
+        replayed = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def make_test_functions(control: dict[str, Any] | None = None) -> StatefulFunctions:
+    """``test/*`` function types; ``control`` lets a test steer them while they run."""
+    control = control if control is not None else {}
+    functions = StatefulFunctions()
+
+    @functions.bind("test/log", specs=[ValueSpec("seen", SEEN)])
+    def log_messages(context: Context, message: Message) -> None:
+        """Appends each int it gets to its state: the order it saw them in."""
+        seen = context.storage.seen or []
+        seen.append(message.as_int())
+        context.storage.seen = seen
+
+    @functions.bind("test/slow", specs=[ValueSpec("count", IntType)])
+    async def slow(context: Context, message: Message) -> None:
+        """Slow on the first message of each address only."""
+        if not context.storage.count:
+            await asyncio.sleep(control.get("slow_seconds", 0.2))
+        context.storage.count = (context.storage.count or 0) + 1
+
+    @functions.bind("test/echo")
+    def echo(context: Context, message: Message) -> None:
+        context.reply(str_value=f"echo: {message.as_string()}")
+
+    @functions.bind("test/silent")
+    def silent(context: Context, message: Message) -> None:
+        """Never answers its caller."""
+
+    @functions.bind("test/flaky", specs=[ValueSpec("count", IntType)])
+    def flaky(context: Context, message: Message) -> None:
+        if control.get("fail"):
+            raise RuntimeError("flaky is failing on purpose")
+        context.storage.count = (context.storage.count or 0) + 1
+        context.send_egress(
+            egress_message_builder("test/out", f"flaky {context.address.id}", StringType)
+        )
+
+    @functions.bind("test/forward", specs=[ValueSpec("count", IntType)])
+    def forward(context: Context, message: Message) -> None:
+        """Counts, then forwards to test/counter at the same id."""
+        context.storage.count = (context.storage.count or 0) + 1
+        context.send(message_builder("test/counter", context.address.id, int_value=1))
+
+    @functions.bind("test/counter", specs=[ValueSpec("count", IntType)])
+    def counter(context: Context, message: Message) -> None:
+        context.storage.count = (context.storage.count or 0) + (message.as_int() or 1)
+        context.send_egress(
+            egress_message_builder(
+                "test/out", f"{context.address.id}={context.storage.count}", StringType
+            )
+        )
+
+    @functions.bind("test/later")
+    def later(context: Context, message: Message) -> None:
+        """ "start" schedules a delayed ping to test/counter; "cancel" cancels it."""
+        from datetime import timedelta
+
+        command = message.as_string()
+        if command == "start":
+            context.send_after(
+                timedelta(milliseconds=300),
+                message_builder("test/counter", context.address.id, int_value=100),
+                cancellation_token="t",
+            )
+        elif command == "cancel":
+            context.cancel_delayed_message("t")
+
+    return functions

@@ -1,0 +1,230 @@
+"""The ``statefun`` command as users run it: separate processes, signals, restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from functions import make_test_functions
+from support import ServerThread, free_port, serve, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def statefun(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+class RuntimeProcess:
+    """``statefun run`` in a child process; its stderr goes to a file next to its data."""
+
+    def __init__(self, module: Path, data_dir: Path, port: int):
+        self.url = f"http://127.0.0.1:{port}"
+        self.args = [
+            sys.executable,
+            "-m",
+            "runtime.cli",
+            "run",
+            "--module",
+            str(module),
+            "--data-dir",
+            str(data_dir),
+            "--ingress-port",
+            str(port),
+        ]
+        self.log_path = data_dir.with_name(f"{data_dir.name}-{port}.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RuntimeProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.args, cwd=ROOT, stderr=log)
+        wait_until(self._healthy, timeout=30)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"runtime exited: {self.log_path.read_text()}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code in (200, 503)
+        except httpx.HTTPError:
+            return False
+
+    def signal(self, sig: int) -> tuple[int, str]:
+        """Send ``sig``, wait for the exit; the exit status and everything it logged."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+        status = self.process.wait(timeout=30)
+        return status, self.log_path.read_text()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def control() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def functions(control: dict[str, Any]) -> Iterator[ServerThread]:
+    with serve(make_test_functions(control).asgi_app()) as server:
+        yield server
+
+
+def write_module(path: Path, function_url: str) -> Path:
+    path.write_text(
+        f"""kind: io.statefun.endpoints.v2/http
+spec:
+  functions: test/*
+  urlPathTemplate: {function_url}
+  transport: {{timeouts: {{call: 5s, read: 2s}}}}
+---
+kind: statefun.v1/egress
+spec: {{id: test/out}}
+"""
+    )
+    return path
+
+
+def egress_values(url: str) -> list[str]:
+    return [
+        r["value"]
+        for r in httpx.get(f"{url}/v1/egress/test/out", params={"limit": 1000}).json()["records"]
+    ]
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["send"], ["call"]])
+def test_help_everywhere(command: list[str]) -> None:
+    done = statefun(*command, "--help")
+    assert done.returncode == 0
+    assert "usage: statefun" in done.stdout
+
+
+def test_an_invalid_module_spec_is_a_clear_error(tmp_path: Path) -> None:
+    module = tmp_path / "module.yaml"
+    module.write_text(
+        "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/b, urlPathTemplate: 'http://x/', bogus: 1}\n"
+    )
+    done = statefun("run", "--module", str(module), "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 2
+    assert "document 1, field 'spec.bogus': is not a known field" in done.stderr
+
+
+def test_send_and_call_from_the_command_line(functions: ServerThread, tmp_path: Path) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    runtime = RuntimeProcess(module, tmp_path / "data", free_port()).start()
+    try:
+        sent = statefun(
+            "send",
+            "test/counter/c",
+            "5",
+            "--type",
+            "io.statefun.types/int",
+            "--ingress",
+            runtime.url,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert set(json.loads(sent.stdout)) == {"partition", "offset"}
+        called = statefun("call", "test/echo/e", "héllo", "--ingress", runtime.url)
+        assert called.returncode == 0, called.stderr
+        assert called.stdout.strip() == "echo: héllo"
+        wait_until(lambda: egress_values(runtime.url) == ["c=5"])
+
+        bad = statefun("send", "not-an-address", "x", "--ingress", runtime.url)
+        assert bad.returncode == 2
+        assert "namespace/type/id" in bad.stderr
+        unknown = statefun("send", "nope/fn/x", "x", "--ingress", runtime.url)
+        assert unknown.returncode == 1
+        assert "404 unknown_function_type" in unknown.stderr.replace(":", "")
+        not_json = statefun(
+            "send",
+            "test/counter/c",
+            "five",
+            "--type",
+            "io.statefun.types/int",
+            "--ingress",
+            runtime.url,
+        )
+        assert not_json.returncode == 2
+        assert "must be JSON" in not_json.stderr
+    finally:
+        status, err = runtime.signal(signal.SIGTERM)
+    assert status == 0, err
+    assert "stopped" in err
+
+
+def test_an_unreachable_ingress_is_reported() -> None:
+    done = statefun("send", "test/echo/x", "hi", "--ingress", f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 1
+    assert "cannot reach the ingress" in done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_stop_the_runtime_cleanly(
+    functions: ServerThread, tmp_path: Path, sig: int
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    runtime = RuntimeProcess(module, tmp_path / "data", free_port()).start()
+    status, err = runtime.signal(sig)
+    assert status == 0, err
+    assert f"received {signal.Signals(sig).name}" in err
+    assert "Traceback" not in err
+
+
+def test_records_survive_restarts_and_accepted_messages_are_processed_after_one(
+    tmp_path: Path, control: dict[str, Any]
+) -> None:
+    port, functions_port = free_port(), free_port()
+    module = write_module(tmp_path / "module.yaml", f"http://127.0.0.1:{functions_port}/statefun")
+    data = tmp_path / "data"
+    app = make_test_functions(control).asgi_app()
+
+    def send(runtime: RuntimeProcess, fn_id: str) -> None:
+        httpx.post(
+            f"{runtime.url}/v1/messages/test/counter/{fn_id}",
+            content="1",
+            params={"type": "io.statefun.types/int"},
+            headers={"content-type": "application/json"},
+        ).raise_for_status()
+
+    with serve(app, functions_port):
+        runtime = RuntimeProcess(module, data, port).start()
+        for _ in range(3):
+            send(runtime, "r")
+        wait_until(lambda: egress_values(runtime.url) == ["r=1", "r=2", "r=3"])
+        status, err = runtime.signal(signal.SIGTERM)
+        assert status == 0, err
+
+    # the functions are down: what is accepted now is durable but cannot be processed
+    runtime = RuntimeProcess(module, data, port).start()
+    assert egress_values(runtime.url) == ["r=1", "r=2", "r=3"]
+    send(runtime, "later")
+    send(runtime, "later")
+    runtime.kill()  # kill -9: nothing gets to shut down cleanly
+
+    with serve(app, functions_port):
+        runtime = RuntimeProcess(module, data, port).start()
+        try:
+            wait_until(
+                lambda: egress_values(runtime.url) == ["r=1", "r=2", "r=3", "later=1", "later=2"]
+            )
+        finally:
+            runtime.signal(signal.SIGTERM)
