@@ -1,98 +1,173 @@
-"""Both embedded logs keep the log contract: order, durability, consumers, positions."""
+"""Every log keeps the log contract (order, durability, consumers, positions), and the
+Kafka log keeps it on a real broker, Tansu's quirks included."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.future import Future as KafkaFuture
+from kafka_broker import TansuBroker, tansu_binary
 
-from runtime.log import Log, Record, TopicMismatchError, TopicPartition, UnknownTopicError
+from runtime.log import (
+    Log,
+    LogError,
+    Record,
+    StoredRecord,
+    TopicMismatchError,
+    TopicPartition,
+    UnknownTopicError,
+)
+from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import DataDirectoryInUse, SqliteLog
+from runtime.routing import partition_for_key
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Log]:
-    opened: Log = MemoryLog() if request.param == "memory" else await SqliteLog.open(tmp_path)
-    await opened.ensure_topic("t", 3)
+@pytest.fixture
+def topic(unique_topic: Callable[[str], str]) -> str:
+    return unique_topic("t")
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("kafka", marks=pytest.mark.kafka)])
+async def log(request: pytest.FixtureRequest, tmp_path: Path, topic: str) -> AsyncIterator[Log]:
+    opened: Log
+    if request.param == "memory":
+        opened = MemoryLog()
+    elif request.param == "sqlite":
+        opened = await SqliteLog.open(tmp_path)
+    else:
+        opened = await KafkaLog.open(request.getfixturevalue("kafka_bootstrap"))
+    await opened.ensure_topic(topic, 3)
     yield opened
     await opened.close()
 
 
-async def test_appends_land_in_call_order_even_when_not_awaited(log: Log) -> None:
-    futures = [log.append("t", 1, [Record(f"v{i}".encode(), key=b"k")]) for i in range(50)]
+async def test_appends_land_in_call_order_even_when_not_awaited(log: Log, topic: str) -> None:
+    futures = [log.append(topic, 1, [Record(f"v{i}".encode(), key=b"k")]) for i in range(50)]
     assert [await f for f in futures] == [[i] for i in range(50)]
-    records = await log.read("t", 1, 0)
+    records = await log.read(topic, 1, 0)
     assert [r.value for r in records] == [f"v{i}".encode() for i in range(50)]
     assert [r.offset for r in records] == list(range(50))
     assert all(r.key == b"k" for r in records)
 
 
-async def test_records_keep_headers_and_partitions_are_separate(log: Log) -> None:
-    await log.append("t", 0, [Record(b"a", headers=(("h", b"1"), ("h", b"2")))])
-    await log.append("t", 2, [Record(b"b"), Record(b"c")])
-    assert (await log.read("t", 0, 0))[0].headers == (("h", b"1"), ("h", b"2"))
-    assert [r.value for r in await log.read("t", 2, 1)] == [b"c"]
-    assert await log.end_offsets("t") == [1, 0, 2]
-    assert await log.read("t", 1, 0) == []
+async def test_records_keep_headers_and_partitions_are_separate(log: Log, topic: str) -> None:
+    await log.append(topic, 0, [Record(b"a", headers=(("h", b"1"), ("h", b"2")))])
+    await log.append(topic, 2, [Record(b"b"), Record(b"c")])
+    assert (await log.read(topic, 0, 0))[0].headers == (("h", b"1"), ("h", b"2"))
+    assert [r.value for r in await log.read(topic, 2, 1)] == [b"c"]
+    assert await log.end_offsets(topic) == [1, 0, 2]
+    assert await log.read(topic, 1, 0) == []
 
 
-async def test_read_respects_max_records(log: Log) -> None:
-    await log.append("t", 0, [Record(bytes([i])) for i in range(10)])
-    assert [r.offset for r in await log.read("t", 0, 3, max_records=4)] == [3, 4, 5, 6]
+async def test_read_respects_max_records(log: Log, topic: str) -> None:
+    await log.append(topic, 0, [Record(bytes([i])) for i in range(10)])
+    assert [r.offset for r in await log.read(topic, 0, 3, max_records=4)] == [3, 4, 5, 6]
 
 
-async def test_flush_waits_for_every_earlier_append(log: Log) -> None:
-    futures = [log.append("t", 0, [Record(b"x")]) for _ in range(20)]
+async def test_flush_waits_for_every_earlier_append(log: Log, topic: str) -> None:
+    futures = [log.append(topic, 0, [Record(b"x")]) for _ in range(20)]
     await log.flush()
     assert all(f.done() for f in futures)
 
 
-async def test_topics_are_checked(log: Log) -> None:
-    await log.ensure_topic("t", 3)
+async def test_topics_are_checked(log: Log, topic: str) -> None:
+    await log.ensure_topic(topic, 3)
     with pytest.raises(TopicMismatchError, match="exists with 3 partitions, not 4"):
-        await log.ensure_topic("t", 4)
+        await log.ensure_topic(topic, 4)
     with pytest.raises(UnknownTopicError):
         log.append("nope", 0, [Record(b"x")])
     with pytest.raises(UnknownTopicError, match="no partition 3"):
-        log.append("t", 3, [Record(b"x")])
+        log.append(topic, 3, [Record(b"x")])
 
 
-async def test_a_consumer_waits_for_new_records_and_advances(log: Log) -> None:
+async def test_a_consumer_waits_for_new_records_and_advances(log: Log, topic: str) -> None:
     consumer = log.consumer()
-    consumer.assign({TopicPartition("t", 0): 0, TopicPartition("t", 1): 0})
+    consumer.assign({TopicPartition(topic, 0): 0, TopicPartition(topic, 1): 0})
     assert await consumer.poll(0.05) == {}
     waiting = asyncio.create_task(consumer.poll(5.0))
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    await log.append("t", 1, [Record(b"a"), Record(b"b")])
+    await log.append(topic, 1, [Record(b"a"), Record(b"b")])
     got = await asyncio.wait_for(waiting, 2.0)
-    assert [r.value for r in got[TopicPartition("t", 1)]] == [b"a", b"b"]
-    assert consumer.position(TopicPartition("t", 1)) == 2
+    # An append's records need not become visible together: Kafka's producer may split
+    # them over two batches.
+    seen = got[TopicPartition(topic, 1)]
+    if len(seen) < 2:
+        seen += (await consumer.poll(2.0))[TopicPartition(topic, 1)]
+    assert [r.value for r in seen] == [b"a", b"b"]
+    assert consumer.position(TopicPartition(topic, 1)) == 2
     assert await consumer.poll(0.01) == {}
     await consumer.close()
 
 
-async def test_a_consumer_reads_from_its_assigned_positions_and_shares_fairly(log: Log) -> None:
+async def test_a_consumer_reads_from_its_assigned_positions_and_shares_fairly(
+    log: Log, topic: str
+) -> None:
     for p in (0, 1):
-        await log.append("t", p, [Record(bytes([p, i])) for i in range(100)])
+        await log.append(topic, p, [Record(bytes([p, i])) for i in range(100)])
     consumer = log.consumer()
-    consumer.assign({TopicPartition("t", 0): 90, TopicPartition("t", 1): 0})
+    consumer.assign({TopicPartition(topic, 0): 90, TopicPartition(topic, 1): 0})
     got = await consumer.poll(1.0, max_records=20)
-    assert [r.offset for r in got[TopicPartition("t", 0)]] == list(range(90, 100))
-    assert len(got[TopicPartition("t", 1)]) == 10
+    assert [r.offset for r in got[TopicPartition(topic, 0)]] == list(range(90, 100))
+    assert len(got[TopicPartition(topic, 1)]) == 10
 
 
-async def test_committed_offsets(log: Log) -> None:
-    assert await log.committed_offsets("g", "t") == {}
-    await log.commit_offsets("g", {TopicPartition("t", 0): 5, TopicPartition("t", 2): 7})
-    await log.commit_offsets("g", {TopicPartition("t", 0): 6})
-    assert await log.committed_offsets("g", "t") == {0: 6, 2: 7}
-    assert await log.committed_offsets("other", "t") == {}
+async def test_reassigning_a_consumer_moves_it(log: Log, topic: str) -> None:
+    await log.append(topic, 0, [Record(bytes([i])) for i in range(5)])
+    consumer = log.consumer()
+    consumer.assign({TopicPartition(topic, 0): 0})
+    first = await consumer.poll(1.0, max_records=2)
+    assert [r.offset for r in first[TopicPartition(topic, 0)]] == [0, 1]
+    consumer.assign({TopicPartition(topic, 0): 3})
+    assert consumer.position(TopicPartition(topic, 0)) == 3
+    again = await consumer.poll(1.0)
+    assert [r.offset for r in again[TopicPartition(topic, 0)]] == [3, 4]
+    await consumer.close()
+
+
+async def test_a_cancelled_poll_loses_no_records(log: Log, topic: str) -> None:
+    consumer = log.consumer()
+    consumer.assign({TopicPartition(topic, 0): 0})
+    cancelled = asyncio.create_task(consumer.poll(5.0))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    await log.append(topic, 0, [Record(b"a")])
+    got = await consumer.poll(2.0)
+    assert [r.value for r in got[TopicPartition(topic, 0)]] == [b"a"]
+    await consumer.close()
+
+
+async def test_reassigning_during_a_poll_reads_the_new_partitions(log: Log, topic: str) -> None:
+    consumer = log.consumer()
+    consumer.assign({TopicPartition(topic, 0): 0})
+    waiting = asyncio.create_task(consumer.poll(5.0))
+    await asyncio.sleep(0.05)
+    consumer.assign({TopicPartition(topic, 1): 0})
+    await log.append(topic, 0, [Record(b"old")])
+    await log.append(topic, 1, [Record(b"new")])
+    got = await asyncio.wait_for(waiting, 2.0)
+    assert {tp: [r.value for r in records] for tp, records in got.items()} == {
+        TopicPartition(topic, 1): [b"new"]
+    }
+    await consumer.close()
+
+
+async def test_committed_offsets(log: Log, topic: str) -> None:
+    assert await log.committed_offsets("g", topic) == {}
+    await log.commit_offsets("g", {TopicPartition(topic, 0): 5, TopicPartition(topic, 2): 7})
+    await log.commit_offsets("g", {TopicPartition(topic, 0): 6})
+    assert await log.committed_offsets("g", topic) == {0: 6, 2: 7}
+    assert await log.committed_offsets("other", topic) == {}
 
 
 async def test_sqlite_log_survives_reopening(tmp_path: Path) -> None:
@@ -122,3 +197,267 @@ async def test_one_process_at_a_time_per_data_directory(tmp_path: Path) -> None:
         await log.close()
     reopened = await SqliteLog.open(tmp_path)
     await reopened.close()
+
+
+# --- Kafka only ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def kafka_log(kafka_bootstrap: str, topic: str) -> AsyncIterator[KafkaLog]:
+    opened = await KafkaLog.open(kafka_bootstrap)
+    await opened.ensure_topic(topic, 3)
+    yield opened
+    await opened.close()
+
+
+def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1}})
+    finally:
+        admin.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_topics_created_elsewhere_are_checked(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str]
+) -> None:
+    outside = unique_topic("outside")
+    await asyncio.to_thread(_create_topic, kafka_bootstrap, outside, 2)
+    log = await KafkaLog.open(kafka_bootstrap)
+    try:
+        with pytest.raises(TopicMismatchError, match="exists with 2 partitions, not 3"):
+            await log.ensure_topic(outside, 3)
+        with pytest.raises(UnknownTopicError):
+            log.partitions(outside)
+        await log.ensure_topic(outside, 2)
+        assert log.partitions(outside) == 2
+    finally:
+        await log.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_end_offsets_count_every_record_of_multi_record_batches(
+    kafka_log: KafkaLog, topic: str
+) -> None:
+    # An append is usually one batch, of which Tansu's ListOffsets answers base offset + 1.
+    await kafka_log.append(topic, 0, [Record(b"a"), Record(b"b"), Record(b"c")])
+    await kafka_log.append(topic, 2, [Record(b"d")])
+    assert await kafka_log.end_offsets(topic) == [3, 0, 1]
+    await kafka_log.append(topic, 0, [Record(bytes([i])) for i in range(4)])
+    assert await kafka_log.end_offsets(topic) == [7, 0, 1]
+
+
+@pytest.mark.kafka
+async def test_kafka_reads_into_a_last_batch_of_several_records(
+    kafka_log: KafkaLog, topic: str
+) -> None:
+    await kafka_log.append(topic, 1, [Record(b"a")])
+    await kafka_log.append(topic, 1, [Record(bytes([i])) for i in range(5)])  # offsets 1-5
+    assert [r.offset for r in await kafka_log.read(topic, 1, 3)] == [3, 4, 5]
+    assert [r.offset for r in await kafka_log.read(topic, 1, 5)] == [5]
+    assert await kafka_log.read(topic, 1, 6) == []
+    assert await kafka_log.read(topic, 1, 60) == []
+    assert [r.offset for r in await kafka_log.read(topic, 1, 0, max_records=2)] == [0, 1]
+
+
+@pytest.mark.kafka
+async def test_kafka_reads_see_every_acknowledged_append(kafka_log: KafkaLog, topic: str) -> None:
+    for i in range(30):
+        await kafka_log.append(topic, 0, [Record(bytes([i])), Record(bytes([i]))])
+        got = await kafka_log.read(topic, 0, 2 * i)
+        assert [r.offset for r in got] == [2 * i, 2 * i + 1]
+
+
+def _produce_plainly(bootstrap: str, topic: str) -> list[tuple[int, bytes]]:
+    """Records written by a Kafka client that knows nothing of the runtime."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, allow_auto_create_topics=False)
+    try:
+        keyed = [producer.send(topic, value=b"keyed-" + key, key=key) for key in (b"k1", b"k2")]
+        explicit = producer.send(topic, value=b"explicit", partition=2, headers=[("h", b"v")])
+        producer.flush(timeout=10)
+        return [
+            (f.get(timeout=10).partition, v) for f, v in [(keyed[0], b"k1"), (keyed[1], b"k2")]
+        ] + [(explicit.get(timeout=10).partition, b"explicit")]
+    finally:
+        producer.close(timeout=10)
+
+
+@pytest.mark.kafka
+async def test_kafka_consumers_see_records_of_other_kafka_clients_where_they_expect_them(
+    kafka_log: KafkaLog, kafka_bootstrap: str, topic: str
+) -> None:
+    written = await asyncio.to_thread(_produce_plainly, kafka_bootstrap, topic)
+    assert written == [
+        (partition_for_key(b"k1", 3), b"k1"),
+        (partition_for_key(b"k2", 3), b"k2"),
+        (2, b"explicit"),
+    ]
+    consumer = kafka_log.consumer()
+    consumer.assign({TopicPartition(topic, p): 0 for p in range(3)})
+    seen: dict[TopicPartition, list[StoredRecord]] = {}
+    deadline = time.monotonic() + 5
+    while sum(len(v) for v in seen.values()) < 3 and time.monotonic() < deadline:
+        for tp, records in (await consumer.poll(0.5)).items():
+            seen.setdefault(tp, []).extend(records)
+    by_value = {r.value: tp.partition for tp, records in seen.items() for r in records}
+    assert by_value == {
+        b"keyed-k1": partition_for_key(b"k1", 3),
+        b"keyed-k2": partition_for_key(b"k2", 3),
+        b"explicit": 2,
+    }
+    explicit = next(r for records in seen.values() for r in records if r.value == b"explicit")
+    assert explicit.headers == (("h", b"v"),)
+    assert explicit.timestamp_ms > 0
+    await consumer.close()
+
+
+def _read_plainly(bootstrap: str, topic: str, partition: int) -> list[bytes]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tp = KafkaTopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        return [r.value for r in consumer.poll(timeout_ms=5000).get(tp, [])]
+    finally:
+        consumer.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_appends_are_plain_records_for_other_kafka_clients(
+    kafka_log: KafkaLog, kafka_bootstrap: str, topic: str
+) -> None:
+    await kafka_log.append(topic, 2, [Record(b"a", key=b"k"), Record(b"b")])
+    assert await asyncio.to_thread(_read_plainly, kafka_bootstrap, topic, 2) == [b"a", b"b"]
+
+
+@pytest.mark.kafka
+async def test_kafka_commits_are_durable_in_the_broker(kafka_bootstrap: str, topic: str) -> None:
+    first = await KafkaLog.open(kafka_bootstrap)
+    await first.ensure_topic(topic, 2)
+    await first.commit_offsets(f"g-{topic}", {TopicPartition(topic, 1): 4})
+    await first.close()
+    second = await KafkaLog.open(kafka_bootstrap)
+    try:
+        assert await second.committed_offsets(f"g-{topic}", topic) == {1: 4}
+    finally:
+        await second.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_producer_is_idempotent(kafka_log: KafkaLog) -> None:
+    assert kafka_log.idempotent
+
+
+@pytest.mark.kafka
+async def test_kafka_polls_leave_the_event_loop_free(kafka_log: KafkaLog, topic: str) -> None:
+    consumer = kafka_log.consumer()
+    consumer.assign({TopicPartition(topic, 0): 0})
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    assert await consumer.poll(0.3) == {}
+    ticker.cancel()
+    assert ticks >= 15
+    await consumer.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_log_close_closes_its_consumers_and_threads(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    log = await KafkaLog.open(kafka_bootstrap, client_id="closing-test")
+    await log.ensure_topic(topic, 1)
+    consumer = log.consumer()
+    consumer.assign({TopicPartition(topic, 0): 0})
+    assert await consumer.poll(0.05) == {}
+    assert await log.read(topic, 0, 0) == []
+    await log.close()
+    await log.close()
+    with pytest.raises(LogError, match="closed"):
+        await consumer.poll(0.01)
+    with pytest.raises(LogError, match="closed"):
+        await log.append(topic, 0, [Record(b"x")])
+    deadline = time.monotonic() + 5
+    while any("closing-test" in t.name for t in threading.enumerate()):
+        assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
+        await asyncio.sleep(0.01)
+
+
+needs_tansu = pytest.mark.skipif(tansu_binary() is None, reason="needs the Tansu binary")
+
+
+@pytest.mark.kafka
+@needs_tansu
+async def test_kafka_append_fails_cleanly_when_the_broker_is_gone() -> None:
+    with TansuBroker() as broker:
+        broker.start()
+        log = await KafkaLog.open(
+            broker.bootstrap, request_timeout_ms=500, delivery_timeout_ms=1000
+        )
+        try:
+            await log.ensure_topic("t", 1)
+            assert await log.append("t", 0, [Record(b"a")]) == [0]
+            broker.kill()
+            started = time.monotonic()
+            with pytest.raises(LogError, match="appending to t\\[0\\] failed"):
+                await asyncio.wait_for(log.append("t", 0, [Record(b"b")]), 10)
+            assert time.monotonic() - started < 5
+            # The order of appends can no longer be kept: later ones fail at once.
+            later = log.append("t", 0, [Record(b"c")])
+            assert later.done()
+            with pytest.raises(LogError):
+                await later
+            with pytest.raises(LogError):
+                await log.flush()
+            for call in (
+                log.read("t", 0, 0),
+                log.end_offsets("t"),
+                log.commit_offsets("g", {TopicPartition("t", 0): 1}),
+                log.committed_offsets("g", "t"),
+            ):
+                with pytest.raises(LogError):
+                    await call
+            assert time.monotonic() - started < 8
+        finally:
+            started = time.monotonic()
+            await log.close()
+            assert time.monotonic() - started < 5
+
+
+@pytest.mark.kafka
+async def test_kafka_appends_the_producer_never_settles_fail_after_the_deadline(
+    kafka_bootstrap: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = await KafkaLog.open(kafka_bootstrap, request_timeout_ms=500, delivery_timeout_ms=600)
+    try:
+        await log.ensure_topic(topic, 1)
+        # As kafka-python does with the records of an idempotent producer that lost its
+        # broker before it got a producer id: they never expire.
+        monkeypatch.setattr(log._producer, "send", lambda *args, **kwargs: KafkaFuture())
+        started = time.monotonic()
+        with pytest.raises(LogError, match=r"did not acknowledge an append within 1\.1 s"):
+            await asyncio.wait_for(log.append(topic, 0, [Record(b"x")]), 5)
+        assert time.monotonic() - started < 3
+        assert log.append(topic, 0, [Record(b"y")]).exception() is not None
+    finally:
+        monkeypatch.undo()
+        await log.close()
+
+
+@pytest.mark.kafka
+@needs_tansu
+async def test_kafka_log_open_fails_cleanly_without_a_broker() -> None:
+    with TansuBroker() as broker:
+        broker.start()
+        bootstrap = broker.bootstrap
+    started = time.monotonic()
+    with pytest.raises(LogError, match="no Kafka broker answers"):
+        await KafkaLog.open(bootstrap, request_timeout_ms=500, delivery_timeout_ms=1000)
+    assert time.monotonic() - started < 5

@@ -1,0 +1,954 @@
+"""The Kafka log: the :class:`~runtime.log.base.Log` contract on a Kafka-protocol broker.
+
+What it owns: one idempotent producer for every append, an admin client for topics and
+consumer-group offsets, a reader consumer for :meth:`KafkaLog.read` and
+:meth:`KafkaLog.end_offsets`, and one Kafka consumer per :meth:`KafkaLog.consumer`. None
+of them joins a consumer group: the runtime places partitions itself (``assign``, then
+offsets committed explicitly), which also saves the seconds a group join costs.
+
+Threads. kafka-python blocks, and its clients are not safe to share between threads, so
+every blocking call on a client runs on a daemon thread that client owns, one call after
+another (``_ClientThread``); the event loop only waits on asyncio futures. The one call
+made on the loop is ``KafkaProducer.send``, which only queues the record once the
+producer knows the topic's partitions (:meth:`KafkaLog.ensure_topic` sees to that); it
+still costs kafka-python's serialization, tens of microseconds per record.
+
+Ordering and durability:
+
+* :meth:`KafkaLog.append` hands its records to the producer when it is called, so
+  appends land in call order. The producer is idempotent (``enable_idempotence``,
+  ``acks=all``): a partition's batches stay in order across retries, without duplicates.
+* An append's future resolves with the broker's offsets once the broker acknowledged
+  every record with ``acks=all``: that is what durable means here.
+* A failed append (delivery timeout, broker error) fails its future with
+  :class:`LogError`, and every later append fails too: once a record may be missing,
+  later records would land after a gap, out of call order. Reopen the log to go on.
+* Readers see only records below the high watermark, i.e. acknowledged ones. The
+  producer may split an append over two batches, so a consumer can see the first
+  records of an append one poll before the others.
+
+Tansu (the test broker, see MEASURED.md) caveats worked around here:
+
+* ``ListOffsets(latest)`` answers the last batch's base offset + 1 when that batch holds
+  several records. It is used only as a lower bound of the end: end offsets come from
+  the high watermark of a fetch from one record before it, which returns that batch.
+* Topics auto-create with 4 partitions: every client here has auto-creation off, and
+  :meth:`KafkaLog.ensure_topic` creates topics explicitly.
+* A group join takes seconds: offsets are committed without joining (OffsetCommit with
+  no member id), which needs the group to have no active members.
+
+It must never block the event loop, nor wait without a bound: every call to the broker
+has a timeout, and a timed-out call raises :class:`LogError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    NoError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
+
+from runtime.log.base import (
+    Log,
+    LogConsumer,
+    LogError,
+    Record,
+    StoredRecord,
+    TopicMismatchError,
+    TopicPartition,
+    UnknownTopicError,
+)
+
+__all__ = ["KafkaLog", "KafkaLogConsumer"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What one kafka-python poll may return: everything it has buffered (at most one fetch
+# response per partition), so that the consumer can share it fairly between partitions.
+_DRAIN = 1_000_000
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
+    """Run ``fn(*args)`` on ``loop``, from another thread (if the loop is closed, nobody
+    is left waiting)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class _ClientThread:
+    """A daemon thread running the blocking calls on one kafka-python client, in order.
+
+    A daemon, so that a call stuck on an unreachable broker cannot keep the process from
+    exiting; callers bound their waits with :func:`_call`.
+    """
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._calls.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        """End the thread once the calls submitted so far have run."""
+        self._calls.put(None)
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, future = call
+            if future.done():  # its caller gave up waiting before it started
+                continue
+            try:
+                result = fn()
+            except Exception as e:
+                _post(self._loop, _fail, future, e)
+            else:
+                _post(self._loop, _resolve, future, result)
+
+
+async def _call(thread: _ClientThread, what: str, fn: Callable[[], T], within: float) -> T:
+    """Run ``fn`` on ``thread``, waiting at most ``within`` seconds; Kafka errors and
+    timeouts become :class:`LogError`."""
+    try:
+        return await asyncio.wait_for(thread.submit(fn), within)
+    except TimeoutError:
+        raise LogError(f"{what} took longer than {within:g} s") from None
+    except KafkaError as e:
+        raise LogError(f"{what} failed: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    bootstrap_servers: str
+    client_id: str
+    fetch_max_wait_ms: int
+    request_timeout_ms: int
+
+    @property
+    def timeout(self) -> float:
+        """The bound of one request, in seconds."""
+        return self.request_timeout_ms / 1000
+
+    def new_consumer(self, role: str, **config: object) -> Any:
+        """A Kafka consumer outside any group, positioned only by ``seek`` (blocks)."""
+        _check_reachable(self.bootstrap_servers, self.timeout)
+        return KafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=f"{self.client_id}-{role}",
+            group_id=None,
+            enable_auto_commit=False,
+            # A position past the end is a bug to surface, not a reason to jump.
+            auto_offset_reset="none",
+            allow_auto_create_topics=False,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            request_timeout_ms=self.request_timeout_ms,
+            bootstrap_timeout_ms=self.request_timeout_ms,
+            metrics_enabled=False,
+            **config,
+        )
+
+
+def _stored(record: Any) -> StoredRecord:
+    """A kafka-python ``ConsumerRecord`` as a :class:`StoredRecord` (a null value or
+    header value, which only other Kafka clients write, reads as empty bytes)."""
+    return StoredRecord(
+        record.offset,
+        b"" if record.value is None else record.value,
+        record.key,
+        tuple((k, b"" if v is None else v) for k, v in record.headers) if record.headers else (),
+        record.timestamp,
+    )
+
+
+class _Acks:
+    """Collects the broker's acknowledgements of one append's records, on the producer's
+    sender thread, and settles the append's future on the loop once all are in."""
+
+    __slots__ = ("_done", "_future", "_lock", "_log", "_offsets", "_remaining", "_tp")
+
+    def __init__(
+        self, log: KafkaLog, future: asyncio.Future[list[int]], tp: TopicPartition, count: int
+    ) -> None:
+        self._log = log
+        self._future = future
+        self._tp = tp
+        self._offsets = [0] * count
+        self._remaining = count
+        self._done = False
+        self._lock = threading.Lock()
+
+    def acked(self, index: int, metadata: Any) -> None:
+        with self._lock:
+            self._offsets[index] = metadata.offset
+            self._remaining -= 1
+            complete = self._remaining == 0 and not self._done
+            self._done = self._done or complete
+        if complete:
+            _post(self._log._loop, _resolve, self._future, self._offsets)
+
+    def failed(self, error: Exception) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        _post(self._log._loop, self._log._append_failed, self._future, self._tp, error)
+
+
+class KafkaLog(Log):
+    """A :class:`Log` on a Kafka cluster. Use :meth:`open`."""
+
+    def __init__(
+        self,
+        settings: _Settings,
+        *,
+        admin: Any,
+        producer: Any,
+        admin_thread: _ClientThread,
+        producer_thread: _ClientThread,
+        replication_factor: int,
+        delivery_timeout: float,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._settings = settings
+        self._timeout = settings.timeout
+        self._admin = admin
+        self._producer = producer
+        self._admin_thread = admin_thread
+        self._producer_thread = producer_thread
+        self._reader_thread = _ClientThread(f"{settings.client_id}-reader", self._loop)
+        self._reader: Any = None  # created on the reader thread when first needed
+        self._replication_factor = replication_factor
+        # kafka-python expires an undelivered record after delivery_timeout_ms, except
+        # when its idempotent producer never got a producer id (the broker went away
+        # first): the watchdog fails appends that are not settled by then.
+        self._delivery_timeout = delivery_timeout
+        self._ack_deadline = delivery_timeout + self._timeout
+        self._unsettled: deque[tuple[float, asyncio.Future[list[int]]]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._topics: dict[str, int] = {}
+        self._consumers: set[KafkaLogConsumer] = set()
+        self._consumer_ids = itertools.count(1)
+        self._failure: LogError | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        bootstrap_servers: str,
+        *,
+        client_id: str = "statefun",
+        replication_factor: int = 1,
+        fetch_max_wait_ms: int = 5,
+        linger_ms: int = 1,
+        batch_size: int = 256 * 1024,
+        max_request_size: int = 4 * 1024 * 1024,
+        request_timeout_ms: int = 10_000,
+        delivery_timeout_ms: int = 30_000,
+    ) -> KafkaLog:
+        """Connect to the cluster at ``bootstrap_servers`` (``host:port[,host:port...]``).
+
+        :param client_id: prefix of the Kafka client ids (and of this log's thread names).
+        :param replication_factor: of the topics :meth:`ensure_topic` creates.
+        :param fetch_max_wait_ms: how long the broker holds a fetch open waiting for new
+            records; it sets the latency of consumers (Tansu re-checks only at fractions
+            of it), and a lower value costs idle CPU.
+        :param linger_ms: how long the producer waits to batch records of one partition.
+        :param batch_size: the producer's largest batch, in bytes, per partition.
+        :param max_request_size: the largest produce request, so bounds a record's size
+            (the broker has its own limit, ``message.max.bytes``).
+        :param request_timeout_ms: the bound of every request to the broker, including
+            connecting at open; a call that takes longer raises :class:`LogError`.
+        :param delivery_timeout_ms: how long an append may take, retries included, before
+            it fails (at least ``linger_ms + request_timeout_ms``).
+        """
+        if replication_factor < 1:
+            raise ValueError(f"replication_factor must be at least 1, not {replication_factor}")
+        if not 0 < fetch_max_wait_ms < request_timeout_ms:
+            raise ValueError("fetch_max_wait_ms must be positive and below request_timeout_ms")
+        if delivery_timeout_ms < linger_ms + request_timeout_ms:
+            raise ValueError("delivery_timeout_ms must be at least linger_ms + request_timeout_ms")
+        loop = asyncio.get_running_loop()
+        settings = _Settings(bootstrap_servers, client_id, fetch_max_wait_ms, request_timeout_ms)
+        admin_thread = _ClientThread(f"{client_id}-admin", loop)
+        producer_thread = _ClientThread(f"{client_id}-producer", loop)
+        clients: dict[str, Any] = {}
+
+        def connect_admin() -> None:
+            clients["admin"] = KafkaAdminClient(
+                bootstrap_servers=bootstrap_servers,
+                client_id=f"{client_id}-admin",
+                request_timeout_ms=request_timeout_ms,
+                bootstrap_timeout_ms=request_timeout_ms,
+            )
+
+        def connect_producer() -> None:
+            clients["producer"] = KafkaProducer(
+                bootstrap_servers=bootstrap_servers,
+                client_id=f"{client_id}-producer",
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=linger_ms,
+                batch_size=batch_size,
+                max_request_size=max_request_size,
+                request_timeout_ms=request_timeout_ms,
+                delivery_timeout_ms=delivery_timeout_ms,
+                max_block_ms=request_timeout_ms,
+                bootstrap_timeout_ms=request_timeout_ms,
+                allow_auto_create_topics=False,
+                metrics_enabled=False,
+            )
+
+        what = f"connecting to Kafka at {bootstrap_servers}"
+        try:
+            await _call(
+                admin_thread,
+                what,
+                lambda: _check_reachable(bootstrap_servers, settings.timeout),
+                2 * settings.timeout,
+            )
+            await asyncio.gather(
+                _call(admin_thread, what, connect_admin, 2 * settings.timeout),
+                _call(producer_thread, what, connect_producer, 2 * settings.timeout),
+            )
+        except BaseException:
+            # Runs after the connect calls on the same threads, whenever those end.
+            admin_thread.submit(lambda: _close_quietly(clients.get("admin")))
+            producer_thread.submit(lambda: _close_quietly(clients.get("producer")))
+            admin_thread.stop()
+            producer_thread.stop()
+            raise
+        return cls(
+            settings,
+            admin=clients["admin"],
+            producer=clients["producer"],
+            admin_thread=admin_thread,
+            producer_thread=producer_thread,
+            replication_factor=replication_factor,
+            delivery_timeout=delivery_timeout_ms / 1000,
+        )
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether appends go through an idempotent producer (always, once open)."""
+        return bool(self._producer.config["enable_idempotence"])
+
+    # --- topics ---------------------------------------------------------------------------
+
+    async def ensure_topic(self, topic: str, partitions: int) -> None:
+        if partitions < 1:
+            raise ValueError(f"topic {topic} needs at least one partition, not {partitions}")
+        self._check_open()
+        existing = self._topics.get(topic)
+        if existing is None:
+            existing = await _call(
+                self._admin_thread,
+                f"creating topic {topic}",
+                lambda: self._create_topic(topic, partitions),
+                3 * self._timeout,
+            )
+        if existing != partitions:
+            raise TopicMismatchError(
+                f"topic {topic} exists with {existing} partitions, not {partitions}"
+            )
+        if topic not in self._topics:
+            # Load the producer's metadata now, so append never waits for it on the loop.
+            known = await _call(
+                self._producer_thread,
+                f"loading the metadata of topic {topic}",
+                lambda: self._producer.partitions_for(topic),
+                2 * self._timeout,
+            )
+            if len(known) != partitions:
+                raise LogError(
+                    f"the producer sees {len(known)} partitions of topic {topic}, not {partitions}"
+                )
+            self._topics[topic] = partitions
+
+    async def open_topic(self, topic: str) -> int:
+        """Make a topic someone else created usable; its partition count
+        (:class:`UnknownTopicError` if it does not exist)."""
+        self._check_open()
+        count = await _call(
+            self._admin_thread,
+            f"describing topic {topic}",
+            lambda: self._describe_topic(topic),
+            2 * self._timeout,
+        )
+        if count is None:
+            raise UnknownTopicError(f"topic {topic} does not exist")
+        await self.ensure_topic(topic, count)
+        return count
+
+    async def start_offsets(self, topic: str, at: str | int) -> list[int]:
+        """Per partition, where reading starts: ``"earliest"``, ``"latest"`` or the first
+        record at or after a timestamp (milliseconds; the end if there is none)."""
+        count = self.partitions(topic)
+        if at == "latest":
+            return await self.end_offsets(topic)
+        tps = [KafkaTopicPartition(topic, p) for p in range(count)]
+
+        def find() -> list[int | None]:
+            reader = self._reader_consumer()
+            timeout_ms = self._settings.request_timeout_ms
+            if at == "earliest":
+                starts = reader.beginning_offsets(tps, timeout_ms=timeout_ms)
+                return [starts[tp] for tp in tps]
+            found = reader.offsets_for_times(dict.fromkeys(tps, at), timeout_ms=timeout_ms)
+            return [found[tp].offset if found.get(tp) else None for tp in tps]
+
+        offsets = await _call(
+            self._reader_thread, f"finding start offsets in {topic}", find, 2 * self._timeout
+        )
+        if None in offsets:  # no record at or after the timestamp: start at the true end
+            ends = await self.end_offsets(topic)
+            return [e if o is None else o for o, e in zip(offsets, ends, strict=True)]
+        return [o for o in offsets if o is not None]
+
+    def _create_topic(self, topic: str, partitions: int) -> int:
+        """The topic's partition count, after creating it if missing (admin thread)."""
+        existing = self._describe_topic(topic)
+        if existing is not None:
+            return existing
+        try:
+            self._admin.create_topics(
+                {
+                    topic: {
+                        "num_partitions": partitions,
+                        "replication_factor": self._replication_factor,
+                    }
+                }
+            )
+        except TopicAlreadyExistsError:
+            pass  # someone else created it meanwhile: describe it below
+        else:
+            self._admin.wait_for_topics([topic], timeout_ms=self._settings.request_timeout_ms)
+        created = self._describe_topic(topic)
+        if created is None:
+            raise LogError(f"topic {topic} is missing right after its creation")
+        return created
+
+    def _describe_topic(self, topic: str) -> int | None:
+        for described in self._admin.describe_topics([topic]):
+            if described["name"] != topic:
+                continue
+            error = for_code(described["error_code"])
+            if error is UnknownTopicOrPartitionError:
+                return None
+            if error is not NoError:
+                raise LogError(f"describing topic {topic} failed: {error.__name__}")
+            return len(described["partitions"])
+        return None
+
+    def partitions(self, topic: str) -> int:
+        try:
+            return self._topics[topic]
+        except KeyError:
+            raise UnknownTopicError(f"unknown topic {topic}") from None
+
+    def _tp(self, topic: str, partition: int) -> TopicPartition:
+        count = self.partitions(topic)
+        if not 0 <= partition < count:
+            raise UnknownTopicError(f"topic {topic} has no partition {partition} (it has {count})")
+        return TopicPartition(topic, partition)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogError("the Kafka log is closed")
+
+    # --- appending ------------------------------------------------------------------------
+
+    def append(
+        self, topic: str, partition: int, records: Sequence[Record]
+    ) -> asyncio.Future[list[int]]:
+        tp = self._tp(topic, partition)
+        future: asyncio.Future[list[int]] = self._loop.create_future()
+        if self._closed:
+            future.set_exception(LogError("the Kafka log is closed"))
+            return future
+        if self._failure is not None:
+            future.set_exception(self._failure)
+            return future
+        if not records:
+            future.set_result([])
+            return future
+        acks = _Acks(self, future, tp, len(records))
+        send = self._producer.send
+        for i, record in enumerate(records):
+            try:
+                sent = send(
+                    topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=list(record.headers),
+                    partition=partition,
+                )
+            except (KafkaError, TypeError, ValueError) as e:
+                error = LogError(f"appending to {tp} failed: {e}")
+                error.__cause__ = e
+                if i > 0:  # part of this append is on its way: later ones would not follow it
+                    self._failure = self._failure or error
+                future.set_exception(error)
+                return future
+            sent.add_callback(acks.acked, i)
+            sent.add_errback(acks.failed)
+        self._watch(future)
+        return future
+
+    def _append_failed(
+        self, future: asyncio.Future[list[int]], tp: TopicPartition, error: Exception
+    ) -> None:
+        failure = LogError(f"appending to {tp} failed: {error}")
+        failure.__cause__ = error
+        self._failure = self._failure or failure
+        _fail(future, failure)
+
+    def _watch(self, future: asyncio.Future[list[int]]) -> None:
+        unsettled = self._unsettled
+        while unsettled and unsettled[0][1].done():
+            unsettled.popleft()
+        unsettled.append((self._loop.time() + self._ack_deadline, future))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._ack_deadline, self._check_unsettled)
+
+    def _check_unsettled(self) -> None:
+        self._watchdog = None
+        unsettled = self._unsettled
+        while unsettled and unsettled[0][1].done():
+            unsettled.popleft()
+        if not unsettled:
+            return
+        due = unsettled[0][0] - self._loop.time()
+        if due > 0:
+            self._watchdog = self._loop.call_later(due, self._check_unsettled)
+            return
+        failure = LogError(
+            f"Kafka at {self._settings.bootstrap_servers} did not acknowledge an append"
+            f" within {self._ack_deadline:g} s"
+        )
+        self._failure = self._failure or failure
+        for _, future in unsettled:
+            _fail(future, failure)
+        unsettled.clear()
+
+    async def flush(self) -> None:
+        if self._closed:
+            return
+        await _call(
+            self._producer_thread,
+            "flushing appends",
+            lambda: self._producer.flush(timeout=self._ack_deadline),
+            self._ack_deadline + self._timeout,
+        )
+        if self._failure is not None:
+            raise self._failure
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def read(
+        self, topic: str, partition: int, offset: int, max_records: int = 1000
+    ) -> list[StoredRecord]:
+        tp = self._tp(topic, partition)
+        self._check_open()
+        if max_records < 1:
+            return []
+        return await _call(
+            self._reader_thread,
+            f"reading {tp}",
+            lambda: self._read(tp, max(offset, 0), max_records),
+            2 * self._timeout,
+        )
+
+    async def end_offsets(self, topic: str) -> list[int]:
+        count = self.partitions(topic)
+        self._check_open()
+        return await _call(
+            self._reader_thread,
+            f"finding the end offsets of topic {topic}",
+            lambda: self._end_offsets(topic, count),
+            2 * self._timeout,
+        )
+
+    def _reader_consumer(self) -> Any:
+        if self._reader is None:
+            # Its assignment changes with every call: a fetch session would not pay off.
+            self._reader = self._settings.new_consumer(
+                "reader", enable_incremental_fetch_sessions=False
+            )
+        return self._reader
+
+    def _read(self, tp: TopicPartition, offset: int, max_records: int) -> list[StoredRecord]:
+        """Durable records from ``offset`` (reader thread).
+
+        ListOffsets answers a lower bound of the end (exact on Kafka, possibly one past
+        the last batch's base offset on Tansu). Records below it exist, so the fetch only
+        ends on a response with records: an empty answer could be a fetch sent before
+        the call, which the reader consumer may still have buffered.
+        """
+        reader = self._reader_consumer()
+        ktp = KafkaTopicPartition(tp.topic, tp.partition)
+        reader.assign([ktp])
+        listed = reader.end_offsets([ktp], timeout_ms=self._settings.request_timeout_ms)[ktp]
+        if listed == 0:
+            return []
+        # From the record before the listed end if need be: on Tansu it is the base of the
+        # last batch, and the fetch returns that whole batch.
+        reader.seek(ktp, min(offset, listed - 1))
+        out: list[StoredRecord] = []
+        deadline = time.monotonic() + self._timeout
+        while True:
+            wait_ms = int((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                raise LogError(f"reading {tp} from offset {offset}: no records within the timeout")
+            records = reader.poll(timeout_ms=wait_ms, max_records=_DRAIN).get(ktp)
+            if not records:
+                continue
+            out.extend(_stored(r) for r in records if r.offset >= offset)
+            end = max(listed, reader.highwater(ktp) or 0)
+            if len(out) >= max_records or records[-1].offset + 1 >= end:
+                return out[:max_records]
+
+    def _end_offsets(self, topic: str, count: int) -> list[int]:
+        """The true end of each partition (reader thread): the high watermark of a fetch
+        from just before the end ListOffsets reports (see :meth:`_read` for why only
+        responses with records count)."""
+        reader = self._reader_consumer()
+        tps = [KafkaTopicPartition(topic, p) for p in range(count)]
+        reader.assign(tps)
+        ends: dict[Any, int] = dict(
+            reader.end_offsets(tps, timeout_ms=self._settings.request_timeout_ms)
+        )
+        unconfirmed = set()
+        for ktp in tps:
+            reader.seek(ktp, max(ends[ktp] - 1, 0))
+            if ends[ktp] > 0:
+                unconfirmed.add(ktp)
+        deadline = time.monotonic() + self._timeout
+        while unconfirmed:
+            wait_ms = int((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                raise LogError(f"finding the end offsets of topic {topic}: no fetch answered")
+            for ktp, records in reader.poll(timeout_ms=wait_ms, max_records=_DRAIN).items():
+                if records and ktp in unconfirmed:
+                    highwater = reader.highwater(ktp) or 0
+                    ends[ktp] = max(ends[ktp], records[-1].offset + 1, highwater)
+                    unconfirmed.discard(ktp)
+        return [ends[ktp] for ktp in tps]
+
+    def consumer(self) -> KafkaLogConsumer:
+        self._check_open()
+        consumer = KafkaLogConsumer(self, f"consumer-{next(self._consumer_ids)}")
+        self._consumers.add(consumer)
+        return consumer
+
+    # --- consumer-group offsets -----------------------------------------------------------
+
+    async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        self._check_open()
+        if not offsets:
+            return
+        request = {
+            KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
+            for tp, offset in offsets.items()
+        }
+        errors = await _call(
+            self._admin_thread,
+            f"committing the offsets of group {group}",
+            lambda: self._admin.alter_group_offsets(group, request),
+            2 * self._timeout,
+        )
+        failed = [
+            f"{ktp.topic}[{ktp.partition}]: {error.__name__}"
+            for ktp, error in errors.items()
+            if error is not NoError
+        ]
+        if failed:
+            raise LogError(f"committing the offsets of group {group} failed: {', '.join(failed)}")
+
+    async def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        self._check_open()
+        groups = await _call(
+            self._admin_thread,
+            f"fetching the offsets of group {group}",
+            lambda: self._admin.list_group_offsets({group: None}),
+            2 * self._timeout,
+        )
+        return {
+            ktp.partition: committed.offset
+            for ktp, committed in groups.get(group, {}).items()
+            if ktp.topic == topic and committed.offset >= 0
+        }
+
+    # --- closing --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the consumers, deliver what was appended (bounded by the delivery
+        timeout; appends not delivered by then fail), and close the clients."""
+        if self._closed:
+            return
+        self._closed = True
+        for result in await asyncio.gather(
+            *(c.close() for c in list(self._consumers)), return_exceptions=True
+        ):
+            if isinstance(result, Exception):
+                logger.warning("closing the Kafka log: %s", result)
+        steps = [
+            (
+                self._producer_thread,
+                "closing the producer",
+                lambda: _close_producer(self._producer, self._delivery_timeout),
+                self._ack_deadline + self._timeout,
+            ),
+            (
+                self._reader_thread,
+                "closing the reader",
+                lambda: _close_quietly(self._reader),
+                3 * self._timeout,
+            ),
+            (self._admin_thread, "closing the admin client", self._admin.close, 2 * self._timeout),
+        ]
+        results = await asyncio.gather(
+            *(_call(thread, what, fn, within) for thread, what, fn, within in steps),
+            return_exceptions=True,
+        )
+        for (thread, *_), result in zip(steps, results, strict=True):
+            thread.stop()
+            if isinstance(result, Exception):
+                logger.warning("closing the Kafka log: %s", result)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def __repr__(self) -> str:
+        return f"KafkaLog({self._settings.bootstrap_servers!r})"
+
+
+def _check_reachable(bootstrap_servers: str, timeout: float) -> None:
+    """Raise :class:`LogError` unless a bootstrap server accepts a TCP connection.
+
+    A kafka-python 3.0.12 client that cannot bootstrap leaks its sockets and, for the
+    admin client, its IO thread, forever: do not create clients when nobody listens.
+    """
+    refusals = []
+    for server in bootstrap_servers.split(","):
+        address = server.strip().rpartition("://")[2]
+        host, colon, port = address.rpartition(":")
+        if not colon or "]" in port:  # no port: Kafka's default
+            host, port = address, "9092"
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return
+        except (OSError, ValueError) as e:
+            refusals.append(f"{server.strip()}: {e}")
+    raise LogError(f"no Kafka broker answers at {bootstrap_servers} ({'; '.join(refusals)})")
+
+
+def _close_quietly(client: Any) -> None:
+    if client is None:
+        return
+    try:
+        client.close()
+    except Exception:
+        logger.warning("closing a Kafka client failed", exc_info=True)
+
+
+def _close_producer(producer: Any, timeout: float) -> None:
+    try:
+        producer.close(timeout=timeout)
+    except KafkaTimeoutError:
+        # kafka-python 3.0's close() raises from its final flush when records cannot be
+        # delivered, and leaves the producer open. Abort them (their appends fail, which
+        # the watchdog would do anyway), then close for good.
+        sender = producer._sender
+        sender.force_close()
+        sender.join(timeout)
+        producer.close(timeout=0)
+
+
+class KafkaLogConsumer(LogConsumer):
+    """Reads assigned partitions through a Kafka consumer outside any group.
+
+    A poll waits for one kafka-python poll on the consumer's thread, buffers all it
+    brought and hands out a fair share per partition; the next Kafka poll starts only
+    once the buffer is empty. A poll whose caller stops waiting (timeout, cancellation)
+    keeps running, and its records stay buffered for the next :meth:`poll`: nothing is
+    lost. :meth:`assign` takes effect at the next Kafka poll.
+    """
+
+    def __init__(self, log: KafkaLog, role: str) -> None:
+        self._log = log
+        self._loop = log._loop
+        self._settings = log._settings
+        self._role = role
+        self._thread = _ClientThread(f"{log._settings.client_id}-{role}", log._loop)
+        self._kafka: Any = None  # created on the consumer's thread by the first poll
+        self._positions: dict[TopicPartition, int] = {}
+        self._buffered: dict[TopicPartition, deque[StoredRecord]] = {}
+        self._seek: dict[TopicPartition, int] | None = None  # to apply at the next Kafka poll
+        self._generation = 0  # bumped by assign: results of earlier Kafka polls are stale
+        self._fetch: asyncio.Future[dict[TopicPartition, list[StoredRecord]]] | None = None
+        self._fetch_due = 0.0
+        self._error: LogError | None = None
+        self._rotation = 0
+        self._closed = False
+
+    def assign(self, positions: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in positions.items():
+            self._log._tp(tp.topic, tp.partition)
+            if offset < 0:
+                raise ValueError(f"cannot read {tp} from offset {offset}")
+        self._positions = dict(positions)
+        self._buffered = {}
+        self._seek = dict(positions)
+        self._generation += 1
+        self._error = None
+
+    def position(self, tp: TopicPartition) -> int:
+        return self._positions[tp]
+
+    async def poll(
+        self, max_wait: float, max_records: int = 1000
+    ) -> dict[TopicPartition, list[StoredRecord]]:
+        if self._closed:
+            raise LogError("the consumer is closed")
+        if not self._positions:
+            await asyncio.sleep(max_wait)
+            return {}
+        deadline = self._loop.time() + max_wait
+        started = False
+        while not self._buffered:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            remaining = max(deadline - self._loop.time(), 0.0)
+            if self._fetch is None:
+                if started and remaining == 0:
+                    return {}
+                self._fetch = self._start_fetch(remaining)
+                started = True
+            fetch = self._fetch
+            done, _ = await asyncio.wait({fetch}, timeout=remaining)
+            if not done:
+                # Still running: started by an earlier poll that asked to wait longer, or
+                # overdue. Its records will be buffered for the next poll.
+                if self._loop.time() > self._fetch_due + 2 * self._settings.timeout:
+                    raise LogError(f"polling Kafka at {self._settings.bootstrap_servers} hangs")
+                return {}
+        return self._take(max_records)
+
+    def _start_fetch(self, wait: float) -> asyncio.Future[dict[TopicPartition, list[StoredRecord]]]:
+        generation = self._generation
+        seek, self._seek = self._seek, None
+        wait_ms = int(wait * 1000)
+        self._fetch_due = self._loop.time() + wait
+        fetch = self._thread.submit(lambda: self._fetch_records(seek, wait_ms))
+        fetch.add_done_callback(lambda f: self._fetched(generation, f))
+        return fetch
+
+    def _fetch_records(
+        self, seek: dict[TopicPartition, int] | None, wait_ms: int
+    ) -> dict[TopicPartition, list[StoredRecord]]:
+        """One Kafka poll (consumer thread)."""
+        if self._kafka is None:
+            self._kafka = self._settings.new_consumer(self._role)
+        consumer = self._kafka
+        if seek is not None:
+            consumer.assign([KafkaTopicPartition(tp.topic, tp.partition) for tp in seek])
+            for tp, offset in seek.items():
+                consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
+        batches = consumer.poll(timeout_ms=wait_ms, max_records=_DRAIN)
+        return {
+            TopicPartition(ktp.topic, ktp.partition): [_stored(r) for r in records]
+            for ktp, records in batches.items()
+        }
+
+    def _fetched(
+        self, generation: int, fetch: asyncio.Future[dict[TopicPartition, list[StoredRecord]]]
+    ) -> None:
+        self._fetch = None
+        if fetch.cancelled() or generation != self._generation:
+            return
+        error = fetch.exception()
+        if error is not None:
+            # Start over from the positions handed out, whatever the Kafka consumer read.
+            self._seek = dict(self._positions)
+            if isinstance(error, LogError):
+                self._error = error
+            else:
+                self._error = LogError(f"polling Kafka failed: {error}")
+                self._error.__cause__ = error
+            return
+        for tp, records in fetch.result().items():
+            if records:
+                self._buffered.setdefault(tp, deque()).extend(records)
+
+    def _take(self, max_records: int) -> dict[TopicPartition, list[StoredRecord]]:
+        # Rotate the starting partition so a busy partition cannot starve the others.
+        ready = list(self._buffered)
+        self._rotation = (self._rotation + 1) % len(ready)
+        ready = ready[self._rotation :] + ready[: self._rotation]
+        share = max(1, max_records // len(ready))
+        out: dict[TopicPartition, list[StoredRecord]] = {}
+        for tp in ready:
+            buffered = self._buffered[tp]
+            records = [buffered.popleft() for _ in range(min(share, len(buffered)))]
+            if not buffered:
+                del self._buffered[tp]
+            out[tp] = records
+            self._positions[tp] = records[-1].offset + 1
+        return out
+
+    async def close(self) -> None:
+        """Close the Kafka consumer, after the Kafka poll in progress (if any) returns."""
+        if self._closed:
+            return
+        self._closed = True
+        self._generation += 1
+        self._buffered = {}
+        self._log._consumers.discard(self)
+        in_progress = max(self._fetch_due - self._loop.time(), 0.0) if self._fetch else 0.0
+        try:
+            await _call(
+                self._thread,
+                f"closing Kafka consumer {self._role}",
+                lambda: _close_quietly(self._kafka),
+                in_progress + 2 * self._settings.timeout,
+            )
+        finally:
+            self._thread.stop()

