@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import uvloop
 
 from bench._support import (
     HOST,
@@ -49,7 +50,7 @@ from bench._support import (
     thread_cpu_seconds,
 )
 
-QUICK = {"messages": 2_000, "addresses": 200, "concurrency": 64}
+QUICK = {"messages": 1_500, "addresses": 150, "concurrency": 64}
 DEFAULTS = {"messages": 20_000, "addresses": 1_000, "concurrency": 64}
 CALL_TIMEOUT = 120.0
 PROGRESS_TIMEOUT = 60.0
@@ -325,7 +326,7 @@ spec:
 
 
 def start_pipeline(
-    children: Children, workdir: Path, runtime_loop: str, profile: Path | None = None
+    children: Children, workdir: Path, args: argparse.Namespace
 ) -> tuple[Child, Child, str, str]:
     """Start the functions and the runtime; (runtime, functions, ingress URL, functions URL)."""
     functions_port, ingress_port = free_port(), free_port()
@@ -347,16 +348,20 @@ def start_pipeline(
         ],
         workdir / "functions.log",
     )
-    # ``bench._uvloop_runtime`` is ``runtime.cli`` on uvloop; the default is the real command.
-    entry = "runtime.cli" if runtime_loop == "asyncio" else "bench._uvloop_runtime"
-    profiler = [] if profile is None else ["-m", "cProfile", "-o", str(profile)]
+    # The real command, unless an experiment asks for ``bench._runtime_variant``.
+    entry = ["-m", "runtime.cli"]
+    if args.runtime_loop != "asyncio" or args.function_client != "httpx":
+        entry = ["-m", "bench._runtime_variant", "--loop", args.runtime_loop]
+        entry += ["--function-client", args.function_client, "--"]
+    profiler = (
+        [] if args.profile_runtime is None else ["-m", "cProfile", "-o", str(args.profile_runtime)]
+    )
     runtime = children.start(
         "the runtime",
         [
             sys.executable,
             *profiler,
-            "-m",
-            entry,
+            *entry,
             "run",
             "--module",
             str(module),
@@ -384,8 +389,8 @@ async def measure(
         await runtime.wait_healthy(session, f"{ingress}/health")
         pipeline = Pipeline(runtime, functions, ingress, session)
         # Warm up (connections, state spec registration, code paths); checked, not shown.
-        await pipeline.run_call(Workload("warm-up call", 400, 50, 16), prefix="warmup-call")
-        await pipeline.run_send(Workload("warm-up send", 400, 50, 16), prefix="warmup-send")
+        await pipeline.run_call(Workload("warm-up call", 200, 50, 16), prefix="warmup-call")
+        await pipeline.run_send(Workload("warm-up send", 200, 50, 16), prefix="warmup-send")
         rows: list[Row] = []
         for w in modes:
             run = pipeline.run_call if w.mode == "call" else pipeline.run_send
@@ -423,6 +428,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="event loop of the runtime process (default asyncio, what `statefun run` uses)",
     )
     parser.add_argument(
+        "--function-client",
+        choices=["httpx", "aiohttp"],
+        default="httpx",
+        help="experiment: the runtime's function client on aiohttp without httpx "
+        "(default httpx, what the runtime uses; see bench/_runtime_variant.py)",
+    )
+    parser.add_argument(
         "--profile-runtime",
         type=Path,
         metavar="FILE",
@@ -440,38 +452,53 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    """Start the pipeline, measure, verify, print; the exit status."""
     modes = ["call", "send"] if args.mode == "both" else [args.mode]
     workloads = [Workload(m, args.messages, args.addresses, args.concurrency) for m in modes]
-    workdir = Path(tempfile.mkdtemp(prefix="statefun-bench-"))
-    print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, runtime loop "
-        f"{args.runtime_loop}, work directory {workdir}",
-        flush=True,
-    )
     status = 0
     with Children() as children:
-        runtime, functions, ingress, functions_url = start_pipeline(
-            children, workdir, args.runtime_loop, args.profile_runtime
-        )
+        runtime, functions, ingress, functions_url = start_pipeline(children, workdir, args)
         try:
-            rows = asyncio.run(measure(runtime, functions, ingress, functions_url, workloads))
+            # The load generator runs on uvloop, to take as little CPU from the runtime as it can.
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                rows = runner.run(measure(runtime, functions, ingress, functions_url, workloads))
         except Failed as e:
             print(f"FAILED: {e}", flush=True)
             status = 1
-        except BenchError as e:
-            print(f"bench: error: {e}", file=sys.stderr, flush=True)
+        except (BenchError, aiohttp.ClientError, TimeoutError) as e:
+            print(f"bench: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            for child in (runtime, functions):
+                print(f"--- {child.name}, {child.log_path}:\n{child.log_tail()}", file=sys.stderr)
             status = 2
         else:
             print(format_table(HEADERS, [r.cells() for r in rows]))
             print(f"OK: every address's count equals the messages sent to it ({', '.join(modes)})")
         problems = runtime.problems() + functions.problems()
     if problems:
-        print(f"{len(problems)} warning or error lines in the children's logs, e.g.:")
-        print("\n".join(f"  {line}" for line in problems[:5]))
-    if args.keep:
-        print(f"kept {workdir}")
+        print(f"{len(problems)} lines at WARNING or above in the children's logs, e.g.:")
+        print("\n".join(f"  {line[:220]}" for line in problems[:3]))
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="statefun-bench-"))
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, runtime loop "
+        f"{args.runtime_loop}, function client {args.function_client}, work directory {workdir}",
+        flush=True,
+    )
+    try:
+        status = run(args, workdir)
+    except KeyboardInterrupt as e:
+        print(
+            f"bench: interrupted ({str(e) or 'SIGINT'}); the processes were stopped",
+            file=sys.stderr,
+        )
+        status = 130
+    if args.keep or status not in (0, 130):
+        print(f"kept {workdir} (module.yaml, the children's logs, the runtime's data)")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return status

@@ -172,18 +172,22 @@ class Children:
         return child
 
     def stop(self) -> None:
+        """Stop the children one by one, the last started first: the runtime goes while the
+        functions still answer, so it can finish what it has in flight."""
         children, self._children = self._children, []
         for child in reversed(children):
             if child.process.poll() is None:
                 child.process.terminate()
-        deadline = time.monotonic() + self.grace
-        for child in reversed(children):
-            try:
-                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"bench: {child.name} ignored SIGTERM; killing it", file=sys.stderr)
-                child.process.kill()
-                child.process.wait()
+                try:
+                    child.process.wait(timeout=self.grace)
+                except subprocess.TimeoutExpired:
+                    print(
+                        f"bench: {child.name} did not stop within {self.grace:g} s of SIGTERM; "
+                        "killing it",
+                        file=sys.stderr,
+                    )
+                    child.process.kill()
+                    child.process.wait()
             child._log.close()
 
     def __enter__(self) -> Children:
