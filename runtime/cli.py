@@ -42,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="run the runtime on the embedded log",
-        description="Run the runtime: the embedded durable log, the worker and the HTTP ingress.",
+        help="run the runtime",
+        description="Run the runtime: its log (embedded, or Kafka with --kafka), the worker "
+        "and the HTTP ingress.",
     )
     run.add_argument(
         "--module",
@@ -53,11 +54,25 @@ def _parser() -> argparse.ArgumentParser:
         help="module spec (StateFun module.yaml format)",
     )
     run.add_argument(
+        "--kafka",
+        default=os.environ.get("STATEFUN_KAFKA") or None,
+        metavar="BOOTSTRAP",
+        help="keep the log in this Kafka cluster instead of the embedded log "
+        "(default: $STATEFUN_KAFKA)",
+    )
+    run.add_argument(
+        "--app-id",
+        default=os.environ.get("STATEFUN_APP_ID", "statefun"),
+        metavar="ID",
+        help="names the runtime's topics and consumer group, so applications can share a "
+        "Kafka cluster (default: $STATEFUN_APP_ID or statefun)",
+    )
+    run.add_argument(
         "--data-dir",
         type=Path,
         default=Path("statefun-data"),
         metavar="DIR",
-        help="directory of the embedded log (default: ./statefun-data)",
+        help="directory of the embedded log, unless --kafka (default: ./statefun-data)",
     )
     run.add_argument(
         "--ingress-host",
@@ -131,6 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: the server stack takes a second to import, which send and call skip.
     from runtime.app import Runtime, RuntimeConfig
     from runtime.log import LogError
+    from runtime.routing import ConfigurationError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -145,7 +161,9 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"{args.module} declares no function endpoint", status=2)
     config = RuntimeConfig(
         module=module,
-        data_dir=args.data_dir,
+        data_dir=None if args.kafka else args.data_dir,
+        kafka=args.kafka,
+        app_id=args.app_id,
         ingress_host=args.ingress_host,
         ingress_port=args.ingress_port,
         messages_partitions=args.partitions,
@@ -158,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except LogError as e:
+    except (LogError, ConfigurationError) as e:
         raise CliError(str(e)) from None
     return 0
 

@@ -10,6 +10,7 @@ and a rejected request leaves nothing in the log.
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.http_values import BadInput, value_from_http, value_to_json
+from runtime.replies import ShuttingDown
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError
 from statefun.values import TypedValue
@@ -117,7 +119,10 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         timeout: float = Query(30.0, gt=0, le=MAX_CALL_TIMEOUT),  # noqa: ASYNC109
     ) -> JSONResponse:
         target, value = await accept(request, namespace, type_, id_, type)
-        caller, reply = runtime.replies.new_caller()
+        try:
+            caller, reply = runtime.replies.new_caller()
+        except ShuttingDown:
+            return _error(503, "shutting_down", "the runtime is stopping; nothing was accepted")
         try:
             partition, offset = await runtime.append_message(target, caller, value)
             try:
@@ -127,6 +132,14 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
                     504,
                     "timeout",
                     f"no reply within {timeout:g} s; the message was accepted and will be processed",
+                    partition=partition,
+                    offset=offset,
+                )
+            except ShuttingDown:
+                return _error(
+                    503,
+                    "shutting_down",
+                    "the runtime is stopping; the message was accepted and will be processed",
                     partition=partition,
                     offset=offset,
                 )
@@ -157,15 +170,40 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
             egress_id = TypeName.parse(f"{namespace}/{name}")
         except InvalidNameError as e:
             return _error(400, "bad_egress", str(e))
-        if runtime.module.egress(egress_id) is None:
+        if not runtime.egresses.readable(egress_id):
             return _error(
-                404, "unknown_egress", f"no egress {egress_id} is declared in the module spec"
+                404,
+                "unknown_egress",
+                f"no egress {egress_id} kept by the runtime is declared in the module spec "
+                "(a Kafka egress is read from its Kafka topic)",
             )
-        records = await runtime.router.read_egress(egress_id, from_, limit)
+        records = await runtime.egresses.read(egress_id, from_, limit)
         return JSONResponse(
             {
                 "records": [{"offset": o, **value_to_json(v)} for o, v in records],
                 "next": records[-1][0] + 1 if records else from_,
+            }
+        )
+
+    @app.get("/v1/dead-letters")
+    async def dead_letters(
+        from_: int = Query(0, alias="from", ge=0), limit: int = Query(100, ge=1, le=10_000)
+    ) -> JSONResponse:
+        letters = await runtime.dead_letters.read(from_, limit)
+        return JSONResponse(
+            {
+                "records": [
+                    {
+                        "offset": d.offset,
+                        "reason": d.reason,
+                        "source": d.source,
+                        "origin": d.origin,
+                        "key": None if d.key is None else base64.b64encode(d.key).decode(),
+                        "value": base64.b64encode(d.value).decode(),
+                    }
+                    for d in letters
+                ],
+                "next": letters[-1].offset + 1 if letters else from_,
             }
         )
 

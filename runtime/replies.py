@@ -17,14 +17,21 @@ from statefun.address import Address
 from statefun.values import TypedValue
 
 
+class ShuttingDown(Exception):
+    """The runtime is stopping; calls waiting for replies are answered now."""
+
+
 class ReplyWaiters:
     def __init__(self) -> None:
         # Unique across restarts of the process, so a late reply can never reach a new caller.
         self._prefix = os.urandom(6).hex()
         self._ids = itertools.count()
         self._waiting: dict[Address, asyncio.Future[TypedValue]] = {}
+        self._closed = False
 
     def new_caller(self) -> tuple[Address, asyncio.Future[TypedValue]]:
+        if self._closed:
+            raise ShuttingDown("the runtime is stopping")
         address = Address(
             INGRESS_CALLER_TYPE.namespace,
             INGRESS_CALLER_TYPE.name,
@@ -44,3 +51,11 @@ class ReplyWaiters:
             return False
         future.set_result(value)
         return True
+
+    def close(self) -> None:
+        """Stop waiting: every waiting call fails with :class:`ShuttingDown`, and new ones too."""
+        self._closed = True
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ShuttingDown("the runtime is stopping"))
+        self._waiting.clear()

@@ -1,42 +1,40 @@
-"""The router: where a message, a delayed message's firing or an egress record goes.
+"""The router: where a message (from a function, an ingress or a timer) goes.
 
 Messages to function addresses are appended to the messages log, on the partition of
-their target; messages to an ingress caller complete the waiting HTTP call; egress
-records are appended to their egress's topic. The router checks routability before
-anything is applied, so a result with an unroutable effect is refused whole.
+their target; messages to an ingress caller complete the waiting HTTP call. The worker
+asks the router about routability before applying anything, so a result with an
+unroutable message is refused whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import msgpack
-
 from runtime.envelope import Envelope
-from runtime.log import Log, Record
+from runtime.log import Log
 from runtime.replies import ReplyWaiters
-from runtime.routing import INGRESS_CALLER_TYPE, MESSAGES_TOPIC, egress_topic, partition_for
-from statefun.address import Address, TypeName
+from runtime.routing import INGRESS_CALLER_TYPE, Topics, partition_for
+from statefun.address import Address
 from statefun.module_spec import ModuleSpec
 from statefun.values import TypedValue
 
 
 class Router:
-    def __init__(self, log: Log, module: ModuleSpec, replies: ReplyWaiters, partitions: int):
+    def __init__(
+        self, log: Log, module: ModuleSpec, replies: ReplyWaiters, topics: Topics, partitions: int
+    ):
         self._log = log
         self._module = module
         self._replies = replies
+        self.topics = topics
         self._partitions = partitions
-        self._egress_topics = {e.id: egress_topic(e.id) for e in module.egresses}
 
     @property
     def partitions(self) -> int:
         return self._partitions
 
     async def create_topics(self) -> None:
-        await self._log.ensure_topic(MESSAGES_TOPIC, self._partitions)
-        for topic in self._egress_topics.values():
-            await self._log.ensure_topic(topic, 1)
+        await self._log.ensure_topic(self.topics.messages, self._partitions)
 
     def unroutable_target(self, target: Address) -> str | None:
         """Why a message to ``target`` cannot be routed, or None if it can."""
@@ -44,11 +42,6 @@ class Router:
         if function_type == INGRESS_CALLER_TYPE or self._module.endpoint_for(function_type):
             return None
         return f"no endpoint in the module spec serves function type {function_type}"
-
-    def unknown_egress(self, egress_id: TypeName) -> str | None:
-        if egress_id in self._egress_topics:
-            return None
-        return f"no egress {egress_id} is declared in the module spec"
 
     def send(
         self, target: Address, caller: Address | None, argument: TypedValue
@@ -59,19 +52,9 @@ class Router:
             return None
         envelope = Envelope(target, caller, argument)
         return self._log.append(
-            MESSAGES_TOPIC, partition_for(target, self._partitions), [envelope.to_record()]
+            self.topics.messages, partition_for(target, self._partitions), [envelope.to_record()]
         )
 
-    def emit(self, egress_id: TypeName, argument: TypedValue) -> asyncio.Future[list[int]]:
-        value = msgpack.packb((argument.typename, argument.value), use_bin_type=True)
-        return self._log.append(self._egress_topics[egress_id], 0, [Record(value=value)])
-
-    async def read_egress(
-        self, egress_id: TypeName, offset: int, max_records: int
-    ) -> list[tuple[int, TypedValue]]:
-        records = await self._log.read(self._egress_topics[egress_id], 0, offset, max_records)
-        out = []
-        for r in records:
-            typename, value = msgpack.unpackb(r.value, raw=False)
-            out.append((r.offset, TypedValue(typename, value)))
-        return out
+    async def flush(self) -> None:
+        """Return once every message sent so far is durable."""
+        await self._log.flush()

@@ -1,25 +1,61 @@
 """Where records go: topic names, record keys and partitions.
 
-The partition of an address is Kafka's default partitioner (murmur2 of the key,
-positive, modulo the partition count) on the address's key, for every log, so any
+Every topic the runtime owns is named after its application id (``--app-id``, default
+``statefun``), as Kafka Streams does, so several applications can share one Kafka
+cluster. The partition of an address is Kafka's default partitioner (murmur2 of the
+key, positive, modulo the partition count) on the address's key, for every log, so any
 Kafka client writing with the same key lands where the runtime reads.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from kafka.partitioner.default import murmur2
 
 from statefun.address import Address, TypeName
 
-MESSAGES_TOPIC = "statefun-messages"
-CONSUMER_GROUP = "statefun-runtime"
-
 # The function type of the addresses the HTTP ingress gives its /v1/call requests.
 INGRESS_CALLER_TYPE = TypeName("statefun.ingress", "caller")
 
 _TOPIC_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
+_APP_ID = re.compile(r"^[a-zA-Z0-9._-]{1,100}$")
+
+
+class ConfigurationError(ValueError):
+    """The runtime cannot start as configured; the message says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The names of the runtime's own topics, and its consumer group, for one application."""
+
+    app_id: str = "statefun"
+
+    def __post_init__(self) -> None:
+        if not _APP_ID.match(self.app_id):
+            raise ConfigurationError(
+                f"application id {self.app_id!r} must be 1-100 letters, digits, '.', '_' or '-'"
+            )
+
+    @property
+    def messages(self) -> str:
+        return f"{self.app_id}-messages"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.app_id}-dead-letters"
+
+    @property
+    def consumer_group(self) -> str:
+        return self.app_id
+
+    def egress(self, egress_id: TypeName) -> str:
+        """The topic of an embedded egress (ids differing only in characters Kafka does not
+        allow in topic names share a topic; the router refuses such pairs)."""
+        safe = _TOPIC_UNSAFE.sub("_", f"{egress_id.namespace}.{egress_id.name}")
+        return f"{self.app_id}-egress.{safe}"
 
 
 def address_key(address: Address) -> bytes:
@@ -33,9 +69,3 @@ def partition_for_key(key: bytes, partitions: int) -> int:
 
 def partition_for(address: Address, partitions: int) -> int:
     return partition_for_key(address_key(address), partitions)
-
-
-def egress_topic(egress_id: TypeName) -> str:
-    """The log topic holding an embedded egress (names differing only in unsafe
-    characters collide; the module loader rejects such pairs)."""
-    return "statefun-egress." + _TOPIC_UNSAFE.sub("_", f"{egress_id.namespace}.{egress_id.name}")

@@ -25,10 +25,10 @@ class StateSpecRegistry:
     def specs(self, function_type: TypeName) -> Mapping[str, StateSpec]:
         return self._specs.get(function_type, {})
 
-    def register(self, function_type: TypeName, specs: Iterable[StateSpec]) -> int:
-        """Register ``specs``; the number that were new (0 means nothing was missing)."""
+    def register(self, function_type: TypeName, specs: Iterable[StateSpec]) -> None:
+        """Register all of ``specs``, or none of them if one conflicts."""
+        specs = list(specs)
         known = self._specs.setdefault(function_type, {})
-        added = 0
         for spec in specs:
             existing = known.get(spec.name)
             if existing is not None and existing.typename != spec.typename:
@@ -36,10 +36,8 @@ class StateSpecRegistry:
                     f"{function_type} declares state {spec.name!r} as {spec.typename}, "
                     f"but it is registered as {existing.typename}"
                 )
-            if existing != spec:
-                added += existing is None
-                known[spec.name] = spec
-        return added
+        for spec in specs:
+            known[spec.name] = spec
 
 
 class StateStore:

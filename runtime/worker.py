@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from runtime.egress import Egresses
 from runtime.envelope import Envelope, MalformedEnvelope
 from runtime.function_client import CallFailed, FunctionClient
 from runtime.log import Log, StoredRecord, TopicPartition
 from runtime.router import Router
-from runtime.routing import CONSUMER_GROUP, MESSAGES_TOPIC
 from runtime.state import StateSpecConflict, StateSpecRegistry, StateStore
 from runtime.timers import TimerService
 from statefun.address import Address, TypeName
@@ -96,6 +96,8 @@ class Mailbox:
     dispatcher: EndpointDispatcher
     waiting: deque[PendingInvocation] = field(default_factory=deque)
     in_flight: list[PendingInvocation] | None = None
+    sent_states: frozenset[str] = frozenset()
+    """The state names the in-flight batch carried."""
     queued: bool = False
     first_sent_at: float = 0.0
     attempts: int = 0
@@ -236,6 +238,7 @@ class Worker:
         log_: Log,
         module: ModuleSpec,
         router: Router,
+        egresses: Egresses,
         *,
         config: WorkerConfig | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -245,6 +248,7 @@ class Worker:
         self._log = log_
         self._module = module
         self._router = router
+        self._egresses = egresses
         self._transport = transport
         self._registry = StateSpecRegistry()
         self.state = StateStore()
@@ -265,9 +269,10 @@ class Worker:
 
     async def start(self) -> None:
         partitions = self._router.partitions
-        committed = await self._log.committed_offsets(CONSUMER_GROUP, MESSAGES_TOPIC)
+        topics = self._router.topics
+        committed = await self._log.committed_offsets(topics.consumer_group, topics.messages)
         positions = {
-            TopicPartition(MESSAGES_TOPIC, p): committed.get(p, 0) for p in range(partitions)
+            TopicPartition(topics.messages, p): committed.get(p, 0) for p in range(partitions)
         }
         self._consumer.assign(positions)
         self._progress = {tp: PartitionProgress(pos) for tp, pos in positions.items()}
@@ -369,6 +374,7 @@ class Worker:
         values = self.state.get(address)
         specs = self._registry.specs(address.function_type)
         assert mailbox.in_flight is not None
+        mailbox.sent_states = frozenset(specs)
         return InvocationBatch(
             address,
             {name: values.get(name) for name in specs},
@@ -378,15 +384,17 @@ class Worker:
     def apply(self, mailbox: Mailbox, outcome: BatchOutcome) -> None:
         dispatcher = mailbox.dispatcher
         if isinstance(outcome, MissingStateSpecs):
+            if {s.name for s in outcome.specs} <= mailbox.sent_states:
+                dispatcher.retry(
+                    mailbox, "protocol violation: the function asks for states the batch carried"
+                )
+                return
             try:
-                added = self._registry.register(mailbox.address.function_type, outcome.specs)
+                # Another batch of the type may have registered them meanwhile: then this
+                # just sends the batch again, now with them.
+                self._registry.register(mailbox.address.function_type, outcome.specs)
             except StateSpecConflict as e:
                 dispatcher.retry(mailbox, str(e))
-                return
-            if not added:
-                dispatcher.retry(
-                    mailbox, "protocol violation: missing state specs that were all sent"
-                )
                 return
             dispatcher.mark_ready(mailbox, first=True)
             return
@@ -429,7 +437,7 @@ class Worker:
             else:
                 pending_tokens.discard(d.token)
         for e in result.egress:
-            if (why := self._router.unknown_egress(e.egress)) is not None:
+            if (why := self._egresses.problem(e.egress, e.argument)) is not None:
                 return why
         return None
 
@@ -445,7 +453,7 @@ class Worker:
             else:
                 self._timers.schedule(address, d)
         for e in result.egress:
-            self._track(self._router.emit(e.egress, e.argument))
+            self._track(self._egresses.emit(e.egress, e.argument))
         self._finish(mailbox)
 
     def _finish(self, mailbox: Mailbox) -> None:
@@ -495,7 +503,7 @@ class Worker:
         # committed as done.
         done = {tp: p.committable for tp, p in self._progress.items()}
         await self._log.flush()
-        await self._log.commit_offsets(CONSUMER_GROUP, done)
+        await self._log.commit_offsets(self._router.topics.consumer_group, done)
 
     # --- what the ingress asks ---------------------------------------------------------
 

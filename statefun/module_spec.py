@@ -5,6 +5,10 @@ Reads StateFun's ``module.yaml`` format (several YAML documents, each ``kind`` a
 :class:`~statefun.errors.ModuleSpecError` naming the document and the field; an unknown
 kind or field is an error, never ignored.
 
+String values may name environment variables, as Docker Compose files do:
+``${NAME}`` (an error if unset) or ``${NAME:-default}``; ``$${`` is a literal ``${``.
+A file without ``${`` reads exactly as StateFun reads it.
+
 Kinds understood:
 
 * ``io.statefun.endpoints.v2/http`` - ``functions`` (``ns/name`` or ``ns/*``),
@@ -13,13 +17,25 @@ Kinds understood:
   and our ``protocol`` (``native``).
 * ``statefun.v1/egress`` - ``id``: an egress kept in the runtime's log and readable over
   the ingress API (``GET /v1/egress/{namespace}/{name}``).
+* ``io.statefun.kafka.v1/ingress`` - ``id``, ``address``, ``consumerGroupId``,
+  ``startupPosition`` (``group-offsets``, ``earliest``, ``latest``, ``specific-offsets``
+  with ``offsets: [{"topic/partition": offset}]``, ``date`` with ``date: "yyyy-MM-dd
+  HH:mm:ss.SSS Z"``), ``autoOffsetResetPosition``, ``topics: [{topic, valueType,
+  targets}]`` and ``properties`` (Kafka client settings).
+* ``io.statefun.kafka.v1/egress`` - ``id``, ``address``, ``deliverySemantic: {type,
+  transactionTimeout}`` and ``properties``.
+
+As in StateFun, a Kafka ``address`` may be left out; the runtime then uses its own
+Kafka cluster (``statefun run --kafka``).
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,12 +46,18 @@ from statefun.errors import InvalidNameError, ModuleSpecError
 
 __all__ = [
     "ENDPOINT_KIND",
+    "KAFKA_EGRESS_KIND",
+    "KAFKA_INGRESS_KIND",
     "LOG_EGRESS_KIND",
     "FunctionTypePattern",
     "HttpEndpoint",
     "HttpTimeouts",
+    "KafkaEgress",
+    "KafkaIngress",
+    "KafkaIngressTopic",
     "LogEgress",
     "ModuleSpec",
+    "StartupPosition",
     "load_module_spec",
     "parse_duration",
     "parse_module_spec",
@@ -43,6 +65,12 @@ __all__ = [
 
 ENDPOINT_KIND = "io.statefun.endpoints.v2/http"
 LOG_EGRESS_KIND = "statefun.v1/egress"
+KAFKA_INGRESS_KIND = "io.statefun.kafka.v1/ingress"
+KAFKA_EGRESS_KIND = "io.statefun.kafka.v1/egress"
+_KINDS = (ENDPOINT_KIND, LOG_EGRESS_KIND, KAFKA_INGRESS_KIND, KAFKA_EGRESS_KIND)
+_STARTUP_POSITIONS = ("group-offsets", "earliest", "latest", "specific-offsets", "date")
+_DELIVERY_SEMANTICS = ("at-least-once", "exactly-once", "none")
+_STARTUP_DATE = "%Y-%m-%d %H:%M:%S.%f %z"
 _TRANSPORT_TYPES = ("io.statefun.transports.v1/async", "io.statefun.transports.v1/okhttp")
 _PROTOCOLS = ("native",)
 
@@ -124,9 +152,56 @@ class LogEgress:
 
 
 @dataclass(frozen=True, slots=True)
+class KafkaIngressTopic:
+    """One topic of a Kafka ingress: each record becomes a ``value_type`` message to every
+    target function type, at the id given by the record's key."""
+
+    topic: str
+    value_type: str
+    targets: tuple[TypeName, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StartupPosition:
+    """Where a Kafka ingress starts reading when its consumer group has no offsets."""
+
+    kind: str = "latest"
+    offsets: tuple[tuple[str, int, int], ...] = ()
+    """(topic, partition, offset) for ``specific-offsets``."""
+    date_ms: int | None = None
+    """Milliseconds since the epoch for ``date``."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaIngress:
+    id: TypeName
+    address: str | None
+    topics: tuple[KafkaIngressTopic, ...]
+    consumer_group_id: str | None = None
+    startup_position: StartupPosition = StartupPosition()
+    auto_offset_reset: str = "latest"
+    properties: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaEgress:
+    """An egress producing ``KafkaProducerRecord`` s to a Kafka cluster."""
+
+    id: TypeName
+    address: str | None
+    delivery_semantic: str = "at-least-once"
+    transaction_timeout: float | None = None
+    properties: tuple[tuple[str, str], ...] = ()
+
+
+Egress = LogEgress | KafkaEgress
+
+
+@dataclass(frozen=True, slots=True)
 class ModuleSpec:
     endpoints: tuple[HttpEndpoint, ...] = ()
-    egresses: tuple[LogEgress, ...] = ()
+    egresses: tuple[Egress, ...] = ()
+    ingresses: tuple[KafkaIngress, ...] = ()
 
     def endpoint_for(self, function_type: TypeName) -> HttpEndpoint | None:
         """The endpoint serving ``function_type``: an exact pattern wins over ``ns/*``."""
@@ -138,7 +213,7 @@ class ModuleSpec:
                 wildcard = endpoint
         return wildcard
 
-    def egress(self, egress_id: TypeName) -> LogEgress | None:
+    def egress(self, egress_id: TypeName) -> Egress | None:
         return next((e for e in self.egresses if e.id == egress_id), None)
 
 
@@ -174,6 +249,15 @@ class _Fields:
             f"must be {kind.__name__}, got {type(value).__name__} {value!r}", self.field_path(name)
         )
 
+    def sequence(self, name: str, required: bool = False) -> list[tuple[str, Any]]:
+        """The items of a list field, each with its own dotted path."""
+        items = self.take(name, list, [], required=required)
+        path = self.field_path(name)
+        return [(f"{path}[{i}]", item) for i, item in enumerate(items)]
+
+    def mapping(self, raw: Any, path: str) -> _Fields:
+        return _Fields(raw, self.source, self.document, path)
+
     def nested(self, name: str) -> _Fields | None:
         if name not in self.raw:
             return None
@@ -185,7 +269,10 @@ class _Fields:
 
 
 def _duration(fields: _Fields, name: str, default: float) -> float:
-    raw = fields.take(name, object, default)
+    """The field as seconds, or ``default`` (already seconds) when it is absent."""
+    if name not in fields.raw:
+        return default
+    raw = fields.take(name, object)
     try:
         return parse_duration(raw)  # type: ignore[arg-type]
     except ValueError as e:
@@ -242,6 +329,153 @@ def _log_egress(spec: _Fields) -> LogEgress:
     return LogEgress(egress_id)
 
 
+_VARIABLE = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(
+    raw: Any, environ: Mapping[str, str], source: str, document: int, path: str
+) -> Any:
+    """``raw`` with ``${NAME}`` / ``${NAME:-default}`` in its strings replaced from ``environ``."""
+    if isinstance(raw, dict):
+        return {
+            k: _interpolate(v, environ, source, document, f"{path}.{k}" if path else str(k))
+            for k, v in raw.items()
+        }
+    if isinstance(raw, list):
+        return [
+            _interpolate(v, environ, source, document, f"{path}[{i}]") for i, v in enumerate(raw)
+        ]
+    if not isinstance(raw, str) or "${" not in raw:
+        return raw
+
+    def substitute(match: re.Match[str]) -> str:
+        escaped, name, default = match.groups()
+        if escaped:
+            return match.group(0)[1:]
+        value = environ.get(name, default)
+        if value is None:
+            raise ModuleSpecError(
+                f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+                source=source,
+                document=document,
+                field=path,
+            )
+        return value
+
+    return _VARIABLE.sub(substitute, raw)
+
+
+def _typename(fields: _Fields, raw: Any, path: str) -> TypeName:
+    if not isinstance(raw, str):
+        raise fields.error(f"must be a type name 'namespace/name', got {raw!r}", path)
+    try:
+        return TypeName.parse(raw)
+    except InvalidNameError as e:
+        raise fields.error(str(e), path) from None
+
+
+def _properties(spec: _Fields) -> tuple[tuple[str, str], ...]:
+    """StateFun's ``properties``: a list of one-entry mappings (or one mapping)."""
+    if "properties" not in spec.raw:
+        return ()
+    raw = spec.raw.pop("properties")
+    entries = [raw] if isinstance(raw, dict) else raw
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise spec.error("must be a list of 'name: value' entries", spec.field_path("properties"))
+    return tuple((str(k), str(v)) for entry in entries for k, v in entry.items())
+
+
+def _address(spec: _Fields) -> str | None:
+    address = spec.take("address", str, None)
+    if address is not None and not address.strip():
+        raise spec.error("must not be empty", spec.field_path("address"))
+    return address
+
+
+def _startup_position(spec: _Fields) -> StartupPosition:
+    fields = spec.nested("startupPosition")
+    if fields is None:
+        return StartupPosition()
+    kind = fields.take("type", str, required=True)
+    if kind not in _STARTUP_POSITIONS:
+        raise fields.error(
+            f"must be one of {', '.join(_STARTUP_POSITIONS)}", fields.field_path("type")
+        )
+    offsets: list[tuple[str, int, int]] = []
+    date_ms = None
+    if kind == "specific-offsets":
+        for path, entry in fields.sequence("offsets", required=True):
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise fields.error("must be one 'topic/partition: offset' entry", path)
+            ((where, offset),) = entry.items()
+            topic, _, partition = str(where).rpartition("/")
+            if not topic or not partition.isdigit() or not isinstance(offset, int) or offset < 0:
+                raise fields.error(f"{where!r}: {offset!r} is not 'topic/partition: offset'", path)
+            offsets.append((topic, int(partition), offset))
+    elif kind == "date":
+        raw = fields.take("date", str, required=True)
+        try:
+            moment = datetime.strptime(raw, _STARTUP_DATE)
+        except ValueError:
+            raise fields.error(
+                f"{raw!r} is not a date like '2024-01-31 12:00:00.000 +0000'",
+                fields.field_path("date"),
+            ) from None
+        date_ms = int(moment.timestamp() * 1000)
+    fields.done()
+    return StartupPosition(kind, tuple(offsets), date_ms)
+
+
+def _kafka_ingress(spec: _Fields) -> KafkaIngress:
+    ingress_id = _typename(spec, spec.take("id", str, required=True), spec.field_path("id"))
+    address = _address(spec)
+    group = spec.take("consumerGroupId", str, None)
+    reset = spec.take("autoOffsetResetPosition", str, "latest").lower()
+    if reset not in ("latest", "earliest"):
+        raise spec.error("must be latest or earliest", spec.field_path("autoOffsetResetPosition"))
+    startup = _startup_position(spec)
+    topics = []
+    for path, raw in spec.sequence("topics", required=True):
+        fields = spec.mapping(raw, path)
+        topic = fields.take("topic", str, required=True)
+        value_type = fields.take("valueType", str, required=True)
+        _typename(fields, value_type, fields.field_path("valueType"))
+        targets = tuple(
+            _typename(fields, target, target_path)
+            for target_path, target in fields.sequence("targets", required=True)
+        )
+        if not targets:
+            raise fields.error("must name at least one function type", fields.field_path("targets"))
+        fields.done()
+        topics.append(KafkaIngressTopic(topic, value_type, targets))
+    if not topics:
+        raise spec.error("must list at least one topic", spec.field_path("topics"))
+    properties = _properties(spec)
+    spec.done()
+    return KafkaIngress(ingress_id, address, tuple(topics), group, startup, reset, properties)
+
+
+def _kafka_egress(spec: _Fields) -> KafkaEgress:
+    egress_id = _typename(spec, spec.take("id", str, required=True), spec.field_path("id"))
+    address = _address(spec)
+    semantic, timeout = "at-least-once", None
+    delivery = spec.nested("deliverySemantic")
+    if delivery is not None:
+        semantic = delivery.take("type", str, required=True)
+        if semantic not in _DELIVERY_SEMANTICS:
+            raise delivery.error(
+                f"must be one of {', '.join(_DELIVERY_SEMANTICS)}", delivery.field_path("type")
+            )
+        if "transactionTimeoutMillis" in delivery.raw:
+            timeout = delivery.take("transactionTimeoutMillis", int) / 1000.0
+        elif "transactionTimeout" in delivery.raw:
+            timeout = _duration(delivery, "transactionTimeout", 0.0)
+        delivery.done()
+    properties = _properties(spec)
+    spec.done()
+    return KafkaEgress(egress_id, address, semantic, timeout, properties)
+
+
 def _documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
     try:
         for index, doc in enumerate(yaml.safe_load_all(text), start=1):
@@ -253,11 +487,16 @@ def _documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
         ) from None
 
 
-def parse_module_spec(text: str, source: str = "<module spec>") -> ModuleSpec:
+def parse_module_spec(
+    text: str, source: str = "<module spec>", environ: Mapping[str, str] | None = None
+) -> ModuleSpec:
+    """Read a module spec; ``environ`` (default ``os.environ``) fills in ``${NAME}``."""
+    environ = os.environ if environ is None else environ
     endpoints: list[HttpEndpoint] = []
-    egresses: list[LogEgress] = []
+    egresses: list[Egress] = []
+    ingresses: list[tuple[_Fields, KafkaIngress]] = []
     for index, raw in _documents(text, source):
-        doc = _Fields(raw, source, index, "")
+        doc = _Fields(_interpolate(raw, environ, source, index, ""), source, index, "")
         kind = doc.take("kind", str, required=True)
         spec = doc.nested("spec")
         if spec is None:
@@ -271,17 +510,30 @@ def parse_module_spec(text: str, source: str = "<module spec>") -> ModuleSpec:
                     "spec.functions",
                 )
             endpoints.append(endpoint)
-        elif kind == LOG_EGRESS_KIND:
-            egress = _log_egress(spec)
+        elif kind in (LOG_EGRESS_KIND, KAFKA_EGRESS_KIND):
+            egress = _log_egress(spec) if kind == LOG_EGRESS_KIND else _kafka_egress(spec)
             if any(e.id == egress.id for e in egresses):
                 raise spec.error(f"egress {egress.id} is declared twice", "spec.id")
             egresses.append(egress)
+        elif kind == KAFKA_INGRESS_KIND:
+            ingress = _kafka_ingress(spec)
+            if any(i.id == ingress.id for _, i in ingresses):
+                raise spec.error(f"ingress {ingress.id} is declared twice", "spec.id")
+            ingresses.append((spec, ingress))
         else:
             raise doc.error(
-                f"unknown kind {kind!r}; this runtime understands {ENDPOINT_KIND}, {LOG_EGRESS_KIND}",
-                "kind",
+                f"unknown kind {kind!r}; this runtime understands {', '.join(_KINDS)}", "kind"
             )
-    return ModuleSpec(tuple(endpoints), tuple(egresses))
+    module = ModuleSpec(tuple(endpoints), tuple(egresses), tuple(i for _, i in ingresses))
+    for spec, ingress in ingresses:
+        for t, topic in enumerate(ingress.topics):
+            for n, target in enumerate(topic.targets):
+                if module.endpoint_for(target) is None:
+                    raise spec.error(
+                        f"no endpoint in the module spec serves {target}",
+                        f"spec.topics[{t}].targets[{n}]",
+                    )
+    return module
 
 
 def load_module_spec(path: str | Path) -> ModuleSpec:

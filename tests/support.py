@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,6 +149,9 @@ class RuntimeThread:
 
     def stop(self) -> None:
         if self._server is not None:
+            runtime = self.runtime
+            if runtime is not None:
+                self._loop.call_soon_threadsafe(runtime.begin_shutdown)
             self._server.should_exit = True
         self._thread.join(timeout=20)
         if self._error is not None:
@@ -193,6 +197,11 @@ def running_runtime(
         yield rt
     finally:
         rt.stop()
+
+
+def unique_app_id() -> str:
+    """An application id of its own, so runtimes sharing a broker never share topics."""
+    return f"test-{uuid.uuid4().hex[:12]}"
 
 
 def client(base_url: str) -> httpx.Client:

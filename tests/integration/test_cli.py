@@ -228,3 +228,36 @@ def test_records_survive_restarts_and_accepted_messages_are_processed_after_one(
             )
         finally:
             runtime.signal(signal.SIGTERM)
+
+
+def test_a_call_waiting_for_a_reply_does_not_hold_up_shutdown(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    runtime = RuntimeProcess(module, tmp_path / "data", free_port()).start()
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(
+                f"{runtime.url}/v1/call/test/silent/s",
+                content="x",
+                params={"timeout": "120"},
+                headers={"content-type": "text/plain"},
+                timeout=60,
+            )
+        )
+    )
+    waiting.start()
+    time.sleep(1.0)  # the call is accepted and waits for a reply that never comes
+    started = time.monotonic()
+    status, err = runtime.signal(signal.SIGTERM)
+    waiting.join(10)
+    assert status == 0, err
+    assert time.monotonic() - started < 10
+    (answer,) = answers
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "shutting_down"
+    assert "accepted" in answer.json()["detail"]

@@ -4,16 +4,22 @@ on loopback ports, messages in through HTTP."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from functions import RecordingApp, make_test_functions
-from support import RuntimeThread, client, module_for, running_runtime, serve, wait_until
+from support import (
+    RuntimeThread,
+    client,
+    module_for,
+    running_runtime,
+    serve,
+    unique_app_id,
+    wait_until,
+)
 
 from examples.greeter.functions import app as greeter_app
-from runtime.routing import MESSAGES_TOPIC
 from runtime.worker import WorkerConfig
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,13 +41,20 @@ def functions_url(recorder: RecordingApp) -> Iterator[str]:
         yield f"{server.url}/statefun"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def runtime(
-    request: pytest.FixtureRequest, functions_url: str, tmp_path: Path
-) -> Iterator[RuntimeThread]:
-    data_dir = tmp_path / "data" if request.param == "sqlite" else None
+@pytest.fixture(params=["memory", "sqlite", pytest.param("kafka", marks=pytest.mark.kafka)])
+def log_kind(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Runtime settings for each log: in memory, embedded SQLite, Kafka (the test broker)."""
+    if request.param == "sqlite":
+        return {"data_dir": request.getfixturevalue("tmp_path") / "data"}
+    if request.param == "kafka":
+        return {"kafka": request.getfixturevalue("kafka_bootstrap"), "app_id": unique_app_id()}
+    return {}
+
+
+@pytest.fixture
+def runtime(functions_url: str, log_kind: dict[str, Any]) -> Iterator[RuntimeThread]:
     with running_runtime(
-        module_for(functions_url, functions="test/*", egresses=("test/out",)), data_dir=data_dir
+        module_for(functions_url, functions="test/*", egresses=("test/out",)), **log_kind
     ) as rt:
         yield rt
 
@@ -65,12 +78,11 @@ def state(http: httpx.Client, address: str) -> dict[str, Any]:
     return result
 
 
-def test_greeter_example_replies_keeps_state_and_emits_egress(tmp_path: Path) -> None:
+def test_greeter_example_replies_keeps_state_and_emits_egress(log_kind: dict[str, Any]) -> None:
     with (
         serve(greeter_app) as functions,
         running_runtime(
-            module_for(f"{functions.url}/statefun", egresses=("example/greetings",)),
-            data_dir=tmp_path,
+            module_for(f"{functions.url}/statefun", egresses=("example/greetings",)), **log_kind
         ) as rt,
         client(rt.url) as http,
     ):
@@ -333,4 +345,7 @@ def test_rejected_requests_leave_no_record(runtime: RuntimeThread) -> None:
             body = answer.json()
             assert body["error"] == error, body
             assert body["detail"]
-    assert runtime.run(rt.log.end_offsets(MESSAGES_TOPIC)) == [0] * rt.config.messages_partitions
+    assert (
+        runtime.run(rt.log.end_offsets(rt.router.topics.messages))
+        == [0] * rt.config.messages_partitions
+    )

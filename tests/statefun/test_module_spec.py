@@ -149,3 +149,167 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_load_module_spec_reports_a_missing_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModuleSpecError, match="cannot be read"):
         load_module_spec(tmp_path / "missing.yaml")
+
+
+def test_environment_variables_fill_in_string_values() -> None:
+    text = """
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: example/*
+  urlPathTemplate: ${FUNCTIONS_URL:-http://127.0.0.1:8000/statefun}
+  transport: {timeouts: {call: "${CALL_TIMEOUT}"}}
+"""
+    spec = parse_module_spec(text, environ={"CALL_TIMEOUT": "5s"})
+    assert spec.endpoints[0].url_path_template == "http://127.0.0.1:8000/statefun"
+    assert spec.endpoints[0].timeouts.call == 5.0
+    spec = parse_module_spec(text, environ={"CALL_TIMEOUT": "5s", "FUNCTIONS_URL": "http://f:1/x"})
+    assert spec.endpoints[0].url_path_template == "http://f:1/x"
+
+
+def test_an_unset_environment_variable_is_named_with_its_field() -> None:
+    text = "kind: statefun.v1/egress\nspec: {id: '${EGRESS}'}\n"
+    with pytest.raises(ModuleSpecError) as info:
+        parse_module_spec(text, "m.yaml", environ={})
+    assert "m.yaml, document 1, field 'spec.id': environment variable EGRESS is not set" in str(
+        info.value
+    )
+
+
+def test_a_doubled_dollar_is_a_literal() -> None:
+    text = "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/b, urlPathTemplate: 'http://x/$${y}'}\n"
+    assert parse_module_spec(text, environ={}).endpoints[0].url_path_template == "http://x/${y}"
+
+
+KAFKA = """
+kind: io.statefun.endpoints.v2/http
+spec: {functions: example/*, urlPathTemplate: "http://f/"}
+---
+kind: io.statefun.kafka.v1/ingress
+spec:
+  id: example/names
+  address: kafka:9092
+  consumerGroupId: my-group
+  startupPosition:
+    type: earliest
+  topics:
+    - topic: names
+      valueType: io.statefun.types/string
+      targets:
+        - example/greeter
+        - example/counter
+  properties:
+    - max.poll.records: 100
+---
+kind: io.statefun.kafka.v1/egress
+spec:
+  id: example/out
+  deliverySemantic:
+    type: exactly-once
+    transactionTimeout: 15min
+"""
+
+
+def test_kafka_ingress_and_egress() -> None:
+    from statefun.module_spec import KafkaEgress, KafkaIngress, KafkaIngressTopic, StartupPosition
+
+    spec = parse_module_spec(KAFKA)
+    (ingress,) = spec.ingresses
+    assert ingress == KafkaIngress(
+        id=TypeName("example", "names"),
+        address="kafka:9092",
+        topics=(
+            KafkaIngressTopic(
+                "names",
+                "io.statefun.types/string",
+                (TypeName("example", "greeter"), TypeName("example", "counter")),
+            ),
+        ),
+        consumer_group_id="my-group",
+        startup_position=StartupPosition("earliest"),
+        auto_offset_reset="latest",
+        properties=(("max.poll.records", "100"),),
+    )
+    egress = spec.egress(TypeName("example", "out"))
+    assert egress == KafkaEgress(TypeName("example", "out"), None, "exactly-once", 900.0)
+
+
+def test_kafka_ingress_defaults_and_startup_positions() -> None:
+    from statefun.module_spec import StartupPosition
+
+    base = """
+kind: io.statefun.endpoints.v2/http
+spec: {functions: example/*, urlPathTemplate: "http://f/"}
+---
+kind: io.statefun.kafka.v1/ingress
+spec:
+  id: example/names
+  topics: [{topic: t, valueType: a/b, targets: [example/g]}]
+"""
+    spec = parse_module_spec(base)
+    assert spec.ingresses[0].startup_position == StartupPosition("latest")
+    assert spec.ingresses[0].address is None
+    specific = base + "  startupPosition: {type: specific-offsets, offsets: [{t/0: 5}, {t/2: 7}]}\n"
+    assert parse_module_spec(specific).ingresses[0].startup_position == StartupPosition(
+        "specific-offsets", (("t", 0, 5), ("t", 2, 7))
+    )
+    dated = base + "  startupPosition: {type: date, date: '2024-01-31 12:00:00.000 +0000'}\n"
+    assert parse_module_spec(dated).ingresses[0].startup_position.date_ms == 1706702400000
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("  topics: []\n", "field 'spec.topics': must list at least one topic"),
+        (
+            "  startupPosition: {type: middle}\n",
+            "field 'spec.startupPosition.type': must be one of",
+        ),
+        ("  startupPosition: {type: date, date: yesterday}\n", "field 'spec.startupPosition.date'"),
+        (
+            "  startupPosition: {type: specific-offsets, offsets: [{t: 1}]}\n",
+            "spec.startupPosition.offsets[0]",
+        ),
+        ("  autoOffsetResetPosition: middle\n", "field 'spec.autoOffsetResetPosition'"),
+        (
+            "  topics: [{topic: t, valueType: a/b, targets: [other/g]}]\n",
+            "field 'spec.topics[0].targets[0]': no endpoint in the module spec serves other/g",
+        ),
+        (
+            "  topics: [{topic: t, valueType: nope, targets: [example/g]}]\n",
+            "field 'spec.topics[0].valueType'",
+        ),
+        (
+            "  topics: [{topic: t, valueType: a/b, targets: [example/g], extra: 1}]\n",
+            "field 'spec.topics[0].extra'",
+        ),
+        ("  address: ''\n", "field 'spec.address': must not be empty"),
+    ],
+)
+def test_kafka_ingress_errors(change: str, message: str) -> None:
+    text = (
+        "kind: io.statefun.endpoints.v2/http\nspec: {functions: example/*, urlPathTemplate: 'http://f/'}\n---\n"
+        "kind: io.statefun.kafka.v1/ingress\nspec:\n  id: example/names\n"
+    )
+    if "topics" not in change:
+        text += "  topics: [{topic: t, valueType: a/b, targets: [example/g]}]\n"
+    with pytest.raises(ModuleSpecError) as info:
+        parse_module_spec(text + change, "m.yaml")
+    assert message in str(info.value)
+    assert "document 2" in str(info.value)
+
+
+def test_kafka_egress_semantic_is_checked() -> None:
+    text = "kind: io.statefun.kafka.v1/egress\nspec: {id: a/b, deliverySemantic: {type: maybe}}\n"
+    with pytest.raises(ModuleSpecError, match=r"spec\.deliverySemantic\.type"):
+        parse_module_spec(text)
+
+
+def test_timeouts_left_out_keep_their_defaults() -> None:
+    text = """
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: a/b
+  urlPathTemplate: http://x/
+  transport: {timeouts: {call: 2 min}}
+"""
+    assert parse_module_spec(text).endpoints[0].timeouts == HttpTimeouts(call=120.0)

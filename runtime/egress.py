@@ -1,0 +1,156 @@
+"""Egresses: where the records functions send to an egress go.
+
+An embedded egress (``statefun.v1/egress``) appends to its own topic in the runtime's
+log, readable through the ingress API. A Kafka egress (``io.statefun.kafka.v1/egress``)
+takes StateFun's ``KafkaProducerRecord`` and produces it to the topic it names, keyed
+partitioning as Kafka's default partitioner does. Records are written when their batch
+is applied (at-least-once: a crash before the worker commits its progress can repeat
+them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+import msgpack
+
+from runtime.kafka_clusters import KafkaClusters
+from runtime.log import Log, Record, UnknownTopicError
+from runtime.log.kafka import KafkaLog
+from runtime.routing import ConfigurationError, Topics, partition_for_key
+from statefun.address import TypeName
+from statefun.egress import KAFKA_PRODUCER_RECORD_TYPENAME, KafkaProducerRecord
+from statefun.errors import ValueTypeError
+from statefun.module_spec import KafkaEgress, LogEgress, ModuleSpec
+from statefun.values import TypedValue
+
+log = logging.getLogger("runtime.egress")
+
+
+class KafkaTopicWriter:
+    """Produces records to a Kafka cluster's topics, opening each topic on first use.
+
+    A topic that does not exist is created with one partition, as a Kafka broker's
+    auto-creation would. Records for a topic being opened wait, in order.
+    """
+
+    def __init__(self, cluster: KafkaLog):
+        self._cluster = cluster
+        self._partitions: dict[str, int] = {}
+        self._waiting: dict[str, list[tuple[Record, asyncio.Future[list[int]]]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unkeyed = itertools.count()
+
+    def send(self, topic: str, record: Record) -> asyncio.Future[list[int]]:
+        if topic in self._partitions:
+            return self._append(topic, record)
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.setdefault(topic, [])
+        waiting.append((record, future))
+        if len(waiting) == 1:
+            task = asyncio.create_task(self._open(topic))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return future
+
+    def _append(self, topic: str, record: Record) -> asyncio.Future[list[int]]:
+        count = self._partitions[topic]
+        if record.key is None:
+            partition = next(self._unkeyed) % count
+        else:
+            partition = partition_for_key(record.key, count)
+        return self._cluster.append(topic, partition, [record])
+
+    async def _open(self, topic: str) -> None:
+        try:
+            try:
+                count = await self._cluster.open_topic(topic)
+            except UnknownTopicError:
+                log.info("creating egress topic %s with one partition", topic)
+                await self._cluster.ensure_topic(topic, 1)
+                count = 1
+        except Exception as e:
+            for _, future in self._waiting.pop(topic, []):
+                future.set_exception(e)
+            return
+        # No await from here until every waiting record is appended: later sends go
+        # straight to the topic and must come after them.
+        self._partitions[topic] = count
+        appended = [
+            (self._append(topic, record), future) for record, future in self._waiting.pop(topic)
+        ]
+        for append, future in appended:
+            try:
+                future.set_result(await append)
+            except Exception as e:
+                future.set_exception(e)
+
+
+class Egresses:
+    def __init__(self, log_: Log, topics: Topics, module: ModuleSpec, clusters: KafkaClusters):
+        self._log = log_
+        self._clusters = clusters
+        self._log_topics = {
+            e.id: topics.egress(e.id) for e in module.egresses if isinstance(e, LogEgress)
+        }
+        if len(set(self._log_topics.values())) < len(self._log_topics):
+            raise ConfigurationError(
+                "two egress ids differ only in characters a topic name cannot hold: "
+                + ", ".join(str(e) for e in self._log_topics)
+            )
+        self._kafka_specs = [e for e in module.egresses if isinstance(e, KafkaEgress)]
+        self._kafka: dict[TypeName, KafkaTopicWriter] = {}
+
+    async def start(self) -> None:
+        for topic in self._log_topics.values():
+            await self._log.ensure_topic(topic, 1)
+        writers: dict[int, KafkaTopicWriter] = {}
+        for spec in self._kafka_specs:
+            cluster = await self._clusters.get(spec.address, f"egress {spec.id}")
+            writer = writers.get(id(cluster))
+            if writer is None:
+                writer = writers[id(cluster)] = KafkaTopicWriter(cluster)
+            self._kafka[spec.id] = writer
+
+    def problem(self, egress_id: TypeName, argument: TypedValue) -> str | None:
+        """Why this record cannot go to this egress, or None."""
+        if egress_id in self._log_topics:
+            return None
+        if egress_id not in self._kafka:
+            return f"no egress {egress_id} is declared in the module spec"
+        if argument.typename != KAFKA_PRODUCER_RECORD_TYPENAME or argument.value is None:
+            return (
+                f"Kafka egress {egress_id} takes {KAFKA_PRODUCER_RECORD_TYPENAME} records "
+                f"(see kafka_egress_message), not {argument.typename}"
+            )
+        try:
+            KafkaProducerRecord.decode(argument.value)
+        except ValueTypeError as e:
+            return f"record for Kafka egress {egress_id}: {e}"
+        return None
+
+    def emit(self, egress_id: TypeName, argument: TypedValue) -> asyncio.Future[list[int]]:
+        """Write a record that :meth:`problem` accepted."""
+        topic = self._log_topics.get(egress_id)
+        if topic is not None:
+            value = msgpack.packb((argument.typename, argument.value), use_bin_type=True)
+            return self._log.append(topic, 0, [Record(value=value)])
+        assert argument.value is not None
+        record = KafkaProducerRecord.decode(argument.value)
+        key = None if record.key is None else record.key.encode()
+        return self._kafka[egress_id].send(record.topic, Record(value=record.value, key=key))
+
+    def readable(self, egress_id: TypeName) -> bool:
+        return egress_id in self._log_topics
+
+    async def read(
+        self, egress_id: TypeName, offset: int, max_records: int
+    ) -> list[tuple[int, TypedValue]]:
+        records = await self._log.read(self._log_topics[egress_id], 0, offset, max_records)
+        out = []
+        for r in records:
+            typename, value = msgpack.unpackb(r.value, raw=False)
+            out.append((r.offset, TypedValue(typename, value)))
+        return out
