@@ -8,7 +8,7 @@ missing or unusable goes to the dead-letter topic with the reason, and reading g
 
 Positions: after a poll's messages are durable in the messages log, the reader
 commits its offsets to its consumer group (``consumerGroupId``, by default
-``<app id>.ingress.<ingress id>``) at most once a second, so a restarted runtime
+``<app id>.ingress.<namespace>.<name>``) at most once a second, so a restarted runtime
 resumes there (at-least-once: messages routed after the last commit are routed
 again). Without committed offsets it starts at ``startupPosition``.
 """
@@ -47,7 +47,10 @@ class KafkaIngressReader:
         self._cluster = cluster
         self._router = router
         self._dead_letters = dead_letters
-        self.group = spec.consumer_group_id or f"{app_id}.ingress.{spec.id}"
+        # No '/' in the default: Tansu cannot read back offsets of a group named with one.
+        self.group = (
+            spec.consumer_group_id or f"{app_id}.ingress.{spec.id.namespace}.{spec.id.name}"
+        )
         self._topics: dict[str, KafkaIngressTopic] = {t.topic: t for t in spec.topics}
         self._consumer: KafkaLogConsumer | None = None
         self._positions: dict[TopicPartition, int] = {}

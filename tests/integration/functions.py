@@ -15,6 +15,7 @@ from sdk import (
     StringType,
     ValueSpec,
     egress_message_builder,
+    kafka_egress_message,
     make_json_type,
     message_builder,
 )
@@ -129,5 +130,18 @@ def make_test_functions(control: dict[str, Any] | None = None) -> StatefulFuncti
             )
         elif command == "cancel":
             context.cancel_delayed_message("t")
+
+    @functions.bind("test/to_kafka", specs=[ValueSpec("count", IntType)])
+    def to_kafka(context: Context, message: Message) -> None:
+        """Counts, and produces "<id>:<count>" keyed by its id to the test/kafka egress."""
+        context.storage.count = (context.storage.count or 0) + 1
+        context.send_egress(
+            kafka_egress_message(
+                "test/kafka",
+                control.get("egress_topic", "egress-out"),
+                f"{context.address.id}:{context.storage.count}",
+                key=context.address.id,
+            )
+        )
 
     return functions

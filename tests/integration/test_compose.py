@@ -1,0 +1,123 @@
+"""docker-compose.yml, exercised without Docker: every service but Kafka runs its own
+command as a local process, with its own environment, service hostnames mapped to
+loopback and Kafka replaced by the test broker; then the README's request must get a
+reply."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kafka.admin import KafkaAdminClient
+from support import free_port, wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+# The port each service listens on inside its container.
+CONTAINER_PORTS = {"functions": "8000", "runtime": "8090"}
+
+
+def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
+    kafka, runtime = SERVICES["kafka"], SERVICES["runtime"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"])
+    assert runtime["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    assert runtime["ports"] == ["8090:8090"]
+    assert runtime["build"] == SERVICES["functions"]["build"] == "."
+    assert (ROOT / "Dockerfile").is_file()
+
+
+class LocalService:
+    """One compose service's command, run here with its environment and mapped names."""
+
+    def __init__(self, name: str, hosts: dict[str, str], ports: dict[str, int], log: Path):
+        service = SERVICES[name]
+        own_port = CONTAINER_PORTS[name]
+
+        def local(value: str) -> str:
+            for host, address in hosts.items():
+                value = value.replace(host, address)
+            if value == "0.0.0.0":
+                return "127.0.0.1"
+            return str(ports[name]) if value == own_port else value
+
+        command = [local(str(arg)) for arg in service["command"]]
+        binary = shutil.which(command[0], path=str(Path(sys.executable).parent))
+        assert binary, f"{command[0]} is not installed next to {sys.executable}"
+        environment = {k: local(str(v)) for k, v in service.get("environment", {}).items()}
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [binary, *command[1:]],
+                cwd=ROOT,
+                env={**os.environ, **environment},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def compose(kafka_bootstrap: str, tmp_path: Path) -> Iterator[dict[str, int]]:
+    ports = {"functions": free_port(), "runtime": free_port()}
+    hosts = {"kafka:9092": kafka_bootstrap, "functions:8000": f"127.0.0.1:{ports['functions']}"}
+    started: list[LocalService] = []
+    try:
+        # in the order depends_on gives: functions, then the runtime
+        for name in ("functions", "runtime"):
+            started.append(LocalService(name, hosts, ports, tmp_path / f"{name}.log"))
+        yield ports
+    finally:
+        for service in reversed(started):
+            service.stop()
+        for service in started:
+            print(f"--- {service.log.name}\n{service.log.read_text()}")
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_compose_services_answer_the_readme_request(
+    compose: dict[str, int], kafka_bootstrap: str
+) -> None:
+    ingress = f"http://127.0.0.1:{compose['runtime']}"
+    wait_until(lambda: healthy(f"{ingress}/health"), timeout=40)
+    answer = httpx.post(
+        f"{ingress}/v1/call/example/greeter/Alice",
+        content="Alice",
+        headers={"content-type": "text/plain"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "type": "io.statefun.types/string",
+        "value": "Hello Alice! Nice to meet you.",
+    }
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        assert "statefun-messages" in admin.list_topics()  # the log is in Kafka
+    finally:
+        admin.close()
