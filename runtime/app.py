@@ -31,7 +31,7 @@ from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
 from runtime.replies import ReplyWaiters
 from runtime.router import Router
-from runtime.routing import Topics, partition_for
+from runtime.routing import Topics
 from runtime.worker import Worker, WorkerConfig
 from statefun.address import Address
 from statefun.module_spec import ModuleSpec
@@ -124,10 +124,9 @@ class Runtime:
         self, target: Address, caller: Address | None, value: TypedValue
     ) -> tuple[int, int]:
         """Append a message from outside; (partition, offset) once it is durable."""
-        append = self.router.send(target, caller, value)
-        assert append is not None, "the ingress never sends to an ingress caller"
+        partition, append = self.router.append(target, caller, value)
         (offset,) = await append
-        return partition_for(target, self.router.partitions), offset
+        return partition, offset
 
     async def serve(self) -> None:
         """Start, serve the ingress until SIGINT or SIGTERM, then stop cleanly."""

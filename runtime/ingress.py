@@ -27,6 +27,7 @@ from statefun.values import TypedValue
 if TYPE_CHECKING:
     from runtime.app import Runtime
 
+DEFAULT_CALL_TIMEOUT = 30.0
 MAX_CALL_TIMEOUT = 300.0
 
 
@@ -62,6 +63,24 @@ async def _body(request: Request, limit: int) -> bytes:
     return bytes(chunks)
 
 
+def _timeout(raw: str | None) -> float:
+    if raw is None:
+        return DEFAULT_CALL_TIMEOUT
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout <= MAX_CALL_TIMEOUT:
+        raise _Rejected(
+            _error(
+                400,
+                "bad_request",
+                f"timeout must be seconds in (0, {MAX_CALL_TIMEOUT:g}], not {raw!r}",
+            )
+        )
+    return timeout
+
+
 def create_ingress_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="statefun runtime ingress", docs_url=None, redoc_url=None)
 
@@ -81,11 +100,10 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         )
         return _error(400, "bad_request", problems)
 
-    async def accept(
-        request: Request, namespace: str, type_: str, id_: str, typename: str | None
-    ) -> tuple[Address, TypedValue]:
+    async def accept(request: Request) -> tuple[Address, TypedValue]:
         """The target and the message of a POST, or a rejection; nothing is appended here."""
-        target = _address(namespace, type_, id_)
+        path = request.path_params
+        target = _address(path["namespace"], path["type_"], path["id_"])
         if runtime.module.endpoint_for(target.function_type) is None:
             raise _Rejected(
                 _error(
@@ -96,29 +114,29 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
             )
         body = await _body(request, runtime.config.max_body_bytes)
         try:
-            value = value_from_http(body, request.headers.get("content-type"), typename)
+            value = value_from_http(
+                body, request.headers.get("content-type"), request.query_params.get("type")
+            )
         except BadInput as e:
             raise _Rejected(_error(e.status, e.error, e.detail)) from None
         return target, value
 
+    # The two POST routes take the bare Request and read their parameters themselves:
+    # FastAPI's parameter machinery costs more than the rest of the request here.
+
     @app.post("/v1/messages/{namespace}/{type_}/{id_:path}", status_code=202)
-    async def post_message(
-        request: Request, namespace: str, type_: str, id_: str, type: str | None = None
-    ) -> JSONResponse:
-        target, value = await accept(request, namespace, type_, id_, type)
+    async def post_message(request: Request) -> JSONResponse:
+        """Append a message for the address; 202 once it is durable. Query: ``type``."""
+        target, value = await accept(request)
         partition, offset = await runtime.append_message(target, None, value)
         return JSONResponse({"partition": partition, "offset": offset}, status_code=202)
 
     @app.post("/v1/call/{namespace}/{type_}/{id_:path}")
-    async def call(
-        request: Request,
-        namespace: str,
-        type_: str,
-        id_: str,
-        type: str | None = None,
-        timeout: float = Query(30.0, gt=0, le=MAX_CALL_TIMEOUT),  # noqa: ASYNC109
-    ) -> JSONResponse:
-        target, value = await accept(request, namespace, type_, id_, type)
+    async def call(request: Request) -> JSONResponse:
+        """Send a message and answer with the first message sent to the call's caller
+        address. Query: ``type``, ``timeout`` (seconds, default 30, at most 300)."""
+        timeout = _timeout(request.query_params.get("timeout"))
+        target, value = await accept(request)
         try:
             caller, reply = runtime.replies.new_caller()
         except ShuttingDown:

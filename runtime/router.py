@@ -50,10 +50,15 @@ class Router:
         if target.function_type == INGRESS_CALLER_TYPE:
             self._replies.deliver(target, argument)
             return None
-        envelope = Envelope(target, caller, argument)
-        return self._log.append(
-            self.topics.messages, partition_for(target, self._partitions), [envelope.to_record()]
-        )
+        return self.append(target, caller, argument)[1]
+
+    def append(
+        self, target: Address, caller: Address | None, argument: TypedValue
+    ) -> tuple[int, asyncio.Future[list[int]]]:
+        """Append a message to a function address: its partition, and the append's future."""
+        partition = partition_for(target, self._partitions)
+        record = Envelope(target, caller, argument).to_record()
+        return partition, self._log.append(self.topics.messages, partition, [record])
 
     async def flush(self) -> None:
         """Return once every message sent so far is durable."""

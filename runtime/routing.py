@@ -9,6 +9,7 @@ Kafka client writing with the same key lands where the runtime reads.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -62,7 +63,9 @@ def address_key(address: Address) -> bytes:
     return f"{address.namespace}/{address.type}/{address.id}".encode()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def partition_for_key(key: bytes, partitions: int) -> int:
+    # kafka-python's murmur2 is pure Python (~15 us); the same addresses come back often.
     hashed: int = murmur2(key)
     return (hashed & 0x7FFFFFFF) % partitions
 
