@@ -1,9 +1,15 @@
-"""One runtime process: the log, the router, the worker, the egresses, the Kafka
-ingresses and the HTTP ingress, started and stopped together.
+"""One runtime process: the log, the checkpoint store and coordinator, the router,
+the egresses, the HTTP ingress, and one generation of processing (the worker and the
+Kafka ingress readers), started, rolled back and stopped together.
 
 ``Runtime.open`` picks the log: Kafka (``kafka`` set), the durable embedded log under
-a data directory, or the in-memory one; ``serve`` runs until SIGINT or SIGTERM, then
-stops taking requests, lets calls in flight finish (bounded) and closes the log.
+a data directory, or the in-memory one. ``start`` begins a generation from the last
+completed checkpoint (every start is a recovery). A failure the worker reports rolls
+everything back: the generation stops, the rollback is recorded in the store, and a
+new generation resumes from the last completed checkpoint after a backoff that doubles
+with every rollback not followed by a completed checkpoint. ``serve`` runs until SIGINT
+or SIGTERM, then stops taking requests, lets calls in flight finish (bounded), takes a
+last checkpoint and closes everything.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +28,15 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from runtime.checkpoints.coordinator import CheckpointConfig, CheckpointCoordinator
+from runtime.checkpoints.epochs import EpochClock, SkipRule
+from runtime.checkpoints.snapshot import (
+    MessageId,
+    decode_positions,
+    decode_worker_part,
+    message_id_text,
+)
+from runtime.checkpoints.store import CheckpointStore, Manifest, Rollback
 from runtime.dead_letters import DeadLetters
 from runtime.egress import Egresses
 from runtime.ingress import create_ingress_app
@@ -32,7 +49,8 @@ from runtime.log.sqlite import SqliteLog
 from runtime.replies import ReplyWaiters
 from runtime.router import Router
 from runtime.routing import Topics
-from runtime.worker import Worker, WorkerConfig
+from runtime.state import StateSpecRegistry, StateStore
+from runtime.worker import Failure, FunctionClients, Worker, WorkerConfig
 from statefun.address import Address
 from statefun.module_spec import ModuleSpec
 from statefun.values import TypedValue
@@ -47,9 +65,11 @@ SHUTDOWN_GRACE = 5
 class RuntimeConfig:
     module: ModuleSpec
     data_dir: Path | None = None
-    """Where the embedded log lives; None keeps everything in memory (tests)."""
+    """Where the embedded log lives; None keeps the log in memory (tests)."""
     kafka: str | None = None
     """Bootstrap servers of the Kafka cluster holding the log; None: the embedded log."""
+    checkpoint_dir: Path | None = None
+    """The checkpoint store; None: ``<data_dir>/checkpoints``, or a temporary directory."""
     ingress_host: str = "127.0.0.1"
     ingress_port: int = 8090
     messages_partitions: int = 8
@@ -57,30 +77,52 @@ class RuntimeConfig:
     """Names the runtime's own topics and consumer group (see ``runtime.routing.Topics``)."""
     max_body_bytes: int = 1 << 20
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    rollback_backoff: float = 0.5
+    """Seconds before resuming after a rollback; doubles per rollback in a row."""
+    rollback_backoff_max: float = 30.0
+
+
+def parse_message_id(text: str) -> MessageId:
+    partition, _, offset = text.partition("@")
+    return int(partition), int(offset)
 
 
 class Runtime:
     def __init__(
-        self, config: RuntimeConfig, log_: Log, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        config: RuntimeConfig,
+        log_: Log,
+        store: CheckpointStore,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        cleanup: tempfile.TemporaryDirectory[str] | None = None,
     ):
         self.config = config
         self.module = config.module
         self.log = log_
+        self.store = store
+        self._cleanup = cleanup
         self.replies = ReplyWaiters()
-        topics = Topics(config.app_id)
-        self.router = Router(log_, config.module, self.replies, topics, config.messages_partitions)
-        self.kafka_clusters = KafkaClusters(log_, config.kafka)
-        self.egresses = Egresses(log_, topics, config.module, self.kafka_clusters)
-        self.dead_letters = DeadLetters(log_, topics.dead_letters)
-        self.worker = Worker(
-            log_,
-            config.module,
-            self.router,
-            self.egresses,
-            config=config.worker,
-            transport=transport,
+        self.topics = Topics(config.app_id)
+        self.router = Router(
+            log_, config.module, self.replies, self.topics, config.messages_partitions
         )
+        self.kafka_clusters = KafkaClusters(log_, config.kafka)
+        self.egresses = Egresses(log_, self.topics, config.module, self.kafka_clusters)
+        self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
+        self.coordinator = CheckpointCoordinator(store, log_, config.checkpoints)
+        self.coordinator.on_commit = self._committed
+        self.clients = FunctionClients(config.worker, transport)
+        self.registry = StateSpecRegistry()
+        self.worker: Worker | None = None
         self.kafka_ingresses: list[KafkaIngressReader] = []
+        self.clock: EpochClock | None = None
+        self.failure: Failure | None = None
+        """The failure of the last rollback, until a checkpoint completes after it."""
+        self._rollbacks_in_a_row = 0
+        self._rolling_back: asyncio.Task[None] | None = None
+        self._stopping = False
         self.ingress_app: FastAPI = create_ingress_app(self)
 
     @classmethod
@@ -94,31 +136,182 @@ class Runtime:
             log_ = await SqliteLog.open(config.data_dir)
         else:
             log_ = MemoryLog()
-        return cls(config, log_, transport=transport)
+        cleanup = None
+        directory = config.checkpoint_dir or (
+            config.data_dir / "checkpoints" if config.data_dir else None
+        )
+        if directory is None:
+            cleanup = tempfile.TemporaryDirectory(prefix="statefun-checkpoints-")
+            directory = Path(cleanup.name)
+        store = await CheckpointStore.open(directory)
+        return cls(config, log_, store, transport=transport, cleanup=cleanup)
+
+    # --- generations ------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.router.create_topics()
         await self.dead_letters.create_topic()
         await self.egresses.start()
-        await self.worker.start()
+        await self._begin(None)
+        self.coordinator.start()
+
+    async def _begin(self, reason: str | None, failure: Failure | None = None) -> None:
+        """Begin a generation from the last completed checkpoint (``reason`` None: a start)."""
+        started = time.monotonic()
+        generation, checkpoint = await self.store.begin_generation(
+            reason,
+            cause_address=str(failure.address) if failure and failure.address else None,
+            cause_messages=[message_id_text(m) for m in failure.messages] if failure else (),
+        )
+        rollbacks = await self.store.rollbacks()
+        clock = EpochClock(
+            generation,
+            checkpoint + 1,
+            self.config.app_id,
+            SkipRule(generation, {r.generation: r.rolled_back_to for r in rollbacks}),
+        )
+        state = StateStore()
+        parts: dict[str, bytes] = {}
+        if checkpoint:
+            state.load(await self.store.load_state(checkpoint))
+            parts = await self.store.load_parts(checkpoint)
+        poisoned, isolated = await self._failure_policy(rollbacks)
+        worker = Worker(
+            self.log,
+            self.module,
+            self.router,
+            self.egresses,
+            self.dead_letters,
+            clock,
+            self.clients,
+            self.registry,
+            state,
+            on_failure=self._failed,
+            config=self.config.worker,
+            poisoned=poisoned,
+            isolated=isolated,
+        )
+        ends = await self.log.end_offsets(self.topics.messages)
+        worker.start(
+            decode_worker_part(parts["worker"]) if "worker" in parts else None,
+            dict(enumerate(ends)),
+        )
+        readers = []
         for spec in self.module.ingresses:
             cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
             reader = KafkaIngressReader(
-                spec, cluster, self.router, self.dead_letters, self.config.app_id
+                spec, cluster, self.router, self.dead_letters, clock, self.config.app_id
             )
-            await reader.start()
-            self.kafka_ingresses.append(reader)
+            positions = parts.get(reader.name)
+            await reader.start(decode_positions(positions) if positions is not None else None)
+            readers.append(reader)
+        self.worker, self.kafka_ingresses, self.clock = worker, readers, clock
+        self.coordinator.attach(clock, [worker, *readers])
+        log.info(
+            "generation %d resumed from checkpoint %d in %.0f ms (%d addresses in state)",
+            generation,
+            checkpoint,
+            (time.monotonic() - started) * 1000,
+            len(state),
+        )
+
+    async def _failure_policy(
+        self, rollbacks: list[Rollback]
+    ) -> tuple[dict[MessageId, str], frozenset[Address]]:
+        """The messages given up on (dead-lettered, now and before), and the addresses to
+        send one message at a time so that a failure names exactly one message."""
+        dead = {
+            parse_message_id(m): reason for m, reason in (await self.store.dead_lettered()).items()
+        }
+        if not rollbacks or rollbacks[-1].cause_address is None:
+            return dead, frozenset()
+        last = rollbacks[-1]
+        assert last.cause_address is not None
+        address = Address.parse(last.cause_address)
+        policy = self.module.failure_policy_for(address.function_type)
+        if policy.policy != "dead-letter":
+            return dead, frozenset()
+        if len(last.cause_messages) == 1:
+            (message,) = last.cause_messages
+            run = 0
+            for r in reversed(rollbacks):
+                if r.cause_address != last.cause_address or message not in r.cause_messages:
+                    break
+                run += 1
+            if run >= policy.max_rollbacks:
+                reason = f"{run} rollbacks in a row; the last: {last.reason}"
+                await self.store.dead_letter(message, reason)
+                dead[parse_message_id(message)] = reason
+                log.error("message %s to %s is given up on: %s", message, address, reason)
+        return dead, frozenset({address})
+
+    def _failed(self, failure: Failure) -> None:
+        if self._rolling_back is None and not self._stopping:
+            self._rolling_back = asyncio.create_task(self._rollback(failure), name="rollback")
+
+    async def _rollback(self, failure: Failure) -> None:
+        try:
+            self.failure = failure
+            self._rollbacks_in_a_row += 1
+            async with self.coordinator.lock:  # a checkpoint under way completes first
+                self.coordinator.detach()
+            await self._stop_generation(drain=False)
+            backoff = min(
+                self.config.rollback_backoff_max,
+                self.config.rollback_backoff * 2 ** (self._rollbacks_in_a_row - 1),
+            )
+            log.error(
+                "rolling back to the last completed checkpoint in %.1f s (rollback %d in a "
+                "row): %s",
+                backoff,
+                self._rollbacks_in_a_row,
+                failure.describe(),
+            )
+            await asyncio.sleep(backoff)
+            if not self._stopping:
+                await self._begin(failure.describe(), failure)
+        finally:
+            self._rolling_back = None
+
+    def _committed(self, manifest: Manifest) -> None:
+        self._rollbacks_in_a_row = 0
+        self.failure = None
+
+    async def _stop_generation(self, *, drain: bool) -> None:
+        for reader in self.kafka_ingresses:
+            await reader.stop()
+        if self.worker is not None:
+            await self.worker.stop(drain=drain)
+
+    # --- lifecycle --------------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
         """Answer the calls waiting for replies now, so the ingress can stop promptly."""
         self.replies.close()
 
     async def stop(self) -> None:
-        for reader in self.kafka_ingresses:
-            await reader.stop()
-        await self.worker.stop()
+        """Finish calls in flight (bounded), take a last checkpoint, close everything."""
+        self._stopping = True
+        await self.coordinator.stop()
+        if self._rolling_back is not None:
+            self._rolling_back.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rolling_back
+        await self._stop_generation(drain=True)
+        last = None
+        if self.worker is not None and not self.worker.failed:
+            last = await self.coordinator.checkpoint()
+        if last is not None:
+            await self.store.stopped_cleanly()
+        await self.clients.close()
         await self.kafka_clusters.close()
         await self.log.close()
+        await self.store.close()
+        if self._cleanup is not None:
+            self._cleanup.cleanup()
+
+    def state_of(self, address: Address) -> Mapping[str, TypedValue]:
+        return self.worker.state_of(address) if self.worker else {}
 
     async def append_message(
         self, target: Address, caller: Address | None, value: TypedValue

@@ -104,10 +104,44 @@ def _parser() -> argparse.ArgumentParser:
         help="largest message body the ingress accepts (default: 1048576)",
     )
     run.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        metavar="DIR",
+        help="the checkpoint store, shared by every runtime process of the application "
+        "(default: DATA_DIR/checkpoints, or ./statefun-checkpoints with --kafka)",
+    )
+    run.add_argument(
+        "--checkpoint-interval",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="time between global checkpoints; 0 turns them off (default: 1)",
+    )
+    run.add_argument(
+        "--checkpoint-retain",
+        type=int,
+        default=3,
+        metavar="K",
+        help="completed checkpoints to keep (default: 3)",
+    )
+    run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
     )
 
     ingress_help = f"ingress URL (default: $STATEFUN_INGRESS or {DEFAULT_INGRESS})"
+    checkpoints = commands.add_parser(
+        "checkpoints",
+        help="list the completed checkpoints and the current generation",
+        description="List the completed checkpoints (id, time, size, duration), the current "
+        "generation and the recent rollbacks of a running runtime.",
+    )
+    checkpoints.add_argument(
+        "--ingress",
+        default=os.environ.get("STATEFUN_INGRESS", DEFAULT_INGRESS),
+        metavar="URL",
+        help=ingress_help,
+    )
+    checkpoints.add_argument("--json", action="store_true", help="print the answer as JSON")
     for name, text in (
         ("send", "send a message to a function and return once it is durable"),
         ("call", "send a message to a function and print its reply"),
@@ -147,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     # Imported here: the server stack takes a second to import, which send and call skip.
     from runtime.app import Runtime, RuntimeConfig
+    from runtime.checkpoints.coordinator import CheckpointConfig
+    from runtime.checkpoints.store import CheckpointStoreInUse
     from runtime.log import LogError
     from runtime.routing import ConfigurationError
 
@@ -170,6 +206,11 @@ def _run(args: argparse.Namespace) -> int:
         ingress_port=args.ingress_port,
         messages_partitions=args.partitions,
         max_body_bytes=args.max_body_bytes,
+        checkpoint_dir=args.checkpoint_dir
+        or (Path("statefun-checkpoints") if args.kafka else args.data_dir / "checkpoints"),
+        checkpoints=CheckpointConfig(
+            interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)
+        ),
     )
 
     async def main() -> None:
@@ -178,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         _run_loop(main())
-    except (LogError, ConfigurationError) as e:
+    except (LogError, ConfigurationError, CheckpointStoreInUse) as e:
         raise CliError(str(e)) from None
     return 0
 
@@ -233,6 +274,52 @@ def _post(args: argparse.Namespace, kind: str) -> httpx.Response:
     return response
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _checkpoints(args: argparse.Namespace) -> int:
+    url = f"{args.ingress.rstrip('/')}/v1/checkpoints"
+    try:
+        response = httpx.get(url, timeout=10)
+    except httpx.HTTPError as e:
+        raise CliError(f"cannot reach the ingress at {args.ingress}: {e}") from None
+    if response.status_code != 200:
+        raise CliError(f"the ingress answered {response.status_code}: {response.text[:300]}")
+    answer = response.json()
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    print(f"generation {answer['generation']}, epoch {answer['epoch']}")
+    rows = [("checkpoint", "time", "generation", "addresses", "bytes", "duration ms")]
+    rows += [
+        (
+            str(c["id"]),
+            c["time"],
+            str(c["generation"]),
+            str(c["addresses"]),
+            str(c["size_bytes"]),
+            str(c["duration_ms"]),
+        )
+        for c in answer["checkpoints"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+    for r in answer["rollbacks"][-5:]:
+        print(
+            f"rollback: generation {r['generation']} to checkpoint {r['rolled_back_to']} "
+            f"at {r['time']}: {r['reason']}"
+        )
+    return 0
+
+
 def _send(args: argparse.Namespace) -> int:
     print(json.dumps(_post(args, "messages").json()))
     return 0
@@ -251,7 +338,7 @@ def _call(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "send": _send, "call": _call}
+    handlers = {"run": _run, "send": _send, "call": _call, "checkpoints": _checkpoints}
     try:
         return handlers[args.command](args)
     except CliError as e:

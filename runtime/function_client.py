@@ -1,31 +1,79 @@
-"""Calls to function endpoints: one HTTP round trip of the invocation protocol.
+"""Calls to function endpoints: the invocation protocol over HTTP, in either of its codecs.
+
+Two protocols, one model (``statefun.protocol``):
+
+* **native** (``statefun.native_codec``, msgpack): one HTTP request carries the batches of
+  many addresses; what our SDK speaks, and the fast one.
+* **statefun** (``statefun.protobuf_codec``): Apache Flink StateFun's request-reply
+  protocol, what the official StateFun SDKs speak. It carries ONE address's batch per
+  request, so a multi-batch :class:`FunctionRequest` is split into one HTTP request per
+  batch, sent concurrently; the outcomes are put back in order.
+
+The endpoint's ``protocol`` picks one, or ``auto`` (the default) negotiates per URL: the
+first call to a URL sends ``GET <url>``; an endpoint that answers 200 with JSON listing
+``native/1`` in ``protocols`` (our SDK does) is spoken to natively, any other HTTP answer
+means StateFun's protocol. The decision is kept per URL; a GET that gets no HTTP answer
+decides nothing (the call fails and the next one asks again). A call whose answer shows
+the endpoint does not speak the chosen protocol (under native: anything but a native
+200 answer; under statefun: 415 Unsupported Media Type) drops the decision, so an
+endpoint redeployed with the other SDK is renegotiated on the next call.
+
+Batches whose function types have different URLs (a ``{function.name}`` template) go to
+their own URLs: one request per URL under native, one per batch under statefun.
+
+Failures: a call that produces no valid answer at all is a :class:`CallFailed`. When a
+request was split (several URLs, or several batches under statefun) and only some parts
+fail, the failed batches get a :class:`~statefun.protocol.FunctionFailure` outcome
+(``error_type`` ``CallFailed``) and the others keep their outcomes, so one failing
+address does not make the others retry. The official SDK answers a function's exception
+with HTTP 500: that is a failed call of that batch. Retrying is the caller's business (it
+knows the batch's call budget).
 
 httpx is the client API (``httpx.Request``/``httpx.Response`` over an
 ``httpx.AsyncBaseTransport``); the transport is aiohttp's (``httpx-aiohttp``), chosen by
 measurement (``bench/transport.py``): httpx's own pool serialises under concurrency.
 Requests go straight to the transport: ``httpx.AsyncClient`` adds cookie, redirect and
-header-merging work per request that a protocol call never needs (about a third of the
-client's CPU here). A test or an embedding may pass any httpx transport instead
-(``httpx.ASGITransport`` calls an ASGI app in-process).
-
-Every way a call can go wrong is a :class:`CallFailed`; retrying is the caller's
-business (it knows the batch's call budget).
+header-merging work per request that a protocol call never needs. A test or an embedding
+may pass any httpx transport instead (``httpx.ASGITransport`` calls an ASGI app
+in-process).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Sequence
+
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from statefun import native_codec
+from statefun import native_codec, protobuf_codec
 from statefun.errors import ProtocolError
 from statefun.module_spec import HttpEndpoint
-from statefun.protocol import FunctionRequest, FunctionResponse
+from statefun.protocol import (
+    BatchOutcome,
+    FunctionFailure,
+    FunctionRequest,
+    FunctionResponse,
+    InvocationBatch,
+)
 
-_HEADERS = (
+log = logging.getLogger("runtime.function_client")
+
+NATIVE, STATEFUN, AUTO = "native", "statefun", "auto"
+NATIVE_PROTOCOL_ID = f"native/{native_codec.PROTOCOL_VERSION}"
+"""What an endpoint lists in ``protocols`` (``GET <url>``) to be spoken to natively."""
+
+_NATIVE_HEADERS = (
     ("content-type", native_codec.CONTENT_TYPE),
     ("accept", native_codec.CONTENT_TYPE),
 )
+_STATEFUN_HEADERS = (
+    ("content-type", protobuf_codec.CONTENT_TYPE),
+    ("accept", protobuf_codec.CONTENT_TYPE),
+)
+_NEGOTIATION_HEADERS = (("accept", "application/json"),)
 
 
 class CallFailed(Exception):
@@ -52,29 +100,68 @@ class FunctionClient:
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
+        self._endpoint = endpoint
+        self._templated = "{function.name}" in endpoint.url_path_template
         self._transport = transport or AiohttpTransport(limits=limits)
         self._timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.call}
         self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than sending a call
+        self._protocols: dict[str, str] = {}
+        """The protocol decided for each URL (``auto`` endpoints only)."""
+        self._negotiations: dict[str, asyncio.Task[str]] = {}
+
+    def protocol_of(self, url: str) -> str | None:
+        """The protocol calls to ``url`` use: fixed by the endpoint, or as negotiated so
+        far (None: not yet)."""
+        if self._endpoint.protocol != AUTO:
+            return self._endpoint.protocol
+        return self._protocols.get(url)
 
     async def invoke(self, url: str, request: FunctionRequest) -> FunctionResponse:
-        body = native_codec.encode_request(request)
-        parsed = self._urls.get(url)
-        if parsed is None:
-            parsed = self._urls[url] = httpx.URL(url)
-        outgoing = httpx.Request(
-            "POST", parsed, content=body, headers=_HEADERS, extensions={"timeout": self._timeouts}
+        """Send ``request``, whose first batch's function type is served at ``url``; one
+        outcome per batch, in order."""
+        batches = request.batches
+        if (
+            self._templated
+            and len(batches) > 1
+            and any(b.target.function_type != batches[0].target.function_type for b in batches)
+        ):
+            by_url: dict[str, list[int]] = {}
+            for i, b in enumerate(batches):
+                where = url if i == 0 else self._endpoint.url_for(b.target.function_type)
+                by_url.setdefault(where, []).append(i)
+            return FunctionResponse(
+                await _gather(
+                    batches,
+                    [
+                        (indices, self._call_at(where, [batches[i] for i in indices]))
+                        for where, indices in by_url.items()
+                    ],
+                )
+            )
+        return FunctionResponse(await self._call_at(url, batches))
+
+    async def _call_at(self, url: str, batches: list[InvocationBatch]) -> list[BatchOutcome]:
+        protocol = self.protocol_of(url) or await self._negotiate(url)
+        if protocol == NATIVE:
+            return await self._call_native(url, batches)
+        if len(batches) == 1:
+            return [await self._call_statefun(url, batches[0])]
+        return await _gather(
+            batches, [([i], self._statefun_part(url, b)) for i, b in enumerate(batches)]
         )
-        try:
-            answer = await self._transport.handle_async_request(outgoing)
-            try:
-                content = await answer.aread()
-            finally:
-                await answer.aclose()
-        except httpx.HTTPError as e:
-            raise CallFailed(f"POST {url} failed: {type(e).__name__}: {e}") from None
-        if answer.status_code != 200:
-            raise CallFailed(f"POST {url} answered {answer.status_code}: {answer.text[:500]}")
-        content_type = answer.headers.get("content-type", "").split(";")[0].strip()
+
+    async def _statefun_part(self, url: str, batch: InvocationBatch) -> list[BatchOutcome]:
+        return [await self._call_statefun(url, batch)]
+
+    # --- the two protocols -------------------------------------------------------------
+
+    async def _call_native(self, url: str, batches: list[InvocationBatch]) -> list[BatchOutcome]:
+        body = native_codec.encode_request(FunctionRequest(batches))
+        status, content_type, content = await self._post(url, body, _NATIVE_HEADERS)
+        if status != 200 or content_type != native_codec.CONTENT_TYPE:
+            self._forget(url)
+        if status != 200:
+            raise CallFailed(f"POST {url} answered {status}: {_text(content)}")
         if content_type != native_codec.CONTENT_TYPE:
             raise CallFailed(
                 f"POST {url} answered with content type {content_type!r}, "
@@ -85,13 +172,147 @@ class FunctionClient:
             response = native_codec.decode_response(content)
         except ProtocolError as e:
             raise CallFailed(f"POST {url}: {e}", protocol_violation=True) from None
-        if len(response.outcomes) != len(request.batches):
+        if len(response.outcomes) != len(batches):
             raise CallFailed(
-                f"POST {url} answered {len(response.outcomes)} outcomes "
-                f"for {len(request.batches)} batches",
+                f"POST {url} answered {len(response.outcomes)} outcomes for {len(batches)} batches",
                 protocol_violation=True,
             )
-        return response
+        return response.outcomes
+
+    async def _call_statefun(self, url: str, batch: InvocationBatch) -> BatchOutcome:
+        body = protobuf_codec.encode_batch(batch)
+        status, _, content = await self._post(url, body, _STATEFUN_HEADERS)
+        if not 200 <= status < 300:
+            if status == 415:
+                self._forget(url)
+            raise CallFailed(f"POST {url} for {batch.target} answered {status}: {_text(content)}")
+        try:
+            return protobuf_codec.decode_outcome(content)
+        except ProtocolError as e:
+            raise CallFailed(
+                f"POST {url} for {batch.target}: {e}", protocol_violation=True
+            ) from None
+
+    # --- HTTP --------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes = b""
+    ) -> httpx.Request:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = self._urls[url] = httpx.URL(url)
+        return httpx.Request(
+            method, parsed, content=body, headers=headers, extensions={"timeout": self._timeouts}
+        )
+
+    async def _send(self, request: httpx.Request) -> tuple[int, str, bytes]:
+        """Status, media type and body of the answer to ``request``."""
+        try:
+            answer = await self._transport.handle_async_request(request)
+            try:
+                content = await answer.aread()
+            finally:
+                await answer.aclose()
+        except httpx.HTTPError as e:
+            raise CallFailed(
+                f"{request.method} {request.url} failed: {type(e).__name__}: {e}"
+            ) from None
+        media_type = answer.headers.get("content-type", "").split(";")[0].strip().lower()
+        return answer.status_code, media_type, content
+
+    async def _post(
+        self, url: str, body: bytes, headers: Sequence[tuple[str, str]]
+    ) -> tuple[int, str, bytes]:
+        return await self._send(self._request("POST", url, headers, body))
+
+    # --- negotiation -------------------------------------------------------------------
+
+    async def _negotiate(self, url: str) -> str:
+        """Ask ``url`` which protocol it speaks, once for all calls waiting on the answer."""
+        task = self._negotiations.get(url)
+        if task is None:
+            task = self._negotiations[url] = asyncio.create_task(self._ask(url))
+            task.add_done_callback(lambda _: self._negotiations.pop(url, None))
+        return await asyncio.shield(task)
+
+    async def _ask(self, url: str) -> str:
+        status, media_type, content = await self._send(
+            self._request("GET", url, _NEGOTIATION_HEADERS)
+        )
+        advertised = _advertised_protocols(status, media_type, content)
+        if advertised is None:
+            protocol = STATEFUN
+        elif NATIVE_PROTOCOL_ID in advertised:
+            protocol = NATIVE
+        else:
+            raise CallFailed(
+                f"GET {url}: the endpoint speaks {', '.join(advertised) or 'nothing'}; this "
+                f"runtime speaks {NATIVE_PROTOCOL_ID} and StateFun's protocol",
+                protocol_violation=True,
+            )
+        self._protocols[url] = protocol
+        log.info("%s speaks the %s protocol (negotiated)", url, protocol)
+        return protocol
+
+    def _forget(self, url: str) -> None:
+        if self._protocols.pop(url, None) is not None:
+            log.warning("%s does not speak the protocol negotiated; asking again", url)
 
     async def close(self) -> None:
+        for task in list(self._negotiations.values()):
+            task.cancel()
         await self._transport.aclose()
+
+
+def _advertised_protocols(status: int, media_type: str, content: bytes) -> list[str] | None:
+    """The ``protocols`` an answer to ``GET <url>`` lists, or None if it lists none."""
+    if status != 200 or media_type != "application/json":
+        return None
+    try:
+        description = json.loads(content)
+    except ValueError:
+        return None
+    protocols = description.get("protocols") if isinstance(description, dict) else None
+    if not isinstance(protocols, list):
+        return None
+    return [str(p) for p in protocols]
+
+
+def _text(content: bytes) -> str:
+    return content[:500].decode("utf-8", "replace")
+
+
+async def _gather(
+    batches: list[InvocationBatch],
+    parts: list[tuple[list[int], Awaitable[list[BatchOutcome]]]],
+) -> list[BatchOutcome]:
+    """The outcomes of ``batches`` from calls each answering for some of them (by index).
+
+    All parts failing is one :class:`CallFailed`; a part failing while others succeed
+    gives its batches a ``FunctionFailure``.
+    """
+    results = await asyncio.gather(*(call for _, call in parts), return_exceptions=True)
+    failures: list[CallFailed] = []
+    for result in results:
+        if isinstance(result, CallFailed):
+            failures.append(result)
+        elif isinstance(result, BaseException):
+            raise result
+    if len(failures) == len(parts):
+        more = f" (and {len(failures) - 1} more failed calls)" if len(failures) > 1 else ""
+        raise CallFailed(
+            failures[0].reason + more,
+            protocol_violation=any(f.protocol_violation for f in failures),
+        )
+    outcomes: dict[int, BatchOutcome] = {}
+    for (indices, _), result in zip(parts, results, strict=True):
+        if isinstance(result, CallFailed):
+            for i in indices:
+                target = batches[i].target
+                outcomes[i] = FunctionFailure(
+                    str(target.function_type), target, "CallFailed", result.reason
+                )
+        else:
+            assert not isinstance(result, BaseException)
+            outcomes.update(zip(indices, result, strict=True))
+    return [outcomes[i] for i in range(len(batches))]

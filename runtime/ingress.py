@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
@@ -61,6 +62,10 @@ async def _body(request: Request, limit: int) -> bytes:
                 _error(413, "body_too_large", f"the body is over the limit of {limit} bytes")
             )
     return bytes(chunks)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def _timeout(raw: str | None) -> float:
@@ -174,7 +179,7 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
                 "unknown_function_type",
                 f"no endpoint in the module spec serves {address.function_type}",
             )
-        values = runtime.worker.state_of(address)
+        values = runtime.state_of(address)
         return JSONResponse({"state": {name: value_to_json(v) for name, v in values.items()}})
 
     @app.get("/v1/egress/{namespace}/{name}")
@@ -207,7 +212,7 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
     async def dead_letters(
         from_: int = Query(0, alias="from", ge=0), limit: int = Query(100, ge=1, le=10_000)
     ) -> JSONResponse:
-        letters = await runtime.dead_letters.read(from_, limit)
+        letters, next_offset = await runtime.dead_letters.read(from_, limit, runtime.clock)
         return JSONResponse(
             {
                 "records": [
@@ -221,29 +226,55 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
                     }
                     for d in letters
                 ],
-                "next": letters[-1].offset + 1 if letters else from_,
+                "next": next_offset,
+            }
+        )
+
+    @app.get("/v1/checkpoints")
+    async def checkpoints() -> JSONResponse:
+        manifests = await runtime.store.manifests()
+        rollbacks = await runtime.store.rollbacks()
+        clock = runtime.clock
+        return JSONResponse(
+            {
+                "generation": clock.generation if clock else None,
+                "epoch": clock.epoch if clock else None,
+                "checkpoints": [
+                    {
+                        "id": m.checkpoint,
+                        "time": _iso(m.created_ms),
+                        "generation": m.generation,
+                        "size_bytes": m.size_bytes,
+                        "duration_ms": m.duration_ms,
+                        "addresses": m.addresses,
+                    }
+                    for m in manifests
+                ],
+                "rollbacks": [
+                    {
+                        "generation": r.generation,
+                        "rolled_back_to": r.rolled_back_to,
+                        "time": _iso(r.at_ms),
+                        "reason": r.reason,
+                        "address": r.cause_address,
+                        "messages": list(r.cause_messages),
+                    }
+                    for r in rollbacks[-20:]
+                ],
             }
         )
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        stuck = runtime.worker.failures()
-        if not stuck:
-            return JSONResponse({"status": "ok"})
-        return JSONResponse(
-            {
-                "status": "failing",
-                "failures": [
-                    {
-                        "address": str(s.address),
-                        "since": s.since,
-                        "attempts": s.attempts,
-                        "reason": s.reason,
-                    }
-                    for s in stuck
-                ],
-            },
-            status_code=503,
-        )
+        clock, failure = runtime.clock, runtime.failure
+        body = {
+            "status": "ok" if failure is None else "recovering",
+            "generation": clock.generation if clock else None,
+            "checkpoint": runtime.coordinator.last.checkpoint if runtime.coordinator.last else None,
+        }
+        if failure is None:
+            return JSONResponse(body)
+        # Rolled back, and no checkpoint has completed since: not healthy yet.
+        return JSONResponse({**body, "failure": failure.describe()}, status_code=503)
 
     return app

@@ -6,11 +6,12 @@ message per target function type: the record's key (UTF-8) is the function id, i
 value is wrapped as a typed value of the topic's ``valueType``. A record whose key is
 missing or unusable goes to the dead-letter topic with the reason, and reading goes on.
 
-Positions: after a poll's messages are durable in the messages log, the reader
-commits its offsets to its consumer group (``consumerGroupId``, by default
-``<app id>.ingress.<namespace>.<name>``) at most once a second, so a restarted runtime
-resumes there (at-least-once: messages routed after the last commit are routed
-again). Without committed offsets it starts at ``startupPosition``.
+A reader is a checkpoint participant: its read positions are part of every
+checkpoint, and what it appends carries the epoch's tag, so a rollback rewinds it to
+the checkpoint's positions and the records it appended since are skipped: every
+ingress record becomes its messages exactly once. Without a checkpoint it starts at
+``startupPosition`` (``group-offsets`` reads the positions committed for
+``consumerGroupId``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
+from runtime.checkpoints.coordinator import Capture
+from runtime.checkpoints.epochs import EpochClock
+from runtime.checkpoints.snapshot import encode_positions
 from runtime.dead_letters import DeadLetters
 from runtime.log import StoredRecord, TopicPartition
 from runtime.log.kafka import KafkaLog, KafkaLogConsumer
@@ -31,8 +34,6 @@ from statefun.values import TypedValue
 
 log = logging.getLogger("runtime.kafka_ingress")
 
-COMMIT_INTERVAL = 1.0
-
 
 class KafkaIngressReader:
     def __init__(
@@ -41,44 +42,49 @@ class KafkaIngressReader:
         cluster: KafkaLog,
         router: Router,
         dead_letters: DeadLetters,
+        clock: EpochClock,
         app_id: str,
     ):
         self.spec = spec
+        self.name = f"ingress:{spec.id}"
         self._cluster = cluster
         self._router = router
         self._dead_letters = dead_letters
+        self._clock = clock
         # No '/' in the default: Tansu cannot read back offsets of a group named with one.
         self.group = (
             spec.consumer_group_id or f"{app_id}.ingress.{spec.id.namespace}.{spec.id.name}"
         )
         self._topics: dict[str, KafkaIngressTopic] = {t.topic: t for t in spec.topics}
         self._consumer: KafkaLogConsumer | None = None
-        self._positions: dict[TopicPartition, int] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        self._positions: dict[tuple[str, int], int] = {}
         self._task: asyncio.Task[None] | None = None
         self.routed = 0
 
-    async def start(self) -> None:
+    async def start(self, restored: dict[tuple[str, int], int] | None) -> None:
+        """Read from a checkpoint's positions, or (None) from the startup position."""
         for topic in self._topics:
             count = await self._cluster.open_topic(topic)
-            committed = await self._cluster.committed_offsets(self.group, topic)
-            starts = await self._start_offsets(topic, count)
+            if restored is None:
+                committed = await self._cluster.committed_offsets(self.group, topic)
+                starts = await self._start_offsets(topic, count)
             for p in range(count):
-                tp = TopicPartition(topic, p)
-                self._positions[tp] = committed.get(p, starts[p])
-        self._committed = dict(self._positions)
+                if restored is not None:
+                    self._positions[topic, p] = restored.get((topic, p), 0)
+                else:
+                    self._positions[topic, p] = committed.get(p, starts[p])
         self._consumer = self._cluster.consumer()
-        self._consumer.assign(self._positions)
+        self._consumer.assign({TopicPartition(t, p): o for (t, p), o in self._positions.items()})
         self._task = asyncio.create_task(self._run(), name=f"kafka-ingress {self.spec.id}")
         log.info(
             "Kafka ingress %s reading %s from %s",
             self.spec.id,
             ", ".join(self._topics),
-            {str(tp): o for tp, o in self._positions.items()},
+            {f"{t}/{p}": o for (t, p), o in self._positions.items()},
         )
 
     async def _start_offsets(self, topic: str, count: int) -> list[int]:
-        """Where to start without committed offsets (StateFun's startupPosition)."""
+        """Where to start without a checkpoint (StateFun's startupPosition)."""
         position = self.spec.startup_position
         if position.kind == "specific-offsets":
             given = {(t, p): o for t, p, o in position.offsets if t == topic}
@@ -91,58 +97,45 @@ class KafkaIngressReader:
             return await self._cluster.start_offsets(topic, self.spec.auto_offset_reset)
         return await self._cluster.start_offsets(topic, position.kind)
 
+    def capture(self) -> Capture:
+        return Capture(encode_positions(self._positions))
+
     async def _run(self) -> None:
         assert self._consumer is not None
-        last_commit = time.monotonic()
         while True:
             polled = await self._consumer.poll(0.2)
             appends: list[asyncio.Future[list[int]]] = []
             for tp, records in polled.items():
                 for record in records:
                     appends.extend(self._route(tp, record))
-                self._positions[tp] = records[-1].offset + 1
+                self._positions[tp.topic, tp.partition] = records[-1].offset + 1
             if appends:
                 # Flow control: the next poll waits until these are durable.
                 await asyncio.gather(*appends)
-            if time.monotonic() - last_commit >= COMMIT_INTERVAL:
-                await self._commit()
-                last_commit = time.monotonic()
 
     def _route(self, tp: TopicPartition, record: StoredRecord) -> list[asyncio.Future[list[int]]]:
         topic = self._topics[tp.topic]
-        source = f"{tp.topic}/{tp.partition}@{record.offset}"
+        tag = self._clock.header
         try:
             if record.key is None:
                 raise ValueError("the record has no key (the key is the function id)")
             function_id = record.key.decode("utf-8")
             targets = [Address.of(t, function_id) for t in topic.targets]
         except (ValueError, InvalidNameError) as e:
-            reason = (
-                str(e) if not isinstance(e, UnicodeDecodeError) else f"the key is not UTF-8: {e}"
-            )
+            reason = f"the key is not UTF-8: {e}" if isinstance(e, UnicodeDecodeError) else str(e)
             return [
                 self._dead_letters.park(
                     record.key,
                     record.value,
                     reason=reason,
-                    source=source,
+                    source=f"{tp.topic}/{tp.partition}@{record.offset}",
                     origin=f"kafka ingress {self.spec.id}",
+                    tag=tag,
                 )
             ]
         argument = TypedValue(topic.value_type, record.value)
-        appends = []
-        for target in targets:
-            append = self._router.send(target, None, argument)
-            assert append is not None
-            appends.append(append)
         self.routed += 1
-        return appends
-
-    async def _commit(self) -> None:
-        changed = {tp: o for tp, o in self._positions.items() if self._committed.get(tp) != o}
-        if changed:
-            await self._cluster.commit_offsets(self.group, changed)
-            self._committed.update(changed)
+        return [self._router.append(target, None, argument, tag=tag)[1] for target in targets]
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -150,10 +143,4 @@ class KafkaIngressReader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._consumer is not None:
-            await self._commit_routed()
             await self._consumer.close()
-
-    async def _commit_routed(self) -> None:
-        # What was routed is durable once the log is flushed; commit exactly that.
-        await self._router.flush()
-        await self._commit()

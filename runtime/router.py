@@ -44,20 +44,31 @@ class Router:
         return f"no endpoint in the module spec serves function type {function_type}"
 
     def send(
-        self, target: Address, caller: Address | None, argument: TypedValue
+        self,
+        target: Address,
+        caller: Address | None,
+        argument: TypedValue,
+        *,
+        tag: tuple[str, bytes] | None = None,
     ) -> asyncio.Future[list[int]] | None:
-        """Route a message; the append's future, or None if it completed an ingress call."""
+        """Route a message; the append's future, or None if it completed an ingress call.
+        ``tag`` is the producer's epoch tag header (None for input from outside)."""
         if target.function_type == INGRESS_CALLER_TYPE:
             self._replies.deliver(target, argument)
             return None
-        return self.append(target, caller, argument)[1]
+        return self.append(target, caller, argument, tag=tag)[1]
 
     def append(
-        self, target: Address, caller: Address | None, argument: TypedValue
+        self,
+        target: Address,
+        caller: Address | None,
+        argument: TypedValue,
+        *,
+        tag: tuple[str, bytes] | None = None,
     ) -> tuple[int, asyncio.Future[list[int]]]:
         """Append a message to a function address: its partition, and the append's future."""
         partition = partition_for(target, self._partitions)
-        record = Envelope(target, caller, argument).to_record()
+        record = Envelope(target, caller, argument).to_record(tag)
         return partition, self._log.append(self.topics.messages, partition, [record])
 
     async def flush(self) -> None:

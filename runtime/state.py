@@ -2,13 +2,17 @@
 
 Specs are learned lazily: a function answers "missing state specs" and the runtime
 registers them. A registered state's type never changes; a function declaring the
-same name with another type is an error. Values live in memory, keyed by address.
+same name with another type is an error. Values live in memory, keyed by address;
+the addresses changed since the last checkpoint are tracked, so a checkpoint writes
+only those.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from runtime.checkpoints.snapshot import decode_state, encode_state
+from runtime.routing import address_key
 from statefun.address import Address, TypeName
 from statefun.protocol import StateMutation, StateSpec
 from statefun.values import TypedValue
@@ -41,8 +45,11 @@ class StateSpecRegistry:
 
 
 class StateStore:
+    """Per-address state values, and which addresses changed since the last checkpoint."""
+
     def __init__(self) -> None:
         self._values: dict[Address, dict[str, TypedValue]] = {}
+        self._changed: set[Address] = set()
 
     def __len__(self) -> int:
         return len(self._values)
@@ -61,3 +68,23 @@ class StateStore:
                 values.pop(m.name, None)
         if values is not None and not values:
             del self._values[address]
+        self._changed.add(address)
+
+    def take_changes(self) -> tuple[list[tuple[bytes, bytes | None]], set[Address]]:
+        """The changed addresses' state as checkpoint rows (None: no state), and the set
+        of those addresses; the set of changes starts empty again."""
+        changed, self._changed = self._changed, set()
+        rows = []
+        for address in changed:
+            values = self._values.get(address)
+            rows.append((address_key(address), encode_state(values) if values else None))
+        return rows, changed
+
+    def changed_again(self, addresses: Iterable[Address]) -> None:
+        """Count these as changed since the last checkpoint (their capture was abandoned)."""
+        self._changed.update(addresses)
+
+    def load(self, rows: Iterable[tuple[bytes, bytes]]) -> None:
+        """Replace everything with checkpointed state (rows of address key, state)."""
+        self._values = {Address.parse(key.decode()): decode_state(data) for key, data in rows}
+        self._changed = set()

@@ -1,4 +1,4 @@
-"""The worker: from the messages log to function calls and back.
+"""The worker: from the messages log to function calls and back, for one generation.
 
 It reads its partitions of the messages log into one :class:`Mailbox` per address,
 and an :class:`EndpointDispatcher` per endpoint turns ready mailboxes into HTTP
@@ -6,16 +6,17 @@ requests: one request in flight per address (what arrives meanwhile waits for th
 next batch), many addresses in flight at once, and the batches of several addresses
 combined into one request. Outcomes are checked whole before anything is applied:
 state mutations go to the state store, messages and egress records to the router,
-delayed messages to the timer service.
+delayed messages to the timer service. Every record it produces carries the current
+epoch's tag; a tagged record of rolled-back work is skipped when read.
 
-A failed call is retried with exponential backoff inside the endpoint's call budget;
-an exhausted budget is logged at CRITICAL and reported by :meth:`Worker.failures`
-(the address keeps its messages and keeps being retried; global rollback replaces
-this with checkpoints). Reading pauses while too much is buffered.
+The worker is a checkpoint participant (:meth:`Worker.capture`): its local snapshot is
+the state changed since the last checkpoint, its pending inputs (mailboxes and
+in-flight batches, with the ids of their records), its timers and its read positions.
 
-Progress: a message is *done* when the outcome of its batch has been applied; per
-partition, the offset below which everything is done is committed to the log
-periodically, so a restarted runtime resumes with what was not done.
+A failed call is retried with exponential backoff inside the endpoint's call budget.
+An exhausted budget, or a protocol violation, is a :class:`Failure`: the worker stops
+and asks for a rollback of the whole system (``on_failure``). A worker never outlives
+its generation: a rollback builds a new one from the checkpoint.
 """
 
 from __future__ import annotations
@@ -27,11 +28,22 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
 
+from runtime.checkpoints.coordinator import Capture
+from runtime.checkpoints.epochs import EpochClock, Tag
+from runtime.checkpoints.snapshot import (
+    MessageId,
+    PendingMessage,
+    PendingTimer,
+    WorkerPart,
+    encode_worker_part,
+    message_id_text,
+)
+from runtime.dead_letters import DeadLetters
 from runtime.egress import Egresses
 from runtime.envelope import Envelope, MalformedEnvelope
 from runtime.function_client import CallFailed, FunctionClient
@@ -67,27 +79,30 @@ class WorkerConfig:
     """Reading pauses while more messages than this wait in mailboxes or in flight."""
     retry_initial_backoff: float = 0.01
     retry_max_backoff: float = 2.0
-    commit_interval: float = 1.0
     poll_max_wait: float = 0.2
     shutdown_grace: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why the worker asks for a rollback: what failed, where, and on which messages."""
+
+    reason: str
+    address: Address | None = None
+    messages: tuple[MessageId, ...] = ()
+
+    def describe(self) -> str:
+        where = [f"address {self.address}"] if self.address else []
+        if self.messages:
+            where.append("messages " + ", ".join(message_id_text(m) for m in self.messages))
+        return f"{self.reason} ({'; '.join(where)})" if where else self.reason
 
 
 @dataclass(slots=True)
 class PendingInvocation:
     caller: Address | None
     argument: TypedValue
-    source: TopicPartition
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class StuckAddress:
-    """An address whose batch failed past its call budget."""
-
-    address: Address
-    since: float
-    attempts: int
-    reason: str
+    message_id: MessageId
 
 
 @dataclass(slots=True, eq=False)
@@ -103,46 +118,45 @@ class Mailbox:
     attempts: int = 0
 
 
-class PartitionProgress:
-    """Which offsets of one partition are done; everything below :attr:`committable` is."""
+class FunctionClients:
+    """One client (connection pool) per endpoint, kept across generations."""
 
-    def __init__(self, position: int):
-        self._outstanding: deque[int] = deque()
-        self._done: set[int] = set()
-        self._next = position
+    def __init__(self, config: WorkerConfig, transport: httpx.AsyncBaseTransport | None = None):
+        self._config = config
+        self._transport = transport
+        self._clients: dict[HttpEndpoint, FunctionClient] = {}
 
-    def read(self, offset: int) -> None:
-        self._outstanding.append(offset)
-        self._next = offset + 1
+    def get(self, endpoint: HttpEndpoint) -> FunctionClient:
+        client = self._clients.get(endpoint)
+        if client is None:
+            client = self._clients[endpoint] = FunctionClient(
+                endpoint,
+                max_connections=self._config.max_concurrent_requests,
+                transport=self._transport,
+            )
+        return client
 
-    def done(self, offset: int) -> None:
-        self._done.add(offset)
-        outstanding, done = self._outstanding, self._done
-        while outstanding and outstanding[0] in done:
-            done.discard(outstanding.popleft())
-
-    @property
-    def committable(self) -> int:
-        return self._outstanding[0] if self._outstanding else self._next
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
 
 
 class EndpointDispatcher:
-    """Turns the ready mailboxes of one endpoint into requests, within its concurrency."""
+    """Turns the ready mailboxes of one endpoint URL into requests, within its concurrency
+    (an endpoint with ``{function.name}`` in its template has one URL per function type)."""
 
-    def __init__(self, worker: Worker, endpoint: HttpEndpoint, client: FunctionClient):
+    def __init__(self, worker: Worker, endpoint: HttpEndpoint, url: str):
         self.worker = worker
         self.endpoint = endpoint
-        self.client = client
+        self.url = url
+        self.client = worker.clients.get(endpoint)
         self._ready: deque[Mailbox] = deque()
         self._in_flight = 0
         self._pump_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._max_batch = endpoint.max_num_batch_requests
         self._config = worker.config
-
-    @property
-    def requests_in_flight(self) -> int:
-        return self._in_flight
 
     def mark_ready(self, mailbox: Mailbox, *, first: bool = False) -> None:
         if mailbox.queued:
@@ -159,51 +173,55 @@ class EndpointDispatcher:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        if self.worker.stopping:
-            return
+        worker = self.worker
         free = self._config.max_concurrent_requests - self._in_flight
-        while free > 0 and self._ready:
+        while free > 0 and self._ready and not (worker.stopped or worker.draining):
             # Spread what is ready over the free request slots: low latency when little is
             # ready, large batches (where throughput lives) when much is.
             per_request = min(
                 self._config.max_batches_per_request, math.ceil(len(self._ready) / free)
             )
-            mailboxes = [self._ready.popleft() for _ in range(min(per_request, len(self._ready)))]
-            batches = []
-            for mb in mailboxes:
+            mailboxes: list[Mailbox] = []
+            while self._ready and len(mailboxes) < per_request:
+                mb = self._ready.popleft()
                 mb.queued = False
-                if mb.in_flight is None:
-                    mb.in_flight = [
-                        mb.waiting.popleft() for _ in range(min(self._max_batch, len(mb.waiting)))
-                    ]
-                    mb.first_sent_at = time.monotonic()
-                    mb.attempts = 0
+                if mb.in_flight is None and not worker.take_batch(mb, self._max_batch):
+                    continue
                 mb.attempts += 1
-                batches.append(self.worker.batch_for(mb))
+                mailboxes.append(mb)
+            if not mailboxes:
+                continue
+            request = FunctionRequest([worker.batch_for(mb) for mb in mailboxes])
             self._in_flight += 1
             free -= 1
-            task = asyncio.create_task(self._call(mailboxes, FunctionRequest(batches)))
+            task = asyncio.create_task(self._call(mailboxes, request))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _call(self, mailboxes: list[Mailbox], request: FunctionRequest) -> None:
         try:
-            url = self.endpoint.url_for(mailboxes[0].address.function_type)
             try:
-                response = await self.client.invoke(url, request)
+                response = await self.client.invoke(self.url, request)
             except CallFailed as e:
+                if self.worker.stopped:
+                    return
                 for mb in mailboxes:
-                    self.retry(mb, e.reason)
+                    if e.protocol_violation:
+                        self.worker.fail_batch(mb, f"protocol violation: {e.reason}")
+                    else:
+                        self.retry(mb, e.reason)
             else:
                 for mb, outcome in zip(mailboxes, response.outcomes, strict=True):
+                    if self.worker.stopped:
+                        return
                     self.worker.apply(mb, outcome)
         finally:
             self._in_flight -= 1
             self._pump()
 
     def retry(self, mailbox: Mailbox, reason: str) -> None:
-        """Send the mailbox's in-flight batch again after a backoff, within the call budget."""
-        worker = self.worker
+        """Send the mailbox's in-flight batch again after a backoff, within the call budget;
+        past the budget, the batch has failed."""
         elapsed = time.monotonic() - mailbox.first_sent_at
         backoff = min(
             self._config.retry_max_backoff,
@@ -211,91 +229,158 @@ class EndpointDispatcher:
         )
         backoff *= 0.5 + random.random() / 2
         if elapsed + backoff > self.endpoint.timeouts.call:
-            worker.budget_exhausted(mailbox, reason)
-            backoff = self._config.retry_max_backoff
-        else:
-            log.warning(
-                "call for %s failed (attempt %d, retrying in %.0f ms): %s",
-                mailbox.address,
-                mailbox.attempts,
-                backoff * 1000,
-                reason,
+            self.worker.fail_batch(
+                mailbox,
+                f"call budget of {self.endpoint.timeouts.call:g} s exhausted after "
+                f"{mailbox.attempts} attempts: {reason}",
             )
+            return
+        log.warning(
+            "call for %s failed (attempt %d, retrying in %.0f ms): %s",
+            mailbox.address,
+            mailbox.attempts,
+            backoff * 1000,
+            reason,
+        )
         asyncio.get_running_loop().call_later(backoff, self._resend, mailbox)
 
     def _resend(self, mailbox: Mailbox) -> None:
-        if not self.worker.stopping:
+        if not self.worker.stopped:
             self.mark_ready(mailbox, first=True)
 
     async def drain(self, grace: float) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
 
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
 
 class Worker:
+    name = "worker"
+
     def __init__(
         self,
         log_: Log,
         module: ModuleSpec,
         router: Router,
         egresses: Egresses,
+        dead_letters: DeadLetters,
+        clock: EpochClock,
+        clients: FunctionClients,
+        registry: StateSpecRegistry,
+        state: StateStore,
         *,
+        on_failure: Callable[[Failure], None],
         config: WorkerConfig | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        poisoned: Mapping[MessageId, str] | None = None,
+        isolated: frozenset[Address] = frozenset(),
     ):
         self.config = config or WorkerConfig()
-        self.stopping = False
+        self.clients = clients
+        self.state = state
+        self.stopped = False
+        self.draining = False
+        self.failed = False
         self._log = log_
         self._module = module
         self._router = router
         self._egresses = egresses
-        self._transport = transport
-        self._registry = StateSpecRegistry()
-        self.state = StateStore()
+        self._dead_letters = dead_letters
+        self._clock = clock
+        self._registry = registry
+        self._on_failure = on_failure
+        self._poisoned = dict(poisoned or {})
+        self._isolated = isolated
         self._mailboxes: dict[Address, Mailbox] = {}
-        self._dispatchers: dict[HttpEndpoint, EndpointDispatcher] = {}
-        self._progress: dict[TopicPartition, PartitionProgress] = {}
+        self._dispatchers: dict[str, EndpointDispatcher] = {}
+        self._positions: dict[int, int] = {}
         self._buffered = 0
         self._over_cap = 0
         self._room = asyncio.Event()
         self._room.set()
-        self._stuck: dict[Address, StuckAddress] = {}
         self._timers = TimerService(self._fire_delayed)
         self._consumer = log_.consumer()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._replay_ends: dict[int, int] = {}
+        self._replaying = 0
         self.processed = 0
+        self.skipped = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> None:
-        partitions = self._router.partitions
-        topics = self._router.topics
-        committed = await self._log.committed_offsets(topics.consumer_group, topics.messages)
-        positions = {
-            TopicPartition(topics.messages, p): committed.get(p, 0) for p in range(partitions)
-        }
-        self._consumer.assign(positions)
-        self._progress = {tp: PartitionProgress(pos) for tp, pos in positions.items()}
-        self._tasks = [
-            asyncio.create_task(self._consume(), name="worker-consume"),
-            asyncio.create_task(self._commit_periodically(), name="worker-commit"),
-        ]
+    def start(self, restored: WorkerPart | None, log_ends: Mapping[int, int]) -> None:
+        """Resume from a checkpoint's part (None: from the beginning of the log).
+        Restored timers fire only once the worker has read and processed the log up to
+        ``log_ends`` (the end of each partition when it began): what the log held then
+        happened before them."""
+        topic = self._router.topics.messages
+        restored_positions = restored.positions if restored else {}
+        self._positions = {p: restored_positions.get(p, 0) for p in range(self._router.partitions)}
+        self._consumer.assign({TopicPartition(topic, p): o for p, o in self._positions.items()})
+        if restored:
+            for p in restored.pending:
+                self._enqueue(p.target, PendingInvocation(p.caller, p.argument, p.message_id))
+            self._timers.hold()
+            self._timers.restore(restored.timers)
+            self._replay_ends = dict(log_ends)
+            self._replaying = sum(self._is_replay(p.message_id) for p in restored.pending)
+        self._task = asyncio.create_task(self._consume(), name="worker-consume")
 
-    async def stop(self) -> None:
-        """Stop reading, let requests in flight finish (bounded), commit what is done."""
-        self.stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+    def _is_replay(self, message_id: MessageId) -> bool:
+        """Whether the message was in the log when this worker began (it is replayed)."""
+        return message_id[1] < self._replay_ends.get(message_id[0], 0)
+
+    def _release_timers_after_replay(self) -> None:
+        """Once every message the log held at the start is read and processed, the
+        restored timers may fire (a cancellation among those messages came first)."""
+        if (
+            self._replay_ends
+            and self._replaying == 0
+            and all(self._positions[p] >= end for p, end in self._replay_ends.items())
+        ):
+            self._replay_ends = {}
+            self._timers.release()
+
+    async def stop(self, *, drain: bool) -> None:
+        """Stop reading; with ``drain``, let requests in flight finish (bounded) and apply
+        their outcomes, otherwise abandon them (a rollback: their inputs are pending in
+        the checkpoint)."""
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._task
+        if drain:
+            self.draining = True  # no new requests: what is waiting stays pending
+            for dispatcher in self._dispatchers.values():
+                await dispatcher.drain(self.config.shutdown_grace)
+        self.stopped = True
         for dispatcher in self._dispatchers.values():
-            await dispatcher.drain(self.config.shutdown_grace)
-        self._timers.close()
-        await self._commit()
-        for dispatcher in self._dispatchers.values():
-            await dispatcher.client.close()
+            dispatcher.cancel()
+        # Pending timers stay in place for a last checkpoint, but fire no more.
+        self._timers.suspend()
         await self._consumer.close()
+
+    def fail(self, failure: Failure) -> None:
+        """Stop processing and ask for a rollback (once)."""
+        if self.stopped:
+            return
+        self.stopped = self.failed = True
+        log.critical("FAILURE, rolling back: %s", failure.describe())
+        self._on_failure(failure)
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def capture(self) -> Capture:
+        pending = [
+            PendingMessage(mb.address, p.caller, p.argument, p.message_id)
+            for mb in self._mailboxes.values()
+            for p in (*(mb.in_flight or ()), *mb.waiting)
+        ]
+        part = WorkerPart(pending, self._timers.pending(), dict(self._positions))
+        rows, changed = self.state.take_changes()
+        return Capture(encode_worker_part(part), rows, lambda: self.state.changed_again(changed))
 
     # --- reading ---------------------------------------------------------------------
 
@@ -305,47 +390,58 @@ class Worker:
             room = min(1000, self.config.max_buffered_messages - self._buffered)
             polled = await self._consumer.poll(self.config.poll_max_wait, max_records=room)
             for tp, records in polled.items():
-                progress = self._progress[tp]
                 for record in records:
-                    progress.read(record.offset)
                     self._deliver(tp, record)
+            self._release_timers_after_replay()
 
     def _deliver(self, tp: TopicPartition, record: StoredRecord) -> None:
+        self._positions[tp.partition] = record.offset + 1
+        tag = Tag.from_headers(record.headers)
+        clock = self._clock
+        if not clock.skip.accepts(tag):
+            self.skipped += 1
+            return
+        if tag is not None and tag.generation == clock.generation and tag.epoch > clock.epoch:
+            log.error(
+                "record %s@%d is from epoch %d of this generation, ahead of this runtime's %d: "
+                "is another runtime writing this application's topics (the same --app-id)?",
+                tp,
+                record.offset,
+                tag.epoch,
+                clock.epoch,
+            )
         try:
             envelope = Envelope.from_record(record)
         except MalformedEnvelope as e:
             log.error("skipping a record of %s: %s", tp, e)
-            self._progress[tp].done(record.offset)
             return
-        target = envelope.target
+        self._enqueue(
+            envelope.target,
+            PendingInvocation(envelope.caller, envelope.argument, (tp.partition, record.offset)),
+        )
+
+    def _enqueue(self, target: Address, invocation: PendingInvocation) -> None:
         mailbox = self._mailboxes.get(target)
         if mailbox is None:
             dispatcher = self._dispatcher_for(target.function_type)
             if dispatcher is None:
                 log.error(
-                    "skipping a message to %s at %s offset %d: no endpoint serves %s",
+                    "skipping message %s to %s: no endpoint serves %s",
+                    message_id_text(invocation.message_id),
                     target,
-                    tp,
-                    record.offset,
                     target.function_type,
                 )
-                self._progress[tp].done(record.offset)
                 return
             mailbox = self._mailboxes[target] = Mailbox(target, dispatcher)
-        mailbox.waiting.append(
-            PendingInvocation(envelope.caller, envelope.argument, tp, record.offset)
-        )
+        mailbox.waiting.append(invocation)
         self._buffered += 1
+        if self._replay_ends and self._is_replay(invocation.message_id):
+            self._replaying += 1
         if len(mailbox.waiting) == mailbox.dispatcher.endpoint.max_num_batch_requests:
             self._over_cap += 1
         self._update_room()
         if mailbox.in_flight is None:
             mailbox.dispatcher.mark_ready(mailbox)
-
-    def backlog_below_cap(self) -> None:
-        """A mailbox's backlog dropped below its endpoint's maxNumBatchRequests."""
-        self._over_cap -= 1
-        self._update_room()
 
     def _update_room(self) -> None:
         if self._buffered >= self.config.max_buffered_messages or self._over_cap:
@@ -357,17 +453,56 @@ class Worker:
         endpoint = self._module.endpoint_for(function_type)
         if endpoint is None:
             return None
-        dispatcher = self._dispatchers.get(endpoint)
+        url = endpoint.url_for(function_type)
+        dispatcher = self._dispatchers.get(url)
         if dispatcher is None:
-            client = FunctionClient(
-                endpoint,
-                max_connections=self.config.max_concurrent_requests,
-                transport=self._transport,
-            )
-            dispatcher = self._dispatchers[endpoint] = EndpointDispatcher(self, endpoint, client)
+            dispatcher = self._dispatchers[url] = EndpointDispatcher(self, endpoint, url)
         return dispatcher
 
     # --- requests and outcomes -------------------------------------------------------
+
+    def take_batch(self, mailbox: Mailbox, max_batch: int) -> bool:
+        """Move the next batch from the mailbox's waiting messages into flight; False if
+        nothing is left to send (poisoned messages are parked on the way)."""
+        waiting = mailbox.waiting
+        limit = 1 if mailbox.address in self._isolated else max_batch
+        before = len(waiting)
+        batch: list[PendingInvocation] = []
+        while waiting and len(batch) < limit:
+            invocation = waiting.popleft()
+            error = self._poisoned.get(invocation.message_id)
+            if error is None:
+                batch.append(invocation)
+            else:
+                self._park(mailbox.address, invocation, error)
+        if before >= mailbox.dispatcher.endpoint.max_num_batch_requests > len(waiting):
+            self._over_cap -= 1
+        if not batch:
+            self._update_room()
+            if not waiting:
+                self._forget(mailbox)
+            return False
+        mailbox.in_flight = batch
+        mailbox.first_sent_at = time.monotonic()
+        mailbox.attempts = 0
+        return True
+
+    def _park(self, address: Address, invocation: PendingInvocation, error: str) -> None:
+        """The failure policy gave up on this message: into the dead-letter topic with it."""
+        self._buffered -= 1
+        if self._replay_ends and self._is_replay(invocation.message_id):
+            self._replaying -= 1
+            self._release_timers_after_replay()
+        self._track(
+            self._dead_letters.park(
+                None,
+                Envelope(address, invocation.caller, invocation.argument).to_record().value,
+                reason=error,
+                source=f"{self._router.topics.messages}/{message_id_text(invocation.message_id)}",
+                origin=f"failure policy of {address.function_type}",
+                tag=self._clock.header,
+            )
+        )
 
     def batch_for(self, mailbox: Mailbox) -> InvocationBatch:
         address = mailbox.address
@@ -379,13 +514,14 @@ class Worker:
             address,
             {name: values.get(name) for name in specs},
             [Invocation(p.caller, p.argument) for p in mailbox.in_flight],
+            self._timers.tokens_of(address),
         )
 
     def apply(self, mailbox: Mailbox, outcome: BatchOutcome) -> None:
         dispatcher = mailbox.dispatcher
         if isinstance(outcome, MissingStateSpecs):
             if {s.name for s in outcome.specs} <= mailbox.sent_states:
-                dispatcher.retry(
+                self.fail_batch(
                     mailbox, "protocol violation: the function asks for states the batch carried"
                 )
                 return
@@ -394,7 +530,7 @@ class Worker:
                 # just sends the batch again, now with them.
                 self._registry.register(mailbox.address.function_type, outcome.specs)
             except StateSpecConflict as e:
-                dispatcher.retry(mailbox, str(e))
+                self.fail_batch(mailbox, str(e))
                 return
             dispatcher.mark_ready(mailbox, first=True)
             return
@@ -403,7 +539,7 @@ class Worker:
             return
         problem = self._check(mailbox.address, outcome)
         if problem is not None:
-            dispatcher.retry(mailbox, f"protocol violation: {problem}")
+            self.fail_batch(mailbox, f"protocol violation: {problem}")
             return
         self._apply_result(mailbox, outcome)
 
@@ -422,20 +558,12 @@ class Worker:
         for msg in result.messages:
             if (why := self._router.unroutable_target(msg.target)) is not None:
                 return f"message to {msg.target}: {why}"
-        pending_tokens: set[str] = set()
         for d in result.delayed:
-            if isinstance(d, DelayedMessage):
-                if (why := self._router.unroutable_target(d.target)) is not None:
-                    return f"delayed message to {d.target}: {why}"
-                token = d.cancellation_token
-                if token:
-                    if token in pending_tokens or self._timers.has_token(address, token):
-                        return (
-                            f"{address} already has a pending delayed message with token {token!r}"
-                        )
-                    pending_tokens.add(token)
-            else:
-                pending_tokens.discard(d.token)
+            if (
+                isinstance(d, DelayedMessage)
+                and (why := self._router.unroutable_target(d.target)) is not None
+            ):
+                return f"delayed message to {d.target}: {why}"
         for e in result.egress:
             if (why := self._egresses.problem(e.egress, e.argument)) is not None:
                 return why
@@ -443,15 +571,30 @@ class Worker:
 
     def _apply_result(self, mailbox: Mailbox, result: InvocationResult) -> None:
         address = mailbox.address
+        header = self._clock.header
         if result.mutations:
             self.state.apply(address, result.mutations)
         for msg in result.messages:
-            self._track(self._router.send(msg.target, address, msg.argument))
+            self._track(self._router.send(msg.target, address, msg.argument, tag=header))
+        now_ms = int(time.time() * 1000)
         for d in result.delayed:
             if isinstance(d, DelayCancellation):
                 self._timers.cancel(address, d.token)
+            elif d.cancellation_token and self._timers.has_token(address, d.cancellation_token):
+                # Functions on our SDK are told which tokens are pending and refuse a second
+                # one; others (StateFun's SDK) cannot be, and the second message is dropped.
+                log.warning(
+                    "%s sent a delayed message with cancellation token %r while one with that "
+                    "token is pending; the new message is dropped",
+                    address,
+                    d.cancellation_token,
+                )
             else:
-                self._timers.schedule(address, d)
+                self._timers.schedule(
+                    PendingTimer(
+                        now_ms + d.delay_ms, address, d.target, d.argument, d.cancellation_token
+                    )
+                )
         for e in result.egress:
             self._track(self._egresses.emit(e.egress, e.argument))
         self._finish(mailbox)
@@ -459,65 +602,43 @@ class Worker:
     def _finish(self, mailbox: Mailbox) -> None:
         done = mailbox.in_flight or []
         mailbox.in_flight = None
-        for p in done:
-            self._progress[p.source].done(p.offset)
         self.processed += len(done)
         self._buffered -= len(done)
         self._update_room()
-        if self._stuck.pop(mailbox.address, None) is not None:
-            log.warning("%s recovered after its call budget was exhausted", mailbox.address)
+        if self._replay_ends:
+            self._replaying -= sum(self._is_replay(p.message_id) for p in done)
+            self._release_timers_after_replay()
         if mailbox.waiting:
             mailbox.dispatcher.mark_ready(mailbox)
         else:
-            del self._mailboxes[mailbox.address]
+            self._forget(mailbox)
 
-    def budget_exhausted(self, mailbox: Mailbox, reason: str) -> None:
-        log.critical(
-            "CALL BUDGET EXHAUSTED for %s after %d attempts over %.1f s; its messages are kept "
-            "and retried. Last error: %s",
-            mailbox.address,
-            mailbox.attempts,
-            time.monotonic() - mailbox.first_sent_at,
-            reason,
-        )
-        self._stuck[mailbox.address] = StuckAddress(
-            mailbox.address, time.time(), mailbox.attempts, reason
-        )
+    def _forget(self, mailbox: Mailbox) -> None:
+        if not mailbox.queued and mailbox.in_flight is None:
+            self._mailboxes.pop(mailbox.address, None)
 
-    def _fire_delayed(self, sender: Address, message: DelayedMessage) -> None:
-        self._track(self._router.send(message.target, sender, message.argument))
+    def fail_batch(self, mailbox: Mailbox, reason: str) -> None:
+        batch = mailbox.in_flight or []
+        self.fail(Failure(reason, mailbox.address, tuple(p.message_id for p in batch)))
+
+    def _fire_delayed(self, timer: PendingTimer) -> None:
+        self._track(
+            self._router.send(timer.target, timer.sender, timer.argument, tag=self._clock.header)
+        )
 
     def _track(self, append: asyncio.Future[list[int]] | None) -> None:
         if append is not None:
-            append.add_done_callback(_log_append_failure)
+            append.add_done_callback(self._append_done)
 
-    # --- progress --------------------------------------------------------------------
-
-    async def _commit_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.commit_interval)
-            await self._commit()
-
-    async def _commit(self) -> None:
-        # What is done now has appended all its outputs; once they are durable, it may be
-        # committed as done.
-        done = {tp: p.committable for tp, p in self._progress.items()}
-        await self._log.flush()
-        await self._log.commit_offsets(self._router.topics.consumer_group, done)
+    def _append_done(self, future: asyncio.Future[list[int]]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.fail(Failure(f"an append to the log failed: {future.exception()}"))
 
     # --- what the ingress asks ---------------------------------------------------------
 
     def state_of(self, address: Address) -> Mapping[str, TypedValue]:
         return self.state.get(address)
 
-    def failures(self) -> list[StuckAddress]:
-        return list(self._stuck.values())
-
     @property
     def buffered(self) -> int:
         return self._buffered
-
-
-def _log_append_failure(future: asyncio.Future[list[int]]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.critical("an append to the log failed: %s", future.exception())

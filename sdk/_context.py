@@ -111,7 +111,9 @@ class BatchContext(Context):
         "_target",
     )
 
-    def __init__(self, target: Address, storage: Storage) -> None:
+    def __init__(
+        self, target: Address, storage: Storage, pending_tokens: tuple[str, ...] = ()
+    ) -> None:
         self._target = target
         self._address: SdkAddress | None = None  # built on first use: many functions never ask
         self._caller: Address | None = None
@@ -119,8 +121,9 @@ class BatchContext(Context):
         self._messages: list[OutgoingMessage] = []
         self._delayed: list[DelayedMessage | DelayCancellation] = []
         self._egress: list[EgressRecord] = []
-        # Tokens of delayed messages sent in this batch and not cancelled since.
-        self._pending: set[str] = set()
+        # Tokens of delayed messages pending: sent earlier (the runtime says which) or in
+        # this batch, and not cancelled since.
+        self._pending: set[str] = set(pending_tokens)
 
     @property
     def address(self) -> SdkAddress:
@@ -165,9 +168,10 @@ class BatchContext(Context):
         if cancellation_token:
             if cancellation_token in self._pending:
                 raise ValueError(
-                    f"a delayed message with cancellation token {cancellation_token!r} was "
-                    "already sent in this batch and not cancelled; use a distinct token, or "
-                    "cancel the first message before sending another with this token"
+                    f"a delayed message with cancellation token {cancellation_token!r} is "
+                    "already pending for this address (sent and neither delivered nor "
+                    "cancelled); use a distinct token, or cancel the first message before "
+                    "sending another with this token"
                 )
             self._pending.add(cancellation_token)
         self._delayed.append(

@@ -159,7 +159,7 @@ class RequestReplyHandler:
             storage = function.storage.open(batch.state)
         except ValueTypeError as e:
             return _failure(target, e)
-        context = BatchContext(target, storage)
+        context = BatchContext(target, storage, batch.pending_tokens)
         if function.is_async:
             return _run_async(function.fun, context, batch)
         return _run_sync(function.fun, context, batch)

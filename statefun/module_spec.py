@@ -3,7 +3,9 @@
 Reads StateFun's ``module.yaml`` format (several YAML documents, each ``kind`` and
 ``spec``) into a typed :class:`ModuleSpec`. Every problem is a
 :class:`~statefun.errors.ModuleSpecError` naming the document and the field; an unknown
-kind or field is an error, never ignored.
+kind or field is an error, never ignored. A StateFun field this runtime reads but does
+not honour is logged as a warning (logger ``statefun.module_spec``) naming the document
+and the field; one it cannot honour safely is an error.
 
 String values may name environment variables, as Docker Compose files do:
 ``${NAME}`` (an error if unset) or ``${NAME:-default}``; ``$${`` is a literal ``${``.
@@ -14,7 +16,13 @@ Kinds understood:
 * ``io.statefun.endpoints.v2/http`` - ``functions`` (``ns/name`` or ``ns/*``),
   ``urlPathTemplate`` (``{function.name}`` is replaced by the type's name),
   ``maxNumBatchRequests``, ``transport: {type, timeouts: {call, connect, read, write}}``
-  and our ``protocol`` (``native``).
+  (the ``async`` transport's ``call`` and ``connect`` are read too; its pool and payload
+  settings are warned about, its TLS settings are errors) and our ``protocol``:
+  ``native``, ``statefun`` (StateFun's protobuf protocol) or ``auto`` (the default: the
+  runtime asks each URL once which one it speaks).
+* ``io.statefun.endpoints.v1/http`` - StateFun's older endpoint kind: the same, with
+  ``timeouts`` directly under ``spec`` and ``maxRetries`` (warned about: retries are
+  bounded by the call timeout instead).
 * ``statefun.v1/egress`` - ``id``: an egress kept in the runtime's log and readable over
   the ingress API (``GET /v1/egress/{namespace}/{name}``).
 * ``io.statefun.kafka.v1/ingress`` - ``id``, ``address``, ``consumerGroupId``,
@@ -24,6 +32,13 @@ Kinds understood:
   targets}]`` and ``properties`` (Kafka client settings).
 * ``io.statefun.kafka.v1/egress`` - ``id``, ``address``, ``deliverySemantic: {type,
   transactionTimeout}`` and ``properties``.
+* ``io.statefun.playground.v1/ingress`` and ``io.statefun.playground.v1/egress`` - the
+  StateFun playground's, so its examples run unchanged: the runtime's own HTTP ingress
+  stands in for the playground ingress, and the playground egress becomes an egress kept
+  in the runtime's log (``io.statefun.playground/egress``); the ports and topics they
+  name are warned about.
+* ``statefun.v1/failure-policy`` - ``functions`` (``ns/name`` or ``ns/*``), ``policy``
+  (``fail`` or ``dead-letter``) and ``maxRollbacks`` (for ``dead-letter``).
 
 As in StateFun, a Kafka ``address`` may be left out; the runtime then uses its own
 Kafka cluster (``statefun run --kafka``).
@@ -31,6 +46,7 @@ Kafka cluster (``statefun run --kafka``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -44,11 +60,20 @@ import yaml
 from statefun.address import TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
 
+log = logging.getLogger("statefun.module_spec")
+
 __all__ = [
     "ENDPOINT_KIND",
+    "ENDPOINT_V1_KIND",
+    "FAILURE_POLICY_KIND",
     "KAFKA_EGRESS_KIND",
     "KAFKA_INGRESS_KIND",
     "LOG_EGRESS_KIND",
+    "PLAYGROUND_EGRESS_ID",
+    "PLAYGROUND_EGRESS_KIND",
+    "PLAYGROUND_INGRESS_KIND",
+    "PROTOCOLS",
+    "FailurePolicy",
     "FunctionTypePattern",
     "HttpEndpoint",
     "HttpTimeouts",
@@ -64,15 +89,33 @@ __all__ = [
 ]
 
 ENDPOINT_KIND = "io.statefun.endpoints.v2/http"
+ENDPOINT_V1_KIND = "io.statefun.endpoints.v1/http"
+PLAYGROUND_INGRESS_KIND = "io.statefun.playground.v1/ingress"
+PLAYGROUND_EGRESS_KIND = "io.statefun.playground.v1/egress"
+PLAYGROUND_EGRESS_ID = TypeName("io.statefun.playground", "egress")
 LOG_EGRESS_KIND = "statefun.v1/egress"
 KAFKA_INGRESS_KIND = "io.statefun.kafka.v1/ingress"
 KAFKA_EGRESS_KIND = "io.statefun.kafka.v1/egress"
-_KINDS = (ENDPOINT_KIND, LOG_EGRESS_KIND, KAFKA_INGRESS_KIND, KAFKA_EGRESS_KIND)
+FAILURE_POLICY_KIND = "statefun.v1/failure-policy"
+_KINDS = (
+    ENDPOINT_KIND,
+    ENDPOINT_V1_KIND,
+    LOG_EGRESS_KIND,
+    KAFKA_INGRESS_KIND,
+    KAFKA_EGRESS_KIND,
+    FAILURE_POLICY_KIND,
+    PLAYGROUND_INGRESS_KIND,
+    PLAYGROUND_EGRESS_KIND,
+)
 _STARTUP_POSITIONS = ("group-offsets", "earliest", "latest", "specific-offsets", "date")
 _DELIVERY_SEMANTICS = ("at-least-once", "exactly-once", "none")
 _STARTUP_DATE = "%Y-%m-%d %H:%M:%S.%f %z"
-_TRANSPORT_TYPES = ("io.statefun.transports.v1/async", "io.statefun.transports.v1/okhttp")
-_PROTOCOLS = ("native",)
+_ASYNC_TRANSPORT = "io.statefun.transports.v1/async"
+_TRANSPORT_TYPES = (_ASYNC_TRANSPORT, "io.statefun.transports.v1/okhttp")
+_ASYNC_TRANSPORT_IGNORED = ("pool_ttl", "pool_size", "payload_max_bytes")
+_ASYNC_TRANSPORT_TLS = ("trust_cacerts", "client_cert", "client_key", "client_key_password")
+PROTOCOLS = ("native", "statefun", "auto")
+"""``HttpEndpoint.protocol`` values: our native protocol, StateFun's, or ask the endpoint."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)\s*$")
 _UNIT_SECONDS = {
@@ -134,11 +177,18 @@ class HttpTimeouts:
 
 @dataclass(frozen=True, slots=True)
 class HttpEndpoint:
+    """Where the functions of ``functions`` are served, and how to call them.
+
+    ``protocol``: ``native`` (msgpack, several addresses per request), ``statefun``
+    (StateFun's protobuf request-reply protocol, what the official SDK speaks) or
+    ``auto``: the runtime negotiates once per URL (see ``runtime.function_client``).
+    """
+
     functions: FunctionTypePattern
     url_path_template: str
     max_num_batch_requests: int = 1000
     timeouts: HttpTimeouts = HttpTimeouts()
-    protocol: str = "native"
+    protocol: str = "auto"
 
     def url_for(self, function_type: TypeName) -> str:
         return self.url_path_template.replace("{function.name}", function_type.name)
@@ -198,10 +248,38 @@ Egress = LogEgress | KafkaEgress
 
 
 @dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """What to do when a function type's message keeps failing.
+
+    ``fail`` (the default): every failure rolls the system back and retries, after a
+    backoff. ``dead-letter``: a message that caused ``max_rollbacks`` consecutive
+    rollbacks is parked in the dead-letter topic with its error, and processing goes on.
+    """
+
+    functions: FunctionTypePattern
+    policy: str = "fail"
+    max_rollbacks: int = 3
+
+
+FAIL = FailurePolicy(FunctionTypePattern("*", None))
+
+
+@dataclass(frozen=True, slots=True)
 class ModuleSpec:
     endpoints: tuple[HttpEndpoint, ...] = ()
     egresses: tuple[Egress, ...] = ()
     ingresses: tuple[KafkaIngress, ...] = ()
+    failure_policies: tuple[FailurePolicy, ...] = ()
+
+    def failure_policy_for(self, function_type: TypeName) -> FailurePolicy:
+        """The policy of ``function_type``: an exact pattern wins over ``ns/*``."""
+        wildcard = FAIL
+        for policy in self.failure_policies:
+            if policy.functions.matches(function_type):
+                if policy.functions.name is not None:
+                    return policy
+                wildcard = policy
+        return wildcard
 
     def endpoint_for(self, function_type: TypeName) -> HttpEndpoint | None:
         """The endpoint serving ``function_type``: an exact pattern wins over ``ns/*``."""
@@ -267,6 +345,10 @@ class _Fields:
         for name in self.raw:
             raise self.error("is not a known field", self.field_path(str(name)))
 
+    def warn(self, message: str, field: str) -> None:
+        """Log that ``field`` (a path) is read but not honoured, naming where it is."""
+        log.warning("%s, document %d, field '%s': %s", self.source, self.document, field, message)
+
 
 def _duration(fields: _Fields, name: str, default: float) -> float:
     """The field as seconds, or ``default`` (already seconds) when it is absent."""
@@ -279,7 +361,46 @@ def _duration(fields: _Fields, name: str, default: float) -> float:
         raise fields.error(str(e), fields.field_path(name)) from None
 
 
-def _endpoint(spec: _Fields) -> HttpEndpoint:
+def _timeouts(fields: _Fields | None, timeouts: HttpTimeouts) -> HttpTimeouts:
+    """``timeouts: {call, connect, read, write}``, each defaulting to ``timeouts``'."""
+    if fields is None:
+        return timeouts
+    timeouts = HttpTimeouts(
+        call=_duration(fields, "call", timeouts.call),
+        connect=_duration(fields, "connect", timeouts.connect),
+        read=_duration(fields, "read", timeouts.read),
+        write=_duration(fields, "write", timeouts.write),
+    )
+    fields.done()
+    return timeouts
+
+
+def _async_transport(transport: _Fields, timeouts: HttpTimeouts) -> HttpTimeouts:
+    """StateFun's ``io.statefun.transports.v1/async`` settings beside ``timeouts``."""
+    for name in _ASYNC_TRANSPORT_TLS:
+        if name in transport.raw:
+            raise transport.error(
+                "is not supported: the runtime checks https endpoints against the system's "
+                "trust store and presents no client certificate",
+                transport.field_path(name),
+            )
+    for name in _ASYNC_TRANSPORT_IGNORED:
+        if name in transport.raw:
+            transport.take(name, object)
+            transport.warn(
+                "is not honoured: the runtime's HTTP client keeps its own connection pool "
+                "(max_concurrent_requests per endpoint) and sets no payload limit",
+                transport.field_path(name),
+            )
+    return HttpTimeouts(
+        call=_duration(transport, "call", timeouts.call),
+        connect=_duration(transport, "connect", timeouts.connect),
+        read=timeouts.read,
+        write=timeouts.write,
+    )
+
+
+def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
     functions = spec.take("functions", str, required=True)
     try:
         pattern = FunctionTypePattern.parse(functions)
@@ -294,27 +415,31 @@ def _endpoint(spec: _Fields) -> HttpEndpoint:
     batch = spec.take("maxNumBatchRequests", int, 1000)
     if batch < 1:
         raise spec.error("must be at least 1", spec.field_path("maxNumBatchRequests"))
-    protocol = spec.take("protocol", str, "native")
-    if protocol not in _PROTOCOLS:
-        raise spec.error(f"must be one of {', '.join(_PROTOCOLS)}", spec.field_path("protocol"))
-    timeouts = HttpTimeouts()
-    transport = spec.nested("transport")
-    if transport is not None:
-        transport_type = transport.take("type", str, _TRANSPORT_TYPES[0])
-        if transport_type not in _TRANSPORT_TYPES:
-            raise transport.error(
-                f"must be one of {', '.join(_TRANSPORT_TYPES)}", transport.field_path("type")
+    protocol = spec.take("protocol", str, "auto")
+    if protocol not in PROTOCOLS:
+        raise spec.error(f"must be one of {', '.join(PROTOCOLS)}", spec.field_path("protocol"))
+    if kind == ENDPOINT_V1_KIND:
+        if "maxRetries" in spec.raw:
+            spec.take("maxRetries", int)
+            spec.warn(
+                "is not honoured: a failed call is retried with backoff until the call "
+                "timeout (timeouts.call) runs out",
+                spec.field_path("maxRetries"),
             )
-        t = transport.nested("timeouts")
-        if t is not None:
-            timeouts = HttpTimeouts(
-                call=_duration(t, "call", timeouts.call),
-                connect=_duration(t, "connect", timeouts.connect),
-                read=_duration(t, "read", timeouts.read),
-                write=_duration(t, "write", timeouts.write),
-            )
-            t.done()
-        transport.done()
+        timeouts = _timeouts(spec.nested("timeouts"), HttpTimeouts())
+    else:
+        timeouts = HttpTimeouts()
+        transport = spec.nested("transport")
+        if transport is not None:
+            transport_type = transport.take("type", str, _ASYNC_TRANSPORT)
+            if transport_type not in _TRANSPORT_TYPES:
+                raise transport.error(
+                    f"must be one of {', '.join(_TRANSPORT_TYPES)}", transport.field_path("type")
+                )
+            timeouts = _timeouts(transport.nested("timeouts"), timeouts)
+            if transport_type == _ASYNC_TRANSPORT:
+                timeouts = _async_transport(transport, timeouts)
+            transport.done()
     spec.done()
     return HttpEndpoint(pattern, template, batch, timeouts, protocol)
 
@@ -382,7 +507,13 @@ def _properties(spec: _Fields) -> tuple[tuple[str, str], ...]:
     entries = [raw] if isinstance(raw, dict) else raw
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise spec.error("must be a list of 'name: value' entries", spec.field_path("properties"))
-    return tuple((str(k), str(v)) for entry in entries for k, v in entry.items())
+    properties = tuple((str(k), str(v)) for entry in entries for k, v in entry.items())
+    if properties:
+        spec.warn(
+            "are not honoured: the runtime configures its Kafka clients itself",
+            spec.field_path("properties"),
+        )
+    return properties
 
 
 def _address(spec: _Fields) -> str | None:
@@ -471,9 +602,67 @@ def _kafka_egress(spec: _Fields) -> KafkaEgress:
         elif "transactionTimeout" in delivery.raw:
             timeout = _duration(delivery, "transactionTimeout", 0.0)
         delivery.done()
+        if semantic == "exactly-once":
+            delivery.warn(
+                "exactly-once is not honoured: records are produced at least once, without "
+                "Kafka transactions",
+                delivery.field_path("type"),
+            )
     properties = _properties(spec)
     spec.done()
     return KafkaEgress(egress_id, address, semantic, timeout, properties)
+
+
+def _failure_policy(spec: _Fields) -> FailurePolicy:
+    raw = spec.take("functions", str, required=True)
+    try:
+        pattern = FunctionTypePattern.parse(raw)
+    except InvalidNameError as e:
+        raise spec.error(str(e), spec.field_path("functions")) from None
+    policy = spec.take("policy", str, "fail")
+    if policy not in ("fail", "dead-letter"):
+        raise spec.error("must be fail or dead-letter", spec.field_path("policy"))
+    max_rollbacks = spec.take("maxRollbacks", int, 3)
+    if max_rollbacks < 1:
+        raise spec.error("must be at least 1", spec.field_path("maxRollbacks"))
+    spec.done()
+    return FailurePolicy(pattern, policy, max_rollbacks)
+
+
+def _playground_ingress(spec: _Fields) -> None:
+    port = spec.take("port", int, None)
+    spec.done()
+    spec.warn(
+        "the runtime's own HTTP ingress stands in for the playground ingress: send with "
+        "POST /v1/messages/{namespace}/{type}/{id}?type=<value type> to the runtime's "
+        "--ingress-port (default 8090)",
+        "kind",
+    )
+    if port is not None:
+        spec.warn(
+            "is not honoured: the runtime's HTTP ingress listens on --ingress-port",
+            spec.field_path("port"),
+        )
+
+
+def _playground_egress(spec: _Fields) -> LogEgress:
+    port = spec.take("port", int, None)
+    topics = spec.sequence("topics")
+    spec.done()
+    spec.warn(
+        f"records sent to {PLAYGROUND_EGRESS_ID} are kept in the runtime's log: read them "
+        f"with GET /v1/egress/{PLAYGROUND_EGRESS_ID} on the runtime's ingress port; each "
+        "holds its {topic, payload}",
+        "kind",
+    )
+    if port is not None:
+        spec.warn("is not honoured: the egress is read through the ingress API", "spec.port")
+    if topics:
+        spec.warn(
+            "is not honoured: records of every topic go to the one egress, each naming its topic",
+            "spec.topics",
+        )
+    return LogEgress(PLAYGROUND_EGRESS_ID)
 
 
 def _documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
@@ -495,26 +684,47 @@ def parse_module_spec(
     endpoints: list[HttpEndpoint] = []
     egresses: list[Egress] = []
     ingresses: list[tuple[_Fields, KafkaIngress]] = []
+    policies: list[FailurePolicy] = []
     for index, raw in _documents(text, source):
         doc = _Fields(_interpolate(raw, environ, source, index, ""), source, index, "")
+        if "kind" not in doc.raw and "module" in doc.raw:
+            raise doc.error(
+                "is in the module format of StateFun 3.0 and older (version/module); write one "
+                "document with 'kind' and 'spec' per endpoint, ingress and egress",
+                "module",
+            )
         kind = doc.take("kind", str, required=True)
         spec = doc.nested("spec")
         if spec is None:
             raise doc.error("is required", "spec")
         doc.done()
-        if kind == ENDPOINT_KIND:
-            endpoint = _endpoint(spec)
+        if kind in (ENDPOINT_KIND, ENDPOINT_V1_KIND):
+            endpoint = _endpoint(spec, kind)
             if any(e.functions == endpoint.functions for e in endpoints):
                 raise spec.error(
                     f"{endpoint.functions} is served by an earlier endpoint already",
                     "spec.functions",
                 )
             endpoints.append(endpoint)
-        elif kind in (LOG_EGRESS_KIND, KAFKA_EGRESS_KIND):
-            egress = _log_egress(spec) if kind == LOG_EGRESS_KIND else _kafka_egress(spec)
+        elif kind in (LOG_EGRESS_KIND, KAFKA_EGRESS_KIND, PLAYGROUND_EGRESS_KIND):
+            if kind == LOG_EGRESS_KIND:
+                egress: Egress = _log_egress(spec)
+            elif kind == KAFKA_EGRESS_KIND:
+                egress = _kafka_egress(spec)
+            else:
+                egress = _playground_egress(spec)
             if any(e.id == egress.id for e in egresses):
                 raise spec.error(f"egress {egress.id} is declared twice", "spec.id")
             egresses.append(egress)
+        elif kind == FAILURE_POLICY_KIND:
+            policy = _failure_policy(spec)
+            if any(p.functions == policy.functions for p in policies):
+                raise spec.error(
+                    f"{policy.functions} has a failure policy already", "spec.functions"
+                )
+            policies.append(policy)
+        elif kind == PLAYGROUND_INGRESS_KIND:
+            _playground_ingress(spec)
         elif kind == KAFKA_INGRESS_KIND:
             ingress = _kafka_ingress(spec)
             if any(i.id == ingress.id for _, i in ingresses):
@@ -524,7 +734,9 @@ def parse_module_spec(
             raise doc.error(
                 f"unknown kind {kind!r}; this runtime understands {', '.join(_KINDS)}", "kind"
             )
-    module = ModuleSpec(tuple(endpoints), tuple(egresses), tuple(i for _, i in ingresses))
+    module = ModuleSpec(
+        tuple(endpoints), tuple(egresses), tuple(i for _, i in ingresses), tuple(policies)
+    )
     for spec, ingress in ingresses:
         for t, topic in enumerate(ingress.topics):
             for n, target in enumerate(topic.targets):

@@ -89,7 +89,8 @@ def _unpack(data: bytes, what: str) -> Any:
 
 
 # request: [version, [batch...]]
-# batch:   [address, {state name: typed value | nil}, [[caller address | nil, typed value]...]]
+# batch:   [address, {state name: typed value | nil}, [[caller address | nil, typed value]...],
+#           [pending cancellation token...]]
 
 
 def encode_request(request: FunctionRequest) -> bytes:
@@ -104,6 +105,7 @@ def encode_request(request: FunctionRequest) -> bytes:
                         (None if i.caller is None else _addr(i.caller), _tv(i.argument))
                         for i in b.invocations
                     ],
+                    b.pending_tokens,
                 )
                 for b in request.batches
             ],
@@ -123,8 +125,9 @@ def decode_request(data: bytes) -> FunctionRequest:
                         Invocation(None if caller is None else _to_addr(caller), _to_tv(arg))
                         for caller, arg in invocations
                     ],
+                    tuple(str(t) for t in tokens),
                 )
-                for target, state, invocations in body
+                for target, state, invocations, tokens in body
             ]
         )
     except ProtocolError:

@@ -82,12 +82,15 @@ class InvocationBatch:
     """The messages waiting for one address, with the address's registered state.
 
     ``state`` holds every state the runtime has registered for the function type; a
-    registered state without a value maps to ``None``.
+    registered state without a value maps to ``None``. ``pending_tokens`` are the
+    cancellation tokens of the target's delayed messages not yet delivered: a function
+    must not send another delayed message with one of them (unless it cancels it first).
     """
 
     target: Address
     state: dict[str, TypedValue | None]
     invocations: list[Invocation]
+    pending_tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,10 @@ def module_for(
     functions: str = "example/*",
     egresses: tuple[str, ...] = (),
     extra: str = "",
+    call: str = "3s",
+    documents: tuple[str, ...] = (),
 ) -> ModuleSpec:
+    """A module spec: one endpoint for ``functions``, embedded egresses, more documents."""
     docs = [
         f"""
 kind: io.statefun.endpoints.v2/http
@@ -89,11 +92,12 @@ spec:
   urlPathTemplate: {function_url}
   transport:
     timeouts:
-      call: 3s
+      call: {call}
       read: 2s
 {extra}"""
     ]
     docs += [f"kind: statefun.v1/egress\nspec:\n  id: {e}\n" for e in egresses]
+    docs += list(documents)
     return parse_module_spec("---\n".join(docs))
 
 

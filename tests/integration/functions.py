@@ -131,6 +131,14 @@ def make_test_functions(control: dict[str, Any] | None = None) -> StatefulFuncti
         elif command == "cancel":
             context.cancel_delayed_message("t")
 
+    @functions.bind("test/poison", specs=[ValueSpec("count", IntType)])
+    def poison(context: Context, message: Message) -> None:
+        """Adds the int it gets to its count; 13 is poison: it always raises."""
+        value = message.as_int() or 0
+        if value == 13:
+            raise ValueError("13 is poison")
+        context.storage.count = (context.storage.count or 0) + value
+
     @functions.bind("test/to_kafka", specs=[ValueSpec("count", IntType)])
     def to_kafka(context: Context, message: Message) -> None:
         """Counts, and produces "<id>:<count>" keyed by its id to the test/kafka egress."""

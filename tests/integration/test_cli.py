@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,45 @@ def test_a_call_waiting_for_a_reply_does_not_hold_up_shutdown(
     assert answer.status_code == 503
     assert answer.json()["error"] == "shutting_down"
     assert "accepted" in answer.json()["detail"]
+
+
+def test_kill_9_resumes_from_the_last_checkpoint_exactly_once(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    port = free_port()
+    runtime = RuntimeProcess(module, tmp_path / "data", port)
+    runtime.args += ["--checkpoint-interval", "0.2"]
+    runtime.start()
+
+    def send_ones(count: int) -> None:
+        for _ in range(count):
+            httpx.post(
+                f"{runtime.url}/v1/messages/test/counter/k",
+                content="1",
+                params={"type": "io.statefun.types/int"},
+                headers={"content-type": "application/json"},
+            ).raise_for_status()
+
+    def counted() -> int:
+        state = httpx.get(f"{runtime.url}/v1/state/test/counter/k").json()["state"]
+        value: int = state.get("count", {}).get("value", 0)
+        return value
+
+    try:
+        send_ones(30)
+        wait_until(lambda: counted() == 30)
+        shown = statefun("checkpoints", "--ingress", runtime.url)
+        assert shown.returncode == 0, shown.stderr
+        assert "generation 1" in shown.stdout
+        send_ones(30)  # accepted; some processed, some not, when the runtime dies
+        runtime.kill()
+        runtime.start()
+        wait_until(lambda: counted() == 60, timeout=30)
+        time.sleep(0.5)
+        assert counted() == 60  # each message counted exactly once across the kill
+        listed = httpx.get(f"{runtime.url}/v1/checkpoints").json()
+        assert listed["generation"] == 2
+        assert "did not stop cleanly" in listed["rollbacks"][-1]["reason"]
+    finally:
+        runtime.signal(signal.SIGTERM)

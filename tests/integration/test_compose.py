@@ -35,6 +35,9 @@ def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
     assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"])
     assert runtime["depends_on"]["kafka"] == {"condition": "service_healthy"}
     assert runtime["ports"] == ["8090:8090"]
+    # the checkpoint store is a volume every runtime process can reach
+    assert "checkpoints:/data/checkpoints" in runtime["volumes"]
+    assert "/data/checkpoints" in runtime["command"]
     assert runtime["build"] == SERVICES["functions"]["build"] == "."
     assert (ROOT / "Dockerfile").is_file()
 
@@ -42,13 +45,26 @@ def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
 class LocalService:
     """One compose service's command, run here with its environment and mapped names."""
 
-    def __init__(self, name: str, hosts: dict[str, str], ports: dict[str, int], log: Path):
+    def __init__(
+        self,
+        name: str,
+        hosts: dict[str, str],
+        ports: dict[str, int],
+        volumes: dict[str, Path],
+        log: Path,
+    ):
         service = SERVICES[name]
         own_port = CONTAINER_PORTS[name]
+        mounts = {}
+        for volume in service.get("volumes", []):
+            source, _, target = volume.partition(":")
+            mounts[target] = volumes[source]  # a named volume becomes a local directory
 
         def local(value: str) -> str:
             for host, address in hosts.items():
                 value = value.replace(host, address)
+            for target, directory in mounts.items():
+                value = value.replace(target, str(directory))
             if value == "0.0.0.0":
                 return "127.0.0.1"
             return str(ports[name]) if value == own_port else value
@@ -80,11 +96,12 @@ class LocalService:
 def compose(kafka_bootstrap: str, tmp_path: Path) -> Iterator[dict[str, int]]:
     ports = {"functions": free_port(), "runtime": free_port()}
     hosts = {"kafka:9092": kafka_bootstrap, "functions:8000": f"127.0.0.1:{ports['functions']}"}
+    volumes = {name: tmp_path / name for name in COMPOSE.get("volumes", {})}
     started: list[LocalService] = []
     try:
         # in the order depends_on gives: functions, then the runtime
         for name in ("functions", "runtime"):
-            started.append(LocalService(name, hosts, ports, tmp_path / f"{name}.log"))
+            started.append(LocalService(name, hosts, ports, volumes, tmp_path / f"{name}.log"))
         yield ports
     finally:
         for service in reversed(started):

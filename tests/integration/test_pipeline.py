@@ -218,26 +218,31 @@ def test_delayed_messages_fire_and_can_be_cancelled(runtime: RuntimeThread) -> N
         assert state(http, "test/counter/stop") == {}
 
 
-def test_a_failing_function_is_retried_reported_and_recovers(
-    functions_url: str, control: dict[str, Any]
+def test_a_failing_function_rolls_back_is_reported_and_recovers(
+    functions_url: str, control: dict[str, Any], log_kind: dict[str, Any]
 ) -> None:
     control["fail"] = True
-    module = module_for(functions_url, functions="test/*", egresses=("test/out",)).endpoints[0]
     spec = module_for(functions_url, functions="test/*", egresses=("test/out",))
-    assert module.timeouts.call == 3.0
-    with running_runtime(spec) as rt, client(rt.url) as http:
+    assert spec.endpoints[0].timeouts.call == 3.0
+    with running_runtime(spec, rollback_backoff=0.1, **log_kind) as rt, client(rt.url) as http:
         send_int(http, "test/flaky/z", 1)
         health = wait_until(
             lambda: (h := http.get("/health")).status_code == 503 and h.json(), timeout=15
         )
-        assert health["status"] == "failing"
-        (failure,) = health["failures"]
-        assert failure["address"] == "test/flaky/z"
-        assert "flaky is failing on purpose" in failure["reason"]
+        assert health["status"] == "recovering"
+        assert "call budget of 3 s exhausted" in health["failure"]
+        assert "flaky is failing on purpose" in health["failure"]
+        assert "address test/flaky/z" in health["failure"]
         assert state(http, "test/flaky/z") == {}
         control["fail"] = False
         wait_until(lambda: state(http, "test/flaky/z").get("count", {}).get("value") == 1)
-        assert http.get("/health").json() == {"status": "ok"}
+        wait_until(lambda: http.get("/health").json()["status"] == "ok")
+        rollbacks = http.get("/v1/checkpoints").json()["rollbacks"]
+        assert any(r["address"] == "test/flaky/z" for r in rollbacks)
+        # the message was processed once, and its egress record written once
+        assert [r["value"] for r in http.get("/v1/egress/test/out").json()["records"]] == [
+            "flaky z"
+        ]
 
 
 def test_backpressure_bounds_what_the_worker_buffers(

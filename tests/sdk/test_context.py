@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -149,7 +150,26 @@ def test_a_pending_token_cannot_be_reused_in_the_batch(
     # The second invocation of the batch reuses the token of the first.
     failure = failure_of(one_function(fun), make_batch("ex/f/id", 1, 2))
     assert failure.error_type == "ValueError"
-    assert "cancellation token 'tok' was already sent in this batch" in failure.message
+    assert "cancellation token 'tok' is already pending for this address" in failure.message
+
+
+def test_a_token_the_runtime_says_is_pending_cannot_be_reused(
+    failure_of: FailureOf, invoke: Callable[..., list[Any]], make_batch: MakeBatch
+) -> None:
+    def fun(context: Context, message: Message) -> None:
+        if message.as_int() == 2:
+            context.cancel_delayed_message("tok")
+        context.send_after(timedelta(seconds=1), message_builder("ex/g", "a", int_value=1), "tok")
+
+    pending = dataclasses.replace(make_batch("ex/f/id", 1), pending_tokens=("tok",))
+    failure = failure_of(one_function(fun), pending)
+    assert failure.error_type == "ValueError"
+    assert "'tok' is already pending" in failure.message
+    # cancelling it first makes the token free again
+    cancelled_first = dataclasses.replace(make_batch("ex/f/id", 2), pending_tokens=("tok",))
+    (outcome,) = invoke(one_function(fun), cancelled_first)
+    assert isinstance(outcome, InvocationResult)
+    assert len(outcome.delayed) == 2
 
 
 def test_a_token_can_be_reused_once_cancelled_or_in_another_batch(

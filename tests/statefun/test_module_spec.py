@@ -313,3 +313,35 @@ spec:
   transport: {timeouts: {call: 2 min}}
 """
     assert parse_module_spec(text).endpoints[0].timeouts == HttpTimeouts(call=120.0)
+
+
+def test_failure_policies_per_function_type() -> None:
+    from statefun.module_spec import FailurePolicy, FunctionTypePattern
+
+    text = """
+kind: statefun.v1/failure-policy
+spec: {functions: example/*, policy: dead-letter, maxRollbacks: 5}
+---
+kind: statefun.v1/failure-policy
+spec: {functions: example/strict}
+"""
+    spec = parse_module_spec(text)
+    assert spec.failure_policy_for(TypeName("example", "any")) == FailurePolicy(
+        FunctionTypePattern("example", None), "dead-letter", 5
+    )
+    assert spec.failure_policy_for(TypeName("example", "strict")).policy == "fail"
+    assert spec.failure_policy_for(TypeName("other", "x")).policy == "fail"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{functions: a/b, policy: skip}", "field 'spec.policy': must be fail or dead-letter"),
+        ("{functions: a/b, maxRollbacks: 0}", "field 'spec.maxRollbacks': must be at least 1"),
+        ("{policy: fail}", "field 'spec.functions': is required"),
+    ],
+)
+def test_failure_policy_errors(body: str, message: str) -> None:
+    with pytest.raises(ModuleSpecError) as info:
+        parse_module_spec(f"kind: statefun.v1/failure-policy\nspec: {body}\n")
+    assert message in str(info.value)

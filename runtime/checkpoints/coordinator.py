@@ -1,0 +1,147 @@
+"""The checkpoint coordinator: one checkpoint at a time, at an interval.
+
+Checkpoint n: every participant (the worker, each Kafka ingress reader) captures its
+local snapshot at once, between two records (the event loop runs one callback at a
+time, so "at once" is a single synchronous step), and the epoch advances to n+1.
+Responses still in flight belong to epoch n+1; their inputs are in the snapshot's
+pending inputs. Then the log is flushed (every record tagged <= n is durable) and the
+snapshot is written to the store with its manifest, the commit point. A checkpoint that
+does not complete within its timeout is abandoned: its captured changes go back into
+the next one, and no manifest is written. The newest ``retain`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from runtime.checkpoints.epochs import EpochClock
+from runtime.checkpoints.store import CheckpointStore, Manifest
+from runtime.log import Log
+
+log = logging.getLogger("runtime.checkpoints")
+
+
+@dataclass(slots=True)
+class Capture:
+    """A participant's local snapshot, captured; ``abandon`` undoes the capture's side
+    effects (the changed-state set it cleared) if the checkpoint does not complete."""
+
+    part: bytes
+    state: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    abandon: Callable[[], None] = lambda: None
+
+
+class Participant(Protocol):
+    name: str
+
+    def capture(self) -> Capture: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointConfig:
+    interval: float = 1.0
+    """Seconds between the start of one checkpoint and the next (0: no checkpoints)."""
+    timeout: float = 60.0
+    retain: int = 3
+    prune_every: int = 10
+    """Drop old checkpoints every this many checkpoints."""
+
+
+class CheckpointCoordinator:
+    def __init__(self, store: CheckpointStore, log_: Log, config: CheckpointConfig):
+        self.store = store
+        self.config = config
+        self._log = log_
+        self._clock: EpochClock | None = None
+        self._participants: Sequence[Participant] = ()
+        self._task: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+        """Held while a checkpoint is taken."""
+        self._completed = 0
+        self.last: Manifest | None = None
+        self.on_commit: Callable[[Manifest], None] = lambda manifest: None
+
+    def attach(self, clock: EpochClock, participants: Sequence[Participant]) -> None:
+        """Checkpoint these participants from now on (a new generation's)."""
+        self._clock = clock
+        self._participants = list(participants)
+
+    def detach(self) -> None:
+        self._clock = None
+        self._participants = ()
+
+    def start(self) -> None:
+        if self.config.interval > 0 and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="checkpoint-coordinator")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.checkpoint()
+            except Exception:
+                log.exception("checkpoint failed")
+            await asyncio.sleep(max(0.0, self.config.interval - (time.monotonic() - started)))
+
+    async def checkpoint(self) -> Manifest | None:
+        """Take one checkpoint of the attached participants; its manifest, or None if
+        there is nothing attached or it was abandoned."""
+        async with self.lock:
+            clock = self._clock
+            if clock is None:
+                return None
+            started = time.monotonic()
+            checkpoint, generation = clock.epoch, clock.generation
+            captures = [(p.name, p.capture()) for p in self._participants]
+            clock.advance()
+            try:
+                manifest = await asyncio.wait_for(
+                    self._complete(checkpoint, generation, captures, started),
+                    self.config.timeout,
+                )
+            except BaseException as e:
+                for _, capture in captures:
+                    capture.abandon()
+                if isinstance(e, Exception):
+                    log.warning("checkpoint %d abandoned: %s: %s", checkpoint, type(e).__name__, e)
+                    return None
+                raise
+            self.last = manifest
+            self._completed += 1
+            self.on_commit(manifest)
+            if self._completed % self.config.prune_every == 0:
+                await self.store.retain(self.config.retain)
+            return manifest
+
+    async def _complete(
+        self,
+        checkpoint: int,
+        generation: int,
+        captures: list[tuple[str, Capture]],
+        started: float,
+    ) -> Manifest:
+        await self._log.flush()
+        state = [row for _, c in captures for row in c.state]
+        parts = [(name, c.part) for name, c in captures]
+        manifest = await self.store.commit(checkpoint, generation, state, parts, started)
+        log.debug(
+            "checkpoint %d committed: %d addresses, %d bytes, %d ms",
+            checkpoint,
+            manifest.addresses,
+            manifest.size_bytes,
+            manifest.duration_ms,
+        )
+        return manifest

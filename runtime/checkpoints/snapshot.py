@@ -1,0 +1,124 @@
+"""What a local snapshot holds, and its bytes in the checkpoint store.
+
+The worker's part: the inputs it has read but not yet answered (mailboxes and in-flight
+batches, in order per address, each with the id of its record in the messages log),
+its pending delayed messages (absolute due times), and its next read offset per
+partition. A Kafka ingress reader's part: its next offset per topic partition. State is
+written separately, one row per address that changed since the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from statefun.address import Address
+from statefun.values import TypedValue
+
+MessageId = tuple[int, int]
+"""(partition, offset) of a message's record in the messages log."""
+
+
+def message_id_text(message_id: MessageId) -> str:
+    return f"{message_id[0]}@{message_id[1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMessage:
+    target: Address
+    caller: Address | None
+    argument: TypedValue
+    message_id: MessageId
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTimer:
+    due_ms: int
+    sender: Address
+    target: Address
+    argument: TypedValue
+    token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPart:
+    pending: list[PendingMessage]
+    timers: list[PendingTimer]
+    positions: dict[int, int]
+
+
+def _addr(a: Address | None) -> tuple[str, str, str] | None:
+    return None if a is None else (a.namespace, a.type, a.id)
+
+
+def _to_addr(raw: Any) -> Address | None:
+    return None if raw is None else Address(*raw)
+
+
+def _pack(data: Any) -> bytes:
+    packed: bytes = msgpack.packb(data, use_bin_type=True)
+    return packed
+
+
+def encode_state(values: Mapping[str, TypedValue]) -> bytes:
+    return _pack({name: (v.typename, v.value) for name, v in values.items()})
+
+
+def decode_state(data: bytes) -> dict[str, TypedValue]:
+    return {name: TypedValue(t, v) for name, (t, v) in msgpack.unpackb(data, raw=False).items()}
+
+
+def encode_worker_part(part: WorkerPart) -> bytes:
+    return _pack(
+        (
+            [
+                (
+                    _addr(p.target),
+                    _addr(p.caller),
+                    p.argument.typename,
+                    p.argument.value,
+                    p.message_id[0],
+                    p.message_id[1],
+                )
+                for p in part.pending
+            ],
+            [
+                (
+                    t.due_ms,
+                    _addr(t.sender),
+                    _addr(t.target),
+                    t.argument.typename,
+                    t.argument.value,
+                    t.token,
+                )
+                for t in part.timers
+            ],
+            part.positions,
+        )
+    )
+
+
+def decode_worker_part(data: bytes) -> WorkerPart:
+    pending, timers, positions = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return WorkerPart(
+        [
+            PendingMessage(Address(*t), _to_addr(c), TypedValue(tn, v), (p, o))
+            for t, c, tn, v, p, o in pending
+        ],
+        [
+            PendingTimer(due, Address(*s), Address(*t), TypedValue(tn, v), token)
+            for due, s, t, tn, v, token in timers
+        ],
+        {int(p): o for p, o in positions.items()},
+    )
+
+
+def encode_positions(positions: Mapping[tuple[str, int], int]) -> bytes:
+    return _pack([(t, p, o) for (t, p), o in positions.items()])
+
+
+def decode_positions(data: bytes) -> dict[tuple[str, int], int]:
+    return {(t, p): o for t, p, o in msgpack.unpackb(data, raw=False)}

@@ -1,0 +1,216 @@
+"""Global checkpoints and rollback, end to end: every rollback trigger, the skip rule,
+timers and cancellation across a rollback, the dead-letter policy, and state surviving
+a restart of the runtime."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from functions import make_test_functions
+from support import RuntimeThread, client, module_for, running_runtime, serve, wait_until
+
+from runtime.checkpoints.coordinator import CheckpointConfig
+from statefun import native_codec
+
+pytestmark = pytest.mark.timeout(90)
+
+MANUAL = CheckpointConfig(interval=0)  # checkpoints only when a test takes one
+
+
+@pytest.fixture
+def control() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def functions_url(control: dict[str, Any]) -> Iterator[str]:
+    with serve(make_test_functions(control).asgi_app()) as server:
+        yield f"{server.url}/statefun"
+
+
+def send(http: httpx.Client, address: str, value: int | str) -> None:
+    if isinstance(value, str):
+        answer = http.post(
+            f"/v1/messages/{address}", content=value, headers={"content-type": "text/plain"}
+        )
+    else:
+        answer = http.post(
+            f"/v1/messages/{address}",
+            content=str(value),
+            params={"type": "io.statefun.types/int"},
+            headers={"content-type": "application/json"},
+        )
+    assert answer.status_code == 202, answer.text
+
+
+def count(http: httpx.Client, address: str) -> int:
+    value: int = http.get(f"/v1/state/{address}").json()["state"].get("count", {}).get("value", 0)
+    return value
+
+
+def checkpoint(rt: RuntimeThread) -> int:
+    assert rt.runtime is not None
+    manifest = rt.run(rt.runtime.coordinator.checkpoint())
+    assert manifest is not None
+    return manifest.checkpoint
+
+
+def generation(http: httpx.Client) -> int:
+    value: int = http.get("/v1/checkpoints").json()["generation"]
+    return value
+
+
+def roll_back(rt: RuntimeThread, http: httpx.Client, control: dict[str, Any]) -> None:
+    """Make test/flaky exhaust its call budget, wait for the rollback and the recovery."""
+    before = generation(http)
+    control["fail"] = True
+    send(http, "test/flaky/trigger", 1)
+    wait_until(lambda: generation(http) > before, timeout=20)
+    control["fail"] = False
+
+
+def test_a_rollback_skips_the_output_of_rolled_back_work(
+    functions_url: str, control: dict[str, Any]
+) -> None:
+    spec = module_for(functions_url, functions="test/*", egresses=("test/out",), call="1s")
+    with (
+        running_runtime(spec, checkpoints=MANUAL, rollback_backoff=0.05) as rt,
+        client(rt.url) as http,
+    ):
+        for _ in range(3):
+            send(http, "test/forward/a", 1)
+        wait_until(lambda: count(http, "test/counter/a") == 3)
+        checkpoint(rt)
+        for _ in range(2):
+            send(http, "test/forward/a", 1)
+        wait_until(lambda: count(http, "test/counter/a") == 5)
+        roll_back(rt, http, control)
+        # back to checkpoint 1 (3 each), then the two later messages once more: their
+        # first processing's messages to test/counter are skipped, not counted twice
+        wait_until(lambda: count(http, "test/forward/a") == 5)
+        wait_until(lambda: count(http, "test/counter/a") == 5)
+        assert rt.runtime is not None
+        assert rt.runtime.worker is not None
+        assert rt.runtime.worker.skipped >= 2
+        assert count(http, "test/counter/a") == 5
+
+
+def test_a_protocol_violation_rolls_back_at_once(
+    functions_url: str, control: dict[str, Any]
+) -> None:
+    sdk_app = make_test_functions(control).asgi_app()
+    broken = {"on": True}
+
+    async def app(scope: Any, receive: Any, send_: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and broken["on"]:
+            await send_(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/html")],
+                }
+            )
+            await send_({"type": "http.response.body", "body": b"<html>not the protocol</html>"})
+            return
+        await sdk_app(scope, receive, send_)
+
+    with (
+        serve(app) as server,
+        running_runtime(
+            module_for(
+                f"{server.url}/statefun", functions="test/*", egresses=("test/out",), call="30s"
+            ),
+            rollback_backoff=0.05,
+        ) as rt,
+        client(rt.url) as http,
+    ):
+        send(http, "test/counter/p", 1)
+        # no retries for 30 s: the first answer that breaks the protocol rolls back
+        health = wait_until(
+            lambda: (h := http.get("/health")).status_code == 503 and h.json(), timeout=10
+        )
+        assert "protocol violation" in health["failure"]
+        assert native_codec.CONTENT_TYPE in health["failure"]
+        broken["on"] = False
+        wait_until(lambda: count(http, "test/counter/p") == 1)
+
+
+def test_timers_and_cancellation_survive_a_rollback(
+    functions_url: str, control: dict[str, Any]
+) -> None:
+    spec = module_for(functions_url, functions="test/*", egresses=("test/out",), call="1s")
+    with (
+        running_runtime(spec, checkpoints=MANUAL, rollback_backoff=0.05) as rt,
+        client(rt.url) as http,
+    ):
+        # test/later "start" sends test/counter 100 after 300 ms, token "t"; "cancel" cancels
+        send(http, "test/later/fires", "start")
+        send(http, "test/later/cancelled", "start")
+        wait_until(lambda: len(rt.call_soon(lambda: rt.runtime.worker._timers)) == 2)  # type: ignore[union-attr]
+        checkpoint(rt)  # both timers are pending in the checkpoint
+        send(http, "test/later/cancelled", "cancel")
+        wait_until(lambda: count(http, "test/counter/fires") == 100)  # fired before the rollback
+        roll_back(rt, http, control)
+        # restored from the checkpoint: "fires" fires again (its first firing is skipped),
+        # "cancelled" is pending again until the cancel is processed again
+        wait_until(lambda: rt.call_soon(lambda: len(rt.runtime.worker._timers)) == 0)  # type: ignore[union-attr]
+        time.sleep(0.5)  # anything still to come from the restored timers has come
+        assert count(http, "test/counter/fires") == 100
+        assert count(http, "test/counter/cancelled") == 0
+
+
+def test_the_dead_letter_policy_parks_a_poison_message_and_goes_on(
+    functions_url: str,
+) -> None:
+    policy = """kind: statefun.v1/failure-policy
+spec: {functions: test/poison, policy: dead-letter, maxRollbacks: 2}
+"""
+    spec = module_for(functions_url, functions="test/*", call="0.5s", documents=(policy,))
+    with running_runtime(spec, rollback_backoff=0.05) as rt, client(rt.url) as http:
+        for value in (1, 13, 2):
+            send(http, "test/poison/p", value)
+        wait_until(lambda: count(http, "test/poison/p") == 3, timeout=30)
+        letters = http.get("/v1/dead-letters").json()["records"]
+        assert len(letters) == 1
+        assert "13 is poison" in letters[0]["reason"]
+        assert letters[0]["origin"] == "failure policy of test/poison"
+        rollbacks = http.get("/v1/checkpoints").json()["rollbacks"]
+        assert len([r for r in rollbacks if r["address"] == "test/poison/p"]) == 2
+        # later messages are processed as usual
+        send(http, "test/poison/p", 4)
+        wait_until(lambda: count(http, "test/poison/p") == 7)
+
+
+def test_the_fail_policy_keeps_rolling_back_with_a_growing_backoff(functions_url: str) -> None:
+    spec = module_for(functions_url, functions="test/*", call="0.3s")
+    with running_runtime(spec, rollback_backoff=0.2) as rt, client(rt.url) as http:
+        send(http, "test/poison/p", 13)
+        wait_until(lambda: len(http.get("/v1/checkpoints").json()["rollbacks"]) >= 3, timeout=30)
+        rollbacks = http.get("/v1/checkpoints").json()["rollbacks"]
+        assert all(r["address"] == "test/poison/p" for r in rollbacks)
+        assert all("13 is poison" in r["reason"] for r in rollbacks)
+        assert http.get("/health").status_code == 503
+        assert http.get("/v1/dead-letters").json()["records"] == []
+
+
+def test_state_survives_a_restart_from_the_last_checkpoint(
+    functions_url: str, tmp_path: Path
+) -> None:
+    spec = module_for(functions_url, functions="test/*", egresses=("test/out",))
+    with running_runtime(spec, data_dir=tmp_path, checkpoints=MANUAL) as rt, client(rt.url) as http:
+        for _ in range(4):
+            send(http, "test/counter/s", 1)
+        wait_until(lambda: count(http, "test/counter/s") == 4)
+    # a clean stop took a last checkpoint: nothing is replayed
+    with running_runtime(spec, data_dir=tmp_path, checkpoints=MANUAL) as rt, client(rt.url) as http:
+        assert count(http, "test/counter/s") == 4
+        send(http, "test/counter/s", 1)
+        wait_until(lambda: count(http, "test/counter/s") == 5)
+        checkpoints = http.get("/v1/checkpoints").json()
+        assert checkpoints["generation"] == 2
+        assert [c["id"] for c in checkpoints["checkpoints"]] == [1]

@@ -1,0 +1,126 @@
+"""The checkpoint store: atomic checkpoints, state as of a checkpoint, retention, and the
+record of generations; and the skip rule built from it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
+from runtime.checkpoints.store import CheckpointStore, CheckpointStoreInUse
+
+pytestmark = pytest.mark.anyio
+
+
+async def commit(store: CheckpointStore, checkpoint: int, state: dict[bytes, bytes | None]) -> None:
+    await store.commit(
+        checkpoint, 1, list(state.items()), [("worker", b"part%d" % checkpoint)], time.monotonic()
+    )
+
+
+async def test_state_as_of_a_checkpoint_is_each_addresss_newest_row(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        await commit(store, 1, {b"a": b"a1", b"b": b"b1"})
+        await commit(store, 2, {b"a": b"a2", b"c": b"c2"})
+        await commit(store, 3, {b"b": None})  # b's state was deleted
+        assert sorted(await store.load_state(1)) == [(b"a", b"a1"), (b"b", b"b1")]
+        assert sorted(await store.load_state(2)) == [(b"a", b"a2"), (b"b", b"b1"), (b"c", b"c2")]
+        assert sorted(await store.load_state(3)) == [(b"a", b"a2"), (b"c", b"c2")]
+        assert await store.load_parts(2) == {"worker": b"part2"}
+        manifests = await store.manifests()
+        assert [m.checkpoint for m in manifests] == [1, 2, 3]
+        assert manifests[1].addresses == 2
+        assert manifests[1].size_bytes > 0
+    finally:
+        await store.close()
+
+
+async def test_retention_keeps_what_the_retained_checkpoints_need(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        await commit(store, 1, {b"a": b"a1", b"b": b"b1", b"gone": b"x"})
+        await commit(store, 2, {b"a": b"a2", b"gone": None})
+        await commit(store, 3, {b"c": b"c3"})
+        await commit(store, 4, {b"a": b"a4"})
+        await store.retain(2)
+        assert [m.checkpoint for m in await store.manifests()] == [3, 4]
+        assert sorted(await store.load_state(3)) == [(b"a", b"a2"), (b"b", b"b1"), (b"c", b"c3")]
+        assert sorted(await store.load_state(4)) == [(b"a", b"a4"), (b"b", b"b1"), (b"c", b"c3")]
+        assert await store.load_parts(1) == {}
+        rows = store._db.execute("SELECT address, checkpoint FROM state ORDER BY 1, 2").fetchall()
+        assert rows == [(b"a", 2), (b"a", 4), (b"b", 1), (b"c", 3)]
+    finally:
+        await store.close()
+
+
+async def test_generations_record_their_rollbacks_and_discard_half_written_checkpoints(
+    tmp_path: Path,
+) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        assert await store.begin_generation(None) == (1, 0)
+        assert await store.rollbacks() == []
+        await commit(store, 1, {b"a": b"a1"})
+        # rows of a checkpoint 2 that never got its manifest (the process died)
+        store._db.execute("INSERT INTO state VALUES (?, 2, ?)", (b"a", b"half"))
+        assert await store.begin_generation(
+            "crash", cause_address="x/y/z", cause_messages=["0@5", "0@6"]
+        ) == (2, 1)
+        (rollback,) = await store.rollbacks()
+        assert (rollback.generation, rollback.rolled_back_to) == (1, 1)
+        assert (rollback.reason, rollback.cause_address) == ("crash", "x/y/z")
+        assert rollback.cause_messages == ("0@5", "0@6")
+        assert await store.load_state(5) == [(b"a", b"a1")]
+        await store.stopped_cleanly()
+    finally:
+        await store.close()
+    reopened = await CheckpointStore.open(tmp_path)
+    try:
+        assert await reopened.begin_generation(None) == (3, 1)
+        assert [r.generation for r in await reopened.rollbacks()] == [1, 2]
+        assert (await reopened.rollbacks())[-1].reason == "restart after a clean stop"
+        assert await reopened.begin_generation(None) == (4, 1)
+        assert "did not stop cleanly" in (await reopened.rollbacks())[-1].reason
+    finally:
+        await reopened.close()
+
+
+async def test_one_runtime_at_a_time_per_checkpoint_directory(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        with pytest.raises(CheckpointStoreInUse, match="in use by another runtime process"):
+            await CheckpointStore.open(tmp_path)
+    finally:
+        await store.close()
+
+
+async def test_dead_lettered_messages_are_remembered(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        await store.dead_letter("3@17", "boom")
+        assert await store.dead_lettered() == {"3@17": "boom"}
+    finally:
+        await store.close()
+
+
+def test_the_skip_rule() -> None:
+    # generation 1 rolled back to checkpoint 4, generation 2 to checkpoint 7; 3 is current
+    rule = SkipRule(3, {1: 4, 2: 7})
+    assert rule.accepts(None)  # input from outside
+    assert rule.accepts(Tag(3, 99, "p"))  # the current generation
+    assert rule.accepts(Tag(1, 4, "p"))
+    assert not rule.accepts(Tag(1, 5, "p"))  # produced after checkpoint 4: rolled back
+    assert rule.accepts(Tag(2, 7, "p"))
+    assert not rule.accepts(Tag(2, 8, "p"))
+    assert not rule.accepts(Tag(9, 1, "p"))  # unknown generation
+
+
+def test_tags_round_trip_through_headers_and_the_clock_advances() -> None:
+    clock = EpochClock(2, 5, "app", SkipRule(2, {}))
+    assert Tag.from_headers((("other", b"x"), clock.header)) == Tag(2, 5, "app")
+    clock.advance()
+    assert Tag.from_headers((clock.header,)) == Tag(2, 6, "app")
+    assert Tag.from_headers((("other", b"x"),)) is None
