@@ -68,6 +68,9 @@ from statefun.values import TypedValue
 
 log = logging.getLogger("runtime.worker")
 
+EXPIRY_SWEEP_INTERVAL = 1.0
+"""Seconds between sweeps of expired state out of memory (reads never see it anyway)."""
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -303,6 +306,7 @@ class Worker:
         self._timers = TimerService(self._fire_delayed)
         self._consumer = log_.consumer()
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._replay_ends: dict[int, int] = {}
         self._replaying = 0
         self.processed = 0
@@ -327,6 +331,12 @@ class Worker:
             self._replay_ends = dict(log_ends)
             self._replaying = sum(self._is_replay(p.message_id) for p in restored.pending)
         self._task = asyncio.create_task(self._consume(), name="worker-consume")
+        self._sweeper = asyncio.create_task(self._sweep_expired(), name="state-expiry")
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_INTERVAL)
+            self.state.expire(int(time.time() * 1000))
 
     def _is_replay(self, message_id: MessageId) -> bool:
         """Whether the message was in the log when this worker began (it is replayed)."""
@@ -347,10 +357,11 @@ class Worker:
         """Stop reading; with ``drain``, let requests in flight finish (bounded) and apply
         their outcomes, otherwise abandon them (a rollback: their inputs are pending in
         the checkpoint)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if drain:
             self.draining = True  # no new requests: what is waiting stays pending
             for dispatcher in self._dispatchers.values():
@@ -572,11 +583,13 @@ class Worker:
     def _apply_result(self, mailbox: Mailbox, result: InvocationResult) -> None:
         address = mailbox.address
         header = self._clock.header
+        now_ms = int(time.time() * 1000)
+        specs = self._registry.specs(address.function_type)
         if result.mutations:
-            self.state.apply(address, result.mutations)
+            self.state.apply(address, result.mutations, specs, now_ms)
+        self.state.touch(address, specs, now_ms)
         for msg in result.messages:
             self._track(self._router.send(msg.target, address, msg.argument, tag=header))
-        now_ms = int(time.time() * 1000)
         for d in result.delayed:
             if isinstance(d, DelayCancellation):
                 self._timers.cancel(address, d.token)

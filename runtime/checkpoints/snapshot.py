@@ -63,12 +63,26 @@ def _pack(data: Any) -> bytes:
     return packed
 
 
-def encode_state(values: Mapping[str, TypedValue]) -> bytes:
-    return _pack({name: (v.typename, v.value) for name, v in values.items()})
+def encode_state(values: Mapping[str, TypedValue], deadlines: Mapping[str, int] | None) -> bytes:
+    """An address's state: per name, [typename, value] or [typename, value, deadline ms]."""
+    deadlines = deadlines or {}
+    return _pack(
+        {
+            name: (v.typename, v.value, deadlines[name])
+            if name in deadlines
+            else (v.typename, v.value)
+            for name, v in values.items()
+        }
+    )
 
 
-def decode_state(data: bytes) -> dict[str, TypedValue]:
-    return {name: TypedValue(t, v) for name, (t, v) in msgpack.unpackb(data, raw=False).items()}
+def decode_state(data: bytes) -> tuple[dict[str, TypedValue], dict[str, int]]:
+    values, deadlines = {}, {}
+    for name, stored in msgpack.unpackb(data, raw=False).items():
+        values[name] = TypedValue(stored[0], stored[1])
+        if len(stored) > 2:
+            deadlines[name] = stored[2]
+    return values, deadlines
 
 
 def encode_worker_part(part: WorkerPart) -> bytes:

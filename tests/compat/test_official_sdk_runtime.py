@@ -119,7 +119,6 @@ def test_a_failing_function_is_retried_reported_and_recovers(
     assert "flaky is failing on purpose" in official.output()
 
 
-@pytest.mark.xfail(strict=True, reason="state expiry is enforced with checkpointed state (issue 6)")
 def test_state_expires_after_write_and_after_call(http: httpx.Client) -> None:
     address = "official/expiring/e"
 

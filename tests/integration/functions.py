@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import timedelta
 from typing import Any
 
 from sdk import (
@@ -130,6 +131,19 @@ def make_test_functions(control: dict[str, Any] | None = None) -> StatefulFuncti
             )
         elif command == "cancel":
             context.cancel_delayed_message("t")
+
+    @functions.bind(
+        "test/expiring",
+        specs=[
+            ValueSpec("written", IntType, expire_after_write=timedelta(milliseconds=1500)),
+            ValueSpec("called", IntType, expire_after_call=timedelta(milliseconds=1500)),
+        ],
+    )
+    def expiring(context: Context, message: Message) -> None:
+        """ "write" sets both values to 1; anything else only invokes the address."""
+        if message.as_string() == "write":
+            context.storage.written = 1
+            context.storage.called = 1
 
     @functions.bind("test/poison", specs=[ValueSpec("count", IntType)])
     def poison(context: Context, message: Message) -> None:

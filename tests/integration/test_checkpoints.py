@@ -214,3 +214,27 @@ def test_state_survives_a_restart_from_the_last_checkpoint(
         checkpoints = http.get("/v1/checkpoints").json()
         assert checkpoints["generation"] == 2
         assert [c["id"] for c in checkpoints["checkpoints"]] == [1]
+
+
+def test_state_expires_after_write_and_after_call_across_a_restart(
+    functions_url: str, tmp_path: Path
+) -> None:
+    spec = module_for(functions_url, functions="test/*")
+
+    def names(http: httpx.Client) -> set[str]:
+        return set(http.get("/v1/state/test/expiring/e").json()["state"])
+
+    with running_runtime(spec, data_dir=tmp_path) as rt, client(rt.url) as http:
+        send(http, "test/expiring/e", "write")
+        wait_until(lambda: names(http) == {"written", "called"})
+    # the deadlines are in the last checkpoint: they hold across the restart
+    with running_runtime(spec, data_dir=tmp_path) as rt, client(rt.url) as http:
+        assert names(http) == {"written", "called"}
+        for _ in range(4):  # invocations keep "called", not "written"
+            time.sleep(0.5)
+            send(http, "test/expiring/e", "ping")
+        wait_until(lambda: names(http) == {"called"})
+        wait_until(lambda: names(http) == set(), timeout=5)
+        # and the sweep took it out of memory
+        assert rt.runtime is not None
+        wait_until(lambda: rt.call_soon(lambda: len(rt.runtime.worker.state)) == 0)  # type: ignore[union-attr]
