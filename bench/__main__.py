@@ -1,10 +1,12 @@
 """The pipeline benchmark: ``python -m bench`` from the repository root.
 
-Owns the end-to-end measurement of the runtime. It starts the bench functions
-(``bench/functions.py``, uvicorn) and the runtime (``python -m runtime.cli run`` on the
-embedded SQLite log) as separate processes on loopback, drives a fixed workload through
-the HTTP ingress with an aiohttp client, prints a table, verifies the results and stops
-both processes whatever happens.
+Owns the end-to-end measurement of the runtime. For each log (``--log``: the embedded
+SQLite log, Kafka, or both in turn) it starts the bench functions (``bench/functions.py``,
+uvicorn) and the runtime (``python -m runtime.cli run``, as users run it; with
+``--kafka`` on a Tansu broker started for the run, see ``bench/_kafka.py``) as separate
+processes on loopback, drives a fixed workload through the HTTP ingress with an aiohttp
+client, verifies the results, stops every process whatever happens, and prints one
+table whose rows name their log.
 
 Modes:
 
@@ -31,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
+from bench._kafka import HOW_TO_GET_ONE, Broker, find_broker, start_tansu
 from bench._support import (
     HOST,
     BenchError,
@@ -52,6 +56,9 @@ from bench._support import (
 
 QUICK = {"messages": 1_500, "addresses": 150, "concurrency": 64}
 DEFAULTS = {"messages": 20_000, "addresses": 1_000, "concurrency": 64}
+KAFKA_DEFAULTS = {"messages": 5_000, "addresses": 500, "concurrency": 64}
+"""Smaller: the Tansu test broker slows down as its partitions fill (every fetch walks
+every stored batch), so at 20,000 messages a Kafka run measures mostly the broker."""
 CALL_TIMEOUT = 120.0
 PROGRESS_TIMEOUT = 60.0
 """A mode fails if no message completes for this long."""
@@ -78,6 +85,7 @@ class Workload:
 
 @dataclass(frozen=True, slots=True)
 class Row:
+    log: str
     mode: str
     workload: Workload
     elapsed: float
@@ -87,6 +95,8 @@ class Row:
     runtime_loop_cpu: float
     functions_cpu: float
     client_cpu: float
+    broker_cpu: float | None
+    """None without a broker process of ours (the embedded log, or an external broker)."""
 
     def cells(self) -> list[str]:
         w = self.workload
@@ -96,6 +106,7 @@ class Row:
         else:
             p50 = p99 = "-"
         return [
+            self.log,
             self.mode,
             f"{w.messages}",
             f"{w.addresses}",
@@ -107,11 +118,13 @@ class Row:
             f"{self.runtime_cpu:.2f}",
             f"{self.runtime_loop_cpu:.2f}",
             f"{self.functions_cpu:.2f}",
+            "-" if self.broker_cpu is None else f"{self.broker_cpu:.2f}",
             f"{self.client_cpu:.2f}",
         ]
 
 
 HEADERS = [
+    "log",
     "mode",
     "messages",
     "addresses",
@@ -123,6 +136,7 @@ HEADERS = [
     "runtime cpu s",
     "runtime loop s",
     "functions cpu s",
+    "broker cpu s",
     "client cpu s",
 ]
 
@@ -134,35 +148,53 @@ class Failed(Exception):
 @dataclass(slots=True)
 class Cpu:
     """CPU seconds of the runtime (all threads, and its main thread: the event loop), the
-    functions and this process at one moment."""
+    functions, the Kafka broker (if ours) and this process at one moment."""
 
     runtime: float
     runtime_loop: float
     functions: float
+    broker: float | None
     client: float
 
 
-class Pipeline:
-    """The two child processes and the ingress client of one benchmark run."""
+@dataclass(frozen=True, slots=True)
+class Processes:
+    """The child processes of one log's run, and where they answer."""
 
-    def __init__(
-        self, runtime: Child, functions: Child, ingress: str, session: aiohttp.ClientSession
-    ):
-        self.runtime = runtime
-        self.functions = functions
-        self.ingress = ingress
+    log: str
+    runtime: Child
+    functions: Child
+    broker: Child | None
+    """The Tansu broker started for a Kafka run; None for the embedded log or an external
+    broker."""
+    ingress: str
+    functions_url: str
+
+    def all(self) -> list[Child]:
+        return [c for c in (self.runtime, self.functions, self.broker) if c is not None]
+
+
+class Pipeline:
+    """The child processes and the ingress client of one log's run."""
+
+    def __init__(self, processes: Processes, session: aiohttp.ClientSession):
+        self.processes = processes
+        self.ingress = processes.ingress
         self.session = session
         self.egress_next = 0
         """The ``bench/done`` egress offset after the last record read."""
 
     def cpu(self) -> Cpu:
-        loop, others = thread_cpu_seconds(self.runtime.pid)
-        return Cpu(loop + others, loop, self.functions.cpu_seconds(), time.process_time())
+        p = self.processes
+        loop, others = thread_cpu_seconds(p.runtime.pid)
+        broker = None if p.broker is None else p.broker.cpu_seconds()
+        return Cpu(loop + others, loop, p.functions.cpu_seconds(), broker, time.process_time())
 
     def row(self, mode: str, w: Workload, start: float, cpu0: Cpu, lat: list[float] | None) -> Row:
         elapsed = time.perf_counter() - start
         cpu = self.cpu()
         return Row(
+            self.processes.log,
             mode,
             w,
             elapsed,
@@ -171,11 +203,12 @@ class Pipeline:
             cpu.runtime_loop - cpu0.runtime_loop,
             cpu.functions - cpu0.functions,
             cpu.client - cpu0.client,
+            None if cpu.broker is None or cpu0.broker is None else cpu.broker - cpu0.broker,
         )
 
     def check_alive(self) -> None:
-        self.runtime.check_alive()
-        self.functions.check_alive()
+        for child in self.processes.all():
+            child.check_alive()
 
     # --- driving the ingress -----------------------------------------------------------
 
@@ -325,10 +358,25 @@ spec:
 """
 
 
-def start_pipeline(
-    children: Children, workdir: Path, args: argparse.Namespace
-) -> tuple[Child, Child, str, str]:
-    """Start the functions and the runtime; (runtime, functions, ingress URL, functions URL)."""
+def start_processes(
+    children: Children, log: str, workdir: Path, args: argparse.Namespace, broker: Broker | None
+) -> Processes:
+    """Start the Kafka broker (for a Kafka run without an external one), the functions
+    and the runtime, in that order: :class:`Children` stops them in reverse."""
+    broker_child: Child | None = None
+    log_args = ["--data-dir", str(workdir / "data")]
+    if log == "kafka":
+        if broker is None:
+            raise BenchError("no Kafka broker for the Kafka run")
+        if broker.tansu is not None:
+            broker_child, bootstrap = start_tansu(children, broker.tansu, workdir / "kafka.log")
+        elif broker.external is not None:
+            bootstrap = broker.external
+        else:
+            raise BenchError(f"no Kafka broker in {broker}")
+        # A fresh app id: fresh topics and consumer group, also on a shared broker.
+        app_id = f"bench-{uuid.uuid4().hex[:12]}"
+        log_args = ["--kafka", bootstrap, "--app-id", app_id]
     functions_port, ingress_port = free_port(), free_port()
     module = workdir / "module.yaml"
     module.write_text(module_yaml(functions_port))
@@ -348,25 +396,23 @@ def start_pipeline(
         ],
         workdir / "functions.log",
     )
-    # The real command, unless an experiment asks for ``bench._runtime_variant``.
-    entry = ["-m", "runtime.cli"]
-    if args.runtime_loop != "asyncio" or args.function_client != "httpx":
-        entry = ["-m", "bench._runtime_variant", "--loop", args.runtime_loop]
-        entry += ["--function-client", args.function_client, "--"]
-    profiler = (
-        [] if args.profile_runtime is None else ["-m", "cProfile", "-o", str(args.profile_runtime)]
-    )
+    profiler: list[str] = []
+    if args.profile_runtime is not None:
+        path: Path = args.profile_runtime
+        if args.log == "both":  # one file per log
+            path = path.with_name(f"{path.stem}-{log}{path.suffix}")
+        profiler = ["-m", "cProfile", "-o", str(path)]
     runtime = children.start(
         "the runtime",
         [
             sys.executable,
             *profiler,
-            *entry,
+            "-m",
+            "runtime.cli",
             "run",
             "--module",
             str(module),
-            "--data-dir",
-            str(workdir / "data"),
+            *log_args,
             "--ingress-host",
             HOST,
             "--ingress-port",
@@ -376,18 +422,23 @@ def start_pipeline(
         ],
         workdir / "runtime.log",
     )
-    return runtime, functions, f"http://{HOST}:{ingress_port}", f"http://{HOST}:{functions_port}"
+    return Processes(
+        log,
+        runtime,
+        functions,
+        broker_child,
+        f"http://{HOST}:{ingress_port}",
+        f"http://{HOST}:{functions_port}",
+    )
 
 
-async def measure(
-    runtime: Child, functions: Child, ingress: str, functions_url: str, modes: list[Workload]
-) -> list[Row]:
+async def measure(processes: Processes, modes: list[Workload]) -> list[Row]:
     connector = aiohttp.TCPConnector(limit=max(w.concurrency for w in modes) + 4)
     timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT + 30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await functions.wait_healthy(session, f"{functions_url}/health")
-        await runtime.wait_healthy(session, f"{ingress}/health")
-        pipeline = Pipeline(runtime, functions, ingress, session)
+        await processes.functions.wait_healthy(session, f"{processes.functions_url}/health")
+        await processes.runtime.wait_healthy(session, f"{processes.ingress}/health")
+        pipeline = Pipeline(processes, session)
         # Warm up (connections, state spec registration, code paths); checked, not shown.
         await pipeline.run_call(Workload("warm-up call", 200, 50, 16), prefix="warmup-call")
         await pipeline.run_send(Workload("warm-up send", 200, 50, 16), prefix="warmup-send")
@@ -402,95 +453,146 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="End-to-end benchmark: ingress -> bench/first -> bench/second -> reply, "
-        "through the runtime on the embedded log.",
+        "through the runtime on the embedded log, on Kafka, or both in turn.",
     )
     parser.add_argument(
-        "--messages", type=int, help=f"messages per mode (default {DEFAULTS['messages']})"
+        "--messages",
+        type=int,
+        help=f"messages per mode (default {DEFAULTS['messages']}; "
+        f"{KAFKA_DEFAULTS['messages']} on Kafka)",
     )
     parser.add_argument(
         "--addresses",
         type=int,
-        help=f"addresses they are spread over (default {DEFAULTS['addresses']})",
+        help=f"addresses they are spread over (default {DEFAULTS['addresses']}; "
+        f"{KAFKA_DEFAULTS['addresses']} on Kafka)",
     )
     parser.add_argument(
         "--concurrency", type=int, help=f"requests in flight (default {DEFAULTS['concurrency']})"
     )
     parser.add_argument("--mode", choices=["call", "send", "both"], default="both")
     parser.add_argument(
+        "--log",
+        choices=["embedded", "kafka", "both"],
+        default="both",
+        help="the runtime's log: embedded (SQLite), kafka (a Tansu broker started for the "
+        "run, or $STATEFUN_BENCH_KAFKA), or both in turn (default)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"a small run (~10 s): {QUICK['messages']} messages over {QUICK['addresses']} addresses",
-    )
-    parser.add_argument(
-        "--runtime-loop",
-        choices=["asyncio", "uvloop"],
-        default="asyncio",
-        help="event loop of the runtime process (default asyncio, what `statefun run` uses)",
-    )
-    parser.add_argument(
-        "--function-client",
-        choices=["httpx", "aiohttp"],
-        default="httpx",
-        help="experiment: the runtime's function client on aiohttp without httpx "
-        "(default httpx, what the runtime uses; see bench/_runtime_variant.py)",
+        help=f"a small run: {QUICK['messages']} messages over {QUICK['addresses']} addresses",
     )
     parser.add_argument(
         "--profile-runtime",
         type=Path,
         metavar="FILE",
-        help="run the runtime under cProfile and write its stats to FILE (slows it down)",
+        help="run the runtime under cProfile and write its stats to FILE (FILE-embedded "
+        "and FILE-kafka with --log both; slows it down)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = parser.parse_args(argv)
-    preset = QUICK if args.quick else DEFAULTS
-    for name, value in preset.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    for name in preset:
-        if getattr(args, name) < 1:
+    for name in DEFAULTS:
+        value = getattr(args, name)
+        if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1")
     return args
 
 
-def run(args: argparse.Namespace, workdir: Path) -> int:
-    """Start the pipeline, measure, verify, print; the exit status."""
+def workloads(args: argparse.Namespace, log: str) -> list[Workload]:
+    """The measured workloads of one log: the sizes given, else the preset's."""
+    preset = QUICK if args.quick else KAFKA_DEFAULTS if log == "kafka" else DEFAULTS
+    size = {
+        name: preset[name] if getattr(args, name) is None else getattr(args, name)
+        for name in preset
+    }
     modes = ["call", "send"] if args.mode == "both" else [args.mode]
-    workloads = [Workload(m, args.messages, args.addresses, args.concurrency) for m in modes]
+    return [Workload(m, size["messages"], size["addresses"], size["concurrency"]) for m in modes]
+
+
+def choose_logs(args: argparse.Namespace) -> tuple[list[str], Broker | None]:
+    """The logs to run and the Kafka broker to use; a BenchError if ``--log kafka`` has no
+    broker. ``--log both`` without one runs the embedded log alone, with a note."""
+    broker = find_broker() if args.log in ("kafka", "both") else None
+    if args.log == "embedded":
+        return ["embedded"], None
+    if broker is None:
+        if args.log == "kafka":
+            raise BenchError(f"--log kafka needs a Kafka broker: {HOW_TO_GET_ONE}")
+        print(f"note: no Kafka broker, so the embedded log only: {HOW_TO_GET_ONE}", flush=True)
+        return ["embedded"], None
+    return (["kafka"] if args.log == "kafka" else ["embedded", "kafka"]), broker
+
+
+def run_log(
+    log: str, args: argparse.Namespace, workdir: Path, broker: Broker | None
+) -> tuple[int, list[Row]]:
+    """One log's run: start its processes, measure, verify; (exit status, rows)."""
+    measured = workloads(args, log)
+    workdir.mkdir()
     status = 0
+    rows: list[Row] = []
     with Children() as children:
-        runtime, functions, ingress, functions_url = start_pipeline(children, workdir, args)
+        started: list[Child] = []
         try:
+            processes = start_processes(children, log, workdir, args, broker)
+            started = processes.all()
             # The load generator runs on uvloop, to take as little CPU from the runtime as it can.
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                rows = runner.run(measure(runtime, functions, ingress, functions_url, workloads))
+                rows = runner.run(measure(processes, measured))
         except Failed as e:
-            print(f"FAILED: {e}", flush=True)
+            print(f"{log}: FAILED: {e}", flush=True)
             status = 1
         except (BenchError, aiohttp.ClientError, TimeoutError) as e:
-            print(f"bench: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            for child in (runtime, functions):
-                print(f"--- {child.name}, {child.log_path}:\n{child.log_tail()}", file=sys.stderr)
+            print(f"{log}: bench: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            for child in started:  # the output of each that the error does not show
+                tail = child.log_tail()
+                if tail and tail not in str(e):
+                    print(f"--- {child.name}, {child.log_path}:\n{tail}", file=sys.stderr)
             status = 2
         else:
-            print(format_table(HEADERS, [r.cells() for r in rows]))
-            print(f"OK: every address's count equals the messages sent to it ({', '.join(modes)})")
-        problems = runtime.problems() + functions.problems()
+            print(
+                f"{log}: OK: every address's count equals the messages sent to it "
+                f"({', '.join(w.mode for w in measured)})",
+                flush=True,
+            )
+        problems = [(c, line) for c in started for line in c.problems()]
     if problems:
-        print(f"{len(problems)} lines at WARNING or above in the children's logs, e.g.:")
-        print("\n".join(f"  {line[:220]}" for line in problems[:3]))
+        print(f"{log}: {len(problems)} lines at WARNING or above in the children's logs, e.g.:")
+        for child, line in problems[:3]:
+            print(f"  {child.log_path.name}: {line[:220]}")
+    return status, rows
+
+
+def run(args: argparse.Namespace, workdir: Path, logs: list[str], broker: Broker | None) -> int:
+    """Run each log in turn, print the table; the exit status (the worst of the logs')."""
+    status = 0
+    rows: list[Row] = []
+    for log in logs:
+        log_status, log_rows = run_log(log, args, workdir / log, broker)
+        status = max(status, log_status)
+        rows += log_rows
+    if rows:
+        print(format_table(HEADERS, [r.cells() for r in rows], left=2))
     return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        logs, broker = choose_logs(args)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr, flush=True)
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="statefun-bench-"))
+    kafka = "" if broker is None else f" (Kafka: {broker.describe()})"
     print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, runtime loop "
-        f"{args.runtime_loop}, function client {args.function_client}, work directory {workdir}",
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, logs: {', '.join(logs)}"
+        f"{kafka}, work directory {workdir}",
         flush=True,
     )
     try:
-        status = run(args, workdir)
+        status = run(args, workdir, logs, broker)
     except KeyboardInterrupt as e:
         print(
             f"bench: interrupted ({str(e) or 'SIGINT'}); the processes were stopped",
@@ -498,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         status = 130
     if args.keep or status not in (0, 130):
-        print(f"kept {workdir} (module.yaml, the children's logs, the runtime's data)")
+        print(f"kept {workdir} (per log: module.yaml, the children's logs, the runtime's data)")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return status

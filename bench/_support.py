@@ -70,14 +70,14 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[int(rank) - 1]
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns right-aligned except the first, separated by two spaces."""
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Columns separated by two spaces, the first ``left`` left-aligned, the rest right-aligned."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        first, *rest = cells
-        parts = [first.ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)
+        parts = [
+            c.ljust(w) if i < left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ]
         return "  ".join(parts).rstrip()
 
@@ -92,9 +92,11 @@ def _die_with_parent() -> None:
 class Child:
     """A process started from the repository root, its output going to ``log_path``."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path):
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, grace: float | None = None):
         self.name = name
         self.log_path = log_path
+        self.grace = grace
+        """Seconds from SIGTERM to SIGKILL when stopped; None: the :class:`Children`'s."""
         self._log: IO[bytes] = log_path.open("wb")
         # Its own session: a Ctrl-C in the terminal reaches only the benchmark, which then
         # stops its children itself (in order, and after reading their CPU use).
@@ -166,23 +168,27 @@ class Children:
         self.grace = grace
         self._children: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], log_path: Path) -> Child:
-        child = Child(name, argv, log_path)
+    def start(
+        self, name: str, argv: Sequence[str], log_path: Path, grace: float | None = None
+    ) -> Child:
+        child = Child(name, argv, log_path, grace)
         self._children.append(child)
         return child
 
     def stop(self) -> None:
         """Stop the children one by one, the last started first: the runtime goes while the
-        functions still answer, so it can finish what it has in flight."""
+        functions (and the Kafka broker) still answer, so it can finish what it has in
+        flight."""
         children, self._children = self._children, []
         for child in reversed(children):
             if child.process.poll() is None:
+                grace = self.grace if child.grace is None else child.grace
                 child.process.terminate()
                 try:
-                    child.process.wait(timeout=self.grace)
+                    child.process.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
                     print(
-                        f"bench: {child.name} did not stop within {self.grace:g} s of SIGTERM; "
+                        f"bench: {child.name} did not stop within {grace:g} s of SIGTERM; "
                         "killing it",
                         file=sys.stderr,
                     )

@@ -170,6 +170,7 @@ class Runtime:
             self.config.app_id,
             SkipRule(generation, {r.generation: r.rolled_back_to for r in rollbacks}),
         )
+        self.replies.rolled_back(clock.skip)
         state = StateStore()
         parts: dict[str, bytes] = {}
         if checkpoint:
@@ -276,6 +277,7 @@ class Runtime:
     def _committed(self, manifest: Manifest) -> None:
         self._rollbacks_in_a_row = 0
         self.failure = None
+        self.replies.committed(manifest.generation, manifest.checkpoint)
 
     async def _stop_generation(self, *, drain: bool) -> None:
         for reader in self.kafka_ingresses:

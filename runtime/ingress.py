@@ -28,6 +28,8 @@ from statefun.values import TypedValue
 if TYPE_CHECKING:
     from runtime.app import Runtime
 
+CONSISTENCY_HEADER = "X-Statefun-Consistency"
+"""Says whether a /v1/call reply comes from committed work or may be rolled back."""
 DEFAULT_CALL_TIMEOUT = 30.0
 MAX_CALL_TIMEOUT = 300.0
 
@@ -66,6 +68,17 @@ async def _body(request: Request, limit: int) -> bytes:
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _consistency(raw: str | None) -> bool:
+    """Whether the call asks for a committed reply (``?consistency=committed``)."""
+    if raw in (None, "uncommitted"):
+        return False
+    if raw == "committed":
+        return True
+    raise _Rejected(
+        _error(400, "bad_request", f"consistency must be committed or uncommitted, not {raw!r}")
+    )
 
 
 def _timeout(raw: str | None) -> float:
@@ -139,11 +152,14 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
     @app.post("/v1/call/{namespace}/{type_}/{id_:path}")
     async def call(request: Request) -> JSONResponse:
         """Send a message and answer with the first message sent to the call's caller
-        address. Query: ``type``, ``timeout`` (seconds, default 30, at most 300)."""
+        address. Query: ``type``, ``timeout`` (seconds, default 30, at most 300),
+        ``consistency`` (``uncommitted``, the default: answer at once; ``committed``:
+        only once the work that produced the reply is in a completed checkpoint)."""
         timeout = _timeout(request.query_params.get("timeout"))
+        committed = _consistency(request.query_params.get("consistency"))
         target, value = await accept(request)
         try:
-            caller, reply = runtime.replies.new_caller()
+            caller, reply = runtime.replies.new_caller(committed=committed)
         except ShuttingDown:
             return _error(503, "shutting_down", "the runtime is stopping; nothing was accepted")
         try:
@@ -168,7 +184,10 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
                 )
         finally:
             runtime.replies.forget(caller)
-        return JSONResponse(value_to_json(answer))
+        return JSONResponse(
+            value_to_json(answer),
+            headers={CONSISTENCY_HEADER: "committed" if committed else "uncommitted"},
+        )
 
     @app.get("/v1/state/{namespace}/{type_}/{id_:path}")
     async def state(namespace: str, type_: str, id_: str) -> JSONResponse:

@@ -4,6 +4,10 @@ Each call gets an ordinary address of type ``statefun.ingress/caller``; any mess
 sent to it (a ``reply`` from the called function, or a ``send`` from anywhere further
 down a chain) completes the waiting request. Messages to a caller that has stopped
 waiting are dropped: its HTTP client already got its timeout answer.
+
+A call may ask for a *committed* reply: the reply is held until the checkpoint of the
+epoch that produced it commits, so rolled-back work can never answer a call (replay
+produces the reply again). Otherwise the first reply answers at once.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from dataclasses import dataclass
 
+from runtime.checkpoints.epochs import SkipRule, Tag
 from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import Address
 from statefun.values import TypedValue
@@ -21,15 +27,23 @@ class ShuttingDown(Exception):
     """The runtime is stopping; calls waiting for replies are answered now."""
 
 
+@dataclass(slots=True)
+class _Waiter:
+    future: asyncio.Future[TypedValue]
+    committed: bool
+    held: tuple[TypedValue, Tag] | None = None
+    """A reply of work not yet committed (only for committed calls)."""
+
+
 class ReplyWaiters:
     def __init__(self) -> None:
         # Unique across restarts of the process, so a late reply can never reach a new caller.
         self._prefix = os.urandom(6).hex()
         self._ids = itertools.count()
-        self._waiting: dict[Address, asyncio.Future[TypedValue]] = {}
+        self._waiting: dict[Address, _Waiter] = {}
         self._closed = False
 
-    def new_caller(self) -> tuple[Address, asyncio.Future[TypedValue]]:
+    def new_caller(self, *, committed: bool = False) -> tuple[Address, asyncio.Future[TypedValue]]:
         if self._closed:
             raise ShuttingDown("the runtime is stopping")
         address = Address(
@@ -38,24 +52,52 @@ class ReplyWaiters:
             f"{self._prefix}-{next(self._ids)}",
         )
         future: asyncio.Future[TypedValue] = asyncio.get_running_loop().create_future()
-        self._waiting[address] = future
+        self._waiting[address] = _Waiter(future, committed)
         return address, future
 
     def forget(self, address: Address) -> None:
         self._waiting.pop(address, None)
 
-    def deliver(self, address: Address, value: TypedValue) -> bool:
-        """Complete the call waiting on ``address``; False if nobody waits (any more)."""
-        future = self._waiting.pop(address, None)
-        if future is None or future.done():
+    def deliver(self, address: Address, value: TypedValue, tag: Tag | None) -> bool:
+        """A reply for ``address`` from work tagged ``tag``; False if nobody waits (any more)."""
+        waiter = self._waiting.get(address)
+        if waiter is None or waiter.future.done():
             return False
-        future.set_result(value)
+        if waiter.committed and tag is not None:
+            if waiter.held is None:
+                waiter.held = (value, tag)
+            return True
+        self._answer(address, value)
         return True
+
+    def committed(self, generation: int, checkpoint: int) -> None:
+        """Checkpoint ``checkpoint`` of ``generation`` committed: release what it covers."""
+        for address, waiter in list(self._waiting.items()):
+            if waiter.held is not None:
+                value, tag = waiter.held
+                if tag.generation == generation and tag.epoch <= checkpoint:
+                    self._answer(address, value)
+
+    def rolled_back(self, skip: SkipRule) -> None:
+        """A new generation began: held replies of rolled-back work are dropped (replay
+        produces them again); those of work the restored checkpoint covers are released."""
+        for address, waiter in list(self._waiting.items()):
+            if waiter.held is not None:
+                value, tag = waiter.held
+                if not skip.accepts(tag):
+                    waiter.held = None
+                elif tag.generation != skip.current:
+                    self._answer(address, value)
+
+    def _answer(self, address: Address, value: TypedValue) -> None:
+        waiter = self._waiting.pop(address)
+        if not waiter.future.done():
+            waiter.future.set_result(value)
 
     def close(self) -> None:
         """Stop waiting: every waiting call fails with :class:`ShuttingDown`, and new ones too."""
         self._closed = True
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(ShuttingDown("the runtime is stopping"))
+        for waiter in self._waiting.values():
+            if not waiter.future.done():
+                waiter.future.set_exception(ShuttingDown("the runtime is stopping"))
         self._waiting.clear()

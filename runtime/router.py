@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+from runtime.checkpoints.epochs import Tag
 from runtime.envelope import Envelope
 from runtime.log import Log
 from runtime.replies import ReplyWaiters
@@ -54,7 +55,7 @@ class Router:
         """Route a message; the append's future, or None if it completed an ingress call.
         ``tag`` is the producer's epoch tag header (None for input from outside)."""
         if target.function_type == INGRESS_CALLER_TYPE:
-            self._replies.deliver(target, argument)
+            self._replies.deliver(target, argument, Tag.from_headers((tag,)) if tag else None)
             return None
         return self.append(target, caller, argument, tag=tag)[1]
 

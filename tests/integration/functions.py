@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import timedelta
 from typing import Any
@@ -144,6 +145,14 @@ def make_test_functions(control: dict[str, Any] | None = None) -> StatefulFuncti
         if message.as_string() == "write":
             context.storage.written = 1
             context.storage.called = 1
+
+    @functions.bind("test/nonce", specs=[ValueSpec("nonce", StringType)])
+    def nonce(context: Context, message: Message) -> None:
+        """Draws a fresh random nonce, keeps it in state and replies with it: a replay
+        answers differently from the work it replays."""
+        drawn = uuid.uuid4().hex
+        context.storage.nonce = drawn
+        context.reply(str_value=drawn)
 
     @functions.bind("test/poison", specs=[ValueSpec("count", IntType)])
     def poison(context: Context, message: Message) -> None:

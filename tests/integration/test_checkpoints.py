@@ -4,6 +4,7 @@ a restart of the runtime."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +239,62 @@ def test_state_expires_after_write_and_after_call_across_a_restart(
         # and the sweep took it out of memory
         assert rt.runtime is not None
         wait_until(lambda: rt.call_soon(lambda: len(rt.runtime.worker.state)) == 0)  # type: ignore[union-attr]
+
+
+def test_a_committed_reply_never_comes_from_rolled_back_work(
+    functions_url: str, control: dict[str, Any]
+) -> None:
+    spec = module_for(functions_url, functions="test/*", egresses=("test/out",), call="1s")
+    with (
+        running_runtime(spec, checkpoints=MANUAL, rollback_backoff=0.05) as rt,
+        client(rt.url) as http,
+    ):
+        answers: list[httpx.Response] = []
+        caller = threading.Thread(
+            target=lambda: answers.append(
+                http.post(
+                    "/v1/call/test/nonce/n",
+                    content="go",
+                    params={"consistency": "committed", "timeout": "60"},
+                    headers={"content-type": "text/plain"},
+                )
+            )
+        )
+        caller.start()
+
+        def nonce() -> str | None:
+            value: str | None = (
+                http.get("/v1/state/test/nonce/n").json()["state"].get("nonce", {}).get("value")
+            )
+            return value
+
+        first = wait_until(nonce)  # the work is done, its reply held back
+        time.sleep(0.3)
+        assert not answers
+        roll_back(rt, http, control)
+        replayed = wait_until(lambda: (n := nonce()) != first and n)
+        assert not answers
+        checkpoint(rt)
+        caller.join(10)
+        (answer,) = answers
+        assert answer.status_code == 200
+        assert answer.headers["x-statefun-consistency"] == "committed"
+        assert answer.json()["value"] == replayed  # the committed work's reply, not `first`
+
+
+def test_an_uncommitted_reply_answers_at_once_and_says_so(functions_url: str) -> None:
+    spec = module_for(functions_url, functions="test/*")
+    with running_runtime(spec, checkpoints=MANUAL) as rt, client(rt.url) as http:
+        answer = http.post(
+            "/v1/call/test/nonce/u", content="go", headers={"content-type": "text/plain"}
+        )
+        assert answer.status_code == 200
+        assert answer.headers["x-statefun-consistency"] == "uncommitted"
+        bad = http.post(
+            "/v1/call/test/nonce/u",
+            content="go",
+            params={"consistency": "maybe"},
+            headers={"content-type": "text/plain"},
+        )
+        assert bad.status_code == 400
+        assert "consistency must be" in bad.json()["detail"]
