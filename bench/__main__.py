@@ -377,6 +377,7 @@ def start_processes(
         # A fresh app id: fresh topics and consumer group, also on a shared broker.
         app_id = f"bench-{uuid.uuid4().hex[:12]}"
         log_args = ["--kafka", bootstrap, "--app-id", app_id]
+        log_args += ["--checkpoint-dir", str(workdir / "checkpoints")]
     functions_port, ingress_port = free_port(), free_port()
     module = workdir / "module.yaml"
     module.write_text(module_yaml(functions_port))

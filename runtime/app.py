@@ -48,7 +48,7 @@ from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
 from runtime.replies import ReplyWaiters
 from runtime.router import Router
-from runtime.routing import Topics
+from runtime.routing import ConfigurationError, Topics
 from runtime.state import StateSpecRegistry, StateStore
 from runtime.worker import Failure, FunctionClients, Worker, WorkerConfig
 from statefun.address import Address
@@ -193,10 +193,10 @@ class Runtime:
             isolated=isolated,
         )
         ends = await self.log.end_offsets(self.topics.messages)
-        worker.start(
-            decode_worker_part(parts["worker"]) if "worker" in parts else None,
-            dict(enumerate(ends)),
-        )
+        restored = decode_worker_part(parts["worker"]) if "worker" in parts else None
+        if restored is not None:
+            self._check_positions(restored.positions, ends, checkpoint)
+        worker.start(restored, dict(enumerate(ends)))
         readers = []
         for spec in self.module.ingresses:
             cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
@@ -215,6 +215,21 @@ class Runtime:
             (time.monotonic() - started) * 1000,
             len(state),
         )
+
+    def _check_positions(
+        self, positions: Mapping[int, int], ends: list[int], checkpoint: int
+    ) -> None:
+        """A checkpoint's read positions past the end of the log mean the log is not the
+        one the checkpoint was taken of (a new Kafka cluster, a removed data directory):
+        resuming would wait for records that never come."""
+        behind = {p: o for p, o in positions.items() if p >= len(ends) or o > ends[p]}
+        if behind:
+            raise ConfigurationError(
+                f"checkpoint {checkpoint} in {self.store.path.parent} was taken of another log: "
+                f"it reads {self.topics.messages} from {behind}, past the log's end "
+                f"{dict(enumerate(ends))}. Point --checkpoint-dir at this log's checkpoints, "
+                "or remove the directory to start from the beginning of the log."
+            )
 
     async def _failure_policy(
         self, rollbacks: list[Rollback]

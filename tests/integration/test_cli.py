@@ -304,3 +304,37 @@ def test_kill_9_resumes_from_the_last_checkpoint_exactly_once(
         assert "did not stop cleanly" in listed["rollbacks"][-1]["reason"]
     finally:
         runtime.signal(signal.SIGTERM)
+
+
+def test_a_checkpoint_of_another_log_is_refused_with_a_clear_error(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    checkpoints = tmp_path / "checkpoints"
+    first = RuntimeProcess(module, tmp_path / "data-1", free_port())
+    first.args += ["--checkpoint-dir", str(checkpoints)]
+    first.start()
+    for _ in range(3):
+        httpx.post(
+            f"{first.url}/v1/messages/test/counter/k",
+            content="1",
+            params={"type": "io.statefun.types/int"},
+            headers={"content-type": "application/json"},
+        ).raise_for_status()
+    wait_until(lambda: egress_values(first.url) == ["k=1", "k=2", "k=3"])
+    assert first.signal(signal.SIGTERM)[0] == 0
+    # a fresh log (another data directory) with the first log's checkpoints
+    done = statefun(
+        "run",
+        "--module",
+        str(module),
+        "--data-dir",
+        str(tmp_path / "data-2"),
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--ingress-port",
+        str(free_port()),
+    )
+    assert done.returncode == 1
+    assert "was taken of another log" in done.stderr
+    assert "--checkpoint-dir" in done.stderr
