@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import tempfile
@@ -188,6 +189,7 @@ class Runtime:
             self.registry,
             state,
             on_failure=self._failed,
+            on_published=self.store.egress_published,
             config=self.config.worker,
             poisoned=poisoned,
             isolated=isolated,
@@ -196,7 +198,13 @@ class Runtime:
         restored = decode_worker_part(parts["worker"]) if "worker" in parts else None
         if restored is not None:
             self._check_positions(restored.positions, ends, checkpoint)
+            # Egress records the checkpoint holds: published already, or still to publish.
+            published = await self.store.egress_published_through()
+            restored = dataclasses.replace(
+                restored, egress=[e for e in restored.egress if e.epoch > published]
+            )
         worker.start(restored, dict(enumerate(ends)))
+        worker.publish_committed(checkpoint)
         readers = []
         for spec in self.module.ingresses:
             cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
@@ -293,6 +301,8 @@ class Runtime:
         self._rollbacks_in_a_row = 0
         self.failure = None
         self.replies.committed(manifest.generation, manifest.checkpoint)
+        if self.worker is not None and not self.worker.stopped:
+            self.worker.publish_committed(manifest.checkpoint)
 
     async def _stop_generation(self, *, drain: bool) -> None:
         for reader in self.kafka_ingresses:
@@ -319,6 +329,10 @@ class Runtime:
         if self.worker is not None and not self.worker.failed:
             last = await self.coordinator.checkpoint()
         if last is not None:
+            assert self.worker is not None
+            publishing = self.worker.publish_committed(last.checkpoint)
+            if publishing is not None:
+                await publishing
             await self.store.stopped_cleanly()
         await self.clients.close()
         await self.kafka_clusters.close()

@@ -3,9 +3,14 @@
 An embedded egress (``statefun.v1/egress``) appends to its own topic in the runtime's
 log, readable through the ingress API. A Kafka egress (``io.statefun.kafka.v1/egress``)
 takes StateFun's ``KafkaProducerRecord`` and produces it to the topic it names, keyed
-partitioning as Kafka's default partitioner does. Records are written when their batch
-is applied (at-least-once: a crash before the worker commits its progress can repeat
-them).
+partitioning as Kafka's default partitioner does.
+
+Every record carries a unique id in its ``statefun.egress-id`` header. An exactly-once
+egress (the default) is written only after the checkpoint of the work that produced it
+commits (the worker holds its records until then; see ``Worker.publish_committed``):
+rolled-back work never shows. A crash while publishing publishes again, from the
+checkpoint, what may already be out: the same records with the same ids, which readers
+drop. An at-least-once egress is written when the batch is applied.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 
 import msgpack
 
+from runtime.checkpoints.snapshot import EgressItem
 from runtime.kafka_clusters import KafkaClusters
 from runtime.log import Log, Record, UnknownTopicError
 from runtime.log.kafka import KafkaLog
@@ -27,6 +33,8 @@ from statefun.module_spec import KafkaEgress, LogEgress, ModuleSpec
 from statefun.values import TypedValue
 
 log = logging.getLogger("runtime.egress")
+
+ID_HEADER = "statefun.egress-id"
 
 
 class KafkaTopicWriter:
@@ -101,6 +109,9 @@ class Egresses:
                 + ", ".join(str(e) for e in self._log_topics)
             )
         self._kafka_specs = [e for e in module.egresses if isinstance(e, KafkaEgress)]
+        self._exactly_once = {
+            e.id for e in module.egresses if e.delivery_semantic == "exactly-once"
+        }
         self._kafka: dict[TypeName, KafkaTopicWriter] = {}
 
     async def start(self) -> None:
@@ -131,26 +142,35 @@ class Egresses:
             return f"record for Kafka egress {egress_id}: {e}"
         return None
 
-    def emit(self, egress_id: TypeName, argument: TypedValue) -> asyncio.Future[list[int]]:
-        """Write a record that :meth:`problem` accepted."""
-        topic = self._log_topics.get(egress_id)
+    def exactly_once(self, egress_id: TypeName) -> bool:
+        return egress_id in self._exactly_once
+
+    def publish(self, item: EgressItem) -> asyncio.Future[list[int]]:
+        """Write a record that :meth:`problem` accepted, with its id."""
+        headers = ((ID_HEADER, item.id.encode()),)
+        argument = item.argument
+        topic = self._log_topics.get(item.egress)
         if topic is not None:
             value = msgpack.packb((argument.typename, argument.value), use_bin_type=True)
-            return self._log.append(topic, 0, [Record(value=value)])
+            return self._log.append(topic, 0, [Record(value=value, headers=headers)])
         assert argument.value is not None
         record = KafkaProducerRecord.decode(argument.value)
         key = None if record.key is None else record.key.encode()
-        return self._kafka[egress_id].send(record.topic, Record(value=record.value, key=key))
+        return self._kafka[item.egress].send(
+            record.topic, Record(value=record.value, key=key, headers=headers)
+        )
 
     def readable(self, egress_id: TypeName) -> bool:
         return egress_id in self._log_topics
 
     async def read(
         self, egress_id: TypeName, offset: int, max_records: int
-    ) -> list[tuple[int, TypedValue]]:
+    ) -> list[tuple[int, str, TypedValue]]:
+        """(offset, record id, value) of an embedded egress's records from ``offset``."""
         records = await self._log.read(self._log_topics[egress_id], 0, offset, max_records)
         out = []
         for r in records:
             typename, value = msgpack.unpackb(r.value, raw=False)
-            out.append((r.offset, TypedValue(typename, value)))
+            record_id = next((v.decode() for k, v in r.headers if k == ID_HEADER), "")
+            out.append((r.offset, record_id, TypedValue(typename, value)))
         return out

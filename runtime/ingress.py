@@ -222,7 +222,7 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         records = await runtime.egresses.read(egress_id, from_, limit)
         return JSONResponse(
             {
-                "records": [{"offset": o, **value_to_json(v)} for o, v in records],
+                "records": [{"offset": o, "id": i, **value_to_json(v)} for o, i, v in records],
                 "next": records[-1][0] + 1 if records else from_,
             }
         )

@@ -28,7 +28,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -36,6 +36,7 @@ import httpx
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import EpochClock, Tag
 from runtime.checkpoints.snapshot import (
+    EgressItem,
     MessageId,
     PendingMessage,
     PendingTimer,
@@ -276,6 +277,7 @@ class Worker:
         state: StateStore,
         *,
         on_failure: Callable[[Failure], None],
+        on_published: Callable[[int], Awaitable[None]],
         config: WorkerConfig | None = None,
         poisoned: Mapping[MessageId, str] | None = None,
         isolated: frozenset[Address] = frozenset(),
@@ -294,6 +296,7 @@ class Worker:
         self._clock = clock
         self._registry = registry
         self._on_failure = on_failure
+        self._on_published = on_published
         self._poisoned = dict(poisoned or {})
         self._isolated = isolated
         self._mailboxes: dict[Address, Mailbox] = {}
@@ -307,6 +310,11 @@ class Worker:
         self._consumer = log_.consumer()
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._outbox: list[EgressItem] = []
+        self._egress_serial = 0
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._publishing_ids: set[str] = set()
+        self._publish_lock = asyncio.Lock()
         self._replay_ends: dict[int, int] = {}
         self._replaying = 0
         self.processed = 0
@@ -324,6 +332,7 @@ class Worker:
         self._positions = {p: restored_positions.get(p, 0) for p in range(self._router.partitions)}
         self._consumer.assign({TopicPartition(topic, p): o for p, o in self._positions.items()})
         if restored:
+            self._outbox = list(restored.egress)
             for p in restored.pending:
                 self._enqueue(p.target, PendingInvocation(p.caller, p.argument, p.message_id))
             self._timers.hold()
@@ -357,7 +366,7 @@ class Worker:
         """Stop reading; with ``drain``, let requests in flight finish (bounded) and apply
         their outcomes, otherwise abandon them (a rollback: their inputs are pending in
         the checkpoint)."""
-        for task in (self._task, self._sweeper):
+        for task in (self._task, self._sweeper, *self._publishing):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -389,9 +398,41 @@ class Worker:
             for mb in self._mailboxes.values()
             for p in (*(mb.in_flight or ()), *mb.waiting)
         ]
-        part = WorkerPart(pending, self._timers.pending(), dict(self._positions))
+        part = WorkerPart(
+            pending, self._timers.pending(), dict(self._positions), list(self._outbox)
+        )
         rows, changed = self.state.take_changes()
         return Capture(encode_worker_part(part), rows, lambda: self.state.changed_again(changed))
+
+    def publish_committed(self, checkpoint: int) -> asyncio.Task[None] | None:
+        """Checkpoint ``checkpoint`` committed: publish the egress records it covers. They
+        stay in the outbox (and in later checkpoints) until they are out."""
+        items = [
+            item
+            for item in self._outbox
+            if item.epoch <= checkpoint and item.id not in self._publishing_ids
+        ]
+        if not items:
+            return None
+        self._publishing_ids.update(item.id for item in items)
+        task = asyncio.create_task(self._publish(items, checkpoint), name="egress-publish")
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+        return task
+
+    async def _publish(self, items: list[EgressItem], checkpoint: int) -> None:
+        ids = {item.id for item in items}
+        try:
+            async with self._publish_lock:  # one checkpoint's records after another's
+                try:
+                    await asyncio.gather(*(self._egresses.publish(item) for item in items))
+                except Exception as e:
+                    self.fail(Failure(f"publishing egress of checkpoint {checkpoint} failed: {e}"))
+                    return
+                self._outbox = [item for item in self._outbox if item.id not in ids]
+                await self._on_published(checkpoint)
+        finally:
+            self._publishing_ids -= ids
 
     # --- reading ---------------------------------------------------------------------
 
@@ -609,7 +650,17 @@ class Worker:
                     )
                 )
         for e in result.egress:
-            self._track(self._egresses.emit(e.egress, e.argument))
+            self._egress_serial += 1
+            item = EgressItem(
+                f"{self._clock.generation}.{self._clock.epoch}.{self._egress_serial}",
+                e.egress,
+                e.argument,
+                self._clock.epoch,
+            )
+            if self._egresses.exactly_once(e.egress):
+                self._outbox.append(item)  # until its checkpoint commits
+            else:
+                self._track(self._egresses.publish(item))
         self._finish(mailbox)
 
     def _finish(self, mailbox: Mailbox) -> None:

@@ -23,8 +23,8 @@ Kinds understood:
 * ``io.statefun.endpoints.v1/http`` - StateFun's older endpoint kind: the same, with
   ``timeouts`` directly under ``spec`` and ``maxRetries`` (warned about: retries are
   bounded by the call timeout instead).
-* ``statefun.v1/egress`` - ``id``: an egress kept in the runtime's log and readable over
-  the ingress API (``GET /v1/egress/{namespace}/{name}``).
+* ``statefun.v1/egress`` - ``id`` and ``deliverySemantic``: an egress kept in the
+  runtime's log and readable over the ingress API (``GET /v1/egress/{namespace}/{name}``).
 * ``io.statefun.kafka.v1/ingress`` - ``id``, ``address``, ``consumerGroupId``,
   ``startupPosition`` (``group-offsets``, ``earliest``, ``latest``, ``specific-offsets``
   with ``offsets: [{"topic/partition": offset}]``, ``date`` with ``date: "yyyy-MM-dd
@@ -41,7 +41,10 @@ Kinds understood:
   (``fail`` or ``dead-letter``) and ``maxRollbacks`` (for ``dead-letter``).
 
 As in StateFun, a Kafka ``address`` may be left out; the runtime then uses its own
-Kafka cluster (``statefun run --kafka``).
+Kafka cluster (``statefun run --kafka``). An egress's ``deliverySemantic`` is
+``exactly-once`` unless it says ``at-least-once`` (or ``none``): its records become
+visible when the checkpoint of the work that produced them commits. (StateFun's Kafka
+egress defaults to at-least-once; ours holds records back unless told not to.)
 """
 
 from __future__ import annotations
@@ -199,6 +202,7 @@ class LogEgress:
     """An egress whose records the runtime keeps in its own log."""
 
     id: TypeName
+    delivery_semantic: str = "exactly-once"
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +243,7 @@ class KafkaEgress:
 
     id: TypeName
     address: str | None
-    delivery_semantic: str = "at-least-once"
+    delivery_semantic: str = "exactly-once"
     transaction_timeout: float | None = None
     properties: tuple[tuple[str, str], ...] = ()
 
@@ -444,14 +448,43 @@ def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
     return HttpEndpoint(pattern, template, batch, timeouts, protocol)
 
 
+def _delivery(spec: _Fields) -> tuple[str, float | None]:
+    """``deliverySemantic: {type, transactionTimeout}`` (default exactly-once)."""
+    semantic, timeout = "exactly-once", None
+    delivery = spec.nested("deliverySemantic")
+    if delivery is not None:
+        semantic = delivery.take("type", str, required=True)
+        if semantic not in _DELIVERY_SEMANTICS:
+            raise delivery.error(
+                f"must be one of {', '.join(_DELIVERY_SEMANTICS)}", delivery.field_path("type")
+            )
+        for name in ("transactionTimeoutMillis", "transactionTimeout"):
+            if name in delivery.raw:
+                path = delivery.field_path(name)
+                raw = delivery.take(name, object)
+                try:
+                    timeout = parse_duration(raw)  # type: ignore[arg-type]
+                except ValueError as e:
+                    raise delivery.error(str(e), path) from None
+                delivery.warn(
+                    "is not used: exactly-once egress is published when its checkpoint commits "
+                    "(each record carrying a unique id for readers to drop repeats), without "
+                    "Kafka transactions",
+                    path,
+                )
+        delivery.done()
+    return semantic, timeout
+
+
 def _log_egress(spec: _Fields) -> LogEgress:
     raw = spec.take("id", str, required=True)
     try:
         egress_id = TypeName.parse(raw)
     except InvalidNameError as e:
         raise spec.error(str(e), spec.field_path("id")) from None
+    semantic, _ = _delivery(spec)
     spec.done()
-    return LogEgress(egress_id)
+    return LogEgress(egress_id, semantic)
 
 
 _VARIABLE = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -589,25 +622,7 @@ def _kafka_ingress(spec: _Fields) -> KafkaIngress:
 def _kafka_egress(spec: _Fields) -> KafkaEgress:
     egress_id = _typename(spec, spec.take("id", str, required=True), spec.field_path("id"))
     address = _address(spec)
-    semantic, timeout = "at-least-once", None
-    delivery = spec.nested("deliverySemantic")
-    if delivery is not None:
-        semantic = delivery.take("type", str, required=True)
-        if semantic not in _DELIVERY_SEMANTICS:
-            raise delivery.error(
-                f"must be one of {', '.join(_DELIVERY_SEMANTICS)}", delivery.field_path("type")
-            )
-        if "transactionTimeoutMillis" in delivery.raw:
-            timeout = delivery.take("transactionTimeoutMillis", int) / 1000.0
-        elif "transactionTimeout" in delivery.raw:
-            timeout = _duration(delivery, "transactionTimeout", 0.0)
-        delivery.done()
-        if semantic == "exactly-once":
-            delivery.warn(
-                "exactly-once is not honoured: records are produced at least once, without "
-                "Kafka transactions",
-                delivery.field_path("type"),
-            )
+    semantic, timeout = _delivery(spec)
     properties = _properties(spec)
     spec.done()
     return KafkaEgress(egress_id, address, semantic, timeout, properties)

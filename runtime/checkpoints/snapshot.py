@@ -2,20 +2,20 @@
 
 The worker's part: the inputs it has read but not yet answered (mailboxes and in-flight
 batches, in order per address, each with the id of its record in the messages log),
-its pending delayed messages (absolute due times), and its next read offset per
-partition. A Kafka ingress reader's part: its next offset per topic partition. State is
+its pending delayed messages (absolute due times), its next read offset per
+partition, and the exactly-once egress records not yet published. A Kafka ingress reader's part: its next offset per topic partition. State is
 written separately, one row per address that changed since the previous checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from statefun.address import Address
+from statefun.address import Address, TypeName
 from statefun.values import TypedValue
 
 MessageId = tuple[int, int]
@@ -44,10 +44,22 @@ class PendingTimer:
 
 
 @dataclass(frozen=True, slots=True)
+class EgressItem:
+    """An egress record of exactly-once work, held until its epoch's checkpoint commits.
+    ``id`` is unique and travels with the record, so a reader can drop a repeat."""
+
+    id: str
+    egress: TypeName
+    argument: TypedValue
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerPart:
     pending: list[PendingMessage]
     timers: list[PendingTimer]
     positions: dict[int, int]
+    egress: list[EgressItem] = field(default_factory=list)
 
 
 def _addr(a: Address | None) -> tuple[str, str, str] | None:
@@ -111,12 +123,23 @@ def encode_worker_part(part: WorkerPart) -> bytes:
                 for t in part.timers
             ],
             part.positions,
+            [
+                (
+                    e.id,
+                    e.egress.namespace,
+                    e.egress.name,
+                    e.argument.typename,
+                    e.argument.value,
+                    e.epoch,
+                )
+                for e in part.egress
+            ],
         )
     )
 
 
 def decode_worker_part(data: bytes) -> WorkerPart:
-    pending, timers, positions = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    pending, timers, positions, egress = msgpack.unpackb(data, raw=False, strict_map_key=False)
     return WorkerPart(
         [
             PendingMessage(Address(*t), _to_addr(c), TypedValue(tn, v), (p, o))
@@ -127,6 +150,10 @@ def decode_worker_part(data: bytes) -> WorkerPart:
             for due, s, t, tn, v, token in timers
         ],
         {int(p): o for p, o in positions.items()},
+        [
+            EgressItem(i, TypeName(ns, name), TypedValue(tn, v), epoch)
+            for i, ns, name, tn, v, epoch in egress
+        ],
     )
 
 

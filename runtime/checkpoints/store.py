@@ -167,6 +167,24 @@ class CheckpointStore:
         """Note that this generation ended with a clean stop (and a last checkpoint)."""
         await self._run(lambda: self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', 1)"))
 
+    async def egress_published(self, checkpoint: int) -> None:
+        """Every egress record of checkpoints up to ``checkpoint`` is published."""
+        await self._run(
+            lambda: self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('egress_published', MAX(?, COALESCE("
+                "(SELECT value FROM meta WHERE key = 'egress_published'), 0)))",
+                (checkpoint,),
+            )
+        )
+
+    async def egress_published_through(self) -> int:
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT value FROM meta WHERE key = 'egress_published'"
+            ).fetchone()
+        )
+        return int(row[0]) if row else 0
+
     async def rollbacks(self) -> list[Rollback]:
         def read() -> list[Rollback]:
             rows = self._db.execute(

@@ -161,7 +161,7 @@ spec:
     )
     assert [w.split(": ")[0] for w in warnings_of(caplog)] == [
         "module.yaml, document 2, field 'spec.properties'",
-        "module.yaml, document 3, field 'spec.deliverySemantic.type'",
+        "module.yaml, document 3, field 'spec.deliverySemantic.transactionTimeoutMillis'",
     ]
 
 

@@ -298,3 +298,46 @@ def test_an_uncommitted_reply_answers_at_once_and_says_so(functions_url: str) ->
         )
         assert bad.status_code == 400
         assert "consistency must be" in bad.json()["detail"]
+
+
+def egress_records(http: httpx.Client, prefix: str = "") -> list[dict[str, Any]]:
+    """test/out's records whose value starts with ``prefix``."""
+    records: list[dict[str, Any]] = http.get("/v1/egress/test/out").json()["records"]
+    return [r for r in records if r["value"].startswith(prefix)]
+
+
+def test_egress_shows_only_committed_work_and_never_rolled_back_work(
+    functions_url: str, control: dict[str, Any]
+) -> None:
+    spec = module_for(functions_url, functions="test/*", egresses=("test/out",), call="1s")
+    with (
+        running_runtime(spec, checkpoints=MANUAL, rollback_backoff=0.05) as rt,
+        client(rt.url) as http,
+    ):
+        send(http, "test/counter/e", 1)
+        wait_until(lambda: count(http, "test/counter/e") == 1)
+        time.sleep(0.3)
+        assert egress_records(http) == []  # applied, not committed: not visible
+        checkpoint(rt)
+        wait_until(lambda: [r["value"] for r in egress_records(http, "e=")] == ["e=1"])
+        send(http, "test/counter/e", 1)
+        wait_until(lambda: count(http, "test/counter/e") == 2)
+        roll_back(rt, http, control)  # "e=2" was never committed: it never shows
+        wait_until(lambda: count(http, "test/counter/e") == 2)  # replayed
+        assert [r["value"] for r in egress_records(http, "e=")] == ["e=1"]
+        checkpoint(rt)
+        records = wait_until(lambda: len(r := egress_records(http, "e=")) == 2 and r)
+        assert [r["value"] for r in records] == ["e=1", "e=2"]
+        assert len({r["id"] for r in records}) == 2
+
+
+def test_an_at_least_once_egress_does_not_wait_for_the_commit(functions_url: str) -> None:
+    egress = (
+        "kind: statefun.v1/egress\nspec: {id: test/out, deliverySemantic: {type: at-least-once}}\n"
+    )
+    spec = module_for(functions_url, functions="test/*", documents=(egress,))
+    with running_runtime(spec, checkpoints=MANUAL) as rt, client(rt.url) as http:
+        send(http, "test/counter/a", 1)
+        records = wait_until(lambda: egress_records(http))
+        assert [r["value"] for r in records] == ["a=1"]
+        assert records[0]["id"]

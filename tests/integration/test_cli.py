@@ -338,3 +338,48 @@ def test_a_checkpoint_of_another_log_is_refused_with_a_clear_error(
     assert done.returncode == 1
     assert "was taken of another log" in done.stderr
     assert "--checkpoint-dir" in done.stderr
+
+
+@pytest.mark.slow
+def test_egress_is_exactly_once_across_kill_9_for_a_reader_that_drops_repeats(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    runtime = RuntimeProcess(module, tmp_path / "data", free_port())
+    runtime.args += ["--checkpoint-interval", "0.1"]
+    runtime.start()
+    sent = 0
+    try:
+        for _ in range(3):
+            for _ in range(40):
+                httpx.post(
+                    f"{runtime.url}/v1/messages/test/counter/k",
+                    content="1",
+                    params={"type": "io.statefun.types/int"},
+                    headers={"content-type": "application/json"},
+                ).raise_for_status()
+                sent += 1
+            time.sleep(0.15)
+            runtime.kill()  # with work applied, checkpoints committed, egress being published
+            runtime.start()
+
+        def records() -> list[dict[str, Any]]:
+            answer = httpx.get(f"{runtime.url}/v1/egress/test/out", params={"limit": 10_000})
+            found: list[dict[str, Any]] = answer.json()["records"]
+            return found
+
+        def distinct() -> dict[str, str]:
+            seen: dict[str, str] = {}
+            for record in records():
+                assert seen.setdefault(record["id"], record["value"]) == record["value"]
+            return seen
+
+        wait_until(lambda: len(distinct()) == sent, timeout=60)
+        time.sleep(0.5)
+        by_id = distinct()
+        # dropping repeats by id leaves every committed record once, and nothing else
+        assert sorted(by_id.values(), key=lambda v: int(v.split("=")[1])) == [
+            f"k={n}" for n in range(1, sent + 1)
+        ]
+    finally:
+        runtime.signal(signal.SIGTERM)

@@ -47,9 +47,23 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]
         producer.close()
 
 
+def topic_exists(bootstrap: str, topic: str) -> bool:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return topic in admin.list_topics()
+    finally:
+        admin.close()
+
+
 def consume(bootstrap: str, topic: str, partitions: int, count: int) -> list[tuple[bytes, bytes]]:
+    # The egress creates its topic when it first publishes: a consumer must not create it
+    # first (the broker would, with its own partition count).
+    wait_until(lambda: topic_exists(bootstrap, topic), timeout=20)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, fetch_max_wait_ms=10, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        fetch_max_wait_ms=10,
+        auto_offset_reset="earliest",
+        allow_auto_create_topics=False,
     )
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
