@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import msgpack
 import uvicorn
 from fastapi import FastAPI
 
 from runtime.checkpoints.coordinator import CheckpointConfig, CheckpointCoordinator
-from runtime.checkpoints.epochs import EpochClock, SkipRule
+from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.snapshot import (
     MessageId,
     decode_positions,
@@ -40,6 +41,8 @@ from runtime.checkpoints.snapshot import (
 from runtime.checkpoints.store import CheckpointStore, Manifest, Rollback
 from runtime.dead_letters import DeadLetters
 from runtime.egress import Egresses
+from runtime.envelope import Envelope
+from runtime.idempotency import KEY_HEADER, IdempotencyKeys
 from runtime.ingress import create_ingress_app
 from runtime.kafka_clusters import KafkaClusters
 from runtime.kafka_ingress import KafkaIngressReader
@@ -79,6 +82,8 @@ class RuntimeConfig:
     max_body_bytes: int = 1 << 20
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    idempotency_retention: float = 24 * 3600.0
+    """Seconds an Idempotency-Key's answer is remembered."""
     rollback_backoff: float = 0.5
     """Seconds before resuming after a rollback; doubles per rollback in a row."""
     rollback_backoff_max: float = 30.0
@@ -114,6 +119,8 @@ class Runtime:
         self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
         self.coordinator = CheckpointCoordinator(store, log_, config.checkpoints)
         self.coordinator.on_commit = self._committed
+        self.idempotency = IdempotencyKeys(config.idempotency_retention)
+        self.replies.on_reply = self.idempotency.reply
         self.clients = FunctionClients(config.worker, transport)
         self.registry = StateSpecRegistry()
         self.worker: Worker | None = None
@@ -196,6 +203,9 @@ class Runtime:
         )
         ends = await self.log.end_offsets(self.topics.messages)
         restored = decode_worker_part(parts["worker"]) if "worker" in parts else None
+        positions = restored.positions if restored is not None else {}
+        self.idempotency.restore(parts.get(self.idempotency.name), positions, clock.skip)
+        await self._observe_keys(positions, ends)
         if restored is not None:
             self._check_positions(restored.positions, ends, checkpoint)
             # Egress records the checkpoint holds: published already, or still to publish.
@@ -211,17 +221,51 @@ class Runtime:
             reader = KafkaIngressReader(
                 spec, cluster, self.router, self.dead_letters, clock, self.config.app_id
             )
-            positions = parts.get(reader.name)
-            await reader.start(decode_positions(positions) if positions is not None else None)
+            reader_part = parts.get(reader.name)
+            await reader.start(decode_positions(reader_part) if reader_part is not None else None)
             readers.append(reader)
         self.worker, self.kafka_ingresses, self.clock = worker, readers, clock
-        self.coordinator.attach(clock, [worker, *readers])
+        self.coordinator.attach(clock, [worker, *readers, self.idempotency])
         log.info(
             "generation %d resumed from checkpoint %d in %.0f ms (%d addresses in state)",
             generation,
             checkpoint,
             (time.monotonic() - started) * 1000,
             len(state),
+        )
+
+    async def _observe_keys(self, positions: Mapping[int, int], ends: list[int]) -> None:
+        """Find the idempotency keys of the requests accepted after the checkpoint."""
+        if not ends:
+            return
+        now_ms = int(time.time() * 1000)
+        for partition, end in enumerate(ends):
+            offset = positions.get(partition, 0)
+            while offset < end:
+                records = await self.log.read(self.topics.messages, partition, offset, 1000)
+                if not records:
+                    break
+                for record in records:
+                    for name, value in record.headers:
+                        if name == KEY_HEADER:
+                            key, print_ = msgpack.unpackb(value, raw=False)
+                            caller = Envelope.from_record(record).caller
+                            self.idempotency.observe(
+                                key, print_, partition, record.offset, caller, now_ms
+                            )
+                offset = records[-1].offset + 1
+
+    def committed(self, tag: Tag | None) -> bool:
+        """Whether the work that produced a record tagged ``tag`` is checkpointed."""
+        if tag is None or self.clock is None:
+            return tag is None
+        if tag.generation != self.clock.generation:
+            return self.clock.skip.accepts(tag)  # of an earlier generation: in the restore
+        last = self.coordinator.last
+        return (
+            last is not None
+            and last.generation == tag.generation
+            and (tag.epoch <= last.checkpoint)
         )
 
     def _check_positions(
@@ -345,10 +389,14 @@ class Runtime:
         return self.worker.state_of(address) if self.worker else {}
 
     async def append_message(
-        self, target: Address, caller: Address | None, value: TypedValue
+        self,
+        target: Address,
+        caller: Address | None,
+        value: TypedValue,
+        headers: tuple[tuple[str, bytes], ...] = (),
     ) -> tuple[int, int]:
         """Append a message from outside; (partition, offset) once it is durable."""
-        partition, append = self.router.append(target, caller, value)
+        partition, append = self.router.append(target, caller, value, headers=headers)
         (offset,) = await append
         return partition, offset
 

@@ -125,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         help="completed checkpoints to keep (default: 3)",
     )
     run.add_argument(
+        "--idempotency-retention",
+        type=_seconds,
+        default=24 * 3600.0,
+        metavar="SECONDS",
+        help="how long the answer to a request with an Idempotency-Key is kept (default: 86400)",
+    )
+    run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
     )
 
@@ -208,6 +215,7 @@ def _run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         checkpoint_dir=args.checkpoint_dir
         or (Path("statefun-checkpoints") if args.kafka else args.data_dir / "checkpoints"),
+        idempotency_retention=args.idempotency_retention,
         checkpoints=CheckpointConfig(
             interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)
         ),

@@ -26,7 +26,7 @@ class Envelope:
     caller: Address | None
     argument: TypedValue
 
-    def to_record(self, tag: tuple[str, bytes] | None = None) -> Record:
+    def to_record(self, headers: tuple[tuple[str, bytes], ...] = ()) -> Record:
         t, c = self.target, self.caller
         value = msgpack.packb(
             (
@@ -37,7 +37,7 @@ class Envelope:
             ),
             use_bin_type=True,
         )
-        return Record(value=value, key=address_key(t), headers=(tag,) if tag else ())
+        return Record(value=value, key=address_key(t), headers=headers)
 
     @classmethod
     def from_record(cls, record: StoredRecord) -> Envelope:

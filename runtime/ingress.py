@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.http_values import BadInput, value_from_http, value_to_json
+from runtime.idempotency import (
+    Answer,
+    IdempotencyConflict,
+    IdempotencyKeys,
+    check_key,
+    fingerprint,
+    header,
+)
 from runtime.replies import ShuttingDown
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError
@@ -28,6 +38,8 @@ from statefun.values import TypedValue
 if TYPE_CHECKING:
     from runtime.app import Runtime
 
+REPLAYED_HEADER = "Idempotent-Replayed"
+"""Set on the answer to a retried request (a known Idempotency-Key): nothing was appended."""
 CONSISTENCY_HEADER = "X-Statefun-Consistency"
 """Says whether a /v1/call reply comes from committed work or may be rolled back."""
 DEFAULT_CALL_TIMEOUT = 30.0
@@ -36,6 +48,16 @@ MAX_CALL_TIMEOUT = 300.0
 
 def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A POST that passed every check: its target, its message, its idempotency key."""
+
+    target: Address
+    value: TypedValue
+    key: str | None
+    fingerprint: bytes
 
 
 class _Rejected(Exception):
@@ -118,8 +140,11 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         )
         return _error(400, "bad_request", problems)
 
-    async def accept(request: Request) -> tuple[Address, TypedValue]:
+    async def accept(request: Request) -> Accepted:
         """The target and the message of a POST, or a rejection; nothing is appended here."""
+        key = request.headers.get("idempotency-key")
+        if key is not None and (problem := check_key(key)) is not None:
+            raise _Rejected(_error(400, "bad_idempotency_key", problem))
         path = request.path_params
         target = _address(path["namespace"], path["type_"], path["id_"])
         if runtime.module.endpoint_for(target.function_type) is None:
@@ -131,22 +156,58 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
                 )
             )
         body = await _body(request, runtime.config.max_body_bytes)
+        content_type = request.headers.get("content-type")
         try:
-            value = value_from_http(
-                body, request.headers.get("content-type"), request.query_params.get("type")
-            )
+            value = value_from_http(body, content_type, request.query_params.get("type"))
         except BadInput as e:
             raise _Rejected(_error(e.status, e.error, e.detail)) from None
-        return target, value
+        print_ = b""
+        if key is not None:
+            print_ = fingerprint(request.url.path, request.url.query, content_type, body)
+        return Accepted(target, value, key, print_)
+
+    async def earlier(accepted: Accepted) -> Answer | None:
+        """The answer of an earlier request with the same Idempotency-Key, if any."""
+        if accepted.key is None:
+            return None
+        try:
+            return await runtime.idempotency.begin(accepted.key, accepted.fingerprint)
+        except IdempotencyConflict as e:
+            raise _Rejected(_error(422, "idempotency_key_reused", str(e))) from None
+
+    async def append(accepted: Accepted, caller: Address | None) -> tuple[int, int]:
+        """Append the message; with a key, remember the answer (or that nothing happened)."""
+        key = accepted.key
+        if key is None:
+            return await runtime.append_message(accepted.target, caller, accepted.value)
+        try:
+            partition, offset = await runtime.append_message(
+                accepted.target, caller, accepted.value, (header(key, accepted.fingerprint),)
+            )
+        except BaseException:
+            runtime.idempotency.abandoned(key)
+            raise
+        runtime.idempotency.accepted(
+            key, Answer(accepted.fingerprint, int(time.time() * 1000), partition, offset, caller)
+        )
+        return partition, offset
 
     # The two POST routes take the bare Request and read their parameters themselves:
     # FastAPI's parameter machinery costs more than the rest of the request here.
 
     @app.post("/v1/messages/{namespace}/{type_}/{id_:path}", status_code=202)
     async def post_message(request: Request) -> JSONResponse:
-        """Append a message for the address; 202 once it is durable. Query: ``type``."""
-        target, value = await accept(request)
-        partition, offset = await runtime.append_message(target, None, value)
+        """Append a message for the address; 202 once it is durable. Query: ``type``.
+        Header ``Idempotency-Key``: a retry returns the first answer, appending nothing."""
+        accepted = await accept(request)
+        before = await earlier(accepted)
+        if before is not None:
+            return JSONResponse(
+                {"partition": before.partition, "offset": before.offset},
+                status_code=202,
+                headers={REPLAYED_HEADER: "true"},
+            )
+        partition, offset = await append(accepted, None)
         return JSONResponse({"partition": partition, "offset": offset}, status_code=202)
 
     @app.post("/v1/call/{namespace}/{type_}/{id_:path}")
@@ -154,18 +215,37 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         """Send a message and answer with the first message sent to the call's caller
         address. Query: ``type``, ``timeout`` (seconds, default 30, at most 300),
         ``consistency`` (``uncommitted``, the default: answer at once; ``committed``:
-        only once the work that produced the reply is in a completed checkpoint)."""
+        only once the work that produced the reply is in a completed checkpoint).
+        Header ``Idempotency-Key``: a retry gets the first call's reply, appending nothing."""
         timeout = _timeout(request.query_params.get("timeout"))
         committed = _consistency(request.query_params.get("consistency"))
-        target, value = await accept(request)
+        consistency = {CONSISTENCY_HEADER: "committed" if committed else "uncommitted"}
+        accepted = await accept(request)
+        before = await earlier(accepted)
+        if (
+            before is not None
+            and before.reply is not None
+            and (not committed or runtime.committed(before.reply_tag))
+        ):
+            return JSONResponse(
+                value_to_json(before.reply), headers={**consistency, REPLAYED_HEADER: "true"}
+            )
+        own_address = None if accepted.key is None else IdempotencyKeys.caller_for(accepted.key)
         try:
-            caller, reply = runtime.replies.new_caller(committed=committed)
+            caller, reply = runtime.replies.new_caller(committed=committed, address=own_address)
         except ShuttingDown:
+            if accepted.key is not None and before is None:
+                runtime.idempotency.abandoned(accepted.key)
             return _error(503, "shutting_down", "the runtime is stopping; nothing was accepted")
         try:
-            partition, offset = await runtime.append_message(target, caller, value)
+            if before is None:
+                partition, offset = await append(accepted, caller)
+            else:
+                partition, offset = before.partition, before.offset
+                if before.reply is not None and before.reply_tag is not None:
+                    runtime.replies.hold(caller, before.reply, before.reply_tag)
             try:
-                answer = await asyncio.wait_for(reply, timeout)
+                answer = await asyncio.wait_for(asyncio.shield(reply), timeout)
             except TimeoutError:
                 return _error(
                     504,
@@ -183,11 +263,9 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
                     offset=offset,
                 )
         finally:
-            runtime.replies.forget(caller)
-        return JSONResponse(
-            value_to_json(answer),
-            headers={CONSISTENCY_HEADER: "committed" if committed else "uncommitted"},
-        )
+            runtime.replies.forget(caller, reply)
+        headers = consistency if before is None else {**consistency, REPLAYED_HEADER: "true"}
+        return JSONResponse(value_to_json(answer), headers=headers)
 
     @app.get("/v1/state/{namespace}/{type_}/{id_:path}")
     async def state(namespace: str, type_: str, id_: str) -> JSONResponse:

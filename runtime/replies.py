@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtime.checkpoints.epochs import SkipRule, Tag
@@ -29,7 +30,7 @@ class ShuttingDown(Exception):
 
 @dataclass(slots=True)
 class _Waiter:
-    future: asyncio.Future[TypedValue]
+    futures: list[asyncio.Future[TypedValue]]
     committed: bool
     held: tuple[TypedValue, Tag] | None = None
     """A reply of work not yet committed (only for committed calls)."""
@@ -42,26 +43,50 @@ class ReplyWaiters:
         self._ids = itertools.count()
         self._waiting: dict[Address, _Waiter] = {}
         self._closed = False
+        self.on_reply: Callable[[Address, TypedValue, Tag | None], None] = lambda a, v, t: None
+        """Sees every message to a caller address, waited for or not (idempotency keys)."""
 
-    def new_caller(self, *, committed: bool = False) -> tuple[Address, asyncio.Future[TypedValue]]:
+    def new_caller(
+        self, *, committed: bool = False, address: Address | None = None
+    ) -> tuple[Address, asyncio.Future[TypedValue]]:
+        """A caller address (``address``, or a fresh one) and a future for its reply;
+        several calls may wait on one address (retries with an idempotency key)."""
         if self._closed:
             raise ShuttingDown("the runtime is stopping")
-        address = Address(
-            INGRESS_CALLER_TYPE.namespace,
-            INGRESS_CALLER_TYPE.name,
-            f"{self._prefix}-{next(self._ids)}",
-        )
+        if address is None:
+            address = Address(
+                INGRESS_CALLER_TYPE.namespace,
+                INGRESS_CALLER_TYPE.name,
+                f"{self._prefix}-{next(self._ids)}",
+            )
         future: asyncio.Future[TypedValue] = asyncio.get_running_loop().create_future()
-        self._waiting[address] = _Waiter(future, committed)
+        waiter = self._waiting.get(address)
+        if waiter is None:
+            self._waiting[address] = _Waiter([future], committed)
+        else:
+            waiter.futures.append(future)
+            waiter.committed = waiter.committed or committed
         return address, future
 
-    def forget(self, address: Address) -> None:
-        self._waiting.pop(address, None)
+    def hold(self, address: Address, value: TypedValue, tag: Tag) -> None:
+        """Hold a reply known already (of work not yet committed) for ``address``."""
+        waiter = self._waiting.get(address)
+        if waiter is not None and waiter.held is None:
+            waiter.held = (value, tag)
+
+    def forget(self, address: Address, future: asyncio.Future[TypedValue]) -> None:
+        waiter = self._waiting.get(address)
+        if waiter is not None:
+            if future in waiter.futures:
+                waiter.futures.remove(future)
+            if not waiter.futures:
+                del self._waiting[address]
 
     def deliver(self, address: Address, value: TypedValue, tag: Tag | None) -> bool:
         """A reply for ``address`` from work tagged ``tag``; False if nobody waits (any more)."""
+        self.on_reply(address, value, tag)
         waiter = self._waiting.get(address)
-        if waiter is None or waiter.future.done():
+        if waiter is None:
             return False
         if waiter.committed and tag is not None:
             if waiter.held is None:
@@ -90,14 +115,15 @@ class ReplyWaiters:
                     self._answer(address, value)
 
     def _answer(self, address: Address, value: TypedValue) -> None:
-        waiter = self._waiting.pop(address)
-        if not waiter.future.done():
-            waiter.future.set_result(value)
+        for future in self._waiting.pop(address).futures:
+            if not future.done():
+                future.set_result(value)
 
     def close(self) -> None:
         """Stop waiting: every waiting call fails with :class:`ShuttingDown`, and new ones too."""
         self._closed = True
         for waiter in self._waiting.values():
-            if not waiter.future.done():
-                waiter.future.set_exception(ShuttingDown("the runtime is stopping"))
+            for future in waiter.futures:
+                if not future.done():
+                    future.set_exception(ShuttingDown("the runtime is stopping"))
         self._waiting.clear()

@@ -66,10 +66,14 @@ class Router:
         argument: TypedValue,
         *,
         tag: tuple[str, bytes] | None = None,
+        headers: tuple[tuple[str, bytes], ...] = (),
     ) -> tuple[int, asyncio.Future[list[int]]]:
-        """Append a message to a function address: its partition, and the append's future."""
+        """Append a message to a function address: its partition, and the append's future.
+        ``headers`` go with the record (besides the tag)."""
         partition = partition_for(target, self._partitions)
-        record = Envelope(target, caller, argument).to_record(tag)
+        record = Envelope(target, caller, argument).to_record(
+            (tag, *headers) if tag is not None else headers
+        )
         return partition, self._log.append(self.topics.messages, partition, [record])
 
     async def flush(self) -> None:
