@@ -16,7 +16,6 @@ Every database call runs on one thread of its own; the event loop only awaits.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
+
+from runtime.directories import DirectoryInUse, lock_directory, unlock
 
 T = TypeVar("T")
 
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS generations (
 """
 
 
-class CheckpointStoreInUse(Exception):
+class CheckpointStoreInUse(DirectoryInUse):
     """Another runtime process holds the checkpoint directory."""
 
 
@@ -97,15 +98,10 @@ class CheckpointStore:
     @classmethod
     async def open(cls, directory: str | Path) -> CheckpointStore:
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        lock = (directory / "checkpoints.lock").open("wb")
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise CheckpointStoreInUse(
-                f"checkpoint directory {directory} is in use by another runtime process"
-            ) from None
+            lock = lock_directory(directory, "checkpoints.lock", "checkpoint directory")
+        except DirectoryInUse as e:
+            raise CheckpointStoreInUse(str(e)) from None
         return await asyncio.to_thread(cls, directory / "checkpoints.db", lock)
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -323,5 +319,4 @@ class CheckpointStore:
     async def close(self) -> None:
         await self._run(self._db.close)
         self._executor.shutdown(wait=True)
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
+        unlock(self._lock)

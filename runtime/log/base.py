@@ -95,16 +95,30 @@ class LogConsumer(abc.ABC):
 
 
 class Log(abc.ABC):
-    """A set of topics, each with a fixed number of partitions."""
+    """A set of topics, each with a fixed number of partitions.
+
+    An implementation keeps the partition counts of the topics it knows in ``_topics``.
+    """
+
+    _topics: dict[str, int]
 
     @abc.abstractmethod
     async def ensure_topic(self, topic: str, partitions: int) -> None:
         """Create ``topic`` if missing; raise :class:`TopicMismatchError` if it exists with
         another partition count."""
 
-    @abc.abstractmethod
     def partitions(self, topic: str) -> int:
         """The partition count of a known topic (:class:`UnknownTopicError` otherwise)."""
+        try:
+            return self._topics[topic]
+        except KeyError:
+            raise UnknownTopicError(f"unknown topic {topic}") from None
+
+    def _tp(self, topic: str, partition: int) -> TopicPartition:
+        count = self.partitions(topic)
+        if not 0 <= partition < count:
+            raise UnknownTopicError(f"topic {topic} has no partition {partition} (it has {count})")
+        return TopicPartition(topic, partition)
 
     @abc.abstractmethod
     def append(

@@ -483,18 +483,6 @@ class KafkaLog(Log):
             return len(described["partitions"])
         return None
 
-    def partitions(self, topic: str) -> int:
-        try:
-            return self._topics[topic]
-        except KeyError:
-            raise UnknownTopicError(f"unknown topic {topic}") from None
-
-    def _tp(self, topic: str, partition: int) -> TopicPartition:
-        count = self.partitions(topic)
-        if not 0 <= partition < count:
-            raise UnknownTopicError(f"topic {topic} has no partition {partition} (it has {count})")
-        return TopicPartition(topic, partition)
-
     def _check_open(self) -> None:
         if self._closed:
             raise LogError("the Kafka log is closed")

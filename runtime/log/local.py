@@ -22,7 +22,6 @@ from runtime.log.base import (
     StoredRecord,
     TopicMismatchError,
     TopicPartition,
-    UnknownTopicError,
 )
 
 
@@ -100,18 +99,6 @@ class LocalLog(Log):
             raise TopicMismatchError(
                 f"topic {topic} exists with {existing} partitions, not {partitions}"
             )
-
-    def partitions(self, topic: str) -> int:
-        try:
-            return self._topics[topic]
-        except KeyError:
-            raise UnknownTopicError(f"unknown topic {topic}") from None
-
-    def _tp(self, topic: str, partition: int) -> TopicPartition:
-        count = self.partitions(topic)
-        if not 0 <= partition < count:
-            raise UnknownTopicError(f"topic {topic} has no partition {partition} (it has {count})")
-        return TopicPartition(topic, partition)
 
     def append(
         self, topic: str, partition: int, records: Sequence[Record]

@@ -10,7 +10,6 @@ process from writing the same log.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import queue
 import sqlite3
@@ -22,6 +21,7 @@ from typing import IO
 
 import msgpack
 
+from runtime.directories import DirectoryInUse, lock_directory, unlock
 from runtime.log.base import LogError, StoredRecord, TopicPartition
 from runtime.log.local import LocalLog, PendingAppend
 
@@ -57,7 +57,7 @@ _Op = PendingAppend | _CreateTopic | _CommitOffsets
 
 
 class DataDirectoryInUse(LogError):
-    """Another process holds the data directory."""
+    """Another runtime process holds the data directory."""
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -85,15 +85,10 @@ class SqliteLog(LocalLog):
     @classmethod
     async def open(cls, directory: str | Path) -> SqliteLog:
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        lock = (directory / "log.lock").open("wb")
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise DataDirectoryInUse(
-                f"data directory {directory} is in use by another runtime process"
-            ) from None
+            lock = lock_directory(directory, "log.lock", "data directory")
+        except DirectoryInUse as e:
+            raise DataDirectoryInUse(str(e)) from None
         log = cls(directory / "log.db", lock)
         log._load()
         log._thread.start()
@@ -224,8 +219,7 @@ class SqliteLog(LocalLog):
         await asyncio.to_thread(self._thread.join)
         self._reader.close()
         self._wake_consumers()
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
+        unlock(self._lock)
 
     def __repr__(self) -> str:
         return f"SqliteLog({os.fspath(self._path)!r})"
