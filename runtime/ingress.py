@@ -245,7 +245,8 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
                 if before.reply is not None and before.reply_tag is not None:
                     runtime.replies.hold(caller, before.reply, before.reply_tag)
             try:
-                answer = await asyncio.wait_for(asyncio.shield(reply), timeout)
+                async with asyncio.timeout(timeout):
+                    answer = await asyncio.shield(reply)
             except TimeoutError:
                 return _error(
                     504,

@@ -108,10 +108,10 @@ class CheckpointCoordinator:
             captures = [(p.name, p.capture()) for p in self._participants]
             clock.advance()
             try:
-                manifest = await asyncio.wait_for(
-                    self._complete(checkpoint, generation, captures, started),
-                    self.config.timeout,
-                )
+                # asyncio.timeout, not wait_for, which on Python 3.11 can swallow the
+                # cancellation of stop() when the commit completes in the same turn.
+                async with asyncio.timeout(self.config.timeout):
+                    manifest = await self._complete(checkpoint, generation, captures, started)
             except BaseException as e:
                 for _, capture in captures:
                     capture.abandon()

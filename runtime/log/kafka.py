@@ -147,7 +147,8 @@ async def _call(thread: _ClientThread, what: str, fn: Callable[[], T], within: f
     """Run ``fn`` on ``thread``, waiting at most ``within`` seconds; Kafka errors and
     timeouts become :class:`LogError`."""
     try:
-        return await asyncio.wait_for(thread.submit(fn), within)
+        async with asyncio.timeout(within):
+            return await thread.submit(fn)
     except TimeoutError:
         raise LogError(f"{what} took longer than {within:g} s") from None
     except KafkaError as e:

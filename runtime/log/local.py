@@ -163,7 +163,11 @@ class LocalConsumer(LogConsumer):
             if remaining <= 0:
                 return {}
             try:
-                await asyncio.wait_for(asyncio.shield(log._wakeup), remaining)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that lands as the wakeup completes, and a worker being
+                # stopped for a rollback would poll on forever.
+                async with asyncio.timeout(remaining):
+                    await asyncio.shield(log._wakeup)
             except TimeoutError:
                 return {}
 
