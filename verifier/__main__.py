@@ -1,0 +1,166 @@
+"""``python -m verifier``: one verification run; exit status 0 if it passed, 1 if not.
+
+python -m verifier                                   # 10,000 commands, 100 addresses
+python -m verifier --log kafka                       # the same on Kafka (Tansu)
+python -m verifier --commands 100000 --addresses 1000  # the long run
+python -m verifier --quick                           # 2,000 commands, 40 addresses
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from verifier.run import VerifierConfig, run
+
+QUICK = {"commands": 2_000, "addresses": 40}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m verifier",
+        description="Send random command trees through the runtime while killing it, "
+        "failing its function endpoint and restarting its function server; check that no "
+        "address is ever over-counted and that every address ends equal to the oracle.",
+    )
+    parser.add_argument(
+        "--commands",
+        type=int,
+        help="command messages delivered to functions, in all (default 10000; --quick 2000)",
+    )
+    parser.add_argument(
+        "--addresses", type=int, help="addresses of verify/counter (default 100; --quick 40)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the trees and the faults")
+    parser.add_argument("--log", choices=["embedded", "kafka"], default="embedded")
+    parser.add_argument(
+        "--kafka-bootstrap",
+        metavar="HOST:PORT",
+        help="a running broker for --log kafka (default: $STATEFUN_TEST_KAFKA, or start Tansu)",
+    )
+    parser.add_argument(
+        "--kills",
+        type=int,
+        help="kill -9 of the runtime, each followed by a restart (default: 3, or one per "
+        "10000 commands if that is more)",
+    )
+    parser.add_argument(
+        "--no-cancel-wait",
+        action="store_true",
+        help="do not wait at the end until every cancelled send is due (30 s after the "
+        "last tree with one was sent)",
+    )
+    parser.add_argument(
+        "--hot-kills",
+        action="store_true",
+        help="every other kill with ingress requests in flight (their outcome is then "
+        "read from the state; a message answered 202 must never be lost)",
+    )
+    parser.add_argument(
+        "--function-restarts",
+        type=int,
+        default=1,
+        help="times the function server is killed and restarted (default 1)",
+    )
+    parser.add_argument("--no-spells", action="store_true", help="no endpoint 500/timeout spells")
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="the runtime's --checkpoint-interval (default 1)",
+    )
+    parser.add_argument(
+        "--call-timeout",
+        type=float,
+        default=6.0,
+        metavar="SECONDS",
+        help="the endpoint's call budget (module.yaml timeouts.call, default 6)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="the endpoint's read timeout (default 2)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="commands sent but not yet seen applied, at most (default: 1500, or 3 per "
+        "address if that is more)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="ingress requests in flight (default 8)"
+    )
+    parser.add_argument(
+        "--final-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long the end waits for every address to equal the oracle (default 300)",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, help="keep logs and data here (default: a temporary dir)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary work dir of a passing run"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a short smoke run: 2000 commands, 40 addresses"
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only the summary")
+    parser.add_argument(
+        "--runtime-command",
+        metavar="COMMAND",
+        help="run the runtime with this command instead of 'python -m runtime.cli' (it gets "
+        "'run' and the flags), e.g. a script that patches the runtime to try a fix",
+    )
+    parser.add_argument(
+        "--sabotage",
+        choices=["overcount", "lose", "egress-twice", "egress-stale"],
+        help="break the functions on purpose, to see the verifier catch it",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    defaults = QUICK if args.quick else {"commands": 10_000, "addresses": 100}
+    if (args.kills is not None and args.kills < 0) or args.function_restarts < 0:
+        _parser().error("--kills and --function-restarts must not be negative")
+    config = VerifierConfig(
+        commands=args.commands or defaults["commands"],
+        addresses=args.addresses or defaults["addresses"],
+        seed=args.seed,
+        log=args.log,
+        kills=args.kills,
+        hot_kills=args.hot_kills,
+        cancel_wait=not args.no_cancel_wait,
+        function_restarts=args.function_restarts,
+        spells=not args.no_spells,
+        checkpoint_interval=args.checkpoint_interval,
+        kafka_bootstrap=args.kafka_bootstrap,
+        work_dir=args.work_dir,
+        keep=args.keep,
+        window=args.window,
+        concurrency=args.concurrency,
+        final_timeout=args.final_timeout,
+        call_timeout=args.call_timeout,
+        read_timeout=args.read_timeout,
+        sabotage=args.sabotage,
+        runtime_command=tuple(shlex.split(args.runtime_command or "")),
+    )
+
+    def echo(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = run(config, None if args.quiet else echo)
+    print(result.report())
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

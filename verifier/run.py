@@ -1,0 +1,968 @@
+"""One verification run: processes, the sender, the fault schedule, the checks.
+
+1. Generate the trees (seeded) and the oracle's expectation of every address.
+2. Start the function server (``uvicorn verifier.functions:app``), for Kafka a Tansu
+   broker, and the runtime (``python -m runtime.cli run``), each a child process with
+   its own log file in the work dir.
+3. Send every tree's root through the HTTP ingress, a few at a time, keeping at most
+   ``window`` commands sent but not yet seen applied. Meanwhile scan the state of every
+   address and check it (:func:`verifier.checks.invariant_problems`): never above the
+   oracle's final count, no command twice, no cancelled or foreign command, no failed
+   causal check, a count that matches the commands applied.
+4. Once the first checkpoint is complete, inject faults: ``kill -9`` of the runtime and
+   a restart (``kills`` times, spread over the run by progress), the function server
+   killed and restarted (``function_restarts`` times), and endpoint spells every 1-4 s:
+   the protocol route answers 500, or hangs past the read timeout, for 0.2-3 s, or (one
+   spell in four) for longer than the call budget so that the budget runs out and the
+   runtime rolls back; or it answers late but within the read timeout for 1-5 s, so
+   that responses arrive after the checkpoint that captured their inputs. Some kills
+   come 0-1.5 s after the previous restart, while the runtime recovers. Before each
+   ``kill -9`` the sender is quiesced: no ingress request is in flight, so the oracle
+   knows what was accepted.
+5. When everything is sent and every fault done, wait (bounded) until every address
+   equals the oracle exactly, check again a few seconds later, and stop the runtime
+   cleanly.
+
+A POST whose outcome is unknown (the connection broke after the request was sent, a
+timeout, a 5xx) makes its tree *uncertain*; at the end the tree counts if and only if
+its root command is in its address's state. A connection refused before sending is
+retried. Uncertain trees are reported; with the quiescing above there should be none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from verifier.checks import EMPTY, AddressState, final_difference, invariant_problems
+from verifier.commands import COMMAND_TYPE, EGRESS_ID, FUNCTION_TYPE, KAFKA_EGRESS_ID, address_id
+from verifier.egress_audit import (
+    EgressAudit,
+    EmbeddedEgressReader,
+    KafkaEgressReader,
+    create_topic,
+)
+from verifier.generator import Tree, TreeShape, generate
+from verifier.oracle import Oracle, expect_tree, expected_counts
+from verifier.processes import (
+    EXTERNAL_BROKER_ENV,
+    FunctionServer,
+    ProcessError,
+    RuntimeProcess,
+    TansuBroker,
+    free_port,
+)
+
+Echo = Callable[[str], None]
+EgressReader = EmbeddedEgressReader | KafkaEgressReader
+KAFKA_EGRESS_PARTITIONS = 2
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    commands: int = 10_000
+    addresses: int = 100
+    seed: int = 1
+    log: str = "embedded"
+    """``embedded`` (the runtime's SQLite log) or ``kafka``."""
+    kills: int | None = None
+    """``kill -9`` of the runtime; None: 3, or one per 10,000 commands if that is more."""
+    function_restarts: int = 1
+    spells: bool = True
+    checkpoint_interval: float = 1.0
+    kafka_bootstrap: str | None = None
+    """A running broker for ``log="kafka"``; None: ``$STATEFUN_TEST_KAFKA``, or a Tansu
+    broker the run starts."""
+    work_dir: Path | None = None
+    """Where the logs and data go; None: a temporary directory, removed after a run
+    that passed (unless ``keep``)."""
+    keep: bool = False
+    window: int | None = None
+    """Commands sent but not yet seen applied, at most; None: 1,500, or 3 per address if
+    that is more (a scan of many addresses takes a while, and paces the sender)."""
+    concurrency: int = 8
+    """Ingress requests in flight, at most."""
+    call_timeout: float = 6.0
+    """The endpoint's call budget (module.yaml ``timeouts.call``)."""
+    read_timeout: float = 2.0
+    stall_timeout: float = 90.0
+    """Fail when nothing new is applied for this long."""
+    final_timeout: float = 300.0
+    """At the end, wait at most this long for every address to equal the oracle."""
+    shape: TreeShape = field(default_factory=TreeShape)
+    runtime_command: tuple[str, ...] = ()
+    """What runs the runtime instead of ``python -m runtime.cli`` (then ``run`` and its
+    flags), e.g. a script that patches the runtime before calling its CLI."""
+    cancel_wait: bool = True
+    """At the end, wait until every cancelled send is due (``shape.cancelled_delay_ms``
+    after its tree was sent), so that one whose cancel was lost shows up."""
+    hot_kills: bool = False
+    """Every other kill with ingress requests in flight (not quiesced): their trees are
+    uncertain, and count if and only if their root ran; a request answered 202 before
+    the kill must never be lost."""
+    sabotage: str | None = None
+    """Break the functions on purpose (``overcount`` or ``lose``, see
+    ``verifier.functions``), to see the verifier fail."""
+
+    @property
+    def kill_count(self) -> int:
+        return max(3, self.commands // 10_000) if self.kills is None else self.kills
+
+    @property
+    def window_size(self) -> int:
+        return max(1500, 3 * self.addresses) if self.window is None else self.window
+
+
+@dataclass
+class Result:
+    ok: bool
+    rows: list[tuple[str, str]]
+    problems: list[str]
+    notes: list[str]
+    work_dir: Path | None
+    stats: dict[str, Any] = field(default_factory=dict)
+    """Numbers for tests: kills, function_restarts, spells, rollbacks, uncertain, ..."""
+
+    def report(self) -> str:
+        width = max(len(k) for k, _ in self.rows)
+        lines = [f"{k.ljust(width)}  {v}" for k, v in self.rows]
+        if self.problems:
+            lines.append("")
+            lines.append(f"PROBLEMS ({len(self.problems)}):")
+            lines += [f"  - {p}" for p in self.problems[:40]]
+        if self.notes:
+            lines.append("")
+            lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class Stalled(Exception):
+    pass
+
+
+class Verification:
+    def __init__(self, config: VerifierConfig, echo: Echo | None = None):
+        self.config = config
+        self.echo: Echo = echo or (lambda line: None)
+        self.rng = random.Random(config.seed + 1)
+        self.trees: list[Tree] = []
+        self.oracle: Oracle | None = None
+        self.addresses = [address_id(i) for i in range(config.addresses)]
+        self.latest: dict[str, AddressState] = {}
+        self.fresh: dict[str, AddressState] = {}
+        """The states the last scan read (``latest`` may hold older ones)."""
+        self.observed = 0
+        self.last_progress_at = time.monotonic()
+        self.sent_commands = 0
+        self.sent_trees = 0
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        """Set while no ingress request is in flight."""
+        self.idle.set()
+        self.sending_done = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.uncertain: set[int] = set()
+        self.sent_at: dict[int, float] = {}
+        """Tree index -> when its POST was accepted (monotonic)."""
+        self.retried_refused = 0
+        self.problems: list[str] = []
+        self._problem_keys: set[tuple[str, str]] = set()
+        self.notes: list[str] = []
+        self.kill_restarts: list[float] = []
+        self.hot_kills = 0
+        self.function_restart_count = 0
+        self.spells = {"error500": 0, "timeout": 0, "slow": 0}
+        self.long_spells = 0
+        self.first_checkpoint_at: float | None = None
+        self.rollbacks: dict[int, dict[str, Any]] = {}
+        self.checkpoint_info: dict[str, Any] = {}
+        self.started = time.monotonic()
+        self.winding_down = False
+        """Everything is sent and every kill done: spells end soon."""
+        self.final_phase = False
+        self.converged = False
+        """Every address equalled the oracle at the end."""
+        self.runtime: RuntimeProcess | None = None
+        self.functions: FunctionServer | None = None
+        self.broker: TansuBroker | None = None
+        self.sender_http: httpx.AsyncClient | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.kafka: str | None = None
+        self.kafka_egress_topic: str | None = None
+        self.egress: list[tuple[EgressAudit, EgressReader]] = []
+        """The egress auditors: the embedded egress, and on Kafka the Kafka egress."""
+
+    # --- the run ------------------------------------------------------------------------
+
+    async def run(self) -> Result:
+        config = self.config
+        if config.log not in ("embedded", "kafka"):
+            raise ValueError(f"log must be embedded or kafka, not {config.log!r}")
+        if config.checkpoint_interval <= 0:
+            raise ValueError("faults start after the first checkpoint: checkpoints must be on")
+        work = config.work_dir or Path(tempfile.mkdtemp(prefix="verifier-"))
+        work.mkdir(parents=True, exist_ok=True)
+        self.work = work
+        self.trees = list(generate(config.commands, config.addresses, config.seed, config.shape))
+        self.oracle = Oracle(expect_tree(t.index, t.address, t.command) for t in self.trees)
+        self.echo(
+            f"verifier: {self.oracle.commands} commands in {len(self.trees)} trees over "
+            f"{config.addresses} addresses, seed {config.seed}, {config.log} log; work dir {work}"
+        )
+        runtime_exit: int | None = None
+        error: str | None = None
+        try:
+            await self._start_processes()
+            assert self.runtime is not None
+            async with httpx.AsyncClient(base_url=self.runtime.url, timeout=10) as http:
+                self.http = http
+                try:
+                    await self._drive()
+                finally:
+                    await self._close_sender()
+                await self._read_checkpoints()
+                egress = self._egress_summary()
+            runtime_exit = self.runtime.stop()
+            if runtime_exit != 0:
+                self.notes.append(
+                    f"the runtime did not stop cleanly on SIGTERM (exit status {runtime_exit})"
+                )
+        except (Stalled, ProcessError) as e:
+            error = str(e)
+            egress = "-"
+            await self._diagnose()
+        finally:
+            self._stop_processes()
+        if error is not None:
+            self._problem("run", error)
+        self._scan_logs()
+        ok = not self.problems
+        keep = config.keep or not ok or config.work_dir is not None
+        rows = self._rows(ok, egress, runtime_exit)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+            rows[-1] = ("work dir", f"{work} (removed: the run passed)")
+        stats = {
+            "commands": self.oracle.commands,
+            "kills": len(self.kill_restarts),
+            "function_restarts": self.function_restart_count,
+            "spells": dict(self.spells),
+            "long_spells": self.long_spells,
+            "rollbacks": len(self.rollbacks),
+            "uncertain": len(self.uncertain),
+            "egress": {
+                audit.name: {
+                    "distinct": len(audit.by_id),
+                    "read": audit.delivered,
+                    "repeats": audit.repeats,
+                }
+                for audit, _ in self.egress
+            },
+            "egress_expected": len(self.oracle.egress(self._excluded())),
+            "elapsed": self._elapsed(),
+        }
+        return Result(ok, rows, self.problems, self.notes, work if keep else None, stats)
+
+    async def _start_processes(self) -> None:
+        config, work = self.config, self.work
+        kafka = None
+        app_id = None
+        if config.log == "kafka":
+            kafka = config.kafka_bootstrap or _env_broker()
+            if kafka is None:
+                self.broker = TansuBroker(work / "tansu.log")
+                self.broker.start()
+                await self.broker.ready()
+                kafka = self.broker.bootstrap
+            app_id = f"verify-{config.seed}-{uuid.uuid4().hex[:8]}"
+            self.kafka, self.kafka_egress_topic = kafka, f"{app_id}-out"
+            await asyncio.to_thread(
+                create_topic, kafka, self.kafka_egress_topic, KAFKA_EGRESS_PARTITIONS
+            )
+        self.functions = FunctionServer(
+            free_port(), work / "functions.log", config.sabotage, self.kafka_egress_topic
+        )
+        self.functions.start()
+        await self.functions.ready()
+        kafka_egress = (
+            ""
+            if kafka is None
+            else f"""---
+kind: io.statefun.kafka.v1/egress
+spec:
+  id: {KAFKA_EGRESS_ID}
+  address: {kafka}
+"""
+        )
+        module = work / "module.yaml"
+        module.write_text(
+            f"""kind: io.statefun.endpoints.v2/http
+spec:
+  functions: verify/*
+  urlPathTemplate: {self.functions.url}/statefun
+  transport:
+    timeouts: {{call: {config.call_timeout}s, connect: 1s, read: {config.read_timeout}s, write: {config.read_timeout}s}}
+---
+kind: statefun.v1/egress
+spec:
+  id: {EGRESS_ID}
+{kafka_egress}"""
+        )
+        self.egress = [(EgressAudit(EGRESS_ID), EmbeddedEgressReader(EGRESS_ID))]
+        if kafka is not None and self.kafka_egress_topic is not None:
+            reader = KafkaEgressReader(kafka, self.kafka_egress_topic, KAFKA_EGRESS_PARTITIONS)
+            self.egress.append((EgressAudit(KAFKA_EGRESS_ID), reader))
+        self.runtime = RuntimeProcess(
+            module,
+            free_port(),
+            work / "data",
+            work / "checkpoints",
+            work / "runtime.log",
+            checkpoint_interval=config.checkpoint_interval,
+            kafka=kafka,
+            app_id=app_id,
+            command=list(config.runtime_command) or None,
+        )
+        self.runtime.start()
+        await self.runtime.ready()
+
+    def _stop_processes(self) -> None:
+        """Stop whatever still runs (after a run that broke off): the runtime with SIGTERM
+        first, so that its log shows how it shuts down from where it was."""
+        if self.runtime is not None and self.runtime.alive:
+            status = self.runtime.stop(grace=15)
+            self.notes.append(
+                "the runtime was still running; on SIGTERM it "
+                + ("did not stop within 15 s" if status is None else f"exited with {status}")
+            )
+        if self.functions is not None and self.functions.alive:
+            self.functions.kill()
+        for _, reader in self.egress:
+            if isinstance(reader, KafkaEgressReader):
+                reader.close()
+        if self.broker is not None:
+            self.broker.stop(grace=2)
+
+    async def _drive(self) -> None:
+        self._new_sender()
+        tasks = [
+            asyncio.create_task(self._send_all(), name="sender"),
+            asyncio.create_task(self._scanner(), name="scanner"),
+            asyncio.create_task(self._faults(), name="faults"),
+        ]
+        reporter = asyncio.create_task(self._reporter(), name="reporter")
+        try:
+            # The sender and the fault schedule end; the scanner runs until cancelled.
+            while not (tasks[0].done() and tasks[2].done()):
+                pending = [t for t in tasks if not t.done()]
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    if task.done():
+                        task.result()  # raises what the task raised
+        finally:
+            for task in (*tasks, reporter):
+                task.cancel()
+            for task in (*tasks, reporter):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._final()
+        await self._audit_egress_at_the_end()
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _new_sender(self) -> None:
+        assert self.runtime is not None
+        self.sender_http = httpx.AsyncClient(
+            base_url=self.runtime.url,
+            timeout=httpx.Timeout(30.0, connect=2.0),
+            limits=httpx.Limits(max_connections=self.config.concurrency),
+        )
+
+    async def _close_sender(self) -> None:
+        if self.sender_http is not None:
+            await self.sender_http.aclose()
+            self.sender_http = None
+
+    async def _send_all(self) -> None:
+        slots = asyncio.Semaphore(self.config.concurrency)
+        pending: set[asyncio.Task[None]] = set()
+        errors: list[BaseException] = []
+
+        def done(task: asyncio.Task[None]) -> None:
+            pending.discard(task)
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                errors.append(error)
+
+        for tree in self.trees:
+            if errors:
+                raise errors[0]
+            await slots.acquire()
+            while True:
+                await self.gate.wait()
+                if self.sent_commands - self.observed <= self.config.window_size:
+                    if self.gate.is_set():
+                        break
+                    continue
+                self._check_stall()
+                await asyncio.sleep(0.05)
+            self.in_flight += 1  # no await between the gate check and this
+            self.idle.clear()
+            self.sent_commands += tree.commands
+            self.sent_trees += 1
+            task = asyncio.create_task(self._send(tree, slots))
+            pending.add(task)
+            task.add_done_callback(done)
+        if pending:
+            await asyncio.wait(set(pending))
+        if errors:
+            raise errors[0]
+        self.sending_done.set()
+
+    async def _send(self, tree: Tree, slots: asyncio.Semaphore) -> None:
+        try:
+            body = json.dumps(tree.command, separators=(",", ":")).encode()
+            deadline = time.monotonic() + 120
+            while True:
+                http = self.sender_http
+                if http is None:  # a hot kill: the runtime restarts
+                    await asyncio.sleep(0.05)
+                    continue
+                try:
+                    answer = await http.post(
+                        f"/v1/messages/{FUNCTION_TYPE}/{tree.address}",
+                        content=body,
+                        params={"type": COMMAND_TYPE},
+                        headers={"content-type": "application/json"},
+                    )
+                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                    # Nothing was sent: safe to try again.
+                    self.retried_refused += 1
+                    if time.monotonic() > deadline:
+                        raise ProcessError(f"the ingress refused connections for 120 s: {e}") from e
+                    await asyncio.sleep(0.2)
+                    continue
+                except httpx.HTTPError as e:
+                    self._uncertain(tree, f"{type(e).__name__}: {e}")
+                    return
+                if answer.status_code == 202:
+                    self.sent_at[tree.index] = time.monotonic()
+                    return
+                if 400 <= answer.status_code < 500:
+                    raise RuntimeError(
+                        f"the ingress refused tree {tree.index}: {answer.status_code} {answer.text}"
+                    )
+                self._uncertain(tree, f"{answer.status_code} {answer.text[:200]}")
+                return
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+            slots.release()
+
+    def _uncertain(self, tree: Tree, why: str) -> None:
+        self.uncertain.add(tree.index)
+        self.echo(f"verifier: tree {tree.index}: the outcome of its POST is unknown ({why})")
+
+    @contextlib.asynccontextmanager
+    async def _quiesced(self) -> AsyncIterator[None]:
+        """No ingress request in flight (and none starts) inside."""
+        self.gate.clear()
+        try:
+            await self.idle.wait()
+            yield
+        finally:
+            self.gate.set()
+
+    # --- scanning -----------------------------------------------------------------------
+
+    async def _scanner(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self._read_egress()  # before the scan: the states are read after
+            await self._scan()
+            self._check_egress_states()
+            await self._read_checkpoints()
+            # At most half the time scanning: reading 1,000 addresses loads the runtime.
+            await asyncio.sleep(max(1.0, time.monotonic() - started))
+
+    async def _scan(self) -> int:
+        """Read and check every address's state; how many could be read."""
+        assert self.http is not None
+        assert self.oracle is not None
+        http, oracle = self.http, self.oracle
+        slots = asyncio.Semaphore(16)
+        read = 0
+        fresh: dict[str, AddressState] = {}
+
+        async def one(address: str) -> None:
+            nonlocal read
+            async with slots:
+                try:
+                    answer = await http.get(f"/v1/state/{FUNCTION_TYPE}/{address}")
+                except httpx.HTTPError:
+                    return
+            if answer.status_code != 200:
+                return
+            state = AddressState.from_json(answer.json())
+            self.latest[address] = fresh[address] = state
+            read += 1
+            for kind, problem in invariant_problems(oracle, address, state):
+                self._problem(address, problem, kind)
+
+        await asyncio.gather(*(one(a) for a in self.addresses))
+        self.fresh = fresh
+        observed = sum(s.commands for s in self.latest.values())
+        if observed != self.observed:
+            self.last_progress_at = time.monotonic()
+        self.observed = observed
+        return read
+
+    def _problem(self, where: str, problem: str, kind: str = "") -> None:
+        """Record a problem, once per place and kind (the first time it is seen)."""
+        key = (where, kind or problem)
+        if key in self._problem_keys:
+            return
+        self._problem_keys.add(key)
+        phase = "at the end" if self.final_phase else f"at {self._elapsed():.1f} s"
+        line = f"{where}: {problem} ({phase}, after {len(self.kill_restarts)} kills)"
+        self.problems.append(line)
+        self.echo(f"verifier: PROBLEM {line}")
+
+    def _check_stall(self) -> None:
+        stalled = time.monotonic() - self.last_progress_at
+        if stalled > self.config.stall_timeout:
+            raise Stalled(
+                f"nothing new was applied for {stalled:.0f} s ({self.observed} of "
+                f"{self._total()} commands seen); see the runtime's log"
+            )
+
+    def _total(self) -> int:
+        assert self.oracle is not None
+        return self.oracle.commands
+
+    def _progress(self) -> float:
+        return self.observed / max(1, self._total())
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    async def _read_checkpoints(self) -> None:
+        assert self.http is not None
+        try:
+            answer = await self.http.get("/v1/checkpoints")
+        except httpx.HTTPError:
+            return
+        if answer.status_code != 200:
+            return
+        info = answer.json()
+        self.checkpoint_info = info
+        for rollback in info.get("rollbacks", []):
+            self.rollbacks[rollback["generation"]] = rollback
+        if info.get("checkpoints") and self.first_checkpoint_at is None:
+            self.first_checkpoint_at = self._elapsed()
+
+    async def _reporter(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            generation = self.checkpoint_info.get("generation")
+            checkpoints = self.checkpoint_info.get("checkpoints") or [{}]
+            self.echo(
+                f"verifier: {self._elapsed():6.1f} s  sent {self.sent_commands}/{self._total()}"
+                f"  applied {self.observed}  generation {generation}"
+                f"  checkpoint {checkpoints[-1].get('id')}  kills {len(self.kill_restarts)}"
+                f"  spells {sum(self.spells.values())}  problems {len(self.problems)}"
+            )
+
+    # --- faults -------------------------------------------------------------------------
+
+    async def _faults(self) -> None:
+        config = self.config
+        while self.first_checkpoint_at is None:
+            self._check_stall()
+            if self._all_applied() and time.monotonic() - self.last_progress_at > 60:
+                raise Stalled("everything was applied, and no checkpoint completed in 60 s")
+            await asyncio.sleep(0.1)
+        self.echo(f"verifier: first checkpoint complete at {self.first_checkpoint_at:.1f} s")
+        events: list[tuple[float, str]] = []
+        kills = config.kill_count
+        for k in range(kills):
+            if events and self.rng.random() < 0.3:
+                # Again soon after the restart: a kill while the runtime recovers.
+                events.append((events[-1][0], "kill-again"))
+                continue
+            point = 0.1 + 0.8 * (k + 0.5) / kills
+            events.append((point + self.rng.uniform(-0.3, 0.3) * 0.8 / kills, "kill"))
+        events += [
+            (self.rng.uniform(0.15, 0.85), "functions") for _ in range(config.function_restarts)
+        ]
+        events.sort()
+        spells = asyncio.create_task(self._spells()) if config.spells else None
+        try:
+            for point, kind in events:
+                while self._progress() < point and not self._all_applied():
+                    self._check_stall()
+                    await asyncio.sleep(0.05)
+                if kind == "kill-again":
+                    await asyncio.sleep(self.rng.uniform(0.0, 1.5))
+                if kind.startswith("kill"):
+                    await self._kill_runtime()
+                else:
+                    await self._restart_functions()
+            await self.sending_done.wait()
+            self.winding_down = True
+            if spells is not None:
+                await spells
+        finally:
+            if spells is not None:
+                spells.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await spells
+        await self._set_fault("none", 0)
+
+    def _all_applied(self) -> bool:
+        return self.sending_done.is_set() and self.observed >= self._total()
+
+    async def _kill_runtime(self) -> None:
+        """``kill -9`` and a restart; the sender quiesced, unless this is a hot kill."""
+        hot = self.config.hot_kills and len(self.kill_restarts) % 2 == 1
+        async with contextlib.AsyncExitStack() as stack:
+            if not hot:
+                await stack.enter_async_context(self._quiesced())
+            await self._kill_and_restart(hot)
+
+    async def _kill_and_restart(self, hot: bool) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        self.echo(
+            f"verifier: kill -9 of the runtime (pid {runtime.pid}) at {self._elapsed():.1f} s, "
+            f"{100 * self._progress():.0f}% applied"
+            + (f", {self.in_flight} ingress requests in flight" if hot else "")
+        )
+        runtime.kill()
+        started = time.monotonic()
+        old, self.sender_http = self.sender_http, None
+        runtime.start()
+        await runtime.ready()
+        self._new_sender()  # the old one's pooled connections died with the runtime
+        if old is not None:
+            await old.aclose()
+        self.kill_restarts.append(time.monotonic() - started)
+        self.hot_kills += hot
+        self.last_progress_at = time.monotonic()
+
+    async def _restart_functions(self) -> None:
+        functions = self.functions
+        assert functions is not None
+        down = self.rng.uniform(0.5, 3.0)
+        self.echo(
+            f"verifier: function server killed for {down:.1f} s at {self._elapsed():.1f} s, "
+            f"{100 * self._progress():.0f}% applied"
+        )
+        functions.kill()
+        await asyncio.sleep(down)
+        functions.start()
+        await functions.ready()
+        self.function_restart_count += 1
+        self.last_progress_at = time.monotonic()
+
+    async def _spells(self) -> None:
+        """Endpoint spells until the final phase, at least one of each mode."""
+        rng, budget = self.rng, self.config.call_timeout
+        while not (self.winding_down and all(self.spells.values())):
+            await asyncio.sleep(rng.uniform(1.0, 4.0))
+            if self.winding_down and all(self.spells.values()):
+                break
+            modes = [m for m, n in self.spells.items() if n == 0] if self.winding_down else []
+            mode = rng.choice(modes or list(self.spells))
+            long = mode != "slow" and rng.random() < 0.25
+            if long:
+                seconds = rng.uniform(budget + 0.5, budget + 3.0)
+            elif mode == "slow":
+                seconds = rng.uniform(1.0, 5.0)
+            else:
+                seconds = rng.uniform(0.2, 3.0)
+            if await self._set_fault(mode, seconds):
+                self.spells[mode] += 1
+                self.long_spells += long
+                self.echo(
+                    f"verifier: endpoint spell: {mode} for {seconds:.1f} s at "
+                    f"{self._elapsed():.1f} s{' (past the call budget)' if long else ''}"
+                )
+                await asyncio.sleep(seconds)
+
+    async def _set_fault(self, mode: str, seconds: float) -> bool:
+        assert self.functions is not None
+        # Slow answers stay under the read timeout: they are late, not failed.
+        fault = {"mode": mode, "seconds": seconds, "max_delay": 0.75 * self.config.read_timeout}
+        try:
+            async with httpx.AsyncClient(timeout=5) as http:
+                answer = await http.post(f"{self.functions.url}/faults", json=fault)
+            return answer.status_code == 200
+        except httpx.HTTPError:
+            return False  # the function server is down (being restarted)
+
+    # --- the end ------------------------------------------------------------------------
+
+    async def _final(self) -> None:
+        assert self.oracle is not None
+        self.final_phase = True
+        self.echo(f"verifier: everything sent and every fault done at {self._elapsed():.1f} s")
+        deadline = time.monotonic() + self.config.final_timeout
+        self.last_progress_at = time.monotonic()
+        while True:
+            await self._scan()
+            differences = self._differences()
+            if not differences:
+                break
+            stalled = time.monotonic() - self.last_progress_at > self.config.stall_timeout
+            if stalled or time.monotonic() > deadline:
+                why = "nothing new applied" if stalled else "the final timeout passed"
+                self._problem(
+                    "end",
+                    f"{len(differences)} addresses differ from the oracle ({why}); the first: "
+                    + " | ".join(differences[:10]),
+                )
+                return
+            await asyncio.sleep(0.5)
+        self.echo(f"verifier: every address equals the oracle at {self._elapsed():.1f} s")
+        self.converged = True
+        # Nothing may arrive after that: a late duplicate, or a cancelled send firing (wait
+        # until every cancelled send is due; scans record any that shows up).
+        assert self.oracle is not None
+        cancelling = [t.index for t in self.oracle.trees if t.never]
+        due = time.monotonic() + 3
+        if self.config.cancel_wait and cancelling:
+            delay = self.config.shape.cancelled_delay_ms / 1000
+            last = max(self.sent_at.get(i, time.monotonic()) for i in cancelling)
+            due = max(due, last + delay + 3)
+            self.echo(
+                f"verifier: waiting {due - time.monotonic():.0f} s, until every cancelled "
+                "send is due"
+            )
+        while (left := due - time.monotonic()) > 0:
+            await asyncio.sleep(min(2.0, left))
+            await self._read_egress()
+            await self._scan()
+            self._check_egress_states()
+        if await self._scan() < len(self.addresses):
+            self._problem("end", "could not read every address for the last check")
+        differences = self._differences()
+        if differences:
+            self._problem(
+                "end",
+                f"{len(differences)} addresses changed after equalling the oracle; the first: "
+                + " | ".join(differences[:10]),
+            )
+
+    def _excluded(self) -> set[int]:
+        """Uncertain trees whose root did not run: their POST was not accepted."""
+        excluded = set()
+        for index in self.uncertain:
+            tree = self.trees[index]
+            if tree.command["id"] not in self.latest.get(tree.address, EMPTY).applied:
+                excluded.add(index)
+        return excluded
+
+    def _differences(self) -> list[str]:
+        assert self.oracle is not None
+        expected_ids = self.oracle.expected(self._excluded())
+        expected = expected_counts(expected_ids)
+        differences = []
+        for address in self.addresses:
+            state = self.latest.get(address)
+            if state is None:
+                differences.append(f"{address}: not read")
+                continue
+            difference = final_difference(expected, expected_ids, address, state)
+            if difference is not None:
+                differences.append(difference)
+        return differences
+
+    # --- the egress auditor ---------------------------------------------------------------
+
+    async def _read_egress(self) -> None:
+        """Read what each egress delivered since the last read, and check it."""
+        assert self.http is not None
+        assert self.oracle is not None
+        possible = self.oracle.egress()
+        for audit, reader in self.egress:
+            try:
+                records = await reader.read(self.http)
+            except (httpx.HTTPError, TimeoutError):
+                continue  # the runtime is being restarted: next time
+            self._egress_problems(audit, audit.add(records))
+            self._egress_problems(audit, audit.unexpected(possible))
+
+    def _check_egress_states(self, final: bool = False) -> None:
+        for audit, _ in self.egress:
+            self._egress_problems(audit, audit.check_states(self.fresh, final))
+
+    async def _audit_egress_at_the_end(self) -> None:
+        """The last read of each egress, a read of the whole of it from its start (no
+        position may hold another record than the one delivered there), and the checks
+        of the end: every record of committed work delivered, none of work never meant
+        to run, every one from the execution the state kept."""
+        assert self.http is not None
+        assert self.oracle is not None
+        expected = self.oracle.egress(self._excluded())
+        # An exactly-once record comes out when its checkpoint commits: wait for the
+        # commits of the last work (bounded; not after a run whose state never converged).
+        deadline = time.monotonic() + max(30.0, 10 * self.config.checkpoint_interval)
+        while True:
+            await self._read_egress()
+            lost = any(expected - audit.by_command.keys() for audit, _ in self.egress)
+            if not lost or not self.converged or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        for audit, reader in self.egress:
+            again: EgressReader
+            if isinstance(reader, KafkaEgressReader):
+                assert self.kafka is not None
+                again = KafkaEgressReader(self.kafka, reader.topic, KAFKA_EGRESS_PARTITIONS)
+            else:
+                again = EmbeddedEgressReader(reader.egress_id)
+            try:
+                self._egress_problems(audit, audit.reread(await again.read(self.http)))
+            except (httpx.HTTPError, TimeoutError) as e:
+                self._problem(f"egress {audit.name}", f"could not be read again: {e}")
+            finally:
+                if isinstance(again, KafkaEgressReader):
+                    again.close()
+        if await self._scan() < len(self.addresses):
+            self._problem("end", "could not read every address for the egress audit")
+        self._check_egress_states(final=True)
+        for audit, _ in self.egress:
+            self._egress_problems(audit, audit.unexpected(expected))
+            self._egress_problems(audit, audit.missing(expected))
+
+    def _egress_problems(self, audit: EgressAudit, problems: list[tuple[str, str]]) -> None:
+        for kind, detail in problems:
+            self._problem(f"egress {audit.name}", detail, kind)
+
+    def _egress_summary(self) -> str:
+        assert self.oracle is not None
+        expected = len(self.oracle.egress(self._excluded()))
+        return "; ".join(f"{audit.name}: {audit.summary(expected)}" for audit, _ in self.egress)
+
+    async def _diagnose(self) -> None:
+        """What the runtime says about itself, for a run that stalled or broke."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if runtime.alive:
+            try:
+                async with httpx.AsyncClient(timeout=5) as http:
+                    answer = await http.get(f"{runtime.url}/health")
+                self.notes.append(
+                    f"the runtime's /health: {answer.status_code} {answer.text[:500]}"
+                )
+            except httpx.HTTPError as e:
+                self.notes.append(f"the runtime's /health did not answer: {e}")
+        else:
+            self.notes.append("the runtime process is not running")
+        text = runtime.log_path.read_text(errors="replace").splitlines()
+        lines = [line for line in text if " WARNING " not in line][-6:]
+        self.notes.append(
+            "the runtime's last log lines (warnings left out):\n    "
+            + "\n    ".join(line[:300] for line in lines)
+        )
+
+    def _scan_logs(self) -> None:
+        if self.runtime is None:
+            return
+        text = self.runtime.log_path.read_text(errors="replace")
+        tracebacks = text.count("Traceback (most recent call last)")
+        if tracebacks:
+            self.notes.append(
+                f"the runtime's log has {tracebacks} tracebacks ({self.runtime.log_path})"
+            )
+        failures = [line for line in text.splitlines() if " CRITICAL " in line]
+        if failures:
+            self.notes.append(
+                f"the runtime logged {len(failures)} CRITICAL lines; the first: {failures[0][:300]}"
+            )
+
+    def _rows(self, ok: bool, egress: str, runtime_exit: int | None) -> list[tuple[str, str]]:
+        assert self.oracle is not None
+        config = self.config
+        reasons: dict[str, int] = {}
+        for rollback in self.rollbacks.values():
+            reason = rollback["reason"]
+            key = (
+                "restart"
+                if reason == "start"
+                else re.sub(r" after \d+ attempts", "", reason.split(":")[0])
+            )
+            reasons[key] = reasons.get(key, 0) + 1
+        generation = self.checkpoint_info.get("generation")
+        checkpoints = self.checkpoint_info.get("checkpoints") or [{}]
+        restarts = ", ".join(f"{s:.1f}" for s in self.kill_restarts) or "-"
+        return [
+            ("result", "PASSED" if ok else "FAILED"),
+            ("log", config.log),
+            ("seed", str(config.seed)),
+            (
+                "commands",
+                f"{self.oracle.commands} delivered, in {len(self.trees)} trees "
+                f"({self.sent_trees} sent); {self.oracle.cancelled} more sent and cancelled",
+            ),
+            ("addresses", str(config.addresses)),
+            (
+                "kills (kill -9)",
+                f"{len(self.kill_restarts)}"
+                + (f" ({self.hot_kills} with requests in flight)" if config.hot_kills else "")
+                + f"; seconds to ready again: {restarts}",
+            ),
+            ("function restarts", str(self.function_restart_count)),
+            (
+                "endpoint spells",
+                f"{self.spells['error500']} error500, {self.spells['timeout']} timeout "
+                f"({self.long_spells} of them past the {config.call_timeout:g} s call budget), "
+                f"{self.spells['slow']} slow",
+            ),
+            (
+                "rollbacks",
+                f"{len(self.rollbacks)} seen in /v1/checkpoints (generation {generation}): "
+                + (", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none"),
+            ),
+            (
+                "checkpoints",
+                f"last {checkpoints[-1].get('id')}, every {config.checkpoint_interval:g} s; "
+                f"first complete at {self.first_checkpoint_at or 0:.1f} s",
+            ),
+            (
+                "uncertain sends",
+                f"{len(self.uncertain)}, {len(self.uncertain) - len(self._excluded())} of them "
+                f"accepted (refused connections retried: {self.retried_refused})",
+            ),
+            ("egress", egress),
+            ("runtime exit", "-" if runtime_exit is None else str(runtime_exit)),
+            ("elapsed", f"{self._elapsed():.1f} s"),
+            ("work dir", str(self.work)),
+        ]
+
+
+def _env_broker() -> str | None:
+    import os
+
+    return os.environ.get(EXTERNAL_BROKER_ENV) or None
+
+
+def run(config: VerifierConfig, echo: Echo | None = None) -> Result:
+    """Run one verification (blocking)."""
+    return asyncio.run(Verification(config, echo).run())
