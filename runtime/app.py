@@ -211,7 +211,12 @@ class Runtime:
             # Egress records the checkpoint holds: published already, or still to publish.
             published = await self.store.egress_published_through()
             restored = dataclasses.replace(
-                restored, egress=[e for e in restored.egress if e.epoch > published]
+                restored,
+                egress=[
+                    e
+                    for e in restored.egress
+                    if e.epoch > published and not self.egresses.published_already(e)
+                ],
             )
         worker.start(restored, dict(enumerate(ends)))
         worker.publish_committed(checkpoint)
@@ -379,6 +384,7 @@ class Runtime:
                 await publishing
             await self.store.stopped_cleanly()
         await self.clients.close()
+        await self.egresses.close()
         await self.kafka_clusters.close()
         await self.log.close()
         await self.store.close()

@@ -8,9 +8,14 @@ partitioning as Kafka's default partitioner does.
 Every record carries a unique id in its ``statefun.egress-id`` header. An exactly-once
 egress (the default) is written only after the checkpoint of the work that produced it
 commits (the worker holds its records until then; see ``Worker.publish_committed``):
-rolled-back work never shows. A crash while publishing publishes again, from the
-checkpoint, what may already be out: the same records with the same ids, which readers
-drop. An at-least-once egress is written when the batch is applied.
+rolled-back work never shows. An exactly-once Kafka egress publishes each checkpoint's
+records in one Kafka transaction with a marker of the checkpoint
+(:mod:`runtime.log.kafka_transactions`): after a crash the runtime knows from the marker
+what is out, and ``read_committed`` readers see every record once, on a broker that
+honours transactions. An embedded egress, or a broker that does not honour them, may
+show a record again after a crash in the middle of publishing: the same record with the
+same id, which readers drop. An at-least-once egress is written when the batch is
+applied.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Iterator, Sequence
 
 import msgpack
 
@@ -25,6 +31,7 @@ from runtime.checkpoints.snapshot import EgressItem
 from runtime.kafka_clusters import KafkaClusters
 from runtime.log import Log, Record, UnknownTopicError
 from runtime.log.kafka import KafkaLog
+from runtime.log.kafka_transactions import TransactionalPublisher
 from runtime.routing import ConfigurationError, Topics, partition_for_key
 from statefun.address import TypeName
 from statefun.egress import KAFKA_PRODUCER_RECORD_TYPENAME, KafkaProducerRecord
@@ -35,6 +42,24 @@ from statefun.values import TypedValue
 log = logging.getLogger("runtime.egress")
 
 ID_HEADER = "statefun.egress-id"
+
+
+async def open_egress_topic(cluster: KafkaLog, topic: str) -> int:
+    """Open a Kafka egress topic, creating it with one partition (as a broker's
+    auto-creation would) if it does not exist; its partition count."""
+    try:
+        return await cluster.open_topic(topic)
+    except UnknownTopicError:
+        log.info("creating egress topic %s with one partition", topic)
+        await cluster.ensure_topic(topic, 1)
+        return 1
+
+
+def kafka_partition(record: Record, count: int, unkeyed: Iterator[int]) -> int:
+    """Kafka's default partitioner: by key, round robin without one."""
+    if record.key is None:
+        return next(unkeyed) % count
+    return partition_for_key(record.key, count)
 
 
 class KafkaTopicWriter:
@@ -64,21 +89,12 @@ class KafkaTopicWriter:
         return future
 
     def _append(self, topic: str, record: Record) -> asyncio.Future[list[int]]:
-        count = self._partitions[topic]
-        if record.key is None:
-            partition = next(self._unkeyed) % count
-        else:
-            partition = partition_for_key(record.key, count)
+        partition = kafka_partition(record, self._partitions[topic], self._unkeyed)
         return self._cluster.append(topic, partition, [record])
 
     async def _open(self, topic: str) -> None:
         try:
-            try:
-                count = await self._cluster.open_topic(topic)
-            except UnknownTopicError:
-                log.info("creating egress topic %s with one partition", topic)
-                await self._cluster.ensure_topic(topic, 1)
-                count = 1
+            count = await open_egress_topic(self._cluster, topic)
         except Exception as e:
             for _, future in self._waiting.pop(topic, []):
                 future.set_exception(e)
@@ -96,9 +112,54 @@ class KafkaTopicWriter:
                 future.set_exception(e)
 
 
+class TransactionalKafkaWriter:
+    """The exactly-once Kafka egresses on one cluster: each checkpoint's records in one
+    transaction (see :class:`TransactionalPublisher`)."""
+
+    def __init__(
+        self,
+        cluster: KafkaLog,
+        transactional_id: str,
+        marker_topic: str,
+        transaction_timeout: float | None,
+    ):
+        self._cluster = cluster
+        self._transactional_id = transactional_id
+        self._marker_topic = marker_topic
+        self._transaction_timeout = transaction_timeout
+        self._publisher: TransactionalPublisher | None = None
+        self._partitions: dict[str, int] = {}
+        self._unkeyed = itertools.count()
+
+    async def start(self) -> None:
+        self._publisher = await TransactionalPublisher.open(
+            self._cluster, self._transactional_id, self._marker_topic, self._transaction_timeout
+        )
+
+    @property
+    def published_through(self) -> int:
+        assert self._publisher is not None
+        return self._publisher.published_through
+
+    async def publish(self, checkpoint: int, records: Sequence[tuple[str, Record]]) -> None:
+        assert self._publisher is not None
+        out = []
+        for topic, record in records:
+            count = self._partitions.get(topic)
+            if count is None:
+                count = self._partitions[topic] = await open_egress_topic(self._cluster, topic)
+            out.append((topic, kafka_partition(record, count, self._unkeyed), record))
+        await self._publisher.publish(checkpoint, out)
+
+    async def close(self) -> None:
+        if self._publisher is not None:
+            await self._publisher.close()
+
+
 class Egresses:
     def __init__(self, log_: Log, topics: Topics, module: ModuleSpec, clusters: KafkaClusters):
         self._log = log_
+        self._topics = topics
         self._clusters = clusters
         self._log_topics = {
             e.id: topics.egress(e.id) for e in module.egresses if isinstance(e, LogEgress)
@@ -113,23 +174,76 @@ class Egresses:
             e.id for e in module.egresses if e.delivery_semantic == "exactly-once"
         }
         self._kafka: dict[TypeName, KafkaTopicWriter] = {}
+        """At-least-once Kafka egresses."""
+        self._transactional: dict[TypeName, TransactionalKafkaWriter] = {}
+        """Exactly-once Kafka egresses."""
 
     async def start(self) -> None:
         for topic in self._log_topics.values():
             await self._log.ensure_topic(topic, 1)
         writers: dict[int, KafkaTopicWriter] = {}
+        transactional: dict[int, TransactionalKafkaWriter] = {}
         for spec in self._kafka_specs:
             cluster = await self._clusters.get(spec.address, f"egress {spec.id}")
-            writer = writers.get(id(cluster))
+            if spec.id not in self._exactly_once:
+                writer = writers.get(id(cluster))
+                if writer is None:
+                    writer = writers[id(cluster)] = KafkaTopicWriter(cluster)
+                self._kafka[spec.id] = writer
+                continue
+            txn = transactional.get(id(cluster))
+            if txn is None:
+                # One transactional id per application and cluster: a restarted runtime
+                # fences the one before it. The longest transaction timeout asked for on
+                # the cluster applies to all its exactly-once egresses.
+                n = len(transactional)
+                timeouts = [
+                    s.transaction_timeout
+                    for s in self._kafka_specs
+                    if s.transaction_timeout is not None
+                    and s.id in self._exactly_once
+                    and await self._clusters.get(s.address, f"egress {s.id}") is cluster
+                ]
+                txn = transactional[id(cluster)] = TransactionalKafkaWriter(
+                    cluster,
+                    f"{self._topics.app_id}-egress-{n}",
+                    self._topics.egress_markers(n),
+                    max(timeouts, default=None),
+                )
+                await txn.start()
+            self._transactional[spec.id] = txn
+
+    async def close(self) -> None:
+        for writer in {id(w): w for w in self._transactional.values()}.values():
+            await writer.close()
+
+    def published_already(self, item: EgressItem) -> bool:
+        """Whether a Kafka transaction has published ``item`` already (its checkpoint's
+        marker is committed)."""
+        writer = self._transactional.get(item.egress)
+        return writer is not None and item.epoch <= writer.published_through
+
+    async def publish_committed(self, checkpoint: int, items: Sequence[EgressItem]) -> None:
+        """Publish the exactly-once records of committed checkpoints up to ``checkpoint``:
+        to each Kafka cluster in one transaction, to embedded egresses as appends."""
+        by_writer: dict[int, tuple[TransactionalKafkaWriter, list[tuple[str, Record]]]] = {}
+        appends = []
+        for item in items:
+            writer = self._transactional.get(item.egress)
             if writer is None:
-                writer = writers[id(cluster)] = KafkaTopicWriter(cluster)
-            self._kafka[spec.id] = writer
+                appends.append(self.publish(item))
+                continue
+            record = self._kafka_record(item)
+            by_writer.setdefault(id(writer), (writer, []))[1].append(record)
+        await asyncio.gather(
+            *appends, *(w.publish(checkpoint, records) for w, records in by_writer.values())
+        )
 
     def problem(self, egress_id: TypeName, argument: TypedValue) -> str | None:
         """Why this record cannot go to this egress, or None."""
         if egress_id in self._log_topics:
             return None
-        if egress_id not in self._kafka:
+        if egress_id not in self._kafka and egress_id not in self._transactional:
             return f"no egress {egress_id} is declared in the module spec"
         if argument.typename != KAFKA_PRODUCER_RECORD_TYPENAME or argument.value is None:
             return (
@@ -153,12 +267,16 @@ class Egresses:
         if topic is not None:
             value = msgpack.packb((argument.typename, argument.value), use_bin_type=True)
             return self._log.append(topic, 0, [Record(value=value, headers=headers)])
-        assert argument.value is not None
-        record = KafkaProducerRecord.decode(argument.value)
+        return self._kafka[item.egress].send(*self._kafka_record(item))
+
+    @staticmethod
+    def _kafka_record(item: EgressItem) -> tuple[str, Record]:
+        """The topic and record of a Kafka egress item, with its id."""
+        assert item.argument.value is not None
+        record = KafkaProducerRecord.decode(item.argument.value)
         key = None if record.key is None else record.key.encode()
-        return self._kafka[item.egress].send(
-            record.topic, Record(value=record.value, key=key, headers=headers)
-        )
+        headers = ((ID_HEADER, item.id.encode()),)
+        return record.topic, Record(value=record.value, key=key, headers=headers)
 
     def readable(self, egress_id: TypeName) -> bool:
         return egress_id in self._log_topics

@@ -52,6 +52,11 @@ class Topics:
     def consumer_group(self) -> str:
         return self.app_id
 
+    def egress_markers(self, cluster: int) -> str:
+        """The marker topic of the exactly-once Kafka egresses on the ``cluster``-th Kafka
+        cluster the module names (see ``runtime.log.kafka_transactions``)."""
+        return f"{self.app_id}-egress-published-{cluster}"
+
     def egress(self, egress_id: TypeName) -> str:
         """The topic of an embedded egress (ids differing only in characters Kafka does not
         allow in topic names share a topic; the router refuses such pairs)."""

@@ -425,7 +425,7 @@ class Worker:
         try:
             async with self._publish_lock:  # one checkpoint's records after another's
                 try:
-                    await asyncio.gather(*(self._egresses.publish(item) for item in items))
+                    await self._egresses.publish_committed(checkpoint, items)
                 except Exception as e:
                     self.fail(Failure(f"publishing egress of checkpoint {checkpoint} failed: {e}"))
                     return

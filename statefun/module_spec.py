@@ -43,8 +43,10 @@ Kinds understood:
 As in StateFun, a Kafka ``address`` may be left out; the runtime then uses its own
 Kafka cluster (``statefun run --kafka``). An egress's ``deliverySemantic`` is
 ``exactly-once`` unless it says ``at-least-once`` (or ``none``): its records become
-visible when the checkpoint of the work that produced them commits. (StateFun's Kafka
-egress defaults to at-least-once; ours holds records back unless told not to.)
+visible when the checkpoint of the work that produced them commits; an exactly-once
+Kafka egress publishes them in Kafka transactions, ``transactionTimeout`` their timeout.
+(StateFun's Kafka egress defaults to at-least-once; ours holds records back unless told
+not to.)
 """
 
 from __future__ import annotations
@@ -466,12 +468,8 @@ def _delivery(spec: _Fields) -> tuple[str, float | None]:
                     timeout = parse_duration(raw)  # type: ignore[arg-type]
                 except ValueError as e:
                     raise delivery.error(str(e), path) from None
-                delivery.warn(
-                    "is not used: exactly-once egress is published when its checkpoint commits "
-                    "(each record carrying a unique id for readers to drop repeats), without "
-                    "Kafka transactions",
-                    path,
-                )
+                if timeout <= 0:
+                    raise delivery.error("must be a positive duration", path)
         delivery.done()
     return semantic, timeout
 

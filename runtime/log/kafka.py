@@ -249,8 +249,10 @@ class KafkaLog(Log):
         producer_thread: _ClientThread,
         replication_factor: int,
         delivery_timeout: float,
+        producer_config: Mapping[str, Any] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._producer_config = dict(producer_config or {})
         self._settings = settings
         self._timeout = settings.timeout
         self._admin = admin
@@ -326,22 +328,24 @@ class KafkaLog(Log):
                 bootstrap_timeout_ms=request_timeout_ms,
             )
 
+        producer_config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "client_id": f"{client_id}-producer",
+            "enable_idempotence": True,
+            "acks": "all",
+            "linger_ms": linger_ms,
+            "batch_size": batch_size,
+            "max_request_size": max_request_size,
+            "request_timeout_ms": request_timeout_ms,
+            "delivery_timeout_ms": delivery_timeout_ms,
+            "max_block_ms": request_timeout_ms,
+            "bootstrap_timeout_ms": request_timeout_ms,
+            "allow_auto_create_topics": False,
+            "metrics_enabled": False,
+        }
+
         def connect_producer() -> None:
-            clients["producer"] = KafkaProducer(
-                bootstrap_servers=bootstrap_servers,
-                client_id=f"{client_id}-producer",
-                enable_idempotence=True,
-                acks="all",
-                linger_ms=linger_ms,
-                batch_size=batch_size,
-                max_request_size=max_request_size,
-                request_timeout_ms=request_timeout_ms,
-                delivery_timeout_ms=delivery_timeout_ms,
-                max_block_ms=request_timeout_ms,
-                bootstrap_timeout_ms=request_timeout_ms,
-                allow_auto_create_topics=False,
-                metrics_enabled=False,
-            )
+            clients["producer"] = KafkaProducer(**producer_config)
 
         what = f"connecting to Kafka at {bootstrap_servers}"
         try:
@@ -370,7 +374,26 @@ class KafkaLog(Log):
             producer_thread=producer_thread,
             replication_factor=replication_factor,
             delivery_timeout=delivery_timeout_ms / 1000,
+            producer_config=producer_config,
         )
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def request_timeout(self) -> float:
+        """The bound of one request to the cluster, in seconds."""
+        return self._timeout
+
+    def new_producer(self, **config: Any) -> Any:
+        """Another producer on this cluster, configured as this log's own plus ``config``
+        (e.g. a ``transactional_id``). Blocks: call it on a thread of its own."""
+        return KafkaProducer(**{**self._producer_config, **config})
+
+    def new_consumer(self, role: str, **config: Any) -> Any:
+        """A consumer on this cluster outside any group (blocks: call it on a thread)."""
+        return self._settings.new_consumer(role, **config)
 
     @property
     def idempotent(self) -> bool:

@@ -159,9 +159,9 @@ spec:
     assert module.egresses == (
         KafkaEgress(module.egresses[0].id, "kafka:9092", "exactly-once", 100.0),
     )
+    # the transaction timeout is honoured (the exactly-once Kafka egress's transactions)
     assert [w.split(": ")[0] for w in warnings_of(caplog)] == [
         "module.yaml, document 2, field 'spec.properties'",
-        "module.yaml, document 3, field 'spec.deliverySemantic.transactionTimeoutMillis'",
     ]
 
 
