@@ -17,6 +17,10 @@ Modes:
   202, with the 202 latencies) and ``send processed`` (until every message has gone
   through both functions: its output is read from the ``bench/done`` egress).
 
+``--checkpoint-interval`` (one or more values, each a run of its own) is passed to the
+runtime; at 0 (no checkpoints) the ``bench/done`` egress is declared at-least-once,
+since an exactly-once egress publishes its records only when a checkpoint commits.
+
 Message ``i`` goes to address ``i % addresses`` (each mode has its own ids). Every run
 ends by checking that each address's ``count`` state equals the messages sent to it
 and that its outputs (replies or egress records) are exactly ``1..n``; otherwise it
@@ -53,6 +57,7 @@ from bench._support import (
     percentile,
     thread_cpu_seconds,
 )
+from runtime.checkpoints.coordinator import CheckpointConfig
 
 QUICK = {"messages": 1_500, "addresses": 150, "concurrency": 64}
 DEFAULTS = {"messages": 20_000, "addresses": 1_000, "concurrency": 64}
@@ -64,6 +69,10 @@ PROGRESS_TIMEOUT = 60.0
 """A mode fails if no message completes for this long."""
 EGRESS_POLL_INTERVAL = 0.05
 STATE_CHECK_CONCURRENCY = 16
+DEFAULT_CHECKPOINT_INTERVAL = CheckpointConfig().interval
+"""The runtime's own default (``statefun run --checkpoint-interval``)."""
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
 TEXT = {"content-type": "text/plain; charset=utf-8"}
 
 
@@ -83,9 +92,39 @@ class Workload:
         return [base + (1 if a < extra else 0) for a in range(self.addresses)]
 
 
+def interval_text(seconds: float) -> str:
+    """A checkpoint interval for a table: ``off`` for 0, else seconds."""
+    return "off" if seconds == 0 else f"{seconds:g} s"
+
+
+def egress_semantic(interval: float, asked: str | None) -> str:
+    """The ``bench/done`` egress's delivery semantic: the one asked for, else exactly-once
+    (the runtime's default), except without checkpoints: an exactly-once egress publishes
+    when a checkpoint commits, so with none its records would never come out."""
+    if asked is not None:
+        return asked
+    return AT_LEAST_ONCE if interval == 0 else EXACTLY_ONCE
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """What one log's run passes to its runtime."""
+
+    checkpoint_interval: float
+    egress: str
+    """The ``bench/done`` egress's ``deliverySemantic``."""
+    profile: Path | None = None
+    """Run the runtime under cProfile, writing its stats here."""
+    extra_module: str = ""
+    """More module.yaml documents (``python -m bench.checkpoints``: a second egress)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     log: str
+    checkpoint_interval: float
+    egress: str
+    """The egress's delivery semantic, for the ``send`` rows; ``-`` for ``call``."""
     mode: str
     workload: Workload
     elapsed: float
@@ -107,7 +146,9 @@ class Row:
             p50 = p99 = "-"
         return [
             self.log,
+            interval_text(self.checkpoint_interval),
             self.mode,
+            self.egress,
             f"{w.messages}",
             f"{w.addresses}",
             f"{w.concurrency}",
@@ -116,6 +157,7 @@ class Row:
             p50,
             p99,
             f"{self.runtime_cpu:.2f}",
+            f"{self.runtime_cpu / w.messages * 1000:.2f}",
             f"{self.runtime_loop_cpu:.2f}",
             f"{self.functions_cpu:.2f}",
             "-" if self.broker_cpu is None else f"{self.broker_cpu:.2f}",
@@ -125,7 +167,9 @@ class Row:
 
 HEADERS = [
     "log",
+    "checkpoints",
     "mode",
+    "egress",
     "messages",
     "addresses",
     "concurrency",
@@ -134,6 +178,7 @@ HEADERS = [
     "p50 ms",
     "p99 ms",
     "runtime cpu s",
+    "runtime ms/msg",
     "runtime loop s",
     "functions cpu s",
     "broker cpu s",
@@ -162,6 +207,7 @@ class Processes:
     """The child processes of one log's run, and where they answer."""
 
     log: str
+    config: RunConfig
     runtime: Child
     functions: Child
     broker: Child | None
@@ -195,6 +241,8 @@ class Pipeline:
         cpu = self.cpu()
         return Row(
             self.processes.log,
+            self.processes.config.checkpoint_interval,
+            self.processes.config.egress if mode.startswith("send") else "-",
             mode,
             w,
             elapsed,
@@ -337,9 +385,11 @@ class Pipeline:
 # --- the run ---------------------------------------------------------------------------
 
 
-def module_yaml(functions_port: int) -> str:
-    # Every timeout is spelled out: statefun/module_spec.py's ``_duration`` reads an omitted
-    # one's default (10.0 seconds) as 10.0 milliseconds once a ``timeouts`` block exists.
+def module_yaml(functions_port: int, egress: str = EXACTLY_ONCE, extra: str = "") -> str:
+    """The bench functions' endpoint and the ``bench/done`` egress, ``egress`` its
+    delivery semantic; then ``extra`` (more documents, each starting with ``---``)."""
+    # Every timeout is spelled out (an omitted one was once read as milliseconds).
+    delivery = "" if egress == EXACTLY_ONCE else f"  deliverySemantic:\n    type: {egress}\n"
     return f"""\
 kind: io.statefun.endpoints.v2/http
 spec:
@@ -355,11 +405,11 @@ spec:
 kind: statefun.v1/egress
 spec:
   id: bench/done
-"""
+{delivery}{extra}"""
 
 
 def start_processes(
-    children: Children, log: str, workdir: Path, args: argparse.Namespace, broker: Broker | None
+    children: Children, log: str, workdir: Path, config: RunConfig, broker: Broker | None
 ) -> Processes:
     """Start the Kafka broker (for a Kafka run without an external one), the functions
     and the runtime, in that order: :class:`Children` stops them in reverse."""
@@ -380,7 +430,7 @@ def start_processes(
         log_args += ["--checkpoint-dir", str(workdir / "checkpoints")]
     functions_port, ingress_port = free_port(), free_port()
     module = workdir / "module.yaml"
-    module.write_text(module_yaml(functions_port))
+    module.write_text(module_yaml(functions_port, config.egress, config.extra_module))
     functions = children.start(
         "the function server",
         [
@@ -397,12 +447,7 @@ def start_processes(
         ],
         workdir / "functions.log",
     )
-    profiler: list[str] = []
-    if args.profile_runtime is not None:
-        path: Path = args.profile_runtime
-        if args.log == "both":  # one file per log
-            path = path.with_name(f"{path.stem}-{log}{path.suffix}")
-        profiler = ["-m", "cProfile", "-o", str(path)]
+    profiler = [] if config.profile is None else ["-m", "cProfile", "-o", str(config.profile)]
     runtime = children.start(
         "the runtime",
         [
@@ -414,6 +459,8 @@ def start_processes(
             "--module",
             str(module),
             *log_args,
+            "--checkpoint-interval",
+            f"{config.checkpoint_interval:g}",
             "--ingress-host",
             HOST,
             "--ingress-port",
@@ -425,6 +472,7 @@ def start_processes(
     )
     return Processes(
         log,
+        config,
         runtime,
         functions,
         broker_child,
@@ -485,19 +533,51 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"a small run: {QUICK['messages']} messages over {QUICK['addresses']} addresses",
     )
     parser.add_argument(
+        "--checkpoint-interval",
+        type=_interval,
+        nargs="+",
+        default=[DEFAULT_CHECKPOINT_INTERVAL],
+        metavar="SECONDS",
+        help="the runtime's --checkpoint-interval; 0 turns checkpoints off. Several values: "
+        "one run each, in the order given, per log "
+        f"(default: the runtime's default, {DEFAULT_CHECKPOINT_INTERVAL:g})",
+    )
+    parser.add_argument(
+        "--egress",
+        choices=[EXACTLY_ONCE, AT_LEAST_ONCE],
+        help="the bench/done egress's deliverySemantic (default: exactly-once, the "
+        "runtime's default; at-least-once where checkpoints are off, since exactly-once "
+        "records are published only when a checkpoint commits)",
+    )
+    parser.add_argument(
         "--profile-runtime",
         type=Path,
         metavar="FILE",
-        help="run the runtime under cProfile and write its stats to FILE (FILE-embedded "
-        "and FILE-kafka with --log both; slows it down)",
+        help="run the runtime under cProfile and write its stats to FILE (FILE-<log> with "
+        "--log both, FILE-<log>-<interval>s with several intervals; slows it down)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = parser.parse_args(argv)
+    if args.egress == EXACTLY_ONCE and 0 in args.checkpoint_interval:
+        parser.error(
+            "--egress exactly-once needs checkpoints: its records are published when a "
+            "checkpoint commits, so with --checkpoint-interval 0 none would come out"
+        )
     for name in DEFAULTS:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1")
     return args
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return seconds
 
 
 def workloads(args: argparse.Namespace, log: str) -> list[Workload]:
@@ -526,26 +606,29 @@ def choose_logs(args: argparse.Namespace) -> tuple[list[str], Broker | None]:
 
 
 def run_log(
-    log: str, args: argparse.Namespace, workdir: Path, broker: Broker | None
+    log: str, config: RunConfig, args: argparse.Namespace, workdir: Path, broker: Broker | None
 ) -> tuple[int, list[Row]]:
     """One log's run: start its processes, measure, verify; (exit status, rows)."""
     measured = workloads(args, log)
     workdir.mkdir()
     status = 0
     rows: list[Row] = []
+    label = log  # names the run in what it prints
+    if len(args.checkpoint_interval) > 1:
+        label = f"{log} (checkpoints {interval_text(config.checkpoint_interval)})"
     with Children() as children:
         started: list[Child] = []
         try:
-            processes = start_processes(children, log, workdir, args, broker)
+            processes = start_processes(children, log, workdir, config, broker)
             started = processes.all()
             # The load generator runs on uvloop, to take as little CPU from the runtime as it can.
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 rows = runner.run(measure(processes, measured))
         except Failed as e:
-            print(f"{log}: FAILED: {e}", flush=True)
+            print(f"{label}: FAILED: {e}", flush=True)
             status = 1
         except (BenchError, aiohttp.ClientError, TimeoutError) as e:
-            print(f"{log}: bench: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            print(f"{label}: bench: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             for child in started:  # the output of each that the error does not show
                 tail = child.log_tail()
                 if tail and tail not in str(e):
@@ -553,13 +636,13 @@ def run_log(
             status = 2
         else:
             print(
-                f"{log}: OK: every address's count equals the messages sent to it "
+                f"{label}: OK: every address's count equals the messages sent to it "
                 f"({', '.join(w.mode for w in measured)})",
                 flush=True,
             )
         problems = [(c, line) for c in started for line in c.problems()]
     if problems:
-        print(f"{log}: {len(problems)} lines at WARNING or above in the children's logs, e.g.:")
+        print(f"{label}: {len(problems)} lines at WARNING or above in the children's logs, e.g.:")
         for child, line in problems[:3]:
             print(f"  {child.log_path.name}: {line[:220]}")
     return status, rows
@@ -569,12 +652,19 @@ def run(args: argparse.Namespace, workdir: Path, logs: list[str], broker: Broker
     """Run each log in turn, print the table; the exit status (the worst of the logs')."""
     status = 0
     rows: list[Row] = []
+    several = len(args.checkpoint_interval) > 1
     for log in logs:
-        log_status, log_rows = run_log(log, args, workdir / log, broker)
-        status = max(status, log_status)
-        rows += log_rows
+        for interval in args.checkpoint_interval:
+            name = f"{log}-{interval:g}s" if several else log
+            profile: Path | None = args.profile_runtime
+            if profile is not None and (several or len(logs) > 1):  # one file per run
+                profile = profile.with_name(f"{profile.stem}-{name}{profile.suffix}")
+            config = RunConfig(interval, egress_semantic(interval, args.egress), profile)
+            log_status, log_rows = run_log(log, config, args, workdir / name, broker)
+            status = max(status, log_status)
+            rows += log_rows
     if rows:
-        print(format_table(HEADERS, [r.cells() for r in rows], left=2))
+        print(format_table(HEADERS, [r.cells() for r in rows], left=4))
     return status
 
 

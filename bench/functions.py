@@ -8,6 +8,10 @@ goes to the ``bench/done`` egress instead, so the benchmark can tell when the wh
 pipeline has processed it. Either way each message leaves exactly one output, and
 the outputs of an address are ``1..n``: the benchmark checks that.
 
+For ``python -m bench.checkpoints``, whose module also declares the at-least-once
+egress ``bench/done-at-least-once``: the output of an address whose id starts with
+``both-`` goes to both egresses, so one message times both delivery semantics.
+
 Serve with ``uvicorn bench.functions:app`` from the repository root.
 """
 
@@ -30,6 +34,8 @@ from sdk import (
 FIRST = "bench/first"
 SECOND = "bench/second"
 DONE_EGRESS = "bench/done"
+BOTH_PREFIX = "both-"
+AT_LEAST_ONCE_EGRESS = "bench/done-at-least-once"
 FORWARD = make_json_type("bench/Forward")
 """What ``bench/first`` tells ``bench/second``: ``{"count": n, "reply_to": [typename, id]}``
 (``reply_to`` only when the message had a caller)."""
@@ -58,6 +64,8 @@ def second(context: Context, message: Message) -> None:
         context.send(message_builder(typename, caller_id, str_value=output))
     else:
         context.send_egress(egress_message_builder(DONE_EGRESS, output, StringType))
+        if context.address.id.startswith(BOTH_PREFIX):
+            context.send_egress(egress_message_builder(AT_LEAST_ONCE_EGRESS, output, StringType))
 
 
 app = functions.asgi_app()
