@@ -3,12 +3,14 @@
 Starts the example's functions (uvicorn, port 8000) and the runtime (ingress on port
 8090, log in a fresh temporary directory), sends messages through the HTTP ingress,
 prints the replies, the state and the egress, and stops both. Run it from the
-repository root: ``python -m examples.greeter.demo``.
+repository root: ``python -m examples.greeter.demo``. ``$DEMO_FUNCTIONS_PORT`` and
+``$DEMO_INGRESS_PORT`` choose other ports.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,8 @@ import httpx
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
-FUNCTIONS_PORT, INGRESS_PORT = 8000, 8090
+FUNCTIONS_PORT = int(os.environ.get("DEMO_FUNCTIONS_PORT", "8000"))
+INGRESS_PORT = int(os.environ.get("DEMO_INGRESS_PORT", "8090"))
 INGRESS = f"http://127.0.0.1:{INGRESS_PORT}"
 
 
@@ -85,6 +88,10 @@ def main() -> None:
                 "warning",
             ],
             cwd=ROOT,
+            env={
+                **os.environ,
+                "GREETER_FUNCTIONS_URL": f"http://127.0.0.1:{FUNCTIONS_PORT}/statefun",
+            },
         )
         try:
             wait_healthy(f"http://127.0.0.1:{FUNCTIONS_PORT}/health", functions, "the functions")
@@ -93,10 +100,20 @@ def main() -> None:
             for name in ("Alice", "Bob", "Alice"):
                 print(f"$ statefun call example/greeter/{name} {name}")
                 print(statefun("call", f"example/greeter/{name}", name), "\n")
-            print("$ curl localhost:8090/v1/state/example/greeter/Alice")
+            print(f"$ curl localhost:{INGRESS_PORT}/v1/state/example/greeter/Alice")
             print(httpx.get(f"{INGRESS}/v1/state/example/greeter/Alice").text, "\n")
-            egress = httpx.get(f"{INGRESS}/v1/egress/example/greetings", params={"from": 0}).json()
-            print("$ curl 'localhost:8090/v1/egress/example/greetings?from=0'")
+            # The egress is exactly-once: a record comes out when the checkpoint of the
+            # work that produced it commits (every second by default).
+            deadline = time.monotonic() + 10
+            while True:
+                egress = httpx.get(
+                    f"{INGRESS}/v1/egress/example/greetings", params={"from": 0}
+                ).json()
+                if len(egress["records"]) >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            print("# egress records come out when their checkpoint commits (every 1 s)")
+            print(f"$ curl 'localhost:{INGRESS_PORT}/v1/egress/example/greetings?from=0'")
             print(json.dumps(egress, indent=1))
         finally:
             for process in (runtime, functions):

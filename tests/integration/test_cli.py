@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -383,3 +384,28 @@ def test_egress_is_exactly_once_across_kill_9_for_a_reader_that_drops_repeats(
         ]
     finally:
         runtime.signal(signal.SIGTERM)
+
+
+@pytest.mark.timeout(120)
+def test_the_readme_demo_shows_replies_state_and_every_egress_record() -> None:
+    ports = {"DEMO_FUNCTIONS_PORT": str(free_port()), "DEMO_INGRESS_PORT": str(free_port())}
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.greeter.demo"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **ports},
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Hello Alice! Nice to meet you." in out
+    assert "Hello Bob! Nice to meet you." in out
+    assert "Hello again Alice! This is visit number 2." in out
+    assert '"visits":{"type":"io.statefun.types/int","value":2}' in out
+    egress = json.loads(out[out.index("{\n") :])
+    assert [r["value"] for r in egress["records"]] == [
+        "Hello Alice! Nice to meet you.",
+        "Hello Bob! Nice to meet you.",
+        "Hello again Alice! This is visit number 2.",
+    ]
