@@ -424,6 +424,11 @@ class Worker:
         ids = {item.id for item in items}
         try:
             async with self._publish_lock:  # one checkpoint's records after another's
+                if self.failed:
+                    # An earlier publication failed: noting this checkpoint as published
+                    # would cover the records that did not go out. The rollback restores
+                    # them from the checkpoint and publishes them again.
+                    return
                 try:
                     await self._egresses.publish_committed(checkpoint, items)
                 except Exception as e:
