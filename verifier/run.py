@@ -47,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from bench._support import free_port
 from verifier.checks import EMPTY, AddressState, final_difference, invariant_problems
 from verifier.commands import COMMAND_TYPE, EGRESS_ID, FUNCTION_TYPE, KAFKA_EGRESS_ID, address_id
 from verifier.egress_audit import (
@@ -63,7 +64,6 @@ from verifier.processes import (
     ProcessError,
     RuntimeProcess,
     TansuBroker,
-    free_port,
 )
 
 Echo = Callable[[str], None]

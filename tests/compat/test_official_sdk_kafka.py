@@ -8,58 +8,11 @@ from typing import Any
 
 import pytest
 from conftest import OfficialFunctions
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient
+from kafka_broker import consume, create_topic, int_bytes, produce, string_bytes
 from statefun_app import state, statefun_module
 from support import client, running_runtime, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
-
-
-def create_topic(bootstrap: str, name: str) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics({name: {"num_partitions": 2, "replication_factor": 1}})
-    finally:
-        admin.close()
-
-
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
-    try:
-        for key, value in records:
-            producer.send(topic, key=key, value=value)
-        producer.flush(10)
-    finally:
-        producer.close()
-
-
-def consume(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, bytes]]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=10)
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        out: list[tuple[bytes, bytes]] = []
-
-        def enough() -> bool:
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.key, r.value) for r in records)
-            return len(out) >= count
-
-        wait_until(enough, timeout=20)
-        return out
-    finally:
-        consumer.close()
-
-
-def int_bytes(n: int) -> bytes:
-    return b"\x0d" + n.to_bytes(4, "little")  # io.statefun.types/int
-
-
-def string_bytes(text: str) -> bytes:
-    data = text.encode()
-    return b"\x0a" + bytes([len(data)]) + data  # io.statefun.types/string
 
 
 def test_kafka_ingress_and_egress_with_official_sdk_functions(
@@ -67,8 +20,8 @@ def test_kafka_ingress_and_egress_with_official_sdk_functions(
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
     numbers, commands, out = f"numbers-{suffix}", f"commands-{suffix}", f"out-{suffix}"
-    create_topic(kafka_bootstrap, numbers)
-    create_topic(kafka_bootstrap, commands)
+    create_topic(kafka_bootstrap, numbers, 2)
+    create_topic(kafka_bootstrap, commands, 2)
     # StateFun's Kafka kinds, unchanged; the address is left out when the runtime's own
     # log is on Kafka (then it is the runtime's cluster, as in StateFun)
     address = "" if "kafka" in own_log else f"\n  address: {kafka_bootstrap}"

@@ -9,8 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from functions import make_test_functions
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient
+from kafka_broker import consume, create_topic, int_bytes, produce
 from support import client, running_runtime, serve, unique_app_id, wait_until
 
 from statefun.module_spec import parse_module_spec
@@ -27,59 +26,6 @@ def control() -> dict[str, Any]:
 def functions_url(control: dict[str, Any]) -> Iterator[str]:
     with serve(make_test_functions(control).asgi_app()) as server:
         yield f"{server.url}/statefun"
-
-
-def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}})
-    finally:
-        admin.close()
-
-
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
-    try:
-        for key, value in records:
-            producer.send(topic, value=value, key=key)
-        producer.flush(10)
-    finally:
-        producer.close()
-
-
-def topic_exists(bootstrap: str, topic: str) -> bool:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        return topic in admin.list_topics()
-    finally:
-        admin.close()
-
-
-def consume(bootstrap: str, topic: str, partitions: int, count: int) -> list[tuple[bytes, bytes]]:
-    # The egress creates its topic when it first publishes: a consumer must not create it
-    # first (the broker would, with its own partition count).
-    wait_until(lambda: topic_exists(bootstrap, topic), timeout=20)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        fetch_max_wait_ms=10,
-        auto_offset_reset="earliest",
-        allow_auto_create_topics=False,
-    )
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[tuple[bytes, bytes]] = []
-
-        def enough() -> bool:
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend((r.key, r.value) for r in records)
-            return len(out) >= count
-
-        wait_until(enough, timeout=20)
-        return out
-    finally:
-        consumer.close()
 
 
 def module(functions_url: str, address: str | None, topic: str, startup: str = "earliest") -> Any:
@@ -111,10 +57,6 @@ spec: {{id: test/out}}
 def count(http: httpx.Client, address: str) -> int:
     value: int = http.get(f"/v1/state/{address}").json()["state"].get("count", {}).get("value", 0)
     return value
-
-
-def int_bytes(n: int) -> bytes:
-    return b"\x0d" + n.to_bytes(4, "little")
 
 
 @pytest.mark.parametrize("own_log", ["embedded", "kafka"])
@@ -210,7 +152,7 @@ def test_egress_produces_kafka_producer_records(
                 content="go",
                 headers={"content-type": "text/plain"},
             ).raise_for_status()
-        records = consume(kafka_bootstrap, "egress-out", 1, 3)
+        records = consume(kafka_bootstrap, "egress-out", 3)
     # the topic did not exist: the egress created it with one partition
     assert sorted(records) == [(b"x", b"x:1"), (b"x", b"x:2"), (b"y", b"y:1")]
 
