@@ -54,11 +54,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -270,6 +270,26 @@ class FailurePolicy:
 FAIL = FailurePolicy(FunctionTypePattern("*", None))
 
 
+class _ForFunctions(Protocol):
+    @property
+    def functions(self) -> FunctionTypePattern: ...
+
+
+_Item = TypeVar("_Item", bound=_ForFunctions)
+
+
+def _most_specific(items: Iterable[_Item], function_type: TypeName) -> _Item | None:
+    """The first item whose pattern names ``function_type`` exactly, else the last whose
+    ``ns/*`` pattern matches it, else None."""
+    wildcard = None
+    for item in items:
+        if item.functions.matches(function_type):
+            if item.functions.name is not None:
+                return item
+            wildcard = item
+    return wildcard
+
+
 @dataclass(frozen=True, slots=True)
 class ModuleSpec:
     endpoints: tuple[HttpEndpoint, ...] = ()
@@ -279,23 +299,12 @@ class ModuleSpec:
 
     def failure_policy_for(self, function_type: TypeName) -> FailurePolicy:
         """The policy of ``function_type``: an exact pattern wins over ``ns/*``."""
-        wildcard = FAIL
-        for policy in self.failure_policies:
-            if policy.functions.matches(function_type):
-                if policy.functions.name is not None:
-                    return policy
-                wildcard = policy
-        return wildcard
+        policy = _most_specific(self.failure_policies, function_type)
+        return FAIL if policy is None else policy
 
     def endpoint_for(self, function_type: TypeName) -> HttpEndpoint | None:
         """The endpoint serving ``function_type``: an exact pattern wins over ``ns/*``."""
-        wildcard = None
-        for endpoint in self.endpoints:
-            if endpoint.functions.matches(function_type):
-                if endpoint.functions.name is not None:
-                    return endpoint
-                wildcard = endpoint
-        return wildcard
+        return _most_specific(self.endpoints, function_type)
 
     def egress(self, egress_id: TypeName) -> Egress | None:
         return next((e for e in self.egresses if e.id == egress_id), None)
