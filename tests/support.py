@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -210,3 +212,59 @@ def unique_app_id() -> str:
 
 def client(base_url: str) -> httpx.Client:
     return httpx.Client(base_url=base_url, timeout=15)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root, where child processes run."""
+
+
+class RuntimeProcess:
+    """``statefun run`` in a child process; its stderr goes to a file next to its data."""
+
+    def __init__(self, module: Path, data_dir: Path, port: int, *flags: str):
+        self.url = f"http://127.0.0.1:{port}"
+        self.args = [
+            sys.executable,
+            "-m",
+            "runtime.cli",
+            "run",
+            "--module",
+            str(module),
+            "--data-dir",
+            str(data_dir),
+            "--ingress-port",
+            str(port),
+            *flags,
+        ]
+        self.log_path = data_dir.with_name(f"{data_dir.name}-{port}.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, recovered: bool = False) -> RuntimeProcess:
+        """Start, and wait until the ingress answers (with ``recovered``, until the
+        runtime is done recovering: 200, not 503)."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.args, cwd=ROOT, stderr=log)
+        statuses = (200,) if recovered else (200, 503)
+        wait_until(lambda: self._healthy(statuses), timeout=30)
+        return self
+
+    def _healthy(self, statuses: tuple[int, ...]) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"runtime exited: {self.log_path.read_text()}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code in statuses
+        except httpx.HTTPError:
+            return False
+
+    def signal(self, sig: int) -> tuple[int, str]:
+        """Send ``sig``, wait for the exit; the exit status and everything it logged."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+        status = self.process.wait(timeout=30)
+        return status, self.log_path.read_text()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)

@@ -15,11 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from functions import make_test_functions
-from support import ServerThread, free_port, serve, wait_until
+from support import ROOT, RuntimeProcess, ServerThread, free_port, serve, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def statefun(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -30,54 +28,6 @@ def statefun(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
         timeout=timeout,
         cwd=ROOT,
     )
-
-
-class RuntimeProcess:
-    """``statefun run`` in a child process; its stderr goes to a file next to its data."""
-
-    def __init__(self, module: Path, data_dir: Path, port: int):
-        self.url = f"http://127.0.0.1:{port}"
-        self.args = [
-            sys.executable,
-            "-m",
-            "runtime.cli",
-            "run",
-            "--module",
-            str(module),
-            "--data-dir",
-            str(data_dir),
-            "--ingress-port",
-            str(port),
-        ]
-        self.log_path = data_dir.with_name(f"{data_dir.name}-{port}.log")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RuntimeProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.args, cwd=ROOT, stderr=log)
-        wait_until(self._healthy, timeout=30)
-        return self
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"runtime exited: {self.log_path.read_text()}")
-        try:
-            return httpx.get(f"{self.url}/health", timeout=1).status_code in (200, 503)
-        except httpx.HTTPError:
-            return False
-
-    def signal(self, sig: int) -> tuple[int, str]:
-        """Send ``sig``, wait for the exit; the exit status and everything it logged."""
-        assert self.process is not None
-        self.process.send_signal(sig)
-        status = self.process.wait(timeout=30)
-        return status, self.log_path.read_text()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -17,11 +17,10 @@ import httpx
 import pytest
 import yaml
 from kafka.admin import KafkaAdminClient
-from support import free_port, wait_until
+from support import ROOT, free_port, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 # The port each service listens on inside its container.

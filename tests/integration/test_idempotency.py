@@ -4,8 +4,6 @@ first answer, within the process and across a kill -9 of the runtime."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +11,16 @@ from typing import Any
 import httpx
 import pytest
 from functions import make_test_functions
-from support import client, free_port, module_for, running_runtime, serve, wait_until
+from support import (
+    RuntimeProcess,
+    client,
+    free_port,
+    module_for,
+    running_runtime,
+    serve,
+    wait_until,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -130,31 +135,11 @@ def test_keys_survive_a_kill_9_of_the_runtime(functions_url: str, tmp_path: Path
         f"spec: {{functions: test/*, urlPathTemplate: '{url}'}}\n"
         "---\nkind: statefun.v1/egress\nspec: {id: test/out}\n"
     )
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    args = [
-        sys.executable,
-        "-m",
-        "runtime.cli",
-        "run",
-        "--module",
-        str(module),
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--ingress-port",
-        str(port),
-        "--checkpoint-interval",
-        "0.2",
-    ]
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.DEVNULL)
-        wait_until(lambda: _healthy(base), timeout=30)
-        return process
-
-    runtime = start()
+    runtime = RuntimeProcess(
+        module, tmp_path / "data", free_port(), "--checkpoint-interval", "0.2"
+    ).start(recovered=True)
     try:
-        with httpx.Client(base_url=base, timeout=30) as http:
+        with httpx.Client(base_url=runtime.url, timeout=30) as http:
             first = post_one(http, "test/counter/r", "before-the-crash")
             called = http.post(
                 "/v1/call/test/nonce/r",
@@ -164,8 +149,7 @@ def test_keys_survive_a_kill_9_of_the_runtime(functions_url: str, tmp_path: Path
             )
             assert called.status_code == 200
             runtime.kill()  # at once: the key of the message may not be in a checkpoint yet
-            runtime.wait(10)
-            runtime = start()
+            runtime.start(recovered=True)
             again = post_one(http, "test/counter/r", "before-the-crash")
             assert again.json() == first.json()
             assert again.headers["idempotent-replayed"] == "true"
@@ -178,12 +162,4 @@ def test_keys_survive_a_kill_9_of_the_runtime(functions_url: str, tmp_path: Path
             assert recalled.json() == called.json()
             wait_until(lambda: count(http, "test/counter/r") == 1)
     finally:
-        runtime.send_signal(signal.SIGTERM)
-        runtime.wait(30)
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+        runtime.signal(signal.SIGTERM)
