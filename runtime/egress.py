@@ -181,37 +181,31 @@ class Egresses:
     async def start(self) -> None:
         for topic in self._log_topics.values():
             await self._log.ensure_topic(topic, 1)
-        writers: dict[int, KafkaTopicWriter] = {}
-        transactional: dict[int, TransactionalKafkaWriter] = {}
+        clusters: dict[int, tuple[KafkaLog, list[KafkaEgress]]] = {}
         for spec in self._kafka_specs:
             cluster = await self._clusters.get(spec.address, f"egress {spec.id}")
-            if spec.id not in self._exactly_once:
-                writer = writers.get(id(cluster))
-                if writer is None:
-                    writer = writers[id(cluster)] = KafkaTopicWriter(cluster)
-                self._kafka[spec.id] = writer
-                continue
-            txn = transactional.get(id(cluster))
-            if txn is None:
+            clusters.setdefault(id(cluster), (cluster, []))[1].append(spec)
+        transactional = 0
+        for cluster, specs in clusters.values():
+            loose = [s for s in specs if s.id not in self._exactly_once]
+            if loose:
+                writer = KafkaTopicWriter(cluster)
+                self._kafka.update((s.id, writer) for s in loose)
+            exact = [s for s in specs if s.id in self._exactly_once]
+            if exact:
                 # One transactional id per application and cluster: a restarted runtime
                 # fences the one before it. The longest transaction timeout asked for on
                 # the cluster applies to all its exactly-once egresses.
-                n = len(transactional)
-                timeouts = [
-                    s.transaction_timeout
-                    for s in self._kafka_specs
-                    if s.transaction_timeout is not None
-                    and s.id in self._exactly_once
-                    and await self._clusters.get(s.address, f"egress {s.id}") is cluster
-                ]
-                txn = transactional[id(cluster)] = TransactionalKafkaWriter(
+                timeouts = [s.transaction_timeout for s in exact if s.transaction_timeout]
+                txn = TransactionalKafkaWriter(
                     cluster,
-                    f"{self._topics.app_id}-egress-{n}",
-                    self._topics.egress_markers(n),
+                    f"{self._topics.app_id}-egress-{transactional}",
+                    self._topics.egress_markers(transactional),
                     max(timeouts, default=None),
                 )
                 await txn.start()
-            self._transactional[spec.id] = txn
+                transactional += 1
+                self._transactional.update((s.id, txn) for s in exact)
 
     async def close(self) -> None:
         for writer in {id(w): w for w in self._transactional.values()}.values():
