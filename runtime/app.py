@@ -42,6 +42,7 @@ from runtime.checkpoints.store import CheckpointStore, Manifest, Rollback
 from runtime.dead_letters import DeadLetters
 from runtime.egress import Egresses
 from runtime.envelope import Envelope
+from runtime.errors import ConfigurationError
 from runtime.idempotency import KEY_HEADER, IdempotencyKeys
 from runtime.ingress import create_ingress_app
 from runtime.kafka_clusters import KafkaClusters
@@ -52,14 +53,14 @@ from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
 from runtime.replies import ReplyWaiters
 from runtime.router import Router
-from runtime.routing import ConfigurationError, Topics
+from runtime.routing import Topics
 from runtime.state import StateSpecRegistry, StateStore
 from runtime.worker import Failure, FunctionClients, Worker, WorkerConfig
 from statefun.address import Address
 from statefun.module_spec import ModuleSpec
 from statefun.values import TypedValue
 
-log = logging.getLogger("runtime")
+log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 5
 """Seconds the ingress lets requests in flight finish when the runtime stops."""

@@ -190,9 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: the server stack takes a second to import, which send and call skip.
     from runtime.app import Runtime, RuntimeConfig
     from runtime.checkpoints.coordinator import CheckpointConfig
-    from runtime.checkpoints.store import CheckpointStoreInUse
-    from runtime.log import LogError
-    from runtime.routing import ConfigurationError
+    from runtime.errors import ConfigurationError, LogError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -229,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         _run_loop(main())
-    except (LogError, ConfigurationError, CheckpointStoreInUse) as e:
+    except (LogError, ConfigurationError) as e:
         raise CliError(str(e)) from None
     return 0
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from runtime.checkpoints.epochs import EpochClock, Tag
 from runtime.log import Log, Record
 
-log = logging.getLogger("runtime.dead_letters")
+log = logging.getLogger(__name__)
 
 REASON, SOURCE, ORIGIN = "statefun.reason", "statefun.source", "statefun.origin"
 

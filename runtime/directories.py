@@ -10,12 +10,12 @@ import fcntl
 from pathlib import Path
 from typing import IO
 
-
-class DirectoryInUse(Exception):
-    """Another runtime process holds the directory."""
+from runtime.errors import DirectoryInUse
 
 
-def lock_directory(directory: Path, lock_name: str, what: str) -> IO[bytes]:
+def lock_directory(
+    directory: Path, lock_name: str, what: str, in_use: type[DirectoryInUse] = DirectoryInUse
+) -> IO[bytes]:
     """Create ``directory`` if need be and lock it for this process; the lock lasts as long
     as the returned file stays open (the process's death releases it too)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -24,7 +24,7 @@ def lock_directory(directory: Path, lock_name: str, what: str) -> IO[bytes]:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise DirectoryInUse(f"{what} {directory} is in use by another runtime process") from None
+        raise in_use(f"{what} {directory} is in use by another runtime process") from None
     return lock
 
 

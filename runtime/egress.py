@@ -28,18 +28,19 @@ from collections.abc import Iterator, Sequence
 import msgpack
 
 from runtime.checkpoints.snapshot import EgressItem
+from runtime.errors import ConfigurationError, UnknownTopicError
 from runtime.kafka_clusters import KafkaClusters
-from runtime.log import Log, Record, UnknownTopicError
+from runtime.log import Log, Record
 from runtime.log.kafka import KafkaLog
 from runtime.log.kafka_transactions import TransactionalPublisher
-from runtime.routing import ConfigurationError, Topics, partition_for_key
+from runtime.routing import Topics, partition_for_key
 from statefun.address import TypeName
 from statefun.egress import KAFKA_PRODUCER_RECORD_TYPENAME, KafkaProducerRecord
 from statefun.errors import ValueTypeError
 from statefun.module_spec import KafkaEgress, LogEgress, ModuleSpec
 from statefun.values import TypedValue
 
-log = logging.getLogger("runtime.egress")
+log = logging.getLogger(__name__)
 
 ID_HEADER = "statefun.egress-id"
 

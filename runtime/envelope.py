@@ -10,14 +10,11 @@ from dataclasses import dataclass
 
 import msgpack
 
+from runtime.errors import MalformedEnvelope
 from runtime.log import Record, StoredRecord
 from runtime.routing import address_key
 from statefun.address import Address
 from statefun.values import TypedValue
-
-
-class MalformedEnvelope(ValueError):
-    """A record in the messages log is not an envelope."""
 
 
 @dataclass(frozen=True, slots=True)

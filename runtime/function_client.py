@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Sequence
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from runtime.errors import CallFailed
 from statefun import native_codec, protobuf_codec
 from statefun.errors import ProtocolError
 from statefun.module_spec import HttpEndpoint
@@ -59,7 +60,7 @@ from statefun.protocol import (
     InvocationBatch,
 )
 
-log = logging.getLogger("runtime.function_client")
+log = logging.getLogger(__name__)
 
 NATIVE, STATEFUN, AUTO = "native", "statefun", "auto"
 NATIVE_PROTOCOL_ID = f"native/{native_codec.PROTOCOL_VERSION}"
@@ -74,16 +75,6 @@ _STATEFUN_HEADERS = (
     ("accept", protobuf_codec.CONTENT_TYPE),
 )
 _NEGOTIATION_HEADERS = (("accept", "application/json"),)
-
-
-class CallFailed(Exception):
-    """A call did not produce a valid response; ``protocol_violation`` if the endpoint
-    answered with something that breaks the protocol (rather than failing to answer)."""
-
-    def __init__(self, reason: str, *, protocol_violation: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.protocol_violation = protocol_violation
 
 
 class FunctionClient:

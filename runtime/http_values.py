@@ -15,20 +15,10 @@ import json
 import math
 from typing import Any
 
+from runtime.errors import BadInput
 from statefun.address import TypeName
 from statefun.errors import InvalidNameError, ValueTypeError
 from statefun.values import BUILTIN_TYPES, StringType, TypedValue
-
-
-class BadInput(Exception):
-    """An HTTP input that cannot become a typed value; carries the HTTP status to answer."""
-
-    def __init__(self, status: int, error: str, detail: str):
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
-
 
 _TEXT_CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
 

@@ -26,16 +26,13 @@ import msgpack
 
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import SkipRule, Tag
+from runtime.errors import IdempotencyConflict
 from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import Address
 from statefun.values import TypedValue
 
 KEY_HEADER = "statefun.idempotency"
 MAX_KEY_LENGTH = 255
-
-
-class IdempotencyConflict(Exception):
-    """The key was used before for a different request."""
 
 
 @dataclass(slots=True)

@@ -21,16 +21,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime.http_values import BadInput, value_from_http, value_to_json
+from runtime.errors import BadInput, IdempotencyConflict, ShuttingDown
+from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import (
     Answer,
-    IdempotencyConflict,
     IdempotencyKeys,
     check_key,
     fingerprint,
     header,
 )
-from runtime.replies import ShuttingDown
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError
 from statefun.values import TypedValue

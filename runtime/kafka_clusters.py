@@ -7,13 +7,9 @@ shared, and closed with the runtime; the runtime's own log is reused, never clos
 
 from __future__ import annotations
 
+from runtime.errors import NoKafkaCluster
 from runtime.log import Log
 from runtime.log.kafka import KafkaLog
-from runtime.routing import ConfigurationError
-
-
-class NoKafkaCluster(ConfigurationError):
-    """A Kafka ingress or egress has no address, and the runtime has no Kafka of its own."""
 
 
 class KafkaClusters:

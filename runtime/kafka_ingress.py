@@ -32,7 +32,7 @@ from statefun.errors import InvalidNameError
 from statefun.module_spec import KafkaIngress, KafkaIngressTopic
 from statefun.values import TypedValue
 
-log = logging.getLogger("runtime.kafka_ingress")
+log = logging.getLogger(__name__)
 
 
 class KafkaIngressReader:

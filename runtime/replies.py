@@ -19,13 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtime.checkpoints.epochs import SkipRule, Tag
+from runtime.errors import ShuttingDown
 from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import Address
 from statefun.values import TypedValue
-
-
-class ShuttingDown(Exception):
-    """The runtime is stopping; calls waiting for replies are answered now."""
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from kafka.partitioner.default import murmur2
 
+from runtime.errors import ConfigurationError
 from statefun.address import Address, TypeName
 
 # The function type of the addresses the HTTP ingress gives its /v1/call requests.
@@ -22,10 +23,6 @@ INGRESS_CALLER_TYPE = TypeName("statefun.ingress", "caller")
 
 _TOPIC_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
 _APP_ID = re.compile(r"^[a-zA-Z0-9._-]{1,100}$")
-
-
-class ConfigurationError(ValueError):
-    """The runtime cannot start as configured; the message says what to change."""
 
 
 @dataclass(frozen=True, slots=True)

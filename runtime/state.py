@@ -13,14 +13,11 @@ import time
 from collections.abc import Iterable, Mapping
 
 from runtime.checkpoints.snapshot import decode_state, encode_state
+from runtime.errors import StateSpecConflict
 from runtime.routing import address_key
 from statefun.address import Address, TypeName
 from statefun.protocol import ExpireMode, StateMutation, StateSpec
 from statefun.values import TypedValue
-
-
-class StateSpecConflict(ValueError):
-    """A function declared a state under a registered name with another type."""
 
 
 class StateSpecRegistry:

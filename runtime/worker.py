@@ -46,11 +46,12 @@ from runtime.checkpoints.snapshot import (
 )
 from runtime.dead_letters import DeadLetters
 from runtime.egress import Egresses
-from runtime.envelope import Envelope, MalformedEnvelope
-from runtime.function_client import CallFailed, FunctionClient
+from runtime.envelope import Envelope
+from runtime.errors import CallFailed, MalformedEnvelope, StateSpecConflict
+from runtime.function_client import FunctionClient
 from runtime.log import Log, StoredRecord, TopicPartition
 from runtime.router import Router
-from runtime.state import StateSpecConflict, StateSpecRegistry, StateStore
+from runtime.state import StateSpecRegistry, StateStore
 from runtime.timers import TimerService
 from statefun.address import Address, TypeName
 from statefun.module_spec import HttpEndpoint, ModuleSpec
@@ -67,7 +68,7 @@ from statefun.protocol import (
 )
 from statefun.values import TypedValue
 
-log = logging.getLogger("runtime.worker")
+log = logging.getLogger(__name__)
 
 EXPIRY_SWEEP_INTERVAL = 1.0
 """Seconds between sweeps of expired state out of memory (reads never see it anyway)."""

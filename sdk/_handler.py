@@ -40,7 +40,7 @@ from statefun.protocol import (
 
 __all__ = ["RequestReplyHandler"]
 
-_log = logging.getLogger("sdk")
+_log = logging.getLogger(__name__)
 
 _Started = BatchOutcome | Coroutine[Any, Any, BatchOutcome]
 

@@ -65,7 +65,7 @@ import yaml
 from statefun.address import TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
 
-log = logging.getLogger("statefun.module_spec")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ENDPOINT_KIND",

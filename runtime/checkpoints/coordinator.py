@@ -24,7 +24,7 @@ from runtime.checkpoints.epochs import EpochClock
 from runtime.checkpoints.store import CheckpointStore, Manifest
 from runtime.log import Log
 
-log = logging.getLogger("runtime.checkpoints")
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
 
-from runtime.directories import DirectoryInUse, lock_directory, unlock
+from runtime.directories import lock_directory, unlock
+from runtime.errors import CheckpointStoreInUse
 
 T = TypeVar("T")
 
@@ -48,10 +49,6 @@ CREATE TABLE IF NOT EXISTS generations (
     reason TEXT NOT NULL, cause_address TEXT, cause_messages TEXT NOT NULL
 );
 """
-
-
-class CheckpointStoreInUse(DirectoryInUse):
-    """Another runtime process holds the checkpoint directory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +95,9 @@ class CheckpointStore:
     @classmethod
     async def open(cls, directory: str | Path) -> CheckpointStore:
         directory = Path(directory)
-        try:
-            lock = lock_directory(directory, "checkpoints.lock", "checkpoint directory")
-        except DirectoryInUse as e:
-            raise CheckpointStoreInUse(str(e)) from None
+        lock = lock_directory(
+            directory, "checkpoints.lock", "checkpoint directory", CheckpointStoreInUse
+        )
         return await asyncio.to_thread(cls, directory / "checkpoints.db", lock)
 
     async def _run(self, fn: Callable[[], T]) -> T:

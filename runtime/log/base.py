@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from runtime.errors import LogError, TopicMismatchError, UnknownTopicError
+
 __all__ = [
     "Log",
     "LogConsumer",
@@ -31,18 +33,6 @@ __all__ = [
     "TopicPartition",
     "UnknownTopicError",
 ]
-
-
-class LogError(Exception):
-    """Base of the log's errors."""
-
-
-class UnknownTopicError(LogError):
-    """The topic does not exist."""
-
-
-class TopicMismatchError(LogError):
-    """The topic exists with another partition count than the one asked for."""
 
 
 class TopicPartition(NamedTuple):

@@ -25,7 +25,7 @@ from kafka import TopicPartition as KafkaTopicPartition
 from runtime.log.base import Record
 from runtime.log.kafka import KafkaLog, _call, _ClientThread, _close_producer
 
-logger = logging.getLogger("runtime.log.kafka")
+logger = logging.getLogger(__name__)
 
 MARKER_KEY = b"published"
 MARKER_LOOKBACK = 100

@@ -21,7 +21,8 @@ from typing import IO
 
 import msgpack
 
-from runtime.directories import DirectoryInUse, lock_directory, unlock
+from runtime.directories import lock_directory, unlock
+from runtime.errors import DataDirectoryInUse
 from runtime.log.base import LogError, StoredRecord, TopicPartition
 from runtime.log.local import LocalLog, PendingAppend
 
@@ -56,10 +57,6 @@ class _CommitOffsets:
 _Op = PendingAppend | _CreateTopic | _CommitOffsets
 
 
-class DataDirectoryInUse(LogError):
-    """Another runtime process holds the data directory."""
-
-
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -85,10 +82,7 @@ class SqliteLog(LocalLog):
     @classmethod
     async def open(cls, directory: str | Path) -> SqliteLog:
         directory = Path(directory)
-        try:
-            lock = lock_directory(directory, "log.lock", "data directory")
-        except DirectoryInUse as e:
-            raise DataDirectoryInUse(str(e)) from None
+        lock = lock_directory(directory, "log.lock", "data directory", DataDirectoryInUse)
         log = cls(directory / "log.db", lock)
         log._load()
         log._thread.start()

@@ -15,7 +15,8 @@ import pytest
 from conftest import OfficialFunctions
 from httpx_aiohttp import AiohttpTransport
 
-from runtime.function_client import CallFailed, FunctionClient
+from runtime.errors import CallFailed
+from runtime.function_client import FunctionClient
 from sdk import StatefulFunctions
 from statefun import native_codec
 from statefun.address import Address

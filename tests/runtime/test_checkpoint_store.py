@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
-from runtime.checkpoints.store import CheckpointStore, CheckpointStoreInUse
+from runtime.checkpoints.store import CheckpointStore
+from runtime.errors import CheckpointStoreInUse
 
 pytestmark = pytest.mark.anyio
 

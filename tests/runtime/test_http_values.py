@@ -2,7 +2,8 @@ from typing import Any
 
 import pytest
 
-from runtime.http_values import BadInput, value_from_http, value_to_json
+from runtime.errors import BadInput
+from runtime.http_values import value_from_http, value_to_json
 from statefun.values import (
     DoubleType,
     IntType,

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from runtime.checkpoints.epochs import SkipRule, Tag
-from runtime.idempotency import Answer, IdempotencyConflict, IdempotencyKeys, check_key
+from runtime.errors import IdempotencyConflict
+from runtime.idempotency import Answer, IdempotencyKeys, check_key
 from statefun.values import TypedValue
 
 pytestmark = pytest.mark.anyio

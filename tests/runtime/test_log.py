@@ -15,6 +15,7 @@ from kafka import TopicPartition as KafkaTopicPartition
 from kafka.future import Future as KafkaFuture
 from kafka_broker import TansuBroker, tansu_binary
 
+from runtime.errors import DataDirectoryInUse
 from runtime.log import (
     Log,
     LogError,
@@ -26,7 +27,7 @@ from runtime.log import (
 )
 from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
-from runtime.log.sqlite import DataDirectoryInUse, SqliteLog
+from runtime.log.sqlite import SqliteLog
 from runtime.routing import partition_for_key
 
 pytestmark = pytest.mark.anyio

@@ -184,7 +184,7 @@ def test_a_user_exception_fails_the_batch_without_effects(
     assert isinstance(ok, InvocationResult)
     assert ok.messages == [OutgoingMessage(Address("ex", "g", "x"), to_typed_value(IntType, 1))]
     (record,) = caplog.records
-    assert record.name == "sdk"
+    assert record.name == "sdk._handler"  # under the "sdk" logger users configure
     assert "ex/f/a" in record.getMessage()
     assert record.exc_info is not None
     assert record.exc_info[0] is ZeroDivisionError
