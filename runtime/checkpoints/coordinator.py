@@ -35,6 +35,10 @@ class Capture:
     part: bytes
     state: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     abandon: Callable[[], None] = lambda: None
+    releases: bool = False
+    """Whether the commit of this checkpoint will release something of it to the outside
+    (egress records, replies held for commit): a checkpoint that released nothing can be
+    given up for an older one if it turns out damaged."""
 
 
 class Participant(Protocol):

@@ -55,11 +55,32 @@ class EgressItem:
 
 
 @dataclass(frozen=True, slots=True)
+class Overflow:
+    """An address whose messages from ``offset`` on (in ``partition``, below the read
+    position) are not held in memory: they are read again from the log when its mailbox
+    has room."""
+
+    address: Address
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerPart:
     pending: list[PendingMessage]
     timers: list[PendingTimer]
     positions: dict[int, int]
     egress: list[EgressItem] = field(default_factory=list)
+    overflow: list[Overflow] = field(default_factory=list)
+
+    def read_floor(self) -> dict[int, int]:
+        """Per partition, the lowest offset a worker restored from this part reads again:
+        its read position, or an earlier offset an overflowed address still needs. Records
+        below it are never needed by this part."""
+        floor = dict(self.positions)
+        for o in self.overflow:
+            floor[o.partition] = min(floor.get(o.partition, o.offset), o.offset)
+        return floor
 
 
 def _addr(a: Address | None) -> tuple[str, str, str] | None:
@@ -134,12 +155,15 @@ def encode_worker_part(part: WorkerPart) -> bytes:
                 )
                 for e in part.egress
             ],
+            [(_addr(o.address), o.partition, o.offset) for o in part.overflow],
         )
     )
 
 
 def decode_worker_part(data: bytes) -> WorkerPart:
-    pending, timers, positions, egress = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    pending, timers, positions, egress, overflow = msgpack.unpackb(
+        data, raw=False, strict_map_key=False
+    )
     return WorkerPart(
         [
             PendingMessage(Address(*t), _to_addr(c), TypedValue(tn, v), (p, o))
@@ -154,6 +178,7 @@ def decode_worker_part(data: bytes) -> WorkerPart:
             EgressItem(i, TypeName(ns, name), TypedValue(tn, v), epoch)
             for i, ns, name, tn, v, epoch in egress
         ],
+        [Overflow(Address(*a), p, o) for a, p, o in overflow],
     )
 
 
