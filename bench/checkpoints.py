@@ -84,8 +84,8 @@ from bench._support import (
 from bench.functions import AT_LEAST_ONCE_EGRESS, BOTH_PREFIX, DONE_EGRESS
 from runtime.app import Runtime, RuntimeConfig
 from runtime.checkpoints.coordinator import Capture, CheckpointConfig, Participant
+from runtime.dispatcher import Failure
 from runtime.state import StateStore
-from runtime.worker import Failure
 from statefun.address import Address
 from statefun.module_spec import parse_module_spec
 from statefun.protocol import StateMutation

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
 import tempfile
@@ -33,17 +32,19 @@ from fastapi import FastAPI
 from runtime.checkpoints.coordinator import CheckpointConfig, CheckpointCoordinator
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.snapshot import (
-    MessageId,
     decode_positions,
     decode_worker_part,
     message_id_text,
 )
-from runtime.checkpoints.store import CheckpointStore, Manifest, Rollback
-from runtime.dead_letters import DeadLetters
-from runtime.egress import Egresses
+from runtime.checkpoints.store import CheckpointStore, Manifest
+from runtime.dead_letters import REPLAYED, DeadLetter, DeadLetters
+from runtime.dispatcher import Failure
+from runtime.egress import Egresses, EgressOutbox
 from runtime.envelope import Envelope
 from runtime.errors import ConfigurationError
-from runtime.idempotency import KEY_HEADER, IdempotencyKeys
+from runtime.health import Health
+from runtime.idempotency import KEY_HEADER, Answer, IdempotencyKeys, fingerprint
+from runtime.idempotency import header as idempotency_header
 from runtime.ingress import create_ingress_app
 from runtime.kafka_clusters import KafkaClusters
 from runtime.kafka_ingress import KafkaIngressReader
@@ -55,8 +56,8 @@ from runtime.replies import ReplyWaiters
 from runtime.router import Router
 from runtime.routing import Topics
 from runtime.state import StateSpecRegistry, StateStore
-from runtime.worker import Failure, FunctionClients, Worker, WorkerConfig
-from statefun.address import Address
+from runtime.worker import FunctionClients, Worker, WorkerConfig
+from statefun.address import Address, TypeName
 from statefun.module_spec import ModuleSpec
 from statefun.values import TypedValue
 
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 5
 """Seconds the ingress lets requests in flight finish when the runtime stops."""
+SERVED_ASK_TIMEOUT = 2.0
+"""Seconds the ingress waits for an endpoint to say which function types it serves."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,6 @@ class RuntimeConfig:
     messages_partitions: int = 8
     app_id: str = "statefun"
     """Names the runtime's own topics and consumer group (see ``runtime.routing.Topics``)."""
-    max_body_bytes: int = 1 << 20
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     idempotency_retention: float = 24 * 3600.0
@@ -88,11 +90,6 @@ class RuntimeConfig:
     rollback_backoff: float = 0.5
     """Seconds before resuming after a rollback; doubles per rollback in a row."""
     rollback_backoff_max: float = 30.0
-
-
-def parse_message_id(text: str) -> MessageId:
-    partition, _, offset = text.partition("@")
-    return int(partition), int(offset)
 
 
 class Runtime:
@@ -124,7 +121,9 @@ class Runtime:
         self.replies.on_reply = self.idempotency.reply
         self.clients = FunctionClients(config.worker, transport)
         self.registry = StateSpecRegistry()
+        self.health = Health()
         self.worker: Worker | None = None
+        self.outbox: EgressOutbox | None = None
         self.kafka_ingresses: list[KafkaIngressReader] = []
         self.clock: EpochClock | None = None
         self.failure: Failure | None = None
@@ -185,22 +184,26 @@ class Runtime:
         if checkpoint:
             state.load(await self.store.load_state(checkpoint))
             parts = await self.store.load_parts(checkpoint)
-        poisoned, isolated = await self._failure_policy(rollbacks)
+        outbox = EgressOutbox(
+            self.egresses,
+            clock,
+            note_published=self.store.egress_published,
+            on_log_failure=lambda reason: worker.log_failed(reason),
+        )
         worker = Worker(
             self.log,
             self.module,
             self.router,
             self.egresses,
+            outbox,
             self.dead_letters,
             clock,
             self.clients,
             self.registry,
             state,
             on_failure=self._failed,
-            on_published=self.store.egress_published,
             config=self.config.worker,
-            poisoned=poisoned,
-            isolated=isolated,
+            paused=await self.store.paused(),
         )
         ends = await self.log.end_offsets(self.topics.messages)
         restored = decode_worker_part(parts["worker"]) if "worker" in parts else None
@@ -209,18 +212,10 @@ class Runtime:
         await self._observe_keys(positions, ends)
         if restored is not None:
             self._check_positions(restored.positions, ends, checkpoint)
-            # Egress records the checkpoint holds: published already, or still to publish.
-            published = await self.store.egress_published_through()
-            restored = dataclasses.replace(
-                restored,
-                egress=[
-                    e
-                    for e in restored.egress
-                    if e.epoch > published and not self.egresses.published_already(e)
-                ],
-            )
+        # Egress records the checkpoint holds: published already, or still to publish.
+        outbox.restore(parts.get(outbox.name), await self.store.egress_published_through())
         worker.start(restored, dict(enumerate(ends)))
-        worker.publish_committed(checkpoint)
+        outbox.publish_committed(checkpoint)
         readers = []
         for spec in self.module.ingresses:
             cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
@@ -230,8 +225,9 @@ class Runtime:
             reader_part = parts.get(reader.name)
             await reader.start(decode_positions(reader_part) if reader_part is not None else None)
             readers.append(reader)
-        self.worker, self.kafka_ingresses, self.clock = worker, readers, clock
-        self.coordinator.attach(clock, [worker, *readers, self.idempotency])
+        self.worker, self.outbox, self.kafka_ingresses, self.clock = worker, outbox, readers, clock
+        self.health.functions = worker.dispatcher.health
+        self.coordinator.attach(clock, [worker, outbox, *readers, self.idempotency])
         log.info(
             "generation %d resumed from checkpoint %d in %.0f ms (%d addresses in state)",
             generation,
@@ -289,36 +285,6 @@ class Runtime:
                 "or remove the directory to start from the beginning of the log."
             )
 
-    async def _failure_policy(
-        self, rollbacks: list[Rollback]
-    ) -> tuple[dict[MessageId, str], frozenset[Address]]:
-        """The messages given up on (dead-lettered, now and before), and the addresses to
-        send one message at a time so that a failure names exactly one message."""
-        dead = {
-            parse_message_id(m): reason for m, reason in (await self.store.dead_lettered()).items()
-        }
-        if not rollbacks or rollbacks[-1].cause_address is None:
-            return dead, frozenset()
-        last = rollbacks[-1]
-        assert last.cause_address is not None
-        address = Address.parse(last.cause_address)
-        policy = self.module.failure_policy_for(address.function_type)
-        if policy.policy != "dead-letter":
-            return dead, frozenset()
-        if len(last.cause_messages) == 1:
-            (message,) = last.cause_messages
-            run = 0
-            for r in reversed(rollbacks):
-                if r.cause_address != last.cause_address or message not in r.cause_messages:
-                    break
-                run += 1
-            if run >= policy.max_rollbacks:
-                reason = f"{run} rollbacks in a row; the last: {last.reason}"
-                await self.store.dead_letter(message, reason)
-                dead[parse_message_id(message)] = reason
-                log.error("message %s to %s is given up on: %s", message, address, reason)
-        return dead, frozenset({address})
-
     def _failed(self, failure: Failure) -> None:
         if self._rolling_back is None and not self._stopping:
             self._rolling_back = asyncio.create_task(self._rollback(failure), name="rollback")
@@ -351,14 +317,16 @@ class Runtime:
         self._rollbacks_in_a_row = 0
         self.failure = None
         self.replies.committed(manifest.generation, manifest.checkpoint)
-        if self.worker is not None and not self.worker.stopped:
-            self.worker.publish_committed(manifest.checkpoint)
+        if self.outbox is not None and self.worker is not None and not self.worker.stopped:
+            self.outbox.publish_committed(manifest.checkpoint)
 
     async def _stop_generation(self, *, drain: bool) -> None:
         for reader in self.kafka_ingresses:
             await reader.stop()
         if self.worker is not None:
             await self.worker.stop(drain=drain)
+        if self.outbox is not None and not drain:
+            await self.outbox.cancel()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -379,8 +347,8 @@ class Runtime:
         if self.worker is not None and not self.worker.failed:
             last = await self.coordinator.checkpoint()
         if last is not None:
-            assert self.worker is not None
-            publishing = self.worker.publish_committed(last.checkpoint)
+            assert self.outbox is not None
+            publishing = self.outbox.publish_committed(last.checkpoint)
             if publishing is not None:
                 await publishing
             await self.store.stopped_cleanly()
@@ -394,6 +362,65 @@ class Runtime:
 
     def state_of(self, address: Address) -> Mapping[str, TypedValue]:
         return self.worker.state_of(address) if self.worker else {}
+
+    # --- what the ingress asks ----------------------------------------------------------
+
+    async def refuses(self, function_type: TypeName) -> str | None:
+        """Why a message to ``function_type`` is refused at the door, or None: no endpoint
+        of the module serves it, or its endpoint said it serves no such type (asked again
+        when what it said is old; an endpoint that lists nothing refuses nothing)."""
+        endpoint = self.module.endpoint_for(function_type)
+        if endpoint is None:
+            return f"no endpoint in the module spec serves {function_type}"
+        url = endpoint.url_for(function_type)
+        client = self.clients.get(endpoint)
+        try:
+            async with asyncio.timeout(SERVED_ASK_TIMEOUT):
+                serves = await client.learn_serves(
+                    url, str(function_type), max_age=FunctionClients.SERVED_MAX_AGE
+                )
+        except TimeoutError:
+            return None
+        if serves is not False:
+            return None
+        served = ", ".join(sorted(client.served(url) or ())) or "nothing"
+        return f"the endpoint at {url} serves no function type {function_type} (it serves {served})"
+
+    async def pause(self, function_type: TypeName) -> None:
+        """Stop sending messages of ``function_type`` (they wait in the log), across restarts."""
+        await self.store.set_paused(function_type, True)
+        if self.worker is not None:
+            self.worker.dispatcher.pause(function_type)
+
+    async def resume(self, function_type: TypeName) -> None:
+        await self.store.set_paused(function_type, False)
+        if self.worker is not None:
+            self.worker.dispatcher.resume(function_type)
+
+    async def replay_dead_letter(self, letter: DeadLetter) -> tuple[int, int, bool]:
+        """Append a parked message to the messages log again, as a message from outside:
+        (partition, offset, whether an earlier replay had appended it already). Asking twice
+        appends once: the replay carries an idempotency key of its own."""
+        assert letter.target is not None
+        assert letter.argument is not None
+        key = f"statefun.dead-letter/{letter.offset}"
+        print_ = fingerprint(key, "", None, letter.value)
+        before = await self.idempotency.begin(key, print_)
+        if before is not None:
+            return before.partition, before.offset, True
+        try:
+            partition, offset = await self.append_message(
+                letter.target, letter.caller, letter.argument, (idempotency_header(key, print_),)
+            )
+        except BaseException:
+            self.idempotency.abandoned(key)
+            raise
+        self.idempotency.accepted(key, Answer(print_, int(time.time() * 1000), partition, offset))
+        await self.store.mark_dead_letter(letter.offset, REPLAYED)
+        log.info(
+            "dead letter %d replayed to %s (%d@%d)", letter.offset, letter.target, partition, offset
+        )
+        return partition, offset, False
 
     async def append_message(
         self,

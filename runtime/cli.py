@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from statefun.address import Address
+from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
 from statefun.module_spec import load_module_spec
 
@@ -98,11 +98,23 @@ def _parser() -> argparse.ArgumentParser:
         help="partitions of the messages topic, fixed when it is created (default: 8)",
     )
     run.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=1 << 20,
+        "--max-message-bytes",
+        type=_positive_int,
         metavar="BYTES",
-        help="largest message body the ingress accepts (default: 1048576)",
+        help="largest message: an ingress body or a message a function sends (default: 1048576)",
+    )
+    run.add_argument(
+        "--max-state-bytes",
+        type=_positive_int,
+        metavar="BYTES",
+        help="largest value of one state; a result writing more is refused (default: 16777216)",
+    )
+    run.add_argument(
+        "--storm-rate",
+        type=_seconds,
+        metavar="N",
+        help="messages/s from functions to one function type above which a warning is "
+        "logged, at most once a minute per type; 0 turns it off (default: 1000)",
     )
     run.add_argument(
         "--checkpoint-dir",
@@ -150,6 +162,39 @@ def _parser() -> argparse.ArgumentParser:
         help=ingress_help,
     )
     checkpoints.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+    functions = commands.add_parser(
+        "functions",
+        help="list the function types that are failing, unavailable or paused",
+        description="List the function types that are failing, unavailable or paused, with "
+        "their held addresses, dead letters and last error.",
+    )
+    functions.add_argument("--json", action="store_true", help="print the answer as JSON")
+    for name, text in (
+        ("pause", "stop sending messages of a function type; they wait in the log"),
+        ("resume", "send the messages of a paused function type again"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text.capitalize() + ".")
+        sub.add_argument("function_type", metavar="NS/TYPE", help="the function type")
+        _ingress_flag(sub)
+    _ingress_flag(functions)
+
+    dead = commands.add_parser(
+        "dead-letters",
+        help="list, replay or discard dead letters",
+        description="List the dead letters (messages and records the runtime gave up on, with "
+        "the reason), replay one (append its message again) or discard it.",
+    )
+    dead.add_argument("action", nargs="?", choices=["list", "replay", "discard"], default="list")
+    dead.add_argument(
+        "offset", nargs="?", type=int, metavar="OFFSET", help="for replay and discard"
+    )
+    dead.add_argument(
+        "--from", dest="from_", type=int, default=0, metavar="N", help="list from offset N"
+    )
+    dead.add_argument("--limit", type=int, default=100, metavar="N")
+    dead.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _ingress_flag(dead)
     for name, text in (
         ("send", "send a message to a function and return once it is durable"),
         ("call", "send a message to a function and print its reply"),
@@ -191,6 +236,7 @@ def _run(args: argparse.Namespace) -> int:
     from runtime.app import Runtime, RuntimeConfig
     from runtime.checkpoints.coordinator import CheckpointConfig
     from runtime.errors import ConfigurationError, LogError
+    from runtime.worker import WorkerConfig
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -211,7 +257,17 @@ def _run(args: argparse.Namespace) -> int:
         ingress_host=args.ingress_host,
         ingress_port=args.ingress_port,
         messages_partitions=args.partitions,
-        max_body_bytes=args.max_body_bytes,
+        worker=WorkerConfig(
+            **{
+                name: value
+                for name, value in (
+                    ("max_message_bytes", args.max_message_bytes),
+                    ("max_state_bytes", args.max_state_bytes),
+                    ("storm_rate", args.storm_rate),
+                )
+                if value is not None
+            }
+        ),
         checkpoint_dir=args.checkpoint_dir
         or (Path("statefun-checkpoints") if args.kafka else args.data_dir / "checkpoints"),
         idempotency_retention=args.idempotency_retention,
@@ -297,6 +353,25 @@ def _post(args: argparse.Namespace, kind: str) -> httpx.Response:
     return response
 
 
+def _ingress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ingress",
+        default=os.environ.get("STATEFUN_INGRESS", DEFAULT_INGRESS),
+        metavar="URL",
+        help=f"ingress URL (default: $STATEFUN_INGRESS or {DEFAULT_INGRESS})",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -343,6 +418,84 @@ def _checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _request(args: argparse.Namespace, method: str, path: str, **params: Any) -> Any:
+    """The JSON answer of the ingress to ``method path``; a CliError for anything else."""
+    url = f"{args.ingress.rstrip('/')}{path}"
+    try:
+        response = httpx.request(method, url, params=params or None, timeout=10)
+    except httpx.HTTPError as e:
+        raise CliError(f"cannot reach the ingress at {args.ingress}: {e}") from None
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            detail = f"{body.get('error')}: {body.get('detail')}"
+        except ValueError:
+            detail = response.text[:300]
+        raise CliError(f"the ingress answered {response.status_code}: {detail}")
+    return response.json()
+
+
+def _function_type_path(text: str) -> str:
+    try:
+        function_type = TypeName.parse(text)
+    except InvalidNameError as e:
+        raise CliError(str(e), status=2) from None
+    return f"{quote(function_type.namespace, safe='')}/{quote(function_type.name, safe='')}"
+
+
+def _pause(args: argparse.Namespace) -> int:
+    path = _function_type_path(args.function_type)
+    answer = _request(args, "POST", f"/v1/admin/functions/{path}/{args.command}")
+    print(f"{answer['function_type']}: {'paused' if answer['paused'] else 'resumed'}")
+    return 0
+
+
+def _functions(args: argparse.Namespace) -> int:
+    answer = _request(args, "GET", "/v1/admin/functions")
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    if not answer["functions"]:
+        print("every function type is healthy")
+    for f in answer["functions"]:
+        state = "paused" if f["paused"] else "unavailable" if f["unavailable"] else "ok"
+        if f["failing_addresses"] and state == "ok":
+            state = "failing"
+        line = f"{f['function_type']}: {state}, {f['failing_addresses']} addresses held, "
+        line += f"{f['dead_lettered']} dead letters"
+        if f["last_error"]:
+            line += f"; last error: {f['last_error']}"
+        print(line)
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    if args.action != "list":
+        if args.offset is None:
+            raise CliError(
+                f"dead-letters {args.action} needs the OFFSET of a dead letter", status=2
+            )
+        answer = _request(args, "POST", f"/v1/admin/dead-letters/{args.offset}/{args.action}")
+        if args.json:
+            print(json.dumps(answer))
+        elif args.action == "replay":
+            print(f"dead letter {args.offset} replayed: {answer['partition']}@{answer['offset']}")
+        else:
+            print(f"dead letter {args.offset} discarded")
+        return 0
+    answer = _request(args, "GET", "/v1/dead-letters", **{"from": args.from_, "limit": args.limit})
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    for d in answer["records"]:
+        what = d["target"] or d["egress"] or "a record"
+        message = d["message"]
+        shown = json.dumps(message["value"]) if message else f"key={d['key']} value={d['value']}"
+        print(f"{d['offset']} [{d['status']}] {d['time']} to {what}: {shown}")
+        print(f"    {d['reason']}")
+    return 0
+
+
 def _send(args: argparse.Namespace) -> int:
     print(json.dumps(_post(args, "messages").json()))
     return 0
@@ -361,7 +514,16 @@ def _call(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "send": _send, "call": _call, "checkpoints": _checkpoints}
+    handlers = {
+        "run": _run,
+        "send": _send,
+        "call": _call,
+        "checkpoints": _checkpoints,
+        "functions": _functions,
+        "pause": _pause,
+        "resume": _pause,
+        "dead-letters": _dead_letters,
+    }
     try:
         return handlers[args.command](args)
     except CliError as e:

@@ -1,4 +1,10 @@
-"""Egresses: where the records functions send to an egress go.
+"""Egresses: where the records functions send to an egress go, and exactly-once egress.
+
+This module owns egress whole: the writers (:class:`Egresses`), the ids, and the outbox
+of exactly-once records (:class:`EgressOutbox`, a checkpoint participant) that holds
+each record until the checkpoint of the work that produced it commits, publishes it
+then, notes what is out in the checkpoint store, and after a restore publishes again
+only what the restored checkpoint holds and is not known to be out.
 
 An embedded egress (``statefun.v1/egress``) appends to its own topic in the runtime's
 log, readable through the ingress API. A Kafka egress (``io.statefun.kafka.v1/egress``)
@@ -7,7 +13,7 @@ partitioning as Kafka's default partitioner does.
 
 Every record carries a unique id in its ``statefun.egress-id`` header. An exactly-once
 egress (the default) is written only after the checkpoint of the work that produced it
-commits (the worker holds its records until then; see ``Worker.publish_committed``):
+commits (the outbox holds its records until then):
 rolled-back work never shows. An exactly-once Kafka egress publishes each checkpoint's
 records in one Kafka transaction with a marker of the checkpoint
 (:mod:`runtime.log.kafka_transactions`): after a crash the runtime knows from the marker
@@ -21,14 +27,17 @@ applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import msgpack
 
-from runtime.checkpoints.snapshot import EgressItem
-from runtime.errors import ConfigurationError, UnknownTopicError
+from runtime.checkpoints.coordinator import Capture
+from runtime.checkpoints.epochs import EpochClock
+from runtime.checkpoints.snapshot import EgressItem, decode_egress_items, encode_egress_items
+from runtime.errors import ConfigurationError, LogError, UnknownTopicError
 from runtime.kafka_clusters import KafkaClusters
 from runtime.log import Log, Record
 from runtime.log.kafka import KafkaLog
@@ -218,21 +227,36 @@ class Egresses:
         writer = self._transactional.get(item.egress)
         return writer is not None and item.epoch <= writer.published_through
 
-    async def publish_committed(self, checkpoint: int, items: Sequence[EgressItem]) -> None:
+    async def publish_committed(
+        self, checkpoint: int, items: Sequence[EgressItem]
+    ) -> list[EgressItem]:
         """Publish the exactly-once records of committed checkpoints up to ``checkpoint``:
-        to each Kafka cluster in one transaction, to embedded egresses as appends."""
-        by_writer: dict[int, tuple[TransactionalKafkaWriter, list[tuple[str, Record]]]] = {}
+        to embedded egresses as appends to the runtime's log (a failure raises the log's
+        error), to each Kafka cluster in one transaction. The records a Kafka egress failed
+        to take, to publish again later (with the same ids)."""
+        by_writer: dict[int, tuple[TransactionalKafkaWriter, list[EgressItem]]] = {}
         appends = []
         for item in items:
             writer = self._transactional.get(item.egress)
             if writer is None:
                 appends.append(self.publish(item))
-                continue
-            record = self._kafka_record(item)
-            by_writer.setdefault(id(writer), (writer, []))[1].append(record)
-        await asyncio.gather(
-            *appends, *(w.publish(checkpoint, records) for w, records in by_writer.values())
+            else:
+                by_writer.setdefault(id(writer), (writer, []))[1].append(item)
+        writers = list(by_writer.values())
+        results = await asyncio.gather(
+            *(
+                w.publish(checkpoint, [self._kafka_record(i) for i in group])
+                for w, group in writers
+            ),
+            return_exceptions=True,
         )
+        await asyncio.gather(*appends)
+        left: list[EgressItem] = []
+        for (_, group), result in zip(writers, results, strict=True):
+            if isinstance(result, BaseException):
+                log.debug("a Kafka egress transaction failed: %s", result)
+                left.extend(group)
+        return left
 
     def problem(self, egress_id: TypeName, argument: TypedValue) -> str | None:
         """Why this record cannot go to this egress, or None."""
@@ -287,3 +311,119 @@ class Egresses:
             record_id = next((v.decode() for k, v in r.headers if k == ID_HEADER), "")
             out.append((r.offset, record_id, TypedValue(typename, value)))
         return out
+
+
+class EgressOutbox:
+    """The records of one generation bound for egresses, and the exactly-once ones held
+    until their checkpoint commits.
+
+    A checkpoint participant (part ``egress``): its part is every exactly-once record not
+    yet published, so a restore publishes them again if they were not out. Ids are
+    ``<generation>.<epoch>.<serial>``, unique within the application. Publications run
+    one after another, each taking every held record of its checkpoint or earlier, so a
+    checkpoint is never noted as published while an earlier one's records are not out. A
+    Kafka egress that fails is tried again with the next commit (its records stay held);
+    a failure of the runtime's own log (an embedded egress) is the log's, reported to
+    ``on_log_failure``.
+    """
+
+    name = "egress"
+
+    def __init__(
+        self,
+        egresses: Egresses,
+        clock: EpochClock,
+        *,
+        note_published: Callable[[int], Awaitable[None]],
+        on_log_failure: Callable[[str], None],
+    ):
+        self._egresses = egresses
+        self._clock = clock
+        self._note_published = note_published
+        self._on_log_failure = on_log_failure
+        self._held: list[EgressItem] = []
+        self._serial = 0
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self._failing = False
+        """The last publication to a Kafka egress failed."""
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def restore(self, part: bytes | None, published_through: int) -> None:
+        """Hold the records of the restored checkpoint's part that are not out already
+        (noted published through ``published_through``, or in a committed Kafka
+        transaction)."""
+        if part is None:
+            return
+        self._held = [
+            item
+            for item in decode_egress_items(part)
+            if item.epoch > published_through and not self._egresses.published_already(item)
+        ]
+
+    def emit(self, egress_id: TypeName, argument: TypedValue) -> None:
+        """A record a function sent (checked with :meth:`Egresses.problem` already)."""
+        self._serial += 1
+        clock = self._clock
+        item = EgressItem(
+            f"{clock.generation}.{clock.epoch}.{self._serial}", egress_id, argument, clock.epoch
+        )
+        if self._egresses.exactly_once(egress_id):
+            self._held.append(item)
+            return
+        self._egresses.publish(item).add_done_callback(self._published_at_least_once)
+
+    def _published_at_least_once(self, future: asyncio.Future[list[int]]) -> None:
+        if not future.cancelled() and (error := future.exception()) is not None:
+            self._on_log_failure(f"writing an at-least-once egress record failed: {error}")
+
+    def capture(self) -> Capture:
+        return Capture(encode_egress_items(self._held), releases=bool(self._held))
+
+    def publish_committed(self, checkpoint: int) -> asyncio.Task[None] | None:
+        """Checkpoint ``checkpoint`` committed: publish the records it covers. They stay
+        held (and in later checkpoints) until they are out."""
+        if not any(item.epoch <= checkpoint for item in self._held):
+            return None
+        task = asyncio.create_task(self._publish(checkpoint), name="egress-publish")
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+        return task
+
+    async def _publish(self, checkpoint: int) -> None:
+        async with self._lock:  # one publication after another
+            items = [item for item in self._held if item.epoch <= checkpoint]
+            if not items:
+                return  # an earlier publication took them
+            try:
+                left = await self._egresses.publish_committed(checkpoint, items)
+            except LogError as e:
+                self._on_log_failure(f"publishing egress of checkpoint {checkpoint} failed: {e}")
+                return
+            kept = {item.id for item in left}
+            published = {item.id for item in items} - kept
+            self._held = [item for item in self._held if item.id not in published]
+            if left:
+                if not self._failing:
+                    log.error(
+                        "publishing %d records of checkpoint %d to Kafka egresses failed; they "
+                        "are published with the next checkpoint",
+                        len(left),
+                        checkpoint,
+                    )
+                self._failing = True
+                return
+            if self._failing:
+                log.warning("egress publishing works again (checkpoint %d)", checkpoint)
+                self._failing = False
+            await self._note_published(checkpoint)
+
+    async def cancel(self) -> None:
+        """Abandon publications under way (a rollback: the restored checkpoint holds
+        their records)."""
+        for task in list(self._publishing):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -21,6 +21,15 @@ endpoint redeployed with the other SDK is renegotiated on the next call.
 Batches whose function types have different URLs (a ``{function.name}`` template) go to
 their own URLs: one request per URL under native, one per batch under statefun.
 
+What an endpoint serves: our SDK's answer to ``GET <url>`` also lists the function types
+it serves (``functions``). The client keeps that list per URL (:meth:`FunctionClient.serves`),
+so the runtime can refuse a message to a type the endpoint does not serve at the door
+instead of failing it later; StateFun's SDK lists nothing, and then nothing is refused.
+
+Bounds: an answer larger than the endpoint's ``max_answer_bytes`` fails the call as soon
+as that many bytes arrived (it is never read whole); the caller bounds each attempt's
+total time (a trickling answer defeats the per-read timeout).
+
 Failures: a call that produces no valid answer at all is a :class:`CallFailed`. When a
 request was split (several URLs, or several batches under statefun) and only some parts
 fail, the failed batches get a :class:`~statefun.protocol.FunctionFailure` outcome
@@ -43,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Sequence
 
 import httpx
@@ -98,7 +108,52 @@ class FunctionClient:
         self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than sending a call
         self._protocols: dict[str, str] = {}
         """The protocol decided for each URL (``auto`` endpoints only)."""
+        self._served: dict[str, tuple[frozenset[str], float]] = {}
+        """The function types each URL said it serves, and when (loop time)."""
+        self._asked: dict[str, float] = {}
+        """When each URL was last asked what it serves (loop time)."""
         self._negotiations: dict[str, asyncio.Task[str]] = {}
+
+    def serves(self, url: str, function_type: str, *, max_age: float | None = None) -> bool | None:
+        """Whether ``url`` said it serves ``function_type`` (None: it never said, or said
+        it longer than ``max_age`` seconds ago)."""
+        served = self._served.get(url)
+        if served is None:
+            return None
+        types, at = served
+        if max_age is not None and asyncio.get_running_loop().time() - at > max_age:
+            return None
+        return function_type in types
+
+    async def describe(self, url: str) -> None:
+        """Ask ``url`` again what it speaks and serves (for :meth:`serves`); a failure to
+        get an answer leaves what was known."""
+        self._asked[url] = asyncio.get_running_loop().time()
+        try:
+            await self._negotiate(url, renew=True)
+        except CallFailed:
+            return
+
+    async def learn_serves(self, url: str, function_type: str, *, max_age: float) -> bool | None:
+        """Like :meth:`serves`, asking the endpoint first when what it said is older than
+        ``max_age`` seconds (at most once per ``max_age``: an endpoint that lists nothing,
+        or does not answer, is not asked on every call). A type it said it serves stays
+        served; None: not known."""
+        served = self._served.get(url)
+        if served is not None and function_type in served[0]:
+            return True
+        answer = self.serves(url, function_type, max_age=max_age)
+        if answer is not None:
+            return answer
+        if asyncio.get_running_loop().time() - self._asked.get(url, -math.inf) <= max_age:
+            return None
+        await self.describe(url)
+        return self.serves(url, function_type, max_age=max_age)
+
+    def served(self, url: str) -> frozenset[str] | None:
+        """The function types ``url`` last said it serves."""
+        found = self._served.get(url)
+        return None if found is None else found[0]
 
     def protocol_of(self, url: str) -> str | None:
         """The protocol calls to ``url`` use: fixed by the endpoint, or as negotiated so
@@ -198,10 +253,19 @@ class FunctionClient:
 
     async def _send(self, request: httpx.Request) -> tuple[int, str, bytes]:
         """Status, media type and body of the answer to ``request``."""
+        limit = self._endpoint.max_answer_bytes
         try:
             answer = await self._transport.handle_async_request(request)
             try:
-                content = await answer.aread()
+                declared = answer.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise _too_large(request, limit)
+                chunks = bytearray()
+                async for chunk in answer.aiter_bytes():
+                    chunks += chunk
+                    if len(chunks) > limit:
+                        raise _too_large(request, limit)
+                content = bytes(chunks)
             finally:
                 await answer.aclose()
         except httpx.HTTPError as e:
@@ -218,9 +282,11 @@ class FunctionClient:
 
     # --- negotiation -------------------------------------------------------------------
 
-    async def _negotiate(self, url: str) -> str:
+    async def _negotiate(self, url: str, *, renew: bool = False) -> str:
         """Ask ``url`` which protocol it speaks, once for all calls waiting on the answer."""
         task = self._negotiations.get(url)
+        if task is None and not renew and self._endpoint.protocol != AUTO:
+            return self._endpoint.protocol
         if task is None:
             task = self._negotiations[url] = asyncio.create_task(self._ask(url))
             task.add_done_callback(lambda _: self._negotiations.pop(url, None))
@@ -230,7 +296,11 @@ class FunctionClient:
         status, media_type, content = await self._send(
             self._request("GET", url, _NEGOTIATION_HEADERS)
         )
-        advertised = _advertised_protocols(status, media_type, content)
+        advertised, served = _advertised(status, media_type, content)
+        if served is not None:
+            self._served[url] = (served, asyncio.get_running_loop().time())
+        if self._endpoint.protocol != AUTO:
+            return self._endpoint.protocol
         if advertised is None:
             protocol = STATEFUN
         elif NATIVE_PROTOCOL_ID in advertised:
@@ -255,18 +325,32 @@ class FunctionClient:
         await self._transport.aclose()
 
 
-def _advertised_protocols(status: int, media_type: str, content: bytes) -> list[str] | None:
-    """The ``protocols`` an answer to ``GET <url>`` lists, or None if it lists none."""
+def _advertised(
+    status: int, media_type: str, content: bytes
+) -> tuple[list[str] | None, frozenset[str] | None]:
+    """The ``protocols`` and ``functions`` an answer to ``GET <url>`` lists (each None if
+    it lists none)."""
     if status != 200 or media_type != "application/json":
-        return None
+        return None, None
     try:
         description = json.loads(content)
     except ValueError:
-        return None
-    protocols = description.get("protocols") if isinstance(description, dict) else None
-    if not isinstance(protocols, list):
-        return None
-    return [str(p) for p in protocols]
+        return None, None
+    if not isinstance(description, dict):
+        return None, None
+    protocols, functions = description.get("protocols"), description.get("functions")
+    return (
+        [str(p) for p in protocols] if isinstance(protocols, list) else None,
+        frozenset(str(f) for f in functions) if isinstance(functions, list) else None,
+    )
+
+
+def _too_large(request: httpx.Request, limit: int) -> CallFailed:
+    return CallFailed(
+        f"{request.method} {request.url}: the answer is larger than the endpoint's "
+        f"payload_max_bytes ({limit} bytes)",
+        protocol_violation=True,
+    )
 
 
 def _text(content: bytes) -> str:

@@ -21,7 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtime.dead_letters import DISCARDED, PARKED, REPLAYED, DeadLetter
 from runtime.errors import BadInput, IdempotencyConflict, ShuttingDown
+from runtime.health import FunctionTypeHealth
 from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import (
     Answer,
@@ -87,6 +89,38 @@ async def _body(request: Request, limit: int) -> bytes:
     return bytes(chunks)
 
 
+def _dead_letter_json(d: DeadLetter, status: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "offset": d.offset,
+        "time": _iso(d.timestamp_ms),
+        "kind": d.kind,
+        "status": status,
+        "reason": d.reason,
+        "source": d.source,
+        "origin": d.origin,
+        "target": None if d.target is None else str(d.target),
+        "caller": None if d.caller is None else str(d.caller),
+        "egress": None if d.egress is None else str(d.egress),
+        "message": None if d.argument is None else value_to_json(d.argument),
+    }
+    if d.argument is None:  # not a message: the record as it came
+        out["key"] = None if d.key is None else base64.b64encode(d.key).decode()
+        out["value"] = base64.b64encode(d.value).decode()
+    return out
+
+
+def _function_json(f: FunctionTypeHealth) -> dict[str, Any]:
+    return {
+        "function_type": f.function_type,
+        "failing_addresses": f.failing_addresses,
+        "unavailable": f.unavailable,
+        "paused": f.paused,
+        "dead_lettered": f.dead_lettered,
+        "last_error": f.last_error,
+        "failing_since": None if f.failing_since_ms is None else _iso(f.failing_since_ms),
+    }
+
+
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
@@ -146,15 +180,9 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
             raise _Rejected(_error(400, "bad_idempotency_key", problem))
         path = request.path_params
         target = _address(path["namespace"], path["type_"], path["id_"])
-        if runtime.module.endpoint_for(target.function_type) is None:
-            raise _Rejected(
-                _error(
-                    404,
-                    "unknown_function_type",
-                    f"no endpoint in the module spec serves {target.function_type}",
-                )
-            )
-        body = await _body(request, runtime.config.max_body_bytes)
+        if (refused := await runtime.refuses(target.function_type)) is not None:
+            raise _Rejected(_error(404, "unknown_function_type", refused))
+        body = await _body(request, runtime.config.worker.max_message_bytes)
         content_type = request.headers.get("content-type")
         try:
             value = value_from_http(body, content_type, request.query_params.get("type"))
@@ -309,23 +337,85 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
     async def dead_letters(
         from_: int = Query(0, alias="from", ge=0), limit: int = Query(100, ge=1, le=10_000)
     ) -> JSONResponse:
-        letters, next_offset = await runtime.dead_letters.read(from_, limit, runtime.clock)
+        skip = runtime.clock.skip if runtime.clock else None
+        letters, next_offset = await runtime.dead_letters.read(from_, limit, skip)
+        marks = await runtime.store.dead_letter_marks([d.offset for d in letters])
         return JSONResponse(
             {
-                "records": [
-                    {
-                        "offset": d.offset,
-                        "reason": d.reason,
-                        "source": d.source,
-                        "origin": d.origin,
-                        "key": None if d.key is None else base64.b64encode(d.key).decode(),
-                        "value": base64.b64encode(d.value).decode(),
-                    }
-                    for d in letters
-                ],
+                "records": [_dead_letter_json(d, marks.get(d.offset, PARKED)) for d in letters],
                 "next": next_offset,
             }
         )
+
+    @app.post("/v1/admin/dead-letters/{offset}/replay", status_code=202)
+    async def replay_dead_letter(offset: int) -> JSONResponse:
+        """Append the parked message to the messages log again (once, however often asked)."""
+        letter = await _dead_letter(offset)
+        status = (await runtime.store.dead_letter_marks([offset])).get(offset, PARKED)
+        if status == DISCARDED:
+            return _error(409, "discarded", f"dead letter {offset} was discarded")
+        if not letter.replayable:
+            return _error(
+                409,
+                "not_replayable",
+                f"dead letter {offset} is not a message to a function address ({letter.kind}); "
+                "it cannot be sent again",
+            )
+        partition, appended, again = await runtime.replay_dead_letter(letter)
+        return JSONResponse(
+            {"partition": partition, "offset": appended},
+            status_code=202,
+            headers={REPLAYED_HEADER: "true"} if again else None,
+        )
+
+    @app.post("/v1/admin/dead-letters/{offset}/discard")
+    async def discard_dead_letter(offset: int) -> JSONResponse:
+        await _dead_letter(offset)
+        status = (await runtime.store.dead_letter_marks([offset])).get(offset, PARKED)
+        if status == REPLAYED:
+            return _error(409, "replayed", f"dead letter {offset} was replayed already")
+        await runtime.store.mark_dead_letter(offset, DISCARDED)
+        return JSONResponse({"offset": offset, "status": DISCARDED})
+
+    async def _dead_letter(offset: int) -> DeadLetter:
+        letter = await runtime.dead_letters.get(
+            offset, runtime.clock.skip if runtime.clock else None
+        )
+        if letter is None:
+            raise _Rejected(_error(404, "not_found", f"there is no dead letter at offset {offset}"))
+        return letter
+
+    @app.get("/v1/admin/functions")
+    async def functions() -> JSONResponse:
+        """The function types that are failing, unavailable or paused."""
+        return JSONResponse({"functions": [_function_json(f) for f in runtime.health.functions()]})
+
+    @app.post("/v1/admin/functions/{namespace}/{type_}/pause")
+    async def pause(namespace: str, type_: str) -> JSONResponse:
+        function_type = _function_type(namespace, type_)
+        await runtime.pause(function_type)
+        return JSONResponse({"function_type": str(function_type), "paused": True})
+
+    @app.post("/v1/admin/functions/{namespace}/{type_}/resume")
+    async def resume(namespace: str, type_: str) -> JSONResponse:
+        function_type = _function_type(namespace, type_)
+        await runtime.resume(function_type)
+        return JSONResponse({"function_type": str(function_type), "paused": False})
+
+    def _function_type(namespace: str, type_: str) -> TypeName:
+        try:
+            function_type = TypeName(namespace, type_)
+        except InvalidNameError as e:
+            raise _Rejected(_error(400, "bad_function_type", str(e))) from None
+        if runtime.module.endpoint_for(function_type) is None:
+            raise _Rejected(
+                _error(
+                    404,
+                    "unknown_function_type",
+                    f"no endpoint in the module spec serves {function_type}",
+                )
+            )
+        return function_type
 
     @app.get("/v1/checkpoints")
     async def checkpoints() -> JSONResponse:

@@ -26,6 +26,7 @@ from runtime.checkpoints.snapshot import encode_positions
 from runtime.dead_letters import DeadLetters
 from runtime.log import StoredRecord, TopicPartition
 from runtime.log.kafka import KafkaLog, KafkaLogConsumer
+from runtime.quiet_log import QuietLog
 from runtime.router import Router
 from statefun.address import Address
 from statefun.errors import InvalidNameError
@@ -59,6 +60,7 @@ class KafkaIngressReader:
         self._consumer: KafkaLogConsumer | None = None
         self._positions: dict[tuple[str, int], int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._quiet = QuietLog(log)
         self.routed = 0
 
     async def start(self, restored: dict[tuple[str, int], int] | None) -> None:
@@ -123,8 +125,17 @@ class KafkaIngressReader:
             targets = [Address.of(t, function_id) for t in topic.targets]
         except (ValueError, InvalidNameError) as e:
             reason = f"the key is not UTF-8: {e}" if isinstance(e, UnicodeDecodeError) else str(e)
+            self._quiet.log(
+                tp.topic,
+                logging.ERROR,
+                "a record of %s[%d]@%d parked in the dead letters: %s",
+                tp.topic,
+                tp.partition,
+                record.offset,
+                reason,
+            )
             return [
-                self._dead_letters.park(
+                self._dead_letters.park_record(
                     record.key,
                     record.value,
                     reason=reason,

@@ -5,6 +5,11 @@ restart fires when it was meant to (at once, if that moment has passed). A pendi
 message with a cancellation token is indexed by (sender, token): cancellation is scoped
 to the sending address, and best effort (a message already fired cannot be cancelled).
 The pending timers are part of every checkpoint (:meth:`TimerService.pending`).
+
+After a restore, a timer that comes due may have to wait (:meth:`TimerService.hold`): a
+cancellation among the messages being replayed must come before it, as it did the first
+time. The wait is per sending address, since only the sender's own messages can cancel
+its timers: one address held by a failure holds back no one else's timers.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ class TimerService:
         self._timers: dict[int, tuple[PendingTimer, asyncio.TimerHandle]] = {}
         self._by_token: dict[tuple[Address, str], int] = {}
         self._serials = itertools.count()
-        self._held: list[int] | None = None
+        self._may_fire: Callable[[Address], bool] | None = None
+        self._held: dict[Address, list[int]] = {}
+        """Due timers waiting for their sender to be allowed to fire, by sender."""
 
     def __len__(self) -> int:
         return len(self._timers)
@@ -53,27 +60,45 @@ class TimerService:
         if serial is None:
             return False
         self._timers.pop(serial)[1].cancel()
-        if self._held is not None and serial in self._held:
-            self._held.remove(serial)
+        held = self._held.get(sender)
+        if held is not None and serial in held:
+            held.remove(serial)
+            if not held:
+                del self._held[sender]
         return True
 
-    def hold(self) -> None:
-        """Keep due timers from firing until :meth:`release` (while a restored worker
-        replays the log: a cancellation in it must come before the timer it cancels, as it
-        did the first time)."""
-        if self._held is None:
-            self._held = []
+    def hold(self, may_fire: Callable[[Address], bool]) -> None:
+        """From now on a due timer fires only if ``may_fire(sender)``; otherwise it waits
+        for :meth:`release` of its sender (or :meth:`release_all`)."""
+        self._may_fire = may_fire
 
-    def release(self) -> None:
-        held, self._held = self._held or [], None
-        for serial in sorted(held, key=lambda s: self._timers[s][0].due_ms):
-            if serial in self._timers:
-                self._due(serial)
+    def release(self, sender: Address) -> None:
+        """Fire the sender's due timers that waited, if it may fire now."""
+        if sender in self._held and (self._may_fire is None or self._may_fire(sender)):
+            waiting = self._held.pop(sender)
+            for serial in sorted(waiting, key=lambda s: self._timers[s][0].due_ms):
+                if serial in self._timers:
+                    self._fire_now(serial)
+
+    def release_where(self, chosen: Callable[[Address], bool]) -> None:
+        """:meth:`release` every waiting sender that ``chosen`` picks."""
+        for sender in [s for s in self._held if chosen(s)]:
+            self.release(sender)
+
+    def release_all(self) -> None:
+        """No more waiting: every due timer fires, and later ones as they come due."""
+        self._may_fire = None
+        for sender in list(self._held):
+            self.release(sender)
 
     def _due(self, serial: int) -> None:
-        if self._held is not None:
-            self._held.append(serial)
+        sender = self._timers[serial][0].sender
+        if self._may_fire is not None and (sender in self._held or not self._may_fire(sender)):
+            self._held.setdefault(sender, []).append(serial)
             return
+        self._fire_now(serial)
+
+    def _fire_now(self, serial: int) -> None:
         timer, _ = self._timers.pop(serial)
         if timer.token:
             self._by_token.pop((timer.sender, timer.token), None)

@@ -16,7 +16,8 @@ Kinds understood:
 * ``io.statefun.endpoints.v2/http`` - ``functions`` (``ns/name`` or ``ns/*``),
   ``urlPathTemplate`` (``{function.name}`` is replaced by the type's name),
   ``maxNumBatchRequests``, ``transport: {type, timeouts: {call, connect, read, write}}``
-  (the ``async`` transport's ``call`` and ``connect`` are read too; its pool and payload
+  (``call`` is the total deadline of each attempt; the ``async`` transport's ``call``,
+  ``connect`` and ``payload_max_bytes``, the largest answer taken, are read too; its pool
   settings are warned about, its TLS settings are errors) and our ``protocol``:
   ``native``, ``statefun`` (StateFun's protobuf protocol) or ``auto`` (the default: the
   runtime asks each URL once which one it speaks).
@@ -38,7 +39,8 @@ Kinds understood:
   in the runtime's log (``io.statefun.playground/egress``); the ports and topics they
   name are warned about.
 * ``statefun.v1/failure-policy`` - ``functions`` (``ns/name`` or ``ns/*``), ``policy``
-  (``fail`` or ``dead-letter``) and ``maxRollbacks`` (for ``dead-letter``).
+  (``dead-letter``, the default, ``retry`` or ``fail``) and ``deadLetterAfter`` (a
+  duration, for ``dead-letter``); see :class:`FailurePolicy`.
 
 As in StateFun, a Kafka ``address`` may be left out; the runtime then uses its own
 Kafka cluster (``statefun run --kafka``). An egress's ``deliverySemantic`` is
@@ -77,6 +79,7 @@ __all__ = [
     "PLAYGROUND_EGRESS_ID",
     "PLAYGROUND_EGRESS_KIND",
     "PLAYGROUND_INGRESS_KIND",
+    "POLICIES",
     "PROTOCOLS",
     "FailurePolicy",
     "FunctionTypePattern",
@@ -117,10 +120,14 @@ _DELIVERY_SEMANTICS = ("at-least-once", "exactly-once", "none")
 _STARTUP_DATE = "%Y-%m-%d %H:%M:%S.%f %z"
 _ASYNC_TRANSPORT = "io.statefun.transports.v1/async"
 _TRANSPORT_TYPES = (_ASYNC_TRANSPORT, "io.statefun.transports.v1/okhttp")
-_ASYNC_TRANSPORT_IGNORED = ("pool_ttl", "pool_size", "payload_max_bytes")
+_ASYNC_TRANSPORT_IGNORED = ("pool_ttl", "pool_size")
 _ASYNC_TRANSPORT_TLS = ("trust_cacerts", "client_cert", "client_key", "client_key_password")
 PROTOCOLS = ("native", "statefun", "auto")
 """``HttpEndpoint.protocol`` values: our native protocol, StateFun's, or ask the endpoint."""
+DEFAULT_MAX_ANSWER_BYTES = 32 << 20
+"""StateFun's default ``payload_max_bytes``: the largest answer taken from an endpoint."""
+POLICIES = ("dead-letter", "retry", "fail")
+"""``FailurePolicy.policy`` values."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Zµ]*)\s*$")
 _UNIT_SECONDS = {
@@ -194,6 +201,9 @@ class HttpEndpoint:
     max_num_batch_requests: int = 1000
     timeouts: HttpTimeouts = HttpTimeouts()
     protocol: str = "auto"
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    """The largest answer taken from the endpoint (StateFun's ``payload_max_bytes``); a
+    larger one fails the attempt."""
 
     def url_for(self, function_type: TypeName) -> str:
         return self.url_path_template.replace("{function.name}", function_type.name)
@@ -255,19 +265,26 @@ Egress = LogEgress | KafkaEgress
 
 @dataclass(frozen=True, slots=True)
 class FailurePolicy:
-    """What to do when a function type's message keeps failing.
+    """What to do when a call for an address of a function type fails (the function raised,
+    its answer broke the protocol or was refused, or the endpoint did not answer).
 
-    ``fail`` (the default): every failure rolls the system back and retries, after a
-    backoff. ``dead-letter``: a message that caused ``max_rollbacks`` consecutive
-    rollbacks is parked in the dead-letter topic with its error, and processing goes on.
+    A failed attempt applies nothing. ``dead-letter`` (the default) and ``retry`` contain
+    the failure: the address is held and retried on its own, one message at a time, while
+    every other address goes on. Under ``dead-letter`` a message that keeps failing alone
+    while other messages of its type succeed is parked in the dead letters after
+    ``dead_letter_after`` seconds; ``retry`` never parks. A type whose every recent attempt
+    fails (an outage, a broken deploy) parks nothing under either. ``fail`` is StateFun's
+    strict behaviour: once a call's budget (the endpoint's call timeout) runs out, or an
+    answer breaks the protocol, the whole system rolls back to the last checkpoint and
+    replays, retrying forever.
     """
 
     functions: FunctionTypePattern
-    policy: str = "fail"
-    max_rollbacks: int = 3
+    policy: str = "dead-letter"
+    dead_letter_after: float = 60.0
 
 
-FAIL = FailurePolicy(FunctionTypePattern("*", None))
+DEFAULT_POLICY = FailurePolicy(FunctionTypePattern("*", None))
 
 
 class _ForFunctions(Protocol):
@@ -300,7 +317,7 @@ class ModuleSpec:
     def failure_policy_for(self, function_type: TypeName) -> FailurePolicy:
         """The policy of ``function_type``: an exact pattern wins over ``ns/*``."""
         policy = _most_specific(self.failure_policies, function_type)
-        return FAIL if policy is None else policy
+        return DEFAULT_POLICY if policy is None else policy
 
     def endpoint_for(self, function_type: TypeName) -> HttpEndpoint | None:
         """The endpoint serving ``function_type``: an exact pattern wins over ``ns/*``."""
@@ -404,7 +421,7 @@ def _async_transport(transport: _Fields, timeouts: HttpTimeouts) -> HttpTimeouts
             transport.take(name, object)
             transport.warn(
                 "is not honoured: the runtime's HTTP client keeps its own connection pool "
-                "(max_concurrent_requests per endpoint) and sets no payload limit",
+                "(max_concurrent_requests per endpoint)",
                 transport.field_path(name),
             )
     return HttpTimeouts(
@@ -413,6 +430,35 @@ def _async_transport(transport: _Fields, timeouts: HttpTimeouts) -> HttpTimeouts
         read=timeouts.read,
         write=timeouts.write,
     )
+
+
+def _payload_max_bytes(transport: _Fields) -> int:
+    raw = transport.take("payload_max_bytes", object, DEFAULT_MAX_ANSWER_BYTES)
+    try:
+        value = _bytes(raw)
+    except ValueError as e:
+        raise transport.error(str(e), transport.field_path("payload_max_bytes")) from None
+    if value < 1:
+        raise transport.error("must be at least 1 byte", transport.field_path("payload_max_bytes"))
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?i?[bB]?)\s*$")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _bytes(value: object) -> int:
+    """A size: an integer number of bytes, or a string such as ``32MB`` or ``512 KiB``
+    (binary multiples, as StateFun reads them)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a size in bytes, got {value!r}")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"must be a size such as 32MB or 1048576, got {value!r}")
+    unit = match.group(2)[:1].lower()
+    return int(match.group(1)) * _SIZE_UNITS[unit if unit != "b" else ""]
 
 
 def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
@@ -433,6 +479,7 @@ def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
     protocol = spec.take("protocol", str, "auto")
     if protocol not in PROTOCOLS:
         raise spec.error(f"must be one of {', '.join(PROTOCOLS)}", spec.field_path("protocol"))
+    max_answer = DEFAULT_MAX_ANSWER_BYTES
     if kind == ENDPOINT_V1_KIND:
         if "maxRetries" in spec.raw:
             spec.take("maxRetries", int)
@@ -454,9 +501,10 @@ def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
             timeouts = _timeouts(transport.nested("timeouts"), timeouts)
             if transport_type == _ASYNC_TRANSPORT:
                 timeouts = _async_transport(transport, timeouts)
+                max_answer = _payload_max_bytes(transport)
             transport.done()
     spec.done()
-    return HttpEndpoint(pattern, template, batch, timeouts, protocol)
+    return HttpEndpoint(pattern, template, batch, timeouts, protocol, max_answer)
 
 
 def _delivery(spec: _Fields) -> tuple[str, float | None]:
@@ -641,14 +689,25 @@ def _failure_policy(spec: _Fields) -> FailurePolicy:
         pattern = FunctionTypePattern.parse(raw)
     except InvalidNameError as e:
         raise spec.error(str(e), spec.field_path("functions")) from None
-    policy = spec.take("policy", str, "fail")
-    if policy not in ("fail", "dead-letter"):
-        raise spec.error("must be fail or dead-letter", spec.field_path("policy"))
-    max_rollbacks = spec.take("maxRollbacks", int, 3)
-    if max_rollbacks < 1:
-        raise spec.error("must be at least 1", spec.field_path("maxRollbacks"))
+    policy = spec.take("policy", str, DEFAULT_POLICY.policy)
+    if policy not in POLICIES:
+        raise spec.error(f"must be one of {', '.join(POLICIES)}", spec.field_path("policy"))
+    if "maxRollbacks" in spec.raw:
+        raise spec.error(
+            "is no longer read: a failing message no longer rolls the system back; it is "
+            "retried on its own and, under policy dead-letter, parked after deadLetterAfter "
+            "(default 1 min)",
+            spec.field_path("maxRollbacks"),
+        )
+    if "deadLetterAfter" in spec.raw and policy != "dead-letter":
+        raise spec.error(
+            f"applies to policy dead-letter only, not {policy}", spec.field_path("deadLetterAfter")
+        )
+    after = _duration(spec, "deadLetterAfter", DEFAULT_POLICY.dead_letter_after)
+    if after <= 0:
+        raise spec.error("must be a positive duration", spec.field_path("deadLetterAfter"))
     spec.done()
-    return FailurePolicy(pattern, policy, max_rollbacks)
+    return FailurePolicy(pattern, policy, after)
 
 
 def _playground_ingress(spec: _Fields) -> None:

@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 
 from runtime.app import Runtime, RuntimeConfig
+from runtime.dispatcher import DispatchConfig
 from runtime.worker import WorkerConfig
 from statefun.module_spec import ModuleSpec, parse_module_spec
 
@@ -84,8 +85,10 @@ def module_for(
     extra: str = "",
     call: str = "3s",
     documents: tuple[str, ...] = (),
+    policy: str | None = None,
 ) -> ModuleSpec:
-    """A module spec: one endpoint for ``functions``, embedded egresses, more documents."""
+    """A module spec: one endpoint for ``functions``, embedded egresses, more documents;
+    ``policy`` the failure policy of ``functions`` (``fail`` rolls everything back)."""
     docs = [
         f"""
 kind: io.statefun.endpoints.v2/http
@@ -99,6 +102,10 @@ spec:
 {extra}"""
     ]
     docs += [f"kind: statefun.v1/egress\nspec:\n  id: {e}\n" for e in egresses]
+    if policy is not None:
+        docs.append(
+            f"kind: statefun.v1/failure-policy\nspec: {{functions: {functions}, policy: {policy}}}\n"
+        )
     docs += list(documents)
     return parse_module_spec("---\n".join(docs))
 
@@ -194,7 +201,7 @@ def running_runtime(
             module=module,
             data_dir=data_dir,
             ingress_port=free_port(),
-            worker=worker or WorkerConfig(retry_max_backoff=0.2),
+            worker=worker or WorkerConfig(DispatchConfig(retry_max_backoff=0.2)),
             **config,
         )
     )

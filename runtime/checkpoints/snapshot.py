@@ -2,9 +2,11 @@
 
 The worker's part: the inputs it has read but not yet answered (mailboxes and in-flight
 batches, in order per address, each with the id of its record in the messages log),
-its pending delayed messages (absolute due times), its next read offset per
-partition, and the exactly-once egress records not yet published. A Kafka ingress reader's part: its next offset per topic partition. State is
-written separately, one row per address that changed since the previous checkpoint.
+where the messages it left in the log start (overflow), its pending delayed messages
+(absolute due times) and its next read offset per partition. The egress outbox's part:
+the exactly-once egress records not yet published. A Kafka ingress reader's part: its
+next offset per topic partition. State is written separately, one row per address that
+changed since the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -56,13 +58,14 @@ class EgressItem:
 
 @dataclass(frozen=True, slots=True)
 class Overflow:
-    """An address whose messages from ``offset`` on (in ``partition``, below the read
-    position) are not held in memory: they are read again from the log when its mailbox
-    has room."""
+    """Messages left in the log: those of ``address`` (or of every address of
+    ``function_type``) in ``partition`` from ``offset`` on, below the read position, are
+    not held in memory; they are read again when there is room."""
 
-    address: Address
     partition: int
     offset: int
+    address: Address | None = None
+    function_type: TypeName | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,6 @@ class WorkerPart:
     pending: list[PendingMessage]
     timers: list[PendingTimer]
     positions: dict[int, int]
-    egress: list[EgressItem] = field(default_factory=list)
     overflow: list[Overflow] = field(default_factory=list)
 
     def read_floor(self) -> dict[int, int]:
@@ -118,6 +120,33 @@ def decode_state(data: bytes) -> tuple[dict[str, TypedValue], dict[str, int]]:
     return values, deadlines
 
 
+def encode_egress_items(items: list[EgressItem]) -> bytes:
+    return _pack(
+        [
+            (
+                e.id,
+                e.egress.namespace,
+                e.egress.name,
+                e.argument.typename,
+                e.argument.value,
+                e.epoch,
+            )
+            for e in items
+        ]
+    )
+
+
+def decode_egress_items(data: bytes) -> list[EgressItem]:
+    return [
+        EgressItem(i, TypeName(ns, name), TypedValue(tn, v), epoch)
+        for i, ns, name, tn, v, epoch in msgpack.unpackb(data, raw=False)
+    ]
+
+
+def _type_name(t: TypeName | None) -> tuple[str, str] | None:
+    return None if t is None else (t.namespace, t.name)
+
+
 def encode_worker_part(part: WorkerPart) -> bytes:
     return _pack(
         (
@@ -145,25 +174,15 @@ def encode_worker_part(part: WorkerPart) -> bytes:
             ],
             part.positions,
             [
-                (
-                    e.id,
-                    e.egress.namespace,
-                    e.egress.name,
-                    e.argument.typename,
-                    e.argument.value,
-                    e.epoch,
-                )
-                for e in part.egress
+                (o.partition, o.offset, _addr(o.address), _type_name(o.function_type))
+                for o in part.overflow
             ],
-            [(_addr(o.address), o.partition, o.offset) for o in part.overflow],
         )
     )
 
 
 def decode_worker_part(data: bytes) -> WorkerPart:
-    pending, timers, positions, egress, overflow = msgpack.unpackb(
-        data, raw=False, strict_map_key=False
-    )
+    pending, timers, positions, overflow = msgpack.unpackb(data, raw=False, strict_map_key=False)
     return WorkerPart(
         [
             PendingMessage(Address(*t), _to_addr(c), TypedValue(tn, v), (p, o))
@@ -175,10 +194,9 @@ def decode_worker_part(data: bytes) -> WorkerPart:
         ],
         {int(p): o for p, o in positions.items()},
         [
-            EgressItem(i, TypeName(ns, name), TypedValue(tn, v), epoch)
-            for i, ns, name, tn, v, epoch in egress
+            Overflow(p, o, _to_addr(a), None if t is None else TypeName(*t))
+            for p, o, a, t in overflow
         ],
-        [Overflow(Address(*a), p, o) for a, p, o in overflow],
     )
 
 

@@ -26,6 +26,7 @@ from typing import IO, TypeVar
 
 from runtime.directories import lock_directory, unlock
 from runtime.errors import CheckpointStoreInUse
+from statefun.address import TypeName
 
 T = TypeVar("T")
 
@@ -43,7 +44,10 @@ CREATE TABLE IF NOT EXISTS parts (
     checkpoint INTEGER NOT NULL, participant TEXT NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (checkpoint, participant)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dead_lettered (message TEXT PRIMARY KEY, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letter_marks (
+    dead_letter INTEGER PRIMARY KEY, status TEXT NOT NULL, at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paused (function_type TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS generations (
     generation INTEGER PRIMARY KEY, rolled_back_to INTEGER NOT NULL, at_ms INTEGER NOT NULL,
     reason TEXT NOT NULL, cause_address TEXT, cause_messages TEXT NOT NULL
@@ -190,19 +194,51 @@ class CheckpointStore:
 
         return await self._run(read)
 
-    async def dead_letter(self, message: str, reason: str) -> None:
-        """Remember, for every generation to come, that ``message`` is given up on."""
+    # --- operators' decisions (not part of any checkpoint: they outlive rollbacks) -----
+
+    async def mark_dead_letter(self, offset: int, status: str) -> None:
+        """Note what was done with the dead letter at ``offset`` (replayed, discarded)."""
         await self._run(
             lambda: self._db.execute(
-                "INSERT OR REPLACE INTO dead_lettered VALUES (?, ?)", (message, reason)
+                "INSERT OR REPLACE INTO dead_letter_marks VALUES (?, ?, ?)",
+                (offset, status, _now_ms()),
             )
         )
 
-    async def dead_lettered(self) -> dict[str, str]:
+    async def dead_letter_marks(self, offsets: Sequence[int]) -> dict[int, str]:
+        """What was done with each of these dead letters (absent: nothing)."""
+        if not offsets:
+            return {}
+
+        def read() -> dict[int, str]:
+            rows = self._db.execute(
+                "SELECT dead_letter, status FROM dead_letter_marks WHERE dead_letter BETWEEN ? AND ?",
+                (min(offsets), max(offsets)),
+            ).fetchall()
+            return dict(rows)
+
+        return await self._run(read)
+
+    async def set_paused(self, function_type: TypeName, paused: bool) -> None:
+        """Keep a function type paused across restarts, or not."""
+
+        def write() -> None:
+            if paused:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO paused VALUES (?, ?)", (str(function_type), _now_ms())
+                )
+            else:
+                self._db.execute(
+                    "DELETE FROM paused WHERE function_type = ?", (str(function_type),)
+                )
+
+        await self._run(write)
+
+    async def paused(self) -> set[TypeName]:
         rows = await self._run(
-            lambda: self._db.execute("SELECT message, reason FROM dead_lettered").fetchall()
+            lambda: self._db.execute("SELECT function_type FROM paused").fetchall()
         )
-        return dict(rows)
+        return {TypeName.parse(name) for (name,) in rows}
 
     # --- checkpoints ------------------------------------------------------------------
 

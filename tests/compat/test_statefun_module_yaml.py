@@ -87,7 +87,7 @@ spec:
     assert warning.startswith("module.yaml, document 1, field 'spec.maxRetries': is not honoured")
 
 
-def test_the_async_transport_reads_its_timeouts_and_warns_about_its_pool(
+def test_the_async_transport_reads_its_timeouts_and_payload_limit_and_warns_about_its_pool(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)
@@ -103,16 +103,39 @@ spec:
     connect: 20s
     pool_ttl: 15s
     pool_size: 1024
-    payload_max_bytes: 33554432
+    payload_max_bytes: 2MB
 """,
         "module.yaml",
     )
     assert module.endpoints[0].timeouts == HttpTimeouts(call=120.0, connect=20.0)
+    assert module.endpoints[0].max_answer_bytes == 2 << 20
     assert [w.split(":")[0] for w in warnings_of(caplog)] == [
         "module.yaml, document 1, field 'spec.transport.pool_ttl'",
         "module.yaml, document 1, field 'spec.transport.pool_size'",
-        "module.yaml, document 1, field 'spec.transport.payload_max_bytes'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("33554432", 33554432), ("32MB", 32 << 20), ("512 KiB", 512 << 10), ("1g", 1 << 30)],
+)
+def test_payload_max_bytes_takes_bytes_or_sizes(raw: str, expected: int) -> None:
+    module = parse_module_spec(
+        "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://a/', "
+        f"transport: {{type: io.statefun.transports.v1/async, payload_max_bytes: {raw}}}}}\n"
+    )
+    assert module.endpoints[0].max_answer_bytes == expected
+
+
+def test_a_bad_payload_max_bytes_names_the_field() -> None:
+    text = (
+        "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/*, urlPathTemplate: 'http://a/', "
+        "transport: {type: io.statefun.transports.v1/async, payload_max_bytes: lots}}\n"
+    )
+    with pytest.raises(
+        ModuleSpecError, match=r"field 'spec.transport.payload_max_bytes': must be a size"
+    ):
+        parse_module_spec(text)
 
 
 @pytest.mark.parametrize(

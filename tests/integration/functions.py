@@ -96,7 +96,7 @@ def make_test_functions(control: dict[str, Any] | None = None) -> StatefulFuncti
 
     @functions.bind("test/flaky", specs=[ValueSpec("count", IntType)])
     def flaky(context: Context, message: Message) -> None:
-        if control.get("fail"):
+        if control.get("fail") or control.get("fail_address") == context.address.id:
             raise RuntimeError("flaky is failing on purpose")
         context.storage.count = (context.storage.count or 0) + 1
         context.send_egress(

@@ -1,6 +1,7 @@
-"""Global checkpoints and rollback, end to end: every rollback trigger, the skip rule,
-timers and cancellation across a rollback, the dead-letter policy, and state surviving
-a restart of the runtime."""
+"""Global checkpoints and rollback, end to end: every rollback trigger (a function failing
+under the strict policy ``fail``), the skip rule, timers and cancellation across a
+rollback, the contained default (a poison message parked, nothing rolled back), and state
+surviving a restart of the runtime."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def generation(http: httpx.Client) -> int:
 
 
 def roll_back(rt: RuntimeThread, http: httpx.Client, control: dict[str, Any]) -> None:
-    """Make test/flaky exhaust its call budget, wait for the rollback and the recovery."""
+    """Make test/flaky exhaust its call budget under policy ``fail``, wait for the rollback
+    and the recovery."""
     before = generation(http)
     control["fail"] = True
     send(http, "test/flaky/trigger", 1)
@@ -78,7 +80,9 @@ def roll_back(rt: RuntimeThread, http: httpx.Client, control: dict[str, Any]) ->
 def test_a_rollback_skips_the_output_of_rolled_back_work(
     functions_url: str, control: dict[str, Any]
 ) -> None:
-    spec = module_for(functions_url, functions="test/*", egresses=("test/out",), call="1s")
+    spec = module_for(
+        functions_url, functions="test/*", egresses=("test/out",), call="1s", policy="fail"
+    )
     with (
         running_runtime(spec, checkpoints=MANUAL, rollback_backoff=0.05) as rt,
         client(rt.url) as http,
@@ -124,7 +128,11 @@ def test_a_protocol_violation_rolls_back_at_once(
         serve(app) as server,
         running_runtime(
             module_for(
-                f"{server.url}/statefun", functions="test/*", egresses=("test/out",), call="30s"
+                f"{server.url}/statefun",
+                functions="test/*",
+                egresses=("test/out",),
+                call="30s",
+                policy="fail",
             ),
             rollback_backoff=0.05,
         ) as rt,
@@ -144,7 +152,9 @@ def test_a_protocol_violation_rolls_back_at_once(
 def test_timers_and_cancellation_survive_a_rollback(
     functions_url: str, control: dict[str, Any]
 ) -> None:
-    spec = module_for(functions_url, functions="test/*", egresses=("test/out",), call="1s")
+    spec = module_for(
+        functions_url, functions="test/*", egresses=("test/out",), call="1s", policy="fail"
+    )
     with (
         running_runtime(spec, checkpoints=MANUAL, rollback_backoff=0.05) as rt,
         client(rt.url) as http,
@@ -165,30 +175,80 @@ def test_timers_and_cancellation_survive_a_rollback(
         assert count(http, "test/counter/cancelled") == 0
 
 
-def test_the_dead_letter_policy_parks_a_poison_message_and_goes_on(
+def test_by_default_a_poison_message_is_parked_readable_and_nothing_rolls_back(
     functions_url: str,
 ) -> None:
     policy = """kind: statefun.v1/failure-policy
-spec: {functions: test/poison, policy: dead-letter, maxRollbacks: 2}
+spec: {functions: test/poison, deadLetterAfter: 1s}
 """
     spec = module_for(functions_url, functions="test/*", call="0.5s", documents=(policy,))
-    with running_runtime(spec, rollback_backoff=0.05) as rt, client(rt.url) as http:
+    with running_runtime(spec) as rt, client(rt.url) as http:
+        before = generation(http)
         for value in (1, 13, 2):
             send(http, "test/poison/p", value)
+        # other addresses of the type succeed meanwhile: the failure is the message's
+        for i in range(6):
+            send(http, f"test/poison/ok{i}", 1)
+            time.sleep(0.3)
         wait_until(lambda: count(http, "test/poison/p") == 3, timeout=30)
-        letters = http.get("/v1/dead-letters").json()["records"]
-        assert len(letters) == 1
-        assert "13 is poison" in letters[0]["reason"]
-        assert letters[0]["origin"] == "failure policy of test/poison"
-        rollbacks = http.get("/v1/checkpoints").json()["rollbacks"]
-        assert len([r for r in rollbacks if r["address"] == "test/poison/p"]) == 2
+        (letter,) = http.get("/v1/dead-letters").json()["records"]
+        assert letter["kind"] == "message"
+        assert letter["status"] == "parked"
+        assert letter["target"] == "test/poison/p"
+        assert letter["message"] == {"type": "io.statefun.types/int", "value": 13}
+        assert "13 is poison" in letter["reason"]
+        assert "failed alone" in letter["reason"]
+        assert generation(http) == before  # nothing was rolled back
+        assert http.get("/v1/checkpoints").json()["rollbacks"] == []
         # later messages are processed as usual
         send(http, "test/poison/p", 4)
         wait_until(lambda: count(http, "test/poison/p") == 7)
+        # discarding it is remembered; replaying a discarded letter is refused
+        offset = letter["offset"]
+        assert http.post(f"/v1/admin/dead-letters/{offset}/discard").status_code == 200
+        (letter,) = http.get("/v1/dead-letters").json()["records"]
+        assert letter["status"] == "discarded"
+        refused = http.post(f"/v1/admin/dead-letters/{offset}/replay")
+        assert refused.status_code == 409
+        assert refused.json()["error"] == "discarded"
+
+
+def test_a_replayed_dead_letter_is_appended_once(
+    functions_url: str, control: dict[str, Any]
+) -> None:
+    policy = """kind: statefun.v1/failure-policy
+spec: {functions: test/flaky, deadLetterAfter: 1s}
+"""
+    spec = module_for(
+        functions_url, functions="test/*", egresses=("test/out",), call="0.5s", documents=(policy,)
+    )
+    with running_runtime(spec) as rt, client(rt.url) as http:
+        control["fail_address"] = "bad"
+        send(http, "test/flaky/bad", 1)
+        for i in range(8):
+            send(http, f"test/flaky/ok{i}", 1)
+            time.sleep(0.25)
+        letters = wait_until(lambda: http.get("/v1/dead-letters").json()["records"], timeout=30)
+        assert [d["target"] for d in letters] == ["test/flaky/bad"]
+        offset = letters[0]["offset"]
+        control.pop("fail_address")  # the bug is fixed: replay the message
+        first = http.post(f"/v1/admin/dead-letters/{offset}/replay")
+        again = http.post(f"/v1/admin/dead-letters/{offset}/replay")
+        assert first.status_code == again.status_code == 202
+        assert again.json() == first.json()
+        assert again.headers.get("idempotent-replayed") == "true"
+        wait_until(lambda: count(http, "test/flaky/bad") == 1)
+        assert http.get("/v1/dead-letters").json()["records"][0]["status"] == "replayed"
+        # A message after the replays: one address's messages are processed in order, so
+        # a second copy of the replayed one would be counted before it.
+        send(http, "test/flaky/bad", 1)
+        wait_until(lambda: count(http, "test/flaky/bad") >= 2)
+        assert count(http, "test/flaky/bad") == 2
+        assert http.post("/v1/admin/dead-letters/999/replay").status_code == 404
 
 
 def test_the_fail_policy_keeps_rolling_back_with_a_growing_backoff(functions_url: str) -> None:
-    spec = module_for(functions_url, functions="test/*", call="0.3s")
+    spec = module_for(functions_url, functions="test/*", call="0.3s", policy="fail")
     with running_runtime(spec, rollback_backoff=0.2) as rt, client(rt.url) as http:
         send(http, "test/poison/p", 13)
         wait_until(lambda: len(http.get("/v1/checkpoints").json()["rollbacks"]) >= 3, timeout=30)
@@ -244,7 +304,9 @@ def test_state_expires_after_write_and_after_call_across_a_restart(
 def test_a_committed_reply_never_comes_from_rolled_back_work(
     functions_url: str, control: dict[str, Any]
 ) -> None:
-    spec = module_for(functions_url, functions="test/*", egresses=("test/out",), call="1s")
+    spec = module_for(
+        functions_url, functions="test/*", egresses=("test/out",), call="1s", policy="fail"
+    )
     with (
         running_runtime(spec, checkpoints=MANUAL, rollback_backoff=0.05) as rt,
         client(rt.url) as http,
@@ -309,7 +371,9 @@ def egress_records(http: httpx.Client, prefix: str = "") -> list[dict[str, Any]]
 def test_egress_shows_only_committed_work_and_never_rolled_back_work(
     functions_url: str, control: dict[str, Any]
 ) -> None:
-    spec = module_for(functions_url, functions="test/*", egresses=("test/out",), call="1s")
+    spec = module_for(
+        functions_url, functions="test/*", egresses=("test/out",), call="1s", policy="fail"
+    )
     with (
         running_runtime(spec, checkpoints=MANUAL, rollback_backoff=0.05) as rt,
         client(rt.url) as http,

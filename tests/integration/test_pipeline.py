@@ -20,6 +20,7 @@ from support import (
 )
 
 from examples.greeter.functions import app as greeter_app
+from runtime.dispatcher import DispatchConfig
 from runtime.worker import WorkerConfig
 
 pytestmark = pytest.mark.timeout(60)
@@ -164,7 +165,7 @@ def test_many_addresses_are_in_flight_at_once_and_share_requests(
     functions_url: str, recorder: RecordingApp, control: dict[str, Any]
 ) -> None:
     control["slow_seconds"] = 0.2
-    worker = WorkerConfig(max_concurrent_requests=2, retry_max_backoff=0.2)
+    worker = WorkerConfig(DispatchConfig(max_concurrent_requests=2, retry_max_backoff=0.2))
     with (
         running_runtime(module_for(functions_url, functions="test/*"), worker=worker) as rt,
         client(rt.url) as http,
@@ -230,29 +231,34 @@ def test_delayed_messages_fire_and_can_be_cancelled(runtime: RuntimeThread) -> N
         assert state(http, "test/counter/stop") == {}
 
 
-def test_a_failing_function_rolls_back_is_reported_and_recovers(
+def test_a_failing_function_is_held_alone_reported_and_recovers(
     functions_url: str, control: dict[str, Any], log_kind: dict[str, Any]
 ) -> None:
     control["fail"] = True
     spec = module_for(functions_url, functions="test/*", egresses=("test/out",))
-    assert spec.endpoints[0].timeouts.call == 3.0
-    with running_runtime(spec, rollback_backoff=0.1, **log_kind) as rt, client(rt.url) as http:
+    with running_runtime(spec, **log_kind) as rt, client(rt.url) as http:
+        before = http.get("/v1/checkpoints").json()["generation"]
         send_int(http, "test/flaky/z", 1)
-        health = wait_until(
-            lambda: (h := http.get("/health")).status_code == 503 and h.json(), timeout=15
+        failing = wait_until(
+            lambda: [
+                f
+                for f in http.get("/v1/admin/functions").json()["functions"]
+                if f["function_type"] == "test/flaky" and f["failing_addresses"]
+            ],
+            timeout=15,
         )
-        assert health["status"] == "recovering"
-        assert "call budget of 3 s exhausted" in health["failure"]
-        assert "flaky is failing on purpose" in health["failure"]
-        assert "address test/flaky/z" in health["failure"]
+        assert "flaky is failing on purpose" in failing[0]["last_error"]
+        # every other function type goes on meanwhile, and nothing is rolled back
+        send_int(http, "test/counter/c", 5)
+        wait_until(lambda: state(http, "test/counter/c").get("count", {}).get("value") == 5)
         assert state(http, "test/flaky/z") == {}
         control["fail"] = False
         wait_until(lambda: state(http, "test/flaky/z").get("count", {}).get("value") == 1)
-        wait_until(lambda: http.get("/health").json()["status"] == "ok")
-        rollbacks = http.get("/v1/checkpoints").json()["rollbacks"]
-        assert any(r["address"] == "test/flaky/z" for r in rollbacks)
+        wait_until(lambda: http.get("/v1/admin/functions").json()["functions"] == [])
+        assert http.get("/v1/checkpoints").json()["generation"] == before
         # the message was processed once, and its egress record written once
-        assert egress_values(http, "test/out", 1) == ["flaky z"]
+        written = egress_values(http, "test/out", 2)
+        assert [v for v in written if v.startswith("flaky")] == ["flaky z"]
 
 
 def test_backpressure_bounds_what_the_worker_buffers(
@@ -260,7 +266,7 @@ def test_backpressure_bounds_what_the_worker_buffers(
 ) -> None:
     control["slow_seconds"] = 0.01
     worker = WorkerConfig(
-        max_buffered_messages=20, max_concurrent_requests=1, retry_max_backoff=0.2
+        DispatchConfig(max_buffered_messages=20, max_concurrent_requests=1, retry_max_backoff=0.2)
     )
     with (
         running_runtime(module_for(functions_url, functions="test/*"), worker=worker) as rt,

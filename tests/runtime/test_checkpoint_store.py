@@ -11,6 +11,7 @@ import pytest
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.store import CheckpointStore
 from runtime.errors import CheckpointStoreInUse
+from statefun.address import TypeName
 
 pytestmark = pytest.mark.anyio
 
@@ -98,11 +99,21 @@ async def test_one_runtime_at_a_time_per_checkpoint_directory(tmp_path: Path) ->
         await store.close()
 
 
-async def test_dead_lettered_messages_are_remembered(tmp_path: Path) -> None:
+async def test_operators_decisions_outlive_the_process(tmp_path: Path) -> None:
     store = await CheckpointStore.open(tmp_path)
     try:
-        await store.dead_letter("3@17", "boom")
-        assert await store.dead_lettered() == {"3@17": "boom"}
+        await store.mark_dead_letter(17, "replayed")
+        await store.mark_dead_letter(20, "discarded")
+        await store.set_paused(TypeName("ex", "storm"), True)
+        await store.set_paused(TypeName("ex", "calm"), True)
+        await store.set_paused(TypeName("ex", "calm"), False)
+    finally:
+        await store.close()
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        assert await store.dead_letter_marks([17, 18, 20]) == {17: "replayed", 20: "discarded"}
+        assert await store.dead_letter_marks([]) == {}
+        assert await store.paused() == {TypeName("ex", "storm")}
     finally:
         await store.close()
 

@@ -1,77 +1,128 @@
-"""Publishing exactly-once egress after commits: one checkpoint's records after another's,
-and never a checkpoint noted as published past one whose publication failed."""
+"""The egress outbox: exactly-once records held until their checkpoint commits, published
+one checkpoint after another, and never a checkpoint noted as published past records
+that are not out."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
+import pytest
+
+from runtime.checkpoints.epochs import EpochClock, SkipRule
 from runtime.checkpoints.snapshot import EgressItem
-from runtime.log import LogError
-from runtime.worker import Worker
+from runtime.egress import EgressOutbox
+from runtime.errors import LogError
 from statefun.address import TypeName
-from statefun.module_spec import ModuleSpec
 from statefun.values import TypedValue
 
-
-class Log:
-    def consumer(self) -> None:
-        return None
+OUT = TypeName("test", "out")
 
 
 class Egresses:
-    """Fails the first publication, after the second one is queued."""
+    """A fake of ``runtime.egress.Egresses``: ``fail`` says what the next publication does."""
 
     def __init__(self) -> None:
         self.published: list[tuple[int, list[str]]] = []
+        self.fail: str | None = None
 
-    async def publish_committed(self, checkpoint: int, items: Sequence[EgressItem]) -> None:
-        if not self.published and checkpoint == 5:
-            await asyncio.sleep(0.01)
-            raise LogError("the broker went away")
+    def exactly_once(self, egress_id: TypeName) -> bool:
+        return True
+
+    def published_already(self, item: EgressItem) -> bool:
+        return False
+
+    async def publish_committed(
+        self, checkpoint: int, items: Sequence[EgressItem]
+    ) -> list[EgressItem]:
+        await asyncio.sleep(0.001)
+        failure, self.fail = self.fail, None
+        if failure == "kafka":
+            return list(items)  # a Kafka egress took none of them
+        if failure == "log":
+            raise LogError("the disk is full")
         self.published.append((checkpoint, [i.id for i in items]))
+        return []
 
 
-def item(epoch: int) -> EgressItem:
-    return EgressItem(f"1.{epoch}.1", TypeName("test", "out"), TypedValue("t/x", b"v"), epoch)
+def value() -> TypedValue:
+    return TypedValue("t/x", b"v")
 
 
-def test_a_failed_publication_is_never_covered_by_a_later_one() -> None:
-    async def scenario() -> tuple[Egresses, list[int], Any]:
-        egresses = Egresses()
-        noted: list[int] = []
-        failures: list[Any] = []
+def outbox_at(
+    epoch: int, egresses: Egresses, noted: list[int], log_failures: list[str]
+) -> tuple[EgressOutbox, EpochClock]:
+    clock = EpochClock(1, epoch, "p", SkipRule(1, {}))
 
-        async def on_published(checkpoint: int) -> None:
-            noted.append(checkpoint)
+    async def note(checkpoint: int) -> None:
+        noted.append(checkpoint)
 
-        worker = Worker(
-            Log(),  # type: ignore[arg-type]
-            ModuleSpec(),
-            None,  # type: ignore[arg-type]
-            egresses,  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
-            on_failure=failures.append,
-            on_published=on_published,
-        )
-        worker._outbox = [item(5)]
-        first = worker.publish_committed(5)
-        worker._outbox.append(item(6))
-        second = worker.publish_committed(6)  # waits for the first
+    outbox = EgressOutbox(
+        egresses,  # type: ignore[arg-type]
+        clock,
+        note_published=note,
+        on_log_failure=log_failures.append,
+    )
+    return outbox, clock
+
+
+def test_a_failed_kafka_publication_is_published_with_the_next_checkpoint() -> None:
+    async def scenario() -> tuple[Egresses, list[int], list[str], int]:
+        egresses, noted, failures = Egresses(), [], []
+        outbox, clock = outbox_at(5, egresses, noted, failures)
+        outbox.emit(OUT, value())  # 1.5.1, epoch 5
+        egresses.fail = "kafka"
+        first = outbox.publish_committed(5)
+        clock.advance()
+        outbox.emit(OUT, value())  # 1.6.2, epoch 6
+        second = outbox.publish_committed(6)  # waits for the first
         assert first is not None
         assert second is not None
         await asyncio.gather(first, second)
-        return egresses, noted, (worker.failed, [i.id for i in worker._outbox], failures)
+        return egresses, noted, failures, len(outbox)
 
-    egresses, noted, (failed, outbox, failures) = asyncio.run(scenario())
-    assert failed
+    egresses, noted, failures, held = asyncio.run(scenario())
+    assert egresses.published == [(6, ["1.5.1", "1.6.2"])]  # 5's records went with 6's
+    assert noted == [6]  # never 5 alone, whose records had not gone out
+    assert failures == []  # a Kafka egress failing is not a failure of the runtime's log
+    assert held == 0
+
+
+def test_a_failure_of_the_runtime_log_is_reported_and_nothing_is_noted() -> None:
+    async def scenario() -> tuple[Egresses, list[int], list[str], int]:
+        egresses, noted, failures = Egresses(), [], []
+        outbox, _ = outbox_at(5, egresses, noted, failures)
+        outbox.emit(OUT, value())
+        egresses.fail = "log"
+        task = outbox.publish_committed(5)
+        assert task is not None
+        await task
+        return egresses, noted, failures, len(outbox)
+
+    egresses, noted, failures, held = asyncio.run(scenario())
+    assert egresses.published == []
+    assert noted == []
     assert len(failures) == 1
-    assert "publishing egress of checkpoint 5 failed" in failures[0].describe()
-    assert egresses.published == []  # checkpoint 6 did not go out past the failed 5 ...
-    assert noted == []  # ... nor was it noted as published, which would cover 5's records
-    assert outbox == ["1.5.1", "1.6.1"]  # both stay for the rollback to publish again
+    assert "publishing egress of checkpoint 5 failed: the disk is full" in failures[0]
+    assert held == 1  # kept for the rollback's restore to publish again
+
+
+@pytest.mark.parametrize("published_through", [0, 5])
+def test_a_restore_holds_what_is_not_out_yet(published_through: int) -> None:
+    async def scenario() -> list[str]:
+        egresses, noted, failures = Egresses(), [], []
+        before, clock = outbox_at(5, egresses, noted, failures)
+        before.emit(OUT, value())
+        clock.advance()
+        before.emit(OUT, value())
+        part = before.capture()
+        assert part.releases
+        after, _ = outbox_at(7, egresses, noted, failures)
+        after.restore(part.part, published_through)
+        task = after.publish_committed(6)
+        if task is not None:
+            await task
+        return [i for _, ids in egresses.published for i in ids]
+
+    published = asyncio.run(scenario())
+    assert published == (["1.5.1", "1.6.2"] if published_through == 0 else ["1.6.2"])

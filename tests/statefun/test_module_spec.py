@@ -320,24 +320,42 @@ def test_failure_policies_per_function_type() -> None:
 
     text = """
 kind: statefun.v1/failure-policy
-spec: {functions: example/*, policy: dead-letter, maxRollbacks: 5}
+spec: {functions: example/*, policy: dead-letter, deadLetterAfter: 30s}
 ---
 kind: statefun.v1/failure-policy
-spec: {functions: example/strict}
+spec: {functions: example/strict, policy: fail}
+---
+kind: statefun.v1/failure-policy
+spec: {functions: example/patient, policy: retry}
 """
     spec = parse_module_spec(text)
     assert spec.failure_policy_for(TypeName("example", "any")) == FailurePolicy(
-        FunctionTypePattern("example", None), "dead-letter", 5
+        FunctionTypePattern("example", None), "dead-letter", 30.0
     )
     assert spec.failure_policy_for(TypeName("example", "strict")).policy == "fail"
-    assert spec.failure_policy_for(TypeName("other", "x")).policy == "fail"
+    assert spec.failure_policy_for(TypeName("example", "patient")).policy == "retry"
+    # Without a policy: contained, parked after a minute.
+    assert spec.failure_policy_for(TypeName("other", "x")) == FailurePolicy(
+        FunctionTypePattern("*", None), "dead-letter", 60.0
+    )
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("{functions: a/b, policy: skip}", "field 'spec.policy': must be fail or dead-letter"),
-        ("{functions: a/b, maxRollbacks: 0}", "field 'spec.maxRollbacks': must be at least 1"),
+        (
+            "{functions: a/b, policy: skip}",
+            "field 'spec.policy': must be one of dead-letter, retry, fail",
+        ),
+        ("{functions: a/b, maxRollbacks: 3}", "field 'spec.maxRollbacks': is no longer read"),
+        (
+            "{functions: a/b, deadLetterAfter: 0s}",
+            "field 'spec.deadLetterAfter': must be a positive",
+        ),
+        (
+            "{functions: a/b, policy: retry, deadLetterAfter: 1s}",
+            "field 'spec.deadLetterAfter': applies to policy dead-letter only",
+        ),
         ("{policy: fail}", "field 'spec.functions': is required"),
     ],
 )
