@@ -162,6 +162,40 @@ def make_test_functions(control: dict[str, Any] | None = None) -> StatefulFuncti
             raise ValueError("13 is poison")
         context.storage.count = (context.storage.count or 0) + value
 
+    @functions.bind("test/sender", specs=[ValueSpec("count", IntType)])
+    def sender(context: Context, message: Message) -> None:
+        """Counts, and sends 1 to the address its message names ("ns/type/id")."""
+        context.storage.count = (context.storage.count or 0) + 1
+        namespace, type_, id_ = message.as_string().split("/", 2)
+        context.send(message_builder(f"{namespace}/{type_}", id_, int_value=1))
+
+    @functions.bind("test/gate", specs=[ValueSpec("seen", SEEN)])
+    async def gate(context: Context, message: Message) -> None:
+        """Records the ints it gets in order; address "stuck" waits while the gate is shut."""
+        if context.address.id == "stuck":
+            shut = control.get("gate")
+            if isinstance(shut, threading.Event):
+                await asyncio.to_thread(shut.wait, 30)
+        seen = context.storage.seen or []
+        seen.append(message.as_int())
+        context.storage.seen = seen
+
+    @functions.bind("test/big", specs=[ValueSpec("blob", StringType), ValueSpec("count", IntType)])
+    def big(context: Context, message: Message) -> None:
+        """Counts; "state N" writes N bytes of state, "send N" sends N bytes to test/counter."""
+        context.storage.count = (context.storage.count or 0) + 1
+        command, _, size = message.as_string().partition(" ")
+        if command == "state":
+            context.storage.blob = "x" * int(size)
+        elif command == "send":
+            context.send(message_builder("test/echo", "big", str_value="x" * int(size)))
+
+    @functions.bind("test/storm", specs=[ValueSpec("count", IntType)])
+    def storm(context: Context, message: Message) -> None:
+        """Counts, and sends itself another message: forever."""
+        context.storage.count = (context.storage.count or 0) + 1
+        context.send(message_builder("test/storm", context.address.id, int_value=1))
+
     @functions.bind("test/to_kafka", specs=[ValueSpec("count", IntType)])
     def to_kafka(context: Context, message: Message) -> None:
         """Counts, and produces "<id>:<count>" keyed by its id to the test/kafka egress."""

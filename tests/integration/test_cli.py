@@ -63,7 +63,10 @@ def egress_values(url: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["send"], ["call"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["run"], ["send"], ["call"], ["functions"], ["pause"], ["resume"], ["dead-letters"]],
+)
 def test_help_everywhere(command: list[str]) -> None:
     done = statefun(*command, "--help")
     assert done.returncode == 0
@@ -359,3 +362,47 @@ def test_the_readme_demo_shows_replies_state_and_every_egress_record() -> None:
         "Hello Bob! Nice to meet you.",
         "Hello again Alice! This is visit number 2.",
     ]
+
+
+def test_functions_pause_resume_and_dead_letters_from_the_command_line(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    runtime = RuntimeProcess(module, tmp_path / "data", free_port()).start()
+    ingress = ("--ingress", runtime.url)
+    try:
+        healthy = statefun("functions", *ingress)
+        assert healthy.returncode == 0, healthy.stderr
+        assert "every function type is healthy" in healthy.stdout
+        paused = statefun("pause", "test/counter", *ingress)
+        assert paused.returncode == 0, paused.stderr
+        assert paused.stdout.strip() == "test/counter: paused"
+        listed = statefun("functions", "--json", *ingress)
+        assert json.loads(listed.stdout)["functions"][0]["paused"] is True
+        assert (
+            statefun("resume", "test/counter", *ingress).stdout.strip() == "test/counter: resumed"
+        )
+        assert statefun("pause", "nope/x", *ingress).returncode == 1
+
+        # a function sending to a type nobody serves: a dead letter
+        sent = statefun("send", "test/sender/s", "elsewhere/kind/k", *ingress)
+        assert sent.returncode == 0, sent.stderr
+        letters = wait_until(
+            lambda: json.loads(statefun("dead-letters", "--json", *ingress).stdout)["records"]
+        )
+        offset = str(letters[0]["offset"])
+        shown = statefun("dead-letters", *ingress)
+        assert f"{offset} [parked]" in shown.stdout
+        assert "to elsewhere/kind/k: 1" in shown.stdout
+        discarded = statefun("dead-letters", "discard", offset, *ingress)
+        assert discarded.stdout.strip() == f"dead letter {offset} discarded"
+        refused = statefun("dead-letters", "replay", offset, *ingress)
+        assert refused.returncode == 1
+        assert "409" in refused.stderr
+        assert "discarded" in refused.stderr
+        missing = statefun("dead-letters", "replay", *ingress)
+        assert missing.returncode == 2
+        assert "needs the OFFSET" in missing.stderr
+    finally:
+        status, err = runtime.signal(signal.SIGTERM)
+    assert status == 0, err
