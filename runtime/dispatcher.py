@@ -170,7 +170,7 @@ class Invoker(Protocol):
         """One outcome per batch, in order; raises :class:`CallFailed`."""
         ...
 
-    def serves(self, endpoint: HttpEndpoint, url: str, function_type: TypeName) -> bool | None:
+    def serves(self, endpoint: HttpEndpoint, url: str, function_type: str) -> bool | None:
         """Whether the endpoint at ``url`` said it serves ``function_type`` (None: unknown)."""
         ...
 
@@ -251,6 +251,10 @@ class Failing:
 @dataclass(slots=True, eq=False)
 class FunctionType:
     name: TypeName
+    label: str
+    """``name`` as text."""
+    endpoint: HttpEndpoint
+    url: str
     policy: FailurePolicy
     mailboxes: set[Mailbox] = field(default_factory=set)
     failing: set[Mailbox] = field(default_factory=set)
@@ -384,19 +388,15 @@ class Dispatcher:
             return f"no endpoint in the module spec serves function type {function_type}"
         return f"the endpoint at {endpoint.url_for(function_type)} serves no function type {function_type}"
 
-    def _unserved_type(self, function_type: TypeName) -> bool:
-        endpoint = self._module.endpoint_for(function_type)
-        if endpoint is None:
-            return True
-        return (
-            self._invoker.serves(endpoint, endpoint.url_for(function_type), function_type) is False
-        )
+    def _unserved(self, kind: FunctionType) -> bool:
+        """Whether the type's endpoint said lately that it does not serve the type."""
+        return self._invoker.serves(kind.endpoint, kind.url, kind.label) is False
 
     def deliver(self, target: Address, invocation: PendingInvocation) -> bool:
         """A message read from the log for ``target``; False if no endpoint serves its type,
         by the module spec or by what the endpoint says (the caller parks it). Kept in memory, or left in the log (overflow)."""
         kind = self._type(target.function_type)
-        if kind is None or self._unserved_type(target.function_type):
+        if kind is None or self._unserved(kind):
             return False
         partition, offset = invocation.message_id
         if partition in kind.overflow:
@@ -454,10 +454,14 @@ class Dispatcher:
     def _type(self, function_type: TypeName) -> FunctionType | None:
         kind = self._types.get(function_type)
         if kind is None:
-            if self._module.endpoint_for(function_type) is None:
+            endpoint = self._module.endpoint_for(function_type)
+            if endpoint is None:
                 return None
             kind = self._types[function_type] = FunctionType(
                 function_type,
+                str(function_type),
+                endpoint,
+                endpoint.url_for(function_type),
                 self._module.failure_policy_for(function_type),
                 paused=function_type in self._paused,
             )
@@ -466,12 +470,9 @@ class Dispatcher:
     def _mailbox(self, address: Address, kind: FunctionType) -> Mailbox:
         mailbox = self._mailboxes.get(address)
         if mailbox is None:
-            endpoint = self._module.endpoint_for(address.function_type)
-            assert endpoint is not None
-            url = endpoint.url_for(address.function_type)
-            lane = self._lanes.get(url)
+            lane = self._lanes.get(kind.url)
             if lane is None:
-                lane = self._lanes[url] = Lane(url, endpoint)
+                lane = self._lanes[kind.url] = Lane(kind.url, kind.endpoint)
             mailbox = self._mailboxes[address] = Mailbox(
                 address, self._partition_of(address), kind, lane
             )
@@ -693,7 +694,7 @@ class Dispatcher:
     def _take_batch(self, mailbox: Mailbox) -> bool:
         """Move the next batch into flight (unless one is in flight already, to be sent
         again); False if there is nothing to send."""
-        if self._unserved(mailbox):
+        if self._unserved(mailbox.kind):
             self._park_unserved(mailbox)
         if mailbox.in_flight is not None:
             return True
@@ -840,7 +841,7 @@ class Dispatcher:
         kind = mailbox.kind
         kind.last_error = error.reason
         batch = mailbox.in_flight or []
-        if error.unserved and self._unserved(mailbox):
+        if error.unserved and self._unserved(mailbox.kind):
             self._park_unserved(mailbox)
             self._next(mailbox)
             return
@@ -938,10 +939,6 @@ class Dispatcher:
         task = asyncio.create_task(describe())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _unserved(self, mailbox: Mailbox) -> bool:
-        lane = mailbox.lane
-        return self._invoker.serves(lane.endpoint, lane.url, mailbox.address.function_type) is False
 
     def _park_unserved(self, mailbox: Mailbox) -> None:
         """The endpoint says it serves no such type: park what the mailbox holds (what

@@ -115,15 +115,17 @@ class FunctionClient:
         self._negotiations: dict[str, asyncio.Task[str]] = {}
 
     def serves(self, url: str, function_type: str, *, max_age: float | None = None) -> bool | None:
-        """Whether ``url`` said it serves ``function_type`` (None: it never said, or said
-        it longer than ``max_age`` seconds ago)."""
+        """Whether ``url`` said it serves ``function_type`` (None: it never said, or said it
+        does not longer than ``max_age`` seconds ago)."""
         served = self._served.get(url)
         if served is None:
             return None
         types, at = served
+        if function_type in types:
+            return True
         if max_age is not None and asyncio.get_running_loop().time() - at > max_age:
             return None
-        return function_type in types
+        return False
 
     async def describe(self, url: str) -> None:
         """Ask ``url`` again what it speaks and serves (for :meth:`serves`); a failure to
@@ -139,9 +141,6 @@ class FunctionClient:
         ``max_age`` seconds (at most once per ``max_age``: an endpoint that lists nothing,
         or does not answer, is not asked on every call). A type it said it serves stays
         served; None: not known."""
-        served = self._served.get(url)
-        if served is not None and function_type in served[0]:
-            return True
         answer = self.serves(url, function_type, max_age=max_age)
         if answer is not None:
             return answer

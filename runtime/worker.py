@@ -126,8 +126,8 @@ class FunctionClients:
     SERVED_MAX_AGE = 10.0
     """Seconds what an endpoint said it serves is trusted for refusing a type."""
 
-    def serves(self, endpoint: HttpEndpoint, url: str, function_type: TypeName) -> bool | None:
-        return self.get(endpoint).serves(url, str(function_type), max_age=self.SERVED_MAX_AGE)
+    def serves(self, endpoint: HttpEndpoint, url: str, function_type: str) -> bool | None:
+        return self.get(endpoint).serves(url, function_type, max_age=self.SERVED_MAX_AGE)
 
     async def describe(self, endpoint: HttpEndpoint, url: str) -> None:
         await self.get(endpoint).describe(url)

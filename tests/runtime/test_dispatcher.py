@@ -109,8 +109,8 @@ class FakeFunctions:
             raise CallFailed(self.down)
         return FunctionResponse([self.handler(b) for b in request.batches])
 
-    def serves(self, endpoint: HttpEndpoint, url: str, function_type: TypeName) -> bool | None:
-        return None if self.serving is None else str(function_type) in self.serving
+    def serves(self, endpoint: HttpEndpoint, url: str, function_type: str) -> bool | None:
+        return None if self.serving is None else function_type in self.serving
 
     async def describe(self, endpoint: HttpEndpoint, url: str) -> None:
         return None
