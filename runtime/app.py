@@ -374,6 +374,8 @@ class Runtime:
             return f"no endpoint in the module spec serves {function_type}"
         url = endpoint.url_for(function_type)
         client = self.clients.get(endpoint)
+        if client.serves(url, str(function_type)):
+            return None  # what the endpoint said it serves stays served: no need to ask
         try:
             async with asyncio.timeout(SERVED_ASK_TIMEOUT):
                 serves = await client.learn_serves(

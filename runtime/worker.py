@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -107,8 +107,14 @@ class FunctionClients:
         self._config = config
         self._transport = transport
         self._clients: dict[HttpEndpoint, FunctionClient] = {}
+        self._by_identity: dict[int, tuple[HttpEndpoint, FunctionClient]] = {}
+        """The same, by the endpoint object's identity: hashing an endpoint (a frozen
+        dataclass of dataclasses) on every call costs more than the lookup."""
 
     def get(self, endpoint: HttpEndpoint) -> FunctionClient:
+        known = self._by_identity.get(id(endpoint))
+        if known is not None and known[0] is endpoint:
+            return known[1]
         client = self._clients.get(endpoint)
         if client is None:
             client = self._clients[endpoint] = FunctionClient(
@@ -116,6 +122,7 @@ class FunctionClients:
                 max_connections=self._config.dispatch.max_concurrent_requests,
                 transport=self._transport,
             )
+        self._by_identity[id(endpoint)] = (endpoint, client)
         return client
 
     async def invoke(
@@ -136,6 +143,7 @@ class FunctionClients:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+        self._by_identity.clear()
 
 
 class Worker:
@@ -440,12 +448,7 @@ class Worker:
             if len(m.value.value or b"") > max_state:
                 return f"state {m.name!r} would hold {len(m.value.value or b'')} bytes, over the limit of {max_state}"
         max_message = self.config.max_message_bytes
-        arguments = [
-            *(m.argument for m in result.messages),
-            *(d.argument for d in result.delayed if isinstance(d, DelayedMessage)),
-            *(e.argument for e in result.egress),
-        ]
-        for argument in arguments:
+        for argument in _arguments(result):
             if len(argument.value or b"") > max_message:
                 return (
                     f"a message of {len(argument.value or b'')} bytes ({argument.typename}) is "
@@ -547,3 +550,14 @@ class Worker:
     @property
     def processed(self) -> int:
         return self.dispatcher.processed
+
+
+def _arguments(result: InvocationResult) -> Iterator[TypedValue]:
+    """Every value a result sends: messages, delayed messages, egress records."""
+    for m in result.messages:
+        yield m.argument
+    for d in result.delayed:
+        if isinstance(d, DelayedMessage):
+            yield d.argument
+    for e in result.egress:
+        yield e.argument
