@@ -244,8 +244,8 @@ class Failing:
     head_since: float = 0.0
     """When the message at the head first failed alone."""
     evidence_since: float | None = None
-    """When the head was first seen failing alone after another message of its type
-    succeeded: from then on, the failure is the message's, not the endpoint's."""
+    """When another message of its type first succeeded after the head began failing
+    alone: from then on, the failure is the message's, not the endpoint's."""
 
 
 @dataclass(slots=True, eq=False)
@@ -258,6 +258,8 @@ class FunctionType:
     policy: FailurePolicy
     mailboxes: set[Mailbox] = field(default_factory=set)
     failing: set[Mailbox] = field(default_factory=set)
+    awaiting_evidence: set[Mailbox] = field(default_factory=set)
+    """Failing mailboxes whose head has not yet seen another message of the type succeed."""
     held: deque[Mailbox] = field(default_factory=deque)
     """Mailboxes ready to send but kept back (paused, or unavailable and not the probe)."""
     overflow: dict[int, int] = field(default_factory=dict)
@@ -802,7 +804,12 @@ class Dispatcher:
 
     def _succeeded(self, mailbox: Mailbox) -> None:
         kind = mailbox.kind
-        kind.last_success = self._clock.now()
+        now = kind.last_success = self._clock.now()
+        if kind.awaiting_evidence:
+            for waiting in kind.awaiting_evidence:
+                if waiting.failing is not None and waiting.failing.evidence_since is None:
+                    waiting.failing.evidence_since = now
+            kind.awaiting_evidence.clear()
         done = mailbox.in_flight or []
         mailbox.in_flight = None
         self._buffered -= len(done)
@@ -887,8 +894,7 @@ class Dispatcher:
         kind = mailbox.kind
         if failing.head != head.message_id:
             failing.head, failing.head_since, failing.evidence_since = head.message_id, now, None
-        if failing.evidence_since is None and kind.last_success > failing.head_since:
-            failing.evidence_since = now
+            kind.awaiting_evidence.add(mailbox)
         policy = kind.policy
         if (
             policy.policy != "dead-letter"

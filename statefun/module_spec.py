@@ -281,7 +281,7 @@ class FailurePolicy:
 
     functions: FunctionTypePattern
     policy: str = "dead-letter"
-    dead_letter_after: float = 60.0
+    dead_letter_after: float = 30.0
 
 
 DEFAULT_POLICY = FailurePolicy(FunctionTypePattern("*", None))
@@ -696,7 +696,7 @@ def _failure_policy(spec: _Fields) -> FailurePolicy:
         raise spec.error(
             "is no longer read: a failing message no longer rolls the system back; it is "
             "retried on its own and, under policy dead-letter, parked after deadLetterAfter "
-            "(default 1 min)",
+            "(default 30 s)",
             spec.field_path("maxRollbacks"),
         )
     if "deadLetterAfter" in spec.raw and policy != "dead-letter":

@@ -334,9 +334,9 @@ spec: {functions: example/patient, policy: retry}
     )
     assert spec.failure_policy_for(TypeName("example", "strict")).policy == "fail"
     assert spec.failure_policy_for(TypeName("example", "patient")).policy == "retry"
-    # Without a policy: contained, parked after a minute.
+    # Without a policy: contained, parked after 30 s.
     assert spec.failure_policy_for(TypeName("other", "x")) == FailurePolicy(
-        FunctionTypePattern("*", None), "dead-letter", 60.0
+        FunctionTypePattern("*", None), "dead-letter", 30.0
     )
 
 
