@@ -74,7 +74,9 @@ class RuntimeConfig:
     kafka: str | None = None
     """Bootstrap servers of the Kafka cluster holding the log; None: the embedded log."""
     checkpoint_dir: Path | None = None
-    """The checkpoint store; None: ``<data_dir>/checkpoints``, or a temporary directory."""
+    """The checkpoint store; None: ``<data_dir>/checkpoints``, or a temporary directory.
+    ``statefun run`` always gives one: ``--checkpoint-dir``, or ``DATA_DIR/checkpoints``
+    in every mode."""
     ingress_host: str = "127.0.0.1"
     ingress_port: int = 8090
     messages_partitions: int = 8

@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("statefun-data"),
         metavar="DIR",
-        help="directory of the embedded log, unless --kafka (default: ./statefun-data)",
+        help="data directory: the embedded log (unless --kafka) and, by default, the "
+        "checkpoints (default: ./statefun-data)",
     )
     run.add_argument(
         "--ingress-host",
@@ -109,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="the checkpoint store, shared by every runtime process of the application "
-        "(default: DATA_DIR/checkpoints, or ./statefun-checkpoints with --kafka)",
+        "(default: DATA_DIR/checkpoints, also with --kafka)",
     )
     run.add_argument(
         "--checkpoint-interval",
@@ -212,8 +213,7 @@ def _run(args: argparse.Namespace) -> int:
         ingress_port=args.ingress_port,
         messages_partitions=args.partitions,
         max_body_bytes=args.max_body_bytes,
-        checkpoint_dir=args.checkpoint_dir
-        or (Path("statefun-checkpoints") if args.kafka else args.data_dir / "checkpoints"),
+        checkpoint_dir=checkpoint_dir(args),
         idempotency_retention=args.idempotency_retention,
         checkpoints=CheckpointConfig(
             interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)
@@ -230,6 +230,13 @@ def _run(args: argparse.Namespace) -> int:
     except (LogError, ConfigurationError) as e:
         raise CliError(str(e)) from None
     return 0
+
+
+def checkpoint_dir(args: argparse.Namespace) -> Path:
+    """The checkpoint store: ``--checkpoint-dir``, or a folder under ``--data-dir`` in
+    every mode (with ``--kafka`` too, so starting from another folder finds it)."""
+    given: Path | None = args.checkpoint_dir
+    return given if given is not None else args.data_dir / "checkpoints"
 
 
 GC_THRESHOLDS = (10_000, 20, 100)
