@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: the server stack takes a second to import, which send and call skip.
     from runtime.app import Runtime, RuntimeConfig
     from runtime.checkpoints.coordinator import CheckpointConfig
-    from runtime.errors import ConfigurationError, LogError
+    from runtime.errors import ConfigurationError, LogError, StoreError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -227,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         _run_loop(main())
-    except (LogError, ConfigurationError) as e:
+    except (LogError, ConfigurationError, StoreError) as e:
         raise CliError(str(e)) from None
     return 0
 

@@ -11,6 +11,11 @@ in the same transaction, so a checkpoint is either complete or absent. The
 to checkpoint c", written before generation g+1 processes anything.
 
 Every database call runs on one thread of its own; the event loop only awaits.
+
+A damaged database (SQLite finds it malformed, or it is not a database) is
+:class:`StoreDamaged`, with the file and what to do: checked whole at open
+(``PRAGMA quick_check``) and on every call. Any other SQLite failure is a
+:class:`StoreError`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from runtime.directories import lock_directory, unlock
-from runtime.errors import CheckpointStoreInUse
+from runtime.errors import CheckpointStoreInUse, StoreDamaged, StoreError
 
 T = TypeVar("T")
 
@@ -80,6 +85,24 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def _failure(path: Path, error: sqlite3.Error) -> StoreError:
+    """The store error for a SQLite error: :class:`StoreDamaged` if the file is damaged."""
+    if getattr(error, "sqlite_errorcode", None) in _DAMAGED:
+        return damaged(path, str(error))
+    return StoreError(f"the checkpoint store {path} failed: {error}")
+
+
+def damaged(path: Path, what: str) -> StoreDamaged:
+    return StoreDamaged(
+        f"the checkpoint store {path} is damaged ({what}): restore the directory "
+        f"{path.parent} from a backup, or move it away and start with --start-over to "
+        "rebuild the state from the input the log still holds"
+    )
+
+
 class CheckpointStore:
     """Use :meth:`open`."""
 
@@ -88,9 +111,19 @@ class CheckpointStore:
         self._lock = lock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-store")
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise damaged(path, "; ".join(" ".join(p.split()) for p in problems[:3]))
+            self._db.executescript(_SCHEMA)
+        except BaseException as e:
+            self._db.close()
+            self._executor.shutdown()
+            if isinstance(e, sqlite3.Error):
+                raise _failure(path, e) from None
+            raise
 
     @classmethod
     async def open(cls, directory: str | Path) -> CheckpointStore:
@@ -98,10 +131,20 @@ class CheckpointStore:
         lock = lock_directory(
             directory, "checkpoints.lock", "checkpoint directory", CheckpointStoreInUse
         )
-        return await asyncio.to_thread(cls, directory / "checkpoints.db", lock)
+        try:
+            return await asyncio.to_thread(cls, directory / "checkpoints.db", lock)
+        except BaseException:
+            unlock(lock)
+            raise
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._guarded, fn)
+
+    def _guarded(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except sqlite3.Error as e:
+            raise _failure(self.path, e) from e
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db

@@ -3,14 +3,16 @@ record of generations; and the skip rule built from it."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.store import CheckpointStore
-from runtime.errors import CheckpointStoreInUse
+from runtime.errors import CheckpointStoreInUse, StoreDamaged, StoreError
 
 pytestmark = pytest.mark.anyio
 
@@ -125,3 +127,32 @@ def test_tags_round_trip_through_headers_and_the_clock_advances() -> None:
     clock.advance()
     assert Tag.from_headers((clock.header,)) == Tag(2, 6, "app")
     assert Tag.from_headers((("other", b"x"),)) is None
+
+
+async def test_a_file_that_is_not_a_database_is_damaged_and_named(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints.db").write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreDamaged, match=r"checkpoints.db is damaged \(file is not a database\)"):
+        await CheckpointStore.open(tmp_path)
+    # the directory is not left locked: a repaired store opens
+    (tmp_path / "checkpoints.db").unlink()
+    await (await CheckpointStore.open(tmp_path)).close()
+
+
+def raising(error: Exception) -> Callable[[], None]:
+    def fail() -> None:
+        raise error
+
+    return fail
+
+
+async def test_a_read_of_a_damaged_page_is_store_damaged(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        corrupt = sqlite3.DatabaseError("database disk image is malformed")
+        corrupt.sqlite_errorcode = sqlite3.SQLITE_CORRUPT  # type: ignore[attr-defined]
+        with pytest.raises(StoreDamaged, match="restore the directory"):
+            await store._run(raising(corrupt))
+        with pytest.raises(StoreError, match="failed: disk I/O error"):
+            await store._run(raising(sqlite3.OperationalError("disk I/O error")))
+    finally:
+        await store.close()

@@ -1,0 +1,98 @@
+"""The checkpoint store as operators meet it: a damaged store is survived when that is
+safe and refused in one line otherwise."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from functions import make_test_functions
+from support import ROOT, RuntimeProcess, ServerThread, free_port, serve, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def functions() -> Iterator[ServerThread]:
+    control: dict[str, Any] = {}
+    with serve(make_test_functions(control).asgi_app()) as server:
+        yield server
+
+
+def write_module(path: Path, function_url: str) -> Path:
+    path.write_text(
+        f"""kind: io.statefun.endpoints.v2/http
+spec:
+  functions: test/*
+  urlPathTemplate: {function_url}
+  transport: {{timeouts: {{call: 5s, read: 2s}}}}
+---
+kind: statefun.v1/egress
+spec: {{id: test/out}}
+"""
+    )
+    return path
+
+
+def run_statefun(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def send_ones(url: str, address: str, count: int) -> None:
+    for _ in range(count):
+        httpx.post(
+            f"{url}/v1/messages/{address}",
+            content="1",
+            params={"type": "io.statefun.types/int"},
+            headers={"content-type": "application/json"},
+        ).raise_for_status()
+
+
+def counted(url: str, address: str) -> int:
+    state = httpx.get(f"{url}/v1/state/{address}").json()["state"]
+    value: int = state.get("count", {}).get("value", 0)
+    return value
+
+
+def assert_one_line_refusal(done: subprocess.CompletedProcess[str], *expected: str) -> str:
+    assert done.returncode != 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("statefun: error:")]
+    assert len(lines) == 1, done.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_store_damaged_mid_file_is_refused_in_one_line_naming_it(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    data = tmp_path / "data"
+    runtime = RuntimeProcess(module, data, free_port(), "--checkpoint-interval", "0.1").start()
+    send_ones(runtime.url, "test/counter/k", 20)
+    wait_until(lambda: counted(runtime.url, "test/counter/k") == 20)
+    assert runtime.signal(signal.SIGTERM)[0] == 0
+    database = data / "checkpoints" / "checkpoints.db"
+    size = database.stat().st_size
+    assert size >= 4 * 4096
+    with database.open("r+b") as file:  # a page in the middle: a table's b-tree
+        file.seek((size // 4096 // 2) * 4096)
+        file.write(os.urandom(4096))
+    done = run_statefun(
+        "--module", str(module), "--data-dir", str(data), "--ingress-port", str(free_port())
+    )
+    assert_one_line_refusal(done, str(database), "is damaged", "--start-over")
