@@ -32,12 +32,8 @@ from fastapi import FastAPI
 
 from runtime.checkpoints.coordinator import CheckpointConfig, CheckpointCoordinator
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
-from runtime.checkpoints.snapshot import (
-    MessageId,
-    decode_positions,
-    decode_worker_part,
-    message_id_text,
-)
+from runtime.checkpoints.restore import restore_point
+from runtime.checkpoints.snapshot import MessageId, message_id_text
 from runtime.checkpoints.store import CheckpointStore, Manifest, Rollback
 from runtime.dead_letters import DeadLetters
 from runtime.egress import Egresses
@@ -54,7 +50,7 @@ from runtime.log.sqlite import SqliteLog
 from runtime.replies import ReplyWaiters
 from runtime.router import Router
 from runtime.routing import Topics
-from runtime.state import StateSpecRegistry, StateStore
+from runtime.state import StateSpecRegistry
 from runtime.worker import Failure, FunctionClients, Worker, WorkerConfig
 from statefun.address import Address
 from statefun.module_spec import ModuleSpec
@@ -169,10 +165,12 @@ class Runtime:
     async def _begin(self, reason: str | None, failure: Failure | None = None) -> None:
         """Begin a generation from the last completed checkpoint (``reason`` None: a start)."""
         started = time.monotonic()
+        point = await restore_point(self.store)
         generation, checkpoint = await self.store.begin_generation(
             reason,
             cause_address=str(failure.address) if failure and failure.address else None,
             cause_messages=[message_id_text(m) for m in failure.messages] if failure else (),
+            checkpoint=point.checkpoint,
         )
         rollbacks = await self.store.rollbacks()
         clock = EpochClock(
@@ -182,11 +180,8 @@ class Runtime:
             SkipRule(generation, {r.generation: r.rolled_back_to for r in rollbacks}),
         )
         self.replies.rolled_back(clock.skip)
-        state = StateStore()
-        parts: dict[str, bytes] = {}
-        if checkpoint:
-            state.load(await self.store.load_state(checkpoint))
-            parts = await self.store.load_parts(checkpoint)
+        state = point.state
+        parts = point.parts
         poisoned, isolated = await self._failure_policy(rollbacks)
         worker = Worker(
             self.log,
@@ -205,7 +200,7 @@ class Runtime:
             isolated=isolated,
         )
         ends = await self.log.end_offsets(self.topics.messages)
-        restored = decode_worker_part(parts["worker"]) if "worker" in parts else None
+        restored = point.worker
         positions = restored.positions if restored is not None else {}
         self.idempotency.restore(parts.get(self.idempotency.name), positions, clock.skip)
         await self._observe_keys(positions, ends)
@@ -229,11 +224,10 @@ class Runtime:
             reader = KafkaIngressReader(
                 spec, cluster, self.router, self.dead_letters, clock, self.config.app_id
             )
-            reader_part = parts.get(reader.name)
-            await reader.start(decode_positions(reader_part) if reader_part is not None else None)
+            await reader.start(point.readers.get(reader.name))
             readers.append(reader)
         self.worker, self.kafka_ingresses, self.clock = worker, readers, clock
-        self.coordinator.attach(clock, [worker, *readers, self.idempotency])
+        self.coordinator.attach(clock, [worker, *readers, self.idempotency, self.replies])
         log.info(
             "generation %d resumed from checkpoint %d in %.0f ms (%d addresses in state)",
             generation,

@@ -403,7 +403,12 @@ class Worker:
             pending, self._timers.pending(), dict(self._positions), list(self._outbox)
         )
         rows, changed = self.state.take_changes()
-        return Capture(encode_worker_part(part), rows, lambda: self.state.changed_again(changed))
+        return Capture(
+            encode_worker_part(part),
+            rows,
+            lambda: self.state.changed_again(changed),
+            releases=bool(self._outbox),  # the commit publishes them
+        )
 
     def publish_committed(self, checkpoint: int) -> asyncio.Task[None] | None:
         """Checkpoint ``checkpoint`` committed: publish the egress records it covers. They

@@ -32,7 +32,8 @@ class Capture:
     """A participant's local snapshot, captured; ``abandon`` undoes the capture's side
     effects (the changed-state set it cleared) if the checkpoint does not complete."""
 
-    part: bytes
+    part: bytes | None
+    """What the participant restores from (None: it keeps no part)."""
     state: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     abandon: Callable[[], None] = lambda: None
     releases: bool = False
@@ -139,8 +140,9 @@ class CheckpointCoordinator:
     ) -> Manifest:
         await self._log.flush()
         state = [row for _, c in captures for row in c.state]
-        parts = [(name, c.part) for name, c in captures]
-        manifest = await self.store.commit(checkpoint, generation, state, parts, started)
+        parts = [(name, c.part) for name, c in captures if c.part is not None]
+        released = [name for name, c in captures if c.releases]
+        manifest = await self.store.commit(checkpoint, generation, state, parts, started, released)
         log.debug(
             "checkpoint %d committed: %d addresses, %d bytes, %d ms",
             checkpoint,

@@ -38,7 +38,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS manifests (
     checkpoint INTEGER PRIMARY KEY, generation INTEGER NOT NULL, created_ms INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL, size_bytes INTEGER NOT NULL, addresses INTEGER NOT NULL
+    duration_ms INTEGER NOT NULL, size_bytes INTEGER NOT NULL, addresses INTEGER NOT NULL,
+    released TEXT
 );
 CREATE TABLE IF NOT EXISTS state (
     address BLOB NOT NULL, checkpoint INTEGER NOT NULL, value BLOB,
@@ -67,6 +68,10 @@ class Manifest:
     size_bytes: int
     addresses: int
     """Addresses whose state the checkpoint wrote (changed since the previous one)."""
+    released: str | None = None
+    """What the commit released to the outside (the names of the participants whose
+    egress or replies it let out, comma-separated), or None: nothing, so the checkpoint
+    can be given up for an older one if it turns out damaged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +123,22 @@ class CheckpointStore:
             if problems != ["ok"]:
                 raise damaged(path, "; ".join(" ".join(p.split()) for p in problems[:3]))
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except BaseException as e:
             self._db.close()
             self._executor.shutdown()
             if isinstance(e, sqlite3.Error):
                 raise _failure(path, e) from None
             raise
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(manifests)")}
+        if "released" not in columns:
+            # A store written before the flag existed: whether its checkpoints released
+            # anything is unknown, so none of them is given up for an older one.
+            self._db.execute(
+                "ALTER TABLE manifests ADD COLUMN released TEXT DEFAULT 'unknown (older store)'"
+            )
 
     @classmethod
     async def open(cls, directory: str | Path) -> CheckpointStore:
@@ -165,17 +180,30 @@ class CheckpointStore:
         *,
         cause_address: str | None = None,
         cause_messages: Sequence[str] = (),
+        checkpoint: int | None = None,
     ) -> tuple[int, int]:
         """Record that the current generation rolls back to the latest checkpoint and
         start the next: ``(new generation, checkpoint rolled back to)``. The first start
         ever begins generation 1 and records nothing. ``reason`` None: a (re)start, whose
-        reason says whether the previous process stopped cleanly (:meth:`stopped_cleanly`)."""
+        reason says whether the previous process stopped cleanly (:meth:`stopped_cleanly`).
+
+        ``checkpoint``: roll back to this older checkpoint instead (the newer ones are
+        damaged and released nothing). The newer ones are dropped, and every generation
+        recorded as rolled back to one of them is recorded as rolled back to this one:
+        their work after it is replayed, so their output after it must be skipped."""
 
         def begin(db: sqlite3.Connection) -> tuple[int, int]:
             nonlocal reason
             row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
             previous = row[0] if row else 0
             latest = db.execute("SELECT MAX(checkpoint) FROM manifests").fetchone()[0] or 0
+            if checkpoint is not None and checkpoint < latest:
+                latest = checkpoint
+                db.execute("DELETE FROM manifests WHERE checkpoint > ?", (latest,))
+                db.execute(
+                    "UPDATE generations SET rolled_back_to = ? WHERE rolled_back_to > ?",
+                    (latest, latest),
+                )
             clean = db.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()
             db.execute("DELETE FROM meta WHERE key = 'clean'")
             if reason is None:
@@ -256,10 +284,12 @@ class CheckpointStore:
         state: Sequence[tuple[bytes, bytes | None]],
         parts: Sequence[tuple[str, bytes]],
         started: float,
+        released: Sequence[str] = (),
     ) -> Manifest:
         """Write a checkpoint whole; the manifest row, in the same transaction, commits it.
         ``state`` maps address keys to their serialized state (None: no state any more);
-        ``started`` is the ``time.monotonic()`` at which the checkpoint began."""
+        ``started`` is the ``time.monotonic()`` at which the checkpoint began;
+        ``released`` names the participants whose output its commit lets out."""
 
         def write(db: sqlite3.Connection) -> Manifest:
             db.executemany(
@@ -278,9 +308,10 @@ class CheckpointStore:
                 int((time.monotonic() - started) * 1000),
                 size,
                 len(state),
+                ", ".join(released) or None,
             )
             db.execute(
-                "INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     manifest.checkpoint,
                     manifest.generation,
@@ -288,6 +319,7 @@ class CheckpointStore:
                     manifest.duration_ms,
                     manifest.size_bytes,
                     manifest.addresses,
+                    manifest.released,
                 ),
             )
             return manifest
@@ -297,11 +329,24 @@ class CheckpointStore:
     async def manifests(self) -> list[Manifest]:
         rows = await self._run(
             lambda: self._db.execute(
-                "SELECT checkpoint, generation, created_ms, duration_ms, size_bytes, addresses"
-                " FROM manifests ORDER BY checkpoint"
+                "SELECT checkpoint, generation, created_ms, duration_ms, size_bytes, addresses,"
+                " released FROM manifests ORDER BY checkpoint"
             ).fetchall()
         )
         return [Manifest(*row) for row in rows]
+
+    async def mark_released(self, epoch: int, what: str) -> None:
+        """Something produced in ``epoch`` went out after its checkpoint committed (a
+        committed reply given to a retried call): mark the checkpoint that covers it,
+        the first at or after ``epoch``, as released."""
+        await self._run(
+            lambda: self._db.execute(
+                "UPDATE manifests SET released = COALESCE(released || ', ', '') || ?"
+                " WHERE checkpoint = (SELECT MIN(checkpoint) FROM manifests WHERE checkpoint >= ?)"
+                " AND COALESCE(released, '') NOT LIKE '%' || ? || '%'",
+                (what, epoch, what),
+            )
+        )
 
     async def latest(self) -> Manifest | None:
         manifests = await self.manifests()

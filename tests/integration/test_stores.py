@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ def functions() -> Iterator[ServerThread]:
         yield server
 
 
-def write_module(path: Path, function_url: str) -> Path:
+def write_module(path: Path, function_url: str, egress: str = "exactly-once") -> Path:
     path.write_text(
         f"""kind: io.statefun.endpoints.v2/http
 spec:
@@ -35,7 +36,7 @@ spec:
   transport: {{timeouts: {{call: 5s, read: 2s}}}}
 ---
 kind: statefun.v1/egress
-spec: {{id: test/out}}
+spec: {{id: test/out, deliverySemantic: {{type: {egress}}}}}
 """
     )
     return path
@@ -96,3 +97,72 @@ def test_a_store_damaged_mid_file_is_refused_in_one_line_naming_it(
         "--module", str(module), "--data-dir", str(data), "--ingress-port", str(free_port())
     )
     assert_one_line_refusal(done, str(database), "is damaged", "--start-over")
+
+
+def three_checkpoints(module: Path, data: Path, port: int) -> None:
+    """Three runs of 10 messages to test/forward/a (which sends test/counter/a one each),
+    each ending with a clean stop, whose last checkpoint is the only one: checkpoints
+    1, 2 and 3 hold 10, 20 and 30."""
+    for run in range(1, 4):
+        runtime = RuntimeProcess(module, data, port, "--checkpoint-interval", "0").start()
+        send_ones(runtime.url, "test/forward/a", 10)
+        wait_until(lambda: counted(runtime.url, "test/counter/a") == 10 * run)  # noqa: B023
+        assert runtime.signal(signal.SIGTERM)[0] == 0
+
+
+def damage_newest(data: Path, how: str) -> int:
+    with sqlite3.connect(data / "checkpoints" / "checkpoints.db") as db:
+        (newest,) = db.execute("SELECT MAX(checkpoint) FROM manifests").fetchone()
+        if how == "garbage part":
+            db.execute(
+                "UPDATE parts SET data = ? WHERE checkpoint = ? AND participant = 'worker'",
+                (os.urandom(64), newest),
+            )
+        else:  # a truncated state row: msgpack cut in the middle
+            db.execute(
+                "UPDATE state SET value = substr(value, 1, length(value) / 2) WHERE checkpoint = ?",
+                (newest,),
+            )
+    return int(newest)
+
+
+@pytest.mark.parametrize("how", ["garbage part", "truncated state row"])
+def test_a_damaged_newest_checkpoint_that_released_nothing_falls_back_exactly_once(
+    functions: ServerThread, tmp_path: Path, how: str
+) -> None:
+    # at-least-once egress: the commits release nothing, so the fallback is safe
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun", "at-least-once")
+    data, port = tmp_path / "data", free_port()
+    three_checkpoints(module, data, port)
+    assert damage_newest(data, how) == 3
+    runtime = RuntimeProcess(module, data, port, "--checkpoint-interval", "0.2").start()
+    try:
+        # Back to checkpoint 2 (20 each); run 3's messages to test/forward/a are replayed,
+        # and the messages it sent test/counter/a in its epoch 3 are skipped, not counted
+        # again. One more message proves every earlier record of both addresses is read.
+        send_ones(runtime.url, "test/forward/a", 1)
+        wait_until(lambda: counted(runtime.url, "test/counter/a") >= 31, timeout=20)
+        assert counted(runtime.url, "test/forward/a") == 31
+        assert counted(runtime.url, "test/counter/a") == 31
+        rollbacks = httpx.get(f"{runtime.url}/v1/checkpoints").json()["rollbacks"]
+        assert {r["generation"]: r["rolled_back_to"] for r in rollbacks}[3] == 2
+    finally:
+        status, err = runtime.signal(signal.SIGTERM)
+    assert status == 0, err
+    assert "checkpoint 3 cannot be decoded" in err
+    assert "resuming from the one before it" in err
+
+
+def test_a_damaged_newest_checkpoint_that_released_egress_is_refused_in_one_line(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    data, port = tmp_path / "data", free_port()
+    three_checkpoints(module, data, port)  # each commit publishes that run's egress
+    damage_newest(data, "garbage part")
+    done = run_statefun(
+        "--module", str(module), "--data-dir", str(data), "--ingress-port", str(port)
+    )
+    assert_one_line_refusal(
+        done, "checkpoint 3", "cannot be decoded", "released", "worker", "--start-over"
+    )

@@ -156,3 +156,53 @@ async def test_a_read_of_a_damaged_page_is_store_damaged(tmp_path: Path) -> None
             await store._run(raising(sqlite3.OperationalError("disk I/O error")))
     finally:
         await store.close()
+
+
+async def test_a_checkpoint_records_what_its_commit_released(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        await store.commit(1, 1, [], [("worker", b"p")], time.monotonic())
+        await store.commit(2, 1, [], [("worker", b"p")], time.monotonic(), released=["worker"])
+        await store.commit(3, 1, [], [("worker", b"p")], time.monotonic())
+        # a committed reply of epoch 3 given to a retried call, twice
+        await store.mark_released(3, "retried call")
+        await store.mark_released(3, "retried call")
+        released = {m.checkpoint: m.released for m in await store.manifests()}
+        assert released == {1: None, 2: "worker", 3: "retried call"}
+    finally:
+        await store.close()
+
+
+async def test_rolling_back_to_an_older_checkpoint_drops_the_newer_and_lowers_rollbacks(
+    tmp_path: Path,
+) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        assert await store.begin_generation(None) == (1, 0)
+        for checkpoint in (1, 2):
+            await commit(store, checkpoint, {b"a": b"a%d" % checkpoint})
+        assert await store.begin_generation("crash") == (2, 2)  # generation 1 -> 2
+        await commit(store, 3, {b"a": b"a3"})
+        # checkpoint 3 turns out damaged: generation 3 begins from checkpoint 1
+        assert await store.begin_generation(None, checkpoint=1) == (3, 1)
+        assert [m.checkpoint for m in await store.manifests()] == [1]
+        assert await store.load_state(9) == [(b"a", b"a1")]
+        assert {r.generation: r.rolled_back_to for r in await store.rollbacks()} == {1: 1, 2: 1}
+    finally:
+        await store.close()
+
+
+async def test_a_store_from_before_the_released_flag_counts_as_released(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "checkpoints.db") as db:
+        db.execute(
+            "CREATE TABLE manifests (checkpoint INTEGER PRIMARY KEY, generation INTEGER NOT NULL,"
+            " created_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL,"
+            " size_bytes INTEGER NOT NULL, addresses INTEGER NOT NULL)"
+        )
+        db.execute("INSERT INTO manifests VALUES (1, 1, 0, 0, 0, 0)")
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        (manifest,) = await store.manifests()
+        assert manifest.released
+    finally:
+        await store.close()
