@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import msgpack
 import uvicorn
 from fastapi import FastAPI
 
@@ -37,9 +36,8 @@ from runtime.checkpoints.snapshot import MessageId, message_id_text
 from runtime.checkpoints.store import CheckpointStore, Manifest, Rollback
 from runtime.dead_letters import DeadLetters
 from runtime.egress import Egresses
-from runtime.envelope import Envelope
 from runtime.errors import ConfigurationError
-from runtime.idempotency import KEY_HEADER, IdempotencyKeys
+from runtime.idempotency import IdempotencyKeys
 from runtime.ingress import create_ingress_app
 from runtime.kafka_clusters import KafkaClusters
 from runtime.kafka_ingress import KafkaIngressReader
@@ -118,8 +116,12 @@ class Runtime:
         self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
         self.coordinator = CheckpointCoordinator(store, log_, config.checkpoints)
         self.coordinator.on_commit = self._committed
-        self.idempotency = IdempotencyKeys(config.idempotency_retention)
-        self.replies.on_reply = self.idempotency.reply
+        self.idempotency = IdempotencyKeys(
+            config.idempotency_retention,
+            self.replies,
+            committed=self.committed,
+            release=store.mark_released,
+        )
         self.clients = FunctionClients(config.worker, transport)
         self.registry = StateSpecRegistry()
         self.worker: Worker | None = None
@@ -181,7 +183,6 @@ class Runtime:
         )
         self.replies.rolled_back(clock.skip)
         state = point.state
-        parts = point.parts
         poisoned, isolated = await self._failure_policy(rollbacks)
         worker = Worker(
             self.log,
@@ -202,8 +203,8 @@ class Runtime:
         ends = await self.log.end_offsets(self.topics.messages)
         restored = point.worker
         positions = restored.positions if restored is not None else {}
-        self.idempotency.restore(parts.get(self.idempotency.name), positions, clock.skip)
-        await self._observe_keys(positions, ends)
+        self.idempotency.restore(point.keys, positions, clock.skip)
+        await self.idempotency.recover(self.log, self.topics.messages, positions, ends)
         if restored is not None:
             self._check_positions(restored.positions, ends, checkpoint)
             # Egress records the checkpoint holds: published already, or still to publish.
@@ -235,27 +236,6 @@ class Runtime:
             (time.monotonic() - started) * 1000,
             len(state),
         )
-
-    async def _observe_keys(self, positions: Mapping[int, int], ends: list[int]) -> None:
-        """Find the idempotency keys of the requests accepted after the checkpoint."""
-        if not ends:
-            return
-        now_ms = int(time.time() * 1000)
-        for partition, end in enumerate(ends):
-            offset = positions.get(partition, 0)
-            while offset < end:
-                records = await self.log.read(self.topics.messages, partition, offset, 1000)
-                if not records:
-                    break
-                for record in records:
-                    for name, value in record.headers:
-                        if name == KEY_HEADER:
-                            key, print_ = msgpack.unpackb(value, raw=False)
-                            caller = Envelope.from_record(record).caller
-                            self.idempotency.observe(
-                                key, print_, partition, record.offset, caller, now_ms
-                            )
-                offset = records[-1].offset + 1
 
     def committed(self, tag: Tag | None) -> bool:
         """Whether the work that produced a record tagged ``tag`` is checkpointed."""

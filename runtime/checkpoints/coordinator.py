@@ -40,6 +40,9 @@ class Capture:
     """Whether the commit of this checkpoint will release something of it to the outside
     (egress records, replies held for commit): a checkpoint that released nothing can be
     given up for an older one if it turns out damaged."""
+    key_rows: Callable[[], Sequence[tuple[bytes, bytes | None]]] | None = None
+    """The rows of the idempotency-key table this checkpoint writes, encoded when called:
+    on the store's thread, off the event loop."""
 
 
 class Participant(Protocol):
@@ -142,7 +145,10 @@ class CheckpointCoordinator:
         state = [row for _, c in captures for row in c.state]
         parts = [(name, c.part) for name, c in captures if c.part is not None]
         released = [name for name, c in captures if c.releases]
-        manifest = await self.store.commit(checkpoint, generation, state, parts, started, released)
+        key_rows = [c.key_rows for _, c in captures if c.key_rows is not None]
+        manifest = await self.store.commit(
+            checkpoint, generation, state, parts, started, released, key_rows
+        )
         log.debug(
             "checkpoint %d committed: %d addresses, %d bytes, %d ms",
             checkpoint,

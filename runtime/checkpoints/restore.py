@@ -1,7 +1,7 @@
 """The checkpoint a generation resumes from, chosen and decoded whole before it is used.
 
-The newest completed checkpoint is the one to resume from. All of its state and every
-part of it are decoded before the new generation is recorded. A checkpoint that does
+The newest completed checkpoint is the one to resume from. All of its state, its
+idempotency keys and every part of it are decoded before the new generation is recorded. A checkpoint that does
 not decode (damaged bytes in the store) is given up for the next older retained one
 only if its commit released nothing to the outside (no egress record, no reply held
 for commit or given to a retried call: the manifest's ``released``): the rollback
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from runtime.checkpoints.snapshot import WorkerPart, decode_positions, decode_worker_part
 from runtime.checkpoints.store import CheckpointStore
 from runtime.errors import StoreDamaged
+from runtime.idempotency import Answer, decode_rows
 from runtime.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class RestorePoint:
     worker: WorkerPart | None = None
     readers: dict[str, dict[tuple[str, int], int]] = field(default_factory=dict)
     """The Kafka ingress readers' positions, by participant name."""
+    keys: dict[str, Answer] = field(default_factory=dict)
+    """The idempotency-key table."""
     parts: dict[str, bytes] = field(default_factory=dict)
     """The parts this module does not decode, by participant name: their owners do."""
     given_up: Sequence[int] = ()
@@ -45,10 +48,14 @@ class RestorePoint:
 
 
 def _decode(
-    checkpoint: int, state: list[tuple[bytes, bytes]], parts: dict[str, bytes]
+    checkpoint: int,
+    state: list[tuple[bytes, bytes]],
+    keys: list[tuple[bytes, bytes]],
+    parts: dict[str, bytes],
 ) -> RestorePoint:
     point = RestorePoint(checkpoint)
     point.state.load(state)
+    point.keys = decode_rows(keys)
     for name, data in parts.items():
         if name == WORKER_PART:
             point.worker = decode_worker_part(data)
@@ -72,9 +79,10 @@ async def restore_point(store: CheckpointStore) -> RestorePoint:
     for manifest in reversed(await store.manifests()):
         checkpoint = manifest.checkpoint
         state = await store.load_state(checkpoint)
+        keys = await store.load_keys(checkpoint)
         parts = await store.load_parts(checkpoint)
         try:
-            point = await asyncio.to_thread(_decode, checkpoint, state, parts)
+            point = await asyncio.to_thread(_decode, checkpoint, state, keys, parts)
         except Exception as e:
             problem = _problem(e)
             if manifest.released:

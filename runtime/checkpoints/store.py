@@ -2,7 +2,8 @@
 
 One SQLite database in a directory (``checkpoints.db``; in Compose, a volume every
 runtime process can reach). It holds, per checkpoint, the state of the addresses that
-changed since the previous one (a versioned key-value table: the state of an address
+changed since the previous one, and likewise the idempotency keys added, answered or
+forgotten since (two versioned key-value tables: the state of an address
 as of checkpoint c is its newest row at or below c), each participant's part
 (pending inputs, timers, read positions, ...), and the manifest. Writing a
 checkpoint's manifest row is its commit point: everything of the checkpoint is written
@@ -44,6 +45,10 @@ CREATE TABLE IF NOT EXISTS manifests (
 CREATE TABLE IF NOT EXISTS state (
     address BLOB NOT NULL, checkpoint INTEGER NOT NULL, value BLOB,
     PRIMARY KEY (address, checkpoint)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (
+    key BLOB NOT NULL, checkpoint INTEGER NOT NULL, value BLOB,
+    PRIMARY KEY (key, checkpoint)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parts (
     checkpoint INTEGER NOT NULL, participant TEXT NOT NULL, data BLOB NOT NULL,
@@ -221,6 +226,7 @@ class CheckpointStore:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (previous + 1,))
             # Rows of a checkpoint that never got its manifest are garbage.
             db.execute("DELETE FROM state WHERE checkpoint > ?", (latest,))
+            db.execute("DELETE FROM keys WHERE checkpoint > ?", (latest,))
             db.execute("DELETE FROM parts WHERE checkpoint > ?", (latest,))
             return previous + 1, latest
 
@@ -285,22 +291,32 @@ class CheckpointStore:
         parts: Sequence[tuple[str, bytes]],
         started: float,
         released: Sequence[str] = (),
+        key_rows: Sequence[Callable[[], Sequence[tuple[bytes, bytes | None]]]] = (),
     ) -> Manifest:
         """Write a checkpoint whole; the manifest row, in the same transaction, commits it.
         ``state`` maps address keys to their serialized state (None: no state any more);
         ``started`` is the ``time.monotonic()`` at which the checkpoint began;
-        ``released`` names the participants whose output its commit lets out."""
+        ``released`` names the participants whose output its commit lets out; ``key_rows``
+        give the rows of the idempotency-key table (key, answer or None), encoded when
+        called, here on the store's thread."""
 
         def write(db: sqlite3.Connection) -> Manifest:
             db.executemany(
                 "INSERT OR REPLACE INTO state VALUES (?, ?, ?)",
                 [(key, checkpoint, value) for key, value in state],
             )
+            keys = [row for encode in key_rows for row in encode()]
+            db.executemany(
+                "INSERT OR REPLACE INTO keys VALUES (?, ?, ?)",
+                [(key, checkpoint, value) for key, value in keys],
+            )
             db.executemany(
                 "INSERT OR REPLACE INTO parts VALUES (?, ?, ?)",
                 [(checkpoint, name, data) for name, data in parts],
             )
-            size = sum(len(k) + len(v or b"") for k, v in state) + sum(len(d) for _, d in parts)
+            size = sum(len(k) + len(v or b"") for k, v in (*state, *keys)) + sum(
+                len(d) for _, d in parts
+            )
             manifest = Manifest(
                 checkpoint,
                 generation,
@@ -354,18 +370,22 @@ class CheckpointStore:
 
     async def load_state(self, checkpoint: int) -> list[tuple[bytes, bytes]]:
         """Every address's state as of ``checkpoint`` (addresses without state left out)."""
+        return await self._run(lambda: self._as_of("state", "address", checkpoint))
 
-        def read() -> list[tuple[bytes, bytes]]:
-            rows = self._db.execute(
-                "SELECT s.address, s.value FROM state s JOIN ("
-                "  SELECT address, MAX(checkpoint) AS checkpoint FROM state"
-                "  WHERE checkpoint <= ? GROUP BY address"
-                ") newest USING (address, checkpoint) WHERE s.value IS NOT NULL",
-                (checkpoint,),
-            ).fetchall()
-            return [(bytes(k), bytes(v)) for k, v in rows]
+    async def load_keys(self, checkpoint: int) -> list[tuple[bytes, bytes]]:
+        """The idempotency-key table as of ``checkpoint`` (forgotten keys left out)."""
+        return await self._run(lambda: self._as_of("keys", "key", checkpoint))
 
-        return await self._run(read)
+    def _as_of(self, table: str, key: str, checkpoint: int) -> list[tuple[bytes, bytes]]:
+        """Each key's newest row at or below ``checkpoint`` in a versioned table."""
+        rows = self._db.execute(
+            f"SELECT t.{key}, t.value FROM {table} t JOIN ("
+            f"  SELECT {key}, MAX(checkpoint) AS checkpoint FROM {table}"
+            f"  WHERE checkpoint <= ? GROUP BY {key}"
+            f") newest USING ({key}, checkpoint) WHERE t.value IS NOT NULL",
+            (checkpoint,),
+        ).fetchall()
+        return [(bytes(k), bytes(v)) for k, v in rows]
 
     async def load_parts(self, checkpoint: int) -> dict[str, bytes]:
         rows = await self._run(
@@ -388,15 +408,19 @@ class CheckpointStore:
             oldest = kept[-1][0]
             db.execute("DELETE FROM manifests WHERE checkpoint < ?", (oldest,))
             db.execute("DELETE FROM parts WHERE checkpoint < ?", (oldest,))
-            # A row older than an address's newest row at or below the oldest retained
+            # A row older than a key's newest row at or below the oldest retained
             # checkpoint is never read again; nor is a deletion that is that newest row.
-            db.execute(
-                "DELETE FROM state WHERE checkpoint < ("
-                "  SELECT MAX(s.checkpoint) FROM state s"
-                "  WHERE s.address = state.address AND s.checkpoint <= ?)",
-                (oldest,),
-            )
-            db.execute("DELETE FROM state WHERE value IS NULL AND checkpoint <= ?", (oldest,))
+            for table, key in (("state", "address"), ("keys", "key")):
+                db.execute(
+                    f"DELETE FROM {table} WHERE checkpoint < ("
+                    f"  SELECT MAX(t.checkpoint) FROM {table} t"
+                    f"  WHERE t.{key} = {table}.{key} AND t.checkpoint <= ?)",
+                    (oldest,),
+                )
+                db.execute(
+                    f"DELETE FROM {table} WHERE value IS NULL AND checkpoint <= ?",
+                    (oldest,),
+                )
 
         await self._run(lambda: self._transaction(prune))
 

@@ -206,3 +206,26 @@ async def test_a_store_from_before_the_released_flag_counts_as_released(tmp_path
         assert manifest.released
     finally:
         await store.close()
+
+
+async def test_the_key_table_is_versioned_like_state(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+
+    async def commit_keys(checkpoint: int, rows: dict[bytes, bytes | None]) -> None:
+        await store.commit(
+            checkpoint, 1, [], [], time.monotonic(), key_rows=[lambda: list(rows.items())]
+        )
+
+    try:
+        await commit_keys(1, {b"k1": b"a", b"k2": b"b"})
+        await commit_keys(2, {b"k1": b"a2", b"k2": None})  # k1 answered, k2 expired
+        await commit_keys(3, {b"k3": b"c"})
+        assert sorted(await store.load_keys(1)) == [(b"k1", b"a"), (b"k2", b"b")]
+        assert sorted(await store.load_keys(3)) == [(b"k1", b"a2"), (b"k3", b"c")]
+        await store.retain(2)
+        rows = store._db.execute("SELECT key, checkpoint FROM keys ORDER BY 1, 2").fetchall()
+        assert rows == [(b"k1", 2), (b"k3", 3)]
+        await store.begin_generation(None, checkpoint=2)
+        assert sorted(await store.load_keys(9)) == [(b"k1", b"a2")]
+    finally:
+        await store.close()
