@@ -131,6 +131,12 @@ class Log(abc.ABC):
         """Per partition, the offset the next durable record will have."""
 
     @abc.abstractmethod
+    async def start_offsets(self, topic: str, at: str | int = "earliest") -> list[int]:
+        """Per partition, where reading starts: ``"earliest"`` (the first record retention
+        kept), ``"latest"`` (the end), or the first record appended at or after a time in
+        milliseconds (the end if there is none)."""
+
+    @abc.abstractmethod
     def consumer(self) -> LogConsumer: ...
 
     @abc.abstractmethod

@@ -447,9 +447,7 @@ class KafkaLog(Log):
         await self.ensure_topic(topic, count)
         return count
 
-    async def start_offsets(self, topic: str, at: str | int) -> list[int]:
-        """Per partition, where reading starts: ``"earliest"``, ``"latest"`` or the first
-        record at or after a timestamp (milliseconds; the end if there is none)."""
+    async def start_offsets(self, topic: str, at: str | int = "earliest") -> list[int]:
         count = self.partitions(topic)
         if at == "latest":
             return await self.end_offsets(topic)
