@@ -46,6 +46,7 @@ from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
 from runtime.replies import ReplyWaiters
+from runtime.retention import EGRESS_RETENTION, KAFKA_MESSAGES_RETENTION, Retention
 from runtime.router import Router
 from runtime.routing import Topics
 from runtime.state import StateSpecRegistry
@@ -81,6 +82,12 @@ class RuntimeConfig:
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     idempotency_retention: float = 24 * 3600.0
     """Seconds an Idempotency-Key's answer is remembered."""
+    egress_retention: float = EGRESS_RETENTION
+    """Seconds the embedded egress topics and the dead-letter topic keep a record (on
+    Kafka, their ``retention.ms`` when the runtime creates them)."""
+    messages_retention: float = KAFKA_MESSAGES_RETENTION
+    """On Kafka, the messages topic's ``retention.ms`` when the runtime creates it (0:
+    forever); the embedded log drops what no retained checkpoint needs instead."""
     rollback_backoff: float = 0.5
     """Seconds before resuming after a rollback; doubles per rollback in a row."""
     rollback_backoff_max: float = 30.0
@@ -116,6 +123,16 @@ class Runtime:
         self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
         self.coordinator = CheckpointCoordinator(store, log_, config.checkpoints)
         self.coordinator.on_commit = self._committed
+        self.retention = Retention(
+            log_,
+            store,
+            self.topics,
+            config.module,
+            config.messages_partitions,
+            egress_window=config.egress_retention,
+            messages_retention=config.messages_retention,
+        )
+        self.coordinator.on_pruned = self.retention.pruned
         self.idempotency = IdempotencyKeys(
             config.idempotency_retention,
             self.replies,
@@ -158,11 +175,13 @@ class Runtime:
     # --- generations ------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.retention.create_topics()
         await self.router.create_topics()
         await self.dead_letters.create_topic()
         await self.egresses.start()
         await self._begin(None)
         self.coordinator.start()
+        self.retention.start()
 
     async def _begin(self, reason: str | None, failure: Failure | None = None) -> None:
         """Begin a generation from the last completed checkpoint (``reason`` None: a start)."""
@@ -360,6 +379,7 @@ class Runtime:
             if publishing is not None:
                 await publishing
             await self.store.stopped_cleanly()
+        await self.retention.stop()
         await self.clients.close()
         await self.egresses.close()
         await self.kafka_clusters.close()

@@ -134,6 +134,23 @@ def _parser() -> argparse.ArgumentParser:
         help="how long the answer to a request with an Idempotency-Key is kept (default: 86400)",
     )
     run.add_argument(
+        "--egress-retention",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long the embedded egress topics and the dead-letter topic keep a record; "
+        "with --kafka, their retention.ms when the runtime creates them; 0 keeps every "
+        "record (default: 7 days)",
+    )
+    run.add_argument(
+        "--messages-retention",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --kafka, the retention.ms of the messages topic when the runtime creates "
+        "it; 0 keeps every record (default: 30 days). Kafka cannot know which records a "
+        "checkpoint needs: make it longer than any backlog or outage to recover from. The "
+        "embedded log drops what no retained checkpoint needs",
+    )
+    run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
     )
 
@@ -215,6 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         checkpoint_dir=checkpoint_dir(args),
         idempotency_retention=args.idempotency_retention,
+        **_given(args, "egress_retention", "messages_retention"),
         checkpoints=CheckpointConfig(
             interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)
         ),
@@ -230,6 +248,12 @@ def _run(args: argparse.Namespace) -> int:
     except (LogError, ConfigurationError, StoreError) as e:
         raise CliError(str(e)) from None
     return 0
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options among ``names`` given on the command line (the others keep the
+    runtime's defaults, defined once in the runtime)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def checkpoint_dir(args: argparse.Namespace) -> Path:

@@ -74,6 +74,8 @@ class CheckpointCoordinator:
         self._completed = 0
         self.last: Manifest | None = None
         self.on_commit: Callable[[Manifest], None] = lambda manifest: None
+        self.on_pruned: Callable[[], None] = lambda: None
+        """Called once the store keeps only the retained checkpoints (``runtime.retention``)."""
 
     def attach(self, clock: EpochClock, participants: Sequence[Participant]) -> None:
         """Checkpoint these participants from now on (a new generation's)."""
@@ -132,6 +134,7 @@ class CheckpointCoordinator:
             self.on_commit(manifest)
             if self._completed % self.config.prune_every == 0:
                 await self.store.retain(self.config.retain)
+                self.on_pruned()
             return manifest
 
     async def _complete(

@@ -395,6 +395,17 @@ class CheckpointStore:
         )
         return {name: bytes(data) for name, data in rows}
 
+    async def retained_parts(self, participant: str) -> list[bytes]:
+        """The parts of ``participant`` in every retained checkpoint, oldest first."""
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT p.data FROM parts p JOIN manifests m USING (checkpoint)"
+                " WHERE p.participant = ? ORDER BY p.checkpoint",
+                (participant,),
+            ).fetchall()
+        )
+        return [bytes(data) for (data,) in rows]
+
     async def retain(self, keep: int) -> None:
         """Keep the newest ``keep`` checkpoints; drop older manifests, parts and the state
         rows no retained checkpoint can need."""

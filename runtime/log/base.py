@@ -93,9 +93,13 @@ class Log(abc.ABC):
     _topics: dict[str, int]
 
     @abc.abstractmethod
-    async def ensure_topic(self, topic: str, partitions: int) -> None:
+    async def ensure_topic(
+        self, topic: str, partitions: int, config: Mapping[str, str] | None = None
+    ) -> None:
         """Create ``topic`` if missing; raise :class:`TopicMismatchError` if it exists with
-        another partition count."""
+        another partition count. ``config``: topic settings a log that keeps them applies
+        when it creates the topic (Kafka's ``retention.ms``, ...); the embedded logs
+        have none (``runtime.retention`` truncates them)."""
 
     def partitions(self, topic: str) -> int:
         """The partition count of a known topic (:class:`UnknownTopicError` otherwise)."""

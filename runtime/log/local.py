@@ -109,7 +109,9 @@ class LocalLog(Log):
 
     # --- Log --------------------------------------------------------------------------
 
-    async def ensure_topic(self, topic: str, partitions: int) -> None:
+    async def ensure_topic(
+        self, topic: str, partitions: int, config: Mapping[str, str] | None = None
+    ) -> None:
         if partitions < 1:
             raise ValueError(f"topic {topic} needs at least one partition, not {partitions}")
         existing = self._topics.get(topic)

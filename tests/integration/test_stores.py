@@ -166,3 +166,43 @@ def test_a_damaged_newest_checkpoint_that_released_egress_is_refused_in_one_line
     assert_one_line_refusal(
         done, "checkpoint 3", "cannot be decoded", "released", "worker", "--start-over"
     )
+
+
+def messages_log(data: Path) -> tuple[int, int]:
+    """(records kept, sum of the partitions' starts) of the messages topic in log.db."""
+    with sqlite3.connect(data / "log.db") as db:
+        kept = db.execute(
+            "SELECT COUNT(*) FROM records WHERE topic = 'statefun-messages'"
+        ).fetchone()[0]
+        starts = db.execute(
+            "SELECT COALESCE(SUM(offset), 0) FROM starts WHERE topic = 'statefun-messages'"
+        ).fetchone()[0]
+    return int(kept), int(starts)
+
+
+def test_the_embedded_log_keeps_only_what_a_retained_checkpoint_needs_and_restarts_exactly(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    data, port = tmp_path / "data", free_port()
+    flags = ("--checkpoint-interval", "0.05", "--checkpoint-retain", "2")
+    runtime = RuntimeProcess(module, data, port, *flags).start()
+    try:
+        send_ones(runtime.url, "test/forward/a", 100)
+        wait_until(lambda: counted(runtime.url, "test/counter/a") == 100, timeout=20)
+        # 100 ingress records and the 100 messages test/forward/a sent: once processed
+        # and past every retained checkpoint, none of them is kept
+        wait_until(lambda: messages_log(data) == (0, 200), timeout=30)
+        send_ones(runtime.url, "test/forward/a", 50)
+        runtime.kill()  # kill -9 with some of them processed: replayed from a checkpoint
+        runtime.start()
+        send_ones(runtime.url, "test/forward/a", 1)  # behind every replayed record
+        wait_until(lambda: counted(runtime.url, "test/counter/a") >= 151, timeout=30)
+        assert counted(runtime.url, "test/forward/a") == 151
+        assert counted(runtime.url, "test/counter/a") == 151
+        # after the restart too (302 records, and the messages of work rolled back by
+        # the kill, skipped at replay)
+        wait_until(lambda: (log := messages_log(data))[0] == 0 and log[1] >= 302, timeout=30)
+    finally:
+        status, err = runtime.signal(signal.SIGTERM)
+    assert status == 0, err
