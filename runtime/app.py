@@ -36,8 +36,8 @@ from runtime.checkpoints.snapshot import MessageId, message_id_text
 from runtime.checkpoints.store import CheckpointStore, Manifest, Rollback
 from runtime.dead_letters import DeadLetters
 from runtime.egress import Egresses
-from runtime.errors import ConfigurationError
 from runtime.idempotency import IdempotencyKeys
+from runtime.identity import LogIdentity
 from runtime.ingress import create_ingress_app
 from runtime.kafka_clusters import KafkaClusters
 from runtime.kafka_ingress import KafkaIngressReader
@@ -88,6 +88,9 @@ class RuntimeConfig:
     messages_retention: float = KAFKA_MESSAGES_RETENTION
     """On Kafka, the messages topic's ``retention.ms`` when the runtime creates it (0:
     forever); the embedded log drops what no retained checkpoint needs instead."""
+    start_over: bool = False
+    """Start the log over with an empty checkpoint store (``statefun run --start-over``):
+    replay what came from outside, skip what the runtime produced (``runtime.identity``)."""
     rollback_backoff: float = 0.5
     """Seconds before resuming after a rollback; doubles per rollback in a row."""
     rollback_backoff_max: float = 30.0
@@ -133,6 +136,9 @@ class Runtime:
             messages_retention=config.messages_retention,
         )
         self.coordinator.on_pruned = self.retention.pruned
+        self.identity = LogIdentity(
+            log_, store, self.topics, config.module, config.messages_partitions, _where(config)
+        )
         self.idempotency = IdempotencyKeys(
             config.idempotency_retention,
             self.replies,
@@ -179,6 +185,11 @@ class Runtime:
         await self.router.create_topics()
         await self.dead_letters.create_topic()
         await self.egresses.start()
+        await self.identity.claim(
+            start_over=self.config.start_over,
+            clusters=self.kafka_clusters,
+            published_through=self.egresses.published_through(),
+        )
         await self._begin(None)
         self.coordinator.start()
         self.retention.start()
@@ -193,12 +204,16 @@ class Runtime:
             cause_messages=[message_id_text(m) for m in failure.messages] if failure else (),
             checkpoint=point.checkpoint,
         )
+        await self.identity.began(generation)
         rollbacks = await self.store.rollbacks()
+        skip_below, epoch_floor = await self.store.floors()
         clock = EpochClock(
             generation,
-            checkpoint + 1,
+            max(checkpoint, epoch_floor) + 1,
             self.config.app_id,
-            SkipRule(generation, {r.generation: r.rolled_back_to for r in rollbacks}),
+            SkipRule(
+                generation, {r.generation: r.rolled_back_to for r in rollbacks}, below=skip_below
+            ),
         )
         self.replies.rolled_back(clock.skip)
         state = point.state
@@ -225,7 +240,6 @@ class Runtime:
         self.idempotency.restore(point.keys, positions, clock.skip)
         await self.idempotency.recover(self.log, self.topics.messages, positions, ends)
         if restored is not None:
-            self._check_positions(restored.positions, ends, checkpoint)
             # Egress records the checkpoint holds: published already, or still to publish.
             published = await self.store.egress_published_through()
             restored = dataclasses.replace(
@@ -268,21 +282,6 @@ class Runtime:
             and last.generation == tag.generation
             and (tag.epoch <= last.checkpoint)
         )
-
-    def _check_positions(
-        self, positions: Mapping[int, int], ends: list[int], checkpoint: int
-    ) -> None:
-        """A checkpoint's read positions past the end of the log mean the log is not the
-        one the checkpoint was taken of (a new Kafka cluster, a removed data directory):
-        resuming would wait for records that never come."""
-        behind = {p: o for p, o in positions.items() if p >= len(ends) or o > ends[p]}
-        if behind:
-            raise ConfigurationError(
-                f"checkpoint {checkpoint} in {self.store.path.parent} was taken of another log: "
-                f"it reads {self.topics.messages} from {behind}, past the log's end "
-                f"{dict(enumerate(ends))}. Point --checkpoint-dir at this log's checkpoints, "
-                "or remove the directory to start from the beginning of the log."
-            )
 
     async def _failure_policy(
         self, rollbacks: list[Rollback]
@@ -443,6 +442,15 @@ class Runtime:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             log.info("stopped")
+
+
+def _where(config: RuntimeConfig) -> str:
+    """Which log the runtime runs on, for messages that name it."""
+    if config.kafka:
+        return f"the log of application {config.app_id} in Kafka at {config.kafka}"
+    if config.data_dir:
+        return f"the embedded log in {config.data_dir}"
+    return "the in-memory log"
 
 
 class _IngressServer(uvicorn.Server):

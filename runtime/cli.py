@@ -134,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
         help="how long the answer to a request with an Idempotency-Key is kept (default: 86400)",
     )
     run.add_argument(
+        "--start-over",
+        action="store_true",
+        help="start the log over with an empty checkpoint store (its checkpoints are lost): "
+        "replay what came from outside (HTTP ingress records, the Kafka ingress topics from "
+        "their retained start) and skip every record the runtime produced before",
+    )
+    run.add_argument(
         "--egress-retention",
         type=_seconds,
         metavar="SECONDS",
@@ -232,6 +239,7 @@ def _run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         checkpoint_dir=checkpoint_dir(args),
         idempotency_retention=args.idempotency_retention,
+        start_over=args.start_over,
         **_given(args, "egress_retention", "messages_retention"),
         checkpoints=CheckpointConfig(
             interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)

@@ -212,6 +212,10 @@ class Egresses:
         for writer in {id(w): w for w in self._transactional.values()}.values():
             await writer.close()
 
+    def published_through(self) -> int:
+        """The highest checkpoint a Kafka transaction's marker says is published (0: none)."""
+        return max((w.published_through for w in self._transactional.values()), default=0)
+
     def published_already(self, item: EgressItem) -> bool:
         """Whether a Kafka transaction has published ``item`` already (its checkpoint's
         marker is committed)."""

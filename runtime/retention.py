@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from runtime.checkpoints.snapshot import decode_worker_part
 from runtime.checkpoints.store import CheckpointStore
+from runtime.identity import CONTROL_TOPIC_CONFIG
 from runtime.log import Log
 from runtime.log.local import LocalLog
 from runtime.routing import Topics
@@ -101,7 +102,7 @@ class Retention:
         )
         return {
             self._topics.messages: (self._partitions, {"retention.ms": messages}),
-            self._topics.control: (1, {"retention.ms": "-1"}),
+            self._topics.control: (1, CONTROL_TOPIC_CONFIG),
             **{topic: (1, {"retention.ms": window}) for topic in self._windowed},
         }
 

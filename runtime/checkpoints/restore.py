@@ -110,4 +110,12 @@ async def restore_point(store: CheckpointStore) -> RestorePoint:
             f"{', '.join(map(str, given_up))}: {problems[0]}): restore "
             f"{store.path.parent} from a backup, or move it away and start with --start-over"
         )
-    return RestorePoint(0)
+    # No checkpoint yet: where a store that started a log over reads from (if it did).
+    origin = await store.load_parts(0)
+    try:
+        return await asyncio.to_thread(_decode, 0, [], [], origin)
+    except Exception as e:
+        raise StoreDamaged(
+            f"the start-over positions in {store.path} cannot be decoded ({_problem(e)}): "
+            f"move {store.path.parent} away and start with --start-over again"
+        ) from None

@@ -11,6 +11,12 @@ in the same transaction, so a checkpoint is either complete or absent. The
 ``generations`` table is the decision log of rollbacks: "generation g was rolled back
 to checkpoint c", written before generation g+1 processes anything.
 
+Each store has an id, created once and kept (``meta``), which the log records as its
+identity (``runtime.identity``): a log is resumed only with the store that holds its
+checkpoints. A store that starts over a log (``--start-over``) records the generation
+below which every tag is skipped and the checkpoint id after which epochs continue,
+and the read positions the first generation starts from (the parts of checkpoint 0).
+
 Every database call runs on one thread of its own; the event loop only awaits.
 
 A damaged database (SQLite finds it malformed, or it is not a database) is
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +43,7 @@ from runtime.errors import CheckpointStoreInUse, StoreDamaged, StoreError
 T = TypeVar("T")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 CREATE TABLE IF NOT EXISTS manifests (
     checkpoint INTEGER PRIMARY KEY, generation INTEGER NOT NULL, created_ms INTEGER NOT NULL,
     duration_ms INTEGER NOT NULL, size_bytes INTEGER NOT NULL, addresses INTEGER NOT NULL,
@@ -129,12 +136,21 @@ class CheckpointStore:
                 raise damaged(path, "; ".join(" ".join(p.split()) for p in problems[:3]))
             self._db.executescript(_SCHEMA)
             self._migrate()
+            self.id = self._identify()
         except BaseException as e:
             self._db.close()
             self._executor.shutdown()
             if isinstance(e, sqlite3.Error):
                 raise _failure(path, e) from None
             raise
+
+    def _identify(self) -> str:
+        """The store's id: created with the store, never changed."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (f"store-{uuid.uuid4()}",)
+        )
+        found: str = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+        return found
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(manifests)")}
@@ -201,6 +217,7 @@ class CheckpointStore:
             nonlocal reason
             row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
             previous = row[0] if row else 0
+            below = db.execute("SELECT value FROM meta WHERE key = 'skip_below'").fetchone()
             latest = db.execute("SELECT MAX(checkpoint) FROM manifests").fetchone()[0] or 0
             if checkpoint is not None and checkpoint < latest:
                 latest = checkpoint
@@ -218,7 +235,7 @@ class CheckpointStore:
                     else "restart: the previous runtime process did not stop cleanly "
                     "(killed, crashed or lost)"
                 )
-            if previous:
+            if previous and previous >= (below[0] if below else 0):
                 db.execute(
                     "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?)",
                     (previous, latest, _now_ms(), reason, cause_address, "\n".join(cause_messages)),
@@ -231,6 +248,50 @@ class CheckpointStore:
             return previous + 1, latest
 
         return await self._run(lambda: self._transaction(begin))
+
+    async def started(self) -> bool:
+        """Whether a generation was ever begun with this store."""
+        row = await self._run(
+            lambda: self._db.execute("SELECT 1 FROM meta WHERE key = 'generation'").fetchone()
+        )
+        return row is not None
+
+    async def start_over(
+        self, generation: int, epoch: int, origin: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """Prepare a store that was never started to start a log over: its first generation
+        is ``generation`` and every tag of an earlier one is skipped, its checkpoint ids
+        continue after ``epoch``, and until its first checkpoint every generation starts
+        from the ``origin`` parts (read positions: the log's retained start)."""
+
+        def prepare(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [
+                    ("generation", generation - 1),
+                    ("skip_below", generation),
+                    ("epoch_floor", epoch),
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO parts VALUES (0, ?, ?)", [(n, d) for n, d in origin]
+            )
+
+        await self._run(lambda: self._transaction(prepare))
+
+    async def floors(self) -> tuple[int, int]:
+        """(The generation below which every tag is skipped, the checkpoint id after which
+        epochs continue): (0, 0) unless the store started a log over."""
+
+        def read() -> tuple[int, int]:
+            rows = dict(
+                self._db.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('skip_below', 'epoch_floor')"
+                ).fetchall()
+            )
+            return int(rows.get("skip_below", 0)), int(rows.get("epoch_floor", 0))
+
+        return await self._run(read)
 
     async def stopped_cleanly(self) -> None:
         """Note that this generation ended with a clean stop (and a last checkpoint)."""

@@ -15,7 +15,19 @@ from typing import Any
 import httpx
 import pytest
 from functions import make_test_functions
-from support import ROOT, RuntimeProcess, ServerThread, free_port, serve, wait_until
+from kafka_broker import create_topic, int_bytes, produce
+from support import (
+    ROOT,
+    RuntimeProcess,
+    ServerThread,
+    free_port,
+    running_runtime,
+    serve,
+    unique_app_id,
+    wait_until,
+)
+
+from statefun.module_spec import parse_module_spec
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -206,3 +218,105 @@ def test_the_embedded_log_keeps_only_what_a_retained_checkpoint_needs_and_restar
     finally:
         status, err = runtime.signal(signal.SIGTERM)
     assert status == 0, err
+
+
+def egress_records(url: str) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{url}/v1/egress/test/out", params={"limit": 10_000})
+    records: list[dict[str, Any]] = answer.json()["records"]
+    return records
+
+
+def distinct_ids(url: str) -> set[str]:
+    return {r["id"] for r in egress_records(url)}
+
+
+def test_a_log_of_the_runtime_with_an_empty_checkpoint_store_is_refused_or_started_over(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    data, port = tmp_path / "data", free_port()
+    runtime = RuntimeProcess(module, data, port, "--checkpoint-interval", "0.1").start()
+    send_ones(runtime.url, "test/forward/a", 20)
+    wait_until(lambda: counted(runtime.url, "test/counter/a") == 20)
+    runtime.kill()  # a rollback in the log's history too
+    runtime.start()
+    send_ones(runtime.url, "test/forward/a", 10)
+    # (a reader drops repeats by id: a kill while publishing may repeat a record)
+    wait_until(lambda: len(distinct_ids(runtime.url)) == 30, timeout=20)
+    first = distinct_ids(runtime.url)
+    assert runtime.signal(signal.SIGTERM)[0] == 0
+
+    elsewhere = tmp_path / "elsewhere"  # the checkpoints are lost
+    run = ["--module", str(module), "--data-dir", str(data), "--ingress-port", str(port)]
+    refused = run_statefun(*run, "--checkpoint-dir", str(elsewhere))
+    assert_one_line_refusal(refused, "holds the records of a runtime", "--start-over")
+
+    over = RuntimeProcess(
+        module, data, port, "--checkpoint-dir", str(elsewhere), "--start-over"
+    ).start()
+    try:
+        # every message from outside applied once more from nothing, none twice: one more
+        # message behind them all proves every earlier record is read
+        send_ones(over.url, "test/forward/a", 1)
+        wait_until(lambda: counted(over.url, "test/counter/a") >= 31, timeout=30)
+        assert counted(over.url, "test/forward/a") == 31
+        assert counted(over.url, "test/counter/a") == 31
+        # the start over publishes its own records again, with ids never used before
+        wait_until(lambda: len(distinct_ids(over.url)) == 30 + 31)
+        new = {r["id"]: r["value"] for r in egress_records(over.url) if r["id"] not in first}
+        assert sorted(new.values(), key=lambda v: int(v[2:])) == [f"a={n}" for n in range(1, 32)]
+    finally:
+        status, err = over.signal(signal.SIGTERM)
+    assert status == 0, err
+    assert "starting the embedded log in" in err
+    assert "retention dropped" not in err  # nothing was trimmed yet
+
+    # the log now belongs to the new store: it restarts with it, and refuses the old one
+    again = RuntimeProcess(module, data, port, "--checkpoint-dir", str(elsewhere)).start()
+    try:
+        assert counted(again.url, "test/counter/a") == 31
+    finally:
+        assert again.signal(signal.SIGTERM)[0] == 0
+    old = run_statefun(*run)
+    assert_one_line_refusal(old, "was taken of another log", "checkpoint store")
+    twice = run_statefun(*run, "--checkpoint-dir", str(elsewhere), "--start-over")
+    assert_one_line_refusal(twice, "--start-over needs an empty checkpoint store")
+
+
+@pytest.mark.kafka
+def test_starting_over_on_kafka_replays_the_ingress_topics_from_their_start(
+    functions: ServerThread, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    create_topic(kafka_bootstrap, "numbers", 2)
+    module = tmp_path / "module.yaml"
+    module.write_text(
+        f"""kind: io.statefun.endpoints.v2/http
+spec: {{functions: test/*, urlPathTemplate: "{functions.url}/statefun"}}
+---
+kind: io.statefun.kafka.v1/ingress
+spec:
+  id: test/numbers
+  startupPosition: {{type: latest}}
+  topics: [{{topic: numbers, valueType: io.statefun.types/int, targets: [test/counter]}}]
+---
+kind: statefun.v1/egress
+spec: {{id: test/out}}
+"""
+    )
+    spec = parse_module_spec(module.read_text())
+    kafka = {"kafka": kafka_bootstrap, "app_id": unique_app_id()}
+    with running_runtime(spec, checkpoint_dir=tmp_path / "lost", **kafka) as rt:
+        produce(kafka_bootstrap, "numbers", [(b"k", int_bytes(1))] * 3)
+        send_ones(rt.url, "test/forward/k", 4)
+        wait_until(lambda: counted(rt.url, "test/counter/k") == 7, timeout=20)
+
+    run = ["--module", str(module), "--kafka", kafka_bootstrap, "--app-id", kafka["app_id"]]
+    refused = run_statefun(*run, "--data-dir", str(tmp_path / "empty"))
+    assert_one_line_refusal(refused, "holds the records of a runtime", "--start-over")
+
+    # the ingress topic from its start, although its startup position says latest
+    with running_runtime(spec, checkpoint_dir=tmp_path / "new", start_over=True, **kafka) as rt:
+        send_ones(rt.url, "test/forward/k", 1)
+        wait_until(lambda: counted(rt.url, "test/counter/k") >= 8, timeout=30)
+        assert counted(rt.url, "test/forward/k") == 5
+        assert counted(rt.url, "test/counter/k") == 8
