@@ -175,7 +175,11 @@ class Runtime:
         if directory is None:
             cleanup = tempfile.TemporaryDirectory(prefix="statefun-checkpoints-")
             directory = Path(cleanup.name)
-        store = await CheckpointStore.open(directory)
+        try:
+            store = await CheckpointStore.open(directory)
+        except BaseException:
+            await log_.close()  # a damaged or locked store: nothing of this runtime stays open
+            raise
         return cls(config, log_, store, transport=transport, cleanup=cleanup)
 
     # --- generations ------------------------------------------------------------------

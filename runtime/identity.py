@@ -183,11 +183,8 @@ class LogIdentity:
         if start_over:
             await self._start_over(generations, clusters, published_through)
             return
-        if identity == store_id:
-            return  # began once, stopped before its first generation was recorded
-        seen = await self._runtime_records(first_only=True) if identity is None else None
-        if identity is None and seen is not None and not seen.any:
-            return  # a new log, or one with input from outside only
+        if identity is None and not (await self._runtime_records(first_only=True)).any:
+            return  # a new log, or one with input from outside only: a first start
         holder = f" (checkpoint store {identity})" if identity is not None else ""
         raise ConfigurationError(
             f"{self._where} holds the records of a runtime whose checkpoints{holder} are not "
