@@ -25,26 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import msgpack
 import uvicorn
 from fastapi import FastAPI
 
 from runtime.checkpoints.coordinator import CheckpointConfig, CheckpointCoordinator
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
-from runtime.checkpoints.snapshot import (
-    decode_positions,
-    decode_worker_part,
-    message_id_text,
-)
+from runtime.checkpoints.restore import restore_point
+from runtime.checkpoints.snapshot import message_id_text
 from runtime.checkpoints.store import CheckpointStore, Manifest
 from runtime.dead_letters import REPLAYED, DeadLetter, DeadLetters
 from runtime.dispatcher import Failure
 from runtime.egress import Egresses, EgressOutbox
-from runtime.envelope import Envelope
-from runtime.errors import ConfigurationError
 from runtime.health import Health
-from runtime.idempotency import KEY_HEADER, Answer, IdempotencyKeys, fingerprint
-from runtime.idempotency import header as idempotency_header
+from runtime.idempotency import IdempotencyKeys, fingerprint
+from runtime.identity import LogIdentity
 from runtime.ingress import create_ingress_app
 from runtime.kafka_clusters import KafkaClusters
 from runtime.kafka_ingress import KafkaIngressReader
@@ -53,9 +47,10 @@ from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
 from runtime.replies import ReplyWaiters
+from runtime.retention import EGRESS_RETENTION, KAFKA_MESSAGES_RETENTION, Retention
 from runtime.router import Router
-from runtime.routing import Topics
-from runtime.state import StateSpecRegistry, StateStore
+from runtime.routing import Topics, partition_for
+from runtime.state import StateSpecRegistry
 from runtime.worker import FunctionClients, Worker, WorkerConfig
 from statefun.address import Address, TypeName
 from statefun.module_spec import ModuleSpec
@@ -77,7 +72,9 @@ class RuntimeConfig:
     kafka: str | None = None
     """Bootstrap servers of the Kafka cluster holding the log; None: the embedded log."""
     checkpoint_dir: Path | None = None
-    """The checkpoint store; None: ``<data_dir>/checkpoints``, or a temporary directory."""
+    """The checkpoint store; None: ``<data_dir>/checkpoints``, or a temporary directory.
+    ``statefun run`` always gives one: ``--checkpoint-dir``, or ``DATA_DIR/checkpoints``
+    in every mode."""
     ingress_host: str = "127.0.0.1"
     ingress_port: int = 8090
     messages_partitions: int = 8
@@ -87,6 +84,15 @@ class RuntimeConfig:
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     idempotency_retention: float = 24 * 3600.0
     """Seconds an Idempotency-Key's answer is remembered."""
+    egress_retention: float = EGRESS_RETENTION
+    """Seconds the embedded egress topics and the dead-letter topic keep a record (on
+    Kafka, their ``retention.ms`` when the runtime creates them)."""
+    messages_retention: float = KAFKA_MESSAGES_RETENTION
+    """On Kafka, the messages topic's ``retention.ms`` when the runtime creates it (0:
+    forever); the embedded log drops what no retained checkpoint needs instead."""
+    start_over: bool = False
+    """Start the log over with an empty checkpoint store (``statefun run --start-over``):
+    replay what came from outside, skip what the runtime produced (``runtime.identity``)."""
     rollback_backoff: float = 0.5
     """Seconds before resuming after a rollback; doubles per rollback in a row."""
     rollback_backoff_max: float = 30.0
@@ -117,8 +123,26 @@ class Runtime:
         self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
         self.coordinator = CheckpointCoordinator(store, log_, config.checkpoints)
         self.coordinator.on_commit = self._committed
-        self.idempotency = IdempotencyKeys(config.idempotency_retention)
-        self.replies.on_reply = self.idempotency.reply
+        self.retention = Retention(
+            log_,
+            store,
+            self.topics,
+            config.module,
+            config.messages_partitions,
+            egress_window=config.egress_retention,
+            messages_retention=config.messages_retention,
+        )
+        self.coordinator.on_pruned = self.retention.pruned
+        self.identity = LogIdentity(
+            log_, store, self.topics, config.module, config.messages_partitions, _where(config)
+        )
+        self.idempotency = IdempotencyKeys(
+            config.idempotency_retention,
+            self.replies,
+            committed=self.committed,
+            release=store.mark_released,
+            read_floor=self._read_floor,
+        )
         self.clients = FunctionClients(config.worker, transport)
         self.registry = StateSpecRegistry()
         self.health = Health()
@@ -151,39 +175,52 @@ class Runtime:
         if directory is None:
             cleanup = tempfile.TemporaryDirectory(prefix="statefun-checkpoints-")
             directory = Path(cleanup.name)
-        store = await CheckpointStore.open(directory)
+        try:
+            store = await CheckpointStore.open(directory)
+        except BaseException:
+            await log_.close()  # a damaged or locked store: nothing of this runtime stays open
+            raise
         return cls(config, log_, store, transport=transport, cleanup=cleanup)
 
     # --- generations ------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.retention.create_topics()
         await self.router.create_topics()
         await self.dead_letters.create_topic()
         await self.egresses.start()
+        await self.identity.claim(
+            start_over=self.config.start_over,
+            clusters=self.kafka_clusters,
+            published_through=self.egresses.published_through(),
+        )
         await self._begin(None)
         self.coordinator.start()
+        self.retention.start()
 
     async def _begin(self, reason: str | None, failure: Failure | None = None) -> None:
         """Begin a generation from the last completed checkpoint (``reason`` None: a start)."""
         started = time.monotonic()
+        point = await restore_point(self.store)
         generation, checkpoint = await self.store.begin_generation(
             reason,
             cause_address=str(failure.address) if failure and failure.address else None,
             cause_messages=[message_id_text(m) for m in failure.messages] if failure else (),
+            checkpoint=point.checkpoint,
         )
+        await self.identity.began(generation)
         rollbacks = await self.store.rollbacks()
+        skip_below, epoch_floor = await self.store.floors()
         clock = EpochClock(
             generation,
-            checkpoint + 1,
+            max(checkpoint, epoch_floor) + 1,
             self.config.app_id,
-            SkipRule(generation, {r.generation: r.rolled_back_to for r in rollbacks}),
+            SkipRule(
+                generation, {r.generation: r.rolled_back_to for r in rollbacks}, below=skip_below
+            ),
         )
         self.replies.rolled_back(clock.skip)
-        state = StateStore()
-        parts: dict[str, bytes] = {}
-        if checkpoint:
-            state.load(await self.store.load_state(checkpoint))
-            parts = await self.store.load_parts(checkpoint)
+        state = point.state
         outbox = EgressOutbox(
             self.egresses,
             clock,
@@ -206,14 +243,14 @@ class Runtime:
             paused=await self.store.paused(),
         )
         ends = await self.log.end_offsets(self.topics.messages)
-        restored = decode_worker_part(parts["worker"]) if "worker" in parts else None
+        restored = point.worker
         positions = restored.positions if restored is not None else {}
-        self.idempotency.restore(parts.get(self.idempotency.name), positions, clock.skip)
-        await self._observe_keys(positions, ends)
-        if restored is not None:
-            self._check_positions(restored.positions, ends, checkpoint)
+        self.idempotency.restore(point.keys, positions, clock.skip)
+        await self.idempotency.recover(
+            self.log, self.topics.messages, positions, ends, point.key_floors
+        )
         # Egress records the checkpoint holds: published already, or still to publish.
-        outbox.restore(parts.get(outbox.name), await self.store.egress_published_through())
+        outbox.restore(point.egress, await self.store.egress_published_through())
         worker.start(restored, dict(enumerate(ends)))
         outbox.publish_committed(checkpoint)
         readers = []
@@ -222,12 +259,11 @@ class Runtime:
             reader = KafkaIngressReader(
                 spec, cluster, self.router, self.dead_letters, clock, self.config.app_id
             )
-            reader_part = parts.get(reader.name)
-            await reader.start(decode_positions(reader_part) if reader_part is not None else None)
+            await reader.start(point.readers.get(reader.name))
             readers.append(reader)
         self.worker, self.outbox, self.kafka_ingresses, self.clock = worker, outbox, readers, clock
         self.health.functions = worker.dispatcher.health
-        self.coordinator.attach(clock, [worker, outbox, *readers, self.idempotency])
+        self.coordinator.attach(clock, [worker, outbox, *readers, self.idempotency, self.replies])
         log.info(
             "generation %d resumed from checkpoint %d in %.0f ms (%d addresses in state)",
             generation,
@@ -236,26 +272,12 @@ class Runtime:
             len(state),
         )
 
-    async def _observe_keys(self, positions: Mapping[int, int], ends: list[int]) -> None:
-        """Find the idempotency keys of the requests accepted after the checkpoint."""
-        if not ends:
-            return
-        now_ms = int(time.time() * 1000)
-        for partition, end in enumerate(ends):
-            offset = positions.get(partition, 0)
-            while offset < end:
-                records = await self.log.read(self.topics.messages, partition, offset, 1000)
-                if not records:
-                    break
-                for record in records:
-                    for name, value in record.headers:
-                        if name == KEY_HEADER:
-                            key, print_ = msgpack.unpackb(value, raw=False)
-                            caller = Envelope.from_record(record).caller
-                            self.idempotency.observe(
-                                key, print_, partition, record.offset, caller, now_ms
-                            )
-                offset = records[-1].offset + 1
+    def _read_floor(self, target: Address) -> tuple[int, int]:
+        """The partition of ``target`` and the worker's read position there: a record
+        appended for it from now on lands at or past that offset."""
+        partition = partition_for(target, self.config.messages_partitions)
+        worker = self.worker
+        return partition, worker.position(partition) if worker is not None else 0
 
     def committed(self, tag: Tag | None) -> bool:
         """Whether the work that produced a record tagged ``tag`` is checkpointed."""
@@ -269,21 +291,6 @@ class Runtime:
             and last.generation == tag.generation
             and (tag.epoch <= last.checkpoint)
         )
-
-    def _check_positions(
-        self, positions: Mapping[int, int], ends: list[int], checkpoint: int
-    ) -> None:
-        """A checkpoint's read positions past the end of the log mean the log is not the
-        one the checkpoint was taken of (a new Kafka cluster, a removed data directory):
-        resuming would wait for records that never come."""
-        behind = {p: o for p, o in positions.items() if p >= len(ends) or o > ends[p]}
-        if behind:
-            raise ConfigurationError(
-                f"checkpoint {checkpoint} in {self.store.path.parent} was taken of another log: "
-                f"it reads {self.topics.messages} from {behind}, past the log's end "
-                f"{dict(enumerate(ends))}. Point --checkpoint-dir at this log's checkpoints, "
-                "or remove the directory to start from the beginning of the log."
-            )
 
     def _failed(self, failure: Failure) -> None:
         if self._rolling_back is None and not self._stopping:
@@ -352,6 +359,7 @@ class Runtime:
             if publishing is not None:
                 await publishing
             await self.store.stopped_cleanly()
+        await self.retention.stop()
         await self.clients.close()
         await self.egresses.close()
         await self.kafka_clusters.close()
@@ -406,18 +414,19 @@ class Runtime:
         assert letter.target is not None
         assert letter.argument is not None
         key = f"statefun.dead-letter/{letter.offset}"
-        print_ = fingerprint(key, "", None, letter.value)
-        before = await self.idempotency.begin(key, print_)
-        if before is not None:
-            return before.partition, before.offset, True
+        request = await self.idempotency.begin(
+            key, fingerprint(key, "", None, letter.value), letter.target
+        )
+        if request.earlier is not None:
+            return request.earlier.partition, request.earlier.offset, True
         try:
             partition, offset = await self.append_message(
-                letter.target, letter.caller, letter.argument, (idempotency_header(key, print_),)
+                letter.target, letter.caller, letter.argument, request.headers
             )
         except BaseException:
-            self.idempotency.abandoned(key)
+            self.idempotency.abandoned(request)
             raise
-        self.idempotency.accepted(key, Answer(print_, int(time.time() * 1000), partition, offset))
+        self.idempotency.accepted(request, partition, offset)
         await self.store.mark_dead_letter(letter.offset, REPLAYED)
         log.info(
             "dead letter %d replayed to %s (%d@%d)", letter.offset, letter.target, partition, offset
@@ -476,6 +485,15 @@ class Runtime:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             log.info("stopped")
+
+
+def _where(config: RuntimeConfig) -> str:
+    """Which log the runtime runs on, for messages that name it."""
+    if config.kafka:
+        return f"the log of application {config.app_id} in Kafka at {config.kafka}"
+    if config.data_dir:
+        return f"the embedded log in {config.data_dir}"
+    return "the in-memory log"
 
 
 class _IngressServer(uvicorn.Server):

@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("statefun-data"),
         metavar="DIR",
-        help="directory of the embedded log, unless --kafka (default: ./statefun-data)",
+        help="data directory: the embedded log (unless --kafka) and, by default, the "
+        "checkpoints (default: ./statefun-data)",
     )
     run.add_argument(
         "--ingress-host",
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="the checkpoint store, shared by every runtime process of the application "
-        "(default: DATA_DIR/checkpoints, or ./statefun-checkpoints with --kafka)",
+        "(default: DATA_DIR/checkpoints, also with --kafka)",
     )
     run.add_argument(
         "--checkpoint-interval",
@@ -143,6 +144,30 @@ def _parser() -> argparse.ArgumentParser:
         default=24 * 3600.0,
         metavar="SECONDS",
         help="how long the answer to a request with an Idempotency-Key is kept (default: 86400)",
+    )
+    run.add_argument(
+        "--start-over",
+        action="store_true",
+        help="start the log over with an empty checkpoint store (its checkpoints are lost): "
+        "replay what came from outside (HTTP ingress records, the Kafka ingress topics from "
+        "their retained start) and skip every record the runtime produced before",
+    )
+    run.add_argument(
+        "--egress-retention",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long the embedded egress topics and the dead-letter topic keep a record; "
+        "with --kafka, their retention.ms when the runtime creates them; 0 keeps every "
+        "record (default: 7 days)",
+    )
+    run.add_argument(
+        "--messages-retention",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --kafka, the retention.ms of the messages topic when the runtime creates "
+        "it; 0 keeps every record (default: 30 days). Kafka cannot know which records a "
+        "checkpoint needs: make it longer than any backlog or outage to recover from. The "
+        "embedded log drops what no retained checkpoint needs",
     )
     run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
@@ -235,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: the server stack takes a second to import, which send and call skip.
     from runtime.app import Runtime, RuntimeConfig
     from runtime.checkpoints.coordinator import CheckpointConfig
-    from runtime.errors import ConfigurationError, LogError
+    from runtime.errors import ConfigurationError, LogError, StoreError
     from runtime.worker import WorkerConfig
 
     logging.basicConfig(
@@ -257,20 +282,11 @@ def _run(args: argparse.Namespace) -> int:
         ingress_host=args.ingress_host,
         ingress_port=args.ingress_port,
         messages_partitions=args.partitions,
-        worker=WorkerConfig(
-            **{
-                name: value
-                for name, value in (
-                    ("max_message_bytes", args.max_message_bytes),
-                    ("max_state_bytes", args.max_state_bytes),
-                    ("storm_rate", args.storm_rate),
-                )
-                if value is not None
-            }
-        ),
-        checkpoint_dir=args.checkpoint_dir
-        or (Path("statefun-checkpoints") if args.kafka else args.data_dir / "checkpoints"),
+        worker=WorkerConfig(**_given(args, "max_message_bytes", "max_state_bytes", "storm_rate")),
+        checkpoint_dir=checkpoint_dir(args),
         idempotency_retention=args.idempotency_retention,
+        start_over=args.start_over,
+        **_given(args, "egress_retention", "messages_retention"),
         checkpoints=CheckpointConfig(
             interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)
         ),
@@ -283,9 +299,22 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         _run_loop(main())
-    except (LogError, ConfigurationError) as e:
+    except (LogError, ConfigurationError, StoreError) as e:
         raise CliError(str(e)) from None
     return 0
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options among ``names`` given on the command line (the others keep the
+    runtime's defaults, defined once in the runtime)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def checkpoint_dir(args: argparse.Namespace) -> Path:
+    """The checkpoint store: ``--checkpoint-dir``, or a folder under ``--data-dir`` in
+    every mode (with ``--kafka`` too, so starting from another folder finds it)."""
+    given: Path | None = args.checkpoint_dir
+    return given if given is not None else args.data_dir / "checkpoints"
 
 
 GC_THRESHOLDS = (10_000, 20, 100)

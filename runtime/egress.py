@@ -36,7 +36,7 @@ import msgpack
 
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import EpochClock
-from runtime.checkpoints.snapshot import EgressItem, decode_egress_items, encode_egress_items
+from runtime.checkpoints.snapshot import EgressItem, encode_egress_items
 from runtime.errors import ConfigurationError, LogError, UnknownTopicError
 from runtime.kafka_clusters import KafkaClusters
 from runtime.log import Log, Record
@@ -221,6 +221,10 @@ class Egresses:
         for writer in {id(w): w for w in self._transactional.values()}.values():
             await writer.close()
 
+    def published_through(self) -> int:
+        """The highest checkpoint a Kafka transaction's marker says is published (0: none)."""
+        return max((w.published_through for w in self._transactional.values()), default=0)
+
     def published_already(self, item: EgressItem) -> bool:
         """Whether a Kafka transaction has published ``item`` already (its checkpoint's
         marker is committed)."""
@@ -351,15 +355,12 @@ class EgressOutbox:
     def __len__(self) -> int:
         return len(self._held)
 
-    def restore(self, part: bytes | None, published_through: int) -> None:
-        """Hold the records of the restored checkpoint's part that are not out already
-        (noted published through ``published_through``, or in a committed Kafka
-        transaction)."""
-        if part is None:
-            return
+    def restore(self, items: Sequence[EgressItem], published_through: int) -> None:
+        """Hold the records of the restored checkpoint that are not out already (noted
+        published through ``published_through``, or in a committed Kafka transaction)."""
         self._held = [
             item
-            for item in decode_egress_items(part)
+            for item in items
             if item.epoch > published_through and not self._egresses.published_already(item)
         ]
 

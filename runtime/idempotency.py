@@ -9,35 +9,56 @@ anything; the same key on a different request is refused (422). A call's caller 
 is derived from its key, so a retry waits for the same reply, even one that a replay
 produces after a restart.
 
-The table is part of every checkpoint. Keys accepted after the last checkpoint are
-found again at a restore by reading the log from the checkpoint's positions to its end
-(:meth:`IdempotencyKeys.observe`): a retry after a crash is recognised too.
+:class:`IdempotencyKeys` is the whole guarantee behind one API. The ingress calls
+:meth:`~IdempotencyKeys.begin` (the key claimed, or the earlier answer), then
+:meth:`~IdempotencyKeys.accepted` or :meth:`~IdempotencyKeys.abandoned`, and for a call
+:meth:`~IdempotencyKeys.retry_reply` and :meth:`~IdempotencyKeys.wait_for_reply`. The
+runtime restores it at every generation (:meth:`~IdempotencyKeys.restore`, then
+:meth:`~IdempotencyKeys.recover`) and checkpoints it as a participant.
+
+Checkpoints hold the table incrementally, as the store holds state: a versioned
+key-value table where a checkpoint writes only the keys added, answered or expired
+since the previous one. The capture takes them in the same synchronous step as the
+worker's, so the table agrees with the snapshot's read positions; their encoding runs
+on the store's thread, off the event loop. Keys accepted after the checkpoint are found
+again at a restore by reading the log from the checkpoint's read positions to its end
+(:meth:`~IdempotencyKeys.recover`): a retry after a crash is recognised too. A
+committed reply given to a retried call marks its checkpoint as released in the store,
+so that checkpoint is never given up for an older one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import heapq
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgpack
 
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import SkipRule, Tag
+from runtime.envelope import Envelope
 from runtime.errors import IdempotencyConflict
+from runtime.log import Log
+from runtime.replies import ReplyWaiters
 from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import Address
 from statefun.values import TypedValue
 
 KEY_HEADER = "statefun.idempotency"
 MAX_KEY_LENGTH = 255
+RELEASED_BY_RETRY = "a retried call"
+"""How a manifest names a committed reply given to a retried call (see ``released``)."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Answer:
-    """What a keyed request got: where its message is, and (for a call) its reply."""
+    """What a keyed request got: where its message is, and (for a call) its reply.
+    Immutable: a checkpoint's capture hands answers to the store's thread as they are."""
 
     fingerprint: bytes
     accepted_ms: int
@@ -46,6 +67,27 @@ class Answer:
     caller: Address | None = None
     reply: TypedValue | None = None
     reply_tag: Tag | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedRequest:
+    """A request carrying an Idempotency-Key: ``earlier`` is the answer an earlier request
+    with the key got, or None if this one holds the key until it is accepted or abandoned."""
+
+    key: str
+    fingerprint: bytes
+    earlier: Answer | None
+
+    @property
+    def headers(self) -> tuple[tuple[str, bytes], ...]:
+        """The header its record carries, found again by :meth:`IdempotencyKeys.recover`."""
+        packed: bytes = msgpack.packb((self.key, self.fingerprint), use_bin_type=True)
+        return ((KEY_HEADER, packed),)
+
+    @property
+    def caller(self) -> Address:
+        """The caller address of a call with this key: the same for every retry."""
+        return caller_for(self.key)
 
 
 def fingerprint(path: str, query: str, content_type: str | None, body: bytes) -> bytes:
@@ -65,32 +107,119 @@ def check_key(key: str) -> str | None:
     return None
 
 
-def header(key: str, print_: bytes) -> tuple[str, bytes]:
-    packed: bytes = msgpack.packb((key, print_), use_bin_type=True)
-    return KEY_HEADER, packed
+def caller_for(key: str) -> Address:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return Address(INGRESS_CALLER_TYPE.namespace, INGRESS_CALLER_TYPE.name, f"key-{digest}")
+
+
+# --- the table's rows in the checkpoint store ---------------------------------------------
+
+
+def encode_rows(entries: Iterable[tuple[str, Answer | None]]) -> list[tuple[bytes, bytes | None]]:
+    """Rows of the store's key table: (key, answer), or (key, None) for a forgotten key."""
+    rows: list[tuple[bytes, bytes | None]] = []
+    for key, a in entries:
+        value: bytes | None = None
+        if a is not None:
+            value = msgpack.packb(
+                (
+                    a.fingerprint,
+                    a.accepted_ms,
+                    a.partition,
+                    a.offset,
+                    a.caller is not None,
+                    None if a.reply is None else (a.reply.typename, a.reply.value),
+                    None if a.reply_tag is None else (a.reply_tag.generation, a.reply_tag.epoch),
+                ),
+                use_bin_type=True,
+            )
+        rows.append((key.encode(), value))
+    return rows
+
+
+def encode_floors(floors: Mapping[int, int]) -> bytes:
+    packed: bytes = msgpack.packb(dict(floors), use_bin_type=True)
+    return packed
+
+
+def decode_floors(data: bytes) -> dict[int, int]:
+    return {int(p): int(o) for p, o in msgpack.unpackb(data, strict_map_key=False).items()}
+
+
+def decode_rows(rows: Iterable[tuple[bytes, bytes]]) -> dict[str, Answer]:
+    """The answers a checkpoint's key table holds (raises on damaged rows)."""
+    answers = {}
+    for raw_key, value in rows:
+        key = raw_key.decode()
+        print_, at, partition, offset, call, reply, tag = msgpack.unpackb(value, raw=False)
+        answers[key] = Answer(
+            bytes(print_),
+            int(at),
+            int(partition),
+            int(offset),
+            caller_for(key) if call else None,
+            None if reply is None else TypedValue(reply[0], reply[1]),
+            None if tag is None else Tag(tag[0], tag[1], ""),
+        )
+    return answers
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class IdempotencyKeys:
+    """The idempotency-key service (see the module docstring)."""
+
     name = "idempotency"
 
-    def __init__(self, retention: float):
+    def __init__(
+        self,
+        retention: float,
+        replies: ReplyWaiters | None = None,
+        *,
+        committed: Callable[[Tag | None], bool] = lambda tag: tag is None,
+        release: Callable[[int, str], Awaitable[None]] | None = None,
+        now_ms: Callable[[], int] = _wall_ms,
+        read_floor: Callable[[Address], tuple[int, int]] = lambda target: (0, 0),
+    ):
+        """``replies``: the ingress's waiting calls (keyed calls wait there, and every
+        reply they see is offered to the table); ``committed``: whether work of a tag is
+        in a completed checkpoint; ``release``: marks the checkpoint covering an epoch as
+        released (``CheckpointStore.mark_released``); ``now_ms``: the wall clock;
+        ``read_floor``: the partition of a target and an offset no record appended for it
+        from now on can be below (the worker's read position there)."""
         self.retention_ms = int(retention * 1000)
+        self._replies = replies or ReplyWaiters()
+        self._replies.on_reply = self.reply
+        self._committed = committed
+        self._release = release
+        self._now_ms = now_ms
         self._accepted: dict[str, Answer] = {}
         self._pending: dict[str, asyncio.Future[Answer | None]] = {}
+        self._read_floor = read_floor
+        self._pending_floors: dict[str, tuple[int, int]] = {}
+        """Where the record of each key held (begun, not yet accepted) can be, at the
+        lowest: a checkpoint taken meanwhile may have read past it without the key."""
         self._by_caller: dict[Address, str] = {}
+        self._expiry: list[tuple[int, str]] = []
+        """A heap of (accepted_ms, key): expiring a key never scans the table."""
+        self._changed: set[str] = set()
+        """Keys added, answered or forgotten since the last capture."""
 
     def __len__(self) -> int:
         return len(self._accepted)
 
-    @staticmethod
-    def caller_for(key: str) -> Address:
-        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return Address(INGRESS_CALLER_TYPE.namespace, INGRESS_CALLER_TYPE.name, f"key-{digest}")
+    def keys(self) -> Iterable[str]:
+        return self._accepted.keys()
 
-    async def begin(self, key: str, print_: bytes) -> Answer | None:
-        """The answer of an earlier request with ``key``, or None if this request is the
-        first: then :meth:`accepted` or :meth:`abandoned` must follow. Concurrent requests
-        with one key wait for the first to finish."""
+    # --- the ingress's API ----------------------------------------------------------------
+
+    async def begin(self, key: str, print_: bytes, target: Address) -> KeyedRequest:
+        """The request with ``key``: with the answer of an earlier request with the key,
+        or holding the key (then :meth:`accepted` or :meth:`abandoned` must follow).
+        Concurrent requests with one key wait for the first to finish;
+        :class:`IdempotencyConflict` if the key was used for a different request."""
         while True:
             found = self._accepted.get(key)
             if found is not None:
@@ -98,29 +227,72 @@ class IdempotencyKeys:
                     raise IdempotencyConflict(
                         f"Idempotency-Key {key!r} was used for a different request"
                     )
-                return found
+                return KeyedRequest(key, print_, found)
             pending = self._pending.get(key)
             if pending is None:
                 self._pending[key] = asyncio.get_running_loop().create_future()
-                return None
+                self._pending_floors[key] = self._read_floor(target)
+                return KeyedRequest(key, print_, None)
             await asyncio.shield(pending)
 
-    def accepted(self, key: str, accepted: Answer) -> None:
-        self._remember(key, accepted)
-        pending = self._pending.pop(key, None)
+    def accepted(
+        self, request: KeyedRequest, partition: int, offset: int, caller: Address | None = None
+    ) -> None:
+        """The request's message is durable at ``partition``/``offset``."""
+        answer = Answer(request.fingerprint, self._now_ms(), partition, offset, caller)
+        self._remember(request.key, answer)
+        self._pending_floors.pop(request.key, None)
+        pending = self._pending.pop(request.key, None)
         if pending is not None and not pending.done():
-            pending.set_result(accepted)
+            pending.set_result(answer)
 
-    def abandoned(self, key: str) -> None:
-        """The first request with ``key`` failed before anything was appended."""
-        pending = self._pending.pop(key, None)
+    def abandoned(self, request: KeyedRequest) -> None:
+        """The request failed before anything was appended: the next one with the key
+        goes first. Nothing to do for a request that did not hold the key."""
+        if request.earlier is not None:
+            return
+        self._pending_floors.pop(request.key, None)
+        pending = self._pending.pop(request.key, None)
         if pending is not None and not pending.done():
             pending.set_result(None)
 
-    def _remember(self, key: str, accepted: Answer) -> None:
-        self._accepted[key] = accepted
-        if accepted.caller is not None:
-            self._by_caller[accepted.caller] = key
+    async def retry_reply(self, request: KeyedRequest, *, committed: bool) -> TypedValue | None:
+        """The reply a retried call gets now, or None if it must wait for it
+        (:meth:`wait_for_reply`): the first call's reply, once its work is in a completed
+        checkpoint if ``committed`` asks for that. A committed reply marks that checkpoint
+        as released before it is given out."""
+        earlier = request.earlier
+        if earlier is None or earlier.reply is None:
+            return None
+        if not committed:
+            return earlier.reply
+        if not self._committed(earlier.reply_tag):
+            return None
+        if earlier.reply_tag is not None and self._release is not None:
+            await self._release(earlier.reply_tag.epoch, RELEASED_BY_RETRY)
+        return earlier.reply
+
+    def wait_for_reply(
+        self, request: KeyedRequest, *, committed: bool
+    ) -> tuple[Address, asyncio.Future[TypedValue]]:
+        """Wait on the key's caller address (``ShuttingDown`` when the runtime stops); a
+        reply of the first call's work known already, not yet committed, is held there."""
+        caller, future = self._replies.new_caller(committed=committed, address=request.caller)
+        earlier = request.earlier
+        if earlier is not None and earlier.reply is not None and earlier.reply_tag is not None:
+            self._replies.hold(caller, earlier.reply, earlier.reply_tag)
+        return caller, future
+
+    # --- the table ------------------------------------------------------------------------
+
+    def _remember(self, key: str, answer: Answer) -> None:
+        known = self._accepted.get(key)
+        self._accepted[key] = answer
+        self._changed.add(key)
+        if answer.caller is not None:
+            self._by_caller[answer.caller] = key
+        if known is None or known.accepted_ms != answer.accepted_ms:
+            heapq.heappush(self._expiry, (answer.accepted_ms, key))
 
     def reply(self, caller: Address, value: TypedValue, tag: Tag | None) -> None:
         """A message to a keyed call's caller address: the reply its retries get."""
@@ -128,76 +300,87 @@ class IdempotencyKeys:
         if key is not None:
             accepted = self._accepted[key]
             if accepted.reply is None:
-                accepted.reply, accepted.reply_tag = value, tag
-
-    def observe(
-        self,
-        key: str,
-        print_: bytes,
-        partition: int,
-        offset: int,
-        caller: Address | None,
-        now_ms: int,
-    ) -> None:
-        """A keyed record found in the log after the restored checkpoint's positions."""
-        if key not in self._accepted:
-            self._remember(key, Answer(print_, now_ms, partition, offset, caller))
+                self._accepted[key] = dataclasses.replace(accepted, reply=value, reply_tag=tag)
+                self._changed.add(key)
 
     def expire(self, now_ms: int) -> None:
         horizon = now_ms - self.retention_ms
-        for key in [k for k, a in self._accepted.items() if a.accepted_ms < horizon]:
-            accepted = self._accepted.pop(key)
-            if accepted.caller is not None:
-                self._by_caller.pop(accepted.caller, None)
+        expiry = self._expiry
+        while expiry and expiry[0][0] < horizon:
+            accepted_ms, key = heapq.heappop(expiry)
+            answer = self._accepted.get(key)
+            if answer is None or answer.accepted_ms != accepted_ms:
+                continue  # forgotten, or remembered again later
+            del self._accepted[key]
+            self._changed.add(key)
+            if answer.caller is not None:
+                self._by_caller.pop(answer.caller, None)
 
-    # --- checkpoints ---------------------------------------------------------------------
+    # --- checkpoints and restores ---------------------------------------------------------
 
     def capture(self) -> Capture:
-        self.expire(int(time.time() * 1000))
-        entries = [
-            (
-                key,
-                a.fingerprint,
-                a.accepted_ms,
-                a.partition,
-                a.offset,
-                a.caller is not None,
-                None if a.reply is None else (a.reply.typename, a.reply.value),
-                None if a.reply_tag is None else (a.reply_tag.generation, a.reply_tag.epoch),
-            )
-            for key, a in self._accepted.items()
-        ]
-        packed: bytes = msgpack.packb(entries, use_bin_type=True)
-        return Capture(packed)
+        """The keys changed since the last capture, encoded when the store writes them;
+        the part, if keys are held, says where a restore looks for their records: a key
+        accepted just after this capture may have its record before the read positions."""
+        self.expire(self._now_ms())
+        changed, self._changed = self._changed, set()
+        entries = [(key, self._accepted.get(key)) for key in changed]
+        floors: dict[int, int] = {}
+        for partition, offset in self._pending_floors.values():
+            floors[partition] = min(offset, floors.get(partition, offset))
+        return Capture(
+            encode_floors(floors) if floors else None,
+            key_rows=lambda: encode_rows(entries),
+            abandon=lambda: self._changed.update(changed),
+        )
 
-    def restore(self, data: bytes | None, positions: dict[int, int], skip: SkipRule) -> None:
-        """Start over from a checkpoint's table (None: an empty one) and ``positions``, its
-        read positions. Requests accepted since (their records at or past the positions)
-        stay accepted; a reply they got from rolled-back work is forgotten."""
-        since = {
-            key: a for key, a in self._accepted.items() if a.offset >= positions.get(a.partition, 0)
-        }
-        for a in since.values():
+    def restore(
+        self, table: Mapping[str, Answer], positions: Mapping[int, int], skip: SkipRule
+    ) -> None:
+        """Start over from a checkpoint's table (``decode_rows`` of its key table). Every
+        request accepted in this process stays accepted (its record is input from outside,
+        never rolled back, whether before the checkpoint's read positions or after); a
+        reply it got from rolled-back work is forgotten. What differs from the table goes
+        into the next checkpoint."""
+        since = {}
+        for key, a in self._accepted.items():
             if a.reply_tag is not None and not skip.accepts(a.reply_tag):
-                a.reply = a.reply_tag = None
-        self._accepted, self._by_caller = {}, {}
-        for key, print_, at, partition, offset, call, reply, tag in msgpack.unpackb(
-            data or msgpack.packb([]), raw=False
-        ):
-            self._remember(
-                key,
-                Answer(
-                    print_,
-                    at,
-                    partition,
-                    offset,
-                    self.caller_for(key) if call else None,
-                    None if reply is None else TypedValue(reply[0], reply[1]),
-                    None if tag is None else Tag(tag[0], tag[1], ""),
-                ),
-            )
-        for key, accepted in since.items():
-            self._remember(key, accepted)
+                a = dataclasses.replace(a, reply=None, reply_tag=None)
+            since[key] = a
+        self._accepted = dict(table)
+        self._by_caller = {a.caller: key for key, a in table.items() if a.caller is not None}
+        self._expiry = [(a.accepted_ms, key) for key, a in table.items()]
+        heapq.heapify(self._expiry)
+        self._changed = set()
+        for key, answer in since.items():
+            self._remember(key, answer)
 
-    def keys(self) -> Iterable[str]:
-        return self._accepted.keys()
+    async def recover(
+        self,
+        log_: Log,
+        topic: str,
+        positions: Mapping[int, int],
+        ends: Sequence[int],
+        floors: Mapping[int, int] | None = None,
+    ) -> None:
+        """Find the keys of the requests accepted after the restored checkpoint: their
+        records lie between its read positions (or its ``floors``, where keys were held
+        when it was taken) and the end of the log."""
+        now_ms = self._now_ms()
+        floors = floors or {}
+        for partition, end in enumerate(ends):
+            offset = min(positions.get(partition, 0), floors.get(partition, end))
+            while offset < end:
+                records = await log_.read(topic, partition, offset, 1000)
+                if not records:
+                    break
+                for record in records:
+                    for name, value in record.headers:
+                        if name == KEY_HEADER:
+                            key, print_ = msgpack.unpackb(value, raw=False)
+                            if key not in self._accepted:
+                                caller = Envelope.from_record(record).caller
+                                self._remember(
+                                    key, Answer(print_, now_ms, partition, record.offset, caller)
+                                )
+                offset = records[-1].offset + 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -25,13 +24,7 @@ from runtime.dead_letters import DISCARDED, PARKED, REPLAYED, DeadLetter
 from runtime.errors import BadInput, IdempotencyConflict, ShuttingDown
 from runtime.health import FunctionTypeHealth
 from runtime.http_values import value_from_http, value_to_json
-from runtime.idempotency import (
-    Answer,
-    IdempotencyKeys,
-    check_key,
-    fingerprint,
-    header,
-)
+from runtime.idempotency import KeyedRequest, check_key, fingerprint
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError
 from statefun.values import TypedValue
@@ -193,30 +186,31 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
             print_ = fingerprint(request.url.path, request.url.query, content_type, body)
         return Accepted(target, value, key, print_)
 
-    async def earlier(accepted: Accepted) -> Answer | None:
-        """The answer of an earlier request with the same Idempotency-Key, if any."""
+    async def keyed(accepted: Accepted) -> KeyedRequest | None:
+        """The request's Idempotency-Key, with the answer of an earlier request with it."""
         if accepted.key is None:
             return None
         try:
-            return await runtime.idempotency.begin(accepted.key, accepted.fingerprint)
+            return await runtime.idempotency.begin(
+                accepted.key, accepted.fingerprint, accepted.target
+            )
         except IdempotencyConflict as e:
             raise _Rejected(_error(422, "idempotency_key_reused", str(e))) from None
 
-    async def append(accepted: Accepted, caller: Address | None) -> tuple[int, int]:
+    async def append(
+        accepted: Accepted, key: KeyedRequest | None, caller: Address | None
+    ) -> tuple[int, int]:
         """Append the message; with a key, remember the answer (or that nothing happened)."""
-        key = accepted.key
         if key is None:
             return await runtime.append_message(accepted.target, caller, accepted.value)
         try:
             partition, offset = await runtime.append_message(
-                accepted.target, caller, accepted.value, (header(key, accepted.fingerprint),)
+                accepted.target, caller, accepted.value, key.headers
             )
         except BaseException:
             runtime.idempotency.abandoned(key)
             raise
-        runtime.idempotency.accepted(
-            key, Answer(accepted.fingerprint, int(time.time() * 1000), partition, offset, caller)
-        )
+        runtime.idempotency.accepted(key, partition, offset, caller)
         return partition, offset
 
     # The two POST routes take the bare Request and read their parameters themselves:
@@ -227,14 +221,14 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         """Append a message for the address; 202 once it is durable. Query: ``type``.
         Header ``Idempotency-Key``: a retry returns the first answer, appending nothing."""
         accepted = await accept(request)
-        before = await earlier(accepted)
-        if before is not None:
+        key = await keyed(accepted)
+        if key is not None and (before := key.earlier) is not None:
             return JSONResponse(
                 {"partition": before.partition, "offset": before.offset},
                 status_code=202,
                 headers={REPLAYED_HEADER: "true"},
             )
-        partition, offset = await append(accepted, None)
+        partition, offset = await append(accepted, key, None)
         return JSONResponse({"partition": partition, "offset": offset}, status_code=202)
 
     @app.post("/v1/call/{namespace}/{type_}/{id_:path}")
@@ -248,29 +242,30 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         committed = _consistency(request.query_params.get("consistency"))
         consistency = {CONSISTENCY_HEADER: "committed" if committed else "uncommitted"}
         accepted = await accept(request)
-        before = await earlier(accepted)
+        key = await keyed(accepted)
+        before = None if key is None else key.earlier
         if (
-            before is not None
-            and before.reply is not None
-            and (not committed or runtime.committed(before.reply_tag))
+            key is not None
+            and (replayed := await runtime.idempotency.retry_reply(key, committed=committed))
+            is not None
         ):
             return JSONResponse(
-                value_to_json(before.reply), headers={**consistency, REPLAYED_HEADER: "true"}
+                value_to_json(replayed), headers={**consistency, REPLAYED_HEADER: "true"}
             )
-        own_address = None if accepted.key is None else IdempotencyKeys.caller_for(accepted.key)
         try:
-            caller, reply = runtime.replies.new_caller(committed=committed, address=own_address)
+            if key is None:
+                caller, reply = runtime.replies.new_caller(committed=committed)
+            else:
+                caller, reply = runtime.idempotency.wait_for_reply(key, committed=committed)
         except ShuttingDown:
-            if accepted.key is not None and before is None:
-                runtime.idempotency.abandoned(accepted.key)
+            if key is not None:
+                runtime.idempotency.abandoned(key)
             return _error(503, "shutting_down", "the runtime is stopping; nothing was accepted")
         try:
             if before is None:
-                partition, offset = await append(accepted, caller)
+                partition, offset = await append(accepted, key, caller)
             else:
                 partition, offset = before.partition, before.offset
-                if before.reply is not None and before.reply_tag is not None:
-                    runtime.replies.hold(caller, before.reply, before.reply_tag)
             try:
                 async with asyncio.timeout(timeout):
                     answer = await asyncio.shield(reply)

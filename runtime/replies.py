@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import SkipRule, Tag
 from runtime.errors import ShuttingDown
 from runtime.routing import INGRESS_CALLER_TYPE
@@ -34,6 +35,11 @@ class _Waiter:
 
 
 class ReplyWaiters:
+    """The ingress's waiting calls; a checkpoint participant that keeps no part, but
+    says whether a checkpoint's commit releases replies held for it."""
+
+    name = "replies"
+
     def __init__(self) -> None:
         # Unique across restarts of the process, so a late reply can never reach a new caller.
         self._prefix = os.urandom(6).hex()
@@ -91,6 +97,12 @@ class ReplyWaiters:
             return True
         self._answer(address, value)
         return True
+
+    def capture(self) -> Capture:
+        """The replies held now are of work up to this checkpoint: its commit releases them."""
+        return Capture(
+            None, releases=any(waiter.held is not None for waiter in self._waiting.values())
+        )
 
     def committed(self, generation: int, checkpoint: int) -> None:
         """Checkpoint ``checkpoint`` of ``generation`` committed: release what it covers."""

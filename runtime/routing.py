@@ -46,6 +46,12 @@ class Topics:
         return f"{self.app_id}-dead-letters"
 
     @property
+    def control(self) -> str:
+        """One partition: the log's identity, the id of the checkpoint store that holds
+        its checkpoints, and each generation it began (see ``runtime.identity``)."""
+        return f"{self.app_id}-control"
+
+    @property
     def consumer_group(self) -> str:
         return self.app_id
 

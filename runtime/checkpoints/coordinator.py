@@ -32,13 +32,17 @@ class Capture:
     """A participant's local snapshot, captured; ``abandon`` undoes the capture's side
     effects (the changed-state set it cleared) if the checkpoint does not complete."""
 
-    part: bytes
+    part: bytes | None
+    """What the participant restores from (None: it keeps no part)."""
     state: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     abandon: Callable[[], None] = lambda: None
     releases: bool = False
     """Whether the commit of this checkpoint will release something of it to the outside
     (egress records, replies held for commit): a checkpoint that released nothing can be
     given up for an older one if it turns out damaged."""
+    key_rows: Callable[[], Sequence[tuple[bytes, bytes | None]]] | None = None
+    """The rows of the idempotency-key table this checkpoint writes, encoded when called:
+    on the store's thread, off the event loop."""
 
 
 class Participant(Protocol):
@@ -70,6 +74,8 @@ class CheckpointCoordinator:
         self._completed = 0
         self.last: Manifest | None = None
         self.on_commit: Callable[[Manifest], None] = lambda manifest: None
+        self.on_pruned: Callable[[], None] = lambda: None
+        """Called once the store keeps only the retained checkpoints (``runtime.retention``)."""
 
     def attach(self, clock: EpochClock, participants: Sequence[Participant]) -> None:
         """Checkpoint these participants from now on (a new generation's)."""
@@ -128,6 +134,7 @@ class CheckpointCoordinator:
             self.on_commit(manifest)
             if self._completed % self.config.prune_every == 0:
                 await self.store.retain(self.config.retain)
+                self.on_pruned()
             return manifest
 
     async def _complete(
@@ -139,8 +146,12 @@ class CheckpointCoordinator:
     ) -> Manifest:
         await self._log.flush()
         state = [row for _, c in captures for row in c.state]
-        parts = [(name, c.part) for name, c in captures]
-        manifest = await self.store.commit(checkpoint, generation, state, parts, started)
+        parts = [(name, c.part) for name, c in captures if c.part is not None]
+        released = [name for name, c in captures if c.releases]
+        key_rows = [c.key_rows for _, c in captures if c.key_rows is not None]
+        manifest = await self.store.commit(
+            checkpoint, generation, state, parts, started, released, key_rows
+        )
         log.debug(
             "checkpoint %d committed: %d addresses, %d bytes, %d ms",
             checkpoint,

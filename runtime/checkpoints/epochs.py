@@ -8,7 +8,9 @@ runtime is in *epoch* n, and every record it produces carries the tag
 A rollback of generation g to checkpoint c starts generation g+1. From then on a
 tagged record ``(g', e)`` is processed only if g' is the current generation or
 ``e <= c(g')``, the checkpoint g' was rolled back to: anything else is output of
-rolled-back work, which replay produces again.
+rolled-back work, which replay produces again. A log started over with a new
+checkpoint store (``--start-over``) skips every tag of a generation below the first one
+of that store: all of it is output of work the new store replays.
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ class Tag:
 class SkipRule:
     """Decides, for a tagged record, whether it is live output or rolled-back work."""
 
-    def __init__(self, current: int, rolled_back_to: Mapping[int, int]):
+    def __init__(self, current: int, rolled_back_to: Mapping[int, int], *, below: int = 0):
+        """``below``: every generation under it is skipped whole (a start over)."""
         self.current = current
         self._rolled_back_to = dict(rolled_back_to)
+        self._below = below
 
     def accepts(self, tag: Tag | None) -> bool:
         if tag is None or tag.generation == self.current:
             return True
+        if tag.generation < self._below:
+            return False
         limit = self._rolled_back_to.get(tag.generation)
         # A generation with no record of a rollback never completed a start: nothing of it
         # is live (it cannot be the current one, nor be newer than it).

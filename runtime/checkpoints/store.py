@@ -2,7 +2,8 @@
 
 One SQLite database in a directory (``checkpoints.db``; in Compose, a volume every
 runtime process can reach). It holds, per checkpoint, the state of the addresses that
-changed since the previous one (a versioned key-value table: the state of an address
+changed since the previous one, and likewise the idempotency keys added, answered or
+forgotten since (two versioned key-value tables: the state of an address
 as of checkpoint c is its newest row at or below c), each participant's part
 (pending inputs, timers, read positions, ...), and the manifest. Writing a
 checkpoint's manifest row is its commit point: everything of the checkpoint is written
@@ -10,7 +11,18 @@ in the same transaction, so a checkpoint is either complete or absent. The
 ``generations`` table is the decision log of rollbacks: "generation g was rolled back
 to checkpoint c", written before generation g+1 processes anything.
 
+Each store has an id, created once and kept (``meta``), which the log records as its
+identity (``runtime.identity``): a log is resumed only with the store that holds its
+checkpoints. A store that starts over a log (``--start-over``) records the generation
+below which every tag is skipped and the checkpoint id after which epochs continue,
+and the read positions the first generation starts from (the parts of checkpoint 0).
+
 Every database call runs on one thread of its own; the event loop only awaits.
+
+A damaged database (SQLite finds it malformed, or it is not a database) is
+:class:`StoreDamaged`, with the file and what to do: checked whole at open
+(``PRAGMA quick_check``) and on every call. Any other SQLite failure is a
+:class:`StoreError`.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,20 +38,25 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from runtime.directories import lock_directory, unlock
-from runtime.errors import CheckpointStoreInUse
+from runtime.errors import CheckpointStoreInUse, StoreDamaged, StoreError
 from statefun.address import TypeName
 
 T = TypeVar("T")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
 CREATE TABLE IF NOT EXISTS manifests (
     checkpoint INTEGER PRIMARY KEY, generation INTEGER NOT NULL, created_ms INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL, size_bytes INTEGER NOT NULL, addresses INTEGER NOT NULL
+    duration_ms INTEGER NOT NULL, size_bytes INTEGER NOT NULL, addresses INTEGER NOT NULL,
+    released TEXT
 );
 CREATE TABLE IF NOT EXISTS state (
     address BLOB NOT NULL, checkpoint INTEGER NOT NULL, value BLOB,
     PRIMARY KEY (address, checkpoint)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (
+    key BLOB NOT NULL, checkpoint INTEGER NOT NULL, value BLOB,
+    PRIMARY KEY (key, checkpoint)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parts (
     checkpoint INTEGER NOT NULL, participant TEXT NOT NULL, data BLOB NOT NULL,
@@ -66,6 +84,10 @@ class Manifest:
     size_bytes: int
     addresses: int
     """Addresses whose state the checkpoint wrote (changed since the previous one)."""
+    released: str | None = None
+    """What the commit released to the outside (the names of the participants whose
+    egress or replies it let out, comma-separated), or None: nothing, so the checkpoint
+    can be given up for an older one if it turns out damaged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +106,24 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def _failure(path: Path, error: sqlite3.Error) -> StoreError:
+    """The store error for a SQLite error: :class:`StoreDamaged` if the file is damaged."""
+    if getattr(error, "sqlite_errorcode", None) in _DAMAGED:
+        return damaged(path, str(error))
+    return StoreError(f"the checkpoint store {path} failed: {error}")
+
+
+def damaged(path: Path, what: str) -> StoreDamaged:
+    return StoreDamaged(
+        f"the checkpoint store {path} is damaged ({what}): restore the directory "
+        f"{path.parent} from a backup, or move it away and start with --start-over to "
+        "rebuild the state from the input the log still holds"
+    )
+
+
 class CheckpointStore:
     """Use :meth:`open`."""
 
@@ -92,9 +132,38 @@ class CheckpointStore:
         self._lock = lock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-store")
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise damaged(path, "; ".join(" ".join(p.split()) for p in problems[:3]))
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+            self.id = self._identify()
+        except BaseException as e:
+            self._db.close()
+            self._executor.shutdown()
+            if isinstance(e, sqlite3.Error):
+                raise _failure(path, e) from None
+            raise
+
+    def _identify(self) -> str:
+        """The store's id: created with the store, never changed."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (f"store-{uuid.uuid4()}",)
+        )
+        found: str = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()[0]
+        return found
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(manifests)")}
+        if "released" not in columns:
+            # A store written before the flag existed: whether its checkpoints released
+            # anything is unknown, so none of them is given up for an older one.
+            self._db.execute(
+                "ALTER TABLE manifests ADD COLUMN released TEXT DEFAULT 'unknown (older store)'"
+            )
 
     @classmethod
     async def open(cls, directory: str | Path) -> CheckpointStore:
@@ -102,10 +171,20 @@ class CheckpointStore:
         lock = lock_directory(
             directory, "checkpoints.lock", "checkpoint directory", CheckpointStoreInUse
         )
-        return await asyncio.to_thread(cls, directory / "checkpoints.db", lock)
+        try:
+            return await asyncio.to_thread(cls, directory / "checkpoints.db", lock)
+        except BaseException:
+            unlock(lock)
+            raise
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._guarded, fn)
+
+    def _guarded(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except sqlite3.Error as e:
+            raise _failure(self.path, e) from e
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
@@ -126,17 +205,31 @@ class CheckpointStore:
         *,
         cause_address: str | None = None,
         cause_messages: Sequence[str] = (),
+        checkpoint: int | None = None,
     ) -> tuple[int, int]:
         """Record that the current generation rolls back to the latest checkpoint and
         start the next: ``(new generation, checkpoint rolled back to)``. The first start
         ever begins generation 1 and records nothing. ``reason`` None: a (re)start, whose
-        reason says whether the previous process stopped cleanly (:meth:`stopped_cleanly`)."""
+        reason says whether the previous process stopped cleanly (:meth:`stopped_cleanly`).
+
+        ``checkpoint``: roll back to this older checkpoint instead (the newer ones are
+        damaged and released nothing). The newer ones are dropped, and every generation
+        recorded as rolled back to one of them is recorded as rolled back to this one:
+        their work after it is replayed, so their output after it must be skipped."""
 
         def begin(db: sqlite3.Connection) -> tuple[int, int]:
             nonlocal reason
             row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
             previous = row[0] if row else 0
+            below = db.execute("SELECT value FROM meta WHERE key = 'skip_below'").fetchone()
             latest = db.execute("SELECT MAX(checkpoint) FROM manifests").fetchone()[0] or 0
+            if checkpoint is not None and checkpoint < latest:
+                latest = checkpoint
+                db.execute("DELETE FROM manifests WHERE checkpoint > ?", (latest,))
+                db.execute(
+                    "UPDATE generations SET rolled_back_to = ? WHERE rolled_back_to > ?",
+                    (latest, latest),
+                )
             clean = db.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()
             db.execute("DELETE FROM meta WHERE key = 'clean'")
             if reason is None:
@@ -146,7 +239,7 @@ class CheckpointStore:
                     else "restart: the previous runtime process did not stop cleanly "
                     "(killed, crashed or lost)"
                 )
-            if previous:
+            if previous and previous >= (below[0] if below else 0):
                 db.execute(
                     "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?)",
                     (previous, latest, _now_ms(), reason, cause_address, "\n".join(cause_messages)),
@@ -154,10 +247,55 @@ class CheckpointStore:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (previous + 1,))
             # Rows of a checkpoint that never got its manifest are garbage.
             db.execute("DELETE FROM state WHERE checkpoint > ?", (latest,))
+            db.execute("DELETE FROM keys WHERE checkpoint > ?", (latest,))
             db.execute("DELETE FROM parts WHERE checkpoint > ?", (latest,))
             return previous + 1, latest
 
         return await self._run(lambda: self._transaction(begin))
+
+    async def started(self) -> bool:
+        """Whether a generation was ever begun with this store."""
+        row = await self._run(
+            lambda: self._db.execute("SELECT 1 FROM meta WHERE key = 'generation'").fetchone()
+        )
+        return row is not None
+
+    async def start_over(
+        self, generation: int, epoch: int, origin: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """Prepare a store that was never started to start a log over: its first generation
+        is ``generation`` and every tag of an earlier one is skipped, its checkpoint ids
+        continue after ``epoch``, and until its first checkpoint every generation starts
+        from the ``origin`` parts (read positions: the log's retained start)."""
+
+        def prepare(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [
+                    ("generation", generation - 1),
+                    ("skip_below", generation),
+                    ("epoch_floor", epoch),
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO parts VALUES (0, ?, ?)", [(n, d) for n, d in origin]
+            )
+
+        await self._run(lambda: self._transaction(prepare))
+
+    async def floors(self) -> tuple[int, int]:
+        """(The generation below which every tag is skipped, the checkpoint id after which
+        epochs continue): (0, 0) unless the store started a log over."""
+
+        def read() -> tuple[int, int]:
+            rows = dict(
+                self._db.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('skip_below', 'epoch_floor')"
+                ).fetchall()
+            )
+            return int(rows.get("skip_below", 0)), int(rows.get("epoch_floor", 0))
+
+        return await self._run(read)
 
     async def stopped_cleanly(self) -> None:
         """Note that this generation ended with a clean stop (and a last checkpoint)."""
@@ -249,21 +387,33 @@ class CheckpointStore:
         state: Sequence[tuple[bytes, bytes | None]],
         parts: Sequence[tuple[str, bytes]],
         started: float,
+        released: Sequence[str] = (),
+        key_rows: Sequence[Callable[[], Sequence[tuple[bytes, bytes | None]]]] = (),
     ) -> Manifest:
         """Write a checkpoint whole; the manifest row, in the same transaction, commits it.
         ``state`` maps address keys to their serialized state (None: no state any more);
-        ``started`` is the ``time.monotonic()`` at which the checkpoint began."""
+        ``started`` is the ``time.monotonic()`` at which the checkpoint began;
+        ``released`` names the participants whose output its commit lets out; ``key_rows``
+        give the rows of the idempotency-key table (key, answer or None), encoded when
+        called, here on the store's thread."""
 
         def write(db: sqlite3.Connection) -> Manifest:
             db.executemany(
                 "INSERT OR REPLACE INTO state VALUES (?, ?, ?)",
                 [(key, checkpoint, value) for key, value in state],
             )
+            keys = [row for encode in key_rows for row in encode()]
+            db.executemany(
+                "INSERT OR REPLACE INTO keys VALUES (?, ?, ?)",
+                [(key, checkpoint, value) for key, value in keys],
+            )
             db.executemany(
                 "INSERT OR REPLACE INTO parts VALUES (?, ?, ?)",
                 [(checkpoint, name, data) for name, data in parts],
             )
-            size = sum(len(k) + len(v or b"") for k, v in state) + sum(len(d) for _, d in parts)
+            size = sum(len(k) + len(v or b"") for k, v in (*state, *keys)) + sum(
+                len(d) for _, d in parts
+            )
             manifest = Manifest(
                 checkpoint,
                 generation,
@@ -271,9 +421,10 @@ class CheckpointStore:
                 int((time.monotonic() - started) * 1000),
                 size,
                 len(state),
+                ", ".join(released) or None,
             )
             db.execute(
-                "INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     manifest.checkpoint,
                     manifest.generation,
@@ -281,6 +432,7 @@ class CheckpointStore:
                     manifest.duration_ms,
                     manifest.size_bytes,
                     manifest.addresses,
+                    manifest.released,
                 ),
             )
             return manifest
@@ -290,11 +442,24 @@ class CheckpointStore:
     async def manifests(self) -> list[Manifest]:
         rows = await self._run(
             lambda: self._db.execute(
-                "SELECT checkpoint, generation, created_ms, duration_ms, size_bytes, addresses"
-                " FROM manifests ORDER BY checkpoint"
+                "SELECT checkpoint, generation, created_ms, duration_ms, size_bytes, addresses,"
+                " released FROM manifests ORDER BY checkpoint"
             ).fetchall()
         )
         return [Manifest(*row) for row in rows]
+
+    async def mark_released(self, epoch: int, what: str) -> None:
+        """Something produced in ``epoch`` went out after its checkpoint committed (a
+        committed reply given to a retried call): mark the checkpoint that covers it,
+        the first at or after ``epoch``, as released."""
+        await self._run(
+            lambda: self._db.execute(
+                "UPDATE manifests SET released = COALESCE(released || ', ', '') || ?"
+                " WHERE checkpoint = (SELECT MIN(checkpoint) FROM manifests WHERE checkpoint >= ?)"
+                " AND COALESCE(released, '') NOT LIKE '%' || ? || '%'",
+                (what, epoch, what),
+            )
+        )
 
     async def latest(self) -> Manifest | None:
         manifests = await self.manifests()
@@ -302,18 +467,22 @@ class CheckpointStore:
 
     async def load_state(self, checkpoint: int) -> list[tuple[bytes, bytes]]:
         """Every address's state as of ``checkpoint`` (addresses without state left out)."""
+        return await self._run(lambda: self._as_of("state", "address", checkpoint))
 
-        def read() -> list[tuple[bytes, bytes]]:
-            rows = self._db.execute(
-                "SELECT s.address, s.value FROM state s JOIN ("
-                "  SELECT address, MAX(checkpoint) AS checkpoint FROM state"
-                "  WHERE checkpoint <= ? GROUP BY address"
-                ") newest USING (address, checkpoint) WHERE s.value IS NOT NULL",
-                (checkpoint,),
-            ).fetchall()
-            return [(bytes(k), bytes(v)) for k, v in rows]
+    async def load_keys(self, checkpoint: int) -> list[tuple[bytes, bytes]]:
+        """The idempotency-key table as of ``checkpoint`` (forgotten keys left out)."""
+        return await self._run(lambda: self._as_of("keys", "key", checkpoint))
 
-        return await self._run(read)
+    def _as_of(self, table: str, key: str, checkpoint: int) -> list[tuple[bytes, bytes]]:
+        """Each key's newest row at or below ``checkpoint`` in a versioned table."""
+        rows = self._db.execute(
+            f"SELECT t.{key}, t.value FROM {table} t JOIN ("
+            f"  SELECT {key}, MAX(checkpoint) AS checkpoint FROM {table}"
+            f"  WHERE checkpoint <= ? GROUP BY {key}"
+            f") newest USING ({key}, checkpoint) WHERE t.value IS NOT NULL",
+            (checkpoint,),
+        ).fetchall()
+        return [(bytes(k), bytes(v)) for k, v in rows]
 
     async def load_parts(self, checkpoint: int) -> dict[str, bytes]:
         rows = await self._run(
@@ -322,6 +491,17 @@ class CheckpointStore:
             ).fetchall()
         )
         return {name: bytes(data) for name, data in rows}
+
+    async def retained_parts(self, participant: str) -> list[bytes]:
+        """The parts of ``participant`` in every retained checkpoint, oldest first."""
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT p.data FROM parts p JOIN manifests m USING (checkpoint)"
+                " WHERE p.participant = ? ORDER BY p.checkpoint",
+                (participant,),
+            ).fetchall()
+        )
+        return [bytes(data) for (data,) in rows]
 
     async def retain(self, keep: int) -> None:
         """Keep the newest ``keep`` checkpoints; drop older manifests, parts and the state
@@ -336,15 +516,19 @@ class CheckpointStore:
             oldest = kept[-1][0]
             db.execute("DELETE FROM manifests WHERE checkpoint < ?", (oldest,))
             db.execute("DELETE FROM parts WHERE checkpoint < ?", (oldest,))
-            # A row older than an address's newest row at or below the oldest retained
+            # A row older than a key's newest row at or below the oldest retained
             # checkpoint is never read again; nor is a deletion that is that newest row.
-            db.execute(
-                "DELETE FROM state WHERE checkpoint < ("
-                "  SELECT MAX(s.checkpoint) FROM state s"
-                "  WHERE s.address = state.address AND s.checkpoint <= ?)",
-                (oldest,),
-            )
-            db.execute("DELETE FROM state WHERE value IS NULL AND checkpoint <= ?", (oldest,))
+            for table, key in (("state", "address"), ("keys", "key")):
+                db.execute(
+                    f"DELETE FROM {table} WHERE checkpoint < ("
+                    f"  SELECT MAX(t.checkpoint) FROM {table} t"
+                    f"  WHERE t.{key} = {table}.{key} AND t.checkpoint <= ?)",
+                    (oldest,),
+                )
+                db.execute(
+                    f"DELETE FROM {table} WHERE value IS NULL AND checkpoint <= ?",
+                    (oldest,),
+                )
 
         await self._run(lambda: self._transaction(prune))
 

@@ -93,9 +93,13 @@ class Log(abc.ABC):
     _topics: dict[str, int]
 
     @abc.abstractmethod
-    async def ensure_topic(self, topic: str, partitions: int) -> None:
+    async def ensure_topic(
+        self, topic: str, partitions: int, config: Mapping[str, str] | None = None
+    ) -> None:
         """Create ``topic`` if missing; raise :class:`TopicMismatchError` if it exists with
-        another partition count."""
+        another partition count. ``config``: topic settings a log that keeps them applies
+        when it creates the topic (Kafka's ``retention.ms``, ...); the embedded logs
+        have none (``runtime.retention`` truncates them)."""
 
     def partitions(self, topic: str) -> int:
         """The partition count of a known topic (:class:`UnknownTopicError` otherwise)."""
@@ -129,6 +133,12 @@ class Log(abc.ABC):
     @abc.abstractmethod
     async def end_offsets(self, topic: str) -> list[int]:
         """Per partition, the offset the next durable record will have."""
+
+    @abc.abstractmethod
+    async def start_offsets(self, topic: str, at: str | int = "earliest") -> list[int]:
+        """Per partition, where reading starts: ``"earliest"`` (the first record retention
+        kept), ``"latest"`` (the end), or the first record appended at or after a time in
+        milliseconds (the end if there is none)."""
 
     @abc.abstractmethod
     def consumer(self) -> LogConsumer: ...

@@ -402,7 +402,9 @@ class KafkaLog(Log):
 
     # --- topics ---------------------------------------------------------------------------
 
-    async def ensure_topic(self, topic: str, partitions: int) -> None:
+    async def ensure_topic(
+        self, topic: str, partitions: int, config: Mapping[str, str] | None = None
+    ) -> None:
         if partitions < 1:
             raise ValueError(f"topic {topic} needs at least one partition, not {partitions}")
         self._check_open()
@@ -411,7 +413,7 @@ class KafkaLog(Log):
             existing = await _call(
                 self._admin_thread,
                 f"creating topic {topic}",
-                lambda: self._create_topic(topic, partitions),
+                lambda: self._create_topic(topic, partitions, config or {}),
                 3 * self._timeout,
             )
         if existing != partitions:
@@ -447,9 +449,7 @@ class KafkaLog(Log):
         await self.ensure_topic(topic, count)
         return count
 
-    async def start_offsets(self, topic: str, at: str | int) -> list[int]:
-        """Per partition, where reading starts: ``"earliest"``, ``"latest"`` or the first
-        record at or after a timestamp (milliseconds; the end if there is none)."""
+    async def start_offsets(self, topic: str, at: str | int = "earliest") -> list[int]:
         count = self.partitions(topic)
         if at == "latest":
             return await self.end_offsets(topic)
@@ -472,7 +472,7 @@ class KafkaLog(Log):
             return [e if o is None else o for o, e in zip(offsets, ends, strict=True)]
         return [o for o in offsets if o is not None]
 
-    def _create_topic(self, topic: str, partitions: int) -> int:
+    def _create_topic(self, topic: str, partitions: int, config: Mapping[str, str]) -> int:
         """The topic's partition count, after creating it if missing (admin thread)."""
         existing = self._describe_topic(topic)
         if existing is not None:
@@ -483,6 +483,7 @@ class KafkaLog(Log):
                     topic: {
                         "num_partitions": partitions,
                         "replication_factor": self._replication_factor,
+                        "configs": dict(config),
                     }
                 }
             )

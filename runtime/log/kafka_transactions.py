@@ -65,7 +65,9 @@ class TransactionalPublisher:
             if transaction_timeout is None
             else {"transaction_timeout_ms": int(transaction_timeout * 1000)}
         )
-        await cluster.ensure_topic(marker_topic, 1)
+        # Kept forever (a marker per publication, tiny): a marker expiring would make the
+        # runtime believe nothing was published and publish it all again.
+        await cluster.ensure_topic(marker_topic, 1, {"retention.ms": "-1"})
         thread = _ClientThread(f"{transactional_id}-producer", cluster.loop)
 
         def connect() -> Any:

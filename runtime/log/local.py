@@ -1,9 +1,13 @@
 """What the two embedded logs share: offsets assigned at call time, durable ends
-tracked in memory, and consumers woken when records become durable.
+tracked in memory, consumers woken when records become durable, and truncation.
 
-A subclass only decides how records are made durable (:meth:`LocalLog._write`) and
-read back (:meth:`LocalLog._read_range`); it reports durability through
-:meth:`LocalLog._made_durable`, in append order.
+A subclass only decides how records are made durable (:meth:`LocalLog._write`), read
+back (:meth:`LocalLog._read_range`) and dropped (:meth:`LocalLog._drop`); it reports
+durability through :meth:`LocalLog._made_durable`, in append order.
+
+Retention (``runtime.retention``) drops the records of a partition below an offset
+(:meth:`LocalLog.truncate`): the partition's *start*. Offsets are never reused: a
+partition emptied by truncation keeps its end. Reading below the start reads from it.
 """
 
 from __future__ import annotations
@@ -42,17 +46,26 @@ class LocalLog(Log):
         self._topics: dict[str, int] = {}
         self._next: dict[TopicPartition, int] = {}
         self._durable: dict[TopicPartition, int] = {}
+        self._start: dict[TopicPartition, int] = {}
         self._last_append: asyncio.Future[list[int]] | None = None
         self._wakeup: asyncio.Future[None] = self._loop.create_future()
         self._failure: LogError | None = None
 
     # --- for subclasses ----------------------------------------------------------------
 
-    def _known_topic(self, topic: str, partitions: int, ends: Mapping[int, int]) -> None:
+    def _known_topic(
+        self,
+        topic: str,
+        partitions: int,
+        ends: Mapping[int, int],
+        starts: Mapping[int, int] | None = None,
+    ) -> None:
         self._topics[topic] = partitions
         for p in range(partitions):
             tp = TopicPartition(topic, p)
-            self._next[tp] = self._durable[tp] = ends.get(p, 0)
+            start = (starts or {}).get(p, 0)
+            self._start[tp] = start
+            self._next[tp] = self._durable[tp] = max(ends.get(p, 0), start)
 
     @abc.abstractmethod
     async def _create_topic(self, topic: str, partitions: int) -> None: ...
@@ -63,7 +76,15 @@ class LocalLog(Log):
 
     @abc.abstractmethod
     def _read_range(self, tp: TopicPartition, start: int, end: int) -> list[StoredRecord]:
-        """Records with ``start <= offset < end`` (all durable)."""
+        """Records with ``start <= offset < end`` (all durable, none below the start)."""
+
+    @abc.abstractmethod
+    async def _drop(self, tp: TopicPartition, before: int) -> None:
+        """Drop the records below ``before`` (durably: the start survives a reopen)."""
+
+    def _first(self, tp: TopicPartition, position: int) -> int:
+        """Where reading from ``position`` starts: at the partition's start if below it."""
+        return max(position, self._start[tp])
 
     def _made_durable(self, appends: Sequence[PendingAppend]) -> None:
         for a in appends:
@@ -88,7 +109,9 @@ class LocalLog(Log):
 
     # --- Log --------------------------------------------------------------------------
 
-    async def ensure_topic(self, topic: str, partitions: int) -> None:
+    async def ensure_topic(
+        self, topic: str, partitions: int, config: Mapping[str, str] | None = None
+    ) -> None:
         if partitions < 1:
             raise ValueError(f"topic {topic} needs at least one partition, not {partitions}")
         existing = self._topics.get(topic)
@@ -124,13 +147,49 @@ class LocalLog(Log):
         self, topic: str, partition: int, offset: int, max_records: int = 1000
     ) -> list[StoredRecord]:
         tp = self._tp(topic, partition)
-        end = min(self._durable[tp], max(offset, 0) + max_records)
+        offset = self._first(tp, offset)
+        end = min(self._durable[tp], offset + max_records)
         if offset >= end:
             return []
-        return self._read_range(tp, max(offset, 0), end)
+        return self._read_range(tp, offset, end)
 
     async def end_offsets(self, topic: str) -> list[int]:
         return [self._durable[TopicPartition(topic, p)] for p in range(self.partitions(topic))]
+
+    async def start_offsets(self, topic: str, at: str | int = "earliest") -> list[int]:
+        """Per partition: its start (``"earliest"``), its end (``"latest"``), or the first
+        record appended at or after a time in milliseconds (the end if there is none)."""
+        tps = [TopicPartition(topic, p) for p in range(self.partitions(topic))]
+        if at == "earliest":
+            return [self._start[tp] for tp in tps]
+        if at == "latest":
+            return [self._durable[tp] for tp in tps]
+        if isinstance(at, str):
+            raise ValueError(f"a start position is earliest, latest or a time, not {at!r}")
+        return [self._first_at(tp, at) for tp in tps]
+
+    def _first_at(self, tp: TopicPartition, time_ms: int) -> int:
+        # Append times follow offsets (taken in call order): a binary search of point reads.
+        low, high = self._start[tp], self._durable[tp]
+        while low < high:
+            middle = (low + high) // 2
+            (record,) = self._read_range(tp, middle, middle + 1)
+            if record.timestamp_ms < time_ms:
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
+    async def truncate(self, topic: str, partition: int, before_offset: int) -> int:
+        """Drop the partition's records below ``before_offset`` (at most up to its durable
+        end); its new start. Offsets are never reused, and its end stays."""
+        tp = self._tp(topic, partition)
+        before = min(before_offset, self._durable[tp])
+        if before <= self._start[tp]:
+            return self._start[tp]
+        self._start[tp] = before  # readers skip what is being dropped from now on
+        await self._drop(tp, before)
+        return before
 
     def consumer(self) -> LogConsumer:
         return LocalConsumer(self)
@@ -156,7 +215,9 @@ class LocalConsumer(LogConsumer):
         log = self._log
         deadline = log._loop.time() + max_wait
         while True:
-            ready = [tp for tp, pos in self._positions.items() if log._durable[tp] > pos]
+            ready = [
+                tp for tp, pos in self._positions.items() if log._durable[tp] > log._first(tp, pos)
+            ]
             if ready:
                 return self._take(ready, max_records)
             remaining = deadline - log._loop.time()
@@ -180,7 +241,7 @@ class LocalConsumer(LogConsumer):
         share = max(1, max_records // len(ready))
         out: dict[TopicPartition, list[StoredRecord]] = {}
         for tp in ready:
-            start = self._positions[tp]
+            start = self._log._first(tp, self._positions[tp])
             end = min(self._log._durable[tp], start + share)
             records = self._log._read_range(tp, start, end)
             if records:

@@ -12,11 +12,14 @@ class MemoryLog(LocalLog):
     def __init__(self) -> None:
         super().__init__()
         self._records: dict[TopicPartition, list[StoredRecord]] = {}
+        self._base: dict[TopicPartition, int] = {}
+        """The offset of each partition's first record in its list."""
         self._offsets: dict[tuple[str, TopicPartition], int] = {}
 
     async def _create_topic(self, topic: str, partitions: int) -> None:
         for p in range(partitions):
             self._records[TopicPartition(topic, p)] = []
+            self._base[TopicPartition(topic, p)] = 0
 
     def _write(self, append: PendingAppend) -> None:
         stored = self._records[append.tp]
@@ -28,7 +31,12 @@ class MemoryLog(LocalLog):
         self._loop.call_soon(self._made_durable, [append])
 
     def _read_range(self, tp: TopicPartition, start: int, end: int) -> list[StoredRecord]:
-        return self._records[tp][start:end]
+        base = self._base[tp]
+        return self._records[tp][start - base : end - base]
+
+    async def _drop(self, tp: TopicPartition, before: int) -> None:
+        del self._records[tp][: before - self._base[tp]]
+        self._base[tp] = before
 
     async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():

@@ -4,7 +4,9 @@ One writer thread owns the write connection and commits whatever has queued up i
 single transaction (group commit, ``synchronous=FULL``), so many concurrent appends
 cost one fsync. Readers use a second connection on the event loop thread; WAL lets
 them read while the writer commits. An exclusive lock on the directory keeps a second
-process from writing the same log.
+process from writing the same log. Truncation deletes on the writer thread too, in
+bounded steps, and keeps each partition's start offset in the database, so a partition
+emptied by truncation keeps its end across a reopen.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ CREATE TABLE IF NOT EXISTS records (
     key BLOB, value BLOB NOT NULL, headers BLOB, timestamp_ms INTEGER NOT NULL,
     PRIMARY KEY (topic, partition, offset)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS starts (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (grp, topic, partition)
@@ -54,7 +60,17 @@ class _CommitOffsets:
     future: asyncio.Future[None]
 
 
-_Op = PendingAppend | _CreateTopic | _CommitOffsets
+@dataclass(slots=True)
+class _Truncate:
+    tp: TopicPartition
+    before: int
+    future: asyncio.Future[None]
+
+
+_Op = PendingAppend | _CreateTopic | _CommitOffsets | _Truncate
+
+TRUNCATE_STEP = 10_000
+"""Records deleted per transaction: appends queued behind a truncation wait at most this."""
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -94,8 +110,13 @@ class SqliteLog(LocalLog):
             "SELECT topic, partition, MAX(offset) + 1 FROM records GROUP BY topic, partition"
         ):
             ends.setdefault(topic, {})[partition] = end
+        starts: dict[str, dict[int, int]] = {}
+        for topic, partition, start in self._reader.execute(
+            "SELECT topic, partition, offset FROM starts"
+        ):
+            starts.setdefault(topic, {})[partition] = start
         for topic, partitions in self._reader.execute("SELECT name, partitions FROM topics"):
-            self._known_topic(topic, partitions, ends.get(topic, {}))
+            self._known_topic(topic, partitions, ends.get(topic, {}), starts.get(topic, {}))
 
     # --- writing, on the writer thread ---------------------------------------------------
 
@@ -150,6 +171,15 @@ class SqliteLog(LocalLog):
             )
         elif isinstance(op, _CreateTopic):
             conn.execute("INSERT INTO topics VALUES (?, ?)", (op.topic, op.partitions))
+        elif isinstance(op, _Truncate):
+            conn.execute(
+                "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?",
+                (op.tp.topic, op.tp.partition, op.before),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO starts VALUES (?, ?, ?)",
+                (op.tp.topic, op.tp.partition, op.before),
+            )
         else:
             conn.executemany(
                 "INSERT OR REPLACE INTO consumer_offsets VALUES (?, ?, ?, ?)",
@@ -195,6 +225,20 @@ class SqliteLog(LocalLog):
             )
             for offset, value, key, headers, ts in rows
         ]
+
+    async def _drop(self, tp: TopicPartition, before: int) -> None:
+        first = self._reader.execute(
+            "SELECT MIN(offset) FROM records WHERE topic = ? AND partition = ?",
+            (tp.topic, tp.partition),
+        ).fetchone()[0]
+        step = before if first is None else min(before, first + TRUNCATE_STEP)
+        while True:
+            future: asyncio.Future[None] = self._loop.create_future()
+            self._queue.put(_Truncate(tp, step, future))
+            await future
+            if step >= before:
+                return
+            step = min(before, step + TRUNCATE_STEP)
 
     async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         future: asyncio.Future[None] = self._loop.create_future()

@@ -17,6 +17,8 @@ import pytest
 from functions import make_test_functions
 from support import ROOT, RuntimeProcess, ServerThread, free_port, serve, wait_until
 
+from runtime.cli import _parser, checkpoint_dir
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -71,6 +73,16 @@ def test_help_everywhere(command: list[str]) -> None:
     done = statefun(*command, "--help")
     assert done.returncode == 0
     assert "usage: statefun" in done.stdout
+
+
+@pytest.mark.parametrize("mode", [[], ["--kafka", "127.0.0.1:9092"]])
+def test_checkpoints_default_to_a_folder_under_the_data_directory_in_every_mode(
+    mode: list[str],
+) -> None:
+    run = ["run", "--module", "module.yaml", "--data-dir", "/srv/data", *mode]
+    assert checkpoint_dir(_parser().parse_args(run)) == Path("/srv/data/checkpoints")
+    given = _parser().parse_args([*run, "--checkpoint-dir", "/elsewhere"])
+    assert checkpoint_dir(given) == Path("/elsewhere")
 
 
 def test_an_invalid_module_spec_is_a_clear_error(tmp_path: Path) -> None:

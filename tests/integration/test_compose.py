@@ -37,6 +37,10 @@ def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
     # the checkpoint store is a volume every runtime process can reach
     assert "checkpoints:/data/checkpoints" in runtime["volumes"]
     assert "/data/checkpoints" in runtime["command"]
+    # and Kafka's data is one too: `down` then `up` keeps the log with its checkpoints
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    assert any(v.split(":") == ["kafka-data", log_dirs] for v in kafka["volumes"])
+    assert set(COMPOSE["volumes"]) == {"kafka-data", "checkpoints"}
     assert runtime["build"] == SERVICES["functions"]["build"] == "."
     assert (ROOT / "Dockerfile").is_file()
 

@@ -3,14 +3,16 @@ record of generations; and the skip rule built from it."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.store import CheckpointStore
-from runtime.errors import CheckpointStoreInUse
+from runtime.errors import CheckpointStoreInUse, StoreDamaged, StoreError
 from statefun.address import TypeName
 
 pytestmark = pytest.mark.anyio
@@ -136,3 +138,105 @@ def test_tags_round_trip_through_headers_and_the_clock_advances() -> None:
     clock.advance()
     assert Tag.from_headers((clock.header,)) == Tag(2, 6, "app")
     assert Tag.from_headers((("other", b"x"),)) is None
+
+
+async def test_a_file_that_is_not_a_database_is_damaged_and_named(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints.db").write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreDamaged, match=r"checkpoints.db is damaged \(file is not a database\)"):
+        await CheckpointStore.open(tmp_path)
+    # the directory is not left locked: a repaired store opens
+    (tmp_path / "checkpoints.db").unlink()
+    await (await CheckpointStore.open(tmp_path)).close()
+
+
+def raising(error: Exception) -> Callable[[], None]:
+    def fail() -> None:
+        raise error
+
+    return fail
+
+
+async def test_a_read_of_a_damaged_page_is_store_damaged(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        corrupt = sqlite3.DatabaseError("database disk image is malformed")
+        corrupt.sqlite_errorcode = sqlite3.SQLITE_CORRUPT  # type: ignore[attr-defined]
+        with pytest.raises(StoreDamaged, match="restore the directory"):
+            await store._run(raising(corrupt))
+        with pytest.raises(StoreError, match="failed: disk I/O error"):
+            await store._run(raising(sqlite3.OperationalError("disk I/O error")))
+    finally:
+        await store.close()
+
+
+async def test_a_checkpoint_records_what_its_commit_released(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        await store.commit(1, 1, [], [("worker", b"p")], time.monotonic())
+        await store.commit(2, 1, [], [("worker", b"p")], time.monotonic(), released=["worker"])
+        await store.commit(3, 1, [], [("worker", b"p")], time.monotonic())
+        # a committed reply of epoch 3 given to a retried call, twice
+        await store.mark_released(3, "retried call")
+        await store.mark_released(3, "retried call")
+        released = {m.checkpoint: m.released for m in await store.manifests()}
+        assert released == {1: None, 2: "worker", 3: "retried call"}
+    finally:
+        await store.close()
+
+
+async def test_rolling_back_to_an_older_checkpoint_drops_the_newer_and_lowers_rollbacks(
+    tmp_path: Path,
+) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        assert await store.begin_generation(None) == (1, 0)
+        for checkpoint in (1, 2):
+            await commit(store, checkpoint, {b"a": b"a%d" % checkpoint})
+        assert await store.begin_generation("crash") == (2, 2)  # generation 1 -> 2
+        await commit(store, 3, {b"a": b"a3"})
+        # checkpoint 3 turns out damaged: generation 3 begins from checkpoint 1
+        assert await store.begin_generation(None, checkpoint=1) == (3, 1)
+        assert [m.checkpoint for m in await store.manifests()] == [1]
+        assert await store.load_state(9) == [(b"a", b"a1")]
+        assert {r.generation: r.rolled_back_to for r in await store.rollbacks()} == {1: 1, 2: 1}
+    finally:
+        await store.close()
+
+
+async def test_a_store_from_before_the_released_flag_counts_as_released(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "checkpoints.db") as db:
+        db.execute(
+            "CREATE TABLE manifests (checkpoint INTEGER PRIMARY KEY, generation INTEGER NOT NULL,"
+            " created_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL,"
+            " size_bytes INTEGER NOT NULL, addresses INTEGER NOT NULL)"
+        )
+        db.execute("INSERT INTO manifests VALUES (1, 1, 0, 0, 0, 0)")
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        (manifest,) = await store.manifests()
+        assert manifest.released
+    finally:
+        await store.close()
+
+
+async def test_the_key_table_is_versioned_like_state(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+
+    async def commit_keys(checkpoint: int, rows: dict[bytes, bytes | None]) -> None:
+        await store.commit(
+            checkpoint, 1, [], [], time.monotonic(), key_rows=[lambda: list(rows.items())]
+        )
+
+    try:
+        await commit_keys(1, {b"k1": b"a", b"k2": b"b"})
+        await commit_keys(2, {b"k1": b"a2", b"k2": None})  # k1 answered, k2 expired
+        await commit_keys(3, {b"k3": b"c"})
+        assert sorted(await store.load_keys(1)) == [(b"k1", b"a"), (b"k2", b"b")]
+        assert sorted(await store.load_keys(3)) == [(b"k1", b"a2"), (b"k3", b"c")]
+        await store.retain(2)
+        rows = store._db.execute("SELECT key, checkpoint FROM keys ORDER BY 1, 2").fetchall()
+        assert rows == [(b"k1", 2), (b"k3", 3)]
+        await store.begin_generation(None, checkpoint=2)
+        assert sorted(await store.load_keys(9)) == [(b"k1", b"a2")]
+    finally:
+        await store.close()

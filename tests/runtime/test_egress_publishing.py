@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from runtime.checkpoints.epochs import EpochClock, SkipRule
-from runtime.checkpoints.snapshot import EgressItem
+from runtime.checkpoints.snapshot import EgressItem, decode_egress_items
 from runtime.egress import EgressOutbox
 from runtime.errors import LogError
 from statefun.address import TypeName
@@ -118,7 +118,8 @@ def test_a_restore_holds_what_is_not_out_yet(published_through: int) -> None:
         part = before.capture()
         assert part.releases
         after, _ = outbox_at(7, egresses, noted, failures)
-        after.restore(part.part, published_through)
+        assert part.part is not None
+        after.restore(decode_egress_items(part.part), published_through)
         task = after.publish_committed(6)
         if task is not None:
             await task

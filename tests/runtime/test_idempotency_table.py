@@ -1,4 +1,5 @@
-"""The idempotency-key table: answers, conflicts, retention, checkpoints and rollbacks."""
+"""The idempotency-key service: answers, conflicts, retention, incremental checkpoints,
+rollbacks, and the replies retried calls get."""
 
 from __future__ import annotations
 
@@ -6,67 +7,213 @@ import time
 
 import pytest
 
+from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import SkipRule, Tag
 from runtime.errors import IdempotencyConflict
-from runtime.idempotency import Answer, IdempotencyKeys, check_key
+from runtime.idempotency import (
+    RELEASED_BY_RETRY,
+    Answer,
+    IdempotencyKeys,
+    caller_for,
+    check_key,
+    decode_floors,
+    decode_rows,
+)
+from statefun.address import Address
 from statefun.values import TypedValue
 
 pytestmark = pytest.mark.anyio
 REPLY = TypedValue("x/T", b"r")
+TARGET = Address("x", "f", "a")
+
+
+class Clock:
+    def __init__(self, now_ms: int = 0):
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def rows(capture: Capture) -> dict[str, Answer | None]:
+    """What a capture writes to the store's key table (None: the key is forgotten)."""
+    assert capture.key_rows is not None
+    written = {}
+    for key, value in capture.key_rows():
+        written[key.decode()] = None if value is None else decode_rows([(key, value)])[key.decode()]
+    return written
+
+
+def table(*captures: Capture) -> dict[str, Answer]:
+    """The key table as of the last of these checkpoints (the store's versioned rows)."""
+    out: dict[str, Answer] = {}
+    for capture in captures:
+        for key, answer in rows(capture).items():
+            if answer is None:
+                out.pop(key, None)
+            else:
+                out[key] = answer
+    return out
+
+
+async def accept(keys: IdempotencyKeys, key: str, partition: int, offset: int) -> None:
+    request = await keys.begin(key, b"fp", TARGET)
+    assert request.earlier is None
+    keys.accepted(request, partition, offset, request.caller if key.startswith("call") else None)
 
 
 async def test_the_first_request_records_its_answer_and_later_ones_get_it() -> None:
     keys = IdempotencyKeys(retention=60)
-    assert await keys.begin("k", b"fp") is None
-    keys.accepted("k", Answer(b"fp", 0, 3, 17))
-    answer = await keys.begin("k", b"fp")
-    assert answer is not None
-    assert (answer.partition, answer.offset) == (3, 17)
+    first = await keys.begin("k", b"fp", TARGET)
+    assert first.earlier is None
+    keys.accepted(first, 3, 17)
+    again = await keys.begin("k", b"fp", TARGET)
+    assert again.earlier is not None
+    assert (again.earlier.partition, again.earlier.offset) == (3, 17)
     with pytest.raises(IdempotencyConflict, match="used for a different request"):
-        await keys.begin("k", b"other")
+        await keys.begin("k", b"other", TARGET)
 
 
 async def test_an_abandoned_first_request_lets_the_next_one_go_first() -> None:
     keys = IdempotencyKeys(retention=60)
-    assert await keys.begin("k", b"fp") is None
-    keys.abandoned("k")
-    assert await keys.begin("k", b"fp") is None
+    first = await keys.begin("k", b"fp", TARGET)
+    keys.abandoned(first)
+    assert (await keys.begin("k", b"fp", TARGET)).earlier is None
 
 
 async def test_answers_expire_after_the_retention_window() -> None:
-    keys = IdempotencyKeys(retention=10)
-    await keys.begin("old", b"fp")
-    keys.accepted("old", Answer(b"fp", 1_000, 0, 0))
-    await keys.begin("new", b"fp")
-    keys.accepted("new", Answer(b"fp", 9_000, 0, 1))
+    clock = Clock(1_000)
+    keys = IdempotencyKeys(retention=10, now_ms=clock)
+    await accept(keys, "old", 0, 0)
+    clock.now_ms = 9_000
+    await accept(keys, "new", 0, 1)
     keys.expire(12_000)
     assert list(keys.keys()) == ["new"]
 
 
 async def test_replies_are_kept_for_keyed_calls_and_checkpointed() -> None:
     keys = IdempotencyKeys(retention=60)
-    caller = IdempotencyKeys.caller_for("call")
-    await keys.begin("call", b"fp")
-    keys.accepted("call", Answer(b"fp", int(time.time() * 1000), 0, 5, caller))
-    keys.reply(caller, REPLY, Tag(1, 4, "p"))
+    await accept(keys, "call", 0, 5)
+    keys.reply(caller_for("call"), REPLY, Tag(1, 4, "p"))
     restored = IdempotencyKeys(retention=60)
-    restored.restore(keys.capture().part, {0: 0}, SkipRule(2, {1: 4}))
-    answer = await restored.begin("call", b"fp")
+    restored.restore(table(keys.capture()), {0: 0}, SkipRule(2, {1: 4}))
+    answer = (await restored.begin("call", b"fp", TARGET)).earlier
     assert answer is not None
     assert answer.reply == REPLY
 
 
 async def test_a_rollback_keeps_keys_accepted_since_and_drops_their_rolled_back_replies() -> None:
     keys = IdempotencyKeys(retention=60)
-    checkpoint = keys.capture().part  # nothing yet
-    caller = IdempotencyKeys.caller_for("late")
-    await keys.begin("late", b"fp")
-    keys.accepted("late", Answer(b"fp", int(time.time() * 1000), 0, 9, caller))
-    keys.reply(caller, REPLY, Tag(1, 6, "p"))  # from epoch 6, rolled back below
+    checkpoint = table(keys.capture())  # nothing yet
+    await accept(keys, "call-late", 0, 9)
+    keys.reply(caller_for("call-late"), REPLY, Tag(1, 6, "p"))  # from epoch 6, rolled back below
     keys.restore(checkpoint, {0: 7}, SkipRule(2, {1: 5}))
-    answer = await keys.begin("late", b"fp")
+    answer = (await keys.begin("call-late", b"fp", TARGET)).earlier
     assert answer is not None  # its record (offset 9) is past the checkpoint's positions
     assert answer.reply is None
+    # and the next checkpoint writes it, without the forgotten reply
+    assert rows(keys.capture())["call-late"] == answer
+
+
+async def test_a_rollback_keeps_a_key_held_at_the_checkpoint_whose_record_was_read() -> None:
+    keys = IdempotencyKeys(retention=60, read_floor=lambda target: (0, 4))
+    request = await keys.begin("late", b"fp", TARGET)  # held: its append is under way
+    checkpoint = table(keys.capture())  # taken before the ingress calls accepted()...
+    keys.accepted(request, 0, 5)  # ...though the worker may have read offset 5 already
+    keys.restore(checkpoint, {0: 7}, SkipRule(2, {1: 5}))  # positions past its record
+    again = await keys.begin("late", b"fp", TARGET)
+    assert again.earlier is not None
+    assert again.earlier.offset == 5
+
+
+async def test_a_checkpoint_taken_while_keys_are_held_says_where_their_records_may_be() -> None:
+    keys = IdempotencyKeys(retention=60, read_floor=lambda target: (3, 40))
+    await keys.begin("held", b"fp", TARGET)
+    capture = keys.capture()
+    assert capture.part is not None
+    assert decode_floors(capture.part) == {3: 40}  # a restore reads partition 3 from 40
+    assert keys.capture().part is not None  # still held at the next one
+    done = await keys.begin("other", b"fp", TARGET)
+    keys.abandoned(done)
+    assert decode_floors(keys.capture().part or b"") == {3: 40}
+
+
+async def test_recovery_finds_a_key_below_the_positions_from_the_checkpoints_floors() -> None:
+    from runtime.envelope import Envelope
+    from runtime.idempotency import KeyedRequest
+    from runtime.log.memory import MemoryLog
+
+    log = MemoryLog()
+    await log.ensure_topic("m", 1)
+    for i in range(10):
+        headers = KeyedRequest(f"k{i}", b"fp", None).headers
+        await log.append("m", 0, [Envelope(TARGET, None, REPLY).to_record(headers)])
+    restarted = IdempotencyKeys(retention=60)
+    restarted.restore({}, {0: 8}, SkipRule(2, {}))
+    await restarted.recover(log, "m", {0: 8}, [10], {0: 5})
+    assert sorted(restarted.keys()) == ["k5", "k6", "k7", "k8", "k9"]
+
+
+async def test_a_checkpoint_writes_only_the_keys_added_answered_or_expired_since() -> None:
+    clock = Clock(int(time.time() * 1000))
+    keys = IdempotencyKeys(retention=10, now_ms=clock)
+    for n in range(5):
+        await accept(keys, f"k{n}", 0, n)
+    await accept(keys, "call", 0, 5)
+    first = keys.capture()
+    assert set(rows(first)) == {"k0", "k1", "k2", "k3", "k4", "call"}
+    assert rows(keys.capture()) == {}  # nothing changed since
+    clock.now_ms += 5_000
+    await accept(keys, "k5", 1, 0)
+    keys.reply(caller_for("call"), REPLY, Tag(1, 2, "p"))
+    second = keys.capture()
+    assert set(rows(second)) == {"k5", "call"}
+    clock.now_ms += 6_000  # k0..k4 and call are past the window, k5 is not
+    third = keys.capture()
+    assert rows(third) == dict.fromkeys(["k0", "k1", "k2", "k3", "k4", "call"])
+    assert set(table(first, second, third)) == {"k5"}
+
+
+async def test_an_abandoned_checkpoint_writes_its_keys_in_the_next_one() -> None:
+    keys = IdempotencyKeys(retention=60)
+    await accept(keys, "k", 0, 0)
+    keys.capture().abandon()
+    assert set(rows(keys.capture())) == {"k"}
+
+
+async def test_a_capture_writes_the_answers_as_they_were_when_it_was_taken() -> None:
+    keys = IdempotencyKeys(retention=60)
+    await accept(keys, "call", 0, 0)
+    capture = keys.capture()
+    keys.reply(caller_for("call"), REPLY, Tag(1, 1, "p"))  # answered after the capture
+    taken = rows(capture)["call"]  # encoded only now, as the store's thread does
+    assert taken is not None
+    assert taken.reply is None
+    answered = rows(keys.capture())["call"]
+    assert answered is not None
+    assert answered.reply == REPLY
+
+
+async def test_a_retried_call_gets_a_committed_reply_and_marks_its_checkpoint_released() -> None:
+    committed: set[Tag] = set()
+    released: list[tuple[int, str]] = []
+
+    async def release(epoch: int, what: str) -> None:
+        released.append((epoch, what))
+
+    keys = IdempotencyKeys(retention=60, committed=lambda tag: tag in committed, release=release)
+    await accept(keys, "call", 0, 0)
+    tag = Tag(1, 7, "p")
+    keys.reply(caller_for("call"), REPLY, tag)
+    retry = await keys.begin("call", b"fp", TARGET)
+    # uncommitted: answered at once, nothing marked
+    assert await keys.retry_reply(retry, committed=False) == REPLY
+    assert released == []
+    # committed, before its checkpoint: it waits for it
+    assert await keys.retry_reply(retry, committed=True) is None
+    committed.add(tag)
+    assert await keys.retry_reply(retry, committed=True) == REPLY
+    assert released == [(7, RELEASED_BY_RETRY)]
 
 
 def test_key_rules() -> None:

@@ -24,8 +24,10 @@ from runtime.log import (
     TopicMismatchError,
     TopicPartition,
     UnknownTopicError,
+    sqlite,
 )
 from runtime.log.kafka import KafkaLog
+from runtime.log.local import LocalLog
 from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
 from runtime.routing import partition_for_key
@@ -198,6 +200,76 @@ async def test_one_process_at_a_time_per_data_directory(tmp_path: Path) -> None:
         await log.close()
     reopened = await SqliteLog.open(tmp_path)
     await reopened.close()
+
+
+# --- the embedded logs: truncation ---------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def local_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocalLog]:
+    opened: LocalLog = MemoryLog() if request.param == "memory" else await SqliteLog.open(tmp_path)
+    await opened.ensure_topic("t", 2)
+    yield opened
+    await opened.close()
+
+
+async def test_truncation_drops_records_below_an_offset_and_keeps_the_end(
+    local_log: LocalLog,
+) -> None:
+    await local_log.append("t", 0, [Record(bytes([i])) for i in range(10)])
+    assert await local_log.truncate("t", 0, 4) == 4
+    assert await local_log.start_offsets("t") == [4, 0]
+    assert await local_log.end_offsets("t") == [10, 0]
+    # reading below the start reads from the start
+    assert [r.offset for r in await local_log.read("t", 0, 0, max_records=3)] == [4, 5, 6]
+    assert await local_log.truncate("t", 0, 2) == 4  # never back
+    assert await local_log.truncate("t", 0, 99) == 10  # at most up to the durable end
+    assert await local_log.read("t", 0, 0) == []
+    assert await local_log.append("t", 0, [Record(b"x")]) == [10]  # offsets are not reused
+    assert [r.offset for r in await local_log.read("t", 0, 0)] == [10]
+
+
+async def test_a_consumer_below_the_start_reads_from_it(local_log: LocalLog) -> None:
+    await local_log.append("t", 1, [Record(bytes([i])) for i in range(6)])
+    await local_log.truncate("t", 1, 5)
+    consumer = local_log.consumer()
+    consumer.assign({TopicPartition("t", 0): 0, TopicPartition("t", 1): 0})
+    polled = await consumer.poll(1.0)
+    assert [r.offset for r in polled[TopicPartition("t", 1)]] == [5]
+    assert await consumer.poll(0.05) == {}  # an empty partition 0 and nothing new: no spin
+    await consumer.close()
+
+
+async def test_start_offsets_at_a_time_find_the_first_record_appended_since(
+    local_log: LocalLog,
+) -> None:
+    for i in range(5):
+        await local_log.append("t", 0, [Record(bytes([i]))])
+        await asyncio.sleep(0.01)
+    records = await local_log.read("t", 0, 0)
+    assert await local_log.start_offsets("t", records[3].timestamp_ms) == [3, 0]
+    assert await local_log.start_offsets("t", records[-1].timestamp_ms + 1) == [5, 0]
+    assert await local_log.start_offsets("t", "latest") == [5, 0]
+
+
+async def test_a_partition_emptied_by_truncation_keeps_its_end_across_a_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "TRUNCATE_STEP", 7)  # several steps
+    log = await SqliteLog.open(tmp_path)
+    await log.ensure_topic("t", 1)
+    await log.append("t", 0, [Record(bytes([i])) for i in range(30)])
+    assert await log.truncate("t", 0, 30) == 30
+    await log.close()
+    reopened = await SqliteLog.open(tmp_path)
+    try:
+        assert await reopened.end_offsets("t") == [30]
+        assert await reopened.start_offsets("t") == [30]
+        assert await reopened.append("t", 0, [Record(b"next")]) == [30]
+        rows = reopened._reader.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        assert rows == 1
+    finally:
+        await reopened.close()
 
 
 # --- Kafka only ---------------------------------------------------------------------------
