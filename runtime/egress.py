@@ -37,7 +37,7 @@ import msgpack
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import EpochClock
 from runtime.checkpoints.snapshot import EgressItem, encode_egress_items
-from runtime.errors import ConfigurationError, LogError, UnknownTopicError
+from runtime.errors import ConfigurationError, LogError, StoreError, UnknownTopicError
 from runtime.kafka_clusters import KafkaClusters
 from runtime.log import Log, Record
 from runtime.log.kafka import KafkaLog
@@ -419,7 +419,14 @@ class EgressOutbox:
             if self._failing:
                 log.warning("egress publishing works again (checkpoint %d)", checkpoint)
                 self._failing = False
-            await self._note_published(checkpoint)
+            try:
+                await self._note_published(checkpoint)
+            except StoreError as e:
+                # Out but not noted: after a crash they are published again, with the same
+                # ids, which readers drop; the next publication notes it if it can.
+                log.warning(
+                    "noting the egress of checkpoint %d as published failed: %s", checkpoint, e
+                )
 
     async def cancel(self) -> None:
         """Abandon publications under way (a rollback: the restored checkpoint holds

@@ -176,7 +176,7 @@ def test_a_damaged_newest_checkpoint_that_released_egress_is_refused_in_one_line
         "--module", str(module), "--data-dir", str(data), "--ingress-port", str(port)
     )
     assert_one_line_refusal(
-        done, "checkpoint 3", "cannot be decoded", "released", "worker", "--start-over"
+        done, "checkpoint 3", "cannot be decoded", "released", "(egress)", "--start-over"
     )
 
 
