@@ -3,7 +3,10 @@ tracked in memory, and consumers woken when records become durable.
 
 A subclass only decides how records are made durable (:meth:`LocalLog._write`) and
 read back (:meth:`LocalLog._read_range`); it reports durability through
-:meth:`LocalLog._made_durable`, in append order.
+:meth:`LocalLog._made_durable`, in append order, and failure through
+:meth:`LocalLog._failed`. Once an append failed, none after it is written until
+:meth:`LocalLog.reopen`, which hands out offsets again from the durable ends: the
+failed appends left no record and no gap.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ class LocalLog(Log):
         self._durable: dict[TopicPartition, int] = {}
         self._last_append: asyncio.Future[list[int]] | None = None
         self._wakeup: asyncio.Future[None] = self._loop.create_future()
-        self._failure: LogError | None = None
 
     # --- for subclasses ----------------------------------------------------------------
 
@@ -74,9 +76,13 @@ class LocalLog(Log):
                 a.future.set_result(list(range(a.base_offset, end)))
         self._wake_consumers()
 
+    async def _resume_writing(self) -> None:
+        """Return once every append made before the call is settled and the log can
+        write again (:class:`LogError` if it cannot)."""
+
     def _failed(self, appends: Sequence[PendingAppend], error: LogError) -> None:
         """The log can no longer make records durable: fail these appends and every later one."""
-        self._failure = error
+        self._appends_failed(error)
         for a in appends:
             if not a.future.done():
                 a.future.set_exception(error)
@@ -114,6 +120,16 @@ class LocalLog(Log):
         self._last_append = future
         self._write(PendingAppend(tp, base, records, timestamp_ms, future))
         return future
+
+    async def reopen(self) -> None:
+        if self._failure is None:
+            return
+        await self._resume_writing()
+        # Every append before the failure is settled: the durable ends are final, and
+        # the offsets of the failed appends are free again.
+        self._next.update(self._durable)
+        self._last_append = None
+        self._failure = None
 
     async def flush(self) -> None:
         last = self._last_append
