@@ -241,19 +241,18 @@ class RuntimeProcess:
 
     def start(self, *, recovered: bool = False) -> RuntimeProcess:
         """Start, and wait until the ingress answers (with ``recovered``, until the
-        runtime is done recovering: 200, not 503)."""
+        runtime is ready: ``/ready`` answers 200)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.args, cwd=ROOT, stderr=log)
-        statuses = (200,) if recovered else (200, 503)
-        wait_until(lambda: self._healthy(statuses), timeout=30)
+        wait_until(lambda: self._answers("/ready" if recovered else "/health"), timeout=30)
         return self
 
-    def _healthy(self, statuses: tuple[int, ...]) -> bool:
+    def _answers(self, path: str) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"runtime exited: {self.log_path.read_text()}")
         try:
-            return httpx.get(f"{self.url}/health", timeout=1).status_code in statuses
+            return httpx.get(f"{self.url}{path}", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -10,7 +10,8 @@ in the same transaction, so a checkpoint is either complete or absent. The
 ``generations`` table is the decision log of rollbacks: "generation g was rolled back
 to checkpoint c", written before generation g+1 processes anything.
 
-Every database call runs on one thread of its own; the event loop only awaits.
+Every database call runs on one thread of its own; the event loop only awaits. A
+failed call raises :class:`~runtime.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from runtime.directories import lock_directory, unlock
-from runtime.errors import CheckpointStoreInUse
+from runtime.errors import CheckpointStoreInUse, StoreError
 
 T = TypeVar("T")
 
@@ -101,17 +102,22 @@ class CheckpointStore:
         return await asyncio.to_thread(cls, directory / "checkpoints.db", lock)
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except sqlite3.Error as e:
+            raise StoreError(f"the checkpoint store {self.path} failed: {e}") from e
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             result = fn(db)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failed COMMIT (a full disk) may or may not have rolled back already.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         return result
 
     # --- generations ------------------------------------------------------------------

@@ -104,15 +104,15 @@ def test_a_failing_function_is_retried_reported_and_recovers(
             send(http, "official/flaky/z", 1)
             send(http, "official/counter/ok", 1)
             wait_until(lambda: state(http, "official/counter/ok").get("count") == 1)
-            health = wait_until(
-                lambda: (h := http.get("/health")).status_code == 503 and h.text, timeout=15
+            ready = wait_until(
+                lambda: (r := http.get("/ready")).status_code == 503 and r.text, timeout=15
             )
-            assert "official/flaky/z" in health
-            assert "answered 500" in health
+            assert "official/flaky/z" in ready
+            assert "answered 500" in ready
             assert state(http, "official/flaky/z") == {}
             official.flaky_flag.unlink()
             wait_until(lambda: state(http, "official/flaky/z").get("count") == 1, timeout=15)
-            wait_until(lambda: http.get("/health").status_code == 200, timeout=15)
+            wait_until(lambda: http.get("/ready").status_code == 200, timeout=15)
             assert state(http, "official/flaky/z") == {"count": 1}
     finally:
         official.flaky_flag.unlink(missing_ok=True)

@@ -238,17 +238,19 @@ def test_a_failing_function_rolls_back_is_reported_and_recovers(
     assert spec.endpoints[0].timeouts.call == 3.0
     with running_runtime(spec, rollback_backoff=0.1, **log_kind) as rt, client(rt.url) as http:
         send_int(http, "test/flaky/z", 1)
-        health = wait_until(
-            lambda: (h := http.get("/health")).status_code == 503 and h.json(), timeout=15
+        ready = wait_until(
+            lambda: (r := http.get("/ready")).status_code == 503 and r.json(), timeout=15
         )
-        assert health["status"] == "recovering"
-        assert "call budget of 3 s exhausted" in health["failure"]
-        assert "flaky is failing on purpose" in health["failure"]
-        assert "address test/flaky/z" in health["failure"]
+        assert ready["ready"] is False
+        reason = ready["reasons"]["generation"]
+        assert "call budget of 3 s exhausted" in reason
+        assert "flaky is failing on purpose" in reason
+        assert "address test/flaky/z" in reason
+        assert http.get("/health").json() == {"status": "ok"}  # alive all along
         assert state(http, "test/flaky/z") == {}
         control["fail"] = False
         wait_until(lambda: state(http, "test/flaky/z").get("count", {}).get("value") == 1)
-        wait_until(lambda: http.get("/health").json()["status"] == "ok")
+        wait_until(lambda: http.get("/ready").json()["ready"])
         rollbacks = http.get("/v1/checkpoints").json()["rollbacks"]
         assert any(r["address"] == "test/flaky/z" for r in rollbacks)
         # the message was processed once, and its egress record written once
