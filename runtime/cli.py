@@ -255,7 +255,12 @@ def run(
     async def main() -> None:
         runtime = await opener(config)
         _tune_gc()
-        await runtime.serve()
+        if not await runtime.serve():
+            # A client that could not be closed in time (one of a stalled broker) keeps
+            # threads that would hold the exit for as long as they wait: end now, as
+            # SIGTERM asked. What matters is durable already, in the log and the store.
+            logging.shutdown()
+            os._exit(0)
 
     try:
         _run_loop(main())

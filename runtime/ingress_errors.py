@@ -8,12 +8,15 @@
   may not have been accepted, which a retry with an ``Idempotency-Key`` settles.
 * An unexpected exception is answered ``500 internal``, its traceback logged once.
 * A client that goes away mid-request is nobody's error: nothing is answered or logged.
+* A request still running when the server's shutdown grace ends is answered ``503
+  shutting_down``.
 
 This module never decides whether the runtime is available; it asks (:class:`Availability`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -74,6 +77,20 @@ class ErrorBoundary:
             await self.app(scope, receive, send_tracked)
         except ClientDisconnect:
             return  # the client went away mid-request: there is nobody to answer
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when its shutdown grace ends (a request
+            # waiting on a stalled log): answer it, rather than let uvicorn log a
+            # traceback. Nobody else awaits this task, so the cancellation ends here.
+            if not started:
+                await _send_json(
+                    send,
+                    503,
+                    {
+                        "error": "shutting_down",
+                        "detail": "the runtime stopped before this request finished: it may "
+                        "or may not have been accepted; retry with an Idempotency-Key",
+                    },
+                )
         except Exception:
             log.exception("unexpected error serving %s %s", scope["method"], scope["path"])
             if not started:
