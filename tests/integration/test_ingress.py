@@ -8,12 +8,27 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from functions import make_test_functions
-from support import RuntimeThread, client, module_for, running_runtime, serve, wait_until
+from support import (
+    ROOT,
+    RuntimeProcess,
+    RuntimeThread,
+    client,
+    free_port,
+    module_for,
+    running_runtime,
+    serve,
+    wait_until,
+)
 
 from runtime import cli
 from runtime.health import FunctionTypeHealth
@@ -160,3 +175,60 @@ def test_health_is_liveness_and_ready_lists_degraded_function_types(
                 "failing_since": "1970-01-01T00:00:00.000+00:00",
             }
         ]
+
+
+def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
+    module = tmp_path / "module.yaml"
+    module.write_text(
+        "kind: io.statefun.endpoints.v2/http\n"
+        "spec: {functions: test/*, urlPathTemplate: 'http://127.0.0.1:9/statefun'}\n"
+    )
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "runtime.cli", "run", "--module", str(module)),
+                *("--data-dir", str(tmp_path / "data"), "--ingress-port", str(port)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"statefun: error: the ingress cannot listen on 127.0.0.1:{port}:")
+    )
+    assert "Traceback" not in done.stderr
+    assert "ingress listening" not in done.stderr
+    assert "generation" not in done.stderr  # nothing started
+
+
+def test_the_startup_summary_comes_once_the_ingress_listens(tmp_path: Path) -> None:
+    module = tmp_path / "module.yaml"
+    module.write_text(
+        "kind: io.statefun.endpoints.v2/http\n"
+        "spec: {functions: test/*, urlPathTemplate: 'http://127.0.0.1:9/statefun'}\n"
+    )
+    runtime = RuntimeProcess(module, tmp_path / "data", free_port(), "--app-id", "summary")
+    runtime.start()
+    try:
+        status, output = runtime.signal(signal.SIGTERM)
+    finally:
+        if runtime.process and runtime.process.poll() is None:
+            runtime.kill()
+    assert status == 0, output
+    (summary,) = [line for line in output.splitlines() if "ingress listening" in line]
+    for part in (
+        f"http://127.0.0.1:{runtime.port}",
+        f"module {module}",
+        "test/* -> http://127.0.0.1:9/statefun",
+        f"data {tmp_path / 'data'}",
+        f"checkpoints {tmp_path / 'data' / 'checkpoints'}",
+        "app id summary",
+        f"log embedded, {tmp_path / 'data' / 'log.db'}",
+    ):
+        assert part in summary
+    assert output.index("generation 1 resumed") < output.index("ingress listening")
