@@ -139,8 +139,6 @@ class Runtime:
         self.worker: Worker | None = None
         self.kafka_ingresses: list[KafkaIngressReader] = []
         self.clock: EpochClock | None = None
-        self.failure: Failure | None = None
-        """The failure of the last rollback, until a checkpoint completes after it."""
         self.health = Health()
         self._rollbacks_in_a_row = 0
         self._rolling_back: asyncio.Task[None] | None = None
@@ -379,7 +377,6 @@ class Runtime:
         nothing failed meanwhile. Never raises: each failed attempt is one line."""
         try:
             while True:
-                self.failure = failure
                 self._rollbacks_in_a_row += 1
                 backoff = min(
                     self.config.rollback_backoff_max,
@@ -466,7 +463,6 @@ class Runtime:
 
     def _committed(self, manifest: Manifest) -> None:
         self._rollbacks_in_a_row = 0
-        self.failure = None
         self._last_commit = asyncio.get_running_loop().time()
         for component in ("generation", "store", "checkpoints"):
             self.health.clear(component)

@@ -47,7 +47,7 @@ from runtime.checkpoints.snapshot import (
 from runtime.dead_letters import DeadLetters
 from runtime.egress import Egresses
 from runtime.envelope import Envelope
-from runtime.errors import CallFailed, MalformedEnvelope, StateSpecConflict
+from runtime.errors import CallFailed, LogError, MalformedEnvelope, StateSpecConflict
 from runtime.function_client import FunctionClient
 from runtime.log import Log, StoredRecord, TopicPartition
 from runtime.router import Router
@@ -446,7 +446,13 @@ class Worker:
         while True:
             await self._room.wait()
             room = min(1000, self.config.max_buffered_messages - self._buffered)
-            polled = await self._consumer.poll(self.config.poll_max_wait, max_records=room)
+            try:
+                polled = await self._consumer.poll(self.config.poll_max_wait, max_records=room)
+            except LogError as e:
+                # The log cannot be read (a stalled broker): the generation ends, and the
+                # runtime starts new ones until the log answers again.
+                self.fail(Failure(f"reading the log failed: {e}"))
+                return
             for tp, records in polled.items():
                 for record in records:
                     self._deliver(tp, record)

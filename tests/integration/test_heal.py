@@ -220,3 +220,35 @@ def test_a_stalled_kafka_broker_degrades_and_heals(spec: ModuleSpec) -> None:
             print(f"ready {time.monotonic() - resumed:.2f} s after the broker resumed")
             assert post(http, "test/counter/k", 1, key="during").status_code == 202
             exact_count(http, "test/counter/k", 4)
+
+
+@pytest.mark.kafka
+@needs_tansu
+def test_an_idle_runtime_reads_again_after_a_long_broker_stall(spec: ModuleSpec) -> None:
+    """Nothing to write while the broker is stalled: the readers only get nothing back,
+    and read again once it is back. (An idle runtime cannot tell a stalled broker from
+    a quiet one: /ready notices the stall at the first append that fails.)"""
+    with TansuBroker() as broker:
+        broker.start()
+        with (
+            running_runtime(
+                spec,
+                kafka=broker.bootstrap,
+                app_id=unique_app_id(),
+                kafka_options={"request_timeout_ms": 500, "delivery_timeout_ms": 1000},
+                **FAST,
+            ) as rt,
+            client(rt.url) as http,
+        ):
+            assert post(http, "test/counter/i", 1).status_code == 202
+            wait_until(lambda: count(http, "test/counter/i") == 1)
+            broker.pause()
+            try:
+                time.sleep(3)  # the stall: many request timeouts of every client
+            finally:
+                broker.resume()
+            # An egress record published during the stall may have failed, and the
+            # runtime healed since: it is ready again.
+            wait_until(lambda: ready(http)["ready"], timeout=60)
+            assert post(http, "test/counter/i", 1).status_code == 202
+            exact_count(http, "test/counter/i", 2)
