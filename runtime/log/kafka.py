@@ -60,6 +60,7 @@ import queue
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -312,7 +313,9 @@ class KafkaLog(Log):
         self._unsettled: deque[tuple[float, asyncio.Future[list[int]]]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._topics: dict[str, int] = {}
-        self._consumers: set[KafkaLogConsumer] = set()
+        # Weak: a consumer made for a generation that failed to start, and never used,
+        # goes away with its last reference.
+        self._consumers: weakref.WeakSet[KafkaLogConsumer] = weakref.WeakSet()
         self._consumer_ids = itertools.count(1)
         self._failure = None
         self._outbox: list[_Outgoing] = []
@@ -980,7 +983,7 @@ class KafkaLogConsumer(LogConsumer):
         self._loop = log._loop
         self._settings = log._settings
         self._role = role
-        self._thread = _ClientThread(f"{log._settings.client_id}-{role}", log._loop)
+        self._thread: _ClientThread | None = None  # started by the first poll
         self._kafka: Any = None  # created on the consumer's thread by the first poll
         self._positions: dict[TopicPartition, int] = {}
         self._buffered: dict[TopicPartition, deque[StoredRecord]] = {}
@@ -1041,6 +1044,8 @@ class KafkaLogConsumer(LogConsumer):
         seek, self._seek = self._seek, None
         wait_ms = int(wait * 1000)
         self._fetch_due = self._loop.time() + wait
+        if self._thread is None:
+            self._thread = _ClientThread(f"{self._settings.client_id}-{self._role}", self._loop)
         fetch = self._thread.submit(lambda: self._fetch_records(seek, wait_ms))
         fetch.add_done_callback(lambda f: self._fetched(generation, f))
         return fetch
@@ -1106,13 +1111,16 @@ class KafkaLogConsumer(LogConsumer):
         self._generation += 1
         self._buffered = {}
         self._log._consumers.discard(self)
+        thread = self._thread
+        if thread is None:  # never polled: nothing to close
+            return
         in_progress = max(self._fetch_due - self._loop.time(), 0.0) if self._fetch else 0.0
         try:
             await _call(
-                self._thread,
+                thread,
                 f"closing Kafka consumer {self._role}",
                 lambda: _close_quietly(self._kafka),
                 in_progress + 2 * self._settings.timeout,
             )
         finally:
-            self._thread.stop()
+            thread.stop()
