@@ -535,12 +535,13 @@ class Runtime:
         healthy = self._rolling_back is None and not (
             self.health.problem("log") or self.health.problem("store")
         )
-        await self.coordinator.stop()
+        # The rollback first: it may start the coordinator again.
         for task in (self._rolling_back, self._checkpoint_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.coordinator.stop()
         grace = self.config.worker.shutdown_grace
         if not await _bounded(
             "finishing calls in flight", self._stop_generation(drain=True), share(0.4, grace)

@@ -6,7 +6,9 @@ fault clears the runtime heals by itself, with nothing lost and nothing applied 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -252,3 +254,43 @@ def test_an_idle_runtime_reads_again_after_a_long_broker_stall(spec: ModuleSpec)
             wait_until(lambda: ready(http)["ready"], timeout=60)
             assert post(http, "test/counter/i", 1).status_code == 202
             exact_count(http, "test/counter/i", 2)
+
+
+def test_no_checkpoint_for_five_intervals_makes_the_runtime_unready(
+    spec: ModuleSpec, tmp_path: Path
+) -> None:
+    """Checkpoints that hang (a store that does not answer) are not an error anyone
+    raises: the runtime notices that none completes, and says so, taking messages on."""
+    held = threading.Event()
+
+    async def open_runtime(config: RuntimeConfig) -> Runtime:
+        store = await open_store(config)
+        commit = store.commit
+
+        async def slow_commit(*args: Any) -> Any:
+            while held.is_set():  # noqa: ASYNC110 - the test thread flips it
+                await asyncio.sleep(0.01)
+            return await commit(*args)
+
+        store.commit = slow_commit  # type: ignore[method-assign]
+        return await Runtime.open(config, store=store)
+
+    interval = 0.1
+    with (
+        running_runtime(
+            spec,
+            data_dir=tmp_path / "data",
+            opener=open_runtime,
+            checkpoints=CheckpointConfig(interval=interval, timeout=60),
+        ) as rt,
+        client(rt.url) as http,
+    ):
+        wait_until(lambda: ready(http)["ready"])
+        held.set()
+        reasons = wait_until(lambda: reasons_not_ready(http))
+        assert set(reasons) == {"checkpoints"}
+        assert "no checkpoint completed" in reasons["checkpoints"]
+        assert post(http, "test/counter/c", 1).status_code == 202  # still taking messages
+        held.clear()
+        wait_until(lambda: ready(http)["ready"])
+        exact_count(http, "test/counter/c", 1)
