@@ -14,18 +14,23 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
+from runtime.checkpoints.coordinator import CheckpointConfig
+from runtime.config import DEFAULT_CALL_TIMEOUT, RuntimeConfig, WorkerConfig, default_of
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
 from statefun.module_spec import load_module_spec
 
-DEFAULT_INGRESS = "http://127.0.0.1:8090"
+if TYPE_CHECKING:
+    from runtime.app import Runtime
+
+DEFAULT_INGRESS = f"http://{default_of(RuntimeConfig, 'ingress_host')}:{default_of(RuntimeConfig, 'ingress_port')}"
 
 
 class CliError(Exception):
@@ -65,10 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--app-id",
-        default=os.environ.get("STATEFUN_APP_ID", "statefun"),
+        default=os.environ.get("STATEFUN_APP_ID", runtime_default("app_id")),
         metavar="ID",
         help="names the runtime's topics and consumer group, so applications can share a "
-        "Kafka cluster (default: $STATEFUN_APP_ID or statefun)",
+        f"Kafka cluster (default: $STATEFUN_APP_ID or {runtime_default('app_id')})",
     )
     run.add_argument(
         "--data-dir",
@@ -80,42 +85,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--ingress-host",
-        default="127.0.0.1",
+        default=runtime_default("ingress_host"),
         metavar="HOST",
-        help="address the ingress listens on (default: 127.0.0.1)",
+        help="address the ingress listens on (default: %(default)s)",
     )
     run.add_argument(
         "--ingress-port",
         type=int,
-        default=8090,
+        default=runtime_default("ingress_port"),
         metavar="PORT",
-        help="port the ingress listens on (default: 8090)",
+        help="port the ingress listens on (default: %(default)s)",
     )
     run.add_argument(
         "--partitions",
         type=int,
-        default=8,
+        default=runtime_default("messages_partitions"),
         metavar="N",
-        help="partitions of the messages topic, fixed when it is created (default: 8)",
+        help="partitions of the messages topic, fixed when it is created (default: %(default)s)",
     )
     run.add_argument(
         "--max-message-bytes",
         type=_positive_int,
+        default=default_of(WorkerConfig, "max_message_bytes"),
         metavar="BYTES",
-        help="largest message: an ingress body or a message a function sends (default: 1048576)",
+        help="largest message: an ingress body or a message a function sends "
+        "(default: %(default)s)",
     )
     run.add_argument(
         "--max-state-bytes",
         type=_positive_int,
+        default=default_of(WorkerConfig, "max_state_bytes"),
         metavar="BYTES",
-        help="largest value of one state; a result writing more is refused (default: 16777216)",
+        help="largest value of one state; a result writing more is refused (default: %(default)s)",
     )
     run.add_argument(
         "--storm-rate",
         type=_seconds,
+        default=default_of(WorkerConfig, "storm_rate"),
         metavar="N",
         help="messages/s from functions to one function type above which a warning is "
-        "logged, at most once a minute per type; 0 turns it off (default: 1000)",
+        "logged, at most once a minute per type; 0 turns it off (default: %(default)g)",
     )
     run.add_argument(
         "--checkpoint-dir",
@@ -127,23 +136,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--checkpoint-interval",
         type=_seconds,
-        default=1.0,
+        default=default_of(CheckpointConfig, "interval"),
         metavar="SECONDS",
-        help="time between global checkpoints; 0 turns them off (default: 1)",
+        help="time between global checkpoints; 0 turns them off (default: %(default)g)",
     )
     run.add_argument(
         "--checkpoint-retain",
         type=int,
-        default=3,
+        default=default_of(CheckpointConfig, "retain"),
         metavar="K",
-        help="completed checkpoints to keep (default: 3)",
+        help="completed checkpoints to keep (default: %(default)s)",
     )
     run.add_argument(
         "--idempotency-retention",
         type=_seconds,
-        default=24 * 3600.0,
+        default=runtime_default("idempotency_retention"),
         metavar="SECONDS",
-        help="how long the answer to a request with an Idempotency-Key is kept (default: 86400)",
+        help="how long the answer to a request with an Idempotency-Key is kept "
+        "(default: %(default)g)",
     )
     run.add_argument(
         "--start-over",
@@ -170,7 +180,10 @@ def _parser() -> argparse.ArgumentParser:
         "embedded log drops what no retained checkpoint needs",
     )
     run.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="(default: %(default)s; the Kafka client logs below warning only at debug)",
     )
 
     ingress_help = f"ingress URL (default: $STATEFUN_INGRESS or {DEFAULT_INGRESS})"
@@ -244,9 +257,9 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--timeout",
                 type=float,
-                default=30.0,
+                default=DEFAULT_CALL_TIMEOUT,
                 metavar="SECONDS",
-                help="how long to wait for the reply (default: 30)",
+                help="how long to wait for the reply (default: %(default)g)",
             )
             sub.add_argument(
                 "--json",
@@ -256,33 +269,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    # Imported here: the server stack takes a second to import, which send and call skip.
-    from runtime.app import Runtime, RuntimeConfig
-    from runtime.checkpoints.coordinator import CheckpointConfig
-    from runtime.errors import ConfigurationError, LogError, StoreError
-    from runtime.worker import WorkerConfig
+def runtime_default(name: str) -> Any:
+    """The default of a :class:`RuntimeConfig` field, for an option and its help."""
+    return default_of(RuntimeConfig, name)
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+
+def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
+    """The configuration ``statefun run``'s arguments describe."""
     try:
         module = load_module_spec(args.module)
     except ModuleSpecError as e:
         raise CliError(f"invalid module spec: {e}", status=2) from None
     if not module.endpoints:
         raise CliError(f"{args.module} declares no function endpoint", status=2)
-    config = RuntimeConfig(
+    return RuntimeConfig(
         module=module,
+        module_file=args.module,
         data_dir=None if args.kafka else args.data_dir,
         kafka=args.kafka,
         app_id=args.app_id,
         ingress_host=args.ingress_host,
         ingress_port=args.ingress_port,
         messages_partitions=args.partitions,
-        worker=WorkerConfig(**_given(args, "max_message_bytes", "max_state_bytes", "storm_rate")),
+        worker=WorkerConfig(
+            max_message_bytes=args.max_message_bytes,
+            max_state_bytes=args.max_state_bytes,
+            storm_rate=args.storm_rate,
+        ),
         checkpoint_dir=checkpoint_dir(args),
         idempotency_retention=args.idempotency_retention,
         start_over=args.start_over,
@@ -292,10 +305,41 @@ def _run(args: argparse.Namespace) -> int:
         ),
     )
 
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level != "debug":
+        # kafka-python says at INFO what it does at every connection: dozens of lines.
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def run(
+    args: argparse.Namespace,
+    open_runtime: Callable[[RuntimeConfig], Awaitable[Runtime]] | None = None,
+) -> int:
+    """``statefun run``; ``open_runtime`` replaces ``Runtime.open`` (a launcher that
+    wraps the log or the store, as ``verifier.faulty_runtime`` does)."""
+    # Imported here: the server stack takes a second to import, which send and call skip.
+    from runtime.app import Runtime
+    from runtime.errors import ConfigurationError, LogError, StoreError
+
+    _configure_logging(args.log_level)
+    config = runtime_config(args)
+    opener = open_runtime or Runtime.open
+
     async def main() -> None:
-        runtime = await Runtime.open(config)
+        runtime = await opener(config)
         _tune_gc()
-        await runtime.serve()
+        if not await runtime.serve():
+            # A client that could not be closed in time (one of a stalled broker) keeps
+            # threads that would hold the exit for as long as they wait: end now, as
+            # SIGTERM asked. What matters is durable already, in the log and the store.
+            logging.shutdown()
+            os._exit(0)
 
     try:
         _run_loop(main())
@@ -544,7 +588,7 @@ def _call(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
-        "run": _run,
+        "run": run,
         "send": _send,
         "call": _call,
         "checkpoints": _checkpoints,

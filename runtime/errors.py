@@ -9,7 +9,8 @@ Everything the runtime raises on purpose derives from :class:`StatefunRuntimeErr
     │   ├── DirectoryInUse        another process holds a data or checkpoint directory
     │   │   ├── DataDirectoryInUse
     │   │   └── CheckpointStoreInUse
-    │   └── NoKafkaCluster        a Kafka ingress or egress names no cluster and --kafka is unset
+    │   ├── NoKafkaCluster        a Kafka ingress or egress names no cluster and --kafka is unset
+    │   └── IngressBindFailed     the ingress cannot listen on its host and port
     ├── LogError                  the log failed to make records durable, or to read them;
     │   │                         retryable: a new generation reopens the log
     │   ├── UnknownTopicError
@@ -43,6 +44,7 @@ __all__ = [
     "DataDirectoryInUse",
     "DirectoryInUse",
     "IdempotencyConflict",
+    "IngressBindFailed",
     "LogError",
     "MalformedEnvelope",
     "NoKafkaCluster",
@@ -78,6 +80,10 @@ class CheckpointStoreInUse(DirectoryInUse):
 
 class NoKafkaCluster(ConfigurationError):
     """A Kafka ingress or egress names no cluster, and the runtime has none (``--kafka``)."""
+
+
+class IngressBindFailed(ConfigurationError):
+    """The ingress cannot listen on its host and port (taken, or not this machine's)."""
 
 
 class LogError(StatefunRuntimeError):

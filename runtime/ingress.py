@@ -3,8 +3,15 @@
 ``POST /v1/messages/{namespace}/{type}/{id}`` appends a message and answers 202 once
 it is durable; ``POST /v1/call/...`` also waits for the reply; ``GET /v1/state/...``
 shows an address's state; ``GET /v1/egress/{namespace}/{name}`` reads an embedded
-egress; ``GET /health``. Every error is JSON ``{"error": code, "detail": message}``,
-and a rejected request leaves nothing in the log.
+egress; ``GET /health`` says the process serves, ``GET /ready`` whether it can take and
+process messages. Every error is JSON ``{"error": code, "detail": message}`` (see
+``runtime.ingress_errors``), and a rejected request leaves nothing in the log.
+
+An address is read from the raw path: the namespace and the type are one segment each,
+the id is the rest of the path (it may contain ``/``). A namespace or type that decodes
+to contain ``/``, and a segment that is or decodes to ``.`` or ``..``, are refused
+(400): an address must mean the same to every client and proxy, whatever they
+normalize.
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtime import ingress_errors
+from runtime.config import DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT
 from runtime.dead_letters import DISCARDED, PARKED, REPLAYED, DeadLetter
 from runtime.errors import BadInput, IdempotencyConflict, ShuttingDown
 from runtime.health import FunctionTypeHealth
@@ -36,8 +46,6 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 """Set on the answer to a retried request (a known Idempotency-Key): nothing was appended."""
 CONSISTENCY_HEADER = "X-Statefun-Consistency"
 """Says whether a /v1/call reply comes from committed work or may be rolled back."""
-DEFAULT_CALL_TIMEOUT = 30.0
-MAX_CALL_TIMEOUT = 300.0
 
 
 def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
@@ -64,6 +72,30 @@ def _address(namespace: str, type_: str, id_: str) -> Address:
         return Address(namespace, type_, id_)
     except InvalidNameError as e:
         raise _Rejected(_error(400, "bad_address", str(e))) from None
+
+
+def _path_address(request: Request) -> Address:
+    """The address of a ``/v1/<route>/{namespace}/{type}/{id}`` request, from its raw path."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    segments = raw.decode("latin-1").split("/")[3:]  # after "", "v1", the route
+    try:
+        namespace, type_, *id_segments = (unquote(s, errors="strict") for s in segments)
+    except UnicodeDecodeError:
+        raise _Rejected(_error(400, "bad_address", "the path is not UTF-8")) from None
+    except ValueError:  # too few segments
+        raise _Rejected(
+            _error(400, "bad_address", "the path names no namespace/type/id address")
+        ) from None
+    id_ = "/".join(id_segments)
+    for segment in (namespace, type_, *id_.split("/")):
+        if segment in (".", ".."):
+            raise _Rejected(
+                _error(400, "bad_address", f"the path segment {segment!r} names no address")
+            )
+    for part, text in (("namespace", namespace), ("function type name", type_)):
+        if "/" in text:
+            raise _Rejected(_error(400, "bad_address", f"the {part} {text!r} contains '/'"))
+    return _address(namespace, type_, id_)
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -147,8 +179,21 @@ def _timeout(raw: str | None) -> float:
     return timeout
 
 
+def _function_health(f: FunctionTypeHealth) -> dict[str, Any]:
+    return {
+        "function_type": f.function_type,
+        "failing_addresses": f.failing_addresses,
+        "unavailable": f.unavailable,
+        "paused": f.paused,
+        "dead_lettered": f.dead_lettered,
+        "last_error": f.last_error,
+        "failing_since": None if f.failing_since_ms is None else _iso(f.failing_since_ms),
+    }
+
+
 def create_ingress_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="statefun runtime ingress", docs_url=None, redoc_url=None)
+    ingress_errors.install(app, runtime)
 
     @app.exception_handler(_Rejected)
     async def rejected(_: Request, exc: _Rejected) -> JSONResponse:
@@ -171,8 +216,7 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         key = request.headers.get("idempotency-key")
         if key is not None and (problem := check_key(key)) is not None:
             raise _Rejected(_error(400, "bad_idempotency_key", problem))
-        path = request.path_params
-        target = _address(path["namespace"], path["type_"], path["id_"])
+        target = _path_address(request)
         if (refused := await runtime.refuses(target.function_type)) is not None:
             raise _Rejected(_error(404, "unknown_function_type", refused))
         body = await _body(request, runtime.config.worker.max_message_bytes)
@@ -291,8 +335,8 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         return JSONResponse(value_to_json(answer), headers=headers)
 
     @app.get("/v1/state/{namespace}/{type_}/{id_:path}")
-    async def state(namespace: str, type_: str, id_: str) -> JSONResponse:
-        address = _address(namespace, type_, id_)
+    async def state(request: Request) -> JSONResponse:
+        address = _path_address(request)
         if runtime.module.endpoint_for(address.function_type) is None:
             return _error(
                 404,
@@ -448,15 +492,23 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        clock, failure = runtime.clock, runtime.failure
+        """Liveness: the process serves requests."""
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 503 with the reasons while this process cannot take and process
+        messages. Degraded function types are listed, but never make it 503: one bad
+        function must not take the whole ingress out of a load balancer."""
+        reasons = runtime.health.problems()
+        last = runtime.coordinator.last
         body = {
-            "status": "ok" if failure is None else "recovering",
-            "generation": clock.generation if clock else None,
-            "checkpoint": runtime.coordinator.last.checkpoint if runtime.coordinator.last else None,
+            "ready": not reasons,
+            "reasons": reasons,
+            "functions": [_function_health(f) for f in runtime.health.functions()],
+            "generation": runtime.clock.generation if runtime.clock else None,
+            "checkpoint": last.checkpoint if last else None,
         }
-        if failure is None:
-            return JSONResponse(body)
-        # Rolled back, and no checkpoint has completed since: not healthy yet.
-        return JSONResponse({**body, "failure": failure.describe()}, status_code=503)
+        return JSONResponse(body, status_code=503 if reasons else 200)
 
     return app

@@ -12,6 +12,10 @@ the checkpoint's positions and the records it appended since are skipped: every
 ingress record becomes its messages exactly once. Without a checkpoint it starts at
 ``startupPosition`` (``group-offsets`` reads the positions committed for
 ``consumerGroupId``).
+
+A reader that cannot read its cluster (a stalled broker) logs it once and polls again,
+from the same positions, until it can; one whose appends fail stops, and the runtime,
+told by the log, ends the generation.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import EpochClock
 from runtime.checkpoints.snapshot import encode_positions
 from runtime.dead_letters import DeadLetters
+from runtime.errors import LogError
 from runtime.log import StoredRecord, TopicPartition
 from runtime.log.kafka import KafkaLog, KafkaLogConsumer
 from runtime.quiet_log import QuietLog
@@ -34,6 +40,9 @@ from statefun.module_spec import KafkaIngress, KafkaIngressTopic
 from statefun.values import TypedValue
 
 log = logging.getLogger(__name__)
+
+POLL_RETRY_BACKOFF = 1.0
+"""Seconds between polls while the ingress's cluster cannot be read."""
 
 
 class KafkaIngressReader:
@@ -104,8 +113,24 @@ class KafkaIngressReader:
 
     async def _run(self) -> None:
         assert self._consumer is not None
+        failing_since: float | None = None
         while True:
-            polled = await self._consumer.poll(0.2)
+            try:
+                polled = await self._consumer.poll(0.2)
+            except LogError as e:
+                # Nothing was taken: the next poll reads from the same positions.
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("Kafka ingress %s cannot read: %s", self.spec.id, e)
+                await asyncio.sleep(POLL_RETRY_BACKOFF)
+                continue
+            if failing_since is not None:
+                log.info(
+                    "Kafka ingress %s reads again after %.0f s",
+                    self.spec.id,
+                    time.monotonic() - failing_since,
+                )
+                failing_since = None
             appends: list[asyncio.Future[list[int]]] = []
             for tp, records in polled.items():
                 for record in records:
@@ -113,7 +138,10 @@ class KafkaIngressReader:
                 self._positions[tp.topic, tp.partition] = records[-1].offset + 1
             if appends:
                 # Flow control: the next poll waits until these are durable.
-                await asyncio.gather(*appends)
+                try:
+                    await asyncio.gather(*appends)
+                except LogError:
+                    return  # the log told the runtime, which ends this generation
 
     def _route(self, tp: TopicPartition, record: StoredRecord) -> list[asyncio.Future[list[int]]]:
         topic = self._topics[tp.topic]

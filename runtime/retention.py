@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from runtime.checkpoints.snapshot import decode_worker_part
 from runtime.checkpoints.store import CheckpointStore
+from runtime.config import EGRESS_RETENTION, KAFKA_MESSAGES_RETENTION
 from runtime.identity import CONTROL_TOPIC_CONFIG
 from runtime.log import Log
 from runtime.log.local import LocalLog
@@ -40,10 +41,6 @@ from statefun.module_spec import LogEgress, ModuleSpec
 
 log = logging.getLogger(__name__)
 
-EGRESS_RETENTION = 7 * 24 * 3600.0
-"""Seconds the embedded egress topics and the dead-letter topic keep a record."""
-KAFKA_MESSAGES_RETENTION = 30 * 24 * 3600.0
-"""Seconds a Kafka messages topic the runtime creates keeps a record (0: forever)."""
 WINDOW_INTERVAL = 60.0
 """Seconds between two passes over the windowed topics."""
 

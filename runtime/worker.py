@@ -33,7 +33,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import httpx
 
@@ -46,16 +45,16 @@ from runtime.checkpoints.snapshot import (
     encode_worker_part,
     message_id_text,
 )
+from runtime.config import WorkerConfig
 from runtime.dead_letters import DeadLetters
 from runtime.dispatcher import (
-    DispatchConfig,
     Dispatcher,
     Failure,
     PendingInvocation,
 )
 from runtime.egress import Egresses, EgressOutbox
 from runtime.envelope import Envelope
-from runtime.errors import MalformedEnvelope, StateSpecConflict
+from runtime.errors import LogError, MalformedEnvelope, StateSpecConflict
 from runtime.function_client import FunctionClient
 from runtime.log import Log, StoredRecord, TopicPartition
 from runtime.router import Router
@@ -83,20 +82,6 @@ EXPIRY_SWEEP_INTERVAL = 1.0
 """Seconds between sweeps of expired state out of memory (reads never see it anyway)."""
 REPLAY_CHECK_INTERVAL = 1.0
 """Seconds between checks whether every message of a restored log was processed."""
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
-    max_message_bytes: int = 1 << 20
-    """The largest message value accepted: at the HTTP ingress, and sent by a function."""
-    max_state_bytes: int = 16 << 20
-    """The largest value of one state; a result writing a larger one is refused."""
-    storm_rate: float = 1000.0
-    """Messages per second from functions to one function type above which a warning is
-    logged (at most once a minute per type); 0 turns it off."""
-    poll_max_wait: float = 0.2
-    shutdown_grace: float = 5.0
 
 
 class FunctionClients:
@@ -266,9 +251,15 @@ class Worker:
         while True:
             await self.dispatcher.room.wait()
             room = self.config.dispatch.max_buffered_messages - self.dispatcher.buffered
-            polled = await self._consumer.poll(
-                self.config.poll_max_wait, max_records=min(1000, max(1, room))
-            )
+            try:
+                polled = await self._consumer.poll(
+                    self.config.poll_max_wait, max_records=min(1000, max(1, room))
+                )
+            except LogError as e:
+                # The log cannot be read (a stalled broker): the generation ends, and the
+                # runtime starts new ones until the log answers again.
+                self.fail(Failure(f"reading the log failed: {e}"))
+                return
             for tp, records in polled.items():
                 for record in records:
                     self._deliver(tp.partition, record)

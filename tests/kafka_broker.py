@@ -10,6 +10,7 @@ clients' chores the tests share: creating topics, producing and consuming record
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -96,6 +97,7 @@ class TansuBroker:
         seconds (Tansu waits for its clients to disconnect)."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused broker would not see SIGTERM
             process.terminate()
             try:
                 process.wait(timeout=grace)
@@ -109,6 +111,17 @@ class TansuBroker:
     def kill(self) -> None:
         """Stop the broker at once, as a crash would."""
         self.stop(grace=0)
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open and nothing is answered,
+        as with a broker stalled by a long GC pause or a hung disk."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused broker go on (SIGCONT)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> TansuBroker:
         return self

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +19,7 @@ import uvicorn
 
 from runtime.app import Runtime, RuntimeConfig
 from runtime.dispatcher import DispatchConfig
+from runtime.http_server import IngressServer, bind
 from runtime.worker import WorkerConfig
 from statefun.module_spec import ModuleSpec, parse_module_spec
 
@@ -111,13 +112,20 @@ spec:
 
 
 class RuntimeThread:
-    """A runtime with its ingress on a loopback port, in a background thread."""
+    """A runtime with its ingress on a loopback port, in a background thread, served as
+    ``statefun run`` serves it (the same bounded HTTP server); ``opener`` replaces
+    ``Runtime.open`` (to wrap the log or the store)."""
 
-    def __init__(self, config: RuntimeConfig):
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        opener: Callable[[RuntimeConfig], Awaitable[Runtime]] = Runtime.open,
+    ):
         self.config = config
         self.port = config.ingress_port
         self.url = f"http://127.0.0.1:{self.port}"
         self.runtime: Runtime | None = None
+        self._opener = opener
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -133,18 +141,14 @@ class RuntimeThread:
             self._ready.set()
 
     async def _serve(self) -> None:
-        self.runtime = await Runtime.open(self.config)
+        self.runtime = await self._opener(self.config)
         await self.runtime.start()
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                self.runtime.ingress_app,
-                host="127.0.0.1",
-                port=self.port,
-                log_level="warning",
-                lifespan="off",
-            )
+        self._server = IngressServer(
+            self.runtime.ingress_app,
+            self.config.ingress_timeouts,
+            graceful_shutdown=self.config.ingress_shutdown_grace,
         )
-        task = asyncio.create_task(self._server.serve())
+        task = asyncio.create_task(self._server.serve(sockets=[bind("127.0.0.1", self.port)]))
         while not self._server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no started event
             await asyncio.sleep(0.01)
         self._ready.set()
@@ -194,6 +198,7 @@ def running_runtime(
     *,
     data_dir: Path | None = None,
     worker: WorkerConfig | None = None,
+    opener: Callable[[RuntimeConfig], Awaitable[Runtime]] = Runtime.open,
     **config: Any,
 ) -> Iterator[RuntimeThread]:
     rt = RuntimeThread(
@@ -203,7 +208,8 @@ def running_runtime(
             ingress_port=free_port(),
             worker=worker or WorkerConfig(DispatchConfig(retry_max_backoff=0.2)),
             **config,
-        )
+        ),
+        opener,
     )
     rt.start()
     try:
@@ -226,15 +232,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class RuntimeProcess:
-    """``statefun run`` in a child process; its stderr goes to a file next to its data."""
+    """``statefun run`` in a child process (or another ``launcher`` taking its options);
+    its stderr goes to a file next to its data."""
 
-    def __init__(self, module: Path, data_dir: Path, port: int, *flags: str):
+    def __init__(
+        self,
+        module: Path,
+        data_dir: Path,
+        port: int,
+        *flags: str,
+        launcher: tuple[str, ...] = ("runtime.cli", "run"),
+    ):
+        self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.args = [
             sys.executable,
             "-m",
-            "runtime.cli",
-            "run",
+            *launcher,
             "--module",
             str(module),
             "--data-dir",
@@ -248,19 +262,18 @@ class RuntimeProcess:
 
     def start(self, *, recovered: bool = False) -> RuntimeProcess:
         """Start, and wait until the ingress answers (with ``recovered``, until the
-        runtime is done recovering: 200, not 503)."""
+        runtime is ready: ``/ready`` answers 200)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.args, cwd=ROOT, stderr=log)
-        statuses = (200,) if recovered else (200, 503)
-        wait_until(lambda: self._healthy(statuses), timeout=30)
+        wait_until(lambda: self._answers("/ready" if recovered else "/health"), timeout=30)
         return self
 
-    def _healthy(self, statuses: tuple[int, ...]) -> bool:
+    def _answers(self, path: str) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"runtime exited: {self.log_path.read_text()}")
         try:
-            return httpx.get(f"{self.url}/health", timeout=1).status_code in statuses
+            return httpx.get(f"{self.url}{path}", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -867,12 +867,10 @@ spec:
         if runtime.alive:
             try:
                 async with httpx.AsyncClient(timeout=5) as http:
-                    answer = await http.get(f"{runtime.url}/health")
-                self.notes.append(
-                    f"the runtime's /health: {answer.status_code} {answer.text[:500]}"
-                )
+                    answer = await http.get(f"{runtime.url}/ready")
+                self.notes.append(f"the runtime's /ready: {answer.status_code} {answer.text[:500]}")
             except httpx.HTTPError as e:
-                self.notes.append(f"the runtime's /health did not answer: {e}")
+                self.notes.append(f"the runtime's /ready did not answer: {e}")
         else:
             self.notes.append("the runtime process is not running")
         text = runtime.log_path.read_text(errors="replace").splitlines()

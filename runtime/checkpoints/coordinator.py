@@ -7,7 +7,9 @@ Responses still in flight belong to epoch n+1; their inputs are in the snapshot'
 pending inputs. Then the log is flushed (every record tagged <= n is durable) and the
 snapshot is written to the store with its manifest, the commit point. A checkpoint that
 does not complete within its timeout is abandoned: its captured changes go back into
-the next one, and no manifest is written. The newest ``retain`` checkpoints are kept.
+the next one, and no manifest is written (``on_abandon`` hears why; the first of a run
+of abandoned checkpoints is logged, and the commit that ends the run). The newest
+``retain`` checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -72,10 +74,12 @@ class CheckpointCoordinator:
         self.lock = asyncio.Lock()
         """Held while a checkpoint is taken."""
         self._completed = 0
+        self._abandoned_in_a_row = 0
         self.last: Manifest | None = None
         self.on_commit: Callable[[Manifest], None] = lambda manifest: None
         self.on_pruned: Callable[[], None] = lambda: None
         """Called once the store keeps only the retained checkpoints (``runtime.retention``)."""
+        self.on_abandon: Callable[[int, Exception], None] = lambda checkpoint, error: None
 
     def attach(self, clock: EpochClock, participants: Sequence[Participant]) -> None:
         """Checkpoint these participants from now on (a new generation's)."""
@@ -98,13 +102,17 @@ class CheckpointCoordinator:
             self._task = None
 
     async def _run(self) -> None:
+        # The first checkpoint an interval after the start: a generation that fails at
+        # once (a poison message under policy fail) has completed none, so its rollbacks
+        # count as in a row and back off.
+        started = time.monotonic()
         while True:
+            await asyncio.sleep(max(0.0, self.config.interval - (time.monotonic() - started)))
             started = time.monotonic()
             try:
                 await self.checkpoint()
             except Exception:
                 log.exception("checkpoint failed")
-            await asyncio.sleep(max(0.0, self.config.interval - (time.monotonic() - started)))
 
     async def checkpoint(self) -> Manifest | None:
         """Take one checkpoint of the attached participants; its manifest, or None if
@@ -126,9 +134,16 @@ class CheckpointCoordinator:
                 for _, capture in captures:
                     capture.abandon()
                 if isinstance(e, Exception):
-                    log.warning("checkpoint %d abandoned: %s: %s", checkpoint, type(e).__name__, e)
+                    self._abandoned(checkpoint, e)
                     return None
                 raise
+            if self._abandoned_in_a_row:
+                log.info(
+                    "checkpoint %d committed after %d abandoned",
+                    checkpoint,
+                    self._abandoned_in_a_row,
+                )
+                self._abandoned_in_a_row = 0
             self.last = manifest
             self._completed += 1
             self.on_commit(manifest)
@@ -136,6 +151,18 @@ class CheckpointCoordinator:
                 await self.store.retain(self.config.retain)
                 self.on_pruned()
             return manifest
+
+    def _abandoned(self, checkpoint: int, error: Exception) -> None:
+        self._abandoned_in_a_row += 1
+        # One line when checkpoints start failing, not one per interval while they do.
+        log.log(
+            logging.WARNING if self._abandoned_in_a_row == 1 else logging.DEBUG,
+            "checkpoint %d abandoned: %s: %s",
+            checkpoint,
+            type(error).__name__,
+            error,
+        )
+        self.on_abandon(checkpoint, error)
 
     async def _complete(
         self,

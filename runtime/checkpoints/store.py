@@ -191,10 +191,12 @@ class CheckpointStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             result = fn(db)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failed COMMIT (a full disk) may or may not have rolled back already.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         return result
 
     # --- generations ------------------------------------------------------------------

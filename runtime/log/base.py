@@ -11,13 +11,26 @@ Ordering and durability contract:
   made one after another land in that order even if nobody awaits them in between;
   the future it returns resolves with the offsets once the records are durable.
 * Readers (:meth:`Log.read`, :class:`LogConsumer`) see only durable records.
+
+Failure contract:
+
+* A failed append fails its future with :class:`LogError`, and every append after it
+  fails too, at once, until :meth:`Log.reopen`: a later record would land after a gap,
+  out of call order. So a failed append is never retried in place; the runtime ends
+  the generation, and the next one reopens the log before it reads or writes.
+* The log tells the listener given to :meth:`Log.on_failure` once, when it stops
+  taking appends.
+* :meth:`Log.reopen` makes the log take appends again, or raises :class:`LogError` if
+  it still cannot. What happened to the failed appends depends on the log: the
+  embedded logs wrote none of them (their offsets are free again); on Kafka, a record
+  whose acknowledgement never came may have landed anyway (see ``runtime.log.kafka``).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -87,10 +100,35 @@ class LogConsumer(abc.ABC):
 class Log(abc.ABC):
     """A set of topics, each with a fixed number of partitions.
 
-    An implementation keeps the partition counts of the topics it knows in ``_topics``.
+    An implementation keeps the partition counts of the topics it knows in ``_topics``,
+    and reports a failed append with :meth:`_appends_failed`.
     """
 
     _topics: dict[str, int]
+    _failure: LogError | None = None
+    _failure_listener: Callable[[LogError], None] | None = None
+
+    @property
+    def failure(self) -> LogError | None:
+        """Why appends fail: the first failed append's error, until :meth:`reopen`."""
+        return self._failure
+
+    def on_failure(self, listener: Callable[[LogError], None]) -> None:
+        """Call ``listener`` on the event loop when an append fails and the log stops
+        taking appends (once per failure: again only after a :meth:`reopen`)."""
+        self._failure_listener = listener
+
+    def _appends_failed(self, error: LogError) -> None:
+        """An append failed: from now on every append fails, until :meth:`reopen`."""
+        if self._failure is None:
+            self._failure = error
+            if self._failure_listener is not None:
+                self._failure_listener(error)
+
+    @abc.abstractmethod
+    async def reopen(self) -> None:
+        """Take appends again after a failed one; nothing to do if none failed. Raises
+        :class:`LogError` if the log still cannot make records durable."""
 
     @abc.abstractmethod
     async def ensure_topic(

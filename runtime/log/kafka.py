@@ -22,7 +22,16 @@ Ordering and durability:
   every record with ``acks=all``: that is what durable means here.
 * A failed append (delivery timeout, broker error) fails its future with
   :class:`LogError`, and every later append fails too: once a record may be missing,
-  later records would land after a gap, out of call order. Reopen the log to go on.
+  later records would land after a gap, out of call order.
+* :meth:`KafkaLog.reopen` replaces the producer: the old one is closed (bounded: what it
+  cannot deliver by then is abandoned) and a new idempotent producer, with a producer
+  id of its own, takes the appends. An append whose acknowledgement never came has an
+  unknown fate: its record may have landed, even after the reopen (a stalled broker can
+  still read a request it had buffered). Records the runtime produces carry the tag of
+  their generation, which the next generation's skip rule drops. Records from outside
+  carry none: an HTTP ingress POST that was answered with an error may have been
+  accepted all the same, and is processed if it landed; a client that must not send a
+  message twice retries with an ``Idempotency-Key``.
 * Readers see only records below the high watermark, i.e. acknowledged ones. The
   producer may split an append over two batches, so a consumer can see the first
   records of an append one poll before the others.
@@ -51,6 +60,7 @@ import queue
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -202,16 +212,43 @@ _Outgoing = tuple[TopicPartition, Sequence[Record], "_Acks", asyncio.Future[list
 """An append waiting to be handed to the producer: where, what, and who waits."""
 
 
+class _Appender:
+    """The producer every append goes through, and the thread its calls run on; a
+    reopen replaces both."""
+
+    __slots__ = ("kafka", "send_failure", "thread")
+
+    def __init__(self, kafka: Any, thread: _ClientThread) -> None:
+        self.kafka = kafka
+        self.thread = thread
+        self.send_failure: LogError | None = None  # read and written on the thread
+
+
 class _Acks:
     """Collects the broker's acknowledgements of one append's records, on the producer's
     sender thread, and settles the append's future on the loop once all are in."""
 
-    __slots__ = ("_done", "_future", "_lock", "_log", "_offsets", "_remaining", "_tp")
+    __slots__ = (
+        "_appender",
+        "_done",
+        "_future",
+        "_lock",
+        "_log",
+        "_offsets",
+        "_remaining",
+        "_tp",
+    )
 
     def __init__(
-        self, log: KafkaLog, future: asyncio.Future[list[int]], tp: TopicPartition, count: int
+        self,
+        log: KafkaLog,
+        appender: _Appender,
+        future: asyncio.Future[list[int]],
+        tp: TopicPartition,
+        count: int,
     ) -> None:
         self._log = log
+        self._appender = appender
         self._future = future
         self._tp = tp
         self._offsets = [0] * count
@@ -233,7 +270,14 @@ class _Acks:
             if self._done:
                 return
             self._done = True
-        _post(self._log._loop, self._log._append_failed, self._future, self._tp, error)
+        _post(
+            self._log._loop,
+            self._log._append_failed,
+            self._appender,
+            self._future,
+            self._tp,
+            error,
+        )
 
 
 class KafkaLog(Log):
@@ -256,9 +300,8 @@ class KafkaLog(Log):
         self._settings = settings
         self._timeout = settings.timeout
         self._admin = admin
-        self._producer = producer
+        self._appender = _Appender(producer, producer_thread)
         self._admin_thread = admin_thread
-        self._producer_thread = producer_thread
         self._reader_thread = _ClientThread(f"{settings.client_id}-reader", self._loop)
         self._reader: Any = None  # created on the reader thread when first needed
         self._replication_factor = replication_factor
@@ -270,12 +313,13 @@ class KafkaLog(Log):
         self._unsettled: deque[tuple[float, asyncio.Future[list[int]]]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._topics: dict[str, int] = {}
-        self._consumers: set[KafkaLogConsumer] = set()
+        # Weak: a consumer made for a generation that failed to start, and never used,
+        # goes away with its last reference.
+        self._consumers: weakref.WeakSet[KafkaLogConsumer] = weakref.WeakSet()
         self._consumer_ids = itertools.count(1)
-        self._failure: LogError | None = None
+        self._failure = None
         self._outbox: list[_Outgoing] = []
         self._drain_scheduled = False
-        self._send_failure: LogError | None = None  # read and written on the producer thread
         self._closed = False
 
     @classmethod
@@ -398,7 +442,7 @@ class KafkaLog(Log):
     @property
     def idempotent(self) -> bool:
         """Whether appends go through an idempotent producer (always, once open)."""
-        return bool(self._producer.config["enable_idempotence"])
+        return bool(self._appender.kafka.config["enable_idempotence"])
 
     # --- topics ---------------------------------------------------------------------------
 
@@ -422,10 +466,11 @@ class KafkaLog(Log):
             )
         if topic not in self._topics:
             # Load the producer's metadata now, so append never waits for it on the loop.
+            producer = self._appender.kafka
             known = await _call(
-                self._producer_thread,
+                self._appender.thread,
                 f"loading the metadata of topic {topic}",
-                lambda: self._producer.partitions_for(topic),
+                lambda: producer.partitions_for(topic),
                 2 * self._timeout,
             )
             if len(known) != partitions:
@@ -531,7 +576,8 @@ class KafkaLog(Log):
         # Queued here and handed to the producer's thread once per loop iteration: a send
         # costs kafka-python's serialization and a wakeup of its I/O thread, which on the
         # loop cost about 1 ms per record under load. The thread sends in queue order.
-        self._outbox.append((tp, records, _Acks(self, future, tp, len(records)), future))
+        acks = _Acks(self, self._appender, future, tp, len(records))
+        self._outbox.append((tp, records, acks, future))
         if not self._drain_scheduled:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain)
@@ -542,15 +588,16 @@ class KafkaLog(Log):
         self._drain_scheduled = False
         batch, self._outbox = self._outbox, []
         if batch:
-            self._producer_thread.submit(lambda: self._send_all(batch))
+            appender = self._appender
+            appender.thread.submit(lambda: self._send_all(appender, batch))
 
-    def _send_all(self, batch: list[_Outgoing]) -> None:
+    def _send_all(self, appender: _Appender, batch: list[_Outgoing]) -> None:
         """Hand a batch of appends to the producer, in order (producer thread). After a
         send fails, every later append fails too: it would land after a gap."""
-        send = self._producer.send
+        send = appender.kafka.send
         for tp, records, acks, future in batch:
-            if self._send_failure is not None:
-                _post(self._loop, _fail, future, self._send_failure)
+            if appender.send_failure is not None:
+                _post(self._loop, _fail, future, appender.send_failure)
                 continue
             for i, record in enumerate(records):
                 try:
@@ -564,18 +611,23 @@ class KafkaLog(Log):
                 except (KafkaError, TypeError, ValueError) as e:
                     error = LogError(f"appending to {tp} failed: {e}")
                     error.__cause__ = e
-                    self._send_failure = error
-                    _post(self._loop, self._append_failed, future, tp, e)
+                    appender.send_failure = error
+                    _post(self._loop, self._append_failed, appender, future, tp, e)
                     break
                 sent.add_callback(acks.acked, i)
                 sent.add_errback(acks.failed)
 
     def _append_failed(
-        self, future: asyncio.Future[list[int]], tp: TopicPartition, error: Exception
+        self,
+        appender: _Appender,
+        future: asyncio.Future[list[int]],
+        tp: TopicPartition,
+        error: Exception,
     ) -> None:
         failure = LogError(f"appending to {tp} failed: {error}")
         failure.__cause__ = error
-        self._failure = self._failure or failure
+        if appender is self._appender:  # not a producer a reopen replaced already
+            self._appends_failed(failure)
         _fail(future, failure)
 
     def _watch(self, future: asyncio.Future[list[int]]) -> None:
@@ -601,7 +653,7 @@ class KafkaLog(Log):
             f"Kafka at {self._settings.bootstrap_servers} did not acknowledge an append"
             f" within {self._ack_deadline:g} s"
         )
-        self._failure = self._failure or failure
+        self._appends_failed(failure)
         for _, future in unsettled:
             _fail(future, failure)
         unsettled.clear()
@@ -609,15 +661,89 @@ class KafkaLog(Log):
     async def flush(self) -> None:
         if self._closed:
             return
+        if self._failure is not None:  # an append is missing: waiting would not help
+            raise self._failure
         self._drain()  # what is queued goes to the producer before its flush
+        producer = self._appender.kafka
         await _call(
-            self._producer_thread,
+            self._appender.thread,
             "flushing appends",
-            lambda: self._producer.flush(timeout=self._ack_deadline),
+            lambda: producer.flush(timeout=self._ack_deadline),
             self._ack_deadline + self._timeout,
         )
         if self._failure is not None:
             raise self._failure
+
+    async def reopen(self) -> None:
+        """After a failed append: close the producer (bounded by the request timeout;
+        its undelivered records are abandoned and their appends fail) and connect a new
+        idempotent one. Raises :class:`LogError` if the cluster cannot be reached; the
+        log then still refuses appends, and a later reopen tries again."""
+        self._check_open()
+        failure = self._failure
+        if failure is None:
+            return
+        # Never handed to the producer: these records are certainly not in the log.
+        outbox, self._outbox = self._outbox, []
+        for *_, future in outbox:
+            _fail(future, failure)
+        old = self._appender
+        try:
+            await _call(
+                old.thread,
+                "closing the failed producer",
+                lambda: _close_producer(old.kafka, self._timeout),
+                3 * self._timeout,
+            )
+        except LogError as e:
+            logger.warning("reopening the Kafka log: %s", e)
+        finally:
+            old.thread.stop()
+        # What the old producer neither delivered nor failed by now has an unknown fate.
+        for _, future in self._unsettled:
+            _fail(future, failure)
+        self._unsettled.clear()
+        # Ask the long-lived admin client first: a producer that cannot bootstrap leaks
+        # its sockets (kafka-python 3.0.12), so none is created while the broker is mute.
+        await _call(
+            self._admin_thread,
+            f"reaching Kafka at {self._settings.bootstrap_servers}",
+            lambda: self._admin.describe_topics(list(self._topics)),
+            2 * self._timeout,
+        )
+        self._appender = await self._connect_appender()
+        self._failure = None
+
+    async def _connect_appender(self) -> _Appender:
+        """A new producer on a thread of its own, knowing the partitions of every topic
+        this log appends to."""
+        thread = _ClientThread(f"{self._settings.client_id}-producer", self._loop)
+        connected: list[Any] = []
+        topics = dict(self._topics)
+
+        def connect() -> None:
+            _check_reachable(self._settings.bootstrap_servers, self._timeout)
+            connected.append(KafkaProducer(**self._producer_config))
+            for topic, count in topics.items():
+                known = connected[0].partitions_for(topic) or ()
+                if len(known) != count:
+                    raise LogError(
+                        f"the producer sees {len(known)} partitions of topic {topic}, not {count}"
+                    )
+
+        try:
+            await _call(
+                thread,
+                f"reconnecting to Kafka at {self._settings.bootstrap_servers}",
+                connect,
+                3 * self._timeout,
+            )
+        except BaseException:
+            # Runs after connect on the same thread, whenever that ends.
+            thread.submit(lambda: _close_quietly(connected[0] if connected else None))
+            thread.stop()
+            raise
+        return _Appender(connected[0], thread)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -769,11 +895,12 @@ class KafkaLog(Log):
         ):
             if isinstance(result, Exception):
                 logger.warning("closing the Kafka log: %s", result)
+        appender = self._appender
         steps = [
             (
-                self._producer_thread,
+                appender.thread,
                 "closing the producer",
-                lambda: _close_producer(self._producer, self._delivery_timeout),
+                lambda: _close_producer(appender.kafka, self._delivery_timeout),
                 self._ack_deadline + self._timeout,
             ),
             (
@@ -857,7 +984,7 @@ class KafkaLogConsumer(LogConsumer):
         self._loop = log._loop
         self._settings = log._settings
         self._role = role
-        self._thread = _ClientThread(f"{log._settings.client_id}-{role}", log._loop)
+        self._thread: _ClientThread | None = None  # started by the first poll
         self._kafka: Any = None  # created on the consumer's thread by the first poll
         self._positions: dict[TopicPartition, int] = {}
         self._buffered: dict[TopicPartition, deque[StoredRecord]] = {}
@@ -918,6 +1045,8 @@ class KafkaLogConsumer(LogConsumer):
         seek, self._seek = self._seek, None
         wait_ms = int(wait * 1000)
         self._fetch_due = self._loop.time() + wait
+        if self._thread is None:
+            self._thread = _ClientThread(f"{self._settings.client_id}-{self._role}", self._loop)
         fetch = self._thread.submit(lambda: self._fetch_records(seek, wait_ms))
         fetch.add_done_callback(lambda f: self._fetched(generation, f))
         return fetch
@@ -983,13 +1112,16 @@ class KafkaLogConsumer(LogConsumer):
         self._generation += 1
         self._buffered = {}
         self._log._consumers.discard(self)
+        thread = self._thread
+        if thread is None:  # never polled: nothing to close
+            return
         in_progress = max(self._fetch_due - self._loop.time(), 0.0) if self._fetch else 0.0
         try:
             await _call(
-                self._thread,
+                thread,
                 f"closing Kafka consumer {self._role}",
                 lambda: _close_quietly(self._kafka),
                 in_progress + 2 * self._settings.timeout,
             )
         finally:
-            self._thread.stop()
+            thread.stop()

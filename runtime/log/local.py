@@ -3,7 +3,10 @@ tracked in memory, consumers woken when records become durable, and truncation.
 
 A subclass only decides how records are made durable (:meth:`LocalLog._write`), read
 back (:meth:`LocalLog._read_range`) and dropped (:meth:`LocalLog._drop`); it reports
-durability through :meth:`LocalLog._made_durable`, in append order.
+durability through :meth:`LocalLog._made_durable`, in append order, and failure through
+:meth:`LocalLog._failed`. Once an append failed, none after it is written until
+:meth:`LocalLog.reopen`, which hands out offsets again from the durable ends: the
+failed appends left no record and no gap.
 
 Retention (``runtime.retention``) drops the records of a partition below an offset
 (:meth:`LocalLog.truncate`): the partition's *start*. Offsets are never reused: a
@@ -49,7 +52,6 @@ class LocalLog(Log):
         self._start: dict[TopicPartition, int] = {}
         self._last_append: asyncio.Future[list[int]] | None = None
         self._wakeup: asyncio.Future[None] = self._loop.create_future()
-        self._failure: LogError | None = None
 
     # --- for subclasses ----------------------------------------------------------------
 
@@ -95,9 +97,13 @@ class LocalLog(Log):
                 a.future.set_result(list(range(a.base_offset, end)))
         self._wake_consumers()
 
+    async def _resume_writing(self) -> None:
+        """Return once every append made before the call is settled and the log can
+        write again (:class:`LogError` if it cannot)."""
+
     def _failed(self, appends: Sequence[PendingAppend], error: LogError) -> None:
         """The log can no longer make records durable: fail these appends and every later one."""
-        self._failure = error
+        self._appends_failed(error)
         for a in appends:
             if not a.future.done():
                 a.future.set_exception(error)
@@ -137,6 +143,16 @@ class LocalLog(Log):
         self._last_append = future
         self._write(PendingAppend(tp, base, records, timestamp_ms, future))
         return future
+
+    async def reopen(self) -> None:
+        if self._failure is None:
+            return
+        await self._resume_writing()
+        # Every append before the failure is settled: the durable ends are final, and
+        # the offsets of the failed appends are free again.
+        self._next.update(self._durable)
+        self._last_append = None
+        self._failure = None
 
     async def flush(self) -> None:
         last = self._last_append

@@ -7,15 +7,22 @@ them read while the writer commits. An exclusive lock on the directory keeps a s
 process from writing the same log. Truncation deletes on the writer thread too, in
 bounded steps, and keeps each partition's start offset in the database, so a partition
 emptied by truncation keeps its end across a reopen.
+
+A group that fails to commit (a full disk, an I/O error) writes nothing, and the writer
+fails every operation queued after it without writing, until :meth:`SqliteLog.reopen`
+reaches it in the queue: a later group committing would leave a gap in the offsets.
+The reopen proves the log can write again by committing a probe row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +50,7 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
     grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (grp, topic, partition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reopened (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 """
 
 
@@ -64,6 +72,13 @@ class _CommitOffsets:
 class _Truncate:
     tp: TopicPartition
     before: int
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _Reopen:
+    """Everything queued before it is settled; write again if a probe commits."""
+
     future: asyncio.Future[None]
 
 
@@ -90,7 +105,7 @@ class SqliteLog(LocalLog):
         self._reader = _connect(path)
         writer = _connect(path)
         writer.executescript(_SCHEMA)
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Op | _Reopen | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._write_loop, args=(writer,), name="sqlite-log-writer", daemon=True
         )
@@ -121,11 +136,17 @@ class SqliteLog(LocalLog):
     # --- writing, on the writer thread ---------------------------------------------------
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        failure: sqlite3.Error | None = None  # since this failed, nothing is written
+        carried: _Reopen | None = None  # met while gathering the previous group
         while True:
-            op = self._queue.get()
-            if op is None:
+            first = carried if carried is not None else self._queue.get()
+            carried = None
+            if first is None:
                 break
-            group = [op]
+            if isinstance(first, _Reopen):
+                failure = self._probe(conn, first)
+                continue
+            group: list[_Op] = [first]
             stop = False
             while True:
                 try:
@@ -135,21 +156,44 @@ class SqliteLog(LocalLog):
                 if nxt is None:
                     stop = True
                     break
+                if isinstance(nxt, _Reopen):
+                    carried = nxt
+                    break
                 group.append(nxt)
-            try:
-                conn.execute("BEGIN")
-                for item in group:
-                    self._apply(conn, item)
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._loop.call_soon_threadsafe(self._group_failed, group, e)
+            if failure is None:
+                failure = self._commit(conn, group)
             else:
-                self._loop.call_soon_threadsafe(self._group_durable, group)
+                self._loop.call_soon_threadsafe(self._group_failed, group, failure)
             if stop:
                 break
         conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> sqlite3.Error | None:
+        """Write ``group`` in one transaction; the error if it failed (nothing written)."""
+        try:
+            conn.execute("BEGIN")
+            for item in group:
+                self._apply(conn, item)
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            _roll_back(conn)
+            self._loop.call_soon_threadsafe(self._group_failed, group, e)
+            return e
+        self._loop.call_soon_threadsafe(self._group_durable, group)
+        return None
+
+    def _probe(self, conn: sqlite3.Connection, reopen: _Reopen) -> sqlite3.Error | None:
+        """Commit a probe row for a reopen; the error if the log still cannot write."""
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO reopened VALUES (1, ?)", (int(time.time() * 1000),)
+            )
+        except sqlite3.Error as e:
+            _roll_back(conn)
+            self._loop.call_soon_threadsafe(self._reopen_failed, reopen.future, e)
+            return e
+        self._loop.call_soon_threadsafe(_resolve, reopen.future)
+        return None
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, op: _Op) -> None:
@@ -196,13 +240,25 @@ class SqliteLog(LocalLog):
 
     def _group_failed(self, group: list[_Op], error: sqlite3.Error) -> None:
         failure = LogError(f"the embedded log at {self._path} failed to write: {error}")
+        failure.__cause__ = error
         self._failed([op for op in group if isinstance(op, PendingAppend)], failure)
         for op in group:
             if not isinstance(op, PendingAppend) and not op.future.done():
                 op.future.set_exception(failure)
 
+    def _reopen_failed(self, future: asyncio.Future[None], error: sqlite3.Error) -> None:
+        if not future.done():
+            failure = LogError(f"the embedded log at {self._path} still cannot write: {error}")
+            failure.__cause__ = error
+            future.set_exception(failure)
+
     def _write(self, append: PendingAppend) -> None:
         self._queue.put(append)
+
+    async def _resume_writing(self) -> None:
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put(_Reopen(future))
+        await future
 
     async def _create_topic(self, topic: str, partitions: int) -> None:
         future: asyncio.Future[None] = self._loop.create_future()
@@ -261,3 +317,15 @@ class SqliteLog(LocalLog):
 
     def __repr__(self) -> str:
         return f"SqliteLog({os.fspath(self._path)!r})"
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """End a failed transaction (SQLite may have rolled it back already)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

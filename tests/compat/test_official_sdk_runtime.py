@@ -112,6 +112,8 @@ def test_a_failing_function_is_retried_reported_and_recovers(
             assert failing["function_type"] == "official/flaky"
             assert failing["failing_addresses"] == 1
             assert "answered 500" in failing["last_error"]
+            assert http.get("/ready").json()["ready"] is True  # one failing type is not unready
+            assert http.get("/health").json() == {"status": "ok"}
             assert state(http, "official/flaky/z") == {}
             official.flaky_flag.unlink()
             wait_until(lambda: state(http, "official/flaky/z").get("count") == 1, timeout=15)

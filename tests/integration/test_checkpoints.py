@@ -140,11 +140,11 @@ def test_a_protocol_violation_rolls_back_at_once(
     ):
         send(http, "test/counter/p", 1)
         # no retries for 30 s: the first answer that breaks the protocol rolls back
-        health = wait_until(
-            lambda: (h := http.get("/health")).status_code == 503 and h.json(), timeout=10
+        ready = wait_until(
+            lambda: (r := http.get("/ready")).status_code == 503 and r.json(), timeout=10
         )
-        assert "protocol violation" in health["failure"]
-        assert native_codec.CONTENT_TYPE in health["failure"]
+        assert "protocol violation" in ready["reasons"]["generation"]
+        assert native_codec.CONTENT_TYPE in ready["reasons"]["generation"]
         broken["on"] = False
         wait_until(lambda: count(http, "test/counter/p") == 1)
 
@@ -255,7 +255,7 @@ def test_the_fail_policy_keeps_rolling_back_with_a_growing_backoff(functions_url
         rollbacks = http.get("/v1/checkpoints").json()["rollbacks"]
         assert all(r["address"] == "test/poison/p" for r in rollbacks)
         assert all("13 is poison" in r["reason"] for r in rollbacks)
-        assert http.get("/health").status_code == 503
+        assert http.get("/ready").status_code == 503
         assert http.get("/v1/dead-letters").json()["records"] == []
 
 

@@ -43,6 +43,8 @@ def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
     assert set(COMPOSE["volumes"]) == {"kafka-data", "checkpoints"}
     assert runtime["build"] == SERVICES["functions"]["build"] == "."
     assert (ROOT / "Dockerfile").is_file()
+    # the runtime is healthy when it is ready to take and process messages
+    assert "/ready" in " ".join(runtime["healthcheck"]["test"])
 
 
 class LocalService:
@@ -113,18 +115,21 @@ def compose(kafka_bootstrap: str, tmp_path: Path) -> Iterator[dict[str, int]]:
             print(f"--- {service.log.name}\n{service.log.read_text()}")
 
 
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+def runtime_healthcheck_passes(port: int) -> bool:
+    """Run the runtime service's healthcheck command here, against ``port``."""
+    kind, program, *args = SERVICES["runtime"]["healthcheck"]["test"]
+    assert kind == "CMD"
+    assert program == "python"
+    container_port = CONTAINER_PORTS["runtime"]
+    args = [a.replace(f":{container_port}/", f":{port}/") for a in args]
+    return subprocess.run([sys.executable, *args], capture_output=True, timeout=10).returncode == 0
 
 
 def test_compose_services_answer_the_readme_request(
     compose: dict[str, int], kafka_bootstrap: str
 ) -> None:
     ingress = f"http://127.0.0.1:{compose['runtime']}"
-    wait_until(lambda: healthy(f"{ingress}/health"), timeout=40)
+    wait_until(lambda: runtime_healthcheck_passes(compose["runtime"]), timeout=40, interval=0.2)
     answer = httpx.post(
         f"{ingress}/v1/call/example/greeter/Alice",
         content="Alice",

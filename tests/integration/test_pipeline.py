@@ -248,6 +248,10 @@ def test_a_failing_function_is_held_alone_reported_and_recovers(
             timeout=15,
         )
         assert "flaky is failing on purpose" in failing[0]["last_error"]
+        ready = http.get("/ready").json()  # a failing function type is listed, not unready
+        assert ready["ready"] is True
+        assert [f["function_type"] for f in ready["functions"]] == ["test/flaky"]
+        assert http.get("/health").json() == {"status": "ok"}
         # every other function type goes on meanwhile, and nothing is rolled back
         send_int(http, "test/counter/c", 5)
         wait_until(lambda: state(http, "test/counter/c").get("count", {}).get("value") == 5)

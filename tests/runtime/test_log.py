@@ -513,7 +513,7 @@ async def test_kafka_appends_the_producer_never_settles_fail_after_the_deadline(
         await log.ensure_topic(topic, 1)
         # As kafka-python does with the records of an idempotent producer that lost its
         # broker before it got a producer id: they never expire.
-        monkeypatch.setattr(log._producer, "send", lambda *args, **kwargs: KafkaFuture())
+        monkeypatch.setattr(log._appender.kafka, "send", lambda *args, **kwargs: KafkaFuture())
         started = time.monotonic()
         with pytest.raises(LogError, match=r"did not acknowledge an append within 1\.1 s"):
             await asyncio.wait_for(log.append(topic, 0, [Record(b"x")]), 5)

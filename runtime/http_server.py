@@ -1,0 +1,169 @@
+"""The ingress's HTTP server: uvicorn, bounded.
+
+uvicorn closes a keep-alive connection that stays idle, but has no bound on how long a
+request's head or body may take to arrive: a client trickling one byte every few
+seconds holds a connection, and the memory of its request, forever. The protocol here
+(uvicorn's httptools protocol, which ``uvicorn[standard]`` brings) adds both bounds
+(:class:`~runtime.config.IngressTimeouts`) and answers ``408`` as JSON; it also
+answers a request uvicorn cannot parse with JSON rather than uvicorn's plain text.
+
+:class:`IngressServer` serves on a socket bound beforehand (:func:`bind`), so that a
+port in use is one clear error before anything starts, and leaves signals to the
+runtime, which owns shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from runtime.config import IngressTimeouts
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``OSError`` if it cannot be had), made as
+    asyncio makes its own: with the protocol number, without which asyncio leaves
+    Nagle's algorithm on for the connections it accepts (40 ms per request, measured)."""
+    family, type_, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _json_response(status: int, reason: str, error: str, detail: str) -> bytes:
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounds on how long a connection may sit idle
+    before its first request, and on how long a request's head and body take."""
+
+    timeouts: ClassVar[IngressTimeouts] = IngressTimeouts()
+    _deadline: asyncio.TimerHandle | None = None
+
+    def _arm(self, seconds: float, expired: Callable[[], None]) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # Idle until its first byte, as between two requests (uvicorn's keep-alive
+        # timer, cancelled by the first data received).
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeouts.idle, self.timeout_keep_alive_handler
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm(self.timeouts.request_head, self._head_timed_out)
+
+    def on_headers_complete(self) -> None:
+        self._arm(self.timeouts.body, self._body_timed_out)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        self._refuse(f"the request head did not arrive within {self.timeouts.request_head:g} s")
+
+    def _body_timed_out(self) -> None:
+        self._deadline = None
+        cycle = self.cycle
+        if cycle is not None and (cycle.response_started or cycle.disconnected):
+            # Answered already (say, refused before its body was read): just hang up.
+            self.transport.close()
+            return
+        if cycle is not None:
+            # The application waiting for the body sees the client gone, and what it
+            # may still send goes nowhere: the 408 below is the answer.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._refuse(f"the request body did not arrive within {self.timeouts.body:g} s")
+
+    def _refuse(self, detail: str) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(_json_response(408, "Request Timeout", "request_timeout", detail))
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(_json_response(400, "Bad Request", "bad_request", msg))
+            self.transport.close()
+
+
+def bounded_protocol(timeouts: IngressTimeouts) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class with these timeouts (uvicorn instantiates it per connection)."""
+    return type("IngressHttpProtocol", (BoundedHttpToolsProtocol,), {"timeouts": timeouts})
+
+
+class IngressServer(uvicorn.Server):
+    """uvicorn serving ``app`` on bounded connections, without signal handling of its
+    own; ``on_started`` runs once it listens."""
+
+    def __init__(
+        self,
+        app: Any,
+        timeouts: IngressTimeouts,
+        *,
+        graceful_shutdown: float,
+        on_started: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(
+            uvicorn.Config(
+                app,
+                http=bounded_protocol(timeouts),
+                log_level="warning",
+                lifespan="off",
+                timeout_keep_alive=timeouts.idle,
+                timeout_graceful_shutdown=max(1, round(graceful_shutdown)),
+            )
+        )
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._on_started()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def request_exit(self) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True

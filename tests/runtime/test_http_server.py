@@ -1,0 +1,192 @@
+"""The ingress's HTTP server bounds what a client may hold: an idle connection, a
+request head or body that trickles in, each closes in time with a JSON answer where
+a request was under way; a request it cannot parse is answered in JSON too."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from support import wait_until
+
+from runtime import ingress_errors
+from runtime.config import IngressTimeouts
+from runtime.http_server import IngressServer, bind
+
+TIMEOUTS = IngressTimeouts(idle=1, request_head=0.6, body=0.6)
+GRACE = 2.0
+"""What a test allows beyond a timeout for the server to act (a loaded machine)."""
+
+
+class _Available:
+    def unavailable(self) -> tuple[str, float] | None:
+        return None
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+    ingress_errors.install(app, _Available())
+
+    @app.post("/echo")
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"length": len(await request.body())})
+
+    return app
+
+
+class Served:
+    def __init__(self) -> None:
+        self.socket = bind("127.0.0.1", 0)
+        self.port = self.socket.getsockname()[1]
+        self.server = IngressServer(_app(), TIMEOUTS, graceful_shutdown=1)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self.server.serve(sockets=[self.socket])), daemon=True
+        )
+        self._thread.start()
+        wait_until(lambda: self.server.started)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def in_flight(self) -> int:
+        return len(self.server.server_state.tasks)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    server = Served()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def read_until_closed(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    return data
+
+
+def json_body(answer: bytes) -> dict[str, str]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), answer
+    parsed: dict[str, str] = json.loads(body)
+    return parsed
+
+
+def complaints(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Warnings and errors of the server and the application (other tests' leftover
+    Kafka clients may log meanwhile)."""
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith(("runtime", "uvicorn", "fastapi"))
+    ]
+
+
+def trickle(conn: socket.socket, data: bytes, every: float) -> float:
+    """Send ``data`` a byte at a time until the server closes; when it did (monotonic)."""
+    for byte in data:
+        try:
+            conn.sendall(bytes([byte]))
+        except OSError:
+            break
+        time.sleep(every)
+    return time.monotonic()
+
+
+@pytest.mark.timeout(30)
+def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(
+    served: Served,
+) -> None:
+    with served.connect() as conn:
+        started = time.monotonic()
+        assert read_until_closed(conn) == b""
+        assert time.monotonic() - started < TIMEOUTS.idle + GRACE
+
+
+@pytest.mark.timeout(30)
+def test_a_keep_alive_connection_is_closed_after_the_idle_timeout(served: Served) -> None:
+    with served.connect() as conn:
+        conn.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+        started = time.monotonic()
+        answer = read_until_closed(conn)
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert json_body(answer) == {"length": 2}
+        assert time.monotonic() - started < TIMEOUTS.idle + GRACE
+
+
+@pytest.mark.timeout(30)
+def test_a_request_head_that_trickles_in_gets_408_and_is_closed(served: Served) -> None:
+    head = b"POST /echo HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 200 + b"\r\n\r\n"
+    with served.connect() as conn:
+        started = time.monotonic()
+        sending = threading.Thread(target=trickle, args=(conn, head, 0.05), daemon=True)
+        sending.start()
+        answer = read_until_closed(conn)
+        assert time.monotonic() - started < TIMEOUTS.request_head + GRACE
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert json_body(answer)["error"] == "request_timeout"
+    assert "request head" in json_body(answer)["detail"]
+
+
+@pytest.mark.timeout(30)
+def test_a_body_that_trickles_in_gets_408_and_nothing_is_logged(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with served.connect() as conn:
+        conn.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+        started = time.monotonic()
+        sending = threading.Thread(target=trickle, args=(conn, b"b" * 100, 0.05), daemon=True)
+        sending.start()
+        answer = read_until_closed(conn)
+        assert time.monotonic() - started < TIMEOUTS.body + GRACE
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert json_body(answer)["error"] == "request_timeout"
+    wait_until(lambda: served.in_flight() == 0)  # the application saw the client go
+    assert complaints(caplog) == []
+
+
+@pytest.mark.timeout(30)
+def test_a_client_that_goes_away_mid_body_leaves_no_traceback(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with served.connect() as conn:
+        conn.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\npartial")
+        wait_until(lambda: served.in_flight() == 1)
+    wait_until(lambda: served.in_flight() == 0)
+    assert complaints(caplog) == []
+
+
+@pytest.mark.timeout(30)
+def test_a_request_that_cannot_be_parsed_gets_400_json(served: Served) -> None:
+    with served.connect() as conn:
+        conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = read_until_closed(conn)
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert json_body(answer)["error"] == "bad_request"
+
+
+def test_the_bound_socket_lets_asyncio_turn_nagle_off() -> None:
+    # asyncio sets TCP_NODELAY on the connections it accepts only when the listening
+    # socket says it is TCP (its proto); without it every answer waited 40 ms for the
+    # client's delayed ACK.
+    with bind("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.type == socket.SOCK_STREAM

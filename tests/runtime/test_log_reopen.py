@@ -1,0 +1,168 @@
+"""A failed append stops every later one until the log is reopened, and a reopen makes
+the log usable again: no gap in the offsets, nothing written out of order."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka_broker import TansuBroker, tansu_binary
+
+from runtime.log import LogError, Record
+from runtime.log.kafka import KafkaLog
+from runtime.log.local import PendingAppend
+from runtime.log.memory import MemoryLog
+from runtime.log.sqlite import SqliteLog
+
+pytestmark = pytest.mark.anyio
+
+DISK_FULL = "database or disk is full"
+
+
+async def test_sqlite_fails_every_append_queued_behind_a_failed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: the append queued while the failing group was being written forms a
+    group of its own, which must fail too (committing it would leave a gap)."""
+    log = await SqliteLog.open(tmp_path)
+    failures: list[LogError] = []
+    log.on_failure(failures.append)
+    writing_b, release = threading.Event(), threading.Event()
+    apply = SqliteLog._apply
+
+    def failing_apply(conn: sqlite3.Connection, op: Any) -> None:
+        if isinstance(op, PendingAppend) and op.records[0].value == b"b":
+            writing_b.set()
+            release.wait(10)
+            raise sqlite3.OperationalError(DISK_FULL)
+        apply(conn, op)
+
+    monkeypatch.setattr(SqliteLog, "_apply", staticmethod(failing_apply))
+    try:
+        await log.ensure_topic("t", 1)
+        assert await log.append("t", 0, [Record(b"a")]) == [0]
+        b = log.append("t", 0, [Record(b"b")])
+        await asyncio.to_thread(writing_b.wait, 10)
+        c = log.append("t", 0, [Record(b"c")])  # queued behind b's group
+        release.set()
+        with pytest.raises(LogError, match=DISK_FULL):
+            await b
+        with pytest.raises(LogError, match=DISK_FULL):
+            await c
+        assert len(failures) == 1
+        later = log.append("t", 0, [Record(b"d")])
+        assert later.done()  # refused at once, before reaching the writer
+        with pytest.raises(LogError):
+            await later
+        with pytest.raises(LogError):
+            await log.flush()
+        assert await log.end_offsets("t") == [1]
+
+        await log.reopen()
+        assert log.failure is None
+        assert await log.append("t", 0, [Record(b"e")]) == [1]  # b's offset is free again
+        await log.flush()
+        assert [r.value for r in await log.read("t", 0, 0)] == [b"a", b"e"]
+    finally:
+        release.set()
+        await log.close()
+    reopened = await SqliteLog.open(tmp_path)  # and so it is on disk
+    try:
+        assert [r.value for r in await reopened.read("t", 0, 0)] == [b"a", b"e"]
+    finally:
+        await reopened.close()
+
+
+async def test_sqlite_reopen_fails_while_the_log_still_cannot_write(tmp_path: Path) -> None:
+    log = await SqliteLog.open(tmp_path)
+    try:
+        await log.ensure_topic("t", 1)
+        # A trigger refuses every write of the log's writer, as a full disk would.
+        outside = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+        for table in ("records", "reopened"):
+            outside.execute(
+                f"CREATE TRIGGER full_{table} BEFORE INSERT ON {table}"
+                f" BEGIN SELECT RAISE(FAIL, '{DISK_FULL}'); END"
+            )
+        with pytest.raises(LogError, match=DISK_FULL):
+            await log.append("t", 0, [Record(b"a")])
+        with pytest.raises(LogError, match="still cannot write"):
+            await log.reopen()
+        refused = log.append("t", 0, [Record(b"b")])
+        assert refused.done()  # still refusing
+        with pytest.raises(LogError):
+            await refused
+        outside.execute("DROP TRIGGER full_records")
+        outside.execute("DROP TRIGGER full_reopened")
+        outside.close()
+        await log.reopen()
+        assert await log.append("t", 0, [Record(b"c")]) == [0]
+    finally:
+        await log.close()
+
+
+async def test_reopening_a_log_that_did_not_fail_changes_nothing(tmp_path: Path) -> None:
+    for log in (MemoryLog(), await SqliteLog.open(tmp_path)):
+        try:
+            await log.ensure_topic("t", 1)
+            assert await log.append("t", 0, [Record(b"a")]) == [0]
+            await log.reopen()
+            assert await log.append("t", 0, [Record(b"b")]) == [1]
+        finally:
+            await log.close()
+
+
+needs_tansu = pytest.mark.skipif(tansu_binary() is None, reason="needs the Tansu binary")
+
+
+@pytest.mark.kafka
+@needs_tansu
+@pytest.mark.timeout(60)
+async def test_kafka_reopens_with_a_new_producer_after_a_broker_stall() -> None:
+    with TansuBroker() as broker:
+        broker.start()
+        log = await KafkaLog.open(
+            broker.bootstrap, request_timeout_ms=500, delivery_timeout_ms=1000
+        )
+        failures: list[LogError] = []
+        log.on_failure(failures.append)
+        try:
+            await log.ensure_topic("t", 1)
+            assert await log.append("t", 0, [Record(b"a")]) == [0]
+            broker.pause()
+            started = time.monotonic()
+            with pytest.raises(LogError):
+                await asyncio.wait_for(log.append("t", 0, [Record(b"b")]), 10)
+            assert time.monotonic() - started < 5
+            assert [str(f) for f in failures] == [str(log.failure)]
+            refused = log.append("t", 0, [Record(b"c")])
+            assert refused.done()
+            with pytest.raises(LogError):
+                await refused
+            with pytest.raises(LogError):
+                await log.flush()  # at once: an append is missing
+            with pytest.raises(LogError):  # the broker does not answer yet
+                await asyncio.wait_for(log.reopen(), 10)
+            assert log.failure is not None
+            broker.resume()
+            await asyncio.wait_for(log.reopen(), 10)
+            assert log.failure is None
+            # b's fate was unknown: it may or may not have landed before d.
+            (offset,) = await asyncio.wait_for(log.append("t", 0, [Record(b"d")]), 10)
+            values = [r.value for r in await log.read("t", 0, 0)]
+            assert values[0] == b"a"
+            assert values[-1] == b"d"
+            assert values[offset] == b"d"
+            assert set(values[1:-1]) <= {b"b"}
+            await log.flush()
+            assert len(failures) == 1
+        finally:
+            broker.resume()
+            started = time.monotonic()
+            await log.close()
+            assert time.monotonic() - started < 5
