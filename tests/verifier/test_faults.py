@@ -207,6 +207,10 @@ def test_a_row_passes_only_when_every_check_does() -> None:
     assert describe([(0.0, "200"), (1.25, "503 log"), (6.0, "200")]) == (
         "200 -> 503 log @1.2s -> 200 @6.0s"
     )
+    flapping = [(float(t), "503" if t % 2 else "200") for t in range(12)]
+    assert describe(flapping) == (
+        "200 -> 503 @1.0s -> 200 @2.0s -> ... 7 more ... -> 200 @10.0s -> 503 @11.0s"
+    )
 
 
 # --- the short form ---------------------------------------------------------------------

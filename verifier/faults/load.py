@@ -58,6 +58,11 @@ class Answers:
         return sum(n for kind, n in self.counts.items() if kind != ACCEPTED)
 
     @property
+    def server_errors(self) -> int:
+        """5xx answers of any kind."""
+        return sum(n for kind, n in self.counts.items() if kind[:1] == "5")
+
+    @property
     def plain_errors(self) -> int:
         """5xx answers that are not JSON ``{"error", "detail"}``."""
         return sum(n for kind, n in self.counts.items() if kind.endswith("plain"))

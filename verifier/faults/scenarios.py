@@ -53,16 +53,18 @@ def _letter_target(kind: str, id_: str) -> str:
     return f"{UNKNOWN_TARGET}/{id_}" if kind == "unknown-target" else f"{COUNTER}/{id_}"
 
 
-def poisons(kinds: tuple[str, ...]) -> Run:
+def poisons(kinds: tuple[str, ...], *, door: bool = False) -> Run:
     """A poison message of each kind, to an address of its own of ``faults/counter``
     (the healthy type: its endpoint keeps answering other messages), switched on until
-    every poison is parked or ``poison_window`` has passed; then the function is fixed."""
+    every poison is parked or ``poison_window`` has passed; then the function is fixed.
+    With ``door``, the unknown-type probes too (see :func:`unknown_type`)."""
 
     async def run(trial: Trial) -> None:
         timings = trial.timings
         await trial.before()
-        await trial.stack.switches(poisons=list(kinds))
+        await trial.stack.switches(poisons=list(kinds), unknown_types_fail=door)
         trial.fault_begins()
+        probes = await _probe_the_door(trial) if door else []
         targets = {kind: f"{trial.name}-poison-{kind}" for kind in kinds}
         sent_at: dict[str, float] = {}
         for kind, id_ in targets.items():
@@ -84,11 +86,12 @@ def poisons(kinds: tuple[str, ...]) -> Run:
             if len(parked) == len(kinds) and time.monotonic() >= shortest:
                 break
         await trial.end_window()
-        hits = (await trial.stack.switches(poisons=[])).get("hits", {})
+        hits = (await trial.stack.switches(poisons=[], unknown_types_fail=False)).get("hits", {})
         fixed_at = time.monotonic()
         resumed = await trial.resumed(fixed_at)
         await trial.settle()
         trial.check_ratio()
+        _check_the_door(trial, probes)
         for kind in kinds:
             if kind in parked:
                 trial.check(f"{kind} parked", True, f"after {parked_after[kind]:.1f} s")
@@ -307,26 +310,34 @@ async def unknown_type(trial: Trial) -> None:
     await trial.before()
     await trial.stack.switches(unknown_types_fail=True)
     trial.fault_begins()
-    answers = [
-        (path, want, *(await trial.load.post_raw(path, {"op": "noop"}))) for path, want in PROBES
-    ]
+    probes = await _probe_the_door(trial)
     await asyncio.sleep(timings.window)
     await trial.end_window()
     await trial.stack.switches(unknown_types_fail=False)
     resumed = await trial.resumed(time.monotonic())
     await trial.settle()
-    for path, want, status, body in answers:
-        trial.check(f"POST {path}", status == want, f"{status} {body}"[:160] + f" (want {want})")
+    _check_the_door(trial, probes)
     trial.check_ratio()
     trial.check_ready_stays()
     trial.check_answers()
-    refused = all(status == want for _, want, status, _ in answers)
-    if refused:
+    if all(status == want for _, want, status, _ in probes):
         trial.row.outcome = "refused"
     else:
         trial.row.outcome = "accepted; fixed: " + (
             "not resumed" if resumed is None else f"resumed {resumed:.1f}s"
         )
+
+
+async def _probe_the_door(trial: Trial) -> list[tuple[str, int, int, str]]:
+    """(path, status wanted, status got, body) of each probe."""
+    return [
+        (path, want, *(await trial.load.post_raw(path, {"op": "noop"}))) for path, want in PROBES
+    ]
+
+
+def _check_the_door(trial: Trial, probes: list[tuple[str, int, int, str]]) -> None:
+    for path, want, status, body in probes:
+        trial.check(f"POST {path}", status == want, f"{status} {body}"[:160] + f" (want {want})")
 
 
 # --- the log and the checkpoint store failing -----------------------------------------
@@ -365,8 +376,9 @@ def seam(target: str) -> Run:
 
 
 async def broker_stall(trial: Trial) -> None:
-    """The Tansu broker stopped (SIGSTOP) for ``stall`` seconds, then continued. If any
-    POST failed meanwhile, ``/ready`` must have said so; service resumes by itself."""
+    """The Tansu broker stopped (SIGSTOP) for ``stall`` seconds, then continued. If the
+    ingress answered any POST with a 5xx meanwhile, ``/ready`` must have said so; service
+    resumes by itself. (POSTs merely held until the broker is back are not failures.)"""
     timings = trial.timings
     trial.row.ratio_gated = False
     await trial.before()
@@ -381,7 +393,7 @@ async def broker_stall(trial: Trial) -> None:
     resumed = await trial.resumed(cleared)
     await trial.settle()
     trial.check_answers()
-    if trial.answers.failed:
+    if trial.answers.server_errors:
         trial.check_ready_degraded(cleared)
     trial.check_resumed(resumed)
 
@@ -589,7 +601,6 @@ SHORT_ORDER = [
     "hot-address",
     "endpoint-outage",
     "storms",
-    "unknown-type",
     "log-full",
     "store-full",
     "broker-stall",
@@ -597,5 +608,6 @@ SHORT_ORDER = [
     "sigterm-degraded",
     "missing-store",
 ]
-"""The short form: the poisons and the storms each in one row."""
+"""The short form: the poisons (with the unknown-type probes) and the storms each in
+one row."""
 LONG_ORDER = [fault.name for fault in ONE_BY_ONE]

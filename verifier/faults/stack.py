@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,6 +328,13 @@ spec:
         if self.broker is not None:
             self.broker.stop(grace=2)
 
+    async def ensure_functions(self) -> None:
+        """Both function servers up (one a broken-off fault left down is started)."""
+        for server in (self.functions, self.flaky):
+            if not server.alive:
+                server.start()
+                await server.ready()
+
     # --- levers -------------------------------------------------------------------------
 
     async def switches(self, **switches: Any) -> dict[str, Any]:
@@ -416,6 +423,3 @@ spec:
     def runtime_log_size(self) -> int:
         path = self._runtime.log_path
         return path.stat().st_size if path.exists() else 0
-
-    def processes_alive(self) -> Sequence[tuple[str, bool]]:
-        return [(p.name, p.alive) for p in (self.functions, self.flaky, self._runtime)]

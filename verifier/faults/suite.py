@@ -81,8 +81,9 @@ class SuiteResult:
             "before/s",
             "during/s",
             "ratio",
+            "max lag",
             "parked / resumed",
-            "/ready from the fault on",
+            "/ready (or /health) from the fault on",
             "count at the end",
             "result",
         )
@@ -96,6 +97,7 @@ class SuiteResult:
                     _number(row.before),
                     _number(row.during),
                     ratio if row.ratio_gated else f"({ratio})",
+                    "-" if row.lag is None else f"{row.lag:.1f}s",
                     row.outcome,
                     row.ready,
                     row.exact,
@@ -118,7 +120,9 @@ class SuiteResult:
             self.table(),
             "",
             "ratio: healthy throughput during the fault / before it (processed increments per "
-            "second, from the state); in parentheses where it is not a check.",
+            "second, from the state); in parentheses where it is not a check. max lag: the "
+            "most the healthy addresses fell behind the increments accepted for them during "
+            "the fault, in seconds of the throughput before (shown, not checked).",
             f"runtime: {self.features.describe()}",
             f"{passed} passed, {failed} failed, {skipped} skipped in {self.elapsed:.0f} s"
             + (f"; work dir {self.work_dir}" if self.work_dir else ""),
@@ -184,7 +188,7 @@ async def _run_log(
     stack = Stack(log, work, timings, features, kafka_bootstrap=config.kafka_bootstrap, echo=echo)
     rows: list[Row] = []
     load = Load(stack.url, concurrency=config.concurrency, rate=config.rate)
-    watch = ReadyWatch(load)
+    watch = ReadyWatch(stack.url)
     try:
         echo(f"faults: starting the {log} stack in {work}")
         await stack.open()
@@ -215,7 +219,8 @@ async def _run_log(
 async def _run_fault(
     fault: Fault, stack: Stack, load: Load, watch: ReadyWatch, timings: Timings, echo: Echo
 ) -> Row:
-    # Whatever an earlier fault left switched on is off.
+    # Whatever an earlier fault left switched on (or off) is back to normal.
+    await stack.ensure_functions()
     await stack.switches(poisons=[], slow=0, storm=False, unknown_types_fail=False)
     stack.set_seam(None)
     if stack.broker_stopped:
@@ -229,4 +234,6 @@ async def _run_fault(
         trial.row.recovered = False
         trial.row.elapsed = time.monotonic() - trial.started
         await load.stop(grace=5)
+    finally:
+        await trial.close()
     return trial.row

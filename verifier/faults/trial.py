@@ -19,11 +19,13 @@ from verifier.fault_functions import COUNTER
 from verifier.faults.load import Answers, Load
 from verifier.faults.stack import Echo, Stack
 from verifier.faults.timings import RATIO_GATE, Timings
-from verifier.faults.watch import NO_READY, DeadLetterWatch, ReadyWatch, describe
+from verifier.faults.watch import DeadLetterWatch, ReadyWatch, describe
 
 HEALTHY_ADDRESSES = 200
-RESUME_PROBE = 1.0
+RESUME_PROBE = 0.5
 """Seconds between throughput probes while waiting for service to resume."""
+LAG_PROBE = 1.0
+"""Seconds between reads of the processing lag during a fault's window."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class Row:
     ratio_gated: bool = True
     """Whether the ratio is one of the checks (it is not for faults that stop the whole
     runtime by nature: a full disk, a restart)."""
+    lag: float | None = None
+    """The most the healthy addresses fell behind during the fault's window: increments
+    accepted but not processed, in seconds of the throughput before. The ratio averages
+    over the window, so a stall the runtime catches up on within it shows here only."""
     outcome: str = "-"
     """Time until the poison was parked, or until service resumed."""
     ready: str = "-"
@@ -109,8 +115,9 @@ class Trial:
         self.started = time.monotonic()
         self.fault_at = self.started
         self.log_offset = stack.runtime_log_size()
-        self._before_window: tuple[float, int | None] = (self.started, None)
         self._fault_window: tuple[float, int | None] = (self.started, None)
+        self._lag: asyncio.Task[None] | None = None
+        self._most_behind = 0
 
     # --- phases -------------------------------------------------------------------------
 
@@ -125,6 +132,7 @@ class Trial:
         self._fault_window = await self.measure()
         self.row.before = rate(first, self._fault_window)
         self.fault_at = time.monotonic()
+        self._lag = asyncio.create_task(self._follow_lag())
         self.echo(f"  {self.name}: {self._per_second(self.row.before)} before the fault")
 
     def fault_begins(self) -> None:
@@ -132,10 +140,28 @@ class Trial:
         self.fault_at = time.monotonic()
 
     async def end_window(self) -> None:
-        """The fault's window ends: its throughput."""
+        """The fault's window ends: its throughput and the most it fell behind."""
         end = await self.measure()
+        await self.close()
         self.row.during = rate(self._fault_window, end)
+        if self.row.before:
+            self.row.lag = self._most_behind / self.row.before
         self.echo(f"  {self.name}: {self._per_second(self.row.during)} during the fault")
+
+    async def close(self) -> None:
+        """Stop following the lag (idempotent)."""
+        if self._lag is not None:
+            self._lag.cancel()
+            await asyncio.gather(self._lag, return_exceptions=True)
+            self._lag = None
+
+    async def _follow_lag(self) -> None:
+        while True:
+            accepted = sum(self.load.accepted[(COUNTER, i)] for i in self.ids)
+            _, processed = await self.measure()
+            if processed is not None:
+                self._most_behind = max(self._most_behind, accepted - processed)
+            await asyncio.sleep(LAG_PROBE)
 
     async def measure(self) -> tuple[float, int | None]:
         """(when, the sum of the healthy counts); the time is the middle of the reads."""
@@ -168,27 +194,28 @@ class Trial:
 
     async def settle(self) -> None:
         """Stop the load, wait (bounded) until every count is exact, and record it."""
+        await self.close()
         await self.load.stop(self.timings.settle_timeout)
         expected = {(COUNTER, i): self.load.accepted[(COUNTER, i)] for i in self.ids}
         expected.update({address: self.load.accepted[address] for address in self.tracked})
         deadline = time.monotonic() + self.timings.settle_timeout
         while True:
             got = await self._counts(expected)
-            lost = sum(max(0, n - (got.get(a) or 0)) for a, n in expected.items())
+            missing = sum(max(0, n - (got.get(a) or 0)) for a, n in expected.items())
             twice = sum(max(0, (got.get(a) or 0) - n) for a, n in expected.items())
             unread = sum(1 for a in expected if got.get(a) is None)
-            if (not lost and not twice and not unread) or time.monotonic() > deadline:
+            if (not missing and not twice and not unread) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
         total = sum(expected.values())
         refused = sum(self.load.refused[a] for a in expected)
         unresolved = self.load.unresolved
         self.load.unresolved = 0
-        exact = not (lost or twice or unread or refused or unresolved)
+        exact = not (missing or twice or unread or refused or unresolved)
         if exact:
             self.row.exact = f"exact ({total})"
         else:
-            parts = [f"lost {lost}", f"twice {twice}"]
+            parts = [f"missing {missing}", f"twice {twice}"]
             parts += [f"{unread} unreadable"] if unread else []
             parts += [f"{refused} refused"] if refused else []
             parts += [f"{unresolved} unresolved"] if unresolved else []
@@ -235,7 +262,7 @@ class Trial:
         """Function faults never make ``/ready`` 503 (nor the ingress go away)."""
         seen = self.ready.between(self.fault_at, time.monotonic())
         if self.ready.supported is False:
-            self.check("/ready", False, f"the runtime has no /ready ({NO_READY})")
+            self.check("/ready", False, "GET /ready answers 404: the runtime has none")
             return
         bad = [s for _, s in seen if s != "200"]
         self.check("/ready stays 200", not bad, "200 throughout" if not bad else describe(seen))
@@ -243,7 +270,7 @@ class Trial:
     def check_ready_degraded(self, until: float) -> None:
         """``/ready`` went 503 during the fault (before ``until``) and is 200 again now."""
         if self.ready.supported is False:
-            self.check("/ready", False, f"the runtime has no /ready ({NO_READY})")
+            self.check("/ready", False, "GET /ready answers 404: the runtime has none")
             return
         seen = self.ready.between(self.fault_at, time.monotonic())
         degraded = self.ready.saw("503", self.fault_at, until)

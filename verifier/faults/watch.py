@@ -5,23 +5,27 @@ its dead letters (``GET /v1/dead-letters``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from verifier.faults.load import Load
 
 READY_POLL = 0.15
-NO_READY = "no /ready"
+HEALTH = "/health"
 DOWN = "down"
 
 
 @dataclass
 class ReadyWatch:
     """The status of ``GET /ready`` over time: ``200``, ``503 <reasons>``, ``down`` (no
-    HTTP answer). A runtime without ``/ready`` (404) is recorded once as ``no /ready``."""
+    HTTP answer). A runtime without ``/ready`` (404) shows what its ``/health`` answers
+    instead: ``/health 200``, ``/health 503``."""
 
-    load: Load
+    url: str
     changes: list[tuple[float, str]] = field(default_factory=list)
     """(monotonic time, status) at each change."""
     supported: bool | None = None
@@ -38,14 +42,20 @@ class ReadyWatch:
             self._task = None
 
     async def _poll(self) -> None:
-        while True:
-            status, body = await self.load.get_json("/ready")
-            self._record(_status(status, body))
-            if status == 404:
-                self.supported = False
-            elif status in (200, 503):
-                self.supported = True
-            await asyncio.sleep(READY_POLL)
+        # A session of its own: the polls must not queue behind the suite's other reads.
+        timeout = aiohttp.ClientTimeout(total=1.0)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                status, body = await _get(http, self.url + "/ready")
+                if status == 404:
+                    self.supported = False
+                    health, _ = await _get(http, self.url + "/health")
+                    self._record(f"{HEALTH} {health}" if health else DOWN)
+                else:
+                    if status in (200, 503):
+                        self.supported = True
+                    self._record(_status(status, body))
+                await asyncio.sleep(READY_POLL)
 
     def _record(self, status: str) -> None:
         if not self.changes or self.changes[-1][1] != status:
@@ -69,8 +79,8 @@ class ReadyWatch:
 
     @property
     def ready(self) -> bool:
-        """Ready now: ``/ready`` answers 200 (or, without ``/ready``, the ingress answers)."""
-        return self.current == "200" or self.current == NO_READY
+        """Ready now: ``/ready`` answers 200 (without ``/ready``: ``/health`` does)."""
+        return self.current in ("200", f"{HEALTH} 200")
 
     def status_at(self, at: float) -> str:
         status = DOWN
@@ -90,22 +100,40 @@ class ReadyWatch:
         return any(s.startswith(prefix) for _, s in self.between(start, end))
 
 
+async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    """(status, JSON body or None); (0, None) when no HTTP answer came."""
+    try:
+        async with http.get(url) as answer:
+            content = await answer.read()
+    except (TimeoutError, aiohttp.ClientError):
+        return 0, None
+    try:
+        return answer.status, json.loads(content)
+    except ValueError:
+        return answer.status, None
+
+
 def _status(status: int, body: Any) -> str:
     if status == 0:
         return DOWN
-    if status == 404:
-        return NO_READY
     if status == 503 and isinstance(body, dict) and isinstance(body.get("reasons"), dict):
         return "503 " + ",".join(sorted(body["reasons"])) if body["reasons"] else "503"
     return str(status)
 
 
+DESCRIBED_CHANGES = 6
+
+
 def describe(changes: list[tuple[float, str]]) -> str:
-    """``200 -> 503 log @1.2 s -> 200 @6.0 s``"""
+    """``200 -> 503 log @1.2s -> 200 @6.0s``; a status that flaps is cut short in the
+    middle (``... 14 more ...``)."""
     if not changes:
         return "-"
     parts = [changes[0][1]]
     parts += [f"{s} @{t:.1f}s" for t, s in changes[1:]]
+    if len(parts) > DESCRIBED_CHANGES:
+        hidden = len(parts) - DESCRIBED_CHANGES + 1
+        parts = [*parts[:3], f"... {hidden} more ...", *parts[-(DESCRIBED_CHANGES - 4) :]]
     return " -> ".join(parts)
 
 
