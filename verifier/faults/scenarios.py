@@ -9,6 +9,7 @@ Each row checks what the issue asks of that fault; see ``verifier/README.md``.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ FLAKY_RATE = 20.0
 """Messages per second to ``faults/flaky`` (the type whose endpoint goes down)."""
 STOP_PROBE = 1.0
 """Seconds between two reads that show a paused storm no longer moves."""
+ONE_LINE_ERROR = re.compile(r"^[\w.]+: error: ")
+"""How a CLI refuses in one line (``statefun: error: ...``)."""
 
 
 @dataclass(frozen=True)
@@ -466,7 +469,7 @@ async def missing_store(trial: Trial) -> None:
     last = _last_line(output)
     restarted = time.monotonic()
     if outcome == "exited":
-        one_line = "Traceback" not in output and last.startswith("statefun: error:")
+        one_line = "Traceback" not in output and ONE_LINE_ERROR.match(last) is not None
         trial.check("refused in one line", one_line, last[:200])
         if stack.features.start_over:
             restarted = time.monotonic()

@@ -5,10 +5,10 @@ on them (switches, the seams' fault file, SIGSTOP of the broker, the checkpoint 
 
 The runtime runs as ``python -m runtime.cli run ...``, or, when the fault-injection
 seams are present (``verifier.faulty_runtime``), as ``python -m verifier.faulty_runtime
---fault-file PATH ...`` with the same arguments: while ``PATH`` exists, what its content
-names fails as on a full disk (``log``: appends to the log; ``store``: writes to the
-checkpoint store). What the runtime supports is found out once (:class:`Features`), so
-the suite runs against today's runtime and the one the issue asks for alike.
+--log-fault-file PATH --store-fault-file PATH ...`` with the same arguments: while one
+of those files exists, the log's appends or the checkpoint store's writes fail as on a
+full disk. What the runtime supports is found out once (:class:`Features`), so the
+suite runs against today's runtime and the one the issue asks for alike.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.module = work / "module.yaml"
-        self.fault_file = work / "fault"
+        self.fault_files = {"log": work / "log-fault", "store": work / "store-fault"}
         self.serial = 0
         self.app_id = ""
         self.data_dir = work
@@ -267,9 +267,11 @@ spec:
                 sys.executable,
                 "-m",
                 FAULTY_RUNTIME,
+                "--log-fault-file",
+                str(self.fault_files["log"]),
+                "--store-fault-file",
+                str(self.fault_files["store"]),
                 *args,
-                "--fault-file",
-                str(self.fault_file),
             ]
         return [sys.executable, "-m", "runtime.cli", "run", *args]
 
@@ -349,11 +351,13 @@ spec:
         return answers[0] if answers else {}
 
     def set_seam(self, target: str | None) -> None:
-        """Make what ``target`` names fail (``log`` or ``store``), or nothing (None)."""
-        if target is None:
-            self.fault_file.unlink(missing_ok=True)
-        else:
-            self.fault_file.write_text(target)
+        """Make what ``target`` names fail as on a full disk (``log``: its appends;
+        ``store``: the checkpoint store's writes), or nothing (None)."""
+        for name, path in self.fault_files.items():
+            if name == target:
+                path.touch()
+            else:
+                path.unlink(missing_ok=True)
 
     def stall_broker(self) -> None:
         self._broker_signal(signal.SIGSTOP)
