@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 f for f, order in (("long", LONG_ORDER), ("short", SHORT_ORDER)) if name in order
             ]
             logs = "/".join(fault.logs)
-            print(f"{name:18} {logs:15} {'+'.join(forms) or '-':11} {fault.summary}")
+            print(f"{name:24} {logs:15} {'+'.join(forms) or '-':11} {fault.summary}")
         return 0
     config = SuiteConfig(
         logs=("embedded", "kafka") if args.log == "both" else (args.log,),

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,6 @@ from statefun.module_spec import parse_module_spec
 from verifier.fault_functions import FLAKY
 from verifier.faults.timings import Timings
 from verifier.processes import ROOT, ChildProcess, FunctionServer, ProcessError, TansuBroker
-
-Echo = Callable[[str], None]
 
 MAX_BATCH = 100
 """The endpoints' ``maxNumBatchRequests``: the hot address gets more than this waiting."""
@@ -146,7 +143,6 @@ class Stack:
         features: Features,
         *,
         kafka_bootstrap: str | None = None,
-        echo: Echo | None = None,
     ):
         if log not in ("embedded", "kafka"):
             raise ValueError(f"log must be embedded or kafka, not {log!r}")
@@ -155,7 +151,6 @@ class Stack:
         self.work = work
         self.timings = timings
         self.features = features
-        self.echo: Echo = echo or (lambda line: None)
         self.broker: TansuBroker | None = None
         self.bootstrap = kafka_bootstrap
         self.functions = FunctionServer(

@@ -20,9 +20,9 @@ import aiohttp
 
 from verifier.faults.load import Load
 from verifier.faults.scenarios import ALL, LONG_ORDER, SHORT_ORDER, Fault
-from verifier.faults.stack import FAULTY_RUNTIME, Echo, Features, Stack
+from verifier.faults.stack import FAULTY_RUNTIME, Features, Stack
 from verifier.faults.timings import LONG, SHORT, Timings
-from verifier.faults.trial import Row, Trial
+from verifier.faults.trial import Echo, Row, Trial
 from verifier.faults.watch import ReadyWatch
 from verifier.processes import ProcessError
 
@@ -185,7 +185,7 @@ async def _run_log(
     if not runnable:
         return []
     timings = config.timings
-    stack = Stack(log, work, timings, features, kafka_bootstrap=config.kafka_bootstrap, echo=echo)
+    stack = Stack(log, work, timings, features, kafka_bootstrap=config.kafka_bootstrap)
     rows: list[Row] = []
     load = Load(stack.url, concurrency=config.concurrency, rate=config.rate)
     watch = ReadyWatch(stack.url)

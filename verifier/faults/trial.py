@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 
 from verifier.fault_functions import COUNTER
 from verifier.faults.load import Answers, Load
-from verifier.faults.stack import Echo, Stack
+from verifier.faults.stack import Stack
 from verifier.faults.timings import RATIO_GATE, Timings
 from verifier.faults.watch import DeadLetterWatch, ReadyWatch, describe
+
+Echo = Callable[[str], None]
+"""Where progress lines go."""
 
 HEALTHY_ADDRESSES = 200
 RESUME_PROBE = 0.5
