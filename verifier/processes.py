@@ -112,7 +112,7 @@ class ChildProcess:
 
 
 class FunctionServer(ChildProcess):
-    """``uvicorn verifier.functions:app`` on a loopback port."""
+    """``uvicorn verifier.functions:app`` (or another ``app``) on a loopback port."""
 
     def __init__(
         self,
@@ -120,14 +120,17 @@ class FunctionServer(ChildProcess):
         log_path: Path,
         sabotage: str | None = None,
         kafka_egress_topic: str | None = None,
+        *,
+        app: str = "verifier.functions:app",
+        name: str = "function server",
     ):
         super().__init__(
-            "function server",
+            name,
             [
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "verifier.functions:app",
+                app,
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -1,0 +1,242 @@
+"""The fault suite (``verifier/faults``): its function server misbehaves as it says, its
+answers are classified as the checks need, and its short form passes on both logs.
+
+The short form (``python -m verifier.faults --short``) needs the availability work of
+issue 10 (containment, ``/ready``, pause and resume, the fault-injection seams): on a
+runtime without it, most of its rows fail, each with the numbers that say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support import wait_until
+
+from statefun.address import Address
+from statefun.errors import ProtocolError
+from statefun.native_codec import CONTENT_TYPE, decode_response, encode_request
+from statefun.protocol import (
+    FunctionFailure,
+    FunctionRequest,
+    Invocation,
+    InvocationBatch,
+    InvocationResult,
+    MissingStateSpecs,
+)
+from statefun.values import IntType, TypedValue
+from verifier import fault_functions
+from verifier.fault_functions import COUNTER, OP_TYPE, SWITCHES, UNKNOWN_TARGET
+from verifier.faults.load import classify
+from verifier.faults.suite import SuiteConfig, SuiteResult, run_suite
+from verifier.faults.trial import Check, Row
+from verifier.faults.watch import describe
+
+
+@pytest.fixture(autouse=True)
+def switches_off() -> Iterator[None]:
+    yield
+    SWITCHES.update({"poisons": [], "slow": 0, "storm": False, "unknown_types_fail": False})
+    SWITCHES.hits.clear()
+
+
+def _op(**op: Any) -> TypedValue:
+    return TypedValue(OP_TYPE, json.dumps(op).encode())
+
+
+def _batch(id_: str, *ops: dict[str, Any], function_type: str = COUNTER) -> InvocationBatch:
+    return InvocationBatch(
+        Address.of(function_type, id_),
+        {"count": None, "poisons": None},
+        [Invocation(None, _op(**op)) for op in ops],
+    )
+
+
+def _invoke(*batches: InvocationBatch) -> httpx.Response:
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=fault_functions.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://functions") as http:
+            return await http.post(
+                "/statefun",
+                content=encode_request(FunctionRequest(list(batches))),
+                headers={"content-type": CONTENT_TYPE},
+            )
+
+    return asyncio.run(call())
+
+
+def test_the_counter_counts_and_relays() -> None:
+    outcomes = decode_response(
+        _invoke(_batch("a", {"op": "inc"}, {"op": "relay", "to": "b"})).content
+    ).outcomes
+    (result,) = outcomes
+    assert isinstance(result, InvocationResult)
+    assert [m.name for m in result.mutations] == ["count"]
+    assert [str(m.target) for m in result.messages] == [f"{COUNTER}/b"]
+
+
+def test_a_poison_switched_off_is_a_no_op() -> None:
+    (result,) = decode_response(
+        _invoke(_batch("p", {"op": "poison", "kind": "raise"})).content
+    ).outcomes
+    assert isinstance(result, InvocationResult)
+    assert [m.name for m in result.mutations] == ["poisons"]
+
+
+@pytest.mark.parametrize("kind", ["raise", "reply"])
+def test_poisons_that_make_the_function_raise(kind: str) -> None:
+    SWITCHES.update({"poisons": [kind]})
+    healthy, poison = decode_response(
+        _invoke(_batch("h", {"op": "inc"}), _batch("p", {"op": "poison", "kind": kind})).content
+    ).outcomes
+    assert isinstance(healthy, InvocationResult)
+    assert isinstance(poison, FunctionFailure)
+    assert SWITCHES.hits[kind] == 1
+
+
+def test_a_poison_that_sends_to_a_type_nobody_serves() -> None:
+    SWITCHES.update({"poisons": ["unknown-target"]})
+    (result,) = decode_response(
+        _invoke(_batch("p", {"op": "poison", "kind": "unknown-target"})).content
+    ).outcomes
+    assert isinstance(result, InvocationResult)
+    assert [str(m.target) for m in result.messages] == [f"{UNKNOWN_TARGET}/p"]
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_poisons_that_break_the_whole_answer(kind: str) -> None:
+    SWITCHES.update({"poisons": [kind]})
+    answer = _invoke(_batch("h", {"op": "inc"}), _batch("p", {"op": "poison", "kind": kind}))
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == CONTENT_TYPE
+    with pytest.raises(ProtocolError):
+        decode_response(answer.content)
+
+
+def test_a_poison_that_mutates_an_undeclared_state() -> None:
+    SWITCHES.update({"poisons": ["undeclared-state"]})
+    healthy, poison = decode_response(
+        _invoke(
+            _batch("h", {"op": "inc"}), _batch("p", {"op": "poison", "kind": "undeclared-state"})
+        ).content
+    ).outcomes
+    assert isinstance(healthy, InvocationResult)
+    assert [m.name for m in healthy.mutations] == ["count"]
+    assert isinstance(poison, InvocationResult)
+    assert "undeclared" in [m.name for m in poison.mutations]
+
+
+def test_a_poison_that_asks_again_for_the_states_it_was_given() -> None:
+    SWITCHES.update({"poisons": ["missing-specs"]})
+    (poison,) = decode_response(
+        _invoke(_batch("p", {"op": "poison", "kind": "missing-specs"})).content
+    ).outcomes
+    assert isinstance(poison, MissingStateSpecs)
+    assert {s.name for s in poison.specs} == {"count", "poisons"}
+
+
+def test_a_trickling_answer_sends_the_rest_once_switched_off() -> None:
+    SWITCHES.update({"poisons": ["trickle"]})
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(_invoke, _batch("p", {"op": "poison", "kind": "trickle"}))
+        wait_until(lambda: SWITCHES.hits["trickle"])
+        SWITCHES.update({"poisons": []})
+        answer = call.result(timeout=10)
+    (result,) = decode_response(answer.content).outcomes
+    assert isinstance(result, InvocationResult)
+
+
+def test_an_unknown_type_fails_only_while_switched_on() -> None:
+    batch = _batch("x", {"op": "noop"}, function_type="faults/nosuch")
+    (healed,) = decode_response(_invoke(batch).content).outcomes
+    assert healed == InvocationResult()
+    SWITCHES.update({"unknown_types_fail": True})
+    (failing,) = decode_response(_invoke(batch).content).outcomes
+    assert isinstance(failing, FunctionFailure)
+
+
+def test_a_storm_ends_with_one_more_received_than_sent() -> None:
+    SWITCHES.update({"storm": True})
+    batch = _batch("s", {"op": "storm-fanout", "cap": 4}, function_type=fault_functions.STORM)
+    batch = InvocationBatch(batch.target, {"received": None, "sent": None}, batch.invocations * 3)
+    (result,) = decode_response(_invoke(batch).content).outcomes
+    assert isinstance(result, InvocationResult)
+    # Three messages: the first two fan out (2 + 2 = the cap), the third does not.
+    assert len(result.messages) == 4
+    ints = IntType.serializer()
+    values = {m.name: ints.deserialize(m.value.value or b"") for m in result.mutations if m.value}
+    assert values == {"received": 3, "sent": 4}
+
+
+def test_the_switches_refuse_an_unknown_poison() -> None:
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=fault_functions.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://functions") as http:
+            return await http.post("/faults", json={"poisons": ["nonsense"]})
+
+    answer = asyncio.run(call())
+    assert answer.status_code == 400
+    assert "nonsense" in answer.json()["detail"]
+
+
+def test_ingress_answers_are_classified() -> None:
+    unavailable = json.dumps({"error": "unavailable", "detail": "the log is failing"}).encode()
+    assert classify(202, {}, b"{}") == "202"
+    assert classify(503, {"retry-after": "1"}, unavailable) == "503 JSON + Retry-After"
+    assert classify(503, {}, unavailable) == "503 JSON without Retry-After"
+    assert classify(500, {}, b"Internal Server Error") == "500 plain"
+    assert classify(404, {}, b"{}") == "404"
+
+
+def test_a_row_passes_only_when_every_check_does() -> None:
+    row = Row("f", "embedded", before=1000.0, during=790.0)
+    assert row.result == "FAIL"  # no check at all is not a pass
+    row.checks.append(Check("a", True, ""))
+    assert row.result == "PASS"
+    row.checks.append(Check("b", False, "why"))
+    assert row.result == "FAIL"
+    assert row.failures() == ["b: why"]
+    assert row.ratio == pytest.approx(0.79)
+    assert Row("f", "kafka", skipped="needs seams").result == "SKIP"
+    assert describe([(0.0, "200"), (1.25, "503 log"), (6.0, "200")]) == (
+        "200 -> 503 log @1.2s -> 200 @6.0s"
+    )
+    flapping = [(float(t), "503" if t % 2 else "200") for t in range(12)]
+    assert describe(flapping) == (
+        "200 -> 503 @1.0s -> 200 @2.0s -> ... 7 more ... -> 200 @10.0s -> 503 @11.0s"
+    )
+
+
+# --- the short form ---------------------------------------------------------------------
+
+
+def _short(tmp_path: Path, log: str) -> SuiteResult:
+    result = asyncio.run(
+        run_suite(SuiteConfig(logs=(log,), short=True, work_dir=tmp_path), echo=print)
+    )
+    print(result.report())
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_short_fault_suite_passes_on_the_embedded_log(tmp_path: Path) -> None:
+    result = _short(tmp_path, "embedded")
+    assert result.rows
+    assert all(row.result == "PASS" for row in result.rows), result.report()
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+@pytest.mark.timeout(900)
+def test_the_short_fault_suite_passes_on_kafka(tmp_path: Path) -> None:
+    # The suite starts a Tansu broker of its own: the broker-stall fault stops it.
+    result = _short(tmp_path, "kafka")
+    assert result.rows
+    assert all(row.result == "PASS" for row in result.rows), result.report()
