@@ -134,18 +134,6 @@ def _dead_letter_json(d: DeadLetter, status: str) -> dict[str, Any]:
     return out
 
 
-def _function_json(f: FunctionTypeHealth) -> dict[str, Any]:
-    return {
-        "function_type": f.function_type,
-        "failing_addresses": f.failing_addresses,
-        "unavailable": f.unavailable,
-        "paused": f.paused,
-        "dead_lettered": f.dead_lettered,
-        "last_error": f.last_error,
-        "failing_since": None if f.failing_since_ms is None else _iso(f.failing_since_ms),
-    }
-
-
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
@@ -427,7 +415,9 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
     @app.get("/v1/admin/functions")
     async def functions() -> JSONResponse:
         """The function types that are failing, unavailable or paused."""
-        return JSONResponse({"functions": [_function_json(f) for f in runtime.health.functions()]})
+        return JSONResponse(
+            {"functions": [_function_health(f) for f in runtime.health.functions()]}
+        )
 
     @app.post("/v1/admin/functions/{namespace}/{type_}/pause")
     async def pause(namespace: str, type_: str) -> JSONResponse:

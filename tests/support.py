@@ -288,3 +288,28 @@ class RuntimeProcess:
         assert self.process is not None
         self.process.kill()
         self.process.wait(timeout=10)
+
+
+def write_module(
+    path: Path,
+    function_url: str,
+    *,
+    call: str = "5s",
+    read: str = "2s",
+    egress: str = "exactly-once",
+    extra: str = "",
+) -> Path:
+    """A module.yaml for ``statefun run``: ``test/*`` at ``function_url`` and the embedded
+    egress ``test/out``, then ``extra`` documents."""
+    path.write_text(
+        f"""kind: io.statefun.endpoints.v2/http
+spec:
+  functions: test/*
+  urlPathTemplate: {function_url}
+  transport: {{timeouts: {{call: {call}, read: {read}}}}}
+---
+kind: statefun.v1/egress
+spec: {{id: test/out, deliverySemantic: {{type: {egress}}}}}
+{extra}"""
+    )
+    return path

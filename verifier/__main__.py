@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-spells", action="store_true", help="no endpoint 500/timeout spells")
     parser.add_argument(
+        "--failure-policy",
+        choices=["dead-letter", "retry", "fail"],
+        help="the functions' failure policy (default: the runtime's, dead-letter); fail makes "
+        "long endpoint spells roll the whole runtime back",
+    )
+    parser.add_argument(
         "--checkpoint-interval",
         type=float,
         default=1.0,
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         final_timeout=args.final_timeout,
         call_timeout=args.call_timeout,
+        failure_policy=args.failure_policy,
         read_timeout=args.read_timeout,
         sabotage=args.sabotage,
         runtime_command=tuple(shlex.split(args.runtime_command or "")),

@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,7 @@ from statefun.protocol import (
     StateSpec,
 )
 from statefun.values import TypedValue
+from verifier.asgi import Receive, Scope, Send, read_body, respond, respond_json
 
 OP_TYPE = "faults/Op"
 COUNTER = "faults/counter"
@@ -177,9 +178,6 @@ def storm(context: Context, message: Message) -> None:
 
 # --- the endpoint ---------------------------------------------------------------------
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -242,9 +240,9 @@ class FaultyEndpoint:
 
     async def _invoke(self, receive: Receive, send: Send) -> None:
         try:
-            request = decode_request(await _read_body(receive))
+            request = decode_request(await read_body(receive))
         except ProtocolError as e:
-            await _respond_json(send, 400, {"error": "invalid_request", "detail": str(e)})
+            await respond_json(send, 400, {"error": "invalid_request", "detail": str(e)})
             return
         kinds = [_poisons_in(batch) for batch in request.batches]
         everywhere = set().union(*kinds)
@@ -253,7 +251,7 @@ class FaultyEndpoint:
             await asyncio.sleep(SWITCHES.slow)
         if "garbage" in everywhere:
             SWITCHES.hits["garbage"] += 1
-            await _respond(send, GARBAGE)
+            await respond(send, 200, CONTENT_TYPE, GARBAGE)
             return
         response = await self.handler.process(request)
         outcomes = [
@@ -271,7 +269,7 @@ class FaultyEndpoint:
             SWITCHES.hits["trickle"] += 1
             await _trickle(receive, send, data)
             return
-        await _respond(send, data)
+        await respond(send, 200, CONTENT_TYPE, data)
 
     def _unknown_type(self, batch: InvocationBatch, outcome: BatchOutcome) -> BatchOutcome:
         if functions.lookup(batch.target.typename) is not None:
@@ -282,14 +280,14 @@ class FaultyEndpoint:
     async def _switches(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "POST":
             try:
-                request = json.loads(await _read_body(receive))
+                request = json.loads(await read_body(receive))
                 if not isinstance(request, dict):
                     raise ValueError("the body must be a JSON object")
                 SWITCHES.update(request)
             except (ValueError, TypeError) as e:
-                await _respond_json(send, 400, {"error": "bad_switches", "detail": str(e)})
+                await respond_json(send, 400, {"error": "bad_switches", "detail": str(e)})
                 return
-        await _respond_json(send, 200, SWITCHES.to_json())
+        await respond_json(send, 200, SWITCHES.to_json())
 
 
 async def _trickle(receive: Receive, send: Send, data: bytes) -> None:
@@ -319,44 +317,6 @@ async def _trickle(receive: Receive, send: Send, data: bytes) -> None:
         await send({"type": "http.response.body", "body": data[sent:]})
     finally:
         gone.cancel()
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _respond(send: Send, data: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", CONTENT_TYPE.encode()),
-                (b"content-length", b"%d" % len(data)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
-
-
-async def _respond_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(data)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
 
 
 app = FaultyEndpoint(functions.asgi_app())

@@ -33,7 +33,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -48,6 +48,7 @@ from sdk import (
     make_json_type,
     message_builder,
 )
+from verifier.asgi import Receive, Scope, Send, read_body, respond_json
 from verifier.commands import (
     COMMAND_TYPE,
     EGRESS_ID,
@@ -162,9 +163,6 @@ def _emit(context: Context, command_id: str, n: int) -> None:
 
 # --- fault injection ------------------------------------------------------------------
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 FAULT_MODES = ("none", "error500", "timeout", "slow")
@@ -201,32 +199,32 @@ class FaultInjector:
                     await asyncio.sleep(random.uniform(0.0, self.max_delay))
                 elif mode != "none":
                     self.faulted[mode] += 1
-                    await _read_body(receive)
+                    await read_body(receive)
                     if mode == "timeout":
                         await asyncio.sleep(self.until - time.monotonic() + HANG_AFTER_SPELL)
-                        await _respond(send, 503, {"error": "injected timeout"})
+                        await respond_json(send, 503, {"error": "injected timeout"})
                     else:
-                        await _respond(send, 500, {"error": "injected error"})
+                        await respond_json(send, 500, {"error": "injected error"})
                     return
         await self.app(scope, receive, send)
 
     async def _controls(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "POST":
             try:
-                request = json.loads(await _read_body(receive))
+                request = json.loads(await read_body(receive))
                 mode, seconds = request["mode"], float(request.get("seconds", 0))
                 max_delay = float(request.get("max_delay", 1.0))
             except (ValueError, KeyError, TypeError) as e:
-                await _respond(send, 400, {"error": f"bad fault request: {e}"})
+                await respond_json(send, 400, {"error": f"bad fault request: {e}"})
                 return
             if mode not in FAULT_MODES:
-                await _respond(send, 400, {"error": f"mode must be one of {FAULT_MODES}"})
+                await respond_json(send, 400, {"error": f"mode must be one of {FAULT_MODES}"})
                 return
             self.mode = mode
             self.until = time.monotonic() + seconds
             self.max_delay = max_delay
         mode = self.active()
-        await _respond(
+        await respond_json(
             send,
             200,
             {
@@ -235,30 +233,6 @@ class FaultInjector:
                 "faulted": self.faulted,
             },
         )
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(data)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
 
 
 app = FaultInjector(functions.asgi_app())

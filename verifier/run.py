@@ -13,9 +13,11 @@
    a restart (``kills`` times, spread over the run by progress), the function server
    killed and restarted (``function_restarts`` times), and endpoint spells every 1-4 s:
    the protocol route answers 500, or hangs past the read timeout, for 0.2-3 s, or (one
-   spell in four) for longer than the call budget so that the budget runs out and the
-   runtime rolls back; or it answers late but within the read timeout for 1-5 s, so
-   that responses arrive after the checkpoint that captured their inputs. Some kills
+   spell in four) for longer than the call budget (under the default failure policy
+   the failing addresses are held and retried alone, the endpoint reported unavailable;
+   under ``--failure-policy fail`` the budget runs out and the runtime rolls back); or
+   it answers late but within the read timeout for 1-5 s, so that responses arrive
+   after the checkpoint that captured their inputs. Some kills
    come 0-1.5 s after the previous restart, while the runtime recovers. Before each
    ``kill -9`` the sender is quiesced: no ingress request is in flight, so the oracle
    knows what was accepted.
@@ -97,6 +99,10 @@ class VerifierConfig:
     """Ingress requests in flight, at most."""
     call_timeout: float = 6.0
     """The endpoint's call budget (module.yaml ``timeouts.call``)."""
+    failure_policy: str | None = None
+    """The functions' ``statefun.v1/failure-policy`` (None: the runtime's default,
+    ``dead-letter``, which holds a failing address alone; ``fail`` rolls everything back
+    when a call's budget runs out)."""
     read_timeout: float = 2.0
     stall_timeout: float = 90.0
     """Fail when nothing new is applied for this long."""
@@ -308,6 +314,12 @@ spec:
   address: {kafka}
 """
         )
+        policy = ""
+        if config.failure_policy is not None:
+            policy = (
+                "---\nkind: statefun.v1/failure-policy\n"
+                f"spec: {{functions: verify/*, policy: {config.failure_policy}}}\n"
+            )
         module = work / "module.yaml"
         module.write_text(
             f"""kind: io.statefun.endpoints.v2/http
@@ -320,7 +332,7 @@ spec:
 kind: statefun.v1/egress
 spec:
   id: {EGRESS_ID}
-{kafka_egress}"""
+{kafka_egress}{policy}"""
         )
         self.egress = [(EgressAudit(EGRESS_ID), EmbeddedEgressReader(EGRESS_ID))]
         if kafka is not None and self.kafka_egress_topic is not None:

@@ -15,7 +15,15 @@ from typing import Any
 import httpx
 import pytest
 from functions import make_test_functions
-from support import ROOT, RuntimeProcess, ServerThread, free_port, serve, wait_until
+from support import (
+    ROOT,
+    RuntimeProcess,
+    ServerThread,
+    free_port,
+    serve,
+    wait_until,
+    write_module,
+)
 
 from runtime.cli import _parser, checkpoint_dir
 
@@ -41,21 +49,6 @@ def control() -> dict[str, Any]:
 def functions(control: dict[str, Any]) -> Iterator[ServerThread]:
     with serve(make_test_functions(control).asgi_app()) as server:
         yield server
-
-
-def write_module(path: Path, function_url: str) -> Path:
-    path.write_text(
-        f"""kind: io.statefun.endpoints.v2/http
-spec:
-  functions: test/*
-  urlPathTemplate: {function_url}
-  transport: {{timeouts: {{call: 5s, read: 2s}}}}
----
-kind: statefun.v1/egress
-spec: {{id: test/out}}
-"""
-    )
-    return path
 
 
 def egress_values(url: str) -> list[str]:

@@ -17,7 +17,15 @@ import httpx
 import pytest
 from functions import make_test_functions
 from kafka_broker import TansuBroker, tansu_binary
-from support import RuntimeProcess, ServerThread, free_port, serve, unique_app_id, wait_until
+from support import (
+    RuntimeProcess,
+    ServerThread,
+    free_port,
+    serve,
+    unique_app_id,
+    wait_until,
+    write_module,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -36,21 +44,6 @@ class StuckFunctions:
             self.stuck += 1
             await asyncio.sleep(3600)
         await self.app(scope, receive, send)
-
-
-def write_module(path: Path, function_url: str, extra: str = "") -> Path:
-    path.write_text(
-        f"""kind: io.statefun.endpoints.v2/http
-spec:
-  functions: test/*
-  urlPathTemplate: {function_url}
-  transport: {{timeouts: {{call: 2 min, read: 2 min}}}}
----
-kind: statefun.v1/egress
-spec: {{id: test/out}}
-{extra}"""
-    )
-    return path
 
 
 def post(url: str, address: str, value: int, timeout: float = 10) -> httpx.Response:
@@ -89,7 +82,9 @@ def test_sigterm_ends_in_time_while_function_calls_are_stuck(
     stuck: tuple[StuckFunctions, ServerThread], tmp_path: Path
 ) -> None:
     functions, server = stuck
-    module = write_module(tmp_path / "module.yaml", f"{server.url}/statefun")
+    module = write_module(
+        tmp_path / "module.yaml", f"{server.url}/statefun", call="2 min", read="2 min"
+    )
     runtime = RuntimeProcess(module, tmp_path / "data", free_port()).start()
     try:
         for i in range(3):
@@ -104,7 +99,9 @@ def test_sigterm_ends_in_time_while_function_calls_are_stuck(
 def test_sigterm_ends_in_time_with_the_disk_full(tmp_path: Path) -> None:
     full = tmp_path / "disk-full"
     with serve(make_test_functions().asgi_app()) as server:
-        module = write_module(tmp_path / "module.yaml", f"{server.url}/statefun")
+        module = write_module(
+            tmp_path / "module.yaml", f"{server.url}/statefun", call="2 min", read="2 min"
+        )
         runtime = RuntimeProcess(
             module,
             tmp_path / "data",
@@ -135,7 +132,13 @@ kind: statefun.v1/failure-policy
 spec: {functions: test/poison, policy: fail}
 """
     with serve(make_test_functions().asgi_app()) as server:
-        module = write_module(tmp_path / "module.yaml", f"{server.url}/statefun", policy)
+        module = write_module(
+            tmp_path / "module.yaml",
+            f"{server.url}/statefun",
+            call="2 min",
+            read="2 min",
+            extra=policy,
+        )
         module.write_text(module.read_text().replace("call: 2 min", "call: 0.2s"))
         runtime = RuntimeProcess(module, tmp_path / "data", free_port()).start()
         try:
@@ -159,7 +162,9 @@ needs_tansu = pytest.mark.skipif(tansu_binary() is None, reason="needs the Tansu
 def test_sigterm_ends_in_time_while_the_kafka_broker_is_stopped(tmp_path: Path) -> None:
     with TansuBroker() as broker, serve(make_test_functions().asgi_app()) as server:
         broker.start()
-        module = write_module(tmp_path / "module.yaml", f"{server.url}/statefun")
+        module = write_module(
+            tmp_path / "module.yaml", f"{server.url}/statefun", call="2 min", read="2 min"
+        )
         runtime = RuntimeProcess(
             module,
             tmp_path / "data",

@@ -25,6 +25,7 @@ from support import (
     serve,
     unique_app_id,
     wait_until,
+    write_module,
 )
 
 from statefun.module_spec import parse_module_spec
@@ -37,21 +38,6 @@ def functions() -> Iterator[ServerThread]:
     control: dict[str, Any] = {}
     with serve(make_test_functions(control).asgi_app()) as server:
         yield server
-
-
-def write_module(path: Path, function_url: str, egress: str = "exactly-once") -> Path:
-    path.write_text(
-        f"""kind: io.statefun.endpoints.v2/http
-spec:
-  functions: test/*
-  urlPathTemplate: {function_url}
-  transport: {{timeouts: {{call: 5s, read: 2s}}}}
----
-kind: statefun.v1/egress
-spec: {{id: test/out, deliverySemantic: {{type: {egress}}}}}
-"""
-    )
-    return path
 
 
 def run_statefun(*args: str) -> subprocess.CompletedProcess[str]:
@@ -143,7 +129,9 @@ def test_a_damaged_newest_checkpoint_that_released_nothing_falls_back_exactly_on
     functions: ServerThread, tmp_path: Path, how: str
 ) -> None:
     # at-least-once egress: the commits release nothing, so the fallback is safe
-    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun", "at-least-once")
+    module = write_module(
+        tmp_path / "module.yaml", f"{functions.url}/statefun", egress="at-least-once"
+    )
     data, port = tmp_path / "data", free_port()
     three_checkpoints(module, data, port)
     assert damage_newest(data, how) == 3
