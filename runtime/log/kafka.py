@@ -688,17 +688,13 @@ class KafkaLog(Log):
         for *_, future in outbox:
             _fail(future, failure)
         old = self._appender
-        try:
-            await _call(
-                old.thread,
-                "closing the failed producer",
-                lambda: _close_producer(old.kafka, self._timeout),
-                3 * self._timeout,
-            )
-        except LogError as e:
-            logger.warning("reopening the Kafka log: %s", e)
-        finally:
-            old.thread.stop()
+        # Closed on its own thread, not waited for: a producer whose broker stalled can
+        # take its whole request timeout to close, and service would wait that long
+        # after the broker is back. What it may still deliver meanwhile belongs to the
+        # failed generation (skipped by the next one's skip rule) or has an unknown fate.
+        closing = old.thread.submit(lambda: _close_producer(old.kafka, self._timeout))
+        closing.add_done_callback(_closed)
+        old.thread.stop()
         # What the old producer neither delivered nor failed by now has an unknown fate.
         for _, future in self._unsettled:
             _fail(future, failure)
@@ -945,6 +941,12 @@ def _check_reachable(bootstrap_servers: str, timeout: float) -> None:
         except (OSError, ValueError) as e:
             refusals.append(f"{server.strip()}: {e}")
     raise LogError(f"no Kafka broker answers at {bootstrap_servers} ({'; '.join(refusals)})")
+
+
+def _closed(future: asyncio.Future[None]) -> None:
+    """A failed producer's close ended (its error, if any, is only worth a line)."""
+    if not future.cancelled() and (error := future.exception()) is not None:
+        logger.warning("closing the failed Kafka producer: %s", error)
 
 
 def _close_quietly(client: Any) -> None:

@@ -200,7 +200,7 @@ async def _run_log(
                 rows.append(Row(fault.name, log, skipped=f"needs {FAULTY_RUNTIME} (the seams)"))
                 echo(f"faults: {fault.name} ({log}): skipped, needs {FAULTY_RUNTIME}")
                 continue
-            if fault.fresh or fresh_needed:
+            if fault.fresh or fresh_needed or (log == "kafka" and timings.fresh_kafka_log):
                 await stack.fresh(retain=fault.retain)
             echo(f"faults: {fault.name} ({log}): {fault.summary}")
             row = await _run_fault(fault, stack, load, watch, timings, echo)
