@@ -353,7 +353,8 @@ class IdempotencyKeys:
         heapq.heapify(self._expiry)
         self._changed = set()
         for key, answer in since.items():
-            self._remember(key, answer)
+            if table.get(key) != answer:  # only what the table lacks goes into the next one
+                self._remember(key, answer)
 
     async def recover(
         self,

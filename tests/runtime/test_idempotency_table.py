@@ -126,6 +126,18 @@ async def test_a_rollback_keeps_a_key_held_at_the_checkpoint_whose_record_was_re
     assert again.earlier.offset == 5
 
 
+async def test_a_rollback_writes_only_the_keys_the_checkpoint_lacks() -> None:
+    keys = IdempotencyKeys(retention=60)
+    for i in range(100):
+        await accept(keys, f"k{i}", 0, i)
+    checkpoint = table(keys.capture())
+    await accept(keys, "after", 0, 100)
+    keys.restore(checkpoint, {0: 100}, SkipRule(2, {1: 5}))
+    # the 100 keys the checkpoint holds are not written again: only the one it lacks
+    assert list(rows(keys.capture())) == ["after"]
+    assert len(keys) == 101
+
+
 async def test_a_checkpoint_taken_while_keys_are_held_says_where_their_records_may_be() -> None:
     keys = IdempotencyKeys(retention=60, read_floor=lambda target: (3, 40))
     await keys.begin("held", b"fp", TARGET)
