@@ -235,22 +235,16 @@ class Load:
 
     async def get_json(self, path: str) -> tuple[int, Any]:
         """``GET path``: (status, JSON body or None); (0, None) when no HTTP answer came."""
-        assert self._reader is not None
-        try:
-            async with self._reader.get(self.url + path) as answer:
-                content = await answer.read()
-                try:
-                    return answer.status, json.loads(content)
-                except ValueError:
-                    return answer.status, None
-        except (TimeoutError, aiohttp.ClientError):
-            return 0, None
+        return await self._json("GET", path)
 
     async def post_json(self, path: str) -> tuple[int, Any]:
         """``POST path`` without a body (admin endpoints): (status, JSON body or None)."""
+        return await self._json("POST", path)
+
+    async def _json(self, method: str, path: str) -> tuple[int, Any]:
         assert self._reader is not None
         try:
-            async with self._reader.post(self.url + path) as answer:
+            async with self._reader.request(method, self.url + path) as answer:
                 content = await answer.read()
                 try:
                     return answer.status, json.loads(content)
