@@ -36,7 +36,7 @@ import msgpack
 
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import EpochClock
-from runtime.checkpoints.snapshot import EgressItem, encode_egress_items
+from runtime.checkpoints.snapshot import EGRESS_PART, EgressItem, encode_egress_items
 from runtime.errors import ConfigurationError, LogError, StoreError, UnknownTopicError
 from runtime.kafka_clusters import KafkaClusters
 from runtime.log import Log, Record
@@ -331,7 +331,7 @@ class EgressOutbox:
     ``on_log_failure``.
     """
 
-    name = "egress"
+    name = EGRESS_PART
 
     def __init__(
         self,

@@ -41,6 +41,7 @@ import msgpack
 
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import SkipRule, Tag
+from runtime.checkpoints.snapshot import KEYS_PART
 from runtime.envelope import Envelope
 from runtime.errors import IdempotencyConflict
 from runtime.log import Log
@@ -171,7 +172,7 @@ def _wall_ms() -> int:
 class IdempotencyKeys:
     """The idempotency-key service (see the module docstring)."""
 
-    name = "idempotency"
+    name = KEYS_PART
 
     def __init__(
         self,

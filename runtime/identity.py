@@ -38,8 +38,9 @@ from dataclasses import dataclass
 import msgpack
 
 from runtime.checkpoints.epochs import Tag
-from runtime.checkpoints.restore import INGRESS_PART_PREFIX, WORKER_PART
 from runtime.checkpoints.snapshot import (
+    INGRESS_PART_PREFIX,
+    WORKER_PART,
     WorkerPart,
     decode_worker_part,
     encode_positions,

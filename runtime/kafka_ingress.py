@@ -27,7 +27,7 @@ import time
 
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import EpochClock
-from runtime.checkpoints.snapshot import encode_positions
+from runtime.checkpoints.snapshot import INGRESS_PART_PREFIX, encode_positions
 from runtime.dead_letters import DeadLetters
 from runtime.errors import LogError
 from runtime.log import StoredRecord, TopicPartition
@@ -56,7 +56,7 @@ class KafkaIngressReader:
         app_id: str,
     ):
         self.spec = spec
-        self.name = f"ingress:{spec.id}"
+        self.name = f"{INGRESS_PART_PREFIX}{spec.id}"
         self._cluster = cluster
         self._router = router
         self._dead_letters = dead_letters

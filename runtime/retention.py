@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from runtime.checkpoints.snapshot import decode_worker_part
+from runtime.checkpoints.snapshot import WORKER_PART, decode_worker_part
 from runtime.checkpoints.store import CheckpointStore
 from runtime.config import EGRESS_RETENTION, KAFKA_MESSAGES_RETENTION
 from runtime.identity import CONTROL_TOPIC_CONFIG
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 
 WINDOW_INTERVAL = 60.0
 """Seconds between two passes over the windowed topics."""
-
-WORKER_PART = "worker"
 
 
 def read_floors(parts: Sequence[bytes], partitions: int) -> dict[int, int]:

@@ -39,6 +39,7 @@ import httpx
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import EpochClock, Tag
 from runtime.checkpoints.snapshot import (
+    WORKER_PART,
     PendingMessage,
     PendingTimer,
     WorkerPart,
@@ -132,7 +133,7 @@ class FunctionClients:
 
 
 class Worker:
-    name = "worker"
+    name = WORKER_PART
 
     def __init__(
         self,

@@ -19,6 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from runtime.checkpoints.snapshot import (
+    EGRESS_PART,
+    INGRESS_PART_PREFIX,
+    KEYS_PART,
+    WORKER_PART,
     EgressItem,
     WorkerPart,
     decode_egress_items,
@@ -27,14 +31,10 @@ from runtime.checkpoints.snapshot import (
 )
 from runtime.checkpoints.store import CheckpointStore
 from runtime.errors import StoreDamaged
-from runtime.idempotency import Answer, IdempotencyKeys, decode_floors, decode_rows
+from runtime.idempotency import Answer, decode_floors, decode_rows
 from runtime.state import StateStore
 
 log = logging.getLogger(__name__)
-
-WORKER_PART = "worker"
-EGRESS_PART = "egress"
-INGRESS_PART_PREFIX = "ingress:"
 
 
 @dataclass(slots=True)
@@ -72,7 +72,7 @@ def _decode(
             point.worker = decode_worker_part(data)
         elif name == EGRESS_PART:
             point.egress = decode_egress_items(data)
-        elif name == IdempotencyKeys.name:
+        elif name == KEYS_PART:
             point.key_floors = decode_floors(data)
         elif name.startswith(INGRESS_PART_PREFIX):
             point.readers[name] = decode_positions(data)

@@ -20,6 +20,13 @@ import msgpack
 from statefun.address import Address, TypeName
 from statefun.values import TypedValue
 
+WORKER_PART = "worker"
+EGRESS_PART = "egress"
+KEYS_PART = "idempotency"
+INGRESS_PART_PREFIX = "ingress:"
+"""The names of a checkpoint's parts: the worker's, the egress outbox's, the idempotency
+keys' (where held keys' records may be), and a Kafka ingress reader's (its id follows)."""
+
 MessageId = tuple[int, int]
 """(partition, offset) of a message's record in the messages log."""
 
