@@ -3,10 +3,11 @@
 * The messages topic, on the embedded logs: after the checkpoint coordinator prunes
   the store to its retained checkpoints, each partition's records below the lowest
   read floor (``WorkerPart.read_floor``: the read position, or an earlier offset an
-  overflowed address still needs) over every retained checkpoint are dropped. A
-  restore, from any retained checkpoint (a fallback from a damaged one included), and
-  the idempotency keys' recovery (which reads from the restored read positions) only
-  read at or above that floor. Nothing is dropped while no checkpoint is retained.
+  overflowed address still needs) over every retained checkpoint are dropped, and never
+  above where the records of idempotency keys held at a retained checkpoint may be (its
+  key floors). A restore, from any retained checkpoint (a fallback from a damaged one
+  included), and the idempotency keys' recovery (from the restored read positions, or
+  lower where keys were held) only read at or above that floor. Nothing is dropped while no checkpoint is retained.
 * The embedded egress topics and the dead-letter topic keep a time window
   (``--egress-retention``, default 7 days, 0 to keep everything): older records are
   dropped, every minute.
@@ -30,9 +31,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from runtime.checkpoints.snapshot import WORKER_PART, decode_worker_part
+from runtime.checkpoints.snapshot import KEYS_PART, WORKER_PART, decode_worker_part
 from runtime.checkpoints.store import CheckpointStore
 from runtime.config import EGRESS_RETENTION, KAFKA_MESSAGES_RETENTION
+from runtime.idempotency import decode_floors
 from runtime.identity import CONTROL_TOPIC_CONFIG
 from runtime.log import Log
 from runtime.log.local import LocalLog
@@ -45,15 +47,21 @@ WINDOW_INTERVAL = 60.0
 """Seconds between two passes over the windowed topics."""
 
 
-def read_floors(parts: Sequence[bytes], partitions: int) -> dict[int, int]:
+def read_floors(
+    parts: Sequence[bytes], partitions: int, key_parts: Sequence[bytes] = ()
+) -> dict[int, int]:
     """Per partition, the lowest offset any of these worker parts reads again (0 where
-    one of them does not say)."""
+    one of them does not say), or below it any of these idempotency-key parts."""
     floors: dict[int, int] = {}
     for data in parts:
         floor = decode_worker_part(data).read_floor()
         for partition in range(partitions):
             offset = floor.get(partition, 0)
             floors[partition] = min(floors.get(partition, offset), offset)
+    for data in key_parts:
+        for partition, offset in decode_floors(data).items():
+            if partition in floors:
+                floors[partition] = min(floors[partition], offset)
     return floors
 
 
@@ -140,7 +148,8 @@ class Retention:
         parts = await self._store.retained_parts(WORKER_PART)
         if not parts:
             return {}
-        floors = await asyncio.to_thread(read_floors, parts, self._partitions)
+        keys = await self._store.retained_parts(KEYS_PART)
+        floors = await asyncio.to_thread(read_floors, parts, self._partitions, keys)
         return {
             partition: await embedded.truncate(self._topics.messages, partition, floor)
             for partition, floor in floors.items()

@@ -13,6 +13,7 @@ import pytest
 
 from runtime.checkpoints.snapshot import Overflow, WorkerPart, encode_worker_part
 from runtime.checkpoints.store import CheckpointStore
+from runtime.idempotency import encode_floors
 from runtime.log import Record
 from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
@@ -54,6 +55,9 @@ def test_read_floors_take_the_lowest_offset_any_part_reads_again() -> None:
     ]
     assert read_floors(parts, 3) == {0: 10, 1: 0, 2: 0}
     assert read_floors(parts[:2], 2) == {0: 10, 1: 12}
+    # a key held at a checkpoint may have its record below that checkpoint's positions
+    keys = [encode_floors({1: 4}), encode_floors({0: 11})]
+    assert read_floors(parts[:2], 2, keys) == {0: 10, 1: 4}
 
 
 async def test_messages_below_every_retained_checkpoints_floor_are_dropped(
