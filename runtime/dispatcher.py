@@ -337,13 +337,16 @@ class Mailbox:
         )
 
 
-class _AttemptFailed(Exception):
-    def __init__(self, reason: str, *, retryable: bool, unserved: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.retryable = retryable
-        self.unserved = unserved
-        """The endpoint said it serves no such function type."""
+@dataclass(frozen=True, slots=True)
+class _AttemptFailed:
+    """Why an attempt for an address failed."""
+
+    reason: str
+    retryable: bool
+    """Whether policy ``fail`` retries it within the call budget (an answer that breaks
+    the protocol, or a refused result, rolls back at once)."""
+    unserved: bool = False
+    """The endpoint answered that it serves no such function type."""
 
 
 # --- the dispatcher --------------------------------------------------------------------
@@ -379,7 +382,6 @@ class Dispatcher:
         self.stopped = False
         self.draining = False
         self.processed = 0
-        self.parked = 0
 
     # --- reading in ---------------------------------------------------------------------
 
@@ -904,7 +906,6 @@ class Dispatcher:
             return False
         mailbox.in_flight = None
         self._buffered -= 1
-        self.parked += 1
         kind.dead_lettered += 1
         reason = (
             f"failed alone for {now - failing.head_since:.0f} s while other messages of "
@@ -956,7 +957,6 @@ class Dispatcher:
         self._buffered -= len(held)
         for invocation in held:
             self._host.park(mailbox.address, invocation, reason)
-        self.parked += len(held)
         mailbox.kind.dead_lettered += len(held)
         if mailbox.failing is not None:
             mailbox.failing = None

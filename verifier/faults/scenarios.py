@@ -419,6 +419,21 @@ def _last_line(output: str) -> str:
     return lines[-1]
 
 
+def _stop_for_a_restart(trial: Trial) -> None:
+    """SIGTERM, noted, before a fault that needs the runtime down."""
+    status, seconds = trial.stack.stop_runtime()
+    trial.row.notes.append(f"SIGTERM: exit {status} after {seconds:.1f} s")
+
+
+async def _resumed_after(trial: Trial, restarted: float) -> None:
+    """The fault's window ends; service must resume after the restart at ``restarted``
+    and every count settle exact."""
+    await trial.end_window()
+    resumed = await trial.resumed(restarted)
+    await trial.settle()
+    trial.check_resumed(resumed)
+
+
 async def damaged_store(trial: Trial) -> None:
     """SIGTERM, garbage in the newest checkpoint's worker part (``checkpoints.db``),
     start: the runtime must fall back to an older retained checkpoint (nothing of the
@@ -427,8 +442,7 @@ async def damaged_store(trial: Trial) -> None:
     trial.row.ratio_gated = False
     await trial.before()
     trial.fault_begins()
-    status, seconds = stack.stop_runtime()
-    trial.row.notes.append(f"SIGTERM: exit {status} after {seconds:.1f} s")
+    _stop_for_a_restart(trial)
     damage = stack.damage_newest_part()
     restarted = time.monotonic()
     outcome = await stack.start_runtime(within=timings.resume_timeout)
@@ -446,10 +460,7 @@ async def damaged_store(trial: Trial) -> None:
         stack.repair(damage)
         restarted = time.monotonic()
         await stack.start_runtime(within=timings.resume_timeout)
-    await trial.end_window()
-    resumed = await trial.resumed(restarted)
-    await trial.settle()
-    trial.check_resumed(resumed)
+    await _resumed_after(trial, restarted)
 
 
 async def missing_store(trial: Trial) -> None:
@@ -460,8 +471,7 @@ async def missing_store(trial: Trial) -> None:
     trial.row.ratio_gated = False
     await trial.before()
     trial.fault_begins()
-    status, seconds = stack.stop_runtime()
-    trial.row.notes.append(f"SIGTERM: exit {status} after {seconds:.1f} s")
+    _stop_for_a_restart(trial)
     aside = stack.hide_checkpoint_store()
     outcome = await stack.start_runtime(within=timings.resume_timeout)
     assert stack.runtime is not None
@@ -498,10 +508,7 @@ async def missing_store(trial: Trial) -> None:
             stack.restore_checkpoint_store(aside)
             restarted = time.monotonic()
             await stack.start_runtime(within=timings.resume_timeout)
-    await trial.end_window()
-    resumed = await trial.resumed(restarted)
-    await trial.settle()
-    trial.check_resumed(resumed)
+    await _resumed_after(trial, restarted)
 
 
 async def sigterm_degraded(trial: Trial) -> None:
@@ -537,10 +544,7 @@ async def sigterm_degraded(trial: Trial) -> None:
     restarted = time.monotonic()
     outcome = await stack.start_runtime(within=timings.resume_timeout)
     trial.check("starts again", outcome == "ready", outcome)
-    await trial.end_window()
-    resumed = await trial.resumed(restarted)
-    await trial.settle()
-    trial.check_resumed(resumed)
+    await _resumed_after(trial, restarted)
     trial.row.outcome = f"exit {seconds:.1f}s; " + trial.row.outcome
 
 
