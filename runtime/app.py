@@ -24,6 +24,7 @@ everything, each step bounded so that the whole stop fits in ``shutdown_timeout`
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import dataclasses
@@ -42,7 +43,7 @@ from runtime.checkpoints.coordinator import CheckpointCoordinator
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.restore import restore_point
 from runtime.checkpoints.snapshot import message_id_text
-from runtime.checkpoints.store import CheckpointStore, Manifest
+from runtime.checkpoints.store import ApplicationRecords, CheckpointStore, Manifest
 from runtime.config import RuntimeConfig
 from runtime.dead_letters import REPLAYED, DeadLetter, DeadLetters
 from runtime.dispatcher import Failure
@@ -69,7 +70,14 @@ from statefun.address import Address, TypeName
 from statefun.module_spec import FunctionTypePattern
 from statefun.values import TypedValue
 
-__all__ = ["Runtime", "RuntimeConfig", "checkpoint_directory", "open_log", "open_store"]
+__all__ = [
+    "Runtime",
+    "RuntimeBase",
+    "RuntimeConfig",
+    "checkpoint_directory",
+    "open_log",
+    "open_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +109,252 @@ async def open_store(config: RuntimeConfig) -> CheckpointStore:
     return await CheckpointStore.open(directory)
 
 
-class Runtime:
+class RuntimeBase(abc.ABC):
+    """What every runtime process has, alone or as a member of a cluster: the log, the
+    router, the egresses, the dead letters, the function clients, the ingress's waiting
+    calls and idempotency keys, and one generation of processing at a time. How
+    generations begin, checkpoint and roll back is the subclass's: :class:`Runtime`
+    alone, with its own checkpoint store; ``runtime.cluster.node.ClusterRuntime`` with
+    the others of its application, over Kafka."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        log_: Log,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        member: str | None = None,
+    ):
+        self.config = config
+        self.module = config.module
+        self.log = log_
+        self.replies = ReplyWaiters()
+        self.topics = Topics(config.app_id)
+        self.router = Router(
+            log_, config.module, self.replies, self.topics, config.messages_partitions
+        )
+        self.kafka_clusters = KafkaClusters(log_, config.kafka)
+        self.egresses = Egresses(log_, self.topics, config.module, self.kafka_clusters)
+        self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
+        self.idempotency = IdempotencyKeys(
+            config.idempotency_retention,
+            self.replies,
+            committed=self.committed,
+            release=self._mark_released,
+            read_floor=self._read_floor,
+        )
+        self.clients = FunctionClients(config.worker, transport)
+        self.registry = StateSpecRegistry()
+        self.health = Health()
+        self.worker: Worker | None = None
+        self.outbox: EgressOutbox | None = None
+        self.kafka_ingresses: list[KafkaIngressReader] = []
+        self.clock: EpochClock | None = None
+        self._stopping = False
+        self.ingress_app: FastAPI = create_ingress_app(self)
+
+    # --- what a kind of runtime defines -----------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def records(self) -> ApplicationRecords:
+        """The application's checkpoints, rollbacks and operators' decisions."""
+
+    @property
+    @abc.abstractmethod
+    def last_checkpoint(self) -> Manifest | None:
+        """The last checkpoint this process saw commit (None: none yet)."""
+
+    @abc.abstractmethod
+    def committed(self, tag: Tag | None) -> bool:
+        """Whether the work that produced a record tagged ``tag`` is checkpointed."""
+
+    @abc.abstractmethod
+    def unavailable(self) -> tuple[str, float] | None:
+        """Why the ingress refuses messages now, and seconds until the next attempt to
+        heal; None if it takes them."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self, deadline: float | None = None) -> bool: ...
+
+    @abc.abstractmethod
+    async def _mark_released(self, epoch: int, what: str) -> None:
+        """The checkpoint covering ``epoch`` released ``what`` to the outside."""
+
+    @abc.abstractmethod
+    def _checkpoints_where(self) -> str:
+        """Where checkpoints are kept, for the start-up summary."""
+
+    def _read_floor(self, target: Address) -> tuple[int, int]:
+        """The partition of ``target`` and the worker's read position there: a record
+        appended for it from now on lands at or past that offset."""
+        partition = partition_for(target, self.config.messages_partitions)
+        worker = self.worker
+        return partition, worker.position(partition) if worker is not None else 0
+
+    def state_of(self, address: Address) -> Mapping[str, TypedValue]:
+        return self.worker.state_of(address) if self.worker else {}
+
+    def begin_shutdown(self) -> None:
+        """Answer the calls waiting for replies now, so the ingress can stop promptly."""
+        self.replies.close()
+
+    # --- what the ingress asks ----------------------------------------------------------
+
+    async def refuses(self, function_type: TypeName) -> str | None:
+        """Why a message to ``function_type`` is refused at the door, or None: no endpoint
+        of the module serves it, or its endpoint said it serves no such type (asked again
+        when what it said is old; an endpoint that lists nothing refuses nothing)."""
+        endpoint = self.module.endpoint_for(function_type)
+        if endpoint is None:
+            return f"no endpoint in the module spec serves {function_type}"
+        url = endpoint.url_for(function_type)
+        client = self.clients.get(endpoint)
+        if client.serves(url, str(function_type)):
+            return None  # what the endpoint said it serves stays served: no need to ask
+        try:
+            async with asyncio.timeout(SERVED_ASK_TIMEOUT):
+                serves = await client.learn_serves(
+                    url, str(function_type), max_age=FunctionClients.SERVED_MAX_AGE
+                )
+        except TimeoutError:
+            return None
+        if serves is not False:
+            return None
+        served = ", ".join(sorted(client.served(url) or ())) or "nothing"
+        return f"the endpoint at {url} serves no function type {function_type} (it serves {served})"
+
+    async def pause(self, function_type: TypeName) -> None:
+        """Stop sending messages of ``function_type`` (they wait in the log), across restarts."""
+        await self.records.set_paused(function_type, True)
+        if self.worker is not None:
+            self.worker.dispatcher.pause(function_type)
+
+    async def resume(self, function_type: TypeName) -> None:
+        await self.records.set_paused(function_type, False)
+        if self.worker is not None:
+            self.worker.dispatcher.resume(function_type)
+
+    async def replay_dead_letter(self, letter: DeadLetter) -> tuple[int, int, bool]:
+        """Append a parked message to the messages log again, as a message from outside:
+        (partition, offset, whether an earlier replay had appended it already). Asking twice
+        appends once: the replay carries an idempotency key of its own."""
+        assert letter.target is not None
+        assert letter.argument is not None
+        key = f"statefun.dead-letter/{letter.offset}"
+        request = await self.idempotency.begin(
+            key, fingerprint(key, "", None, letter.value), letter.target
+        )
+        if request.earlier is not None:
+            return request.earlier.partition, request.earlier.offset, True
+        try:
+            partition, offset = await self.append_message(
+                letter.target, letter.caller, letter.argument, request.headers
+            )
+        except BaseException:
+            self.idempotency.abandoned(request)
+            raise
+        self.idempotency.accepted(request, partition, offset)
+        await self.records.mark_dead_letter(letter.offset, REPLAYED)
+        log.info(
+            "dead letter %d replayed to %s (%d@%d)", letter.offset, letter.target, partition, offset
+        )
+        return partition, offset, False
+
+    async def append_message(
+        self,
+        target: Address,
+        caller: Address | None,
+        value: TypedValue,
+        headers: tuple[tuple[str, bytes], ...] = (),
+    ) -> tuple[int, int]:
+        """Append a message from outside; (partition, offset) once it is durable."""
+        partition, append = self.router.append(target, caller, value, headers=headers)
+        (offset,) = await append
+        return partition, offset
+
+    async def serve(self) -> bool:
+        """Bind the ingress, start, serve until SIGINT or SIGTERM, then stop within
+        ``shutdown_timeout`` of the signal; False if something could not be closed.
+        :class:`IngressBindFailed` if the ingress cannot listen (nothing started)."""
+        config = self.config
+        try:
+            sock = bind(config.ingress_host, config.ingress_port)
+        except OSError as e:
+            raise IngressBindFailed(
+                f"the ingress cannot listen on {config.ingress_host}:{config.ingress_port}: "
+                f"{e.strerror or e}"
+            ) from None
+        server = IngressServer(
+            self.ingress_app,
+            config.ingress_timeouts,
+            graceful_shutdown=config.ingress_shutdown_grace,
+            on_started=self._log_summary,
+        )
+        loop = asyncio.get_running_loop()
+        starting = asyncio.create_task(self.start(), name="start")
+        deadline: float | None = None
+
+        def on_signal(sig: int) -> None:
+            nonlocal deadline
+            log.info("received %s", signal.Signals(sig).name)
+            if deadline is None:
+                deadline = loop.time() + config.shutdown_timeout
+            starting.cancel()
+            self.begin_shutdown()
+            server.request_exit()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            try:
+                await starting
+            except asyncio.CancelledError:
+                if deadline is None:  # not cancelled by a signal
+                    raise
+                sock.close()
+            else:
+                await server.serve(sockets=[sock])
+        finally:
+            log.info("stopping: finishing calls in flight")
+            closed = await self.stop(deadline)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            log.info("stopped" if closed else "stopped, leaving what could not be closed in time")
+        return closed
+
+    def _log_summary(self) -> None:
+        config = self.config
+        if config.kafka:
+            where = f"Kafka at {config.kafka}"
+        elif config.data_dir:
+            where = f"embedded, {config.data_dir / 'log.db'}"
+        else:
+            where = "in memory"
+        endpoints = ", ".join(
+            f"{_pattern(e.functions)} -> {e.url_path_template}" for e in config.module.endpoints
+        )
+        log.info(
+            "ingress listening on http://%s:%d; module %s; endpoints: %s; data %s; "
+            "checkpoints %s; app id %s; log %s",
+            config.ingress_host,
+            config.ingress_port,
+            config.module_file or "(given in code)",
+            endpoints or "none",
+            config.data_dir or "(none)",
+            self._checkpoints_where(),
+            config.app_id,
+            where,
+        )
+
+
+class Runtime(RuntimeBase):
+    """A runtime process alone: its own checkpoint store and coordinator, the embedded
+    log or Kafka."""
+
     def __init__(
         self,
         config: RuntimeConfig,
@@ -111,19 +364,9 @@ class Runtime:
         transport: httpx.AsyncBaseTransport | None = None,
         cleanup: tempfile.TemporaryDirectory[str] | None = None,
     ):
-        self.config = config
-        self.module = config.module
-        self.log = log_
+        super().__init__(config, log_, transport=transport)
         self.store = store
         self._cleanup = cleanup
-        self.replies = ReplyWaiters()
-        self.topics = Topics(config.app_id)
-        self.router = Router(
-            log_, config.module, self.replies, self.topics, config.messages_partitions
-        )
-        self.kafka_clusters = KafkaClusters(log_, config.kafka)
-        self.egresses = Egresses(log_, self.topics, config.module, self.kafka_clusters)
-        self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
         self.coordinator = CheckpointCoordinator(store, log_, config.checkpoints)
         self.coordinator.on_commit = self._committed
         self.retention = Retention(
@@ -139,21 +382,6 @@ class Runtime:
         self.identity = LogIdentity(
             log_, store, self.topics, config.module, config.messages_partitions, _where(config)
         )
-        self.idempotency = IdempotencyKeys(
-            config.idempotency_retention,
-            self.replies,
-            committed=self.committed,
-            release=store.mark_released,
-            read_floor=self._read_floor,
-        )
-        self.clients = FunctionClients(config.worker, transport)
-        self.registry = StateSpecRegistry()
-        self.health = Health()
-        self.worker: Worker | None = None
-        self.outbox: EgressOutbox | None = None
-        self.kafka_ingresses: list[KafkaIngressReader] = []
-        self.clock: EpochClock | None = None
-        self.health = Health()
         self._rollbacks_in_a_row = 0
         self._rolling_back: asyncio.Task[None] | None = None
         self._failed_again: Failure | None = None
@@ -163,10 +391,8 @@ class Runtime:
         self._generation_started = 0.0
         self._last_commit = 0.0
         self._checkpoint_watch: asyncio.Task[None] | None = None
-        self._stopping = False
         log_.on_failure(self._log_failed)
         self.coordinator.on_abandon = self._checkpoint_abandoned
-        self.ingress_app: FastAPI = create_ingress_app(self)
 
     @classmethod
     async def open(
@@ -295,15 +521,21 @@ class Runtime:
             len(state),
         )
 
-    def _read_floor(self, target: Address) -> tuple[int, int]:
-        """The partition of ``target`` and the worker's read position there: a record
-        appended for it from now on lands at or past that offset."""
-        partition = partition_for(target, self.config.messages_partitions)
-        worker = self.worker
-        return partition, worker.position(partition) if worker is not None else 0
+    @property
+    def records(self) -> ApplicationRecords:
+        return self.store
+
+    @property
+    def last_checkpoint(self) -> Manifest | None:
+        return self.coordinator.last
+
+    async def _mark_released(self, epoch: int, what: str) -> None:
+        await self.store.mark_released(epoch, what)
+
+    def _checkpoints_where(self) -> str:
+        return str(self.store.path.parent)
 
     def committed(self, tag: Tag | None) -> bool:
-        """Whether the work that produced a record tagged ``tag`` is checkpointed."""
         if tag is None or self.clock is None:
             return tag is None
         if tag.generation != self.clock.generation:
@@ -445,9 +677,7 @@ class Runtime:
                 self.health.clear("checkpoints")
 
     def unavailable(self) -> tuple[str, float] | None:
-        """Why the ingress refuses messages now (the log or the store failing, or no
-        generation running), and seconds until the next attempt to heal; None if it
-        takes them."""
+        """The log or the store failing, or no generation running."""
         problems = self.health.problems()
         if self._rolling_back is None:
             problems.pop("generation", None)  # recovering, but taking messages
@@ -468,10 +698,6 @@ class Runtime:
             await self.outbox.cancel()
 
     # --- lifecycle --------------------------------------------------------------------
-
-    def begin_shutdown(self) -> None:
-        """Answer the calls waiting for replies now, so the ingress can stop promptly."""
-        self.replies.close()
 
     async def stop(self, deadline: float | None = None) -> bool:
         """Finish calls in flight, take a last checkpoint, close everything, all by
@@ -534,157 +760,6 @@ class Runtime:
         if self._cleanup is not None:
             self._cleanup.cleanup()
         return closed
-
-    def state_of(self, address: Address) -> Mapping[str, TypedValue]:
-        return self.worker.state_of(address) if self.worker else {}
-
-    # --- what the ingress asks ----------------------------------------------------------
-
-    async def refuses(self, function_type: TypeName) -> str | None:
-        """Why a message to ``function_type`` is refused at the door, or None: no endpoint
-        of the module serves it, or its endpoint said it serves no such type (asked again
-        when what it said is old; an endpoint that lists nothing refuses nothing)."""
-        endpoint = self.module.endpoint_for(function_type)
-        if endpoint is None:
-            return f"no endpoint in the module spec serves {function_type}"
-        url = endpoint.url_for(function_type)
-        client = self.clients.get(endpoint)
-        if client.serves(url, str(function_type)):
-            return None  # what the endpoint said it serves stays served: no need to ask
-        try:
-            async with asyncio.timeout(SERVED_ASK_TIMEOUT):
-                serves = await client.learn_serves(
-                    url, str(function_type), max_age=FunctionClients.SERVED_MAX_AGE
-                )
-        except TimeoutError:
-            return None
-        if serves is not False:
-            return None
-        served = ", ".join(sorted(client.served(url) or ())) or "nothing"
-        return f"the endpoint at {url} serves no function type {function_type} (it serves {served})"
-
-    async def pause(self, function_type: TypeName) -> None:
-        """Stop sending messages of ``function_type`` (they wait in the log), across restarts."""
-        await self.store.set_paused(function_type, True)
-        if self.worker is not None:
-            self.worker.dispatcher.pause(function_type)
-
-    async def resume(self, function_type: TypeName) -> None:
-        await self.store.set_paused(function_type, False)
-        if self.worker is not None:
-            self.worker.dispatcher.resume(function_type)
-
-    async def replay_dead_letter(self, letter: DeadLetter) -> tuple[int, int, bool]:
-        """Append a parked message to the messages log again, as a message from outside:
-        (partition, offset, whether an earlier replay had appended it already). Asking twice
-        appends once: the replay carries an idempotency key of its own."""
-        assert letter.target is not None
-        assert letter.argument is not None
-        key = f"statefun.dead-letter/{letter.offset}"
-        request = await self.idempotency.begin(
-            key, fingerprint(key, "", None, letter.value), letter.target
-        )
-        if request.earlier is not None:
-            return request.earlier.partition, request.earlier.offset, True
-        try:
-            partition, offset = await self.append_message(
-                letter.target, letter.caller, letter.argument, request.headers
-            )
-        except BaseException:
-            self.idempotency.abandoned(request)
-            raise
-        self.idempotency.accepted(request, partition, offset)
-        await self.store.mark_dead_letter(letter.offset, REPLAYED)
-        log.info(
-            "dead letter %d replayed to %s (%d@%d)", letter.offset, letter.target, partition, offset
-        )
-        return partition, offset, False
-
-    async def append_message(
-        self,
-        target: Address,
-        caller: Address | None,
-        value: TypedValue,
-        headers: tuple[tuple[str, bytes], ...] = (),
-    ) -> tuple[int, int]:
-        """Append a message from outside; (partition, offset) once it is durable."""
-        partition, append = self.router.append(target, caller, value, headers=headers)
-        (offset,) = await append
-        return partition, offset
-
-    async def serve(self) -> bool:
-        """Bind the ingress, start, serve until SIGINT or SIGTERM, then stop within
-        ``shutdown_timeout`` of the signal; False if something could not be closed.
-        :class:`IngressBindFailed` if the ingress cannot listen (nothing started)."""
-        config = self.config
-        try:
-            sock = bind(config.ingress_host, config.ingress_port)
-        except OSError as e:
-            raise IngressBindFailed(
-                f"the ingress cannot listen on {config.ingress_host}:{config.ingress_port}: "
-                f"{e.strerror or e}"
-            ) from None
-        server = IngressServer(
-            self.ingress_app,
-            config.ingress_timeouts,
-            graceful_shutdown=config.ingress_shutdown_grace,
-            on_started=self._log_summary,
-        )
-        loop = asyncio.get_running_loop()
-        starting = asyncio.create_task(self.start(), name="start")
-        deadline: float | None = None
-
-        def on_signal(sig: int) -> None:
-            nonlocal deadline
-            log.info("received %s", signal.Signals(sig).name)
-            if deadline is None:
-                deadline = loop.time() + config.shutdown_timeout
-            starting.cancel()
-            self.begin_shutdown()
-            server.request_exit()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            try:
-                await starting
-            except asyncio.CancelledError:
-                if deadline is None:  # not cancelled by a signal
-                    raise
-                sock.close()
-            else:
-                await server.serve(sockets=[sock])
-        finally:
-            log.info("stopping: finishing calls in flight")
-            closed = await self.stop(deadline)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            log.info("stopped" if closed else "stopped, leaving what could not be closed in time")
-        return closed
-
-    def _log_summary(self) -> None:
-        config = self.config
-        if config.kafka:
-            where = f"Kafka at {config.kafka}"
-        elif config.data_dir:
-            where = f"embedded, {config.data_dir / 'log.db'}"
-        else:
-            where = "in memory"
-        endpoints = ", ".join(
-            f"{_pattern(e.functions)} -> {e.url_path_template}" for e in config.module.endpoints
-        )
-        log.info(
-            "ingress listening on http://%s:%d; module %s; endpoints: %s; data %s; "
-            "checkpoints %s; app id %s; log %s",
-            config.ingress_host,
-            config.ingress_port,
-            config.module_file or "(given in code)",
-            endpoints or "none",
-            config.data_dir or "(none)",
-            self.store.path.parent,
-            config.app_id,
-            where,
-        )
 
 
 def _where(config: RuntimeConfig) -> str:

@@ -346,6 +346,8 @@ class EgressOutbox:
         self._note_published = note_published
         self._on_log_failure = on_log_failure
         self._held: list[EgressItem] = []
+        self._partition_of: dict[str, int] = {}
+        """The messages partition of the address that emitted each held record."""
         self._serial = 0
         self._publishing: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
@@ -355,17 +357,28 @@ class EgressOutbox:
     def __len__(self) -> int:
         return len(self._held)
 
-    def restore(self, items: Sequence[EgressItem], published_through: int) -> None:
+    def restore(
+        self, items: Sequence[EgressItem], published_through: int, partition: int = 0
+    ) -> None:
         """Hold the records of the restored checkpoint that are not out already (noted
-        published through ``published_through``, or in a committed Kafka transaction)."""
-        self._held = [
-            item
-            for item in items
-            if item.epoch > published_through and not self._egresses.published_already(item)
-        ]
+        published through ``published_through``, or in a committed Kafka transaction);
+        ``partition``: the messages partition whose addresses emitted them. Called once
+        per partition restored, the records add up."""
+        for item in items:
+            if item.epoch > published_through and not self._egresses.published_already(item):
+                self._held.append(item)
+                self._partition_of[item.id] = partition
 
-    def emit(self, egress_id: TypeName, argument: TypedValue) -> None:
-        """A record a function sent (checked with :meth:`Egresses.problem` already)."""
+    def held_by_partition(self) -> dict[int, list[EgressItem]]:
+        """The records held now, by the messages partition of the address that emitted them."""
+        held: dict[int, list[EgressItem]] = {}
+        for item in self._held:
+            held.setdefault(self._partition_of.get(item.id, 0), []).append(item)
+        return held
+
+    def emit(self, egress_id: TypeName, argument: TypedValue, partition: int = 0) -> None:
+        """A record a function sent (checked with :meth:`Egresses.problem` already), from
+        an address of messages ``partition``."""
         self._serial += 1
         clock = self._clock
         item = EgressItem(
@@ -373,6 +386,7 @@ class EgressOutbox:
         )
         if self._egresses.exactly_once(egress_id):
             self._held.append(item)
+            self._partition_of[item.id] = partition
             return
         self._egresses.publish(item).add_done_callback(self._published_at_least_once)
 
@@ -406,6 +420,8 @@ class EgressOutbox:
             kept = {item.id for item in left}
             published = {item.id for item in items} - kept
             self._held = [item for item in self._held if item.id not in published]
+            for record_id in published:
+                self._partition_of.pop(record_id, None)
             if left:
                 if not self._failing:
                     log.error(

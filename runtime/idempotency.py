@@ -34,7 +34,7 @@ import dataclasses
 import hashlib
 import heapq
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -207,6 +207,8 @@ class IdempotencyKeys:
         """A heap of (accepted_ms, key): expiring a key never scans the table."""
         self._changed: set[str] = set()
         """Keys added, answered or forgotten since the last capture."""
+        self._forgotten: dict[str, int] = {}
+        """The partition of each key forgotten since the last capture."""
 
     def __len__(self) -> int:
         return len(self._accepted)
@@ -314,6 +316,7 @@ class IdempotencyKeys:
                 continue  # forgotten, or remembered again later
             del self._accepted[key]
             self._changed.add(key)
+            self._forgotten[key] = answer.partition
             if answer.caller is not None:
                 self._by_caller.pop(answer.caller, None)
 
@@ -323,28 +326,60 @@ class IdempotencyKeys:
         """The keys changed since the last capture, encoded when the store writes them;
         the part, if keys are held, says where a restore looks for their records: a key
         accepted just after this capture may have its record before the read positions."""
-        self.expire(self._now_ms())
-        changed, self._changed = self._changed, set()
-        entries = [(key, self._accepted.get(key)) for key in changed]
-        floors: dict[int, int] = {}
-        for partition, offset in self._pending_floors.values():
-            floors[partition] = min(offset, floors.get(partition, offset))
+        changed = self.take_changed()
+        entries = self.entries(changed)
+        floors = self.floors()
         return Capture(
             encode_floors(floors) if floors else None,
             key_rows=lambda: encode_rows(entries),
             abandon=lambda: self._changed.update(changed),
         )
 
+    def take_changed(self) -> dict[str, int]:
+        """The keys added, answered or forgotten since the last call (expired ones
+        forgotten first), with the partition of each key's target; none from then on."""
+        self.expire(self._now_ms())
+        changed, self._changed = self._changed, set()
+        forgotten, self._forgotten = self._forgotten, {}
+        return {key: self.partition_of(key, forgotten) for key in changed}
+
+    def partition_of(self, key: str, forgotten: Mapping[str, int]) -> int:
+        answer = self._accepted.get(key)
+        return answer.partition if answer is not None else forgotten[key]
+
+    def entries(self, keys: Iterable[str]) -> list[tuple[str, Answer | None]]:
+        """These keys' answers now (None: forgotten)."""
+        return [(key, self._accepted.get(key)) for key in keys]
+
+    def keys_of(self, partitions: Collection[int]) -> list[str]:
+        """The keys whose target is in one of ``partitions``."""
+        return [key for key, a in self._accepted.items() if a.partition in partitions]
+
+    def floors(self) -> dict[int, int]:
+        """Per partition, where the record of a key held now (begun, not yet accepted)
+        can be, at the lowest."""
+        floors: dict[int, int] = {}
+        for partition, offset in self._pending_floors.values():
+            floors[partition] = min(offset, floors.get(partition, offset))
+        return floors
+
     def restore(
-        self, table: Mapping[str, Answer], positions: Mapping[int, int], skip: SkipRule
+        self,
+        table: Mapping[str, Answer],
+        positions: Mapping[int, int],
+        skip: SkipRule,
+        owned: Collection[int] | None = None,
     ) -> None:
         """Start over from a checkpoint's table (``decode_rows`` of its key table). Every
         request accepted in this process stays accepted (its record is input from outside,
         never rolled back, whether before the checkpoint's read positions or after); a
         reply it got from rolled-back work is forgotten. What differs from the table goes
-        into the next checkpoint."""
+        into the next checkpoint. ``owned``: the partitions whose keys this process holds
+        from now on (None: all); the keys of others go, with their partitions."""
         since = {}
         for key, a in self._accepted.items():
+            if owned is not None and a.partition not in owned:
+                continue
             if a.reply_tag is not None and not skip.accepts(a.reply_tag):
                 a = dataclasses.replace(a, reply=None, reply_tag=None)
             since[key] = a
@@ -353,6 +388,7 @@ class IdempotencyKeys:
         self._expiry = [(a.accepted_ms, key) for key, a in table.items()]
         heapq.heapify(self._expiry)
         self._changed = set()
+        self._forgotten = {}
         for key, answer in since.items():
             if table.get(key) != answer:  # only what the table lacks goes into the next one
                 self._remember(key, answer)
@@ -364,13 +400,16 @@ class IdempotencyKeys:
         positions: Mapping[int, int],
         ends: Sequence[int],
         floors: Mapping[int, int] | None = None,
+        owned: Collection[int] | None = None,
     ) -> None:
         """Find the keys of the requests accepted after the restored checkpoint: their
         records lie between its read positions (or its ``floors``, where keys were held
-        when it was taken) and the end of the log."""
+        when it was taken) and the end of the log, in the ``owned`` partitions (None: all)."""
         now_ms = self._now_ms()
         floors = floors or {}
         for partition, end in enumerate(ends):
+            if owned is not None and partition not in owned:
+                continue
             offset = min(positions.get(partition, 0), floors.get(partition, end))
             while offset < end:
                 records = await log_.read(topic, partition, offset, 1000)

@@ -40,7 +40,7 @@ from statefun.errors import InvalidNameError
 from statefun.values import TypedValue
 
 if TYPE_CHECKING:
-    from runtime.app import Runtime
+    from runtime.app import RuntimeBase
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 """Set on the answer to a retried request (a known Idempotency-Key): nothing was appended."""
@@ -179,7 +179,7 @@ def _function_health(f: FunctionTypeHealth) -> dict[str, Any]:
     }
 
 
-def create_ingress_app(runtime: Runtime) -> FastAPI:
+def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     app = FastAPI(title="statefun runtime ingress", docs_url=None, redoc_url=None)
     ingress_errors.install(app, runtime)
 
@@ -366,7 +366,7 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
     ) -> JSONResponse:
         skip = runtime.clock.skip if runtime.clock else None
         letters, next_offset = await runtime.dead_letters.read(from_, limit, skip)
-        marks = await runtime.store.dead_letter_marks([d.offset for d in letters])
+        marks = await runtime.records.dead_letter_marks([d.offset for d in letters])
         return JSONResponse(
             {
                 "records": [_dead_letter_json(d, marks.get(d.offset, PARKED)) for d in letters],
@@ -378,7 +378,7 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
     async def replay_dead_letter(offset: int) -> JSONResponse:
         """Append the parked message to the messages log again (once, however often asked)."""
         letter = await _dead_letter(offset)
-        status = (await runtime.store.dead_letter_marks([offset])).get(offset, PARKED)
+        status = (await runtime.records.dead_letter_marks([offset])).get(offset, PARKED)
         if status == DISCARDED:
             return _error(409, "discarded", f"dead letter {offset} was discarded")
         if not letter.replayable:
@@ -398,10 +398,10 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
     @app.post("/v1/admin/dead-letters/{offset}/discard")
     async def discard_dead_letter(offset: int) -> JSONResponse:
         await _dead_letter(offset)
-        status = (await runtime.store.dead_letter_marks([offset])).get(offset, PARKED)
+        status = (await runtime.records.dead_letter_marks([offset])).get(offset, PARKED)
         if status == REPLAYED:
             return _error(409, "replayed", f"dead letter {offset} was replayed already")
-        await runtime.store.mark_dead_letter(offset, DISCARDED)
+        await runtime.records.mark_dead_letter(offset, DISCARDED)
         return JSONResponse({"offset": offset, "status": DISCARDED})
 
     async def _dead_letter(offset: int) -> DeadLetter:
@@ -448,8 +448,8 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/v1/checkpoints")
     async def checkpoints() -> JSONResponse:
-        manifests = await runtime.store.manifests()
-        rollbacks = await runtime.store.rollbacks()
+        manifests = await runtime.records.manifests()
+        rollbacks = await runtime.records.rollbacks()
         clock = runtime.clock
         return JSONResponse(
             {
@@ -491,7 +491,7 @@ def create_ingress_app(runtime: Runtime) -> FastAPI:
         messages. Degraded function types are listed, but never make it 503: one bad
         function must not take the whole ingress out of a load balancer."""
         reasons = runtime.health.problems()
-        last = runtime.coordinator.last
+        last = runtime.last_checkpoint
         body = {
             "ready": not reasons,
             "reasons": reasons,

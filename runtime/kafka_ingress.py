@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import EpochClock
@@ -72,14 +73,20 @@ class KafkaIngressReader:
         self._quiet = QuietLog(log)
         self.routed = 0
 
-    async def start(self, restored: dict[tuple[str, int], int] | None) -> None:
-        """Read from a checkpoint's positions, or (None) from the startup position."""
+    async def start(
+        self,
+        restored: dict[tuple[str, int], int] | None,
+        owned: Collection[tuple[str, int]] | None = None,
+    ) -> None:
+        """Read from a checkpoint's positions, or (None) from the startup position; only
+        the ``owned`` topic partitions (None: all)."""
         for topic in self._topics:
             count = await self._cluster.open_topic(topic)
+            mine = [p for p in range(count) if owned is None or (topic, p) in owned]
             if restored is None:
                 committed = await self._cluster.committed_offsets(self.group, topic)
                 starts = await self._start_offsets(topic, count)
-            for p in range(count):
+            for p in mine:
                 if restored is not None:
                     self._positions[topic, p] = restored.get((topic, p), 0)
                 else:

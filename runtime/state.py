@@ -152,9 +152,13 @@ class StateStore:
     def take_changes(self) -> tuple[list[tuple[bytes, bytes | None]], set[Address]]:
         """The changed addresses' state as checkpoint rows (None: no state), and the set
         of those addresses; the set of changes starts empty again."""
-        changed, self._changed = self._changed, set()
+        changed = self.take_changed()
+        return self.rows(changed), changed
+
+    def rows(self, addresses: Iterable[Address]) -> list[tuple[bytes, bytes | None]]:
+        """These addresses' state now, as checkpoint rows (None: no state)."""
         rows = []
-        for address in changed:
+        for address in addresses:
             values = self._values.get(address)
             rows.append(
                 (
@@ -162,7 +166,16 @@ class StateStore:
                     encode_state(values, self._deadlines.get(address)) if values else None,
                 )
             )
-        return rows, changed
+        return rows
+
+    def addresses(self) -> Iterable[Address]:
+        """Every address with state in memory."""
+        return self._values.keys()
+
+    def take_changed(self) -> set[Address]:
+        """The addresses changed since the last call; none from then on."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def changed_again(self, addresses: Iterable[Address]) -> None:
         """Count these as changed since the last checkpoint (their capture was abandoned)."""

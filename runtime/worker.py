@@ -151,7 +151,14 @@ class Worker:
         on_failure: Callable[[Failure], None],
         config: WorkerConfig | None = None,
         paused: Iterable[TypeName] = (),
+        owned: Iterable[int] | None = None,
+        on_later_epoch: Callable[[int], None] | None = None,
     ):
+        """``owned``: the partitions of the messages log this worker reads and whose
+        addresses it owns (None: every one). ``on_later_epoch``: called with the epoch of
+        a record of this generation from a later epoch than the clock's, before the worker
+        processes it; it must take the local snapshot of the current epoch (the epoch
+        rule, with several processes). None: such a record is another runtime's, logged."""
         self.config = config or WorkerConfig()
         self.clients = clients
         self.state = state
@@ -165,6 +172,10 @@ class Worker:
         self._clock = clock
         self._registry = registry
         self._on_failure = on_failure
+        self._on_later_epoch = on_later_epoch
+        self.owned: tuple[int, ...] = (
+            tuple(range(router.partitions)) if owned is None else tuple(sorted(owned))
+        )
         self.dispatcher = Dispatcher(
             module,
             self,
@@ -189,7 +200,7 @@ class Worker:
         address, what the log held when it began (``log_ends``)."""
         topic = self._router.topics.messages
         restored_positions = restored.positions if restored else {}
-        self._positions = {p: restored_positions.get(p, 0) for p in range(self._router.partitions)}
+        self._positions = {p: restored_positions.get(p, 0) for p in self.owned}
         self._consumer.assign({TopicPartition(topic, p): o for p, o in self._positions.items()})
         if restored:
             for unserved in self.dispatcher.restore(restored.pending, restored.overflow):
@@ -237,14 +248,20 @@ class Worker:
     # --- checkpoints -------------------------------------------------------------------
 
     def capture(self) -> Capture:
-        part = WorkerPart(
+        rows, changed = self.state.take_changes()
+        return Capture(
+            encode_worker_part(self.part()), rows, lambda: self.state.changed_again(changed)
+        )
+
+    def part(self) -> WorkerPart:
+        """The worker's local snapshot but for state: what it read and has not answered,
+        its timers, its read positions and its overflow cursors."""
+        return WorkerPart(
             self.dispatcher.pending(),
             self._timers.pending(),
             dict(self._positions),
             self.dispatcher.overflow(),
         )
-        rows, changed = self.state.take_changes()
-        return Capture(encode_worker_part(part), rows, lambda: self.state.changed_again(changed))
 
     # --- reading ---------------------------------------------------------------------
 
@@ -285,6 +302,7 @@ class Worker:
             return None
         if (
             counted
+            and self._on_later_epoch is None
             and tag is not None
             and tag.generation == clock.generation
             and tag.epoch > clock.epoch
@@ -307,6 +325,18 @@ class Worker:
         )
 
     def _deliver(self, partition: int, record: StoredRecord) -> None:
+        if self._on_later_epoch is not None:
+            tag = Tag.from_headers(record.headers)
+            if (
+                tag is not None
+                and tag.generation == self._clock.generation
+                and tag.epoch > self._clock.epoch
+            ):
+                # The epoch rule: this record's sending is in its sender's snapshot of an
+                # epoch this worker has not snapshotted yet. Take that snapshot first, with
+                # the record still unread, or a restore from it would hold the effect of a
+                # message whose sending no snapshot holds.
+                self._on_later_epoch(tag.epoch)
         self._positions[partition] = record.offset + 1
         accepted = self._accept(partition, record)
         if accepted is None:
@@ -417,7 +447,7 @@ class Worker:
                     )
                 )
                 continue
-            self._outbox.emit(e.egress, e.argument)
+            self._outbox.emit(e.egress, e.argument, self._partition(address))
         if self._replay_ends:
             self._timers.release(address)
         return None

@@ -11,7 +11,7 @@ changed since the previous checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,34 @@ class WorkerPart:
     timers: list[PendingTimer]
     positions: dict[int, int]
     overflow: list[Overflow] = field(default_factory=list)
+
+    def split(self, partition_of: Callable[[Address], int]) -> dict[int, WorkerPart]:
+        """This part cut per messages partition (the partitions it reads): pending messages
+        by their record's partition, timers by their sender's, overflow by its own. Every
+        partition it reads gets a part, empty or not, so its read position travels."""
+        parts = {p: WorkerPart([], [], {p: o}) for p, o in self.positions.items()}
+
+        def of(partition: int) -> WorkerPart:
+            return parts.setdefault(partition, WorkerPart([], [], {}))
+
+        for m in self.pending:
+            of(m.message_id[0]).pending.append(m)
+        for t in self.timers:
+            of(partition_of(t.sender)).timers.append(t)
+        for o in self.overflow:
+            of(o.partition).overflow.append(o)
+        return parts
+
+    @classmethod
+    def merge(cls, parts: Iterable[WorkerPart]) -> WorkerPart:
+        """One part from the parts of disjoint partitions (:meth:`split` undone)."""
+        merged = cls([], [], {})
+        for part in parts:
+            merged.pending.extend(part.pending)
+            merged.timers.extend(part.timers)
+            merged.positions.update(part.positions)
+            merged.overflow.extend(part.overflow)
+        return merged
 
     def read_floor(self) -> dict[int, int]:
         """Per partition, the lowest offset a worker restored from this part reads again:

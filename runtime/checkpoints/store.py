@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Protocol, TypeVar
 
 from runtime.directories import lock_directory, unlock
 from runtime.errors import CheckpointStoreInUse, StoreDamaged, StoreError
@@ -100,6 +100,24 @@ class Rollback:
     reason: str
     cause_address: str | None
     cause_messages: tuple[str, ...]
+
+
+class ApplicationRecords(Protocol):
+    """What the ingress and operators read and write of an application's records: its
+    checkpoints and rollbacks, and operators' decisions. The checkpoint store keeps them
+    for one process; the decision log (``runtime.cluster``) for a cluster."""
+
+    async def manifests(self) -> list[Manifest]: ...
+
+    async def rollbacks(self) -> list[Rollback]: ...
+
+    async def dead_letter_marks(self, offsets: Sequence[int]) -> dict[int, str]: ...
+
+    async def mark_dead_letter(self, offset: int, status: str) -> None: ...
+
+    async def paused(self) -> set[TypeName]: ...
+
+    async def set_paused(self, function_type: TypeName, paused: bool) -> None: ...
 
 
 def _now_ms() -> int:
