@@ -59,6 +59,22 @@ class IngressTimeouts:
     """From the end of a request's head until its whole body is in."""
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """How a process takes part in an application of several over Kafka."""
+
+    enabled: bool = False
+    """Join the application as one member of many (``runtime.cluster``); False: a lone
+    process with its own checkpoint store."""
+    url: str | None = None
+    """The URL other members reach this process's ingress at; None: derived from the
+    ingress's bind address (the host name when it binds every interface)."""
+    session_timeout: float = 6.0
+    """Seconds without a heartbeat after which Kafka drops a member (a killed process is
+    noticed after about this long). A join waits half of it on the test broker."""
+    heartbeat_interval: float = 1.0
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     module: ModuleSpec
@@ -104,6 +120,7 @@ class RuntimeConfig:
     is bounded within it, and steps that do not fit are skipped."""
     ingress_shutdown_grace: float = 3.0
     """Of ``shutdown_timeout``, what requests in flight get to finish."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def default_of(config: type[Any], name: str) -> Any:

@@ -115,6 +115,11 @@ class KafkaIngressReader:
             return await self._cluster.start_offsets(topic, self.spec.auto_offset_reset)
         return await self._cluster.start_offsets(topic, position.kind)
 
+    @property
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset to read, per topic partition it reads."""
+        return dict(self._positions)
+
     def capture(self) -> Capture:
         return Capture(encode_positions(self._positions))
 

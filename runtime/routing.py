@@ -52,6 +52,12 @@ class Topics:
         return f"{self.app_id}-control"
 
     @property
+    def decisions(self) -> str:
+        """One partition: every decision of a cluster application, in one total order
+        (see ``runtime.cluster.decisions``)."""
+        return f"{self.app_id}-decisions"
+
+    @property
     def consumer_group(self) -> str:
         return self.app_id
 

@@ -1,0 +1,794 @@
+"""A cluster member: one runtime process of an application that runs on several, over Kafka.
+
+Every ``statefun run --kafka B --app-id X`` process is a member of application X
+(:class:`ClusterRuntime`). Kafka's consumer group decides who is in the application and
+who coordinates (``runtime.cluster.membership``); the decision log decides everything
+else, in one total order every member folds alike (``runtime.cluster.decisions``): which
+generation runs, who owns which partition in it, which checkpoint is taken and which is
+committed. A member acts on what the fold says, never on what it believes.
+
+A generation, on every member: a valid ``Begin`` ends the one before (whatever it was
+doing), and the member restores exactly the partitions the Begin gives it, from the
+chains of the last valid manifest before the Begin (``runtime.cluster.partition_store``),
+then runs a worker on them, the Kafka ingress partitions it owns, and its egress outbox.
+
+A checkpoint n, on every member that owns something: the local snapshot of epoch n is
+captured in one synchronous step (state changed since the last commit this member knows,
+or all of it when the take asks for a full snapshot; pending inputs, timers, read
+positions, egress not yet out and idempotency keys, each cut per messages partition),
+the epoch advances, the snapshot is written to the partition store and a ``Part`` names
+where. The coordinator commits with a ``Manifest`` once every owner's part is in. The
+epoch rule: a worker about to read a record of a later epoch of its generation captures
+its snapshot first (:meth:`ClusterRuntime._later_epoch`); that capture is written once
+the member has read the ``Take`` it answers (which names the segment), as a delta even if
+the take asked for a full snapshot: the next capture of that member is then full.
+
+A checkpoint that does not commit is abandoned by not committing: the changes it held
+stay in this member's uncommitted sets, and the next snapshot writes them again.
+
+Failures: a member's worker that must roll back (policy ``fail``, a log failure) appends
+a ``Fail``; the coordinator answers with a new Begin. A member that dies or leaves
+changes the group's view, and the coordinator of the new view answers with a Begin too:
+every membership change is a rollback of the whole application to its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from runtime.app import RuntimeBase, _bounded
+from runtime.checkpoints.epochs import EpochClock, Tag
+from runtime.checkpoints.snapshot import (
+    EGRESS_PART,
+    KEYS_PART,
+    WORKER_PART,
+    WorkerPart,
+    decode_egress_items,
+    decode_worker_part,
+    encode_egress_items,
+    encode_worker_part,
+)
+from runtime.checkpoints.store import ApplicationRecords, Rollback
+from runtime.checkpoints.store import Manifest as StoredManifest
+from runtime.cluster.coordinator import ClusterCoordinator
+from runtime.cluster.decisions import (
+    Begin,
+    DecisionLog,
+    Effect,
+    Fail,
+    Manifest,
+    Mark,
+    Part,
+    Pause,
+    Published,
+    Take,
+)
+from runtime.cluster.locations import PartitionLocation
+from runtime.cluster.membership import Member, Membership, View
+from runtime.cluster.partition_store import PartitionSnapshot, PartitionStore, RestoredPartition
+from runtime.config import RuntimeConfig
+from runtime.dispatcher import Failure
+from runtime.egress import EgressOutbox
+from runtime.errors import ConfigurationError, LogError
+from runtime.idempotency import decode_floors, decode_rows, encode_floors, encode_rows
+from runtime.kafka_ingress import KafkaIngressReader
+from runtime.log import Log
+from runtime.routing import partition_for
+from runtime.state import StateStore
+from runtime.worker import Worker
+from statefun.address import Address, TypeName
+from statefun.module_spec import ModuleSpec
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT = 60.0
+"""Seconds a starting member waits for a generation that includes it."""
+FAIL_RETRY = 1.0
+"""Seconds between attempts to append a Fail while the log refuses appends."""
+
+
+def module_fingerprint(module: ModuleSpec) -> str:
+    """A fingerprint of a module spec as parsed: members of one application must agree."""
+    return hashlib.sha256(repr(module).encode()).hexdigest()[:16]
+
+
+def _stored_manifest(m: Manifest) -> StoredManifest:
+    return StoredManifest(
+        m.checkpoint, m.generation, m.created_ms, m.duration_ms, m.size_bytes, m.addresses, m.released
+    )
+
+
+class ClusterRecords(ApplicationRecords):
+    """The application's checkpoints, rollbacks and operators' decisions, as the decision
+    log holds them."""
+
+    def __init__(self, decisions: DecisionLog):
+        self._decisions = decisions
+        self.rollbacks_seen: list[Rollback] = []
+        """Every rollback the fold applied since this process started (older ones are in
+        the decision log, not kept in memory)."""
+
+    async def manifests(self) -> list[StoredManifest]:
+        return [_stored_manifest(m) for m in self._decisions.state.manifests]
+
+    async def rollbacks(self) -> list[Rollback]:
+        return list(self.rollbacks_seen)
+
+    async def dead_letter_marks(self, offsets: Sequence[int]) -> dict[int, str]:
+        marks = self._decisions.state.marks
+        return {o: marks[o] for o in offsets if o in marks}
+
+    async def mark_dead_letter(self, offset: int, status: str) -> None:
+        await self._decisions.decide(Mark(offset, status))
+
+    async def paused(self) -> set[TypeName]:
+        return {TypeName.parse(t) for t in self._decisions.state.paused}
+
+    async def set_paused(self, function_type: TypeName, paused: bool) -> None:
+        await self._decisions.decide(Pause(str(function_type), paused))
+
+
+@dataclass(slots=True)
+class _Captured:
+    """A local snapshot captured, waiting for its take to be read before it is written."""
+
+    generation: int
+    checkpoint: int
+    full: bool
+    snapshots: dict[int, PartitionSnapshot]
+    ingress: dict[tuple[str, int], int]
+    releases: bool
+    addresses: int
+
+
+@dataclass(slots=True)
+class _Uncommitted:
+    """What changed in this member's partitions since the last commit it knows, per
+    capture (dropped once a manifest covers the capture)."""
+
+    state: list[tuple[int, set[Address]]] = field(default_factory=list)
+    keys: list[tuple[int, dict[str, int]]] = field(default_factory=list)
+
+    def committed(self, checkpoint: int) -> None:
+        self.state = [(n, s) for n, s in self.state if n > checkpoint]
+        self.keys = [(n, k) for n, k in self.keys if n > checkpoint]
+
+
+class ClusterRuntime(RuntimeBase):
+    """A member of a cluster application (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        log_: Log,
+        *,
+        url: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        member = f"m-{os.urandom(4).hex()}"
+        super().__init__(config, log_, transport=transport, member=member)
+        self.member = Member(member, url)
+        self.fingerprint = module_fingerprint(config.module)
+        self.decisions = DecisionLog(log_, self.topics.decisions, retain=config.checkpoints.retain)
+        self.partition_store = PartitionStore(log_, config.app_id, config.messages_partitions)
+        self._records = ClusterRecords(self.decisions)
+        assert config.kafka is not None
+        self.membership = Membership(
+            config.kafka,
+            config.app_id,
+            self.member,
+            partitions=config.messages_partitions,
+            ingress_topics={},
+            on_view=self._view_changed,
+            session_timeout=config.cluster.session_timeout,
+            heartbeat_interval=config.cluster.heartbeat_interval,
+            kafka_options=config.kafka_options,
+        )
+        self.cluster_coordinator = ClusterCoordinator(
+            self.decisions, config.checkpoints, member, on_unused_segments=self._drop_segments
+        )
+        self._view: View | None = None
+        self._generation_begun: asyncio.Event = asyncio.Event()
+        self._owned: tuple[int, ...] = ()
+        self._target: Effect | None = None
+        """The newest valid Begin not yet acted on."""
+        self._switching: asyncio.Task[None] | None = None
+        self._captured: dict[int, _Captured] = {}
+        self._writing: set[asyncio.Task[None]] = set()
+        self._owe_full = False
+        self._uncommitted = _Uncommitted()
+        self._last: Manifest | None = None
+        self._failing: asyncio.Task[None] | None = None
+        self._reconciling: asyncio.Task[None] | None = None
+        self._unsubscribe = lambda: None
+        log_.on_failure(self._log_failed)
+
+    @classmethod
+    async def open_member(
+        cls,
+        config: RuntimeConfig,
+        *,
+        url: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+        log: Log | None = None,
+    ) -> ClusterRuntime:
+        from runtime.app import open_log
+
+        log_ = log if log is not None else await open_log(config)
+        return cls(config, log_, url=url, transport=transport)
+
+    # --- what the base asks -------------------------------------------------------------
+
+    @property
+    def records(self) -> ApplicationRecords:
+        return self._records
+
+    @property
+    def last_checkpoint(self) -> StoredManifest | None:
+        return None if self._last is None else _stored_manifest(self._last)
+
+    async def _mark_released(self, epoch: int, what: str) -> None:
+        """Nothing to mark: a cluster checkpoint is never given up for an older one."""
+
+    def _checkpoints_where(self) -> str:
+        return f"Kafka topics {self.config.app_id}-checkpoints-*"
+
+    def committed(self, tag: Tag | None) -> bool:
+        if tag is None:
+            return True
+        clock = self.clock
+        if clock is None:
+            return False
+        if tag.generation != clock.generation:
+            return clock.skip.accepts(tag)
+        last = self._last
+        return last is not None and last.generation == tag.generation and tag.epoch <= last.checkpoint
+
+    def unavailable(self) -> tuple[str, float] | None:
+        problems = self.health.problems()
+        problems.pop("generation", None)
+        problems.pop("checkpoints", None)
+        if not problems:
+            return None
+        return "; ".join(f"{c}: {r}" for c, r in problems.items()), 1.0
+
+    @property
+    def owned(self) -> tuple[int, ...]:
+        """The messages partitions this member owns in the generation it runs."""
+        return self._owned
+
+    def owner_of(self, partition: int) -> str | None:
+        """The member that owns ``partition`` in the current generation (None: none begun)."""
+        begin = self.decisions.state.begin
+        return None if begin is None else begin.owners.get(partition)
+
+    def url_of(self, member: str) -> str | None:
+        begin = self.decisions.state.begin
+        return None if begin is None else begin.members.get(member)
+
+    # --- starting ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the application and return once a generation that includes this member
+        runs (its partitions restored)."""
+        await self.router.create_topics()
+        await self.dead_letters.create_topic()
+        await self.egresses.start()
+        await self.decisions.open()
+        known = self.decisions.state.module
+        if known is not None and known != self.fingerprint:
+            raise ConfigurationError(
+                f"this process's module differs from application {self.config.app_id}'s "
+                f"(fingerprint {self.fingerprint}, the application's {known}): start every "
+                "process of an application with the same module"
+            )
+        self._unsubscribe = self.decisions.subscribe(self._decided)
+        await self.membership.start()
+        try:
+            async with asyncio.timeout(JOIN_TIMEOUT):
+                await self._generation_begun.wait()
+        except TimeoutError:
+            raise ConfigurationError(
+                f"no generation of application {self.config.app_id} included this process "
+                f"within {JOIN_TIMEOUT:.0f} s"
+            ) from None
+
+    # --- membership -----------------------------------------------------------------------
+
+    def _view_changed(self, view: View) -> None:
+        self._view = view
+        log.info(
+            "view %d: coordinator %s, members %s",
+            view.number,
+            view.coordinator,
+            ", ".join(f"{m.id} ({len(view.partitions.get(m.id, ()))} partitions)" for m in view.members),
+        )
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """As the view's coordinator, begin a generation that matches the view unless the
+        current one does (or a Begin from a newer view is in the log already)."""
+        view = self._view
+        if view is None or view.coordinator != self.member.id or self._stopping:
+            return
+        if self._reconciling is not None and not self._reconciling.done():
+            return
+        begin = self.decisions.state.begin
+        owners = {p: m for m, ps in view.partitions.items() for p in ps}
+        ingress_owners = {tp: m for m, tps in view.ingress.items() for tp in tps}
+        members = {m.id: m.url for m in view.members}
+        if begin is not None and (
+            begin.view > view.number
+            or (
+                dict(begin.owners) == owners
+                and dict(begin.members) == members
+                and begin.coordinator == self.member.id
+            )
+        ):
+            return
+        left = sorted(set(begin.members) - set(members)) if begin is not None else []
+        joined = sorted(set(members) - set(begin.members)) if begin is not None else sorted(members)
+        reason = "membership changed:" + "".join(
+            [f" {', '.join(joined)} joined" if joined else "", f" {', '.join(left)} left" if left else ""]
+        )
+        self._reconciling = asyncio.create_task(
+            self._begin_generation(view, owners, ingress_owners, members, reason), name="reconcile"
+        )
+
+    async def _begin_generation(
+        self,
+        view: View,
+        owners: Mapping[int, str],
+        ingress_owners: Mapping[tuple[str, int], str],
+        members: Mapping[str, str],
+        reason: str,
+    ) -> None:
+        try:
+            await self.cluster_coordinator.begin(
+                Begin(
+                    self.decisions.state.generation + 1,
+                    self.member.id,
+                    view.number,
+                    owners,
+                    ingress_owners,
+                    members,
+                    self.fingerprint,
+                    reason,
+                )
+            )
+        except LogError as e:
+            log.warning("beginning a generation failed: %s", e)
+            await asyncio.sleep(FAIL_RETRY)
+        finally:
+            self._reconciling = None
+        self._reconcile()  # the view may have moved on, or the Begin lost a race
+
+    # --- the decision log -------------------------------------------------------------
+
+    def _decided(self, effect: Effect) -> None:
+        if not effect.applied:
+            return
+        record = effect.record
+        if isinstance(record, Begin):
+            self._target = effect
+            self._note_rollback(record)
+            if self._switching is None or self._switching.done():
+                self._switching = asyncio.create_task(self._switch(), name="generation-switch")
+            self._coordinate()
+            self._reconcile()
+        elif isinstance(record, Take):
+            self._take(record)
+        elif isinstance(record, Manifest):
+            self._committed_checkpoint(record)
+        elif isinstance(record, Pause):
+            worker = self.worker
+            if worker is not None:
+                function_type = TypeName.parse(record.function_type)
+                if record.paused:
+                    worker.dispatcher.pause(function_type)
+                else:
+                    worker.dispatcher.resume(function_type)
+
+    def _note_rollback(self, begin: Begin) -> None:
+        state = self.decisions.state
+        previous = begin.generation - 1
+        if previous in state.rolled_back_to:
+            self._records.rollbacks_seen.append(
+                Rollback(
+                    previous,
+                    state.rolled_back_to[previous],
+                    int(time.time() * 1000),
+                    begin.reason,
+                    begin.cause_address,
+                    begin.cause_messages,
+                )
+            )
+            del self._records.rollbacks_seen[:-100]
+
+    def _coordinate(self) -> None:
+        """Run the checkpoints while the current generation names this member coordinator."""
+        if self.decisions.state.coordinator == self.member.id and not self._stopping:
+            self.cluster_coordinator.start()
+        else:
+            task = asyncio.create_task(self.cluster_coordinator.stop(), name="coordinator-stop")
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+
+    # --- generations ------------------------------------------------------------------
+
+    async def _switch(self) -> None:
+        """Act on the newest valid Begin: end the generation running, begin that one."""
+        while self._target is not None:
+            effect, self._target = self._target, None
+            begin = effect.record
+            assert isinstance(begin, Begin)
+            await self._end_generation()
+            try:
+                await self._restore(begin)
+            except Exception as e:
+                log.error("beginning generation %d failed: %s: %s", begin.generation, type(e).__name__, e)
+                self.health.fail("generation", f"beginning generation {begin.generation} failed: {e}")
+                await self._end_generation()
+                self._ask_rollback(Failure(f"member {self.member.id} could not begin: {e}"), begin.generation)
+
+    async def _end_generation(self) -> None:
+        for task in list(self._writing):
+            task.cancel()
+        for reader in self.kafka_ingresses:
+            await reader.stop()
+        self.kafka_ingresses = []
+        if self.worker is not None:
+            await self.worker.stop(drain=False)
+        if self.outbox is not None:
+            await self.outbox.cancel()
+        self.worker = None
+        self.outbox = None
+        self.clock = None
+        self._captured = {}
+
+    async def _restore(self, begin: Begin) -> None:
+        started = time.monotonic()
+        state_ = self.decisions.state
+        manifest = state_.manifest
+        checkpoint = 0 if manifest is None else manifest.checkpoint
+        owned = tuple(sorted(p for p, m in begin.owners.items() if m == self.member.id))
+        ingress_owned = {tp for tp, m in begin.ingress_owners.items() if m == self.member.id}
+        first_epoch = max(state_.highest_checkpoint, checkpoint) + 1
+        skip = state_.skip_rule()
+        published = dict(state_.published)
+        paused = {TypeName.parse(t) for t in state_.paused}
+        restored: dict[int, RestoredPartition] = {}
+        if manifest is not None:
+            for p in owned:
+                chain = manifest.chains.get(p)
+                if chain:
+                    restored[p] = await self.partition_store.read(chain)
+        if self.decisions.state.begin is not begin:
+            return  # a newer Begin came meanwhile: the switch acts on it next
+        state = StateStore()
+        state.load(row for r in restored.values() for row in r.state.items())
+        parts = [decode_worker_part(r.parts[WORKER_PART]) for r in restored.values() if WORKER_PART in r.parts]
+        worker_part = WorkerPart.merge(parts) if parts else None
+        keys = decode_rows(row for r in restored.values() for row in r.keys.items())
+        floors: dict[int, int] = {}
+        for r in restored.values():
+            if KEYS_PART in r.parts:
+                floors.update(decode_floors(r.parts[KEYS_PART]))
+        clock = EpochClock(begin.generation, first_epoch, self.member.id, skip)
+        self.replies.rolled_back(clock.skip)
+        outbox = EgressOutbox(
+            self.egresses,
+            clock,
+            note_published=self._note_published,
+            on_log_failure=lambda reason: worker.log_failed(reason),
+        )
+        for p, r in restored.items():
+            if EGRESS_PART in r.parts:
+                outbox.restore(decode_egress_items(r.parts[EGRESS_PART]), published.get(p, 0), p)
+        worker = Worker(
+            self.log,
+            self.module,
+            self.router,
+            self.egresses,
+            outbox,
+            self.dead_letters,
+            clock,
+            self.clients,
+            self.registry,
+            state,
+            on_failure=self._worker_failed,
+            config=self.config.worker,
+            paused=paused,
+            owned=owned,
+            on_later_epoch=self._later_epoch,
+        )
+        ends = await self.log.end_offsets(self.topics.messages)
+        positions = worker_part.positions if worker_part is not None else {}
+        self.idempotency.restore(keys, positions, clock.skip, owned=owned)
+        await self.idempotency.recover(
+            self.log, self.topics.messages, positions, ends, floors, owned=owned
+        )
+        if self.decisions.state.begin is not begin:
+            return
+        self._uncommitted = _Uncommitted()
+        self._owe_full = False
+        self._owned = owned
+        worker.start(worker_part, dict(enumerate(ends)))
+        readers: list[KafkaIngressReader] = []
+        self.worker, self.outbox, self.kafka_ingresses, self.clock = worker, outbox, readers, clock
+        self.health.functions = worker.dispatcher.health
+        if manifest is not None:
+            outbox.publish_committed(manifest.checkpoint)
+        for spec in self.module.ingresses:
+            cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
+            reader = KafkaIngressReader(
+                spec, cluster, self.router, self.dead_letters, clock, self.config.app_id
+            )
+            restored_positions = None if manifest is None else dict(manifest.ingress)
+            await reader.start(restored_positions, owned=ingress_owned)
+            readers.append(reader)
+        self.health.clear("generation")
+        self._generation_begun.set()
+        log.info(
+            "generation %d (%s) began from checkpoint %d in %.0f ms: %d partitions owned "
+            "(%d addresses in state)",
+            begin.generation,
+            begin.reason,
+            checkpoint,
+            (time.monotonic() - started) * 1000,
+            len(owned),
+            len(state),
+        )
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    def _later_epoch(self, epoch: int) -> None:
+        """The epoch rule (see the module docstring): capture up to ``epoch`` - 1 now."""
+        clock = self.clock
+        while clock is not None and clock.epoch < epoch:
+            self._capture(full=False)
+
+    def _take(self, take: Take) -> None:
+        clock = self.clock
+        if clock is None or take.generation != clock.generation or self.worker is None:
+            return
+        while clock.epoch <= take.checkpoint:
+            self._capture(full=take.full or self._owe_full)
+        captured = self._captured.pop(take.checkpoint, None)
+        for n in [n for n in self._captured if n < take.checkpoint]:
+            del self._captured[n]  # takes abandoned before they reached this member
+        if captured is None:
+            return
+        if take.full and not captured.full:
+            self._owe_full = True
+        task = asyncio.create_task(self._write(captured, take.segment), name="checkpoint-part")
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    def _capture(self, *, full: bool) -> None:
+        """Capture the local snapshot of the current epoch, cut per partition, and advance
+        the epoch (one synchronous step: nothing runs in between)."""
+        worker, outbox, clock = self.worker, self.outbox, self.clock
+        assert worker is not None and outbox is not None and clock is not None
+        checkpoint = clock.epoch
+        partitions = self.router.partitions
+        uncommitted = self._uncommitted
+        uncommitted.state.append((checkpoint, worker.state.take_changed()))
+        uncommitted.keys.append((checkpoint, self.idempotency.take_changed()))
+        owned = worker.owned
+        changed: dict[int, set[Address]] = {p: set() for p in owned}
+        if full:
+            for address in worker.state.addresses():
+                changed.setdefault(partition_for(address, partitions), set()).add(address)
+        for _, addresses in uncommitted.state:
+            for address in addresses:
+                changed.setdefault(partition_for(address, partitions), set()).add(address)
+        keys: dict[int, set[str]] = {p: set() for p in owned}
+        if full:
+            for key in self.idempotency.keys_of(set(owned)):
+                keys[self._key_partition(key)].add(key)
+        for _, changed_keys in uncommitted.keys:
+            for key, p in changed_keys.items():
+                keys.setdefault(p, set()).add(key)
+        worker_parts = worker.part().split(lambda a: partition_for(a, partitions))
+        egress = outbox.held_by_partition()
+        floors = self.idempotency.floors()
+        snapshots: dict[int, PartitionSnapshot] = {}
+        addresses = 0
+        for p in owned:
+            rows = worker.state.rows(changed.get(p, ()))
+            addresses += len(rows)
+            part = {
+                WORKER_PART: encode_worker_part(worker_parts.get(p, WorkerPart([], [], {}))),
+                EGRESS_PART: encode_egress_items(egress.get(p, [])),
+            }
+            if p in floors:
+                part[KEYS_PART] = encode_floors({p: floors[p]})
+            snapshots[p] = PartitionSnapshot(
+                p, checkpoint, full, rows, encode_rows(self.idempotency.entries(keys.get(p, ()))), part
+            )
+        ingress = {tp: o for reader in self.kafka_ingresses for tp, o in reader.positions.items()}
+        releases = bool(egress) or self.replies.capture().releases
+        self._captured[checkpoint] = _Captured(
+            clock.generation, checkpoint, full, snapshots, ingress, releases, addresses
+        )
+        clock.advance()
+
+    def _key_partition(self, key: str) -> int:
+        return self.idempotency.partition_of(key, {})
+
+    async def _write(self, captured: _Captured, segment: int) -> None:
+        try:
+            await self.partition_store.ensure_segment(segment)
+            locations: dict[int, PartitionLocation] = {}
+            size = 0
+            for p, snapshot in captured.snapshots.items():
+                locations[p] = await self.partition_store.write(segment, snapshot)
+                size += sum(len(v or b"") for _, v in snapshot.state)
+            await self.decisions.append(
+                Part(
+                    captured.generation,
+                    captured.checkpoint,
+                    self.member.id,
+                    locations,
+                    captured.ingress,
+                    captured.releases,
+                    size,
+                    captured.addresses,
+                )
+            )
+        except LogError as e:
+            # Not written: the changes stay uncommitted, and the next snapshot has them.
+            log.warning("writing the part of checkpoint %d failed: %s", captured.checkpoint, e)
+
+    def _committed_checkpoint(self, manifest: Manifest) -> None:
+        self._last = manifest
+        self._uncommitted.committed(manifest.checkpoint)
+        for component in ("generation", "store", "checkpoints"):
+            self.health.clear(component)
+        self.replies.committed(manifest.generation, manifest.checkpoint)
+        worker, outbox, clock = self.worker, self.outbox, self.clock
+        if (
+            outbox is not None
+            and worker is not None
+            and not worker.stopped
+            and clock is not None
+            and clock.generation == manifest.generation
+        ):
+            outbox.publish_committed(manifest.checkpoint)
+
+    async def _note_published(self, checkpoint: int) -> None:
+        clock = self.clock
+        if clock is not None:
+            await self.decisions.append(Published(clock.generation, checkpoint, self._owned))
+
+    async def _drop_segments(self, below: int) -> None:
+        deleted = await self.partition_store.delete_segments_below(below)
+        if deleted:
+            log.debug("checkpoint segments %s deleted", deleted)
+
+    # --- failing ----------------------------------------------------------------------
+
+    def _log_failed(self, error: LogError) -> None:
+        self.health.fail("log", f"appends fail: {error}")
+        worker = self.worker
+        if worker is not None:
+            worker.fail(Failure(f"an append to the log failed: {error}"))
+
+    def _worker_failed(self, failure: Failure) -> None:
+        clock = self.clock
+        if clock is not None:
+            self._ask_rollback(failure, clock.generation)
+
+    def _ask_rollback(self, failure: Failure, generation: int) -> None:
+        if self._stopping or (self._failing is not None and not self._failing.done()):
+            return
+        self._failing = asyncio.create_task(self._append_fail(failure, generation), name="fail")
+
+    async def _append_fail(self, failure: Failure, generation: int) -> None:
+        """Ask the coordinator for a rollback of ``generation``, until the log takes it or
+        a newer generation began."""
+        while self.decisions.state.generation == generation and not self._stopping:
+            try:
+                if self.log.failure is not None:
+                    await self.log.reopen()
+                    self.health.clear("log")
+                await self.decisions.append(
+                    Fail(
+                        generation,
+                        self.member.id,
+                        failure.describe(),
+                        str(failure.address) if failure.address else None,
+                        tuple(f"{p}@{o}" for p, o in failure.messages),
+                    )
+                )
+                return
+            except LogError as e:
+                log.warning("asking for a rollback failed: %s", e)
+                await asyncio.sleep(FAIL_RETRY)
+
+    # --- stopping ---------------------------------------------------------------------
+
+    async def stop(self, deadline: float | None = None) -> bool:
+        """Hand this member's partitions over: finish the calls in flight, wait for a
+        checkpoint that holds what they did, leave the group (the others roll back to
+        that checkpoint and take the partitions over), close everything."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.config.shutdown_timeout
+        budget = max(deadline - loop.time(), 0.0)
+
+        def share(fraction: float) -> float:
+            return min(deadline, loop.time() + budget * fraction)
+
+        self._stopping = True
+        self._unsubscribe_later = True
+        worker = self.worker
+        if worker is not None and not worker.failed:
+            await _bounded("finishing calls in flight", worker.stop(drain=True), share(0.4))
+            clock = self.clock
+            if clock is not None and self.decisions.state.generation == clock.generation:
+                epoch = clock.epoch
+                generation = clock.generation
+                await _bounded(
+                    "the last checkpoint",
+                    self.decisions.wait(
+                        lambda s: s.generation != generation
+                        or (s.manifest is not None and s.manifest.checkpoint >= epoch)
+                    ),
+                    share(0.3),
+                )
+        self._unsubscribe()
+        await _bounded("stopping the coordinator", self.cluster_coordinator.stop(), share(0.05))
+        await _bounded("leaving the application", self.membership.stop(), share(0.1))
+        for task in (self._switching, self._failing, self._reconciling, *self._writing):
+            if task is not None:
+                task.cancel()
+        await _bounded("stopping the generation", self._end_generation(), share(0.05))
+        closed = True
+        for what, closing in (
+            ("closing the decision log", self.decisions.close()),
+            ("closing the function clients", self.clients.close()),
+            ("closing the egresses", self.egresses.close()),
+            ("closing the Kafka clusters", self.kafka_clusters.close()),
+            ("closing the log", self.log.close()),
+        ):
+            closed &= await _bounded(what, closing, deadline)
+        return closed
+
+    # --- what the ingress and operators see ---------------------------------------------
+
+    def cluster_status(self) -> dict[str, object]:
+        state = self.decisions.state
+        begin = state.begin
+        manifest = state.manifest
+        return {
+            "member": self.member.id,
+            "coordinator": state.coordinator,
+            "generation": state.generation,
+            "last_checkpoint": None if manifest is None else manifest.checkpoint,
+            "members": [
+                {
+                    "id": member,
+                    "url": url,
+                    "partitions": sorted(p for p, m in begin.owners.items() if m == member),
+                }
+                for member, url in sorted(begin.members.items())
+            ]
+            if begin is not None
+            else [],
+        }
+
+
+def _unused(_: Iterable[object]) -> None:  # pragma: no cover
+    del dataclasses, contextlib
