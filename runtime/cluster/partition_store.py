@@ -214,48 +214,40 @@ class PartitionStore:
         keys: dict[bytes, bytes] = {}
         parts: dict[str, bytes] = {}
         bytes_read = 0
-        for location in chain:
-            payload = await self._read_location(location)
-            bytes_read += len(payload)
-            try:
-                state_rows, key_rows, parts = msgpack.unpackb(payload, raw=False)
-                _fold(state, state_rows)
-                _fold(keys, key_rows)
-            except (ValueError, TypeError) as e:  # msgpack's errors derive from ValueError
-                raise _damaged(location, f"its records do not decode: {e}") from e
+        for run in _adjacent_runs(chain):
+            records = await self._read_run(run)
+            for location in run:
+                payload = _payload(location, records[: location.count])
+                del records[: location.count]
+                bytes_read += len(payload)
+                try:
+                    state_rows, key_rows, parts = msgpack.unpackb(payload, raw=False)
+                    _fold(state, state_rows)
+                    _fold(keys, key_rows)
+                except (ValueError, TypeError) as e:  # msgpack's errors are ValueErrors
+                    raise _damaged(location, f"its records do not decode: {e}") from e
         return RestoredPartition(
             chain[-1].partition, chain[-1].checkpoint, state, keys, parts, bytes_read
         )
 
-    async def _read_location(self, location: PartitionLocation) -> bytes:
-        """The payload of the snapshot at ``location``: its chunks, checked and joined."""
-        await self._open(location)
+    async def _read_run(self, run: Sequence[PartitionLocation]) -> list[StoredRecord]:
+        """The records of adjacent locations, read together (one round trip to the broker
+        instead of one per location); fewer if the log holds fewer."""
+        first = run[0]
+        await self._open(first)
+        total = sum(location.count for location in run)
         records: list[StoredRecord] = []
         try:
-            while len(records) < location.count:
-                offset = location.offset + len(records)
+            while len(records) < total:
                 got = await self._log.read(
-                    location.topic, location.partition, offset, location.count - len(records)
+                    first.topic, first.partition, first.offset + len(records), total - len(records)
                 )
                 if not got:
                     break
                 records += got
         except LogError as e:
-            raise StoreError(f"reading {_where(location)}: {e}") from e
-        if len(records) < location.count:
-            raise _damaged(location, f"only {len(records)} of its records are in the log")
-        for index, record in enumerate(records[: location.count]):
-            expected = location.offset + index
-            if record.offset != expected:
-                raise _damaged(location, f"offset {expected} is gone (read {record.offset})")
-            header = dict(record.headers).get(CHUNK_HEADER)
-            if header != _chunk_header(location, index):
-                raise _damaged(
-                    location,
-                    f"the record at offset {expected} is not its chunk {index}"
-                    f" (header {_describe(header)})",
-                )
-        return b"".join(r.value for r in records[: location.count])
+            raise StoreError(f"reading {_where(first)}: {e}") from e
+        return records
 
     async def _open(self, location: PartitionLocation) -> None:
         """Make the location's segment usable by this log (another member may have created
@@ -289,6 +281,37 @@ def _check_chain(chain: Sequence[PartitionLocation]) -> None:
             raise ValueError(
                 f"the chain's checkpoints do not increase: {before.checkpoint}, {after.checkpoint}"
             )
+
+
+def _adjacent_runs(chain: Sequence[PartitionLocation]) -> list[list[PartitionLocation]]:
+    """The chain cut into runs of locations that follow each other in one partition."""
+    runs = [[chain[0]]]
+    for location in chain[1:]:
+        last = runs[-1][-1]
+        if location.topic == last.topic and location.offset == last.offset + last.count:
+            runs[-1].append(location)
+        else:
+            runs.append([location])
+    return runs
+
+
+def _payload(location: PartitionLocation, records: Sequence[StoredRecord]) -> bytes:
+    """The snapshot's bytes from its chunks' records, once checked to be exactly those
+    the location names (:class:`StoreDamaged` otherwise)."""
+    if len(records) < location.count:
+        raise _damaged(location, f"only {len(records)} of its records are in the log")
+    for index, record in enumerate(records):
+        expected = location.offset + index
+        if record.offset != expected:
+            raise _damaged(location, f"offset {expected} is gone (read {record.offset})")
+        header = dict(record.headers).get(CHUNK_HEADER)
+        if header != _chunk_header(location, index):
+            raise _damaged(
+                location,
+                f"the record at offset {expected} is not its chunk {index}"
+                f" (header {_describe(header)})",
+            )
+    return b"".join(r.value for r in records)
 
 
 def _fold(into: dict[bytes, bytes], rows: list[list[Any]]) -> None:

@@ -100,17 +100,19 @@ async def test_deltas_fold_over_the_full_snapshot_in_order(
     chain = [
         await store.write(0, snapshot(1, {b"a": b"1", b"b": b"1", b"c": b"1"}, full=True)),
         await store.write(0, snapshot(2, {b"a": b"2", b"b": None}, keys={b"k": b"v"})),
-        await store.write(0, snapshot(3, {b"b": b"3", b"d": b"3"}, keys={b"k": None})),
     ]
-    # Another partition's snapshots and a snapshot outside the chain are not read.
+    # Snapshots outside the chain: an abandoned checkpoint's (its changes are written
+    # again with the next one), and another partition's.
+    await store.write(0, snapshot(3, {b"a": b"abandoned"}))
     await store.write(0, snapshot(2, {b"x": b"x"}, full=True, partition=2))
-    await store.write(0, snapshot(4, {b"a": b"not committed"}))
+    chain.append(await store.write(0, snapshot(4, {b"b": b"4", b"d": b"4"}, keys={b"k": None})))
+    await store.write(0, snapshot(5, {b"a": b"not committed"}))
     log.records_read = 0
     restored = await store.read(chain)
-    assert restored.state == {b"a": b"2", b"b": b"3", b"c": b"1", b"d": b"3"}
+    assert restored.state == {b"a": b"2", b"b": b"4", b"c": b"1", b"d": b"4"}
     assert restored.keys == {}
-    assert restored.parts == {"worker": b"worker@3"}  # the last snapshot's
-    assert restored.checkpoint == 3
+    assert restored.parts == {"worker": b"worker@4"}  # the last snapshot's
+    assert restored.checkpoint == 4
     assert log.records_read == 3  # one chunk per snapshot of the chain, nothing else
     prefix = await store.read(chain[:2])
     assert prefix.state == {b"a": b"2", b"c": b"1"}
