@@ -138,9 +138,7 @@ async def restore(store: PartitionStore, chain: Chain) -> Restore:
 LogOpener = Callable[[], Awaitable[Log]]
 
 
-async def measure(
-    name: str, open_log: LogOpener, size: int, args: argparse.Namespace
-) -> list[str]:
+async def measure(name: str, open_log: LogOpener, size: int, args: argparse.Namespace) -> list[str]:
     """One row: write a chain of ``size`` addresses on a log, restore it ``repeats`` times,
     each on a log of its own (on the in-memory log, the same one: it is the only copy)."""
     app = f"bench-restore-{uuid.uuid4().hex[:8]}"
