@@ -13,6 +13,7 @@ from dataclasses import replace
 import msgpack
 import pytest
 
+from runtime.cluster import partition_store
 from runtime.cluster.locations import PartitionLocation
 from runtime.cluster.partition_store import (
     CHUNK_HEADER,
@@ -119,7 +120,10 @@ async def test_deltas_fold_over_the_full_snapshot_in_order(
     assert prefix.keys == {b"k": b"v"}
 
 
-async def test_a_large_state_is_chunked_and_restored_whole(log: CountingLog) -> None:
+async def test_a_large_state_is_chunked_and_restored_whole(
+    log: CountingLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(partition_store, "READ_RECORDS", 3)  # several reads
     store = PartitionStore(log, "app", PARTITIONS, chunk_bytes=64 * 1024)
     state: dict[bytes, bytes | None] = {
         f"ns/type/{i}".encode(): os.urandom(100) for i in range(5_000)
