@@ -16,8 +16,9 @@ Everything the runtime raises on purpose derives from :class:`StatefunRuntimeErr
     │   ├── UnknownTopicError
     │   └── TopicMismatchError
     ├── StoreError                the checkpoint store failed to read or write; retryable
-    │   └── StoreDamaged          a file of the store is damaged: not retryable, the message
-    │                             names the file and what to do
+    │   └── StoreDamaged          a file of the store, or a snapshot's records in the partition
+    │                             checkpoint store, is damaged: not retryable, the message
+    │                             names which and what to do
     ├── CallFailed                a function call produced no valid answer (``protocol_violation``:
     │                             the endpoint answered, but broke the protocol)
     ├── BadInput                  an ingress request cannot become a message (carries its HTTP status)
@@ -103,7 +104,8 @@ class StoreError(StatefunRuntimeError):
 
 
 class StoreDamaged(StoreError):
-    """A file of the checkpoint store is damaged; the message names it and what to do."""
+    """A file of the checkpoint store, or a snapshot's records in the partition checkpoint
+    store, is damaged; the message names it and what to do."""
 
 
 class CallFailed(StatefunRuntimeError):

@@ -96,6 +96,12 @@ class FaultyLog(Log):
     ) -> None:
         await self._inner.ensure_topic(topic, partitions, config)
 
+    async def delete_topic(self, topic: str) -> None:
+        await self._inner.delete_topic(topic)
+
+    async def list_topics(self) -> set[str]:
+        return await self._inner.list_topics()
+
     def append(
         self, topic: str, partition: int, records: Sequence[Record]
     ) -> asyncio.Future[list[int]]:

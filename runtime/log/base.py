@@ -139,6 +139,17 @@ class Log(abc.ABC):
         when it creates the topic (Kafka's ``retention.ms``, ...); the embedded logs
         have none (``runtime.retention`` truncates them)."""
 
+    @abc.abstractmethod
+    async def delete_topic(self, topic: str) -> None:
+        """Delete ``topic`` and every record in it; nothing to do if it does not exist.
+        Afterwards the log no longer knows the topic (:class:`UnknownTopicError`), and a
+        consumer assigned to it reads nothing more from it."""
+
+    @abc.abstractmethod
+    async def list_topics(self) -> set[str]:
+        """The names of every topic that exists, including those this log did not create
+        or open (another process's)."""
+
     def partitions(self, topic: str) -> int:
         """The partition count of a known topic (:class:`UnknownTopicError` otherwise)."""
         try:

@@ -517,6 +517,33 @@ class KafkaLog(Log):
             return [e if o is None else o for o, e in zip(offsets, ends, strict=True)]
         return [o for o in offsets if o is not None]
 
+    async def delete_topic(self, topic: str) -> None:
+        self._check_open()
+        self._topics.pop(topic, None)
+        await _call(
+            self._admin_thread,
+            f"deleting topic {topic}",
+            lambda: self._delete_topic(topic),
+            3 * self._timeout,
+        )
+
+    def _delete_topic(self, topic: str) -> None:
+        """Delete the topic if it exists (admin thread)."""
+        result = self._admin.delete_topics(
+            [topic], timeout_ms=self._settings.request_timeout_ms, raise_errors=False
+        )
+        for deleted in result["topics"]:
+            error = for_code(deleted["error_code"])
+            if error not in (NoError, UnknownTopicOrPartitionError):
+                raise LogError(f"deleting topic {topic} failed: {error.__name__}")
+
+    async def list_topics(self) -> set[str]:
+        self._check_open()
+        names = await _call(
+            self._admin_thread, "listing topics", self._admin.list_topics, 2 * self._timeout
+        )
+        return set(names)
+
     def _create_topic(self, topic: str, partitions: int, config: Mapping[str, str]) -> int:
         """The topic's partition count, after creating it if missing (admin thread)."""
         existing = self._describe_topic(topic)

@@ -2,7 +2,8 @@
 tracked in memory, consumers woken when records become durable, and truncation.
 
 A subclass only decides how records are made durable (:meth:`LocalLog._write`), read
-back (:meth:`LocalLog._read_range`) and dropped (:meth:`LocalLog._drop`); it reports
+back (:meth:`LocalLog._read_range`), dropped (:meth:`LocalLog._drop`) and how a topic
+is created and deleted (:meth:`LocalLog._create_topic`, :meth:`LocalLog._delete_topic`); it reports
 durability through :meth:`LocalLog._made_durable`, in append order, and failure through
 :meth:`LocalLog._failed`. Once an append failed, none after it is written until
 :meth:`LocalLog.reopen`, which hands out offsets again from the durable ends: the
@@ -73,6 +74,10 @@ class LocalLog(Log):
     async def _create_topic(self, topic: str, partitions: int) -> None: ...
 
     @abc.abstractmethod
+    async def _delete_topic(self, topic: str, partitions: int) -> None:
+        """Drop the topic and its records (durably)."""
+
+    @abc.abstractmethod
     def _write(self, append: PendingAppend) -> None:
         """Make ``append`` durable, then call :meth:`_made_durable` on the loop."""
 
@@ -91,7 +96,8 @@ class LocalLog(Log):
     def _made_durable(self, appends: Sequence[PendingAppend]) -> None:
         for a in appends:
             end = a.base_offset + len(a.records)
-            if end > self._durable[a.tp]:
+            # A topic deleted since the append is no longer tracked.
+            if a.tp in self._durable and end > self._durable[a.tp]:
                 self._durable[a.tp] = end
             if not a.future.done():
                 a.future.set_result(list(range(a.base_offset, end)))
@@ -128,6 +134,18 @@ class LocalLog(Log):
             raise TopicMismatchError(
                 f"topic {topic} exists with {existing} partitions, not {partitions}"
             )
+
+    async def delete_topic(self, topic: str) -> None:
+        partitions = self._topics.pop(topic, None)
+        if partitions is None:
+            return
+        for p in range(partitions):
+            tp = TopicPartition(topic, p)
+            del self._next[tp], self._durable[tp], self._start[tp]
+        await self._delete_topic(topic, partitions)
+
+    async def list_topics(self) -> set[str]:
+        return set(self._topics)
 
     def append(
         self, topic: str, partition: int, records: Sequence[Record]
@@ -232,7 +250,9 @@ class LocalConsumer(LogConsumer):
         deadline = log._loop.time() + max_wait
         while True:
             ready = [
-                tp for tp, pos in self._positions.items() if log._durable[tp] > log._first(tp, pos)
+                tp
+                for tp, pos in self._positions.items()
+                if tp in log._durable and log._durable[tp] > log._first(tp, pos)
             ]
             if ready:
                 return self._take(ready, max_records)

@@ -21,6 +21,12 @@ class MemoryLog(LocalLog):
             self._records[TopicPartition(topic, p)] = []
             self._base[TopicPartition(topic, p)] = 0
 
+    async def _delete_topic(self, topic: str, partitions: int) -> None:
+        for p in range(partitions):
+            del self._records[TopicPartition(topic, p)], self._base[TopicPartition(topic, p)]
+        for group, tp in [k for k in self._offsets if k[1].topic == topic]:
+            del self._offsets[group, tp]
+
     def _write(self, append: PendingAppend) -> None:
         stored = self._records[append.tp]
         for i, r in enumerate(append.records):

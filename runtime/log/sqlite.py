@@ -62,6 +62,12 @@ class _CreateTopic:
 
 
 @dataclass(slots=True)
+class _DeleteTopic:
+    topic: str
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
 class _CommitOffsets:
     group: str
     offsets: dict[TopicPartition, int]
@@ -82,7 +88,15 @@ class _Reopen:
     future: asyncio.Future[None]
 
 
-_Op = PendingAppend | _CreateTopic | _CommitOffsets | _Truncate
+_Op = PendingAppend | _CreateTopic | _DeleteTopic | _CommitOffsets | _Truncate
+
+_TOPIC_ROWS = (
+    ("records", "topic"),
+    ("starts", "topic"),
+    ("consumer_offsets", "topic"),
+    ("topics", "name"),
+)
+"""Where a topic has rows: (table, the column naming the topic)."""
 
 TRUNCATE_STEP = 10_000
 """Records deleted per transaction: appends queued behind a truncation wait at most this."""
@@ -215,6 +229,9 @@ class SqliteLog(LocalLog):
             )
         elif isinstance(op, _CreateTopic):
             conn.execute("INSERT INTO topics VALUES (?, ?)", (op.topic, op.partitions))
+        elif isinstance(op, _DeleteTopic):
+            for table, column in _TOPIC_ROWS:
+                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (op.topic,))
         elif isinstance(op, _Truncate):
             conn.execute(
                 "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?",
@@ -263,6 +280,11 @@ class SqliteLog(LocalLog):
     async def _create_topic(self, topic: str, partitions: int) -> None:
         future: asyncio.Future[None] = self._loop.create_future()
         self._queue.put(_CreateTopic(topic, partitions, future))
+        await future
+
+    async def _delete_topic(self, topic: str, partitions: int) -> None:
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put(_DeleteTopic(topic, future))
         await future
 
     def _read_range(self, tp: TopicPartition, start: int, end: int) -> list[StoredRecord]:

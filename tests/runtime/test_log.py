@@ -173,6 +173,25 @@ async def test_committed_offsets(log: Log, topic: str) -> None:
     assert await log.committed_offsets("other", topic) == {}
 
 
+async def test_deleting_a_topic_drops_it_and_only_it(
+    log: Log, topic: str, unique_topic: Callable[[str], str]
+) -> None:
+    other = unique_topic("other")
+    await log.ensure_topic(other, 1)
+    await log.append(topic, 0, [Record(b"a")])
+    await log.append(other, 0, [Record(b"b")])
+    assert {topic, other} <= await log.list_topics()
+    await log.delete_topic(topic)
+    assert topic not in await log.list_topics()
+    with pytest.raises(UnknownTopicError):
+        log.partitions(topic)
+    with pytest.raises(UnknownTopicError):
+        log.append(topic, 0, [Record(b"x")])
+    await log.delete_topic(topic)  # a topic that does not exist: nothing to do
+    assert other in await log.list_topics()
+    assert [r.value for r in await log.read(other, 0, 0)] == [b"b"]
+
+
 async def test_sqlite_log_survives_reopening(tmp_path: Path) -> None:
     log = await SqliteLog.open(tmp_path)
     await log.ensure_topic("t", 2)
@@ -238,6 +257,41 @@ async def test_a_consumer_below_the_start_reads_from_it(local_log: LocalLog) -> 
     assert [r.offset for r in polled[TopicPartition("t", 1)]] == [5]
     assert await consumer.poll(0.05) == {}  # an empty partition 0 and nothing new: no spin
     await consumer.close()
+
+
+async def test_a_deleted_topic_created_again_starts_empty_and_its_consumers_stop(
+    local_log: LocalLog,
+) -> None:
+    await local_log.append("t", 0, [Record(bytes([i])) for i in range(3)])
+    await local_log.commit_offsets("g", {TopicPartition("t", 0): 2})
+    consumer = local_log.consumer()
+    consumer.assign({TopicPartition("t", 0): 0})
+    pending = local_log.append("t", 1, [Record(b"late")])  # not yet durable
+    await local_log.delete_topic("t")
+    await pending
+    assert await consumer.poll(0.01) == {}
+    await local_log.ensure_topic("t", 1)
+    assert await local_log.end_offsets("t") == [0]
+    assert await local_log.read("t", 0, 0) == []
+    assert await local_log.committed_offsets("g", "t") == {}
+    assert await local_log.append("t", 0, [Record(b"new")]) == [0]
+    await consumer.close()
+
+
+async def test_a_deleted_topic_stays_deleted_across_a_reopen(tmp_path: Path) -> None:
+    log = await SqliteLog.open(tmp_path)
+    await log.ensure_topic("gone", 2)
+    await log.ensure_topic("kept", 1)
+    await log.append("gone", 1, [Record(b"a")])
+    await log.delete_topic("gone")
+    await log.close()
+    reopened = await SqliteLog.open(tmp_path)
+    try:
+        assert await reopened.list_topics() == {"kept"}
+        rows = reopened._reader.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        assert rows == 0
+    finally:
+        await reopened.close()
 
 
 async def test_start_offsets_at_a_time_find_the_first_record_appended_since(

@@ -1,0 +1,1 @@
+"""Many runtime processes over Kafka as one application: membership, decisions, checkpoints."""
