@@ -1,0 +1,1 @@
+"""The runtime processes of one application working as one cluster over Kafka."""
