@@ -2,7 +2,8 @@
 
 ``statefun run --module module.yaml`` runs the runtime on the embedded log;
 ``statefun send ADDRESS VALUE`` and ``statefun call ADDRESS VALUE`` talk to a running
-runtime's ingress. Errors are one line on stderr and a non-zero exit status.
+runtime's ingress, ``statefun status`` shows its application's members. Errors are one
+line on stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -200,6 +201,16 @@ def _parser() -> argparse.ArgumentParser:
         help=ingress_help,
     )
     checkpoints.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+    status = commands.add_parser(
+        "status",
+        help="show the application's members and the partitions each owns",
+        description="Show the members of the application (id, URL, the partitions each "
+        "owns), the coordinator, the generation and the last completed checkpoint, as the "
+        "runtime at --ingress sees them.",
+    )
+    status.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _ingress_flag(status)
 
     functions = commands.add_parser(
         "functions",
@@ -491,6 +502,49 @@ def _checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _request(args, "GET", "/v1/cluster")
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    last = answer["last_checkpoint"]
+    print(
+        f"{answer['mode']} mode, generation {answer['generation']}, last checkpoint "
+        + (
+            "none"
+            if last is None
+            else f"{last['id']} (generation {last['generation']}, {last['time']})"
+        )
+    )
+    print(f"coordinator {answer['coordinator'] or 'unknown'}")
+    rows = [("member", "url", "partitions")]
+    rows += [
+        (
+            m["id"] + (" (this one)" if m["me"] else ""),
+            m["url"] or "?",
+            _ranges(m["partitions"]),
+        )
+        for m in answer["members"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        print(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}")
+    if answer["unowned"]:
+        print(f"owned by nobody now: {_ranges(answer['unowned'])}")
+    return 0
+
+
 def _request(args: argparse.Namespace, method: str, path: str, **params: Any) -> Any:
     """The JSON answer of the ingress to ``method path``; a CliError for anything else."""
     url = f"{args.ingress.rstrip('/')}{path}"
@@ -592,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         "send": _send,
         "call": _call,
         "checkpoints": _checkpoints,
+        "status": _status,
         "functions": _functions,
         "pause": _pause,
         "resume": _pause,

@@ -142,3 +142,8 @@ class MalformedEnvelope(StatefunRuntimeError, ValueError):
 
 class ShuttingDown(StatefunRuntimeError):
     """The runtime is stopping; calls waiting for replies are answered now."""
+
+
+class PeerUnreachable(StatefunRuntimeError):
+    """Another member of the application did not answer a forwarded request (it may be
+    gone: the cluster's view is changing)."""
