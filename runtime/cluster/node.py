@@ -35,13 +35,11 @@ every membership change is a rollback of the whole application to its last check
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -83,7 +81,7 @@ from runtime.errors import ConfigurationError, LogError
 from runtime.idempotency import decode_floors, decode_rows, encode_floors, encode_rows
 from runtime.kafka_ingress import KafkaIngressReader
 from runtime.log import Log
-from runtime.routing import partition_for
+from runtime.routing import Topics, partition_for
 from runtime.state import StateStore
 from runtime.worker import Worker
 from statefun.address import Address, TypeName
@@ -104,8 +102,42 @@ def module_fingerprint(module: ModuleSpec) -> str:
 
 def _stored_manifest(m: Manifest) -> StoredManifest:
     return StoredManifest(
-        m.checkpoint, m.generation, m.created_ms, m.duration_ms, m.size_bytes, m.addresses, m.released
+        m.checkpoint,
+        m.generation,
+        m.created_ms,
+        m.duration_ms,
+        m.size_bytes,
+        m.addresses,
+        m.released,
     )
+
+
+class DecisionView:
+    """The members of the application as the decision log's current generation has them:
+    a :class:`~runtime.cluster.peers.ClusterView` for the router and the ingress."""
+
+    def __init__(self, me: str, decisions: DecisionLog):
+        self._me = me
+        self._decisions = decisions
+
+    @property
+    def me(self) -> str:
+        return self._me
+
+    def owner(self, partition: int) -> str | None:
+        begin = self._decisions.state.begin
+        return None if begin is None else begin.owners.get(partition)
+
+    def url(self, member: str) -> str | None:
+        begin = self._decisions.state.begin
+        return None if begin is None else begin.members.get(member)
+
+    def members(self) -> Sequence[str]:
+        begin = self._decisions.state.begin
+        return () if begin is None else sorted(begin.members)
+
+    def coordinator(self) -> str | None:
+        return self._decisions.state.coordinator
 
 
 class ClusterRecords(ApplicationRecords):
@@ -174,12 +206,22 @@ class ClusterRuntime(RuntimeBase):
         *,
         url: str,
         transport: httpx.AsyncBaseTransport | None = None,
+        peer_transport: httpx.AsyncBaseTransport | None = None,
     ):
         member = f"m-{os.urandom(4).hex()}"
-        super().__init__(config, log_, transport=transport, member=member)
+        decisions = DecisionLog(
+            log_, Topics(config.app_id).decisions, retain=config.checkpoints.retain
+        )
+        super().__init__(
+            config,
+            log_,
+            transport=transport,
+            cluster=DecisionView(member, decisions),
+            peer_transport=peer_transport,
+        )
         self.member = Member(member, url)
         self.fingerprint = module_fingerprint(config.module)
-        self.decisions = DecisionLog(log_, self.topics.decisions, retain=config.checkpoints.retain)
+        self.decisions = decisions
         self.partition_store = PartitionStore(log_, config.app_id, config.messages_partitions)
         self._records = ClusterRecords(self.decisions)
         assert config.kafka is not None
@@ -210,7 +252,7 @@ class ClusterRuntime(RuntimeBase):
         self._last: Manifest | None = None
         self._failing: asyncio.Task[None] | None = None
         self._reconciling: asyncio.Task[None] | None = None
-        self._unsubscribe = lambda: None
+        self._unsubscribe: Callable[[], None] = lambda: None
         log_.on_failure(self._log_failed)
 
     @classmethod
@@ -252,7 +294,9 @@ class ClusterRuntime(RuntimeBase):
         if tag.generation != clock.generation:
             return clock.skip.accepts(tag)
         last = self._last
-        return last is not None and last.generation == tag.generation and tag.epoch <= last.checkpoint
+        return (
+            last is not None and last.generation == tag.generation and tag.epoch <= last.checkpoint
+        )
 
     def unavailable(self) -> tuple[str, float] | None:
         problems = self.health.problems()
@@ -266,15 +310,6 @@ class ClusterRuntime(RuntimeBase):
     def owned(self) -> tuple[int, ...]:
         """The messages partitions this member owns in the generation it runs."""
         return self._owned
-
-    def owner_of(self, partition: int) -> str | None:
-        """The member that owns ``partition`` in the current generation (None: none begun)."""
-        begin = self.decisions.state.begin
-        return None if begin is None else begin.owners.get(partition)
-
-    def url_of(self, member: str) -> str | None:
-        begin = self.decisions.state.begin
-        return None if begin is None else begin.members.get(member)
 
     # --- starting ---------------------------------------------------------------------
 
@@ -311,7 +346,9 @@ class ClusterRuntime(RuntimeBase):
             "view %d: coordinator %s, members %s",
             view.number,
             view.coordinator,
-            ", ".join(f"{m.id} ({len(view.partitions.get(m.id, ()))} partitions)" for m in view.members),
+            ", ".join(
+                f"{m.id} ({len(view.partitions.get(m.id, ()))} partitions)" for m in view.members
+            ),
         )
         self._reconcile()
 
@@ -339,7 +376,10 @@ class ClusterRuntime(RuntimeBase):
         left = sorted(set(begin.members) - set(members)) if begin is not None else []
         joined = sorted(set(members) - set(begin.members)) if begin is not None else sorted(members)
         reason = "membership changed:" + "".join(
-            [f" {', '.join(joined)} joined" if joined else "", f" {', '.join(left)} left" if left else ""]
+            [
+                f" {', '.join(joined)} joined" if joined else "",
+                f" {', '.join(left)} left" if left else "",
+            ]
         )
         self._reconciling = asyncio.create_task(
             self._begin_generation(view, owners, ingress_owners, members, reason), name="reconcile"
@@ -436,10 +476,16 @@ class ClusterRuntime(RuntimeBase):
             try:
                 await self._restore(begin)
             except Exception as e:
-                log.error("beginning generation %d failed: %s: %s", begin.generation, type(e).__name__, e)
-                self.health.fail("generation", f"beginning generation {begin.generation} failed: {e}")
+                log.error(
+                    "beginning generation %d failed: %s: %s", begin.generation, type(e).__name__, e
+                )
+                self.health.fail(
+                    "generation", f"beginning generation {begin.generation} failed: {e}"
+                )
                 await self._end_generation()
-                self._ask_rollback(Failure(f"member {self.member.id} could not begin: {e}"), begin.generation)
+                self._ask_rollback(
+                    Failure(f"member {self.member.id} could not begin: {e}"), begin.generation
+                )
 
     async def _end_generation(self) -> None:
         for task in list(self._writing):
@@ -477,7 +523,11 @@ class ClusterRuntime(RuntimeBase):
             return  # a newer Begin came meanwhile: the switch acts on it next
         state = StateStore()
         state.load(row for r in restored.values() for row in r.state.items())
-        parts = [decode_worker_part(r.parts[WORKER_PART]) for r in restored.values() if WORKER_PART in r.parts]
+        parts = [
+            decode_worker_part(r.parts[WORKER_PART])
+            for r in restored.values()
+            if WORKER_PART in r.parts
+        ]
         worker_part = WorkerPart.merge(parts) if parts else None
         keys = decode_rows(row for r in restored.values() for row in r.keys.items())
         floors: dict[int, int] = {}
@@ -579,24 +629,31 @@ class ClusterRuntime(RuntimeBase):
         """Capture the local snapshot of the current epoch, cut per partition, and advance
         the epoch (one synchronous step: nothing runs in between)."""
         worker, outbox, clock = self.worker, self.outbox, self.clock
-        assert worker is not None and outbox is not None and clock is not None
+        assert worker is not None
+        assert outbox is not None
+        assert clock is not None
         checkpoint = clock.epoch
         partitions = self.router.partitions
         uncommitted = self._uncommitted
         uncommitted.state.append((checkpoint, worker.state.take_changed()))
         uncommitted.keys.append((checkpoint, self.idempotency.take_changed()))
         owned = worker.owned
+        # A partition's chain starts with a full snapshot: one without a committed chain
+        # (as far as this member knows) gets one whatever the take asked.
+        chains = {} if self._last is None else self._last.chains
+        whole = {p for p in owned if full or not chains.get(p)}
         changed: dict[int, set[Address]] = {p: set() for p in owned}
-        if full:
+        if whole:
             for address in worker.state.addresses():
-                changed.setdefault(partition_for(address, partitions), set()).add(address)
-        for _, addresses in uncommitted.state:
-            for address in addresses:
+                p = partition_for(address, partitions)
+                if p in whole:
+                    changed[p].add(address)
+        for _, addresses_changed in uncommitted.state:
+            for address in addresses_changed:
                 changed.setdefault(partition_for(address, partitions), set()).add(address)
         keys: dict[int, set[str]] = {p: set() for p in owned}
-        if full:
-            for key in self.idempotency.keys_of(set(owned)):
-                keys[self._key_partition(key)].add(key)
+        for key in self.idempotency.keys_of(whole):
+            keys[self._key_partition(key)].add(key)
         for _, changed_keys in uncommitted.keys:
             for key, p in changed_keys.items():
                 keys.setdefault(p, set()).add(key)
@@ -604,23 +661,25 @@ class ClusterRuntime(RuntimeBase):
         egress = outbox.held_by_partition()
         floors = self.idempotency.floors()
         snapshots: dict[int, PartitionSnapshot] = {}
-        addresses = 0
+        written = 0
         for p in owned:
             rows = worker.state.rows(changed.get(p, ()))
-            addresses += len(rows)
+            written += len(rows)
             part = {
                 WORKER_PART: encode_worker_part(worker_parts.get(p, WorkerPart([], [], {}))),
                 EGRESS_PART: encode_egress_items(egress.get(p, [])),
             }
             if p in floors:
                 part[KEYS_PART] = encode_floors({p: floors[p]})
-            snapshots[p] = PartitionSnapshot(
-                p, checkpoint, full, rows, encode_rows(self.idempotency.entries(keys.get(p, ()))), part
-            )
+            key_rows = encode_rows(self.idempotency.entries(keys.get(p, ())))
+            if p in whole:  # a full snapshot holds what is, not what was deleted
+                rows = [(k, v) for k, v in rows if v is not None]
+                key_rows = [(k, v) for k, v in key_rows if v is not None]
+            snapshots[p] = PartitionSnapshot(p, checkpoint, p in whole, rows, key_rows, part)
         ingress = {tp: o for reader in self.kafka_ingresses for tp, o in reader.positions.items()}
         releases = bool(egress) or self.replies.capture().releases
         self._captured[checkpoint] = _Captured(
-            clock.generation, checkpoint, full, snapshots, ingress, releases, addresses
+            clock.generation, checkpoint, whole == set(owned), snapshots, ingress, releases, written
         )
         clock.advance()
 
@@ -743,8 +802,10 @@ class ClusterRuntime(RuntimeBase):
                 await _bounded(
                     "the last checkpoint",
                     self.decisions.wait(
-                        lambda s: s.generation != generation
-                        or (s.manifest is not None and s.manifest.checkpoint >= epoch)
+                        lambda s: (
+                            s.generation != generation
+                            or (s.manifest is not None and s.manifest.checkpoint >= epoch)
+                        )
                     ),
                     share(0.3),
                 )
@@ -765,30 +826,3 @@ class ClusterRuntime(RuntimeBase):
         ):
             closed &= await _bounded(what, closing, deadline)
         return closed
-
-    # --- what the ingress and operators see ---------------------------------------------
-
-    def cluster_status(self) -> dict[str, object]:
-        state = self.decisions.state
-        begin = state.begin
-        manifest = state.manifest
-        return {
-            "member": self.member.id,
-            "coordinator": state.coordinator,
-            "generation": state.generation,
-            "last_checkpoint": None if manifest is None else manifest.checkpoint,
-            "members": [
-                {
-                    "id": member,
-                    "url": url,
-                    "partitions": sorted(p for p, m in begin.owners.items() if m == member),
-                }
-                for member, url in sorted(begin.members.items())
-            ]
-            if begin is not None
-            else [],
-        }
-
-
-def _unused(_: Iterable[object]) -> None:  # pragma: no cover
-    del dataclasses, contextlib
