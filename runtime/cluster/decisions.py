@@ -683,6 +683,8 @@ class DecisionLog:
 
     async def append(self, record: DecisionRecord) -> int:
         """Append the record; its offset, once it is durable (not yet folded)."""
+        if self._tail is None:
+            raise LogError(f"the decision log {self.topic} is not open")
         (offset,) = await self._log.append(self.topic, 0, [Record(encode(record))])
         return offset
 
