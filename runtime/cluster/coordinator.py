@@ -75,7 +75,8 @@ class ClusterCoordinator:
         """``member``: this process's member id; ``module``: its module's fingerprint."""
         if full_every < 1:
             raise ValueError(f"full_every must be at least 1, not {full_every}")
-        self._decisions = decisions
+        self.decisions = decisions
+        """The decision log it appends to and acts on (read its state, never change it)."""
         self.member = member
         self.module = module
         self.config = config
@@ -85,7 +86,7 @@ class ClusterCoordinator:
         """Held while a checkpoint is taken."""
         self._tasks: list[asyncio.Task[None]] = []
         self._abandoned_in_a_row = 0
-        self._segments_released_below = 0
+        self._segments_released_below = 1  # segments are numbered from 1: none is below
         self.last: Manifest | None = None
         """The last manifest this coordinator committed."""
         self.on_commit: Callable[[Manifest], None] = lambda manifest: None
@@ -95,7 +96,7 @@ class ClusterCoordinator:
 
     @property
     def state(self) -> ClusterState:
-        return self._decisions.state
+        return self.decisions.state
 
     def is_coordinator(self) -> bool:
         """Whether the current Begin names this member coordinator."""
@@ -125,7 +126,7 @@ class ClusterCoordinator:
                     f"this process runs module {self.module}, but the application runs "
                     f"{state.module}: start it with the application's module"
                 )
-            effect = await self._decisions.decide(
+            effect = await self.decisions.decide(
                 Begin(
                     state.generation + 1,
                     self.member,
@@ -195,7 +196,7 @@ class ClusterCoordinator:
             full = chain_segment is None or state.chain_length() >= self.full_every
             segment = state.highest_segment + 1 if full or chain_segment is None else chain_segment
             started = time.monotonic()
-            take = await self._decisions.decide(Take(generation, checkpoint, segment, full))
+            take = await self.decisions.decide(Take(generation, checkpoint, segment, full))
             if not take.applied:
                 log.info("take %d void: %s", checkpoint, take.void)
                 return None
@@ -206,7 +207,7 @@ class ClusterCoordinator:
 
             try:
                 async with asyncio.timeout(self.config.timeout):
-                    await self._decisions.wait(settled)
+                    await self.decisions.wait(settled)
             except TimeoutError:
                 missing = sorted(self.state.owners() - self.state.parts.keys())
                 self._abandoned(checkpoint, TimeoutError(f"no part from {', '.join(missing)}"))
@@ -218,7 +219,7 @@ class ClusterCoordinator:
             manifest = next_manifest(
                 state, self._wall_ms(), int((time.monotonic() - started) * 1000)
             )
-            committed = await self._decisions.decide(manifest)
+            committed = await self.decisions.decide(manifest)
             if not committed.applied:
                 log.info("manifest %d void: %s", checkpoint, committed.void)
                 return None
@@ -262,7 +263,7 @@ class ClusterCoordinator:
 
     async def _roll_back_on_failures(self) -> None:
         while True:
-            await self._decisions.wait(lambda s: s.failure is not None and self.is_coordinator())
+            await self.decisions.wait(lambda s: s.failure is not None and self.is_coordinator())
             state = self.state
             fail, begin, generation = state.failure, state.begin, state.generation
             assert fail is not None
@@ -283,4 +284,4 @@ class ClusterCoordinator:
                 continue
             if not effect.applied:
                 # Another Begin ended the generation first.
-                await self._decisions.wait(_generation_above(generation))
+                await self.decisions.wait(_generation_above(generation))
