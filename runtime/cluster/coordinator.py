@@ -19,7 +19,10 @@ the next take goes on (members keep their changes since the last commit and writ
 them again). One take at a time.
 
 A ``Fail`` of the current generation makes it append a new Begin with the same owners:
-a rollback of everything, with the cause.
+a rollback of everything, with the cause. A Begin of an older Kafka group view that
+names another coordinator and lands after this member's (a stale leader that had not
+yet heard of the new view) makes it append its own Begin again: the newest view's
+leader coordinates. The fold does not compare views (see ``runtime.cluster.decisions``).
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ class ClusterCoordinator:
         """Held while a checkpoint is taken."""
         self._tasks: list[asyncio.Task[None]] = []
         self._abandoned_in_a_row = 0
+        self._led: Begin | None = None
+        """The last Begin this member appended that applied."""
         self._segments_released_below = 1  # segments are numbered from 1: none is below
         self.last: Manifest | None = None
         """The last manifest this coordinator committed."""
@@ -116,9 +121,14 @@ class ClusterCoordinator:
         cause_messages: tuple[str, ...] = (),
     ) -> Effect:
         """Begin the next generation with this member as coordinator: a rollback of
-        everything to the last valid manifest. What the fold made of the Begin: void if a
+        everything to the last valid manifest. Call it on every view change that makes
+        this member the group leader. What the fold made of the Begin: void if a
         coordinator of a view at least as new began a generation first. Raises
-        :class:`ModuleMismatch` if this process runs another module than the application."""
+        :class:`ModuleMismatch` if this process runs another module than the application.
+
+        From then on (while :meth:`start`-ed), a Begin of an older view naming another
+        coordinator (a stale leader's, landing after this one) is contested with a new
+        Begin of this view and assignment."""
         for _ in range(_BEGIN_ATTEMPTS):
             state = self.state
             if state.module is not None and state.module != self.module:
@@ -145,6 +155,8 @@ class ClusterCoordinator:
             if effect.applied or current is None or view <= current.view:
                 break
         if effect.applied:
+            assert isinstance(effect.record, Begin)
+            self._led = effect.record
             log.info(
                 "generation %d begins (%s), coordinator %s, rolled back to checkpoint %d",
                 self.state.generation,
@@ -159,10 +171,11 @@ class ClusterCoordinator:
     # --- checkpoints ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the checkpoint loop (unless the interval is 0) and the rollbacks on Fail."""
+        """Run the checkpoint loop (unless the interval is 0), the rollbacks a Fail asks
+        for, and the contest of stale leaders' Begins."""
         if self._tasks:
             return
-        self._tasks.append(asyncio.create_task(self._roll_back_on_failures(), name="rollbacks"))
+        self._tasks.append(asyncio.create_task(self._keep_generations(), name="generations"))
         if self.config.interval > 0:
             self._tasks.append(asyncio.create_task(self._run(), name="cluster-checkpoints"))
 
@@ -259,27 +272,53 @@ class ClusterCoordinator:
         )
         self.on_abandon(checkpoint, error)
 
-    # --- rollbacks -----------------------------------------------------------------------
+    # --- rollbacks and contests ----------------------------------------------------------
 
-    async def _roll_back_on_failures(self) -> None:
+    def _usurped(self, state: ClusterState) -> bool:
+        """Whether a leader of an older view began the current generation after this
+        member's last Begin (it cannot have known of the newer view)."""
+        led, current = self._led, state.begin
+        return (
+            led is not None
+            and current is not None
+            and current.coordinator != self.member
+            and current.view < led.view
+        )
+
+    def _failed(self, state: ClusterState) -> bool:
+        return state.failure is not None and self.is_coordinator()
+
+    async def _keep_generations(self) -> None:
         while True:
-            await self.decisions.wait(lambda s: s.failure is not None and self.is_coordinator())
+            await self.decisions.wait(lambda s: self._usurped(s) or self._failed(s))
             state = self.state
-            fail, begin, generation = state.failure, state.begin, state.generation
-            assert fail is not None
-            assert begin is not None
+            current, generation, fail = state.begin, state.generation, state.failure
+            assert current is not None
+            if self._usurped(state):
+                assert self._led is not None
+                begin, reason = (
+                    self._led,
+                    f"coordinator {current.coordinator}'s view {current.view} is older than "
+                    f"{self._led.view}",
+                )
+                cause_address: str | None = None
+                cause_messages: tuple[str, ...] = ()
+            else:
+                assert fail is not None
+                begin, reason = current, f"member {fail.member} failed: {fail.reason}"
+                cause_address, cause_messages = fail.cause_address, fail.cause_messages
             try:
                 effect = await self.begin(
                     view=begin.view,
                     owners=begin.owners,
                     ingress_owners=begin.ingress_owners,
                     members=begin.members,
-                    reason=f"member {fail.member} failed: {fail.reason}",
-                    cause_address=fail.cause_address,
-                    cause_messages=fail.cause_messages,
+                    reason=reason,
+                    cause_address=cause_address,
+                    cause_messages=cause_messages,
                 )
             except Exception:
-                log.exception("rolling back generation %d failed; trying again", generation)
+                log.exception("beginning after generation %d failed; trying again", generation)
                 await asyncio.sleep(_ROLLBACK_RETRY)
                 continue
             if not effect.applied:

@@ -13,9 +13,12 @@ their aborts). The fold decides what a record means *by its place in the log*, n
 by what its writer believed when it wrote it:
 
 * A ``Begin`` is valid only if its generation is above the current one (of two Begins
-  of one generation, the first wins), its Kafka group view is not older than the
-  current Begin's, and its module is the application's (the first Begin's). It rolls
-  the current generation back to the last valid manifest *before it in the log*.
+  of one generation, the first wins) and its module is the application's (the first
+  Begin's). It rolls the current generation back to the last valid manifest *before it
+  in the log*. Its Kafka group view is not compared here: a group that was empty long
+  enough starts its generations over, and the log must not refuse every Begin after
+  that; the coordinator of a newer view contests an older one's instead
+  (``runtime.cluster.coordinator``).
 * Every other record of a generation is valid only in that generation: once a Begin
   of a later one is in the log, what a stale coordinator or member appends is void.
 * A ``Take`` is valid only above every checkpoint taken before; it supersedes (so
@@ -496,8 +499,6 @@ def _void(s: ClusterState, r: DecisionRecord) -> str | None:
     if isinstance(r, Begin):
         if r.generation <= s.generation:
             return f"generation {r.generation} is not above the current {s.generation}"
-        if s.begin is not None and r.view < s.begin.view:
-            return f"view {r.view} is older than the current begin's {s.begin.view}"
         if s.module is not None and r.module != s.module:
             return f"module {r.module} is not the application's {s.module}"
         strangers = {r.coordinator, *r.owners.values(), *r.ingress_owners.values()} - set(r.members)

@@ -297,14 +297,24 @@ async def test_a_newer_view_that_loses_the_race_for_a_generation_takes_the_next(
     assert b.state.rolled_back_to == {1: 0}
 
 
-async def test_a_begin_of_an_older_view_stays_void(cluster: Cluster) -> None:
+async def test_a_stale_leaders_begin_after_the_new_leaders_is_contested(
+    cluster: Cluster,
+) -> None:
     a = await cluster.coordinator("a")
     b = await cluster.coordinator("b")
+    b.start()
+    a.start()
     await begin(b, view=5)
     await a.decisions.wait(lambda s: s.generation == 1)
-    effect = await begin(a, view=4)
-    assert effect.void is not None
-    assert (a.state.generation, a.state.coordinator) == (1, "b")
+    # a, leader of view 4, has not heard of view 5: its Begin lands after b's.
+    assert (await begin(a, view=4, reason="stale")).applied
+    await b.decisions.wait(lambda s: s.generation == 3)
+    new = b.state.begin
+    assert new is not None
+    assert (new.coordinator, new.view) == ("b", 5)
+    assert "view 4 is older than 5" in new.reason
+    await a.decisions.wait(lambda s: s.generation == 3)
+    assert not a.is_coordinator()
 
 
 async def test_a_process_with_another_module_is_refused(cluster: Cluster) -> None:
