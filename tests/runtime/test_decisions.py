@@ -4,7 +4,7 @@ position, and ``DecisionLog`` keeps the fold of a topic up to date over a ``Log`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
 
@@ -30,6 +30,7 @@ from runtime.cluster.decisions import (
 )
 from runtime.errors import LogError, MalformedDecision
 from runtime.log import Record
+from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
 
 MODULE = "module-fingerprint-1"
@@ -572,3 +573,27 @@ async def test_a_log_that_lost_its_first_decisions_is_refused(memory_log: Memory
     await memory_log.truncate(TOPIC, 0, 1)
     with pytest.raises(LogError, match="lost its first 1 records"):
         await DecisionLog(memory_log, TOPIC).open()
+
+
+@pytest.mark.anyio
+@pytest.mark.kafka
+async def test_the_fold_is_the_same_on_kafka(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str]
+) -> None:
+    topic = unique_topic("decisions")
+    log = await KafkaLog.open(kafka_bootstrap)
+    try:
+        writer = DecisionLog(log, topic)
+        await writer.open()
+        assert (await writer.decide(begin(1))).applied
+        assert not (await writer.decide(begin(1, coordinator="b"))).applied
+        assert (await writer.decide(Take(1, 1, 1, True))).applied
+        reader = DecisionLog(log, topic)
+        await reader.open()
+        assert reader.state == writer.state
+        await writer.decide(Pause("ns/f", True))
+        await reader.wait(lambda s: "ns/f" in s.paused)
+        await reader.close()
+        await writer.close()
+    finally:
+        await log.close()
