@@ -10,6 +10,7 @@ Everything the runtime raises on purpose derives from :class:`StatefunRuntimeErr
     │   │   ├── DataDirectoryInUse
     │   │   └── CheckpointStoreInUse
     │   ├── NoKafkaCluster        a Kafka ingress or egress names no cluster and --kafka is unset
+    │   ├── ModuleMismatch        the process runs another module than its application
     │   └── IngressBindFailed     the ingress cannot listen on its host and port
     ├── LogError                  the log failed to make records durable, or to read them;
     │   │                         retryable: a new generation reopens the log
@@ -25,6 +26,7 @@ Everything the runtime raises on purpose derives from :class:`StatefunRuntimeErr
     ├── IdempotencyConflict       an Idempotency-Key was used before for another request
     ├── StateSpecConflict         a function declared a registered state with another type
     ├── MalformedEnvelope         a record of the messages log is not an envelope
+    ├── MalformedDecision         a record of the decision log is not a decision
     └── ShuttingDown              the runtime is stopping; calls waiting for replies end
 
 Which errors a caller handles: a :class:`ConfigurationError` or :class:`StoreDamaged`
@@ -47,7 +49,9 @@ __all__ = [
     "IdempotencyConflict",
     "IngressBindFailed",
     "LogError",
+    "MalformedDecision",
     "MalformedEnvelope",
+    "ModuleMismatch",
     "NoKafkaCluster",
     "ShuttingDown",
     "StateSpecConflict",
@@ -81,6 +85,11 @@ class CheckpointStoreInUse(DirectoryInUse):
 
 class NoKafkaCluster(ConfigurationError):
     """A Kafka ingress or egress names no cluster, and the runtime has none (``--kafka``)."""
+
+
+class ModuleMismatch(ConfigurationError):
+    """The process runs another module than the application it would join (its
+    fingerprint differs from the one the application's decision log began with)."""
 
 
 class IngressBindFailed(ConfigurationError):
@@ -138,6 +147,10 @@ class StateSpecConflict(StatefunRuntimeError, ValueError):
 
 class MalformedEnvelope(StatefunRuntimeError, ValueError):
     """A record in the messages log is not an envelope."""
+
+
+class MalformedDecision(StatefunRuntimeError, ValueError):
+    """A record in the decision log is not a decision this runtime can read."""
 
 
 class ShuttingDown(StatefunRuntimeError):
