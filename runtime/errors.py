@@ -15,6 +15,7 @@ Everything the runtime raises on purpose derives from :class:`StatefunRuntimeErr
     │   │                         retryable: a new generation reopens the log
     │   ├── UnknownTopicError
     │   └── TopicMismatchError
+    ├── MembershipError           this process could not join its application's group
     ├── StoreError                the checkpoint store failed to read or write; retryable
     │   └── StoreDamaged          a file of the store is damaged: not retryable, the message
     │                             names the file and what to do
@@ -47,6 +48,7 @@ __all__ = [
     "IngressBindFailed",
     "LogError",
     "MalformedEnvelope",
+    "MembershipError",
     "NoKafkaCluster",
     "ShuttingDown",
     "StateSpecConflict",
@@ -96,6 +98,10 @@ class UnknownTopicError(LogError):
 
 class TopicMismatchError(LogError):
     """The topic exists with another partition count than the one asked for."""
+
+
+class MembershipError(StatefunRuntimeError):
+    """This process could not join its application's group (``<app>-members``)."""
 
 
 class StoreError(StatefunRuntimeError):

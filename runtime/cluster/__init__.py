@@ -1,0 +1,1 @@
+"""Many runtime processes as one application: membership, decisions, shared checkpoints."""
