@@ -93,7 +93,7 @@ def test_member_ids_are_new_at_every_start() -> None:
     assert Member.decode(first.encode()) == first
 
 
-def test_assignor_puts_the_view_in_every_assignment_and_skips_strangers() -> None:
+def test_assignor_puts_the_view_in_every_assignment_and_skips_strangers_and_twins() -> None:
     """The group protocol without a broker: the leader's assignor reads the members from
     the subscriptions, and each member's ``on_assignment`` numbers the view."""
     ours = members("m-b", "m-a")
@@ -109,12 +109,17 @@ def test_assignor_puts_the_view_in_every_assignment_and_skips_strangers() -> Non
         SimpleNamespace(
             member_id="kafka-stranger",
             metadata=ConsumerProtocolSubscription(0, ["app-members"], b"not ours"),
-        )
+        ),
+        SimpleNamespace(  # m-a again: a session of it the broker has not dropped yet
+            member_id="kafka-z-old-session",
+            metadata=ConsumerProtocolSubscription(0, ["app-members"], ours[1].encode()),
+        ),
     ]
 
     assignments = leader.assign(None, subscriptions)
 
     assert assignments["kafka-stranger"].user_data == b""
+    assert assignments["kafka-z-old-session"].user_data == b""
     assert assignments["kafka-m-b"].partitions() != []  # the coordinator holds the topic
     assert assignments["kafka-m-a"].partitions() == []
     follower = ViewAssignor(ours[1], PARTITIONS, INGRESS, received.append)
