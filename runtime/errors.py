@@ -16,6 +16,7 @@ Everything the runtime raises on purpose derives from :class:`StatefunRuntimeErr
     │   │                         retryable: a new generation reopens the log
     │   ├── UnknownTopicError
     │   └── TopicMismatchError
+    ├── MembershipError           this process could not join its application's group
     ├── StoreError                the checkpoint store failed to read or write; retryable
     │   └── StoreDamaged          a file of the store, or a snapshot's records in the partition
     │                             checkpoint store, is damaged: not retryable, the message
@@ -51,6 +52,7 @@ __all__ = [
     "LogError",
     "MalformedDecision",
     "MalformedEnvelope",
+    "MembershipError",
     "ModuleMismatch",
     "NoKafkaCluster",
     "ShuttingDown",
@@ -106,6 +108,10 @@ class UnknownTopicError(LogError):
 
 class TopicMismatchError(LogError):
     """The topic exists with another partition count than the one asked for."""
+
+
+class MembershipError(StatefunRuntimeError):
+    """This process could not join its application's group (``<app>-members``)."""
 
 
 class StoreError(StatefunRuntimeError):
