@@ -215,7 +215,9 @@ class RuntimeBase(abc.ABC):
         worker = self.worker
         return partition, worker.position(partition) if worker is not None else 0
 
-    def state_of(self, address: Address) -> Mapping[str, TypedValue]:
+    def state_of(self, address: Address) -> Mapping[str, TypedValue] | None:
+        """The address's state here; None if this process cannot say now (a cluster
+        member restoring its partitions)."""
         return self.worker.state_of(address) if self.worker else {}
 
     def cluster_status(self) -> ClusterStatus:

@@ -429,6 +429,10 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         if (forwarded := await owners_answer(request, address, FORWARD_TIMEOUT)) is not None:
             return forwarded
         values = runtime.state_of(address)
+        if values is None:
+            return _retry_later(
+                "restoring", f"the partition of {address} is being restored here; try again"
+            )
         return JSONResponse({"state": {name: value_to_json(v) for name, v in values.items()}})
 
     @app.get("/v1/egress/{namespace}/{name}")

@@ -527,9 +527,12 @@ def _void_part(s: ClusterState, r: Part) -> str | None:
         return f"member {r.member} names partitions it does not own"
     if any(loc.checkpoint != r.checkpoint or loc.partition != p for p, loc in r.locations.items()):
         return f"member {r.member} names locations of another checkpoint or partition"
-    if s.take.full and (
-        r.locations.keys() != owned or not all(loc.full for loc in r.locations.values())
-    ):
+    chains = {} if s.manifest is None else s.manifest.chains
+    if any(not loc.full and not chains.get(p) for p, loc in r.locations.items()):
+        return f"member {r.member} wrote a delta of a partition that has no full snapshot"
+    # A full take may still get a delta of a partition with a chain: a member that took
+    # its snapshot early (the epoch rule) before it read the take writes it full later.
+    if s.take.full and r.locations.keys() != owned:
         return f"member {r.member} left partitions out of a full checkpoint"
     return None
 

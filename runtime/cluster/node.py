@@ -38,13 +38,14 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
-from runtime.app import RuntimeBase, _bounded
+from runtime.app import RuntimeBase, _bounded, open_log
 from runtime.checkpoints.epochs import EpochClock, Tag
 from runtime.checkpoints.snapshot import (
     EGRESS_PART,
@@ -86,6 +87,7 @@ from runtime.state import StateStore
 from runtime.worker import Worker
 from statefun.address import Address, TypeName
 from statefun.module_spec import ModuleSpec
+from statefun.values import TypedValue
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,15 @@ FAIL_RETRY = 1.0
 def module_fingerprint(module: ModuleSpec) -> str:
     """A fingerprint of a module spec as parsed: members of one application must agree."""
     return hashlib.sha256(repr(module).encode()).hexdigest()[:16]
+
+
+def member_url(config: RuntimeConfig) -> str:
+    """The URL other members reach this process's ingress at, by default: its bind address,
+    or the host name when it binds every interface."""
+    host = config.ingress_host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://{host}:{config.ingress_port}"
 
 
 def _stored_manifest(m: Manifest) -> StoredManifest:
@@ -170,6 +181,16 @@ class ClusterRecords(ApplicationRecords):
         await self._decisions.decide(Pause(str(function_type), paused))
 
 
+@dataclass(frozen=True, slots=True)
+class _Beginning:
+    """A valid Begin, with what the fold said when it applied: the checkpoint it rolls
+    back to and the first epoch of its generation (above every checkpoint taken before)."""
+
+    begin: Begin
+    manifest: Manifest | None
+    first_epoch: int
+
+
 @dataclass(slots=True)
 class _Captured:
     """A local snapshot captured, waiting for its take to be read before it is written."""
@@ -224,25 +245,15 @@ class ClusterRuntime(RuntimeBase):
         self.decisions = decisions
         self.partition_store = PartitionStore(log_, config.app_id, config.messages_partitions)
         self._records = ClusterRecords(self.decisions)
-        assert config.kafka is not None
-        self.membership = Membership(
-            config.kafka,
-            config.app_id,
-            self.member,
-            partitions=config.messages_partitions,
-            ingress_topics={},
-            on_view=self._view_changed,
-            session_timeout=config.cluster.session_timeout,
-            heartbeat_interval=config.cluster.heartbeat_interval,
-            kafka_options=config.kafka_options,
-        )
+        self.membership: Membership | None = None
         self.cluster_coordinator = ClusterCoordinator(
-            self.decisions, config.checkpoints, member, on_unused_segments=self._drop_segments
+            decisions, member, self.fingerprint, config.checkpoints
         )
+        self.cluster_coordinator.on_segments_unneeded = self._drop_segments
         self._view: View | None = None
         self._generation_begun: asyncio.Event = asyncio.Event()
         self._owned: tuple[int, ...] = ()
-        self._target: Effect | None = None
+        self._target: _Beginning | None = None
         """The newest valid Begin not yet acted on."""
         self._switching: asyncio.Task[None] | None = None
         self._captured: dict[int, _Captured] = {}
@@ -260,14 +271,20 @@ class ClusterRuntime(RuntimeBase):
         cls,
         config: RuntimeConfig,
         *,
-        url: str,
         transport: httpx.AsyncBaseTransport | None = None,
+        peer_transport: httpx.AsyncBaseTransport | None = None,
         log: Log | None = None,
     ) -> ClusterRuntime:
-        from runtime.app import open_log
-
+        """Open the log (unless given) and make a member of it; its peer URL is
+        ``config.cluster.url``, or the ingress's address."""
         log_ = log if log is not None else await open_log(config)
-        return cls(config, log_, url=url, transport=transport)
+        return cls(
+            config,
+            log_,
+            url=config.cluster.url or member_url(config),
+            transport=transport,
+            peer_transport=peer_transport,
+        )
 
     # --- what the base asks -------------------------------------------------------------
 
@@ -306,6 +323,17 @@ class ClusterRuntime(RuntimeBase):
             return None
         return "; ".join(f"{c}: {r}" for c, r in problems.items()), 1.0
 
+    def state_of(self, address: Address) -> Mapping[str, TypedValue] | None:
+        worker, clock = self.worker, self.clock
+        if (
+            worker is None
+            or clock is None
+            or clock.generation != self.decisions.state.generation
+            or self.partition_of(address) not in self._owned
+        ):
+            return None
+        return worker.state_of(address)
+
     @property
     def owned(self) -> tuple[int, ...]:
         """The messages partitions this member owns in the generation it runs."""
@@ -328,6 +356,23 @@ class ClusterRuntime(RuntimeBase):
                 "process of an application with the same module"
             )
         self._unsubscribe = self.decisions.subscribe(self._decided)
+        self.cluster_coordinator.start()
+        ingress_topics: dict[str, int] = {}
+        for spec in self.module.ingresses:
+            cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
+            for topic in spec.topics:
+                ingress_topics[topic.topic] = await cluster.open_topic(topic.topic)
+        assert self.config.kafka is not None
+        self.membership = Membership(
+            self.config.kafka,
+            self.config.app_id,
+            self.member,
+            partitions=self.config.messages_partitions,
+            ingress_topics=ingress_topics,
+            on_view=self._view_changed,
+            session_timeout=self.config.cluster.session_timeout,
+            heartbeat_interval=self.config.cluster.heartbeat_interval,
+        )
         await self.membership.start()
         try:
             async with asyncio.timeout(JOIN_TIMEOUT):
@@ -365,13 +410,14 @@ class ClusterRuntime(RuntimeBase):
         ingress_owners = {tp: m for m, tps in view.ingress.items() for tp in tps}
         members = {m.id: m.url for m in view.members}
         if begin is not None and (
-            begin.view > view.number
-            or (
-                dict(begin.owners) == owners
-                and dict(begin.members) == members
-                and begin.coordinator == self.member.id
-            )
+            dict(begin.owners) == owners
+            and dict(begin.members) == members
+            and begin.coordinator == self.member.id
         ):
+            return
+        if begin is not None and begin.view > view.number and begin.coordinator in members:
+            # A newer view's coordinator began it, and this member will hear of that view.
+            # (Its coordinator gone from this view: the group started its numbering over.)
             return
         left = sorted(set(begin.members) - set(members)) if begin is not None else []
         joined = sorted(set(members) - set(begin.members)) if begin is not None else sorted(members)
@@ -395,16 +441,11 @@ class ClusterRuntime(RuntimeBase):
     ) -> None:
         try:
             await self.cluster_coordinator.begin(
-                Begin(
-                    self.decisions.state.generation + 1,
-                    self.member.id,
-                    view.number,
-                    owners,
-                    ingress_owners,
-                    members,
-                    self.fingerprint,
-                    reason,
-                )
+                view=view.number,
+                owners=owners,
+                ingress_owners=ingress_owners,
+                members=members,
+                reason=reason,
             )
         except LogError as e:
             log.warning("beginning a generation failed: %s", e)
@@ -420,11 +461,11 @@ class ClusterRuntime(RuntimeBase):
             return
         record = effect.record
         if isinstance(record, Begin):
-            self._target = effect
+            state = self.decisions.state
+            self._target = _Beginning(record, state.manifest, state.highest_checkpoint + 1)
             self._note_rollback(record)
             if self._switching is None or self._switching.done():
                 self._switching = asyncio.create_task(self._switch(), name="generation-switch")
-            self._coordinate()
             self._reconcile()
         elif isinstance(record, Take):
             self._take(record)
@@ -455,26 +496,16 @@ class ClusterRuntime(RuntimeBase):
             )
             del self._records.rollbacks_seen[:-100]
 
-    def _coordinate(self) -> None:
-        """Run the checkpoints while the current generation names this member coordinator."""
-        if self.decisions.state.coordinator == self.member.id and not self._stopping:
-            self.cluster_coordinator.start()
-        else:
-            task = asyncio.create_task(self.cluster_coordinator.stop(), name="coordinator-stop")
-            self._writing.add(task)
-            task.add_done_callback(self._writing.discard)
-
     # --- generations ------------------------------------------------------------------
 
     async def _switch(self) -> None:
         """Act on the newest valid Begin: end the generation running, begin that one."""
         while self._target is not None:
-            effect, self._target = self._target, None
-            begin = effect.record
-            assert isinstance(begin, Begin)
+            beginning, self._target = self._target, None
+            begin = beginning.begin
             await self._end_generation()
             try:
-                await self._restore(begin)
+                await self._restore(beginning)
             except Exception as e:
                 log.error(
                     "beginning generation %d failed: %s: %s", begin.generation, type(e).__name__, e
@@ -502,14 +533,13 @@ class ClusterRuntime(RuntimeBase):
         self.clock = None
         self._captured = {}
 
-    async def _restore(self, begin: Begin) -> None:
+    async def _restore(self, beginning: _Beginning) -> None:
         started = time.monotonic()
+        begin, manifest = beginning.begin, beginning.manifest
         state_ = self.decisions.state
-        manifest = state_.manifest
         checkpoint = 0 if manifest is None else manifest.checkpoint
         owned = tuple(sorted(p for p, m in begin.owners.items() if m == self.member.id))
         ingress_owned = {tp for tp, m in begin.ingress_owners.items() if m == self.member.id}
-        first_epoch = max(state_.highest_checkpoint, checkpoint) + 1
         skip = state_.skip_rule()
         published = dict(state_.published)
         paused = {TypeName.parse(t) for t in state_.paused}
@@ -534,7 +564,7 @@ class ClusterRuntime(RuntimeBase):
         for r in restored.values():
             if KEYS_PART in r.parts:
                 floors.update(decode_floors(r.parts[KEYS_PART]))
-        clock = EpochClock(begin.generation, first_epoch, self.member.id, skip)
+        clock = EpochClock(begin.generation, beginning.first_epoch, self.member.id, skip)
         self.replies.rolled_back(clock.skip)
         outbox = EgressOutbox(
             self.egresses,
@@ -589,6 +619,9 @@ class ClusterRuntime(RuntimeBase):
             readers.append(reader)
         self.health.clear("generation")
         self._generation_begun.set()
+        take = self.decisions.state.take
+        if take is not None and take.generation == begin.generation:
+            self._take(take)  # taken while this member restored
         log.info(
             "generation %d (%s) began from checkpoint %d in %.0f ms: %d partitions owned "
             "(%d addresses in state)",
@@ -731,8 +764,18 @@ class ClusterRuntime(RuntimeBase):
         if clock is not None:
             await self.decisions.append(Published(clock.generation, checkpoint, self._owned))
 
-    async def _drop_segments(self, below: int) -> None:
-        deleted = await self.partition_store.delete_segments_below(below)
+    def _drop_segments(self, below: int) -> None:
+        """No retained checkpoint reads a segment below ``below`` any more: delete them."""
+        task = asyncio.create_task(self._delete_segments(below), name="drop-segments")
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _delete_segments(self, below: int) -> None:
+        try:
+            deleted = await self.partition_store.delete_segments_below(below)
+        except Exception as e:
+            log.warning("deleting checkpoint segments below %d failed: %s", below, e)
+            return
         if deleted:
             log.debug("checkpoint segments %s deleted", deleted)
 
@@ -811,7 +854,8 @@ class ClusterRuntime(RuntimeBase):
                 )
         self._unsubscribe()
         await _bounded("stopping the coordinator", self.cluster_coordinator.stop(), share(0.05))
-        await _bounded("leaving the application", self.membership.stop(), share(0.1))
+        if self.membership is not None:
+            await _bounded("leaving the application", self.membership.stop(), share(0.1))
         for task in (self._switching, self._failing, self._reconciling, *self._writing):
             if task is not None:
                 task.cancel()
