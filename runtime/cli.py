@@ -23,13 +23,19 @@ from urllib.parse import quote
 import httpx
 
 from runtime.checkpoints.coordinator import CheckpointConfig
-from runtime.config import DEFAULT_CALL_TIMEOUT, RuntimeConfig, WorkerConfig, default_of
+from runtime.config import (
+    DEFAULT_CALL_TIMEOUT,
+    ClusterConfig,
+    RuntimeConfig,
+    WorkerConfig,
+    default_of,
+)
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
 from statefun.module_spec import load_module_spec
 
 if TYPE_CHECKING:
-    from runtime.app import Runtime
+    from runtime.app import RuntimeBase
 
 DEFAULT_INGRESS = f"http://{default_of(RuntimeConfig, 'ingress_host')}:{default_of(RuntimeConfig, 'ingress_port')}"
 
@@ -68,6 +74,26 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BOOTSTRAP",
         help="keep the log in this Kafka cluster instead of the embedded log "
         "(default: $STATEFUN_KAFKA)",
+    )
+    run.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with --kafka: join application APP_ID as one of its processes (members), "
+        "which share its partitions and take one global checkpoint, kept in Kafka",
+    )
+    run.add_argument(
+        "--member-url",
+        metavar="URL",
+        help="with --cluster: the URL the other members reach this process's ingress at "
+        "(default: http://INGRESS_HOST:INGRESS_PORT, the host name if it binds 0.0.0.0)",
+    )
+    run.add_argument(
+        "--session-timeout",
+        type=_seconds,
+        default=default_of(ClusterConfig, "session_timeout"),
+        metavar="SECONDS",
+        help="with --cluster: how long a member may go silent before the others take its "
+        "partitions over (default: %(default)g)",
     )
     run.add_argument(
         "--app-id",
@@ -293,6 +319,12 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         raise CliError(f"invalid module spec: {e}", status=2) from None
     if not module.endpoints:
         raise CliError(f"{args.module} declares no function endpoint", status=2)
+    if args.cluster and not args.kafka:
+        raise CliError(
+            "--cluster needs --kafka: the members of an application meet there", status=2
+        )
+    if args.cluster and args.start_over:
+        raise CliError("--start-over is for a process alone, not with --cluster", status=2)
     return RuntimeConfig(
         module=module,
         module_file=args.module,
@@ -314,6 +346,14 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         checkpoints=CheckpointConfig(
             interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)
         ),
+        cluster=ClusterConfig(
+            enabled=args.cluster,
+            url=args.member_url,
+            session_timeout=args.session_timeout,
+            heartbeat_interval=min(
+                default_of(ClusterConfig, "heartbeat_interval"), args.session_timeout / 4
+            ),
+        ),
     )
 
 
@@ -330,17 +370,17 @@ def _configure_logging(level: str) -> None:
 
 def run(
     args: argparse.Namespace,
-    open_runtime: Callable[[RuntimeConfig], Awaitable[Runtime]] | None = None,
+    open_runtime: Callable[[RuntimeConfig], Awaitable[RuntimeBase]] | None = None,
 ) -> int:
     """``statefun run``; ``open_runtime`` replaces ``Runtime.open`` (a launcher that
     wraps the log or the store, as ``verifier.faulty_runtime`` does)."""
     # Imported here: the server stack takes a second to import, which send and call skip.
-    from runtime.app import Runtime
     from runtime.errors import ConfigurationError, LogError, StoreError
+    from runtime.launch import open_runtime as open_default
 
     _configure_logging(args.log_level)
     config = runtime_config(args)
-    opener = open_runtime or Runtime.open
+    opener = open_runtime or open_default
 
     async def main() -> None:
         runtime = await opener(config)
