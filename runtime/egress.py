@@ -239,7 +239,11 @@ class Egresses:
 
     def published_already(self, item: EgressItem) -> bool:
         """Whether a Kafka transaction has published ``item`` already (its checkpoint's
-        marker is committed)."""
+        marker is committed). In a cluster the markers are this member's own, and say
+        nothing of records other members produced (a restore hands them over): there the
+        decision log's ``Published`` records say what is out."""
+        if self._member is not None:
+            return False
         writer = self._transactional.get(item.egress)
         return writer is not None and item.epoch <= writer.published_through
 

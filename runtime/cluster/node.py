@@ -75,6 +75,7 @@ from runtime.cluster.decisions import (
 from runtime.cluster.locations import PartitionLocation
 from runtime.cluster.membership import Member, Membership, View
 from runtime.cluster.partition_store import PartitionSnapshot, PartitionStore, RestoredPartition
+from runtime.cluster.status import ClusterStatus
 from runtime.config import RuntimeConfig
 from runtime.dispatcher import Failure
 from runtime.egress import EgressOutbox
@@ -260,6 +261,8 @@ class ClusterRuntime(RuntimeBase):
         self._writing: set[asyncio.Task[None]] = set()
         self._owe_full = False
         self._uncommitted = _Uncommitted()
+        self.early_snapshots = 0
+        """Local snapshots taken by the epoch rule, before this member read their take."""
         self._last: Manifest | None = None
         self._failing: asyncio.Task[None] | None = None
         self._reconciling: asyncio.Task[None] | None = None
@@ -333,6 +336,12 @@ class ClusterRuntime(RuntimeBase):
         ):
             return None
         return worker.state_of(address)
+
+    def cluster_status(self) -> ClusterStatus:
+        status = super().cluster_status()
+        # The decided generation, also while this member restores into it.
+        status["generation"] = self.decisions.state.generation
+        return status
 
     @property
     def owned(self) -> tuple[int, ...]:
@@ -640,6 +649,7 @@ class ClusterRuntime(RuntimeBase):
         clock = self.clock
         while clock is not None and clock.epoch < epoch:
             self._capture(full=False)
+            self.early_snapshots += 1
 
     def _take(self, take: Take) -> None:
         clock = self.clock

@@ -6,7 +6,9 @@ its own ingress port, as ``statefun run --kafka ... --cluster`` runs them."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -17,6 +19,7 @@ from functions import make_test_functions
 from support import RuntimeThread, client, free_port, module_for, serve, unique_app_id, wait_until
 
 from runtime.checkpoints.coordinator import CheckpointConfig
+from runtime.cluster.decisions import Effect, Fail, Take
 from runtime.cluster.node import ClusterRuntime
 from runtime.config import ClusterConfig, RuntimeConfig, WorkerConfig
 from runtime.dispatcher import DispatchConfig
@@ -76,6 +79,35 @@ def send(http: httpx.Client, address: str, value: int = 1) -> None:
         headers={"content-type": "application/json"},
     )
     assert answer.status_code == 202, answer.text
+
+
+def caught_up(member: RuntimeThread, ends: list[int]) -> bool:
+    """Whether ``member`` read its partitions of the messages log to ``ends`` and
+    answered everything it read: the replay after a rollback is over."""
+
+    def check() -> bool:
+        runtime = member.runtime
+        assert isinstance(runtime, ClusterRuntime)
+        worker, clock = runtime.worker, runtime.clock
+        if (
+            worker is None
+            or clock is None
+            or clock.generation != runtime.decisions.state.generation
+        ):
+            return False  # still in the generation before, or restoring
+        return worker.buffered == 0 and all(worker.position(p) >= ends[p] for p in worker.owned)
+
+    return bool(member.call_soon(check))
+
+
+def quiet(*members: RuntimeThread) -> bool:
+    """Whether every member answered everything in the messages log, and nothing was
+    appended meanwhile (replies and forwards append more while work goes on)."""
+    first = members[0]
+    assert first.runtime is not None
+    log_, topic = first.runtime.log, first.runtime.topics.messages
+    ends = first.run(log_.end_offsets(topic))
+    return all(caught_up(m, ends) for m in members) and first.run(log_.end_offsets(topic)) == ends
 
 
 def both_in_one_generation(a: httpx.Client, b: httpx.Client) -> bool:
@@ -148,3 +180,102 @@ def test_a_member_that_stops_hands_its_partitions_over_with_their_state(
             send(http_a, f"test/counter/{id_}", 1)
         for id_ in ids:
             wait_until(lambda id_=id_: count(http_a, f"test/counter/{id_}") == 4, timeout=30)
+
+
+def nonce_of(http: httpx.Client, address: str) -> str | None:
+    answer = http.get(f"/v1/state/{address}")
+    if answer.status_code == 503:
+        return None
+    value: str | None = answer.json()["state"].get("nonce", {}).get("value")
+    return value
+
+
+def test_a_new_member_restores_from_the_checkpoints_in_kafka(
+    functions_url: str, kafka_bootstrap: str
+) -> None:
+    """The state comes back from the checkpoint, not from replaying the log: a replay of
+    test/nonce would draw other nonces."""
+    app_id = unique_app_id()
+    ids = [f"n{i}" for i in range(8)]
+    a = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+    try:
+        with client(a.url) as http:
+            wait_until(lambda: cluster_of(http)["generation"] is not None, timeout=30)
+            drawn = {}
+            for id_ in ids:
+                answer = http.post(
+                    f"/v1/call/test/nonce/{id_}",
+                    content='"x"',
+                    params={"type": "io.statefun.types/string"},
+                    headers={"content-type": "application/json"},
+                )
+                assert answer.status_code == 200, answer.text
+                drawn[id_] = answer.json()["value"]
+    finally:
+        a.stop()  # a last checkpoint holds every nonce
+    c = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+    try:
+        with client(c.url) as http:
+            wait_until(lambda: nonce_of(http, f"test/nonce/{ids[0]}") is not None, timeout=30)
+            assert {id_: nonce_of(http, f"test/nonce/{id_}") for id_ in ids} == drawn
+            assert c.runtime is not None
+            assert c.runtime.log.partitions  # the log is Kafka's, the store too
+    finally:
+        c.stop()
+
+
+def test_the_epoch_rule_keeps_snapshots_consistent_when_a_take_reaches_a_member_late(
+    functions_url: str, kafka_bootstrap: str
+) -> None:
+    """Member b reads every Take 0.3 s late, while test/forward on one member sends to
+    test/counter on the other: b reads messages of epochs it has not snapshotted yet.
+    It must snapshot first (the epoch rule); otherwise a rollback to such a checkpoint
+    applies a message twice (its effect in b's snapshot, its sending not in a's)."""
+    app_id = unique_app_id()
+
+    async def late_takes(config: RuntimeConfig) -> ClusterRuntime:
+        runtime = await ClusterRuntime.open_member(config)
+        decided = runtime._decided
+        loop = asyncio.get_running_loop()
+
+        def late(effect: Effect) -> None:
+            if isinstance(effect.record, Take):
+                loop.call_later(0.3, decided, effect)
+            else:
+                decided(effect)
+
+        runtime._decided = late  # type: ignore[method-assign]
+        return runtime
+
+    with ExitStack() as stack:
+        a = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+        stack.callback(a.stop)
+        b = RuntimeThread(
+            member_config(functions_url, kafka_bootstrap, app_id),
+            late_takes,  # type: ignore[arg-type]
+        ).start()
+        stack.callback(b.stop)
+        http_a = stack.enter_context(client(a.url))
+        http_b = stack.enter_context(client(b.url))
+        wait_until(lambda: both_in_one_generation(http_a, http_b), timeout=30)
+        ids = [f"e{i}" for i in range(16)]
+        rounds = 6
+        for _ in range(rounds):
+            for i, id_ in enumerate(ids):
+                send(http_a if i % 2 else http_b, f"test/forward/{id_}")
+            time.sleep(0.25)  # spread the sends over several checkpoints
+        for id_ in ids:
+            wait_until(lambda id_=id_: count(http_a, f"test/counter/{id_}") == rounds, timeout=30)
+        assert b.runtime is not None
+        assert isinstance(b.runtime, ClusterRuntime)
+        assert b.runtime.early_snapshots > 0  # the rule was exercised
+        # Roll everything back to the last checkpoint: the replay must apply each
+        # message once more than the checkpoint holds, never twice.
+        generation = cluster_of(http_a)["generation"]
+        b.run(b.runtime.decisions.append(Fail(generation, b.runtime.member.id, "a test")))
+        wait_until(lambda: cluster_of(http_a)["generation"] > generation, timeout=30)
+        wait_until(lambda: quiet(a, b), timeout=30)
+        for id_ in ids:
+            wait_until(lambda id_=id_: count(http_a, f"test/counter/{id_}") is not None, timeout=30)
+            assert count(http_a, f"test/forward/{id_}") == rounds
+            assert count(http_a, f"test/counter/{id_}") == rounds

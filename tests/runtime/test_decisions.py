@@ -314,7 +314,7 @@ def test_a_part_is_void_unless_its_owner_writes_it_once_for_the_take_in_progress
     bad: Part, why: str
 ) -> None:
     f = Folder()
-    f.applied(begin(1), Take(1, 1, 1, False), part(1, 1, "a", (0,)))
+    f.applied(begin(1), Take(1, 1, 1, False), part(1, 1, "a", (0,), full=True))
     effect = f(bad)
     assert effect.void is not None
     assert why in effect.void
@@ -327,6 +327,20 @@ def test_a_part_of_a_full_take_names_every_partition_of_its_member_in_full() -> 
     assert not f(part(1, 1, "a", (0,), full=True)).applied
     assert not f(part(1, 1, "a", (0, 1), full=False)).applied
     assert f(part(1, 1, "a", (0, 1), full=True)).applied
+
+
+def test_a_delta_needs_a_chain_to_extend_and_may_come_in_a_full_take() -> None:
+    """A chain starts with a full snapshot; a member that snapshotted early (the epoch
+    rule, before it read that the take is full) may write a delta of a partition that
+    has a chain, and its next snapshot is full."""
+    f = Folder()
+    f.applied(begin(1, owners={0: "a", 1: "a"}, ingress_owners={}), Take(1, 1, 1, False))
+    orphan = f(part(1, 1, "a", (0, 1), full=False))
+    assert orphan.void is not None
+    assert "no full snapshot" in orphan.void
+    f.applied(part(1, 1, "a", (0, 1), full=True))
+    f.applied(next_manifest(f.state, 0, 0), Take(1, 2, 2, True))
+    assert f(part(1, 2, "a", (0, 1), full=False)).applied
 
 
 def test_a_delta_part_may_leave_out_partitions_that_did_not_change() -> None:
