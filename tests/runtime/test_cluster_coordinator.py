@@ -289,7 +289,7 @@ async def test_a_newer_view_that_loses_the_race_for_a_generation_takes_the_next(
     b = await cluster.coordinator("b")
     older = Begin(1, "a", 1, OWNERS, INGRESS_OWNERS, MEMBERS, MODULE, "joined")
     # a's Begin takes its place before b's, and b has not folded it when it writes its own.
-    landing = cluster.log.append(TOPIC, 0, [Record(encode(older))])
+    landing = cluster.log.append(f"{TOPIC}-1", 0, [Record(encode(older))])
     effect = await begin(b, view=2)
     await landing
     assert effect.applied
