@@ -1,12 +1,28 @@
 """The decision log: the total order of every cluster decision, and the one fold of it.
 
-One single-partition topic (``<app>-decisions``) holds every decision of an
-application: generations begin (``Begin``), checkpoints are taken (``Take``), members
+The decision log of an application holds every decision of it: generations begin (``Begin``), checkpoints are taken (``Take``), members
 write their parts (``Part``), checkpoints commit (``Manifest``, the commit point),
 members ask for rollbacks (``Fail``), egress is published (``Published``), operators
-pause function types and mark dead letters (``Pause``, ``Mark``). Every member reads
-the whole topic and folds it with :func:`fold`, a deterministic function of the records
-and their offsets, so every member reaches the same conclusions without talking.
+pause function types and mark dead letters (``Pause``, ``Mark``). Every member folds
+it with :func:`fold`, a deterministic function of the records and their positions in
+one total order, so every member reaches the same conclusions without talking.
+
+Epochs bound what the log holds and what a starting member reads (the test broker has
+neither compaction nor retention, and walks every batch of a partition on each fetch).
+The records of epoch k are in the one-partition topic ``<app>-decisions-<k>``; the
+order runs through epoch 1, then each next epoch. To move to k+1 (the coordinator does,
+after a commit, once epoch k holds ``DecisionLog.epoch_records`` records), a member
+appends to topic k+1 a ``Snapshot`` of the whole fold as of position p, then to topic k
+a ``Moved`` naming it: the decision. A Moved is valid only for the next epoch, and only
+if no record was applied from p on (its snapshot holds everything); the first valid one
+ends epoch k: what lands after it in topic k is in no order (a stale coordinator still
+appending there is fenced; ``DecisionLog.decide`` appends its own late records again,
+in k+1). The fold goes on from the Snapshot the Moved names; any other Snapshot is void,
+so a mover that died before its Moved, or lost the race, left a snapshot nobody reads.
+The one-partition topic ``<app>-decisions`` says where each epoch starts (written after
+its Moved: a hint, never a decision), so a member that starts reads that topic, then
+only the newest epoch from its Snapshot on (following any Moved it finds there). A move
+deletes the topics of every epoch but the two newest.
 
 Fencing comes from the order alone (no transactions: the test broker does not honour
 their aborts). The fold decides what a record means *by its place in the log*, never

@@ -20,7 +20,6 @@ from runtime.cluster.decisions import (
     Mark,
     Moved,
     Part,
-    PartitionLocation,
     Pause,
     Published,
     Snapshot,
@@ -32,6 +31,7 @@ from runtime.cluster.decisions import (
     resume,
     snapshot_of,
 )
+from runtime.cluster.locations import PartitionLocation
 from runtime.log import Record
 from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
