@@ -28,6 +28,9 @@ grow to ``full_every`` links and start over at a full snapshot, as in a real run
 * ``records``: decision-log records per checkpoint (a take, a part per member, a
   manifest); ``manifest KiB``: the encoded manifest, which grows with the partitions
   (``--partitions``, default 32, the same for every row) and the chains' length.
+* ``epoch``: the decision log's epoch at the end (the coordinator moves it to a new one
+  every ``--epoch-records`` records); ``join ms``: how long a member that starts then
+  takes to open the decision log (read the newest epoch and fold it).
 
 Every checkpoint must commit; otherwise it prints ``FAILED:`` and exits with status 1.
 """
@@ -48,13 +51,14 @@ from bench._support import format_table, percentile
 from runtime.checkpoints.coordinator import CheckpointConfig
 from runtime.cluster.coordinator import DEFAULT_FULL_EVERY, ClusterCoordinator
 from runtime.cluster.decisions import (
+    DEFAULT_EPOCH_RECORDS,
     DecisionLog,
     Effect,
     Part,
-    PartitionLocation,
     Take,
     encode,
 )
+from runtime.cluster.locations import PartitionLocation
 from runtime.log.memory import MemoryLog
 
 T = TypeVar("T")
@@ -183,6 +187,8 @@ class Row:
     process_cpu: float = 0.0
     records: int = 0
     manifest_bytes: int = 0
+    epoch: int = 1
+    join: float = 0.0
 
     def cells(self) -> list[str]:
         durations = sorted(self.durations)
@@ -198,6 +204,8 @@ class Row:
             f"{self.coordinator_cpu * per:.3f}",
             f"{self.member_cpu * per / self.members:.3f}",
             f"{self.process_cpu * per:.2f}",
+            f"{self.epoch}",
+            f"{self.join * 1000:.1f}",
         ]
 
 
@@ -212,10 +220,18 @@ HEADERS = [
     "coordinator ms",
     "member ms",
     "process ms",
+    "epoch",
+    "join ms",
 ]
 
 
-async def simulate(members: int, partitions: int, checkpoints: int, warmup: int) -> Row:
+async def simulate(
+    members: int,
+    partitions: int,
+    checkpoints: int,
+    warmup: int,
+    epoch_records: int = DEFAULT_EPOCH_RECORDS,
+) -> Row:
     asyncio.get_running_loop().set_task_factory(_metering_factory)
     log = MemoryLog()
     coordinator_account, member_account = Account(), Account()
@@ -223,7 +239,7 @@ async def simulate(members: int, partitions: int, checkpoints: int, warmup: int)
     simulated = [SimulatedMember(log, m) for m in ids]
     for m in simulated:
         await charged(member_account, m.open())
-    decisions = DecisionLog(log, TOPIC)
+    decisions = DecisionLog(log, TOPIC, epoch_records=epoch_records)
     await charged(coordinator_account, decisions.open())
     coordinator = ClusterCoordinator(
         decisions,
@@ -263,6 +279,12 @@ async def simulate(members: int, partitions: int, checkpoints: int, warmup: int)
             row.process_cpu += time.process_time() - cpu0[2]
             row.records += decisions.state.position - position
             row.manifest_bytes = max(row.manifest_bytes, len(encode(manifest)))
+        row.epoch = decisions.state.epoch
+        joining = DecisionLog(log, TOPIC)
+        started = time.perf_counter()
+        await joining.open()
+        row.join = time.perf_counter() - started
+        await joining.close()
     finally:
         for m in simulated:
             await m.close()
@@ -280,12 +302,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="50 checkpoints per row")
+    parser.add_argument(
+        "--epoch-records",
+        type=int,
+        default=DEFAULT_EPOCH_RECORDS,
+        help="records per epoch of the decision log (a huge number: never move)",
+    )
     args = parser.parse_args(argv)
     checkpoints = 50 if args.quick else args.checkpoints
     rows: list[Row] = []
     try:
         for members in args.members:
-            rows.append(asyncio.run(simulate(members, args.partitions, checkpoints, args.warmup)))
+            rows.append(
+                asyncio.run(
+                    simulate(members, args.partitions, checkpoints, args.warmup, args.epoch_records)
+                )
+            )
             print(f"{members} members: done", file=sys.stderr)
     except Failed as e:
         print(f"FAILED: {e}", file=sys.stderr)

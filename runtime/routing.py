@@ -53,8 +53,9 @@ class Topics:
 
     @property
     def decisions(self) -> str:
-        """One partition: every decision of a cluster application, in one total order
-        (see ``runtime.cluster.decisions``)."""
+        """One partition: where each epoch of a cluster application's decision log
+        starts; epoch k's decisions are in ``<decisions>-<k>`` (see
+        ``runtime.cluster.decisions``)."""
         return f"{self.app_id}-decisions"
 
     @property

@@ -18,6 +18,12 @@ may be deleted. A take not complete within ``timeout`` is abandoned: no manifest
 the next take goes on (members keep their changes since the last commit and write
 them again). One take at a time.
 
+After a commit that leaves the decision log's epoch with ``epoch_records`` records or
+more (``DecisionLog.epoch_records``), it moves the log to a new epoch
+(``DecisionLog.move``): a member that starts reads only the newest epoch, from its
+snapshot of the fold. A move that loses a race to another record is void, and the next
+commit tries again.
+
 A ``Fail`` of the current generation makes it append a new Begin with the same owners:
 a rollback of everything, with the cause. A Begin of an older Kafka group view that
 names another coordinator and lands after this member's (a stale leader that had not
@@ -44,7 +50,7 @@ from runtime.cluster.decisions import (
     Take,
     next_manifest,
 )
-from runtime.errors import ModuleMismatch
+from runtime.errors import LogError, ModuleMismatch
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +243,18 @@ class ClusterCoordinator:
                 log.info("manifest %d void: %s", checkpoint, committed.void)
                 return None
             self._committed(manifest)
+            if self.state.epoch_records >= self.decisions.epoch_records:
+                await self._move()
             return manifest
+
+    async def _move(self) -> None:
+        """Move the decision log to a new epoch, right after a commit: no take is in
+        progress, so its snapshot is least likely to miss a record and be void."""
+        try:
+            await self.decisions.move()
+        except LogError as e:
+            # The epoch goes on growing; the next commit tries again.
+            log.warning("moving the decision log to a new epoch failed: %s", e)
 
     def _committed(self, manifest: Manifest) -> None:
         if self._abandoned_in_a_row:

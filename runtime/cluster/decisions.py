@@ -1,12 +1,28 @@
 """The decision log: the total order of every cluster decision, and the one fold of it.
 
-One single-partition topic (``<app>-decisions``) holds every decision of an
-application: generations begin (``Begin``), checkpoints are taken (``Take``), members
+The decision log of an application holds every decision of it: generations begin (``Begin``), checkpoints are taken (``Take``), members
 write their parts (``Part``), checkpoints commit (``Manifest``, the commit point),
 members ask for rollbacks (``Fail``), egress is published (``Published``), operators
-pause function types and mark dead letters (``Pause``, ``Mark``). Every member reads
-the whole topic and folds it with :func:`fold`, a deterministic function of the records
-and their offsets, so every member reaches the same conclusions without talking.
+pause function types and mark dead letters (``Pause``, ``Mark``). Every member folds
+it with :func:`fold`, a deterministic function of the records and their positions in
+one total order, so every member reaches the same conclusions without talking.
+
+Epochs bound what the log holds and what a starting member reads (the test broker has
+neither compaction nor retention, and walks every batch of a partition on each fetch).
+The records of epoch k are in the one-partition topic ``<app>-decisions-<k>``; the
+order runs through epoch 1, then each next epoch. To move to k+1 (the coordinator does,
+after a commit, once epoch k holds ``DecisionLog.epoch_records`` records), a member
+appends to topic k+1 a ``Snapshot`` of the whole fold as of position p, then to topic k
+a ``Moved`` naming it: the decision. A Moved is valid only for the next epoch, and only
+if no record was applied from p on (its snapshot holds everything); the first valid one
+ends epoch k: what lands after it in topic k is in no order (a stale coordinator still
+appending there is fenced; ``DecisionLog.decide`` appends its own late records again,
+in k+1). The fold goes on from the Snapshot the Moved names; any other Snapshot is void,
+so a mover that died before its Moved, or lost the race, left a snapshot nobody reads.
+The one-partition topic ``<app>-decisions`` says where each epoch starts (written after
+its Moved: a hint, never a decision), so a member that starts reads that topic, then
+only the newest epoch from its Snapshot on (following any Moved it finds there). A move
+deletes the topics of every epoch but the two newest.
 
 Fencing comes from the order alone (no transactions: the test broker does not honour
 their aborts). The fold decides what a record means *by its place in the log*, never
@@ -42,10 +58,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -55,6 +72,8 @@ from runtime.errors import LogError, MalformedDecision
 from runtime.log import Log, LogConsumer, Record, StoredRecord, TopicPartition
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 IngressPartition = tuple[str, int]
 """A Kafka ingress topic's partition: (topic, partition)."""
@@ -166,7 +185,28 @@ class Mark:
     status: str
 
 
-DecisionRecord = Begin | Take | Part | Manifest | Fail | Published | Pause | Mark
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The decision log moves to epoch ``epoch``: its topic's record at offset
+    ``snapshot`` is a :class:`Snapshot` of the fold as of position ``as_of``. The end of
+    the epoch it is in: nothing after it there is read."""
+
+    epoch: int
+    snapshot: int
+    as_of: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole fold as of position ``as_of`` (before the record there): the first
+    record of epoch ``epoch``, valid only where a valid :class:`Moved` names it."""
+
+    epoch: int
+    as_of: int
+    state: ClusterState
+
+
+DecisionRecord = Begin | Take | Part | Manifest | Fail | Published | Pause | Mark | Moved | Snapshot
 
 
 # --- encoding ----------------------------------------------------------------------------
@@ -197,6 +237,11 @@ def _optional_str(raw: Any) -> str | None:
 
 def encode(record: DecisionRecord) -> bytes:
     """The record as msgpack: a map with its ``kind`` and its fields."""
+    packed: bytes = msgpack.packb(_body(record), use_bin_type=True)
+    return packed
+
+
+def _body(record: DecisionRecord) -> dict[str, Any]:
     body: dict[str, Any]
     match record:
         case Begin():
@@ -268,8 +313,75 @@ def encode(record: DecisionRecord) -> bytes:
             body = {"kind": "pause", "function_type": record.function_type, "paused": record.paused}
         case Mark():
             body = {"kind": "mark", "dead_letter": record.dead_letter, "status": record.status}
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
-    return packed
+        case Moved():
+            body = {
+                "kind": "moved",
+                "epoch": record.epoch,
+                "snapshot": record.snapshot,
+                "as_of": record.as_of,
+            }
+        case Snapshot():
+            body = {
+                "kind": "snapshot",
+                "epoch": record.epoch,
+                "as_of": record.as_of,
+                "state": _state_out(record.state),
+            }
+    return body
+
+
+def _state_out(s: ClusterState) -> dict[str, Any]:
+    return {
+        "generation": s.generation,
+        "begin": None if s.begin is None else _body(s.begin),
+        "begin_offset": s.begin_offset,
+        "module": s.module,
+        "rolled_back_to": [[g, c] for g, c in s.rolled_back_to.items()],
+        "manifests": [_body(m) for m in s.manifests],
+        "segments": [[c, segment] for c, segment in s.segments.items()],
+        "highest_checkpoint": s.highest_checkpoint,
+        "highest_segment": s.highest_segment,
+        "take": None if s.take is None else _body(s.take),
+        "parts": [_body(part) for part in s.parts.values()],
+        "failure": None if s.failure is None else _body(s.failure),
+        "published": [[p, c] for p, c in s.published.items()],
+        "paused": sorted(s.paused),
+        "marks": [[d, status] for d, status in s.marks.items()],
+        "void_records": s.void_records,
+    }
+
+
+def _record_in(raw: Any, kind: type[R]) -> R:
+    record = _decode_body(raw)
+    if not isinstance(record, kind):
+        raise MalformedDecision(f"a {kind.__name__} was expected, not {record}")
+    return record
+
+
+def _optional_record_in(raw: Any, kind: type[R]) -> R | None:
+    return None if raw is None else _record_in(raw, kind)
+
+
+def _state_in(b: dict[str, Any]) -> ClusterState:
+    parts = [_record_in(raw, Part) for raw in b["parts"]]
+    return ClusterState(
+        generation=int(b["generation"]),
+        begin=_optional_record_in(b["begin"], Begin),
+        begin_offset=None if b["begin_offset"] is None else int(b["begin_offset"]),
+        module=_optional_str(b["module"]),
+        rolled_back_to={int(g): int(c) for g, c in b["rolled_back_to"]},
+        manifests=[_record_in(raw, Manifest) for raw in b["manifests"]],
+        segments={int(c): int(segment) for c, segment in b["segments"]},
+        highest_checkpoint=int(b["highest_checkpoint"]),
+        highest_segment=int(b["highest_segment"]),
+        take=_optional_record_in(b["take"], Take),
+        parts={part.member: part for part in parts},
+        failure=_optional_record_in(b["failure"], Fail),
+        published={int(p): int(c) for p, c in b["published"]},
+        paused={str(t) for t in b["paused"]},
+        marks={int(d): str(status) for d, status in b["marks"]},
+        void_records=int(b["void_records"]),
+    )
 
 
 def _decode_body(b: dict[str, Any]) -> DecisionRecord:
@@ -328,6 +440,10 @@ def _decode_body(b: dict[str, Any]) -> DecisionRecord:
         return Pause(str(b["function_type"]), bool(b["paused"]))
     if kind == "mark":
         return Mark(int(b["dead_letter"]), str(b["status"]))
+    if kind == "moved":
+        return Moved(int(b["epoch"]), int(b["snapshot"]), int(b["as_of"]))
+    if kind == "snapshot":
+        return Snapshot(int(b["epoch"]), int(b["as_of"]), _state_in(b["state"]))
     raise MalformedDecision(f"unknown decision kind {kind!r}")
 
 
@@ -368,7 +484,8 @@ class ClusterState:
     """How many of the newest valid manifests to keep (their chains bound what segments
     of the partition store are still needed)."""
     position: int = 0
-    """The offset of the next record to fold."""
+    """The position of the next record to fold in the log's one total order (across its
+    epochs: the topic offset in epoch 1)."""
     generation: int = 0
     """The current generation (0: none has begun)."""
     begin: Begin | None = None
@@ -400,6 +517,20 @@ class ClusterState:
     marks: dict[int, str] = field(default_factory=dict)
     """Dead letter -> its mark."""
     void_records: int = 0
+    epoch: int = 1
+    """The decision log's epoch: its records are in topic ``<decisions>-<epoch>``."""
+    epoch_base: int = 0
+    """The position of the epoch's first record (its Snapshot; 0 in epoch 1)."""
+    last_applied: int = -1
+    """The position of the last record applied (a Moved is valid only if its snapshot
+    holds it)."""
+    moving: Moved | None = None
+    """The valid Moved that ended this epoch, until its Snapshot is folded."""
+
+    @property
+    def epoch_records(self) -> int:
+        """How many records of the total order this epoch holds so far."""
+        return self.position - self.epoch_base
 
     @property
     def manifest(self) -> Manifest | None:
@@ -475,11 +606,86 @@ def fold(state: ClusterState, offset: int, record: DecisionRecord) -> Effect:
         state.void_records += 1
         return Effect(offset, record, why)
     _apply(state, offset, record)
+    state.last_applied = offset
     return Effect(offset, record)
+
+
+def snapshot_of(state: ClusterState) -> Snapshot:
+    """The Snapshot that starts the epoch after ``state``'s, as of its position (a copy:
+    folding on changes neither)."""
+    return Snapshot(state.epoch + 1, state.position, _state_in(_state_out(state)))
+
+
+def resume(snapshot: Snapshot, position: int, *, retain: int = 3) -> ClusterState:
+    """The fold of a member that starts from ``snapshot``, the valid first record of its
+    epoch, at ``position``: equal to the fold of one that folded every record before."""
+    state = ClusterState(retain=retain, position=position + 1)
+    _adopt(state, snapshot, check=False)
+    _begin_epoch(state, position, snapshot)
+    return state
+
+
+_SNAPSHOT_FIELDS = (
+    "generation",
+    "begin",
+    "begin_offset",
+    "module",
+    "rolled_back_to",
+    "manifests",
+    "segments",
+    "highest_checkpoint",
+    "highest_segment",
+    "take",
+    "parts",
+    "failure",
+    "published",
+    "paused",
+    "marks",
+    "void_records",
+)
+"""What a Snapshot holds: every field of the fold but the bookkeeping of positions and
+epochs (and ``retain``, a member's setting)."""
+
+
+def _adopt(s: ClusterState, snapshot: Snapshot, *, check: bool) -> None:
+    """Make ``s`` hold what ``snapshot`` holds. A field already equal keeps its object: a
+    member compares the current Begin by identity to see whether a newer one came."""
+    for name in _SNAPSHOT_FIELDS:
+        mine, theirs = getattr(s, name), getattr(snapshot.state, name)
+        if mine == theirs:
+            continue
+        # Void records between the snapshot and its Moved change only the count.
+        if check and name != "void_records":
+            log.error(
+                "the snapshot of epoch %d differs from this member's fold in %s: "
+                "going on from the snapshot, as every member starting from it does",
+                snapshot.epoch,
+                name,
+            )
+        setattr(s, name, copy.deepcopy(theirs))
+    del s.manifests[: -s.retain]
+
+
+def _begin_epoch(s: ClusterState, position: int, snapshot: Snapshot) -> None:
+    s.epoch, s.epoch_base, s.moving, s.last_applied = snapshot.epoch, position, None, position
 
 
 def _void(s: ClusterState, r: DecisionRecord) -> str | None:
     """Why ``r`` is void in state ``s``, or None if it applies."""
+    if s.moving is not None:
+        if isinstance(r, Snapshot) and (r.epoch, r.as_of) == (s.moving.epoch, s.moving.as_of):
+            return None
+        return f"the decision log moved to epoch {s.moving.epoch} before it"
+    if isinstance(r, Snapshot):
+        return f"no valid move to epoch {r.epoch} names it"
+    if isinstance(r, Moved):
+        if r.epoch != s.epoch + 1:
+            return f"epoch {r.epoch} does not follow the current {s.epoch}"
+        if r.as_of <= s.last_applied:
+            return f"its snapshot (as of {r.as_of}) misses decision {s.last_applied}"
+        if r.as_of >= s.position:
+            return f"its snapshot (as of {r.as_of}) is of a later position"
+        return None
     if isinstance(r, Pause | Mark):
         return None
     if isinstance(r, Begin):
@@ -576,6 +782,11 @@ def _apply(s: ClusterState, offset: int, r: DecisionRecord) -> None:
                 s.paused.discard(r.function_type)
         case Mark():
             s.marks[r.dead_letter] = r.status
+        case Moved():
+            s.moving = r
+        case Snapshot():
+            _adopt(s, r, check=True)
+            _begin_epoch(s, offset, r)
 
 
 def next_manifest(state: ClusterState, created_ms: int, duration_ms: int) -> Manifest:
@@ -609,31 +820,91 @@ def next_manifest(state: ClusterState, created_ms: int, duration_ms: int) -> Man
     )
 
 
-# --- the log -----------------------------------------------------------------------------
+# --- the log ---------------------------------------------------------------------------
 
 Listener = Callable[[Effect], None]
 
+DEFAULT_EPOCH_RECORDS = 2000
+"""Records of the total order an epoch holds before the coordinator moves the log on."""
+_KEEP = {"retention.ms": "-1"}
+"""Kafka must keep every decision of an epoch: its fold starts from the first record."""
 _TAIL_WAIT = 1.0
 """Seconds a tail poll waits for records (it returns as soon as some land)."""
 _RETRY_FIRST, _RETRY_MAX = 0.1, 2.0
 """Backoff of the tail after a failed poll, doubling up to the max."""
 
 
-class DecisionLog:
-    """The fold of a decision topic, kept up to date: :meth:`open`, then read
-    :attr:`state`, :meth:`append` decisions and :meth:`subscribe` to what the fold
-    makes of every record."""
+@dataclass(frozen=True, slots=True)
+class EpochStart:
+    """A record of the pointer topic: epoch ``epoch`` starts with the Snapshot at offset
+    ``snapshot`` of its topic, at position ``position`` of the total order."""
 
-    def __init__(self, log_: Log, topic: str, *, retain: int = 3):
+    epoch: int
+    snapshot: int
+    position: int
+
+    def encode(self) -> bytes:
+        packed: bytes = msgpack.packb(
+            {"epoch": self.epoch, "snapshot": self.snapshot, "position": self.position}
+        )
+        return packed
+
+    @staticmethod
+    def decode(value: bytes) -> EpochStart:
+        try:
+            b = msgpack.unpackb(value, raw=False)
+            return EpochStart(int(b["epoch"]), int(b["snapshot"]), int(b["position"]))
+        except Exception as e:  # whatever msgpack or a missing or mistyped field raises
+            raise LogError(
+                f"not a decision log epoch pointer: {type(e).__name__}: {e} "
+                "(a topic of an older version of the runtime?)"
+            ) from None
+
+
+_FIRST_EPOCH = EpochStart(1, 0, 0)
+
+
+class DecisionLog:
+    """The fold of a decision log, kept up to date: :meth:`open`, then read
+    :attr:`state`, :meth:`append` decisions and :meth:`subscribe` to what the fold
+    makes of every record.
+
+    Epochs: the records live in topic ``<topic>-<epoch>``; the one-partition topic
+    ``<topic>`` says where each epoch starts (:class:`EpochStart`). Once an epoch holds
+    ``epoch_records`` records, the coordinator calls :meth:`move`: it appends a
+    :class:`Snapshot` of the fold to the next epoch's topic, then a :class:`Moved`
+    naming it to the current one: the decision. The fold ends the epoch at a valid
+    Moved, and goes on from the Snapshot it names; a member that starts reads the
+    pointer, then only the newest epoch from its Snapshot on."""
+
+    def __init__(
+        self, log_: Log, topic: str, *, retain: int = 3, epoch_records: int = DEFAULT_EPOCH_RECORDS
+    ):
+        if epoch_records < 1:
+            raise ValueError(f"epoch_records must be at least 1, not {epoch_records}")
         self._log = log_
         self.topic = topic
-        self._tp = TopicPartition(topic, 0)
+        """The pointer topic: where each epoch starts."""
+        self.epoch_records = epoch_records
+        self._retain = retain
+        self._tp = TopicPartition(self.epoch_topic(1), 0)
+        """The partition of the epoch being read."""
+        self._shift = 0
+        """Position minus topic offset in the epoch being read."""
+        self._ends: dict[str, int] = {}
+        """Epoch topic -> the offset of its valid Moved: nothing after it is read."""
+        self._next: Moved | None = None
+        """A valid Moved folded, the reading not yet moved to its epoch."""
         self._state = ClusterState(retain=retain)
         self._listeners: list[Listener] = []
-        self._observers: list[dict[int, Effect]] = []
+        self._observers: list[dict[tuple[str, int], Effect]] = []
         self._consumer: LogConsumer | None = None
         self._tail: asyncio.Task[None] | None = None
         self._advanced: asyncio.Future[None] | None = None
+
+    def epoch_topic(self, epoch: int) -> str:
+        """The topic of the decisions of ``epoch``."""
+        return f"{self.topic}-{epoch}"
 
     @property
     def state(self) -> ClusterState:
@@ -641,29 +912,70 @@ class DecisionLog:
         return self._state
 
     async def open(self) -> None:
-        """Create the topic if missing, fold it to its end, then tail it."""
-        # Kafka must keep every decision: the fold starts from the first Begin.
-        await self._log.ensure_topic(self.topic, 1, {"retention.ms": "-1"})
-        (start,) = await self._log.start_offsets(self.topic)
-        (end,) = await self._log.end_offsets(self.topic)
-        if start > 0:
-            raise LogError(
-                f"the decision log {self.topic} lost its first {start} records: "
-                "the fold needs every decision"
-            )
+        """Create the topics if missing, fold the newest epoch from its Snapshot (or the
+        first from its start) to its end, then tail it."""
+        await self._log.ensure_topic(self.topic, 1, _KEEP)
+        start = await self._newest_epoch()
+        topic = self.epoch_topic(start.epoch)
+        await self._log.ensure_topic(topic, 1, _KEEP)
+        self._tp = TopicPartition(topic, 0)
+        if start == _FIRST_EPOCH:
+            (first,) = await self._log.start_offsets(topic)
+            if first > 0:
+                raise LogError(
+                    f"the decision log {topic} lost its first {first} records: "
+                    "the fold needs every decision"
+                )
+            at = 0
+        else:
+            found = await self._log.read(topic, 0, start.snapshot, 1)
+            snapshot = None if not found else decode(found[0].value)
+            if not isinstance(snapshot, Snapshot) or snapshot.epoch != start.epoch:
+                raise LogError(
+                    f"the decision log {self.topic} says epoch {start.epoch} starts at offset "
+                    f"{start.snapshot} of {topic}, but no snapshot of it is there"
+                )
+            self._state = resume(snapshot, start.position, retain=self._retain)
+            at = start.snapshot + 1
+        self._shift = self._state.position - at
         self._advanced = asyncio.get_running_loop().create_future()
         self._consumer = self._log.consumer()
-        self._consumer.assign({self._tp: 0})
-        while self._state.position < end:
-            self._fold(await self._consumer.poll(_TAIL_WAIT))
+        self._consumer.assign({self._tp: at})
+        await self._read_to_end()
         log.info(
-            "decision log %s read to %d: generation %d, last checkpoint %s",
+            "decision log %s read to position %d (epoch %d, %d records): generation %d, "
+            "last checkpoint %s",
             self.topic,
-            end,
+            self._state.position,
+            self._state.epoch,
+            self._state.epoch_records,
             self._state.generation,
             None if self._state.manifest is None else self._state.manifest.checkpoint,
         )
         self._tail = asyncio.create_task(self._run_tail(), name=f"decisions-{self.topic}")
+
+    async def _newest_epoch(self) -> EpochStart:
+        """The newest epoch the pointer topic names (the first if it names none)."""
+        newest, offset = _FIRST_EPOCH, 0
+        while records := await self._log.read(self.topic, 0, offset):
+            for stored in records:
+                start = EpochStart.decode(stored.value)
+                if start.epoch > newest.epoch:
+                    newest = start
+            offset = records[-1].offset + 1
+        return newest
+
+    async def _read_to_end(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            tp = self._tp
+            (end,) = await self._log.end_offsets(tp.topic)
+            while self._tp == tp and self._next is None and consumer.position(tp) < end:
+                self._fold(await consumer.poll(_TAIL_WAIT))
+            if self._next is None:
+                return
+            await self._follow()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with every effect from now on, in log order, right after the
@@ -672,23 +984,86 @@ class DecisionLog:
         return lambda: self._listeners.remove(listener)
 
     async def append(self, record: DecisionRecord) -> int:
-        """Append the record; its offset, once it is durable (not yet folded)."""
-        if self._tail is None:
-            raise LogError(f"the decision log {self.topic} is not open")
-        (offset,) = await self._log.append(self.topic, 0, [Record(encode(record))])
-        return offset
+        """Append the record; its position in the total order, once it is folded."""
+        return (await self.decide(record)).offset
 
     async def decide(self, record: DecisionRecord) -> Effect:
-        """Append the record and return what the fold made of it."""
-        seen: dict[int, Effect] = {}
+        """Append the record and return what the fold made of it. A record that lands in
+        an epoch after its Moved (the log moved meanwhile) is appended again to the next:
+        a late record, judged by its new place."""
+        if isinstance(record, Moved | Snapshot):
+            raise ValueError("moves are made by move()")
+        while True:
+            effect = await self._place(record)
+            if effect is not None:
+                return effect
+            log.debug("decision appended after the move of epoch %d: again", self._state.epoch)
+
+    async def move(self) -> bool:
+        """Move the decision log to the next epoch (see the class docstring); whether
+        this call moved it. Old epochs' topics are deleted: every one below the epoch
+        before the new one (a member still reading those is a whole epoch behind)."""
+        state = self._state
+        if state.moving is not None or self._next is not None:
+            return False
+        snapshot, records = snapshot_of(state), state.epoch_records
+        topic = self.epoch_topic(snapshot.epoch)
+        await self._log.ensure_topic(topic, 1, _KEEP)
+        (offset,) = await self._log.append(topic, 0, [Record(encode(snapshot))])
+        effect = await self._place(Moved(snapshot.epoch, offset, snapshot.as_of))
+        if effect is None or not effect.applied:
+            # Its snapshot stays in the new topic unread: a later move appends another.
+            log.info(
+                "move to epoch %d void: %s",
+                snapshot.epoch,
+                "another move came first" if effect is None else effect.void,
+            )
+            return False
+        start = EpochStart(snapshot.epoch, offset, effect.offset + 1)
+        # A starting member that reads an older pointer follows the Moved records.
+        await self._log.append(self.topic, 0, [Record(start.encode())])
+        log.info(
+            "decision log %s moved to epoch %d at position %d (%d records in epoch %d)",
+            self.topic,
+            start.epoch,
+            start.position,
+            records,
+            start.epoch - 1,
+        )
+        await self._drop_epochs_below(start.epoch - 1)
+        return True
+
+    async def _drop_epochs_below(self, epoch: int) -> None:
+        prefix = f"{self.topic}-"
+        try:
+            for topic in await self._log.list_topics():
+                suffix = topic.removeprefix(prefix)
+                if topic.startswith(prefix) and suffix.isdigit() and int(suffix) < epoch:
+                    await self._log.delete_topic(topic)
+                    log.debug("decision log epoch topic %s deleted", topic)
+        except LogError as e:
+            log.warning("deleting decision log epochs below %d failed: %s", epoch, e)
+
+    async def _place(self, record: DecisionRecord) -> Effect | None:
+        """Append the record to the epoch being read; what the fold made of it, or None
+        if it landed after the epoch's Moved (so nobody folds it)."""
+        seen: dict[tuple[str, int], Effect] = {}
         # Watching from before the append: the fold may reach the record before the
         # append's future tells its offset.
         self._observers.append(seen)
         try:
-            offset = await self.append(record)
-            while offset not in seen:
+            if self._tail is None:
+                raise LogError(f"the decision log {self.topic} is not open")
+            while self._next is not None:  # appending to an epoch known to be over
                 await self._next_fold()
-            return seen[offset]
+            topic = self._tp.topic
+            (offset,) = await self._log.append(topic, 0, [Record(encode(record))])
+            while (topic, offset) not in seen:
+                end = self._ends.get(topic)
+                if end is not None and offset > end:
+                    return None
+                await self._next_fold()
+            return seen[topic, offset]
         finally:
             self._observers.remove(seen)
 
@@ -723,9 +1098,12 @@ class DecisionLog:
         try:
             while True:
                 try:
+                    if self._next is not None:
+                        await self._follow()
+                        continue
                     batch = await consumer.poll(_TAIL_WAIT)
                 except LogError as e:
-                    log.warning("reading the decision log %s failed: %s", self.topic, e)
+                    log.warning("reading the decision log %s failed: %s", self._tp.topic, e)
                     await asyncio.sleep(backoff)
                     backoff = min(2 * backoff, _RETRY_MAX)
                     continue
@@ -742,26 +1120,48 @@ class DecisionLog:
                 self._advanced.exception()
             raise
 
+    async def _follow(self) -> None:
+        """Read on from the Snapshot the valid Moved folded last names."""
+        moved, consumer = self._next, self._consumer
+        assert moved is not None
+        assert consumer is not None
+        topic = self.epoch_topic(moved.epoch)
+        await self._log.ensure_topic(topic, 1, _KEEP)  # another member created it
+        self._tp = TopicPartition(topic, 0)
+        self._shift = self._state.position - moved.snapshot
+        consumer.assign({self._tp: moved.snapshot})
+        self._next = None
+        self._advance()  # appends wait for the reading to move on
+
     def _fold(self, batch: Mapping[TopicPartition, list[StoredRecord]]) -> None:
         for stored in batch.get(self._tp, []):
+            position = stored.offset + self._shift
             try:
                 record = decode(stored.value)
             except MalformedDecision as e:
                 # Every member reads the same bytes, so every member skips it alike.
-                log.warning("decision %d skipped: %s", stored.offset, e)
-                self._state.position = stored.offset + 1
+                log.warning("decision %d skipped: %s", position, e)
+                self._state.position = position + 1
                 self._state.void_records += 1
                 continue
-            effect = fold(self._state, stored.offset, record)
+            effect = fold(self._state, position, record)
             if effect.void is not None:
-                log.debug("decision %d void: %s: %s", stored.offset, effect.void, record)
+                log.debug("decision %d void: %s: %s", position, effect.void, record)
             for seen in self._observers:
-                seen[stored.offset] = effect
+                seen[self._tp.topic, stored.offset] = effect
             for listener in list(self._listeners):
                 try:
                     listener(effect)
                 except Exception:
-                    log.exception("a listener of decision %d failed", stored.offset)
+                    log.exception("a listener of decision %d failed", position)
+            if isinstance(record, Moved) and effect.applied:
+                # The end of this epoch: what follows in its topic is in no total order.
+                self._ends[self._tp.topic] = stored.offset
+                self._next = record
+                break
+        self._advance()
+
+    def _advance(self) -> None:
         if self._advanced is not None:
             self._advanced.set_result(None)
             self._advanced = asyncio.get_running_loop().create_future()

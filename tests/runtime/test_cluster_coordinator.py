@@ -12,6 +12,7 @@ import pytest
 from runtime.checkpoints.coordinator import CheckpointConfig
 from runtime.cluster.coordinator import ClusterCoordinator
 from runtime.cluster.decisions import (
+    DEFAULT_EPOCH_RECORDS,
     Begin,
     DecisionLog,
     Effect,
@@ -93,9 +94,15 @@ class Cluster:
         self.coordinators: list[tuple[ClusterCoordinator, DecisionLog]] = []
 
     async def coordinator(
-        self, member: str, *, module: str = MODULE, config: CheckpointConfig = CONFIG, **kw: int
+        self,
+        member: str,
+        *,
+        module: str = MODULE,
+        config: CheckpointConfig = CONFIG,
+        epoch_records: int = DEFAULT_EPOCH_RECORDS,
+        **kw: int,
     ) -> ClusterCoordinator:
-        decisions = DecisionLog(self.log, TOPIC)
+        decisions = DecisionLog(self.log, TOPIC, epoch_records=epoch_records)
         await decisions.open()
         coordinator = ClusterCoordinator(decisions, member, module, config, **kw)
         self.coordinators.append((coordinator, decisions))
@@ -289,7 +296,7 @@ async def test_a_newer_view_that_loses_the_race_for_a_generation_takes_the_next(
     b = await cluster.coordinator("b")
     older = Begin(1, "a", 1, OWNERS, INGRESS_OWNERS, MEMBERS, MODULE, "joined")
     # a's Begin takes its place before b's, and b has not folded it when it writes its own.
-    landing = cluster.log.append(TOPIC, 0, [Record(encode(older))])
+    landing = cluster.log.append(f"{TOPIC}-1", 0, [Record(encode(older))])
     effect = await begin(b, view=2)
     await landing
     assert effect.applied
@@ -324,3 +331,20 @@ async def test_a_process_with_another_module_is_refused(cluster: Cluster) -> Non
     await intruder.decisions.wait(lambda s: s.generation == 1)
     with pytest.raises(ModuleMismatch, match="runs module-1"):
         await begin(intruder, view=2)
+
+
+async def test_the_coordinator_moves_the_decision_log_after_a_commit(cluster: Cluster) -> None:
+    a = await cluster.coordinator("a", epoch_records=10)
+    await begin(a)
+    for _ in range(3):  # 4 records each (a take, 2 parts, the manifest): a move after the 3rd
+        await committed(a)
+    assert (a.state.epoch, a.state.take) == (2, None)
+    manifest = await committed(a)  # the members followed to the new epoch
+    assert a.state.epoch_records == 5  # the snapshot and the 4 records of the checkpoint
+    starter = DecisionLog(cluster.log, TOPIC)
+    await starter.open()
+    try:
+        assert starter.state == a.state
+        assert starter.state.manifest == manifest
+    finally:
+        await starter.close()

@@ -467,6 +467,7 @@ def test_records_fold_in_log_order_only() -> None:
 # --- DecisionLog over a Log --------------------------------------------------------------
 
 TOPIC = "app-decisions"
+EPOCH_1 = f"{TOPIC}-1"
 
 
 @pytest.fixture
@@ -549,7 +550,7 @@ async def test_a_log_opened_later_reads_everything_to_the_same_state(
 async def test_a_malformed_record_is_skipped_by_every_member_alike(
     memory_log: MemoryLog, decisions: DecisionLog
 ) -> None:
-    await memory_log.append(TOPIC, 0, [Record(b"\xc1")])
+    await memory_log.append(EPOCH_1, 0, [Record(b"\xc1")])
     effect = await decisions.decide(begin(1))
     assert (effect.offset, effect.applied) == (1, True)
     assert decisions.state.void_records == 1
@@ -584,7 +585,7 @@ async def test_a_log_that_lost_its_first_decisions_is_refused(memory_log: Memory
     await d.open()
     await d.decide(begin(1))
     await d.close()
-    await memory_log.truncate(TOPIC, 0, 1)
+    await memory_log.truncate(EPOCH_1, 0, 1)
     with pytest.raises(LogError, match="lost its first 1 records"):
         await DecisionLog(memory_log, TOPIC).open()
 
