@@ -68,7 +68,7 @@ class FailoverTransport(httpx.AsyncBaseTransport):
         self.pool = pool
         self.inner = inner or httpx.AsyncHTTPTransport()
         self.failovers = 0
-        """Requests sent to another process because one refused the connection."""
+        """Requests answered by another process because the one in turn refused them."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         refused: httpx.TransportError | None = None
@@ -79,11 +79,12 @@ class FailoverTransport(httpx.AsyncBaseTransport):
             )
             request.headers["host"] = target.netloc.decode("ascii")
             try:
-                return await self.inner.handle_async_request(request)
+                response = await self.inner.handle_async_request(request)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-                if refused is not None:
-                    self.failovers += 1
                 refused = e
+                continue
+            self.failovers += refused is not None
+            return response
         if refused is None:
             raise httpx.ConnectError("no runtime process is up", request=request)
         raise refused

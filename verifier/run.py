@@ -1411,8 +1411,12 @@ spec:
             ),
             (
                 "checkpoints",
-                f"every {config.checkpoint_interval:g} s; first complete at "
-                f"{self.first_checkpoint_at or 0:.1f} s",
+                f"every {config.checkpoint_interval:g} s; first complete "
+                + (
+                    "never"
+                    if self.first_checkpoint_at is None
+                    else f"at {self.first_checkpoint_at:.1f} s"
+                ),
             ),
             ("cluster at the end", last_view),
             (
