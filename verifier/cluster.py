@@ -165,10 +165,15 @@ def membership_schedule(kills: int, rng: random.Random) -> list[ScheduledFault]:
     return [ScheduledFault(p, k) for p, k in zip(points, kinds, strict=True)]
 
 
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "::1", "::"})
+"""Names of this machine a peer URL may use: the verifier's processes all run here."""
+
+
 def same_origin(a: str, b: str) -> bool:
-    """The two URLs name the same host and port."""
+    """The two URLs name the same host (any name of this machine for both) and port."""
     x, y = httpx.URL(a), httpx.URL(b)
-    return (x.host, x.port) == (y.host, y.port)
+    same_host = x.host == y.host or {x.host, y.host} <= LOCAL_HOSTS
+    return same_host and x.port == y.port
 
 
 def excluded(before: ClusterView, after: ClusterView, dead: str) -> bool:

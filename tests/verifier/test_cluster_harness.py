@@ -140,6 +140,8 @@ def test_the_cluster_view_finds_members_by_url_and_sees_them_excluded() -> None:
     assert member.id == "m-2"
     assert member.partitions == (1,)
     assert before.member_at("http://127.0.0.1:9999") is None
+    assert before.member_at("http://localhost:9003") == before.members[2]
+    assert before.member_at("http://10.0.0.7:9003") is None
     # the same generation, or a later one that still holds the dead member: not yet
     assert not excluded(before, before, "m-2")
     assert not excluded(before, _view(4, "m-1", ("m-1", A), ("m-2", B)), "m-2")
