@@ -102,32 +102,40 @@ class ClusterMember:
 
 @dataclass(frozen=True, slots=True)
 class ClusterView:
-    """One answer of ``GET /v1/cluster``."""
+    """One answer of ``GET /v1/cluster`` (``runtime.cluster.status``)."""
 
     member: str
     """The member that answered."""
     coordinator: str | None
     generation: int | None
     last_checkpoint: int | None
+    """The id of the last completed checkpoint."""
     members: tuple[ClusterMember, ...]
+    unowned: tuple[int, ...] = ()
+    """Partitions nobody owns (a rollback under way)."""
 
     @classmethod
     def parse(cls, answer: Mapping[str, Any]) -> ClusterView:
         members = tuple(
             ClusterMember(
-                str(m["id"]), str(m["url"]).rstrip("/"), tuple(int(p) for p in m["partitions"])
+                str(m["id"]),
+                str(m.get("url") or "").rstrip("/"),
+                tuple(int(p) for p in m["partitions"]),
             )
             for m in answer.get("members") or []
         )
         generation = answer.get("generation")
         last = answer.get("last_checkpoint")
+        if isinstance(last, Mapping):
+            last = last.get("id")
         coordinator = answer.get("coordinator")
         return cls(
-            str(answer.get("member")),
+            str(answer.get("me", answer.get("member"))),
             None if coordinator is None else str(coordinator),
             None if generation is None else int(generation),
             None if last is None else int(last),
             members,
+            tuple(int(p) for p in answer.get("unowned") or ()),
         )
 
     @property
@@ -171,6 +179,8 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "::1", "::"})
 
 def same_origin(a: str, b: str) -> bool:
     """The two URLs name the same host (any name of this machine for both) and port."""
+    if not a or not b:
+        return False
     x, y = httpx.URL(a), httpx.URL(b)
     same_host = x.host == y.host or {x.host, y.host} <= LOCAL_HOSTS
     return same_host and x.port == y.port

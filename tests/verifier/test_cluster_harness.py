@@ -148,3 +148,27 @@ def test_the_cluster_view_finds_members_by_url_and_sees_them_excluded() -> None:
     assert excluded(before, _view(4, "m-1", ("m-1", A), ("m-3", C)), "m-2")
     # a view from a member still behind (an older generation) is not the exclusion
     assert not excluded(before, _view(2, "m-1", ("m-1", A)), "m-2")
+
+
+def test_the_view_reads_the_runtimes_status_answer() -> None:
+    """The shape of ``runtime.cluster.status.describe_cluster``."""
+    view = ClusterView.parse(
+        {
+            "mode": "cluster",
+            "me": "m-2",
+            "coordinator": "m-1",
+            "generation": 7,
+            "last_checkpoint": {"id": 41, "generation": 7, "time": "2026-12-04T22:11:55.000+00:00"},
+            "partitions": 4,
+            "members": [
+                {"id": "m-1", "url": A, "partitions": [0, 1], "coordinator": True, "me": False},
+                {"id": "m-2", "url": None, "partitions": [2], "coordinator": False, "me": True},
+            ],
+            "unowned": [3],
+        }
+    )
+    assert (view.member, view.coordinator, view.generation) == ("m-2", "m-1", 7)
+    assert view.last_checkpoint == 41
+    assert view.unowned == (3,)
+    assert view.coordinator_url() == A
+    assert view.member_at(B) is None  # a member without a URL is found by none
