@@ -44,6 +44,8 @@ from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.restore import restore_point
 from runtime.checkpoints.snapshot import message_id_text
 from runtime.checkpoints.store import ApplicationRecords, CheckpointStore, Manifest
+from runtime.cluster.peers import ClusterView, Peers, StaticView
+from runtime.cluster.status import LOCAL_MEMBER, ClusterStatus, checkpoint_status, describe_cluster
 from runtime.config import RuntimeConfig
 from runtime.dead_letters import REPLAYED, DeadLetter, DeadLetters
 from runtime.dispatcher import Failure
@@ -123,18 +125,31 @@ class RuntimeBase(abc.ABC):
         log_: Log,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        member: str | None = None,
+        cluster: ClusterView | None = None,
+        peer_transport: httpx.AsyncBaseTransport | None = None,
     ):
+        """``cluster``: this process's view of the application's members (None: it is
+        alone); ``peer_transport`` replaces the HTTP transport to the other members."""
         self.config = config
         self.module = config.module
         self.log = log_
-        self.replies = ReplyWaiters()
+        self.cluster = cluster
+        member = None if cluster is None else cluster.me
+        self.peers = None if cluster is None else Peers(cluster, transport=peer_transport)
+        self.replies = ReplyWaiters(member)
         self.topics = Topics(config.app_id)
         self.router = Router(
-            log_, config.module, self.replies, self.topics, config.messages_partitions
+            log_,
+            config.module,
+            self.replies,
+            self.topics,
+            config.messages_partitions,
+            peers=self.peers,
         )
         self.kafka_clusters = KafkaClusters(log_, config.kafka)
-        self.egresses = Egresses(log_, self.topics, config.module, self.kafka_clusters)
+        self.egresses = Egresses(
+            log_, self.topics, config.module, self.kafka_clusters, member=member
+        )
         self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
         self.idempotency = IdempotencyKeys(
             config.idempotency_retention,
@@ -142,6 +157,7 @@ class RuntimeBase(abc.ABC):
             committed=self.committed,
             release=self._mark_released,
             read_floor=self._read_floor,
+            caller_partition=None if cluster is None else self.partition_of,
         )
         self.clients = FunctionClients(config.worker, transport)
         self.registry = StateSpecRegistry()
@@ -188,15 +204,42 @@ class RuntimeBase(abc.ABC):
     def _checkpoints_where(self) -> str:
         """Where checkpoints are kept, for the start-up summary."""
 
+    def partition_of(self, target: Address) -> int:
+        """The messages partition of ``target``."""
+        return partition_for(target, self.config.messages_partitions)
+
     def _read_floor(self, target: Address) -> tuple[int, int]:
         """The partition of ``target`` and the worker's read position there: a record
         appended for it from now on lands at or past that offset."""
-        partition = partition_for(target, self.config.messages_partitions)
+        partition = self.partition_of(target)
         worker = self.worker
         return partition, worker.position(partition) if worker is not None else 0
 
-    def state_of(self, address: Address) -> Mapping[str, TypedValue]:
+    def state_of(self, address: Address) -> Mapping[str, TypedValue] | None:
+        """The address's state here; None if this process cannot say now (a cluster
+        member restoring its partitions)."""
         return self.worker.state_of(address) if self.worker else {}
+
+    def cluster_status(self) -> ClusterStatus:
+        """The members, the partitions each owns, the coordinator, the generation and the
+        last completed checkpoint; alone, one member :data:`LOCAL_MEMBER` owning all."""
+        partitions = self.config.messages_partitions
+        view = self.cluster
+        if view is None:
+            url = f"http://{self.config.ingress_host}:{self.config.ingress_port}"
+            view = StaticView(
+                LOCAL_MEMBER, dict.fromkeys(range(partitions), LOCAL_MEMBER), {LOCAL_MEMBER: url}
+            )
+        last = self.last_checkpoint
+        return describe_cluster(
+            view,
+            partitions,
+            mode="single" if self.cluster is None else "cluster",
+            generation=self.clock.generation if self.clock else None,
+            last_checkpoint=None
+            if last is None
+            else checkpoint_status(last.checkpoint, last.generation, last.created_ms),
+        )
 
     def begin_shutdown(self) -> None:
         """Answer the calls waiting for replies now, so the ingress can stop promptly."""
@@ -363,8 +406,12 @@ class Runtime(RuntimeBase):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         cleanup: tempfile.TemporaryDirectory[str] | None = None,
+        cluster: ClusterView | None = None,
+        peer_transport: httpx.AsyncBaseTransport | None = None,
     ):
-        super().__init__(config, log_, transport=transport)
+        super().__init__(
+            config, log_, transport=transport, cluster=cluster, peer_transport=peer_transport
+        )
         self.store = store
         self._cleanup = cleanup
         self.coordinator = CheckpointCoordinator(store, log_, config.checkpoints)
@@ -402,9 +449,12 @@ class Runtime(RuntimeBase):
         transport: httpx.AsyncBaseTransport | None = None,
         log: Log | None = None,
         store: CheckpointStore | None = None,
+        cluster: ClusterView | None = None,
+        peer_transport: httpx.AsyncBaseTransport | None = None,
     ) -> Runtime:
         """Open the log and the store (:func:`open_log`, :func:`open_store`) unless given:
-        a launcher may open them itself and wrap them. Either way the runtime closes them."""
+        a launcher may open them itself and wrap them. Either way the runtime closes them.
+        ``cluster`` and ``peer_transport``: see :class:`RuntimeBase`."""
         log_ = log if log is not None else await open_log(config)
         cleanup = None
         try:
@@ -418,7 +468,15 @@ class Runtime(RuntimeBase):
             if cleanup is not None:
                 cleanup.cleanup()
             raise
-        return cls(config, log_, store, transport=transport, cleanup=cleanup)
+        return cls(
+            config,
+            log_,
+            store,
+            transport=transport,
+            cleanup=cleanup,
+            cluster=cluster,
+            peer_transport=peer_transport,
+        )
 
     # --- generations ------------------------------------------------------------------
 
@@ -457,7 +515,7 @@ class Runtime(RuntimeBase):
         clock = EpochClock(
             generation,
             max(checkpoint, epoch_floor) + 1,
-            self.config.app_id,
+            self.config.app_id if self.cluster is None else self.cluster.me,
             SkipRule(
                 generation, {r.generation: r.rolled_back_to for r in rollbacks}, below=skip_below
             ),
@@ -751,6 +809,7 @@ class Runtime(RuntimeBase):
         # The local store first: the clients of a stalled broker may need all that is left.
         for what, closing in (
             ("closing the function clients", self.clients.close()),
+            *((("closing the peer client", self.peers.close()),) if self.peers else ()),
             ("closing the checkpoint store", self.store.close()),
             ("closing the egresses", self.egresses.close()),
             ("closing the Kafka clusters", self.kafka_clusters.close()),

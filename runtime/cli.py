@@ -2,7 +2,8 @@
 
 ``statefun run --module module.yaml`` runs the runtime on the embedded log;
 ``statefun send ADDRESS VALUE`` and ``statefun call ADDRESS VALUE`` talk to a running
-runtime's ingress. Errors are one line on stderr and a non-zero exit status.
+runtime's ingress, ``statefun status`` shows its application's members. Errors are one
+line on stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ from urllib.parse import quote
 import httpx
 
 from runtime.checkpoints.coordinator import CheckpointConfig
-from runtime.config import DEFAULT_CALL_TIMEOUT, RuntimeConfig, WorkerConfig, default_of
+from runtime.config import (
+    DEFAULT_CALL_TIMEOUT,
+    ClusterConfig,
+    RuntimeConfig,
+    WorkerConfig,
+    default_of,
+)
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
 from statefun.module_spec import load_module_spec
 
 if TYPE_CHECKING:
-    from runtime.app import Runtime
+    from runtime.app import RuntimeBase
 
 DEFAULT_INGRESS = f"http://{default_of(RuntimeConfig, 'ingress_host')}:{default_of(RuntimeConfig, 'ingress_port')}"
 
@@ -67,6 +74,26 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BOOTSTRAP",
         help="keep the log in this Kafka cluster instead of the embedded log "
         "(default: $STATEFUN_KAFKA)",
+    )
+    run.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with --kafka: join application APP_ID as one of its processes (members), "
+        "which share its partitions and take one global checkpoint, kept in Kafka",
+    )
+    run.add_argument(
+        "--member-url",
+        metavar="URL",
+        help="with --cluster: the URL the other members reach this process's ingress at "
+        "(default: http://INGRESS_HOST:INGRESS_PORT, the host name if it binds 0.0.0.0)",
+    )
+    run.add_argument(
+        "--session-timeout",
+        type=_seconds,
+        default=default_of(ClusterConfig, "session_timeout"),
+        metavar="SECONDS",
+        help="with --cluster: how long a member may go silent before the others take its "
+        "partitions over (default: %(default)g)",
     )
     run.add_argument(
         "--app-id",
@@ -201,6 +228,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     checkpoints.add_argument("--json", action="store_true", help="print the answer as JSON")
 
+    status = commands.add_parser(
+        "status",
+        help="show the application's members and the partitions each owns",
+        description="Show the members of the application (id, URL, the partitions each "
+        "owns), the coordinator, the generation and the last completed checkpoint, as the "
+        "runtime at --ingress sees them.",
+    )
+    status.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _ingress_flag(status)
+
     functions = commands.add_parser(
         "functions",
         help="list the function types that are failing, unavailable or paused",
@@ -282,6 +319,12 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         raise CliError(f"invalid module spec: {e}", status=2) from None
     if not module.endpoints:
         raise CliError(f"{args.module} declares no function endpoint", status=2)
+    if args.cluster and not args.kafka:
+        raise CliError(
+            "--cluster needs --kafka: the members of an application meet there", status=2
+        )
+    if args.cluster and args.start_over:
+        raise CliError("--start-over is for a process alone, not with --cluster", status=2)
     return RuntimeConfig(
         module=module,
         module_file=args.module,
@@ -303,6 +346,14 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         checkpoints=CheckpointConfig(
             interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)
         ),
+        cluster=ClusterConfig(
+            enabled=args.cluster,
+            url=args.member_url,
+            session_timeout=args.session_timeout,
+            heartbeat_interval=min(
+                default_of(ClusterConfig, "heartbeat_interval"), args.session_timeout / 4
+            ),
+        ),
     )
 
 
@@ -319,17 +370,17 @@ def _configure_logging(level: str) -> None:
 
 def run(
     args: argparse.Namespace,
-    open_runtime: Callable[[RuntimeConfig], Awaitable[Runtime]] | None = None,
+    open_runtime: Callable[[RuntimeConfig], Awaitable[RuntimeBase]] | None = None,
 ) -> int:
     """``statefun run``; ``open_runtime`` replaces ``Runtime.open`` (a launcher that
     wraps the log or the store, as ``verifier.faulty_runtime`` does)."""
     # Imported here: the server stack takes a second to import, which send and call skip.
-    from runtime.app import Runtime
     from runtime.errors import ConfigurationError, LogError, StoreError
+    from runtime.launch import open_runtime as open_default
 
     _configure_logging(args.log_level)
     config = runtime_config(args)
-    opener = open_runtime or Runtime.open
+    opener = open_runtime or open_default
 
     async def main() -> None:
         runtime = await opener(config)
@@ -491,6 +542,49 @@ def _checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _request(args, "GET", "/v1/cluster")
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    last = answer["last_checkpoint"]
+    print(
+        f"{answer['mode']} mode, generation {answer['generation']}, last checkpoint "
+        + (
+            "none"
+            if last is None
+            else f"{last['id']} (generation {last['generation']}, {last['time']})"
+        )
+    )
+    print(f"coordinator {answer['coordinator'] or 'unknown'}")
+    rows = [("member", "url", "partitions")]
+    rows += [
+        (
+            m["id"] + (" (this one)" if m["me"] else ""),
+            m["url"] or "?",
+            _ranges(m["partitions"]),
+        )
+        for m in answer["members"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        print(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}")
+    if answer["unowned"]:
+        print(f"owned by nobody now: {_ranges(answer['unowned'])}")
+    return 0
+
+
 def _request(args: argparse.Namespace, method: str, path: str, **params: Any) -> Any:
     """The JSON answer of the ingress to ``method path``; a CliError for anything else."""
     url = f"{args.ingress.rstrip('/')}{path}"
@@ -592,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         "send": _send,
         "call": _call,
         "checkpoints": _checkpoints,
+        "status": _status,
         "functions": _functions,
         "pause": _pause,
         "resume": _pause,

@@ -167,9 +167,20 @@ class TransactionalKafkaWriter:
 
 
 class Egresses:
-    def __init__(self, log_: Log, topics: Topics, module: ModuleSpec, clusters: KafkaClusters):
+    def __init__(
+        self,
+        log_: Log,
+        topics: Topics,
+        module: ModuleSpec,
+        clusters: KafkaClusters,
+        *,
+        member: str | None = None,
+    ):
+        """``member``: this process's member id in a cluster: its Kafka transactions and
+        their markers are its own, so members never fence each other."""
         self._log = log_
         self._topics = topics
+        self._member = member
         self._clusters = clusters
         self._log_topics = {
             e.id: topics.egress(e.id) for e in module.egresses if isinstance(e, LogEgress)
@@ -203,14 +214,15 @@ class Egresses:
                 self._kafka.update((s.id, writer) for s in loose)
             exact = [s for s in specs if s.id in self._exactly_once]
             if exact:
-                # One transactional id per application and cluster: a restarted runtime
-                # fences the one before it. The longest transaction timeout asked for on
-                # the cluster applies to all its exactly-once egresses.
+                # One transactional id per application (per member in a cluster) and
+                # Kafka cluster: a restarted runtime fences the one before it. The longest
+                # transaction timeout asked for on the cluster applies to all its
+                # exactly-once egresses.
                 timeouts = [s.transaction_timeout for s in exact if s.transaction_timeout]
                 txn = TransactionalKafkaWriter(
                     cluster,
-                    f"{self._topics.app_id}-egress-{transactional}",
-                    self._topics.egress_markers(transactional),
+                    self._topics.egress_transactional_id(transactional, self._member),
+                    self._topics.egress_markers(transactional, self._member),
                     max(timeouts, default=None),
                 )
                 await txn.start()
@@ -323,7 +335,9 @@ class EgressOutbox:
 
     A checkpoint participant (part ``egress``): its part is every exactly-once record not
     yet published, so a restore publishes them again if they were not out. Ids are
-    ``<generation>.<epoch>.<serial>``, unique within the application. Publications run
+    ``<generation>.<epoch>.<producer>.<serial>``, unique within the application: the
+    producer is the clock's (the application id, or in a cluster the member id, so two
+    members never give one id). Publications run
     one after another, each taking every held record of its checkpoint or earlier, so a
     checkpoint is never noted as published while an earlier one's records are not out. A
     Kafka egress that fails is tried again with the next commit (its records stay held);
@@ -382,7 +396,10 @@ class EgressOutbox:
         self._serial += 1
         clock = self._clock
         item = EgressItem(
-            f"{clock.generation}.{clock.epoch}.{self._serial}", egress_id, argument, clock.epoch
+            f"{clock.generation}.{clock.epoch}.{clock.producer}.{self._serial}",
+            egress_id,
+            argument,
+            clock.epoch,
         )
         if self._egresses.exactly_once(egress_id):
             self._held.append(item)

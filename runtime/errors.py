@@ -10,11 +10,13 @@ Everything the runtime raises on purpose derives from :class:`StatefunRuntimeErr
     │   │   ├── DataDirectoryInUse
     │   │   └── CheckpointStoreInUse
     │   ├── NoKafkaCluster        a Kafka ingress or egress names no cluster and --kafka is unset
+    │   ├── ModuleMismatch        the process runs another module than its application
     │   └── IngressBindFailed     the ingress cannot listen on its host and port
     ├── LogError                  the log failed to make records durable, or to read them;
     │   │                         retryable: a new generation reopens the log
     │   ├── UnknownTopicError
     │   └── TopicMismatchError
+    ├── MembershipError           this process could not join its application's group
     ├── StoreError                the checkpoint store failed to read or write; retryable
     │   └── StoreDamaged          a file of the store, or a snapshot's records in the partition
     │                             checkpoint store, is damaged: not retryable, the message
@@ -25,6 +27,7 @@ Everything the runtime raises on purpose derives from :class:`StatefunRuntimeErr
     ├── IdempotencyConflict       an Idempotency-Key was used before for another request
     ├── StateSpecConflict         a function declared a registered state with another type
     ├── MalformedEnvelope         a record of the messages log is not an envelope
+    ├── MalformedDecision         a record of the decision log is not a decision
     └── ShuttingDown              the runtime is stopping; calls waiting for replies end
 
 Which errors a caller handles: a :class:`ConfigurationError` or :class:`StoreDamaged`
@@ -47,7 +50,10 @@ __all__ = [
     "IdempotencyConflict",
     "IngressBindFailed",
     "LogError",
+    "MalformedDecision",
     "MalformedEnvelope",
+    "MembershipError",
+    "ModuleMismatch",
     "NoKafkaCluster",
     "ShuttingDown",
     "StateSpecConflict",
@@ -83,6 +89,11 @@ class NoKafkaCluster(ConfigurationError):
     """A Kafka ingress or egress names no cluster, and the runtime has none (``--kafka``)."""
 
 
+class ModuleMismatch(ConfigurationError):
+    """The process runs another module than the application it would join (its
+    fingerprint differs from the one the application's decision log began with)."""
+
+
 class IngressBindFailed(ConfigurationError):
     """The ingress cannot listen on its host and port (taken, or not this machine's)."""
 
@@ -97,6 +108,10 @@ class UnknownTopicError(LogError):
 
 class TopicMismatchError(LogError):
     """The topic exists with another partition count than the one asked for."""
+
+
+class MembershipError(StatefunRuntimeError):
+    """This process could not join its application's group (``<app>-members``)."""
 
 
 class StoreError(StatefunRuntimeError):
@@ -140,5 +155,14 @@ class MalformedEnvelope(StatefunRuntimeError, ValueError):
     """A record in the messages log is not an envelope."""
 
 
+class MalformedDecision(StatefunRuntimeError, ValueError):
+    """A record in the decision log is not a decision this runtime can read."""
+
+
 class ShuttingDown(StatefunRuntimeError):
     """The runtime is stopping; calls waiting for replies are answered now."""
+
+
+class PeerUnreachable(StatefunRuntimeError):
+    """Another member of the application did not answer a forwarded request (it may be
+    gone: the cluster's view is changing)."""

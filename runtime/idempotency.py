@@ -7,7 +7,10 @@ the answer (partition and offset, and for a call its reply) is remembered for th
 retention window. A later request with the same key gets that answer without appending
 anything; the same key on a different request is refused (422). A call's caller address
 is derived from its key, so a retry waits for the same reply, even one that a replay
-produces after a restart.
+produces after a restart. In a cluster it also names the partition of the call's
+target (``<partition>.key-<digest>``): the partition's owner checks the key and holds
+the call (the ingress forwards keyed requests to it), so the reply goes to whoever owns
+the partition when it is produced, the new owner after a handover included.
 
 :class:`IdempotencyKeys` is the whole guarantee behind one API. The ingress calls
 :meth:`~IdempotencyKeys.begin` (the key claimed, or the earlier answer), then
@@ -78,6 +81,8 @@ class KeyedRequest:
     key: str
     fingerprint: bytes
     earlier: Answer | None
+    home: int | None = None
+    """The partition its caller address names (in a cluster), or None."""
 
     @property
     def headers(self) -> tuple[tuple[str, bytes], ...]:
@@ -88,7 +93,7 @@ class KeyedRequest:
     @property
     def caller(self) -> Address:
         """The caller address of a call with this key: the same for every retry."""
-        return caller_for(self.key)
+        return caller_for(self.key, self.home)
 
 
 def fingerprint(path: str, query: str, content_type: str | None, body: bytes) -> bytes:
@@ -108,9 +113,12 @@ def check_key(key: str) -> str | None:
     return None
 
 
-def caller_for(key: str) -> Address:
+def caller_for(key: str, partition: int | None = None) -> Address:
+    """The caller address of calls with ``key``; naming ``partition`` if given (a cluster's
+    owner of that partition holds them: see ``runtime.replies.caller_home``)."""
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-    return Address(INGRESS_CALLER_TYPE.namespace, INGRESS_CALLER_TYPE.name, f"key-{digest}")
+    id_ = f"key-{digest}" if partition is None else f"{partition}.key-{digest}"
+    return Address(INGRESS_CALLER_TYPE.namespace, INGRESS_CALLER_TYPE.name, id_)
 
 
 # --- the table's rows in the checkpoint store ---------------------------------------------
@@ -183,13 +191,16 @@ class IdempotencyKeys:
         release: Callable[[int, str], Awaitable[None]] | None = None,
         now_ms: Callable[[], int] = _wall_ms,
         read_floor: Callable[[Address], tuple[int, int]] = lambda target: (0, 0),
+        caller_partition: Callable[[Address], int] | None = None,
     ):
         """``replies``: the ingress's waiting calls (keyed calls wait there, and every
         reply they see is offered to the table); ``committed``: whether work of a tag is
         in a completed checkpoint; ``release``: marks the checkpoint covering an epoch as
         released (``CheckpointStore.mark_released``); ``now_ms``: the wall clock;
         ``read_floor``: the partition of a target and an offset no record appended for it
-        from now on can be below (the worker's read position there)."""
+        from now on can be below (the worker's read position there);
+        ``caller_partition``: in a cluster, the partition of a target, which the caller
+        addresses of keyed calls name."""
         self.retention_ms = int(retention * 1000)
         self._replies = replies or ReplyWaiters()
         self._replies.on_reply = self.reply
@@ -199,6 +210,7 @@ class IdempotencyKeys:
         self._accepted: dict[str, Answer] = {}
         self._pending: dict[str, asyncio.Future[Answer | None]] = {}
         self._read_floor = read_floor
+        self._caller_partition = caller_partition
         self._pending_floors: dict[str, tuple[int, int]] = {}
         """Where the record of each key held (begun, not yet accepted) can be, at the
         lowest: a checkpoint taken meanwhile may have read past it without the key."""
@@ -223,6 +235,7 @@ class IdempotencyKeys:
         or holding the key (then :meth:`accepted` or :meth:`abandoned` must follow).
         Concurrent requests with one key wait for the first to finish;
         :class:`IdempotencyConflict` if the key was used for a different request."""
+        home = None if self._caller_partition is None else self._caller_partition(target)
         while True:
             found = self._accepted.get(key)
             if found is not None:
@@ -230,12 +243,12 @@ class IdempotencyKeys:
                     raise IdempotencyConflict(
                         f"Idempotency-Key {key!r} was used for a different request"
                     )
-                return KeyedRequest(key, print_, found)
+                return KeyedRequest(key, print_, found, home)
             pending = self._pending.get(key)
             if pending is None:
                 self._pending[key] = asyncio.get_running_loop().create_future()
                 self._pending_floors[key] = self._read_floor(target)
-                return KeyedRequest(key, print_, None)
+                return KeyedRequest(key, print_, None, home)
             await asyncio.shield(pending)
 
     def accepted(
@@ -383,6 +396,15 @@ class IdempotencyKeys:
             if a.reply_tag is not None and not skip.accepts(a.reply_tag):
                 a = dataclasses.replace(a, reply=None, reply_tag=None)
             since[key] = a
+        if self._caller_partition is not None:
+            # A checkpoint's rows say only that a key was a call: its caller names the
+            # partition where its record is.
+            table = {
+                key: a
+                if a.caller is None
+                else dataclasses.replace(a, caller=caller_for(key, a.partition))
+                for key, a in table.items()
+            }
         self._accepted = dict(table)
         self._by_caller = {a.caller: key for key, a in table.items() if a.caller is not None}
         self._expiry = [(a.accepted_ms, key) for key, a in table.items()]

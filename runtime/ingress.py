@@ -4,8 +4,20 @@
 it is durable; ``POST /v1/call/...`` also waits for the reply; ``GET /v1/state/...``
 shows an address's state; ``GET /v1/egress/{namespace}/{name}`` reads an embedded
 egress; ``GET /health`` says the process serves, ``GET /ready`` whether it can take and
-process messages. Every error is JSON ``{"error": code, "detail": message}`` (see
-``runtime.ingress_errors``), and a rejected request leaves nothing in the log.
+process messages; ``GET /v1/cluster`` shows the members of the application (one,
+``local``, for a process alone). Every error is JSON ``{"error": code, "detail":
+message}`` (see ``runtime.ingress_errors``), and a rejected request leaves nothing in
+the log.
+
+In a cluster (``runtime.peers`` set) every member serves any request. A POST with an
+``Idempotency-Key`` and a state read are forwarded to the member owning the target's
+partition, which checks keys and holds the state; the answer is passed on as it came.
+A POST without a key is served here: its message is appended to the target's
+partition, and a call's reply comes back here (``POST /v1/internal/replies``, from
+the member that produced it; see ``runtime.cluster.peers``). While nobody owns the
+partition, or when a forwarded request reaches a member that does not own it either
+(the cluster is changing; never forwarded twice), the answer is 503 with
+``Retry-After``.
 
 An address is read from the raw path: the namespace and the type are one segment each,
 the id is the rest of the path (it may contain ``/``). A namespace or type that decodes
@@ -25,16 +37,18 @@ from urllib.parse import unquote
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime import ingress_errors
+from runtime.cluster.peers import FORWARDED_HEADER, REPLIES_PATH, PeerRequest, decode_reply
 from runtime.config import DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT
 from runtime.dead_letters import DISCARDED, PARKED, REPLAYED, DeadLetter
-from runtime.errors import BadInput, IdempotencyConflict, ShuttingDown
+from runtime.errors import BadInput, IdempotencyConflict, PeerUnreachable, ShuttingDown
 from runtime.health import FunctionTypeHealth
 from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import KeyedRequest, check_key, fingerprint
+from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError
 from statefun.values import TypedValue
@@ -46,10 +60,24 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 """Set on the answer to a retried request (a known Idempotency-Key): nothing was appended."""
 CONSISTENCY_HEADER = "X-Statefun-Consistency"
 """Says whether a /v1/call reply comes from committed work or may be rolled back."""
+FORWARD_TIMEOUT = 30.0
+"""Seconds a member waits for the owner's answer to a forwarded request other than a call."""
+FORWARD_MARGIN = 5.0
+"""Seconds a member waits for the owner's answer to a forwarded call beyond its timeout."""
+CLUSTER_RETRY_AFTER = 1
+"""Seconds a client is told to wait while the cluster's ownership of a partition changes."""
 
 
 def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+
+
+def _retry_later(error: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "detail": detail},
+        status_code=503,
+        headers={"Retry-After": str(CLUSTER_RETRY_AFTER)},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +102,14 @@ def _address(namespace: str, type_: str, id_: str) -> Address:
         raise _Rejected(_error(400, "bad_address", str(e))) from None
 
 
+def _raw_path(request: Request) -> bytes:
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    return raw
+
+
 def _path_address(request: Request) -> Address:
     """The address of a ``/v1/<route>/{namespace}/{type}/{id}`` request, from its raw path."""
-    raw = request.scope.get("raw_path") or request.url.path.encode()
+    raw = _raw_path(request)
     segments = raw.decode("latin-1").split("/")[3:]  # after "", "v1", the route
     try:
         namespace, type_, *id_segments = (unquote(s, errors="strict") for s in segments)
@@ -182,6 +215,7 @@ def _function_health(f: FunctionTypeHealth) -> dict[str, Any]:
 def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     app = FastAPI(title="statefun runtime ingress", docs_url=None, redoc_url=None)
     ingress_errors.install(app, runtime)
+    peers = runtime.peers
 
     @app.exception_handler(_Rejected)
     async def rejected(_: Request, exc: _Rejected) -> JSONResponse:
@@ -218,6 +252,62 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             print_ = fingerprint(request.url.path, request.url.query, content_type, body)
         return Accepted(target, value, key, print_)
 
+    async def owners_answer(request: Request, target: Address, within: float) -> Response | None:
+        """In a cluster, the answer of the member owning ``target``'s partition if that is
+        another member (the request forwarded there, its answer awaited ``within``
+        seconds); None to serve the request here."""
+        if peers is None:
+            return None
+        view = peers.view
+        owner = view.owner(runtime.partition_of(target))
+        if owner == view.me:
+            return None
+        if owner is None:
+            raise _Rejected(
+                _retry_later(
+                    "no_owner",
+                    f"no member owns the partition of {target} now (the cluster is changing)",
+                )
+            )
+        sender = request.headers.get(FORWARDED_HEADER)
+        if sender is not None:
+            raise _Rejected(
+                _retry_later(
+                    "not_owner",
+                    f"{sender} forwarded this request here, but {owner} owns the partition "
+                    f"of {target} (the cluster is changing)",
+                )
+            )
+        body = b""
+        if request.method == "POST":
+            body = await _body(request, runtime.config.worker.max_message_bytes)
+        forwarded = PeerRequest(
+            request.method,
+            _raw_path(request),
+            request.scope.get("query_string", b""),
+            tuple(request.headers.items()),
+            body,
+            within,
+        )
+        try:
+            answer = await peers.forward(owner, forwarded)
+        except PeerUnreachable as e:
+            raise _Rejected(_retry_later("owner_unreachable", str(e))) from None
+        response = Response(answer.body, status_code=answer.status)
+        for name, value in answer.headers:
+            response.headers.append(name, value)
+        return response
+
+    async def keyed_elsewhere(request: Request, within: float) -> Response | None:
+        """The owner's answer to a POST with an Idempotency-Key, if another member owns
+        its target's partition: keys are checked there."""
+        key = request.headers.get("idempotency-key")
+        if peers is None or key is None:
+            return None
+        if (problem := check_key(key)) is not None:
+            raise _Rejected(_error(400, "bad_idempotency_key", problem))
+        return await owners_answer(request, _path_address(request), within)
+
     async def keyed(accepted: Accepted) -> KeyedRequest | None:
         """The request's Idempotency-Key, with the answer of an earlier request with it."""
         if accepted.key is None:
@@ -249,9 +339,11 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     # FastAPI's parameter machinery costs more than the rest of the request here.
 
     @app.post("/v1/messages/{namespace}/{type_}/{id_:path}", status_code=202)
-    async def post_message(request: Request) -> JSONResponse:
+    async def post_message(request: Request) -> Response:
         """Append a message for the address; 202 once it is durable. Query: ``type``.
         Header ``Idempotency-Key``: a retry returns the first answer, appending nothing."""
+        if (forwarded := await keyed_elsewhere(request, FORWARD_TIMEOUT)) is not None:
+            return forwarded
         accepted = await accept(request)
         key = await keyed(accepted)
         if key is not None and (before := key.earlier) is not None:
@@ -264,7 +356,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         return JSONResponse({"partition": partition, "offset": offset}, status_code=202)
 
     @app.post("/v1/call/{namespace}/{type_}/{id_:path}")
-    async def call(request: Request) -> JSONResponse:
+    async def call(request: Request) -> Response:
         """Send a message and answer with the first message sent to the call's caller
         address. Query: ``type``, ``timeout`` (seconds, default 30, at most 300),
         ``consistency`` (``uncommitted``, the default: answer at once; ``committed``:
@@ -273,6 +365,8 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         timeout = _timeout(request.query_params.get("timeout"))
         committed = _consistency(request.query_params.get("consistency"))
         consistency = {CONSISTENCY_HEADER: "committed" if committed else "uncommitted"}
+        if (forwarded := await keyed_elsewhere(request, timeout + FORWARD_MARGIN)) is not None:
+            return forwarded
         accepted = await accept(request)
         key = await keyed(accepted)
         before = None if key is None else key.earlier
@@ -323,7 +417,8 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         return JSONResponse(value_to_json(answer), headers=headers)
 
     @app.get("/v1/state/{namespace}/{type_}/{id_:path}")
-    async def state(request: Request) -> JSONResponse:
+    async def state(request: Request) -> Response:
+        """The address's state, from the member owning it."""
         address = _path_address(request)
         if runtime.module.endpoint_for(address.function_type) is None:
             return _error(
@@ -331,7 +426,13 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
                 "unknown_function_type",
                 f"no endpoint in the module spec serves {address.function_type}",
             )
+        if (forwarded := await owners_answer(request, address, FORWARD_TIMEOUT)) is not None:
+            return forwarded
         values = runtime.state_of(address)
+        if values is None:
+            return _retry_later(
+                "restoring", f"the partition of {address} is being restored here; try again"
+            )
         return JSONResponse({"state": {name: value_to_json(v) for name, v in values.items()}})
 
     @app.get("/v1/egress/{namespace}/{name}")
@@ -479,6 +580,27 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
                 ],
             }
         )
+
+    @app.get("/v1/cluster")
+    async def cluster() -> JSONResponse:
+        """The members, the partitions each owns, the coordinator, the generation and the
+        last completed checkpoint (see ``runtime.cluster.status``)."""
+        return JSONResponse(runtime.cluster_status())
+
+    if peers is not None:
+
+        @app.post(REPLIES_PATH, status_code=204)
+        async def deliver_reply(request: Request) -> Response:
+            """A reply another member produced for a call waiting here."""
+            body = await _body(request, 2 * runtime.config.worker.max_message_bytes)
+            try:
+                address, value, tag = decode_reply(body)
+            except BadInput as e:
+                return _error(e.status, e.error, e.detail)
+            if address.function_type != INGRESS_CALLER_TYPE:
+                return _error(400, "bad_reply", f"{address} is not a caller address")
+            runtime.replies.deliver(address, value, tag)
+            return Response(status_code=204)
 
     @app.get("/health")
     async def health() -> JSONResponse:

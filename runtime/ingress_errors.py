@@ -4,6 +4,7 @@
 * While the runtime cannot take messages (its log or checkpoint store failing, or no
   generation running while it rolls back), every POST is answered ``503 unavailable``
   with ``Retry-After``: the seconds until the runtime next tries to heal (at least 1).
+  Replies other members deliver are taken still: they append nothing.
 * A request whose write to the log fails is answered ``503`` too: its message may or
   may not have been accepted, which a retry with an ``Idempotency-Key`` settles.
 * An unexpected exception is answered ``500 internal``, its traceback logged once.
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.cluster.peers import REPLIES_PATH
 from runtime.errors import LogError, StoreError
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,11 @@ class ErrorBoundary:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST" and (down := self.availability.unavailable()) is not None:
+        if (
+            scope["method"] == "POST"
+            and scope["path"] != REPLIES_PATH
+            and (down := self.availability.unavailable()) is not None
+        ):
             reason, retry = down
             await _send_json(
                 send,

@@ -5,6 +5,12 @@ sent to it (a ``reply`` from the called function, or a ``send`` from anywhere fu
 down a chain) completes the waiting request. Messages to a caller that has stopped
 waiting are dropped: its HTTP client already got its timeout answer.
 
+In a cluster every caller address names where its reply goes (see :func:`caller_home`):
+the member holding the HTTP request (``<member>.<random>-<n>``), or, for a call with an
+idempotency key, the partition of its target (``<partition>.key-<digest>``), whose
+owner checks the key and holds the request, whoever owns it by the time the reply is
+produced. Without a member id (one process) the address names nothing: it is local.
+
 A call may ask for a *committed* reply: the reply is held until the checkpoint of the
 epoch that produced it commits, so rolled-back work can never answer a call (replay
 produces the reply again). Otherwise the first reply answers at once.
@@ -20,10 +26,27 @@ from dataclasses import dataclass
 
 from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import SkipRule, Tag
-from runtime.errors import ShuttingDown
+from runtime.errors import ConfigurationError, ShuttingDown
 from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import Address
 from statefun.values import TypedValue
+
+
+def caller_home(address: Address) -> str | int | None:
+    """Where a reply to the caller address ``address`` goes: a member id, the partition
+    whose owner holds the call, or None (no home named: the process that produced it)."""
+    head, dot, _ = address.id.partition(".")
+    if not dot:
+        return None
+    return int(head) if head.isdigit() else head
+
+
+def check_member_id(member: str) -> None:
+    """Refuse a member id a caller address could not name unambiguously."""
+    if not member or "." in member or member.isdigit():
+        raise ConfigurationError(
+            f"member id {member!r} must be non-empty, without '.', and not only digits"
+        )
 
 
 @dataclass(slots=True)
@@ -40,9 +63,13 @@ class ReplyWaiters:
 
     name = "replies"
 
-    def __init__(self) -> None:
+    def __init__(self, member: str | None = None) -> None:
+        """``member``: this process's member id in a cluster; its caller addresses name it."""
         # Unique across restarts of the process, so a late reply can never reach a new caller.
         self._prefix = os.urandom(6).hex()
+        if member is not None:
+            check_member_id(member)
+            self._prefix = f"{member}.{self._prefix}"
         self._ids = itertools.count()
         self._waiting: dict[Address, _Waiter] = {}
         self._closed = False

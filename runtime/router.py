@@ -1,7 +1,8 @@
 """The router: where a message (from a function, an ingress or a timer) goes.
 
 Messages to function addresses are appended to the messages log, on the partition of
-their target; messages to an ingress caller complete the waiting HTTP call. The worker
+their target; messages to an ingress caller complete the waiting HTTP call, here or, in a
+cluster, at the member holding it (see ``runtime.replies.caller_home``). The worker
 asks the router about routability before applying anything, so a result with an
 unroutable message is refused whole.
 """
@@ -9,26 +10,39 @@ unroutable message is refused whole.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from runtime.checkpoints.epochs import Tag
+from runtime.cluster.peers import Peers
 from runtime.envelope import Envelope
 from runtime.log import Log
-from runtime.replies import ReplyWaiters
+from runtime.replies import ReplyWaiters, caller_home
 from runtime.routing import INGRESS_CALLER_TYPE, Topics, partition_for
 from statefun.address import Address
 from statefun.module_spec import ModuleSpec
 from statefun.values import TypedValue
 
+logger = logging.getLogger(__name__)
+
 
 class Router:
     def __init__(
-        self, log: Log, module: ModuleSpec, replies: ReplyWaiters, topics: Topics, partitions: int
+        self,
+        log: Log,
+        module: ModuleSpec,
+        replies: ReplyWaiters,
+        topics: Topics,
+        partitions: int,
+        *,
+        peers: Peers | None = None,
     ):
+        """``peers``: the other members of the cluster (None: this process is alone)."""
         self._log = log
         self._module = module
         self._replies = replies
         self.topics = topics
         self._partitions = partitions
+        self._peers = peers
 
     @property
     def partitions(self) -> int:
@@ -55,9 +69,26 @@ class Router:
         """Route a message; the append's future, or None if it completed an ingress call.
         ``tag`` is the producer's epoch tag header (None for input from outside)."""
         if target.function_type == INGRESS_CALLER_TYPE:
-            self._replies.deliver(target, argument, Tag.from_headers((tag,)) if tag else None)
+            self._reply(target, argument, Tag.from_headers((tag,)) if tag else None)
             return None
         return self.append(target, caller, argument, tag=tag)[1]
+
+    def _reply(self, caller: Address, value: TypedValue, tag: Tag | None) -> None:
+        """Complete a call: here, or at the member its caller address names."""
+        peers = self._peers
+        home = None if peers is None else caller_home(caller)
+        if peers is None or home is None:
+            self._replies.deliver(caller, value, tag)
+            return
+        view = peers.view
+        member = view.owner(home) if isinstance(home, int) else home
+        if member == view.me:
+            self._replies.deliver(caller, value, tag)
+        elif member is None:
+            # Ownership is changing: a rollback follows, whose replay sends it again.
+            logger.debug("reply to %s dropped: partition %s has no owner now", caller, home)
+        else:
+            peers.deliver_reply(member, caller, value, tag)
 
     def append(
         self,

@@ -61,10 +61,20 @@ class Topics:
     def consumer_group(self) -> str:
         return self.app_id
 
-    def egress_markers(self, cluster: int) -> str:
+    def egress_markers(self, cluster: int, member: str | None = None) -> str:
         """The marker topic of the exactly-once Kafka egresses on the ``cluster``-th Kafka
-        cluster the module names (see ``runtime.log.kafka_transactions``)."""
-        return f"{self.app_id}-egress-published-{cluster}"
+        cluster the module names (see ``runtime.log.kafka_transactions``); in a cluster of
+        runtimes, one per ``member``."""
+        if member is None:
+            return f"{self.app_id}-egress-published-{cluster}"
+        return f"{self.app_id}-egress-published-{cluster}-{member}"
+
+    def egress_transactional_id(self, cluster: int, member: str | None = None) -> str:
+        """The Kafka transactional id of the exactly-once egresses on the ``cluster``-th
+        Kafka cluster; in a cluster of runtimes, one per ``member``."""
+        if member is None:
+            return f"{self.app_id}-egress-{cluster}"
+        return f"{self.app_id}-egress-{cluster}-{member}"
 
     def egress(self, egress_id: TypeName) -> str:
         """The topic of an embedded egress (ids differing only in characters Kafka does not

@@ -205,7 +205,7 @@ class Worker:
         if restored:
             for unserved in self.dispatcher.restore(restored.pending, restored.overflow):
                 self._park_pending(unserved)
-            self._replay_ends = dict(log_ends)
+            self._replay_ends = {p: e for p, e in log_ends.items() if p in self._positions}
             self._timers.hold(self._may_fire)
             self._timers.restore(restored.timers)
         self._tasks = [

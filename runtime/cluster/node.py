@@ -35,18 +35,17 @@ every membership change is a rollback of the whole application to its last check
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
+import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
-from runtime.app import RuntimeBase, _bounded
+from runtime.app import RuntimeBase, _bounded, open_log
 from runtime.checkpoints.epochs import EpochClock, Tag
 from runtime.checkpoints.snapshot import (
     EGRESS_PART,
@@ -83,11 +82,12 @@ from runtime.errors import ConfigurationError, LogError
 from runtime.idempotency import decode_floors, decode_rows, encode_floors, encode_rows
 from runtime.kafka_ingress import KafkaIngressReader
 from runtime.log import Log
-from runtime.routing import partition_for
+from runtime.routing import Topics, partition_for
 from runtime.state import StateStore
 from runtime.worker import Worker
 from statefun.address import Address, TypeName
 from statefun.module_spec import ModuleSpec
+from statefun.values import TypedValue
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,53 @@ def module_fingerprint(module: ModuleSpec) -> str:
     return hashlib.sha256(repr(module).encode()).hexdigest()[:16]
 
 
+def member_url(config: RuntimeConfig) -> str:
+    """The URL other members reach this process's ingress at, by default: its bind address,
+    or the host name when it binds every interface."""
+    host = config.ingress_host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://{host}:{config.ingress_port}"
+
+
 def _stored_manifest(m: Manifest) -> StoredManifest:
     return StoredManifest(
-        m.checkpoint, m.generation, m.created_ms, m.duration_ms, m.size_bytes, m.addresses, m.released
+        m.checkpoint,
+        m.generation,
+        m.created_ms,
+        m.duration_ms,
+        m.size_bytes,
+        m.addresses,
+        m.released,
     )
+
+
+class DecisionView:
+    """The members of the application as the decision log's current generation has them:
+    a :class:`~runtime.cluster.peers.ClusterView` for the router and the ingress."""
+
+    def __init__(self, me: str, decisions: DecisionLog):
+        self._me = me
+        self._decisions = decisions
+
+    @property
+    def me(self) -> str:
+        return self._me
+
+    def owner(self, partition: int) -> str | None:
+        begin = self._decisions.state.begin
+        return None if begin is None else begin.owners.get(partition)
+
+    def url(self, member: str) -> str | None:
+        begin = self._decisions.state.begin
+        return None if begin is None else begin.members.get(member)
+
+    def members(self) -> Sequence[str]:
+        begin = self._decisions.state.begin
+        return () if begin is None else sorted(begin.members)
+
+    def coordinator(self) -> str | None:
+        return self._decisions.state.coordinator
 
 
 class ClusterRecords(ApplicationRecords):
@@ -136,6 +179,16 @@ class ClusterRecords(ApplicationRecords):
 
     async def set_paused(self, function_type: TypeName, paused: bool) -> None:
         await self._decisions.decide(Pause(str(function_type), paused))
+
+
+@dataclass(frozen=True, slots=True)
+class _Beginning:
+    """A valid Begin, with what the fold said when it applied: the checkpoint it rolls
+    back to and the first epoch of its generation (above every checkpoint taken before)."""
+
+    begin: Begin
+    manifest: Manifest | None
+    first_epoch: int
 
 
 @dataclass(slots=True)
@@ -174,33 +227,33 @@ class ClusterRuntime(RuntimeBase):
         *,
         url: str,
         transport: httpx.AsyncBaseTransport | None = None,
+        peer_transport: httpx.AsyncBaseTransport | None = None,
     ):
         member = f"m-{os.urandom(4).hex()}"
-        super().__init__(config, log_, transport=transport, member=member)
+        decisions = DecisionLog(
+            log_, Topics(config.app_id).decisions, retain=config.checkpoints.retain
+        )
+        super().__init__(
+            config,
+            log_,
+            transport=transport,
+            cluster=DecisionView(member, decisions),
+            peer_transport=peer_transport,
+        )
         self.member = Member(member, url)
         self.fingerprint = module_fingerprint(config.module)
-        self.decisions = DecisionLog(log_, self.topics.decisions, retain=config.checkpoints.retain)
+        self.decisions = decisions
         self.partition_store = PartitionStore(log_, config.app_id, config.messages_partitions)
         self._records = ClusterRecords(self.decisions)
-        assert config.kafka is not None
-        self.membership = Membership(
-            config.kafka,
-            config.app_id,
-            self.member,
-            partitions=config.messages_partitions,
-            ingress_topics={},
-            on_view=self._view_changed,
-            session_timeout=config.cluster.session_timeout,
-            heartbeat_interval=config.cluster.heartbeat_interval,
-            kafka_options=config.kafka_options,
-        )
+        self.membership: Membership | None = None
         self.cluster_coordinator = ClusterCoordinator(
-            self.decisions, config.checkpoints, member, on_unused_segments=self._drop_segments
+            decisions, member, self.fingerprint, config.checkpoints
         )
+        self.cluster_coordinator.on_segments_unneeded = self._drop_segments
         self._view: View | None = None
         self._generation_begun: asyncio.Event = asyncio.Event()
         self._owned: tuple[int, ...] = ()
-        self._target: Effect | None = None
+        self._target: _Beginning | None = None
         """The newest valid Begin not yet acted on."""
         self._switching: asyncio.Task[None] | None = None
         self._captured: dict[int, _Captured] = {}
@@ -210,7 +263,7 @@ class ClusterRuntime(RuntimeBase):
         self._last: Manifest | None = None
         self._failing: asyncio.Task[None] | None = None
         self._reconciling: asyncio.Task[None] | None = None
-        self._unsubscribe = lambda: None
+        self._unsubscribe: Callable[[], None] = lambda: None
         log_.on_failure(self._log_failed)
 
     @classmethod
@@ -218,14 +271,20 @@ class ClusterRuntime(RuntimeBase):
         cls,
         config: RuntimeConfig,
         *,
-        url: str,
         transport: httpx.AsyncBaseTransport | None = None,
+        peer_transport: httpx.AsyncBaseTransport | None = None,
         log: Log | None = None,
     ) -> ClusterRuntime:
-        from runtime.app import open_log
-
+        """Open the log (unless given) and make a member of it; its peer URL is
+        ``config.cluster.url``, or the ingress's address."""
         log_ = log if log is not None else await open_log(config)
-        return cls(config, log_, url=url, transport=transport)
+        return cls(
+            config,
+            log_,
+            url=config.cluster.url or member_url(config),
+            transport=transport,
+            peer_transport=peer_transport,
+        )
 
     # --- what the base asks -------------------------------------------------------------
 
@@ -252,7 +311,9 @@ class ClusterRuntime(RuntimeBase):
         if tag.generation != clock.generation:
             return clock.skip.accepts(tag)
         last = self._last
-        return last is not None and last.generation == tag.generation and tag.epoch <= last.checkpoint
+        return (
+            last is not None and last.generation == tag.generation and tag.epoch <= last.checkpoint
+        )
 
     def unavailable(self) -> tuple[str, float] | None:
         problems = self.health.problems()
@@ -262,19 +323,21 @@ class ClusterRuntime(RuntimeBase):
             return None
         return "; ".join(f"{c}: {r}" for c, r in problems.items()), 1.0
 
+    def state_of(self, address: Address) -> Mapping[str, TypedValue] | None:
+        worker, clock = self.worker, self.clock
+        if (
+            worker is None
+            or clock is None
+            or clock.generation != self.decisions.state.generation
+            or self.partition_of(address) not in self._owned
+        ):
+            return None
+        return worker.state_of(address)
+
     @property
     def owned(self) -> tuple[int, ...]:
         """The messages partitions this member owns in the generation it runs."""
         return self._owned
-
-    def owner_of(self, partition: int) -> str | None:
-        """The member that owns ``partition`` in the current generation (None: none begun)."""
-        begin = self.decisions.state.begin
-        return None if begin is None else begin.owners.get(partition)
-
-    def url_of(self, member: str) -> str | None:
-        begin = self.decisions.state.begin
-        return None if begin is None else begin.members.get(member)
 
     # --- starting ---------------------------------------------------------------------
 
@@ -293,6 +356,23 @@ class ClusterRuntime(RuntimeBase):
                 "process of an application with the same module"
             )
         self._unsubscribe = self.decisions.subscribe(self._decided)
+        self.cluster_coordinator.start()
+        ingress_topics: dict[str, int] = {}
+        for spec in self.module.ingresses:
+            cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
+            for topic in spec.topics:
+                ingress_topics[topic.topic] = await cluster.open_topic(topic.topic)
+        assert self.config.kafka is not None
+        self.membership = Membership(
+            self.config.kafka,
+            self.config.app_id,
+            self.member,
+            partitions=self.config.messages_partitions,
+            ingress_topics=ingress_topics,
+            on_view=self._view_changed,
+            session_timeout=self.config.cluster.session_timeout,
+            heartbeat_interval=self.config.cluster.heartbeat_interval,
+        )
         await self.membership.start()
         try:
             async with asyncio.timeout(JOIN_TIMEOUT):
@@ -311,7 +391,9 @@ class ClusterRuntime(RuntimeBase):
             "view %d: coordinator %s, members %s",
             view.number,
             view.coordinator,
-            ", ".join(f"{m.id} ({len(view.partitions.get(m.id, ()))} partitions)" for m in view.members),
+            ", ".join(
+                f"{m.id} ({len(view.partitions.get(m.id, ()))} partitions)" for m in view.members
+            ),
         )
         self._reconcile()
 
@@ -328,18 +410,22 @@ class ClusterRuntime(RuntimeBase):
         ingress_owners = {tp: m for m, tps in view.ingress.items() for tp in tps}
         members = {m.id: m.url for m in view.members}
         if begin is not None and (
-            begin.view > view.number
-            or (
-                dict(begin.owners) == owners
-                and dict(begin.members) == members
-                and begin.coordinator == self.member.id
-            )
+            dict(begin.owners) == owners
+            and dict(begin.members) == members
+            and begin.coordinator == self.member.id
         ):
+            return
+        if begin is not None and begin.view > view.number and begin.coordinator in members:
+            # A newer view's coordinator began it, and this member will hear of that view.
+            # (Its coordinator gone from this view: the group started its numbering over.)
             return
         left = sorted(set(begin.members) - set(members)) if begin is not None else []
         joined = sorted(set(members) - set(begin.members)) if begin is not None else sorted(members)
         reason = "membership changed:" + "".join(
-            [f" {', '.join(joined)} joined" if joined else "", f" {', '.join(left)} left" if left else ""]
+            [
+                f" {', '.join(joined)} joined" if joined else "",
+                f" {', '.join(left)} left" if left else "",
+            ]
         )
         self._reconciling = asyncio.create_task(
             self._begin_generation(view, owners, ingress_owners, members, reason), name="reconcile"
@@ -355,16 +441,11 @@ class ClusterRuntime(RuntimeBase):
     ) -> None:
         try:
             await self.cluster_coordinator.begin(
-                Begin(
-                    self.decisions.state.generation + 1,
-                    self.member.id,
-                    view.number,
-                    owners,
-                    ingress_owners,
-                    members,
-                    self.fingerprint,
-                    reason,
-                )
+                view=view.number,
+                owners=owners,
+                ingress_owners=ingress_owners,
+                members=members,
+                reason=reason,
             )
         except LogError as e:
             log.warning("beginning a generation failed: %s", e)
@@ -380,11 +461,11 @@ class ClusterRuntime(RuntimeBase):
             return
         record = effect.record
         if isinstance(record, Begin):
-            self._target = effect
+            state = self.decisions.state
+            self._target = _Beginning(record, state.manifest, state.highest_checkpoint + 1)
             self._note_rollback(record)
             if self._switching is None or self._switching.done():
                 self._switching = asyncio.create_task(self._switch(), name="generation-switch")
-            self._coordinate()
             self._reconcile()
         elif isinstance(record, Take):
             self._take(record)
@@ -415,31 +496,27 @@ class ClusterRuntime(RuntimeBase):
             )
             del self._records.rollbacks_seen[:-100]
 
-    def _coordinate(self) -> None:
-        """Run the checkpoints while the current generation names this member coordinator."""
-        if self.decisions.state.coordinator == self.member.id and not self._stopping:
-            self.cluster_coordinator.start()
-        else:
-            task = asyncio.create_task(self.cluster_coordinator.stop(), name="coordinator-stop")
-            self._writing.add(task)
-            task.add_done_callback(self._writing.discard)
-
     # --- generations ------------------------------------------------------------------
 
     async def _switch(self) -> None:
         """Act on the newest valid Begin: end the generation running, begin that one."""
         while self._target is not None:
-            effect, self._target = self._target, None
-            begin = effect.record
-            assert isinstance(begin, Begin)
+            beginning, self._target = self._target, None
+            begin = beginning.begin
             await self._end_generation()
             try:
-                await self._restore(begin)
+                await self._restore(beginning)
             except Exception as e:
-                log.error("beginning generation %d failed: %s: %s", begin.generation, type(e).__name__, e)
-                self.health.fail("generation", f"beginning generation {begin.generation} failed: {e}")
+                log.error(
+                    "beginning generation %d failed: %s: %s", begin.generation, type(e).__name__, e
+                )
+                self.health.fail(
+                    "generation", f"beginning generation {begin.generation} failed: {e}"
+                )
                 await self._end_generation()
-                self._ask_rollback(Failure(f"member {self.member.id} could not begin: {e}"), begin.generation)
+                self._ask_rollback(
+                    Failure(f"member {self.member.id} could not begin: {e}"), begin.generation
+                )
 
     async def _end_generation(self) -> None:
         for task in list(self._writing):
@@ -456,14 +533,13 @@ class ClusterRuntime(RuntimeBase):
         self.clock = None
         self._captured = {}
 
-    async def _restore(self, begin: Begin) -> None:
+    async def _restore(self, beginning: _Beginning) -> None:
         started = time.monotonic()
+        begin, manifest = beginning.begin, beginning.manifest
         state_ = self.decisions.state
-        manifest = state_.manifest
         checkpoint = 0 if manifest is None else manifest.checkpoint
         owned = tuple(sorted(p for p, m in begin.owners.items() if m == self.member.id))
         ingress_owned = {tp for tp, m in begin.ingress_owners.items() if m == self.member.id}
-        first_epoch = max(state_.highest_checkpoint, checkpoint) + 1
         skip = state_.skip_rule()
         published = dict(state_.published)
         paused = {TypeName.parse(t) for t in state_.paused}
@@ -477,14 +553,18 @@ class ClusterRuntime(RuntimeBase):
             return  # a newer Begin came meanwhile: the switch acts on it next
         state = StateStore()
         state.load(row for r in restored.values() for row in r.state.items())
-        parts = [decode_worker_part(r.parts[WORKER_PART]) for r in restored.values() if WORKER_PART in r.parts]
+        parts = [
+            decode_worker_part(r.parts[WORKER_PART])
+            for r in restored.values()
+            if WORKER_PART in r.parts
+        ]
         worker_part = WorkerPart.merge(parts) if parts else None
         keys = decode_rows(row for r in restored.values() for row in r.keys.items())
         floors: dict[int, int] = {}
         for r in restored.values():
             if KEYS_PART in r.parts:
                 floors.update(decode_floors(r.parts[KEYS_PART]))
-        clock = EpochClock(begin.generation, first_epoch, self.member.id, skip)
+        clock = EpochClock(begin.generation, beginning.first_epoch, self.member.id, skip)
         self.replies.rolled_back(clock.skip)
         outbox = EgressOutbox(
             self.egresses,
@@ -539,6 +619,9 @@ class ClusterRuntime(RuntimeBase):
             readers.append(reader)
         self.health.clear("generation")
         self._generation_begun.set()
+        take = self.decisions.state.take
+        if take is not None and take.generation == begin.generation:
+            self._take(take)  # taken while this member restored
         log.info(
             "generation %d (%s) began from checkpoint %d in %.0f ms: %d partitions owned "
             "(%d addresses in state)",
@@ -579,24 +662,31 @@ class ClusterRuntime(RuntimeBase):
         """Capture the local snapshot of the current epoch, cut per partition, and advance
         the epoch (one synchronous step: nothing runs in between)."""
         worker, outbox, clock = self.worker, self.outbox, self.clock
-        assert worker is not None and outbox is not None and clock is not None
+        assert worker is not None
+        assert outbox is not None
+        assert clock is not None
         checkpoint = clock.epoch
         partitions = self.router.partitions
         uncommitted = self._uncommitted
         uncommitted.state.append((checkpoint, worker.state.take_changed()))
         uncommitted.keys.append((checkpoint, self.idempotency.take_changed()))
         owned = worker.owned
+        # A partition's chain starts with a full snapshot: one without a committed chain
+        # (as far as this member knows) gets one whatever the take asked.
+        chains = {} if self._last is None else self._last.chains
+        whole = {p for p in owned if full or not chains.get(p)}
         changed: dict[int, set[Address]] = {p: set() for p in owned}
-        if full:
+        if whole:
             for address in worker.state.addresses():
-                changed.setdefault(partition_for(address, partitions), set()).add(address)
-        for _, addresses in uncommitted.state:
-            for address in addresses:
+                p = partition_for(address, partitions)
+                if p in whole:
+                    changed[p].add(address)
+        for _, addresses_changed in uncommitted.state:
+            for address in addresses_changed:
                 changed.setdefault(partition_for(address, partitions), set()).add(address)
         keys: dict[int, set[str]] = {p: set() for p in owned}
-        if full:
-            for key in self.idempotency.keys_of(set(owned)):
-                keys[self._key_partition(key)].add(key)
+        for key in self.idempotency.keys_of(whole):
+            keys[self._key_partition(key)].add(key)
         for _, changed_keys in uncommitted.keys:
             for key, p in changed_keys.items():
                 keys.setdefault(p, set()).add(key)
@@ -604,23 +694,25 @@ class ClusterRuntime(RuntimeBase):
         egress = outbox.held_by_partition()
         floors = self.idempotency.floors()
         snapshots: dict[int, PartitionSnapshot] = {}
-        addresses = 0
+        written = 0
         for p in owned:
             rows = worker.state.rows(changed.get(p, ()))
-            addresses += len(rows)
+            written += len(rows)
             part = {
                 WORKER_PART: encode_worker_part(worker_parts.get(p, WorkerPart([], [], {}))),
                 EGRESS_PART: encode_egress_items(egress.get(p, [])),
             }
             if p in floors:
                 part[KEYS_PART] = encode_floors({p: floors[p]})
-            snapshots[p] = PartitionSnapshot(
-                p, checkpoint, full, rows, encode_rows(self.idempotency.entries(keys.get(p, ()))), part
-            )
+            key_rows = encode_rows(self.idempotency.entries(keys.get(p, ())))
+            if p in whole:  # a full snapshot holds what is, not what was deleted
+                rows = [(k, v) for k, v in rows if v is not None]
+                key_rows = [(k, v) for k, v in key_rows if v is not None]
+            snapshots[p] = PartitionSnapshot(p, checkpoint, p in whole, rows, key_rows, part)
         ingress = {tp: o for reader in self.kafka_ingresses for tp, o in reader.positions.items()}
         releases = bool(egress) or self.replies.capture().releases
         self._captured[checkpoint] = _Captured(
-            clock.generation, checkpoint, full, snapshots, ingress, releases, addresses
+            clock.generation, checkpoint, whole == set(owned), snapshots, ingress, releases, written
         )
         clock.advance()
 
@@ -672,8 +764,18 @@ class ClusterRuntime(RuntimeBase):
         if clock is not None:
             await self.decisions.append(Published(clock.generation, checkpoint, self._owned))
 
-    async def _drop_segments(self, below: int) -> None:
-        deleted = await self.partition_store.delete_segments_below(below)
+    def _drop_segments(self, below: int) -> None:
+        """No retained checkpoint reads a segment below ``below`` any more: delete them."""
+        task = asyncio.create_task(self._delete_segments(below), name="drop-segments")
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _delete_segments(self, below: int) -> None:
+        try:
+            deleted = await self.partition_store.delete_segments_below(below)
+        except Exception as e:
+            log.warning("deleting checkpoint segments below %d failed: %s", below, e)
+            return
         if deleted:
             log.debug("checkpoint segments %s deleted", deleted)
 
@@ -743,14 +845,17 @@ class ClusterRuntime(RuntimeBase):
                 await _bounded(
                     "the last checkpoint",
                     self.decisions.wait(
-                        lambda s: s.generation != generation
-                        or (s.manifest is not None and s.manifest.checkpoint >= epoch)
+                        lambda s: (
+                            s.generation != generation
+                            or (s.manifest is not None and s.manifest.checkpoint >= epoch)
+                        )
                     ),
                     share(0.3),
                 )
         self._unsubscribe()
         await _bounded("stopping the coordinator", self.cluster_coordinator.stop(), share(0.05))
-        await _bounded("leaving the application", self.membership.stop(), share(0.1))
+        if self.membership is not None:
+            await _bounded("leaving the application", self.membership.stop(), share(0.1))
         for task in (self._switching, self._failing, self._reconciling, *self._writing):
             if task is not None:
                 task.cancel()
@@ -765,30 +870,3 @@ class ClusterRuntime(RuntimeBase):
         ):
             closed &= await _bounded(what, closing, deadline)
         return closed
-
-    # --- what the ingress and operators see ---------------------------------------------
-
-    def cluster_status(self) -> dict[str, object]:
-        state = self.decisions.state
-        begin = state.begin
-        manifest = state.manifest
-        return {
-            "member": self.member.id,
-            "coordinator": state.coordinator,
-            "generation": state.generation,
-            "last_checkpoint": None if manifest is None else manifest.checkpoint,
-            "members": [
-                {
-                    "id": member,
-                    "url": url,
-                    "partitions": sorted(p for p, m in begin.owners.items() if m == member),
-                }
-                for member, url in sorted(begin.members.items())
-            ]
-            if begin is not None
-            else [],
-        }
-
-
-def _unused(_: Iterable[object]) -> None:  # pragma: no cover
-    del dataclasses, contextlib

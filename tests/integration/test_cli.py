@@ -25,6 +25,7 @@ from support import (
     write_module,
 )
 
+from runtime import cli
 from runtime.cli import _parser, checkpoint_dir
 
 pytestmark = pytest.mark.timeout(90)
@@ -60,7 +61,17 @@ def egress_values(url: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["run"], ["send"], ["call"], ["functions"], ["pause"], ["resume"], ["dead-letters"]],
+    [
+        [],
+        ["run"],
+        ["send"],
+        ["call"],
+        ["functions"],
+        ["pause"],
+        ["resume"],
+        ["dead-letters"],
+        ["status"],
+    ],
 )
 def test_help_everywhere(command: list[str]) -> None:
     done = statefun(*command, "--help")
@@ -411,3 +422,83 @@ def test_functions_pause_resume_and_dead_letters_from_the_command_line(
     finally:
         status, err = runtime.signal(signal.SIGTERM)
     assert status == 0, err
+
+
+def test_status_shows_a_process_alone_as_one_member_owning_every_partition(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    runtime = RuntimeProcess(
+        module, tmp_path / "data", free_port(), "--partitions", "3", "--checkpoint-interval", "0.2"
+    ).start()
+    try:
+        answer = wait_until(
+            lambda: (
+                (a := json.loads(statefun("status", "--json", "--ingress", runtime.url).stdout))
+                and a["last_checkpoint"]
+                and a
+            )
+        )
+        assert answer["mode"] == "single"
+        assert answer["coordinator"] == answer["me"] == "local"
+        assert answer["members"] == [
+            {
+                "id": "local",
+                "url": runtime.url,
+                "partitions": [0, 1, 2],
+                "coordinator": True,
+                "me": True,
+            }
+        ]
+        assert answer["unowned"] == []
+        shown = statefun("status", "--ingress", runtime.url)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0].startswith(
+            f"single mode, generation {answer['generation']}, last checkpoint "
+        )
+        assert lines[1] == "coordinator local"
+        assert lines[3].split() == ["local", "(this", "one)", runtime.url, "0-2"]
+    finally:
+        status, err = runtime.signal(signal.SIGTERM)
+    assert status == 0, err
+
+
+def test_status_shows_every_member_of_a_cluster(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer = {
+        "mode": "cluster",
+        "me": "m-2",
+        "coordinator": "m-1",
+        "generation": 4,
+        "last_checkpoint": {"id": 9, "generation": 4, "time": "2025-01-01T00:00:00.000+00:00"},
+        "partitions": 8,
+        "members": [
+            {
+                "id": "m-1",
+                "url": "http://h1:8090",
+                "partitions": [0, 1, 2, 5],
+                "coordinator": True,
+                "me": False,
+            },
+            {
+                "id": "m-2",
+                "url": "http://h2:8090",
+                "partitions": [3, 4],
+                "coordinator": False,
+                "me": True,
+            },
+        ],
+        "unowned": [6, 7],
+    }
+    monkeypatch.setattr(cli, "_request", lambda args, method, path: answer)
+    assert cli.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "cluster mode, generation 4, last checkpoint 9 (generation 4, 2025-01-01T00:00:00.000+00:00)",
+        "coordinator m-1",
+        "member          url             partitions",
+        "m-1             http://h1:8090  0-2, 5",
+        "m-2 (this one)  http://h2:8090  3-4",
+        "owned by nobody now: 6-7",
+    ]

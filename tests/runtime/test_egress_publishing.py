@@ -70,11 +70,11 @@ def test_a_failed_kafka_publication_is_published_with_the_next_checkpoint() -> N
     async def scenario() -> tuple[Egresses, list[int], list[str], int]:
         egresses, noted, failures = Egresses(), [], []
         outbox, clock = outbox_at(5, egresses, noted, failures)
-        outbox.emit(OUT, value())  # 1.5.1, epoch 5
+        outbox.emit(OUT, value())  # 1.5.p.1, epoch 5
         egresses.fail = "kafka"
         first = outbox.publish_committed(5)
         clock.advance()
-        outbox.emit(OUT, value())  # 1.6.2, epoch 6
+        outbox.emit(OUT, value())  # 1.6.p.2, epoch 6
         second = outbox.publish_committed(6)  # waits for the first
         assert first is not None
         assert second is not None
@@ -82,7 +82,7 @@ def test_a_failed_kafka_publication_is_published_with_the_next_checkpoint() -> N
         return egresses, noted, failures, len(outbox)
 
     egresses, noted, failures, held = asyncio.run(scenario())
-    assert egresses.published == [(6, ["1.5.1", "1.6.2"])]  # 5's records went with 6's
+    assert egresses.published == [(6, ["1.5.p.1", "1.6.p.2"])]  # 5's records went with 6's
     assert noted == [6]  # never 5 alone, whose records had not gone out
     assert failures == []  # a Kafka egress failing is not a failure of the runtime's log
     assert held == 0
@@ -126,4 +126,4 @@ def test_a_restore_holds_what_is_not_out_yet(published_through: int) -> None:
         return [i for _, ids in egresses.published for i in ids]
 
     published = asyncio.run(scenario())
-    assert published == (["1.5.1", "1.6.2"] if published_through == 0 else ["1.6.2"])
+    assert published == (["1.5.p.1", "1.6.p.2"] if published_through == 0 else ["1.6.p.2"])

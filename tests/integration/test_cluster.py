@@ -1,0 +1,150 @@
+"""Several runtime processes over one Kafka broker as one application (``runtime.cluster``):
+partitions shared, one coordinator, one global checkpoint, replies and requests across
+members, handover on a clean stop, takeover by a new coordinator, restore from the
+checkpoints in Kafka. Members run in this test process, each on its own event loop and
+its own ingress port, as ``statefun run --kafka ... --cluster`` runs them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+from functions import make_test_functions
+from support import RuntimeThread, client, free_port, module_for, serve, unique_app_id, wait_until
+
+from runtime.checkpoints.coordinator import CheckpointConfig
+from runtime.cluster.node import ClusterRuntime
+from runtime.config import ClusterConfig, RuntimeConfig, WorkerConfig
+from runtime.dispatcher import DispatchConfig
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+def functions_url() -> Iterator[str]:
+    with serve(make_test_functions({}).asgi_app()) as server:
+        yield f"{server.url}/statefun"
+
+
+def member_config(functions_url: str, kafka: str, app_id: str, **changes: Any) -> RuntimeConfig:
+    config = RuntimeConfig(
+        module=module_for(functions_url, functions="test/*", egresses=("test/out",)),
+        kafka=kafka,
+        app_id=app_id,
+        ingress_port=free_port(),
+        messages_partitions=PARTITIONS,
+        worker=WorkerConfig(DispatchConfig(retry_max_backoff=0.2)),
+        checkpoints=CheckpointConfig(interval=0.2),
+        cluster=ClusterConfig(enabled=True, session_timeout=2.0, heartbeat_interval=0.5),
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def start_member(config: RuntimeConfig) -> RuntimeThread:
+    async def opener(config: RuntimeConfig) -> ClusterRuntime:
+        return await ClusterRuntime.open_member(config)
+
+    return RuntimeThread(config, opener).start()  # type: ignore[arg-type]
+
+
+def cluster_of(http: httpx.Client) -> dict[str, Any]:
+    answer: dict[str, Any] = http.get("/v1/cluster").json()
+    return answer
+
+
+def count(http: httpx.Client, address: str) -> int | None:
+    """The address's count, or None while its owner restores it (503)."""
+    answer = http.get(f"/v1/state/{address}")
+    if answer.status_code == 503:
+        return None
+    assert answer.status_code == 200, answer.text
+    value: int = answer.json()["state"].get("count", {}).get("value", 0)
+    return value
+
+
+def send(http: httpx.Client, address: str, value: int = 1) -> None:
+    answer = http.post(
+        f"/v1/messages/{address}",
+        content=str(value),
+        params={"type": "io.statefun.types/int"},
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 202, answer.text
+
+
+def both_in_one_generation(a: httpx.Client, b: httpx.Client) -> bool:
+    ca, cb = cluster_of(a), cluster_of(b)
+    return (
+        len(ca["members"]) == 2
+        and ca["generation"] == cb["generation"]
+        and all(m["partitions"] for m in ca["members"])
+    )
+
+
+def test_two_members_share_the_partitions_and_serve_any_request(
+    functions_url: str, kafka_bootstrap: str
+) -> None:
+    app_id = unique_app_id()
+    with ExitStack() as stack:
+        a = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+        stack.callback(a.stop)
+        b = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+        stack.callback(b.stop)
+        http_a = stack.enter_context(client(a.url))
+        http_b = stack.enter_context(client(b.url))
+        wait_until(lambda: both_in_one_generation(http_a, http_b), timeout=30)
+        owners = {p: m["id"] for m in cluster_of(http_a)["members"] for p in m["partitions"]}
+        assert sorted(owners) == list(range(PARTITIONS))
+        assert len(set(owners.values())) == 2
+        # Messages through both ingresses, to addresses spread over both members.
+        ids = [f"k{i}" for i in range(12)]
+        for i, id_ in enumerate(ids):
+            send(http_a if i % 2 else http_b, f"test/counter/{id_}")
+            send(http_b if i % 2 else http_a, f"test/counter/{id_}")
+        for id_ in ids:
+            wait_until(lambda id_=id_: count(http_a, f"test/counter/{id_}") == 2, timeout=30)
+            assert count(http_b, f"test/counter/{id_}") == 2
+        # A call through either member, answered by whichever owns the address.
+        for id_ in ids[:4]:
+            for http in (http_a, http_b):
+                answer = http.post(
+                    f"/v1/call/test/echo/{id_}",
+                    content='"hi"',
+                    params={"type": "io.statefun.types/string"},
+                    headers={"content-type": "application/json"},
+                )
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["value"] == "echo: hi"
+        wait_until(lambda: cluster_of(http_a)["last_checkpoint"] is not None, timeout=30)
+
+
+def test_a_member_that_stops_hands_its_partitions_over_with_their_state(
+    functions_url: str, kafka_bootstrap: str
+) -> None:
+    app_id = unique_app_id()
+    with ExitStack() as stack:
+        a = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+        stack.callback(a.stop)
+        b = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+        http_a = stack.enter_context(client(a.url))
+        with client(b.url) as http_b:
+            wait_until(lambda: both_in_one_generation(http_a, http_b), timeout=30)
+            ids = [f"h{i}" for i in range(12)]
+            for id_ in ids:
+                send(http_b, f"test/counter/{id_}", 3)
+            for id_ in ids:
+                wait_until(lambda id_=id_: count(http_b, f"test/counter/{id_}") == 3, timeout=30)
+        b.stop()
+        wait_until(lambda: len(cluster_of(http_a)["members"]) == 1, timeout=30)
+        wait_until(lambda: count(http_a, f"test/counter/{ids[0]}") is not None, timeout=30)
+        for id_ in ids:
+            assert count(http_a, f"test/counter/{id_}") == 3
+            send(http_a, f"test/counter/{id_}", 1)
+        for id_ in ids:
+            wait_until(lambda id_=id_: count(http_a, f"test/counter/{id_}") == 4, timeout=30)
