@@ -18,7 +18,7 @@ from pathlib import Path
 from verifier.run import VerifierConfig, run
 
 QUICK = {"commands": 2_000, "addresses": 40}
-SHORT = {"commands": 3_000, "addresses": 50}
+SHORT = {"commands": 5_000, "addresses": 50}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         "long endpoint spells roll the whole runtime back",
     )
     parser.add_argument(
+        "--session-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --processes: the runtime's --session-timeout, how long a killed member "
+        "goes unnoticed (default: the runtime's; --short: 2)",
+    )
+    parser.add_argument(
         "--checkpoint-interval",
         type=float,
         default=1.0,
@@ -135,8 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     sizes.add_argument(
         "--short",
         action="store_true",
-        help="the cluster test's size: 3000 commands, 50 addresses, one function server "
-        "restart, no waiting for cancelled sends at the end",
+        help="the cluster test's size: 5000 commands, 50 addresses, no waiting for "
+        "cancelled sends at the end, a cluster's --session-timeout 2",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     parser.add_argument(
@@ -188,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         sabotage=args.sabotage,
         runtime_command=tuple(shlex.split(args.runtime_command or "")),
         processes=args.processes,
+        session_timeout=args.session_timeout or (2.0 if args.short else None),
     )
 
     def echo(line: str) -> None:

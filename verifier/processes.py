@@ -175,6 +175,7 @@ class RuntimeProcess(ChildProcess):
         app_id: str | None = None,
         command: list[str] | None = None,
         cluster: bool = False,
+        session_timeout: float | None = None,
         name: str = "runtime",
     ):
         args = [
@@ -192,6 +193,8 @@ class RuntimeProcess(ChildProcess):
         # A member of a cluster keeps its checkpoints in Kafka, with the application's.
         if cluster:
             args.append("--cluster")
+            if session_timeout is not None:
+                args += ["--session-timeout", str(session_timeout)]
         else:
             args += ["--checkpoint-dir", str(checkpoint_dir)]
         if kafka is not None:

@@ -170,6 +170,9 @@ class VerifierConfig:
     module docstring)."""
     calls_every: int = 3
     """In a cluster, one tree in this many is sent by ``POST /v1/call``."""
+    session_timeout: float | None = None
+    """A cluster's ``--session-timeout`` (None: the runtime's default): how long a
+    killed member goes unnoticed."""
 
     @property
     def cluster(self) -> bool:
@@ -474,6 +477,7 @@ spec:
             app_id=self.app_id,
             command=list(self.config.runtime_command) or None,
             cluster=True,
+            session_timeout=self.config.session_timeout,
             name=f"runtime-{n}",
         )
         self.runtimes.append(runtime)
@@ -1047,7 +1051,12 @@ spec:
         )
         victim.kill()
         killed = time.monotonic()
-        recovery: dict[str, Any] = {"kind": role, "member": member.id, "at": self._elapsed()}
+        recovery: dict[str, Any] = {
+            "kind": role,
+            "member": member.id,
+            "at": self._elapsed(),
+            "progress": self._progress(),
+        }
         self.recoveries.append(recovery)
         self.kill_restarts.append(0.0)
         gone = await self._await_view(lambda v: excluded(before, v, member.id))
@@ -1093,7 +1102,11 @@ spec:
         runtime = self._runtime_slot()
         self.echo(f"verifier: {runtime.name} joins at {self._elapsed():.1f} s")
         started = time.monotonic()
-        recovery: dict[str, Any] = {"kind": "join", "at": self._elapsed()}
+        recovery: dict[str, Any] = {
+            "kind": "join",
+            "at": self._elapsed(),
+            "progress": self._progress(),
+        }
         self.recoveries.append(recovery)
         runtime.start()
         await runtime.ready()
@@ -1119,7 +1132,12 @@ spec:
             f"verifier: SIGTERM to {member.id} ({victim.name}) at {self._elapsed():.1f} s: "
             "it leaves"
         )
-        recovery: dict[str, Any] = {"kind": "leave", "member": member.id, "at": self._elapsed()}
+        recovery: dict[str, Any] = {
+            "kind": "leave",
+            "member": member.id,
+            "at": self._elapsed(),
+            "progress": self._progress(),
+        }
         self.recoveries.append(recovery)
         started = time.monotonic()
         status = await asyncio.to_thread(victim.stop, 60.0)
@@ -1342,16 +1360,22 @@ spec:
         joins = [r for r in self.recoveries if r["kind"] == "join"]
         leaves = [r for r in self.recoveries if r["kind"] == "leave"]
         kill_lines = "; ".join(
-            f"{r['kind']} {r['member']} at {r['at']:.0f} s: generation without it after "
+            f"{r['kind']} {r['member']} at {r['at']:.0f} s ({100 * r['progress']:.0f}% "
+            "applied): generation without it after "
             f"{_seconds(r, 'excluded')}, a checkpoint committed after "
             f"{_seconds(r, 'checkpoint')}, its replacement a member "
             f"{_seconds(r, 'rejoined')} after its start"
             for r in kills
         )
         membership = ", ".join(
-            [f"joined at {r['at']:.0f} s (a member after {_seconds(r, 'joined')})" for r in joins]
+            [
+                f"joined at {r['at']:.0f} s ({100 * r['progress']:.0f}% applied; a member "
+                f"after {_seconds(r, 'joined')})"
+                for r in joins
+            ]
             + [
-                f"{r['member']} left at {r['at']:.0f} s (exit {r.get('exit')} after "
+                f"{r['member']} left at {r['at']:.0f} s ({100 * r['progress']:.0f}% applied; "
+                f"exit {r.get('exit')} after "
                 f"{_seconds(r, 'stopped')}; generation without it after "
                 f"{_seconds(r, 'excluded')})"
                 for r in leaves

@@ -1,7 +1,7 @@
 """The exactly-once verifier across 3 runtime processes on one broker (issue 11): the
 short form of ``python -m verifier --log kafka --processes 3 --short``.
 
-3,000 commands over 50 addresses, sent to every process's ingress in turn (one tree in
+5,000 commands over 50 addresses (members dropped 2 s after they go silent), sent to every process's ingress in turn (one tree in
 three by ``POST /v1/call``), with ``kill -9`` of a worker and of the coordinator (each
 replaced by a new process), a fourth process joining and one leaving on SIGTERM, a
 function server restart and endpoint spells. It must end with every address equal to
@@ -27,12 +27,13 @@ SEED = int(os.environ.get("VERIFIER_SEED", "1"))
 def test_a_short_run_across_three_processes(tmp_path: Path, kafka_bootstrap: str) -> None:
     result = run(
         VerifierConfig(
-            commands=3_000,
+            commands=5_000,
             addresses=50,
             seed=SEED,
             log="kafka",
             kafka_bootstrap=kafka_bootstrap,
             processes=3,
+            session_timeout=2.0,
             cancel_wait=False,
             work_dir=tmp_path,
         ),
