@@ -1092,10 +1092,17 @@ spec:
         started = time.monotonic()
         victim.start()
         await victim.ready()
-        back = await self._await_view(lambda v: v.member_at(victim.url) is not None)
+        back = await self._await_view(lambda v: self._in_generation(v, victim.url))
         if back is not None:
             recovery["rejoined"] = time.monotonic() - started
         self.kill_restarts[-1] = time.monotonic() - killed
+
+    @staticmethod
+    def _in_generation(view: ClusterView, url: str) -> bool:
+        """The process at ``url`` is a member of a generation that began (a process that
+        has just joined the group lists itself before any generation holds it)."""
+        member = view.member_at(url)
+        return view.generation is not None and member is not None and bool(member.partitions)
 
     async def _join(self) -> None:
         """One more process joins the application."""
@@ -1111,7 +1118,7 @@ spec:
         runtime.start()
         await runtime.ready()
         self.pool.add(runtime.url)
-        joined = await self._await_view(lambda v: v.member_at(runtime.url) is not None)
+        joined = await self._await_view(lambda v: self._in_generation(v, runtime.url))
         if joined is None:
             self._problem(
                 "cluster", f"{runtime.name} was not a member within {MEMBERSHIP_TIMEOUT:.0f} s"
