@@ -4,6 +4,8 @@ python -m verifier                                   # 10,000 commands, 100 addr
 python -m verifier --log kafka                       # the same on Kafka (Tansu)
 python -m verifier --commands 100000 --addresses 1000  # the long run
 python -m verifier --quick                           # 2,000 commands, 40 addresses
+python -m verifier --log kafka --processes 3         # a cluster of 3 runtime processes
+python -m verifier --log kafka --processes 3 --short # the same, the CI test's size
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from verifier.run import VerifierConfig, run
 
 QUICK = {"commands": 2_000, "addresses": 40}
+SHORT = {"commands": 5_000, "addresses": 50}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, help="seed of the trees and the faults")
     parser.add_argument("--log", choices=["embedded", "kafka"], default="embedded")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runtime processes of the application (default 1); above 1, a cluster on "
+        "Kafka (statefun run --cluster): the load goes to every process in turn, with "
+        "Idempotency-Keys and retries through another process, and the kills are of a "
+        "worker and of the coordinator, with a process joining and one leaving on SIGTERM",
+    )
+    parser.add_argument(
         "--kafka-bootstrap",
         metavar="HOST:PORT",
         help="a running broker for --log kafka (default: $STATEFUN_TEST_KAFKA, or start Tansu)",
@@ -44,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         "--kills",
         type=int,
         help="kill -9 of the runtime, each followed by a restart (default: 3, or one per "
-        "10000 commands if that is more)",
+        "10000 commands if that is more); of a cluster: of a worker and of the coordinator "
+        "in turn (default 2, or one per 10000 commands)",
     )
     parser.add_argument(
         "--no-cancel-wait",
@@ -70,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["dead-letter", "retry", "fail"],
         help="the functions' failure policy (default: the runtime's, dead-letter); fail makes "
         "long endpoint spells roll the whole runtime back",
+    )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --processes: the runtime's --session-timeout, how long a killed member "
+        "goes unnoticed (default: the runtime's; --short: 2)",
     )
     parser.add_argument(
         "--checkpoint-interval",
@@ -114,8 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary work dir of a passing run"
     )
-    parser.add_argument(
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument(
         "--quick", action="store_true", help="a short smoke run: 2000 commands, 40 addresses"
+    )
+    sizes.add_argument(
+        "--short",
+        action="store_true",
+        help="the cluster test's size: 5000 commands, 50 addresses, no waiting for "
+        "cancelled sends at the end, a cluster's --session-timeout 2",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     parser.add_argument(
@@ -133,10 +161,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    defaults = QUICK if args.quick else {"commands": 10_000, "addresses": 100}
+    parser = _parser()
+    args = parser.parse_args(argv)
+    defaults = (
+        QUICK if args.quick else SHORT if args.short else {"commands": 10_000, "addresses": 100}
+    )
     if (args.kills is not None and args.kills < 0) or args.function_restarts < 0:
-        _parser().error("--kills and --function-restarts must not be negative")
+        parser.error("--kills and --function-restarts must not be negative")
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.processes > 1 and args.log != "kafka":
+        parser.error("--processes above 1 needs --log kafka: the processes share Kafka")
     config = VerifierConfig(
         commands=args.commands or defaults["commands"],
         addresses=args.addresses or defaults["addresses"],
@@ -144,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         log=args.log,
         kills=args.kills,
         hot_kills=args.hot_kills,
-        cancel_wait=not args.no_cancel_wait,
+        cancel_wait=not (args.no_cancel_wait or args.short),
         function_restarts=args.function_restarts,
         spells=not args.no_spells,
         checkpoint_interval=args.checkpoint_interval,
@@ -159,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         read_timeout=args.read_timeout,
         sabotage=args.sabotage,
         runtime_command=tuple(shlex.split(args.runtime_command or "")),
+        processes=args.processes,
+        session_timeout=args.session_timeout or (2.0 if args.short else None),
     )
 
     def echo(line: str) -> None:

@@ -31,6 +31,10 @@ COMMAND_TYPE = "verify/Command"
 EGRESS_ID = "verify/out"
 KAFKA_EGRESS_ID = "verify/kafka-out"
 RECORD_TYPE = "verify/Record"
+REPLY_TYPE = "verify/Reply"
+"""What a command sent by ``POST /v1/call`` answers: ``{"cmd": ID, "at": ADDRESS_ID}``."""
+INGRESS_CALLER_TYPE = "statefun.ingress/caller"
+"""The caller of a message sent by ``POST /v1/call`` (the runtime's ingress)."""
 
 Command = dict[str, Any]
 """``{"id": str, "ops": [op, ...]}``; ops are JSON objects as described above."""

@@ -13,6 +13,10 @@
   than the state kept came from an execution that was rolled back (the egress auditor,
   :mod:`verifier.egress_audit`, checks this).
 
+A command that came through ``POST /v1/call`` (its caller is the ingress) is answered
+with ``{"cmd", "at"}`` (type ``verify/Reply``) once its ops have run: the verifier's
+calls across runtime processes check that each reply reaches its HTTP request.
+
 Every ``egress`` op emits ``{"cmd", "at", "n", "nonce"}`` to the embedded egress
 ``verify/out`` and, when ``$VERIFIER_KAFKA_EGRESS_TOPIC`` names a topic, the same record
 (JSON, keyed by the address id) to the Kafka egress ``verify/kafka-out``.
@@ -53,13 +57,16 @@ from verifier.commands import (
     COMMAND_TYPE,
     EGRESS_ID,
     FUNCTION_TYPE,
+    INGRESS_CALLER_TYPE,
     KAFKA_EGRESS_ID,
     RECORD_TYPE,
+    REPLY_TYPE,
     Command,
 )
 
 COMMAND = make_json_type(COMMAND_TYPE)
 RECORD = make_json_type(RECORD_TYPE)
+REPLY = make_json_type(REPLY_TYPE)
 IDS = make_json_type("verify/Ids")
 VIOLATIONS = make_json_type("verify/Violations")
 EMITTED = make_json_type("verify/Emitted")
@@ -140,6 +147,9 @@ def counter(context: Context, message: Message) -> None:
     storage.count = count
     if violations:
         storage.violations = [*(storage.violations or []), *violations]
+    caller = context.caller
+    if caller is not None and caller.typename == INGRESS_CALLER_TYPE:
+        context.reply(value={"cmd": command_id, "at": context.address.id}, value_type=REPLY)
 
 
 def _emit(context: Context, command_id: str, n: int) -> None:

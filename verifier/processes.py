@@ -159,7 +159,8 @@ class FunctionServer(ChildProcess):
 
 
 class RuntimeProcess(ChildProcess):
-    """``statefun run`` (``python -m runtime.cli run``) on a loopback port."""
+    """``statefun run`` (``python -m runtime.cli run``) on a loopback port; with
+    ``cluster``, one member of the application ``app_id`` (``--cluster``)."""
 
     def __init__(
         self,
@@ -173,6 +174,9 @@ class RuntimeProcess(ChildProcess):
         kafka: str | None = None,
         app_id: str | None = None,
         command: list[str] | None = None,
+        cluster: bool = False,
+        session_timeout: float | None = None,
+        name: str = "runtime",
     ):
         args = [
             *(command or [sys.executable, "-m", "runtime.cli"]),
@@ -183,16 +187,21 @@ class RuntimeProcess(ChildProcess):
             str(port),
             "--data-dir",
             str(data_dir),
-            "--checkpoint-dir",
-            str(checkpoint_dir),
             "--checkpoint-interval",
             str(checkpoint_interval),
         ]
+        # A member of a cluster keeps its checkpoints in Kafka, with the application's.
+        if cluster:
+            args.append("--cluster")
+            if session_timeout is not None:
+                args += ["--session-timeout", str(session_timeout)]
+        else:
+            args += ["--checkpoint-dir", str(checkpoint_dir)]
         if kafka is not None:
             args += ["--kafka", kafka]
         if app_id is not None:
             args += ["--app-id", app_id]
-        super().__init__("runtime", args, log_path)
+        super().__init__(name, args, log_path)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
 

@@ -29,12 +29,30 @@ A POST whose outcome is unknown (the connection broke after the request was sent
 timeout, a 5xx) makes its tree *uncertain*; at the end the tree counts if and only if
 its root command is in its address's state. A connection refused before sending is
 retried. Uncertain trees are reported; with the quiescing above there should be none.
+
+With ``processes`` above 1 the application runs as a cluster of runtime processes
+(``statefun run --cluster``, one Kafka broker, one app id), and the run differs so:
+
+- every request (sends, reads) goes to the live processes in turn (round robin,
+  :class:`verifier.cluster.IngressPool`), and one tree in ``calls_every`` is sent by
+  ``POST /v1/call`` (its reply must reach the request, wherever the address lives);
+- every POST carries an ``Idempotency-Key``, and any failure that may have reached a
+  process (a broken connection, a timeout, a 5xx, a call's 504) is retried with it,
+  through the next process, as a client would: a tree is uncertain only if no process
+  answered it within 120 s;
+- the faults are membership changes (:func:`verifier.cluster.membership_schedule`),
+  with requests in flight: ``kill -9`` of a worker and of the coordinator (each
+  restarted once a generation without it began: a new process joins), a process
+  joining, one leaving on SIGTERM; for each kill, the time until a generation without
+  the dead member began and until the next checkpoint committed, from ``GET
+  /v1/cluster``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import re
@@ -42,7 +60,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +69,26 @@ import httpx
 
 from bench._support import free_port
 from verifier.checks import EMPTY, AddressState, final_difference, invariant_problems
-from verifier.commands import COMMAND_TYPE, EGRESS_ID, FUNCTION_TYPE, KAFKA_EGRESS_ID, address_id
+from verifier.cluster import (
+    JOIN,
+    KILL_COORDINATOR,
+    LEAVE,
+    ClusterMember,
+    ClusterView,
+    FailoverTransport,
+    IngressPool,
+    excluded,
+    membership_schedule,
+    same_origin,
+)
+from verifier.commands import (
+    COMMAND_TYPE,
+    EGRESS_ID,
+    FUNCTION_TYPE,
+    KAFKA_EGRESS_ID,
+    REPLY_TYPE,
+    address_id,
+)
 from verifier.egress_audit import (
     EgressAudit,
     EmbeddedEgressReader,
@@ -71,6 +108,12 @@ from verifier.processes import (
 Echo = Callable[[str], None]
 EgressReader = EmbeddedEgressReader | KafkaEgressReader
 KAFKA_EGRESS_PARTITIONS = 2
+REPLAYED_HEADER = "idempotent-replayed"
+"""The runtime's answer to a request whose Idempotency-Key it knew: nothing was appended."""
+SEND_DEADLINE = 120.0
+"""How long a POST is retried (a refused connection; with a key, any failure)."""
+MEMBERSHIP_TIMEOUT = 120.0
+"""How long a membership change may take to show in ``GET /v1/cluster``."""
 
 
 @dataclass(frozen=True)
@@ -122,10 +165,25 @@ class VerifierConfig:
     sabotage: str | None = None
     """Break the functions on purpose (``overcount`` or ``lose``, see
     ``verifier.functions``), to see the verifier fail."""
+    processes: int = 1
+    """Runtime processes of the application; above 1, a cluster on Kafka (see the
+    module docstring)."""
+    calls_every: int = 3
+    """In a cluster, one tree in this many is sent by ``POST /v1/call``."""
+    session_timeout: float | None = None
+    """A cluster's ``--session-timeout`` (None: the runtime's default): how long a
+    killed member goes unnoticed."""
+
+    @property
+    def cluster(self) -> bool:
+        return self.processes > 1
 
     @property
     def kill_count(self) -> int:
-        return max(3, self.commands // 10_000) if self.kills is None else self.kills
+        if self.kills is not None:
+            return self.kills
+        # A cluster kills a worker and the coordinator at least once each.
+        return max(2 if self.cluster else 3, self.commands // 10_000)
 
     @property
     def window_size(self) -> int:
@@ -203,6 +261,29 @@ class Verification:
         self.converged = False
         """Every address equalled the oracle at the end."""
         self.runtime: RuntimeProcess | None = None
+        """The runtime (of a cluster: its first process)."""
+        self.runtimes: list[RuntimeProcess] = []
+        """Every runtime process started, dead or alive (a cluster's slots)."""
+        self.pool = IngressPool()
+        """The ingress base URLs of the runtime processes that are up."""
+        self.transports: list[FailoverTransport] = []
+        self.app_id: str | None = None
+        self.keyed_retries = 0
+        """POSTs sent again with their Idempotency-Key after a failure that may have
+        reached a process (a cluster's sender)."""
+        self.replayed = 0
+        """Retried POSTs the runtime recognised by their key (nothing appended)."""
+        self.calls = {"sent": 0, "answered": 0, "late": 0}
+        self._late_calls: set[int] = set()
+        """``POST /v1/call``: trees sent so; answered with their reply; answered 504 at
+        least once (no reply within the call's timeout; retried with the key)."""
+        self.view: ClusterView | None = None
+        """The last answer of ``GET /v1/cluster``."""
+        self.generations: set[int] = set()
+        self.recoveries: list[dict[str, Any]] = []
+        """One per membership change: what happened, and when the cluster showed it."""
+        self.exits: dict[str, int | None] = {}
+        """A cluster's processes stopped with SIGTERM: name -> exit status."""
         self.functions: FunctionServer | None = None
         self.broker: TansuBroker | None = None
         self.sender_http: httpx.AsyncClient | None = None
@@ -220,6 +301,8 @@ class Verification:
             raise ValueError(f"log must be embedded or kafka, not {config.log!r}")
         if config.checkpoint_interval <= 0:
             raise ValueError("faults start after the first checkpoint: checkpoints must be on")
+        if config.cluster and config.log != "kafka":
+            raise ValueError("several runtime processes form a cluster on Kafka: use log kafka")
         work = config.work_dir or Path(tempfile.mkdtemp(prefix="verifier-"))
         work.mkdir(parents=True, exist_ok=True)
         self.work = work
@@ -227,26 +310,33 @@ class Verification:
         self.oracle = Oracle(expect_tree(t.index, t.address, t.command) for t in self.trees)
         self.echo(
             f"verifier: {self.oracle.commands} commands in {len(self.trees)} trees over "
-            f"{config.addresses} addresses, seed {config.seed}, {config.log} log; work dir {work}"
+            f"{config.addresses} addresses, seed {config.seed}, {config.log} log"
+            + (f", {config.processes} runtime processes" if config.cluster else "")
+            + f"; work dir {work}"
         )
         runtime_exit: int | None = None
         error: str | None = None
         try:
             await self._start_processes()
             assert self.runtime is not None
-            async with httpx.AsyncClient(base_url=self.runtime.url, timeout=10) as http:
+            async with self._client(timeout=10) as http:
                 self.http = http
+                if config.cluster:
+                    await self._cluster_formed()
                 try:
                     await self._drive()
                 finally:
                     await self._close_sender()
                 await self._read_checkpoints()
                 egress = self._egress_summary()
-            runtime_exit = self.runtime.stop()
-            if runtime_exit != 0:
-                self.notes.append(
-                    f"the runtime did not stop cleanly on SIGTERM (exit status {runtime_exit})"
-                )
+            if config.cluster:
+                runtime_exit = await self._stop_cluster()
+            else:
+                runtime_exit = self.runtime.stop()
+                if runtime_exit != 0:
+                    self.notes.append(
+                        f"the runtime did not stop cleanly on SIGTERM (exit status {runtime_exit})"
+                    )
         except (Stalled, ProcessError) as e:
             error = str(e)
             egress = "-"
@@ -280,6 +370,13 @@ class Verification:
             },
             "egress_expected": len(self.oracle.egress(self._excluded())),
             "elapsed": self._elapsed(),
+            "processes": config.processes,
+            "recoveries": list(self.recoveries),
+            "calls": dict(self.calls),
+            "keyed_retries": self.keyed_retries,
+            "replayed": self.replayed,
+            "generations": sorted(self.generations),
+            "exits": dict(self.exits),
         }
         return Result(ok, rows, self.problems, self.notes, work if keep else None, stats)
 
@@ -295,6 +392,7 @@ class Verification:
                 await self.broker.ready()
                 kafka = self.broker.bootstrap
             app_id = f"verify-{config.seed}-{uuid.uuid4().hex[:8]}"
+            self.app_id = app_id
             self.kafka, self.kafka_egress_topic = kafka, f"{app_id}-out"
             await asyncio.to_thread(
                 create_topic, kafka, self.kafka_egress_topic, KAFKA_EGRESS_PARTITIONS
@@ -338,6 +436,16 @@ spec:
         if kafka is not None and self.kafka_egress_topic is not None:
             reader = KafkaEgressReader(kafka, self.kafka_egress_topic, KAFKA_EGRESS_PARTITIONS)
             self.egress.append((EgressAudit(KAFKA_EGRESS_ID), reader))
+        self.module = module
+        if config.cluster:
+            slots = [self._runtime_slot() for _ in range(config.processes)]
+            for runtime in slots:
+                runtime.start()
+            for runtime in slots:
+                await runtime.ready()
+                self.pool.add(runtime.url)
+            self.runtime = slots[0]
+            return
         self.runtime = RuntimeProcess(
             module,
             free_port(),
@@ -349,18 +457,53 @@ spec:
             app_id=app_id,
             command=list(config.runtime_command) or None,
         )
+        self.runtimes.append(self.runtime)
+        self.pool.add(self.runtime.url)
         self.runtime.start()
         await self.runtime.ready()
+
+    def _runtime_slot(self) -> RuntimeProcess:
+        """A new runtime process of the cluster (not started): its own port, data dir and
+        log file (``runtime-N.log``; a restart in the slot appends to it)."""
+        n = len(self.runtimes) + 1
+        runtime = RuntimeProcess(
+            self.module,
+            free_port(),
+            self.work / f"data-{n}",
+            self.work / "checkpoints",
+            self.work / f"runtime-{n}.log",
+            checkpoint_interval=self.config.checkpoint_interval,
+            kafka=self.kafka,
+            app_id=self.app_id,
+            command=list(self.config.runtime_command) or None,
+            cluster=True,
+            session_timeout=self.config.session_timeout,
+            name=f"runtime-{n}",
+        )
+        self.runtimes.append(runtime)
+        return runtime
+
+    def _client(self, **options: Any) -> httpx.AsyncClient:
+        """A client of the runtime: of the one process, or of a cluster's live processes
+        in turn (failing over when one refuses the connection)."""
+        if not self.config.cluster:
+            assert self.runtime is not None
+            return httpx.AsyncClient(base_url=self.runtime.url, **options)
+        limits = options.pop("limits", httpx.Limits())
+        transport = FailoverTransport(self.pool, httpx.AsyncHTTPTransport(limits=limits))
+        self.transports.append(transport)
+        return httpx.AsyncClient(base_url="http://ingress", transport=transport, **options)
 
     def _stop_processes(self) -> None:
         """Stop whatever still runs (after a run that broke off): the runtime with SIGTERM
         first, so that its log shows how it shuts down from where it was."""
-        if self.runtime is not None and self.runtime.alive:
-            status = self.runtime.stop(grace=15)
-            self.notes.append(
-                "the runtime was still running; on SIGTERM it "
-                + ("did not stop within 15 s" if status is None else f"exited with {status}")
-            )
+        for runtime in self.runtimes:
+            if runtime.alive:
+                status = runtime.stop(grace=15)
+                self.notes.append(
+                    f"{runtime.name} was still running; on SIGTERM it "
+                    + ("did not stop within 15 s" if status is None else f"exited with {status}")
+                )
         if self.functions is not None and self.functions.alive:
             self.functions.kill()
         for _, reader in self.egress:
@@ -397,9 +540,7 @@ spec:
     # --- sending ------------------------------------------------------------------------
 
     def _new_sender(self) -> None:
-        assert self.runtime is not None
-        self.sender_http = httpx.AsyncClient(
-            base_url=self.runtime.url,
+        self.sender_http = self._client(
             timeout=httpx.Timeout(30.0, connect=2.0),
             limits=httpx.Limits(max_connections=self.config.concurrency),
         )
@@ -446,9 +587,16 @@ spec:
         self.sending_done.set()
 
     async def _send(self, tree: Tree, slots: asyncio.Semaphore) -> None:
+        if self.config.cluster:
+            await self._send_keyed(tree, slots)
+        else:
+            await self._send_once(tree, slots)
+
+    async def _send_once(self, tree: Tree, slots: asyncio.Semaphore) -> None:
+        """POST the root, retried only if the connection was refused (nothing sent)."""
         try:
             body = json.dumps(tree.command, separators=(",", ":")).encode()
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + SEND_DEADLINE
             while True:
                 http = self.sender_http
                 if http is None:  # a hot kill: the runtime restarts
@@ -485,6 +633,105 @@ spec:
             if not self.in_flight:
                 self.idle.set()
             slots.release()
+
+    async def _send_keyed(self, tree: Tree, slots: asyncio.Semaphore) -> None:
+        """POST the root with an Idempotency-Key (by ``POST /v1/call`` for one tree in
+        ``calls_every``), and retry it with the key through the next process after any
+        failure, as a client would, until it is answered (202, or a call's reply)."""
+        call = tree.index % self.config.calls_every == self.config.calls_every - 1
+        route = "call" if call else "messages"
+        params = {"type": COMMAND_TYPE, **({"timeout": "20"} if call else {})}
+        headers = {
+            "content-type": "application/json",
+            "idempotency-key": f"{self.app_id}/tree-{tree.index}",
+        }
+        body = json.dumps(tree.command, separators=(",", ":")).encode()
+        deadline = time.monotonic() + SEND_DEADLINE
+        why = ""
+        self.calls["sent"] += call
+        try:
+            for attempt in itertools.count():
+                if attempt:
+                    self.keyed_retries += 1
+                http = self.sender_http
+                assert http is not None
+                pause = 0.2
+                try:
+                    answer = await http.post(
+                        f"/v1/{route}/{FUNCTION_TYPE}/{tree.address}",
+                        content=body,
+                        params=params,
+                        headers=headers,
+                    )
+                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                    self.retried_refused += 1  # no process could be reached: nothing sent
+                    why = f"no process answered: {e}"
+                except httpx.HTTPError as e:
+                    why = f"{type(e).__name__}: {e}"
+                else:
+                    self.replayed += answer.headers.get(REPLAYED_HEADER) == "true"
+                    status = answer.status_code
+                    if status == 202 and not call:
+                        self.sent_at.setdefault(tree.index, time.monotonic())
+                        return
+                    if status == 200 and call:
+                        self.sent_at.setdefault(tree.index, time.monotonic())
+                        self._check_reply(tree, answer)
+                        return
+                    if call and status == 504:
+                        # Accepted, but no reply within the call's timeout: the reply is
+                        # still owed, and a retry with the key waits for it.
+                        self.sent_at.setdefault(tree.index, time.monotonic())
+                        self.calls["late"] += tree.index not in self._late_calls
+                        self._late_calls.add(tree.index)
+                    elif 400 <= status < 500:
+                        # A retry refused (422: its key taken for another request) is the
+                        # runtime's fault; its first attempt may have been accepted.
+                        self._problem(
+                            f"tree {tree.index}",
+                            f"refused on attempt {attempt + 1}: {status} {answer.text[:200]}",
+                            "refused",
+                        )
+                        self._uncertain(tree, f"refused: {status}")
+                        return
+                    pause = _retry_after(answer) if status == 503 else 0.2
+                    why = f"{status} {answer.text[:200]}"
+                if time.monotonic() > deadline:
+                    if tree.index in self.sent_at:
+                        self._problem(
+                            f"call {tree.index}",
+                            f"accepted, but no reply reached a request within "
+                            f"{SEND_DEADLINE:.0f} s ({why})",
+                            "no reply",
+                        )
+                    else:
+                        self._uncertain(tree, f"retried for {SEND_DEADLINE:.0f} s; last: {why}")
+                    return
+                await asyncio.sleep(pause)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+            slots.release()
+
+    def _check_reply(self, tree: Tree, answer: httpx.Response) -> None:
+        self.calls["answered"] += 1
+        try:
+            reply = answer.json()
+            value = reply["value"]
+            good = reply["type"] == REPLY_TYPE and value == {
+                "cmd": tree.command["id"],
+                "at": tree.address,
+            }
+        except (ValueError, KeyError, TypeError):
+            good = False
+        if not good:
+            self._problem(
+                f"call {tree.index}",
+                f"answered with {answer.text[:200]}, not the reply of command "
+                f"{tree.command['id']} at {tree.address}",
+                "wrong reply",
+            )
 
     def _uncertain(self, tree: Tree, why: str) -> None:
         self.uncertain.add(tree.index)
@@ -575,6 +822,8 @@ spec:
 
     async def _read_checkpoints(self) -> None:
         assert self.http is not None
+        if self.config.cluster:
+            await self._cluster_view()
         try:
             answer = await self.http.get("/v1/checkpoints")
         except httpx.HTTPError:
@@ -622,6 +871,9 @@ spec:
         events += [
             (self.rng.uniform(0.15, 0.85), "functions") for _ in range(config.function_restarts)
         ]
+        if config.cluster:
+            events = [e for e in events if not e[1].startswith("kill")]
+            events += [(f.at, f.kind) for f in membership_schedule(kills, self.rng)]
         events.sort()
         spells = asyncio.create_task(self._spells()) if config.spells else None
         try:
@@ -631,10 +883,12 @@ spec:
                     await asyncio.sleep(0.05)
                 if kind == "kill-again":
                     await asyncio.sleep(self.rng.uniform(0.0, 1.5))
-                if kind.startswith("kill"):
-                    await self._kill_runtime()
-                else:
+                if kind == "functions":
                     await self._restart_functions()
+                elif config.cluster:
+                    await self._membership_fault(kind)
+                else:
+                    await self._kill_runtime()
             await self.sending_done.wait()
             self.winding_down = True
             if spells is not None:
@@ -691,6 +945,247 @@ spec:
         await functions.ready()
         self.function_restart_count += 1
         self.last_progress_at = time.monotonic()
+
+    # --- a cluster's membership -----------------------------------------------------------
+
+    async def _cluster_view(self) -> ClusterView | None:
+        """``GET /v1/cluster`` from the next live process (None if none answers)."""
+        assert self.http is not None
+        try:
+            answer = await self.http.get("/v1/cluster", timeout=5)
+        except httpx.HTTPError:
+            return None
+        if answer.status_code != 200:
+            return None
+        try:
+            view = ClusterView.parse(answer.json())
+        except (ValueError, KeyError, TypeError) as e:
+            self._problem("cluster", f"GET /v1/cluster answered {answer.text[:300]!r}: {e}")
+            return None
+        self.view = view
+        if view.generation is not None:
+            self.generations.add(view.generation)
+        if view.last_checkpoint is not None and self.first_checkpoint_at is None:
+            self.first_checkpoint_at = self._elapsed()
+        return view
+
+    async def _await_view(
+        self, wanted: Callable[[ClusterView], bool], within: float = MEMBERSHIP_TIMEOUT
+    ) -> ClusterView | None:
+        """The first view (polled every 0.1 s) that is ``wanted``; None after ``within``."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            view = await self._cluster_view()
+            if view is not None and wanted(view):
+                return view
+            await asyncio.sleep(0.1)
+        return None
+
+    async def _cluster_formed(self) -> None:
+        """Wait until one generation holds every process started (bounded)."""
+        urls = [r.url for r in self.runtimes]
+        view = await self._await_view(
+            lambda v: v.generation is not None and all(v.member_at(u) for u in urls), 60
+        )
+        if view is None:
+            assert self.http is not None
+            try:
+                answer = await self.http.get("/v1/cluster", timeout=5)
+                last = f"{answer.status_code} {answer.text[:500]}"
+            except httpx.HTTPError as e:
+                last = f"no answer: {e}"
+            raise ProcessError(
+                f"the {len(urls)} runtime processes did not form one generation within 60 s; "
+                f"GET /v1/cluster: {last}"
+            )
+        self.echo(
+            f"verifier: the cluster formed at {self._elapsed():.1f} s: generation "
+            f"{view.generation}, coordinator {view.coordinator}, "
+            + ", ".join(f"{m.id} {m.url} {len(m.partitions)} partitions" for m in view.members)
+        )
+
+    def _process_of(self, member: ClusterMember | None) -> RuntimeProcess | None:
+        if member is None:
+            return None
+        return next((r for r in self.runtimes if r.alive and same_origin(r.url, member.url)), None)
+
+    async def _membership_fault(self, kind: str) -> None:
+        view = await self._await_view(lambda v: v.generation is not None, 30)
+        if view is None:
+            self._problem("cluster", f"no process answered GET /v1/cluster before the {kind}")
+            return
+        if kind == JOIN:
+            await self._join()
+            return
+        coordinator = next((m for m in view.members if m.id == view.coordinator), None)
+        if kind == KILL_COORDINATOR:
+            member = coordinator
+        else:
+            others = [m for m in view.members if m is not coordinator and self._process_of(m)]
+            member = self.rng.choice(others) if others else None
+        victim = self._process_of(member)
+        if member is None or victim is None:
+            self._problem(
+                "cluster",
+                f"{kind}: no live process of ours is the member to stop in generation "
+                f"{view.generation} (coordinator {view.coordinator}, members "
+                f"{sorted(view.ids)})",
+            )
+            return
+        if kind == LEAVE:
+            await self._leave(victim, member, view)
+        else:
+            await self._kill_member(victim, member, view, kind)
+        self.last_progress_at = time.monotonic()
+
+    async def _kill_member(
+        self, victim: RuntimeProcess, member: ClusterMember, before: ClusterView, kind: str
+    ) -> None:
+        """``kill -9``; once a generation without it began (or after the timeout), a new
+        process in its place. Requests in flight to it fail and are retried elsewhere."""
+        role = "coordinator" if kind == KILL_COORDINATOR else "worker"
+        self.echo(
+            f"verifier: kill -9 of the {role} {member.id} ({victim.name}, pid {victim.pid}) at "
+            f"{self._elapsed():.1f} s, {100 * self._progress():.0f}% applied, generation "
+            f"{before.generation}, {self.in_flight} ingress requests in flight"
+        )
+        victim.kill()
+        killed = time.monotonic()
+        recovery: dict[str, Any] = {
+            "kind": role,
+            "member": member.id,
+            "at": self._elapsed(),
+            "progress": self._progress(),
+        }
+        self.recoveries.append(recovery)
+        self.kill_restarts.append(0.0)
+        gone = await self._await_view(lambda v: excluded(before, v, member.id))
+        if gone is None:
+            self._problem(
+                "cluster",
+                f"no generation without the killed {role} {member.id} within "
+                f"{MEMBERSHIP_TIMEOUT:.0f} s",
+            )
+        else:
+            recovery["generation"] = gone.generation
+            recovery["excluded"] = time.monotonic() - killed
+            if gone.coordinator == member.id:
+                self._problem("cluster", f"generation {gone.generation} names the dead coordinator")
+            self.echo(
+                f"verifier: generation {gone.generation} without {member.id} began "
+                f"{recovery['excluded']:.1f} s after the kill (coordinator {gone.coordinator})"
+            )
+            last = gone.last_checkpoint
+            committed = await self._await_view(
+                lambda v: (
+                    v.last_checkpoint is not None and (last is None or v.last_checkpoint > last)
+                )
+            )
+            if committed is None:
+                self._problem(
+                    "cluster",
+                    f"no checkpoint committed within {MEMBERSHIP_TIMEOUT:.0f} s after generation "
+                    f"{gone.generation} began",
+                )
+            else:
+                recovery["checkpoint"] = time.monotonic() - killed
+        started = time.monotonic()
+        victim.start()
+        await victim.ready()
+        back = await self._await_view(lambda v: self._in_generation(v, victim.url))
+        if back is not None:
+            recovery["rejoined"] = time.monotonic() - started
+        self.kill_restarts[-1] = time.monotonic() - killed
+
+    @staticmethod
+    def _in_generation(view: ClusterView, url: str) -> bool:
+        """The process at ``url`` is a member of a generation that began (a process that
+        has just joined the group lists itself before any generation holds it)."""
+        member = view.member_at(url)
+        return view.generation is not None and member is not None and bool(member.partitions)
+
+    async def _join(self) -> None:
+        """One more process joins the application."""
+        runtime = self._runtime_slot()
+        self.echo(f"verifier: {runtime.name} joins at {self._elapsed():.1f} s")
+        started = time.monotonic()
+        recovery: dict[str, Any] = {
+            "kind": "join",
+            "at": self._elapsed(),
+            "progress": self._progress(),
+        }
+        self.recoveries.append(recovery)
+        runtime.start()
+        await runtime.ready()
+        self.pool.add(runtime.url)
+        joined = await self._await_view(lambda v: self._in_generation(v, runtime.url))
+        if joined is None:
+            self._problem(
+                "cluster", f"{runtime.name} was not a member within {MEMBERSHIP_TIMEOUT:.0f} s"
+            )
+            return
+        recovery["generation"] = joined.generation
+        recovery["joined"] = time.monotonic() - started
+        self.echo(
+            f"verifier: {runtime.name} is a member in generation {joined.generation}, "
+            f"{recovery['joined']:.1f} s after its start"
+        )
+
+    async def _leave(
+        self, victim: RuntimeProcess, member: ClusterMember, before: ClusterView
+    ) -> None:
+        """SIGTERM (not restarted): it hands its partitions over after a last checkpoint."""
+        self.echo(
+            f"verifier: SIGTERM to {member.id} ({victim.name}) at {self._elapsed():.1f} s: "
+            "it leaves"
+        )
+        recovery: dict[str, Any] = {
+            "kind": "leave",
+            "member": member.id,
+            "at": self._elapsed(),
+            "progress": self._progress(),
+        }
+        self.recoveries.append(recovery)
+        started = time.monotonic()
+        status = await asyncio.to_thread(victim.stop, 60.0)
+        self.pool.remove(victim.url)
+        self.exits[victim.name] = status
+        recovery["exit"] = status
+        recovery["stopped"] = time.monotonic() - started
+        if status != 0:
+            self.notes.append(
+                f"{victim.name} ({member.id}) did not leave cleanly on SIGTERM (exit status "
+                f"{status}, after {recovery['stopped']:.1f} s)"
+            )
+        gone = await self._await_view(lambda v: excluded(before, v, member.id))
+        if gone is None:
+            self._problem(
+                "cluster",
+                f"no generation without {member.id} within {MEMBERSHIP_TIMEOUT:.0f} s of its "
+                "SIGTERM",
+            )
+            return
+        recovery["generation"] = gone.generation
+        recovery["excluded"] = time.monotonic() - started
+        self.echo(
+            f"verifier: generation {gone.generation} without {member.id} began "
+            f"{recovery['excluded']:.1f} s after its SIGTERM (it exited with {status})"
+        )
+
+    async def _stop_cluster(self) -> int | None:
+        """SIGTERM to every live process at once; the worst exit status (None if one had
+        to be killed)."""
+        live = [r for r in self.runtimes if r.alive]
+        statuses = await asyncio.gather(*(asyncio.to_thread(r.stop, 30.0) for r in live))
+        for runtime, status in zip(live, statuses, strict=True):
+            self.exits[runtime.name] = status
+            if status != 0:
+                self.notes.append(
+                    f"{runtime.name} did not stop cleanly on SIGTERM (exit status {status})"
+                )
+        if any(status is None for status in statuses):
+            return None
+        return max((s for s in statuses if s is not None), default=0)
 
     async def _spells(self) -> None:
         """Endpoint spells until the final phase, at least one of each mode."""
@@ -862,6 +1357,110 @@ spec:
             self._egress_problems(audit, audit.unexpected(expected))
             self._egress_problems(audit, audit.missing(expected))
 
+    def _cluster_rows(
+        self, ok: bool, egress: str, reasons: Mapping[str, int]
+    ) -> list[tuple[str, str]]:
+        """The summary of a cluster's run."""
+        assert self.oracle is not None
+        config = self.config
+        kills = [r for r in self.recoveries if r["kind"] in ("worker", "coordinator")]
+        joins = [r for r in self.recoveries if r["kind"] == "join"]
+        leaves = [r for r in self.recoveries if r["kind"] == "leave"]
+        kill_lines = "; ".join(
+            f"{r['kind']} {r['member']} at {r['at']:.0f} s ({100 * r['progress']:.0f}% "
+            "applied): generation without it after "
+            f"{_seconds(r, 'excluded')}, a checkpoint committed after "
+            f"{_seconds(r, 'checkpoint')}, its replacement a member "
+            f"{_seconds(r, 'rejoined')} after its start"
+            for r in kills
+        )
+        membership = ", ".join(
+            [
+                f"joined at {r['at']:.0f} s ({100 * r['progress']:.0f}% applied; a member "
+                f"after {_seconds(r, 'joined')})"
+                for r in joins
+            ]
+            + [
+                f"{r['member']} left at {r['at']:.0f} s ({100 * r['progress']:.0f}% applied; "
+                f"exit {r.get('exit')} after "
+                f"{_seconds(r, 'stopped')}; generation without it after "
+                f"{_seconds(r, 'excluded')})"
+                for r in leaves
+            ]
+        )
+        generations = sorted(self.generations)
+        rollbacks = (
+            f"{generations[-1] - generations[0]} (generations {generations[0]} to "
+            f"{generations[-1]} seen in /v1/cluster: every new generation rolls back)"
+            if generations
+            else "- (no generation seen in /v1/cluster)"
+        )
+        if self.rollbacks:
+            rollbacks += f"; {len(self.rollbacks)} in /v1/checkpoints: " + ", ".join(
+                f"{n} {r}" for r, n in sorted(reasons.items())
+            )
+        view = self.view
+        last_view = (
+            "-"
+            if view is None
+            else f"generation {view.generation}, coordinator {view.coordinator}, last "
+            f"checkpoint {view.last_checkpoint}; "
+            + ", ".join(f"{m.id} ({len(m.partitions)} partitions)" for m in view.members)
+        )
+        exits = ", ".join(f"{name} {status}" for name, status in sorted(self.exits.items()))
+        failovers = sum(t.failovers for t in self.transports)
+        return [
+            ("result", "PASSED" if ok else "FAILED"),
+            ("log", f"{config.log}, {config.processes} runtime processes (--cluster)"),
+            ("seed", str(config.seed)),
+            (
+                "commands",
+                f"{self.oracle.commands} delivered, in {len(self.trees)} trees "
+                f"({self.sent_trees} sent); {self.oracle.cancelled} more sent and cancelled",
+            ),
+            ("addresses", str(config.addresses)),
+            ("kills (kill -9)", f"{len(kills)}: {kill_lines or '-'}"),
+            ("membership", membership or "-"),
+            ("rollbacks", rollbacks),
+            (
+                "calls",
+                f"{self.calls['sent']} trees sent by /v1/call, {self.calls['answered']} "
+                f"answered with their reply ({self.calls['late']} after a 504 and a retry)",
+            ),
+            (
+                "retries",
+                f"{self.keyed_retries} POSTs sent again with their Idempotency-Key "
+                f"({self.replayed} answered as replayed); {self.retried_refused} refused by "
+                f"every process; {failovers} connections failed over to another process",
+            ),
+            ("function restarts", str(self.function_restart_count)),
+            (
+                "endpoint spells",
+                f"{self.spells['error500']} error500, {self.spells['timeout']} timeout "
+                f"({self.long_spells} of them past the {config.call_timeout:g} s call budget), "
+                f"{self.spells['slow']} slow",
+            ),
+            (
+                "checkpoints",
+                f"every {config.checkpoint_interval:g} s; first complete "
+                + (
+                    "never"
+                    if self.first_checkpoint_at is None
+                    else f"at {self.first_checkpoint_at:.1f} s"
+                ),
+            ),
+            ("cluster at the end", last_view),
+            (
+                "uncertain sends",
+                f"{len(self.uncertain)}, {len(self.uncertain) - len(self._excluded())} of them "
+                "accepted",
+            ),
+            ("egress", egress),
+            ("runtime exits", exits or "-"),
+            ("elapsed", f"{self._elapsed():.1f} s"),
+            ("work dir", str(self.work)),
+        ]
+
     def _egress_problems(self, audit: EgressAudit, problems: list[tuple[str, str]]) -> None:
         for kind, detail in problems:
             self._problem(f"egress {audit.name}", detail, kind)
@@ -873,39 +1472,45 @@ spec:
 
     async def _diagnose(self) -> None:
         """What the runtime says about itself, for a run that stalled or broke."""
-        runtime = self.runtime
-        if runtime is None:
-            return
-        if runtime.alive:
-            try:
-                async with httpx.AsyncClient(timeout=5) as http:
-                    answer = await http.get(f"{runtime.url}/ready")
-                self.notes.append(f"the runtime's /ready: {answer.status_code} {answer.text[:500]}")
-            except httpx.HTTPError as e:
-                self.notes.append(f"the runtime's /ready did not answer: {e}")
-        else:
-            self.notes.append("the runtime process is not running")
-        text = runtime.log_path.read_text(errors="replace").splitlines()
-        lines = [line for line in text if " WARNING " not in line][-6:]
-        self.notes.append(
-            "the runtime's last log lines (warnings left out):\n    "
-            + "\n    ".join(line[:300] for line in lines)
-        )
+        for runtime in self.runtimes:
+            # A cluster's processes by name; the one runtime as "the runtime".
+            whose = f"{runtime.name}'s" if self.config.cluster else "the runtime's"
+            if runtime.alive:
+                for path in ("/ready", "/v1/cluster") if self.config.cluster else ("/ready",):
+                    try:
+                        async with httpx.AsyncClient(timeout=5) as http:
+                            answer = await http.get(f"{runtime.url}{path}")
+                        self.notes.append(
+                            f"{whose} {path}: {answer.status_code} {answer.text[:500]}"
+                        )
+                    except httpx.HTTPError as e:
+                        self.notes.append(f"{whose} {path} did not answer: {e}")
+            elif runtime.name not in self.exits:
+                self.notes.append(f"{runtime.name} is not running")
+            if not runtime.log_path.exists():
+                continue
+            text = runtime.log_path.read_text(errors="replace").splitlines()
+            lines = [line for line in text if " WARNING " not in line][-6:]
+            self.notes.append(
+                f"{whose} last log lines (warnings left out):\n    "
+                + "\n    ".join(line[:300] for line in lines)
+            )
 
     def _scan_logs(self) -> None:
-        if self.runtime is None:
-            return
-        text = self.runtime.log_path.read_text(errors="replace")
-        tracebacks = text.count("Traceback (most recent call last)")
-        if tracebacks:
-            self.notes.append(
-                f"the runtime's log has {tracebacks} tracebacks ({self.runtime.log_path})"
-            )
-        failures = [line for line in text.splitlines() if " CRITICAL " in line]
-        if failures:
-            self.notes.append(
-                f"the runtime logged {len(failures)} CRITICAL lines; the first: {failures[0][:300]}"
-            )
+        for runtime in self.runtimes:
+            if not runtime.log_path.exists():
+                continue
+            whose = f"{runtime.name}'s" if self.config.cluster else "the runtime's"
+            text = runtime.log_path.read_text(errors="replace")
+            tracebacks = text.count("Traceback (most recent call last)")
+            if tracebacks:
+                self.notes.append(f"{whose} log has {tracebacks} tracebacks ({runtime.log_path})")
+            failures = [line for line in text.splitlines() if " CRITICAL " in line]
+            if failures:
+                self.notes.append(
+                    f"{runtime.name if self.config.cluster else 'the runtime'} logged "
+                    f"{len(failures)} CRITICAL lines; the first: {failures[0][:300]}"
+                )
 
     def _rows(self, ok: bool, egress: str, runtime_exit: int | None) -> list[tuple[str, str]]:
         assert self.oracle is not None
@@ -922,6 +1527,8 @@ spec:
         generation = self.checkpoint_info.get("generation")
         checkpoints = self.checkpoint_info.get("checkpoints") or [{}]
         restarts = ", ".join(f"{s:.1f}" for s in self.kill_restarts) or "-"
+        if config.cluster:
+            return self._cluster_rows(ok, egress, reasons)
         return [
             ("result", "PASSED" if ok else "FAILED"),
             ("log", config.log),
@@ -965,6 +1572,19 @@ spec:
             ("elapsed", f"{self._elapsed():.1f} s"),
             ("work dir", str(self.work)),
         ]
+
+
+def _seconds(recovery: Mapping[str, Any], key: str) -> str:
+    value = recovery.get(key)
+    return "never" if value is None else f"{value:.1f} s"
+
+
+def _retry_after(answer: httpx.Response) -> float:
+    """The answer's Retry-After in seconds, between 0.1 and 2 (0.5 without one)."""
+    try:
+        return min(2.0, max(0.1, float(answer.headers.get("retry-after", "0.5"))))
+    except ValueError:
+        return 0.5
 
 
 def _env_broker() -> str | None:
