@@ -8,6 +8,10 @@ goes to the ``bench/done`` egress instead, so the benchmark can tell when the wh
 pipeline has processed it. Either way each message leaves exactly one output, and
 the outputs of an address are ``1..n``: the benchmark checks that.
 
+``bench/counter`` is one hop, for ``python -m bench.cluster``: it counts the messages of
+each address and answers ``"<id>:<count>"`` itself, to its caller or, without one, to
+the ``bench/done`` egress.
+
 For ``python -m bench.checkpoints``, whose module also declares the at-least-once
 egress ``bench/done-at-least-once``: the output of an address whose id starts with
 ``both-`` goes to both egresses, so one message times both delivery semantics.
@@ -33,6 +37,7 @@ from sdk import (
 
 FIRST = "bench/first"
 SECOND = "bench/second"
+COUNTER = "bench/counter"
 DONE_EGRESS = "bench/done"
 BOTH_PREFIX = "both-"
 AT_LEAST_ONCE_EGRESS = "bench/done-at-least-once"
@@ -66,6 +71,18 @@ def second(context: Context, message: Message) -> None:
         context.send_egress(egress_message_builder(DONE_EGRESS, output, StringType))
         if context.address.id.startswith(BOTH_PREFIX):
             context.send_egress(egress_message_builder(AT_LEAST_ONCE_EGRESS, output, StringType))
+
+
+@functions.bind(COUNTER, specs=[ValueSpec("count", IntType)])
+def counter(context: Context, message: Message) -> None:
+    count = (context.storage.count or 0) + 1
+    context.storage.count = count
+    output = f"{context.address.id}:{count}"
+    caller = context.caller
+    if caller is not None:
+        context.send(message_builder(caller.typename, caller.id, str_value=output))
+    else:
+        context.send_egress(egress_message_builder(DONE_EGRESS, output, StringType))
 
 
 app = functions.asgi_app()

@@ -1,15 +1,20 @@
 """docker-compose.yml, exercised without Docker: every service but Kafka runs its own
 command as a local process, with its own environment, service hostnames mapped to
-loopback and Kafka replaced by the test broker; then the README's request must get a
-reply."""
+loopback and Kafka replaced by the test broker; the runtime's command runs three times,
+as ``docker compose up --scale runtime=3`` runs it, each replica on its own port. Then
+the README's request must get a reply through every replica, and ``statefun status``
+must show the three members of one application."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +24,24 @@ import yaml
 from kafka.admin import KafkaAdminClient
 from support import ROOT, free_port, wait_until
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
+from runtime.cli import _parser, runtime_config
+from runtime.cluster.node import member_url
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 # The port each service listens on inside its container.
 CONTAINER_PORTS = {"functions": "8000", "runtime": "8090"}
+REPLICAS = 3
+"""``docker compose up --scale runtime=3``, as the README says."""
+
+
+def host_ports(mapping: str) -> tuple[str, range, str]:
+    """``HOST_IP:FIRST-LAST:CONTAINER`` as (host ip, host ports, container port)."""
+    host_ip, ports, container = mapping.rsplit(":", 2)
+    first, _, last = ports.partition("-")
+    return host_ip, range(int(first), int(last or first) + 1), container
 
 
 def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
@@ -33,30 +50,50 @@ def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"])
     assert runtime["depends_on"]["kafka"] == {"condition": "service_healthy"}
-    assert runtime["ports"] == ["8090:8090"]
-    # the checkpoint store is a volume every runtime process can reach
-    assert "checkpoints:/data/checkpoints" in runtime["volumes"]
-    assert "/data/checkpoints" in runtime["command"]
-    # and Kafka's data is one too: `down` then `up` keeps the log with its checkpoints
+    # Kafka's data is a volume (the checkpoints are in Kafka too): `down` then `up` resumes
     log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
     assert any(v.split(":") == ["kafka-data", log_dirs] for v in kafka["volumes"])
-    assert set(COMPOSE["volumes"]) == {"kafka-data", "checkpoints"}
+    assert set(COMPOSE["volumes"]) == {"kafka-data"}
     assert runtime["build"] == SERVICES["functions"]["build"] == "."
     assert (ROOT / "Dockerfile").is_file()
     # the runtime is healthy when it is ready to take and process messages
     assert "/ready" in " ".join(runtime["healthcheck"]["test"])
 
 
+def test_every_runtime_replica_is_a_member_with_its_own_host_port() -> None:
+    runtime = SERVICES["runtime"]
+    command = runtime["command"]
+    assert "--cluster" in command
+    # no checkpoint folder: a cluster keeps its checkpoints in Kafka
+    assert "--checkpoint-dir" not in command
+    assert "volumes" not in runtime
+    # each replica its own host port, on loopback only
+    [mapping] = runtime["ports"]
+    host_ip, ports, container = host_ports(mapping)
+    assert host_ip == "127.0.0.1"
+    assert len(ports) >= REPLICAS
+    assert container == CONTAINER_PORTS["runtime"]
+
+
+def test_a_replica_announces_its_hostname_which_docker_dns_resolves() -> None:
+    """The replicas share one command, so no --member-url can name each: a replica's peer
+    URL is the default, its hostname. Docker names a container's endpoint on a
+    user-defined network (compose's project network) by its container name, aliases,
+    short id and hostname; the hostname is the short id unless the service sets one,
+    which would give every replica the same."""
+    runtime = SERVICES["runtime"]
+    assert "hostname" not in runtime
+    assert "--member-url" not in runtime["command"]
+    args = _parser().parse_args([*runtime["command"][1:], "--kafka", "kafka:9092"])
+    config = runtime_config(args)
+    assert member_url(config) == f"http://{socket.gethostname()}:{CONTAINER_PORTS['runtime']}"
+
+
 class LocalService:
     """One compose service's command, run here with its environment and mapped names."""
 
     def __init__(
-        self,
-        name: str,
-        hosts: dict[str, str],
-        ports: dict[str, int],
-        volumes: dict[str, Path],
-        log: Path,
+        self, name: str, hosts: dict[str, str], port: int, volumes: dict[str, Path], log: Path
     ):
         service = SERVICES[name]
         own_port = CONTAINER_PORTS[name]
@@ -72,12 +109,13 @@ class LocalService:
                 value = value.replace(target, str(directory))
             if value == "0.0.0.0":
                 return "127.0.0.1"
-            return str(ports[name]) if value == own_port else value
+            return str(port) if value == own_port else value
 
         command = [local(str(arg)) for arg in service["command"]]
         binary = shutil.which(command[0], path=str(Path(sys.executable).parent))
         assert binary, f"{command[0]} is not installed next to {sys.executable}"
         environment = {k: local(str(v)) for k, v in service.get("environment", {}).items()}
+        self.port = port
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -88,8 +126,10 @@ class LocalService:
                 stderr=subprocess.STDOUT,
             )
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         self.process.terminate()
+
+    def wait(self) -> None:
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -97,20 +137,41 @@ class LocalService:
             self.process.wait()
 
 
+@dataclass(frozen=True)
+class Deployment:
+    functions: int
+    """The functions' port."""
+    runtimes: list[int]
+    """Each runtime replica's ingress port."""
+
+
 @pytest.fixture
-def compose(kafka_bootstrap: str, tmp_path: Path) -> Iterator[dict[str, int]]:
-    ports = {"functions": free_port(), "runtime": free_port()}
-    hosts = {"kafka:9092": kafka_bootstrap, "functions:8000": f"127.0.0.1:{ports['functions']}"}
+def compose(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Deployment]:
+    deployment = Deployment(free_port(), [free_port() for _ in range(REPLICAS)])
+    hosts = {
+        "kafka:9092": kafka_bootstrap,
+        "functions:8000": f"127.0.0.1:{deployment.functions}",
+    }
     volumes = {name: tmp_path / name for name in COMPOSE.get("volumes", {})}
     started: list[LocalService] = []
     try:
-        # in the order depends_on gives: functions, then the runtime
-        for name in ("functions", "runtime"):
-            started.append(LocalService(name, hosts, ports, volumes, tmp_path / f"{name}.log"))
-        yield ports
+        # in the order depends_on gives: functions, then the runtime's replicas
+        started.append(
+            LocalService("functions", hosts, deployment.functions, volumes, tmp_path / "f.log")
+        )
+        for i, port in enumerate(deployment.runtimes, start=1):
+            log = tmp_path / f"runtime-{i}.log"
+            started.append(LocalService("runtime", hosts, port, volumes, log))
+        yield deployment
     finally:
-        for service in reversed(started):
-            service.stop()
+        # SIGTERM to the replicas together (one at a time, each would hand its partitions
+        # to the next to stop), then to the functions they may still be calling.
+        replicas, functions = started[1:], started[:1]
+        for group in (replicas, functions):
+            for service in group:
+                service.terminate()
+            for service in group:
+                service.wait()
         for service in started:
             print(f"--- {service.log.name}\n{service.log.read_text()}")
 
@@ -125,24 +186,70 @@ def runtime_healthcheck_passes(port: int) -> bool:
     return subprocess.run([sys.executable, *args], capture_output=True, timeout=10).returncode == 0
 
 
-def test_compose_services_answer_the_readme_request(
-    compose: dict[str, int], kafka_bootstrap: str
-) -> None:
-    ingress = f"http://127.0.0.1:{compose['runtime']}"
-    wait_until(lambda: runtime_healthcheck_passes(compose["runtime"]), timeout=40, interval=0.2)
-    answer = httpx.post(
-        f"{ingress}/v1/call/example/greeter/Alice",
-        content="Alice",
-        headers={"content-type": "text/plain"},
-        timeout=30,
+def statefun(*args: str) -> str:
+    """The output of the ``statefun`` command installed next to this Python."""
+    binary = shutil.which("statefun", path=str(Path(sys.executable).parent))
+    assert binary
+    done = subprocess.run([binary, *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def one_application_of(ports: list[int]) -> bool:
+    """Every replica sees the same generation of all of them, each owning partitions."""
+    views = []
+    for port in ports:
+        try:
+            views.append(httpx.get(f"http://127.0.0.1:{port}/v1/cluster", timeout=5).json())
+        except httpx.HTTPError:
+            return False
+    urls = {f"http://127.0.0.1:{port}" for port in ports}
+    return all(
+        view["mode"] == "cluster"
+        and {m["url"] for m in view["members"]} == urls
+        and all(m["partitions"] for m in view["members"])
+        and not view["unowned"]
+        and view["generation"] == views[0]["generation"]
+        for view in views
     )
-    assert answer.status_code == 200, answer.text
-    assert answer.json() == {
-        "type": "io.statefun.types/string",
-        "value": "Hello Alice! Nice to meet you.",
-    }
+
+
+@pytest.mark.slow
+def test_three_replicas_answer_the_readme_request_as_one_application(
+    compose: Deployment, kafka_bootstrap: str
+) -> None:
+    for port in compose.runtimes:
+        wait_until(lambda port=port: runtime_healthcheck_passes(port), timeout=60, interval=0.2)
+    wait_until(lambda: one_application_of(compose.runtimes), timeout=60, interval=0.2)
+    # The README's request through each replica in turn: one name, so one address, which
+    # one replica owns; the visits count on whichever replica is asked.
+    greetings = [
+        "Hello Alice! Nice to meet you.",
+        "Hello again Alice! This is visit number 2.",
+        "Hello again Alice! This is visit number 3.",
+    ]
+    for port, greeting in zip(compose.runtimes, greetings, strict=True):
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/call/example/greeter/Alice",
+            content="Alice",
+            headers={"content-type": "text/plain"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"type": "io.statefun.types/string", "value": greeting}
+    # `statefun status` through any replica shows the three members
+    for port in compose.runtimes:
+        ingress = f"http://127.0.0.1:{port}"
+        shown = json.loads(statefun("status", "--json", "--ingress", ingress))
+        assert len(shown["members"]) == REPLICAS
+        assert sum(m["me"] for m in shown["members"]) == 1
+        assert shown["coordinator"] in {m["id"] for m in shown["members"]}
+        text = statefun("status", "--ingress", ingress)
+        assert all(f"http://127.0.0.1:{p}" in text for p in compose.runtimes), text
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
-        assert "statefun-messages" in admin.list_topics()  # the log is in Kafka
+        topics = admin.list_topics()
     finally:
         admin.close()
+    assert "statefun-messages" in topics  # the log is in Kafka
+    assert "statefun-decisions" in topics  # and so are the application's checkpoints
