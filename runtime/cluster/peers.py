@@ -28,6 +28,7 @@ from typing import Protocol
 
 import httpx
 import msgpack
+from httpx_aiohttp import AiohttpTransport
 
 from runtime.checkpoints.epochs import Tag
 from runtime.errors import BadInput, PeerUnreachable
@@ -46,7 +47,7 @@ CONNECT_TIMEOUT = 2.0
 REPLY_TIMEOUT = 5.0
 """Seconds a reply delivery may take, end to end."""
 MAX_CONNECTIONS = 32
-MAX_KEEPALIVE = 8
+MAX_KEEPALIVE = 32
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -167,12 +168,15 @@ class Peers:
         self, view: ClusterView, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self.view = view
+        limits = httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
+        )
+        # aiohttp underneath, as for function calls: httpx's own pool costs several
+        # times the CPU per request under load (bench/README.md).
         self._client = httpx.AsyncClient(
-            transport=transport,
+            transport=transport or AiohttpTransport(limits=limits),
             timeout=httpx.Timeout(REPLY_TIMEOUT, connect=CONNECT_TIMEOUT),
-            limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
-            ),
+            limits=limits,
         )
         self._deliveries: set[asyncio.Task[None]] = set()
 
