@@ -426,8 +426,9 @@ def start_processes(
             raise BenchError(f"no Kafka broker in {broker}")
         # A fresh app id: fresh topics and consumer group, also on a shared broker.
         app_id = f"bench-{uuid.uuid4().hex[:12]}"
-        log_args = ["--kafka", bootstrap, "--app-id", app_id]
-        log_args += ["--checkpoint-dir", str(workdir / "checkpoints")]
+        # A member of an application of one, its checkpoints in Kafka; a short session
+        # timeout, since the test broker makes a join wait half of it.
+        log_args = ["--kafka", bootstrap, "--app-id", app_id, "--session-timeout", "2"]
     functions_port, ingress_port = free_port(), free_port()
     module = workdir / "module.yaml"
     module.write_text(module_yaml(functions_port, config.egress, config.extra_module))

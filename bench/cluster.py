@@ -1,7 +1,7 @@
 """The cluster benchmark: ``python -m bench.cluster`` from the repository root.
 
 Owns what running one application as several runtime processes costs
-(``statefun run --kafka B --app-id X --cluster``, ``runtime.cluster``), measured with
+(``statefun run --kafka B --app-id X``, ``runtime.cluster``), measured with
 real processes:
 
 * throughput with 1, 2 and 3 members (``--members``), each on a fresh Tansu broker
@@ -235,7 +235,6 @@ class Application:
                 self.bootstrap,
                 "--app-id",
                 self.app_id,
-                "--cluster",
                 "--session-timeout",
                 f"{SESSION_TIMEOUT:g}",
                 "--partitions",

@@ -76,15 +76,17 @@ def _parser() -> argparse.ArgumentParser:
         "(default: $STATEFUN_KAFKA)",
     )
     run.add_argument(
-        "--cluster",
+        "--alone",
         action="store_true",
-        help="with --kafka: join application APP_ID as one of its processes (members), "
-        "which share its partitions and take one global checkpoint, kept in Kafka",
+        help="with --kafka: run as the application's only process, with its own checkpoint "
+        "store under --data-dir, instead of joining application APP_ID as one of its "
+        "processes (members share the partitions and take one global checkpoint, kept in "
+        "Kafka)",
     )
     run.add_argument(
         "--member-url",
         metavar="URL",
-        help="with --cluster: the URL the other members reach this process's ingress at "
+        help="with --kafka: the URL the other members reach this process's ingress at "
         "(default: http://INGRESS_HOST:INGRESS_PORT, the host name if it binds 0.0.0.0)",
     )
     run.add_argument(
@@ -92,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=default_of(ClusterConfig, "session_timeout"),
         metavar="SECONDS",
-        help="with --cluster: how long a member may go silent before the others take its "
+        help="with --kafka: how long a member may go silent before the others take its "
         "partitions over (default: %(default)g)",
     )
     run.add_argument(
@@ -108,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("statefun-data"),
         metavar="DIR",
         help="data directory: the embedded log (unless --kafka) and, by default, the "
-        "checkpoints (default: ./statefun-data)",
+        "checkpoints of a process alone (default: ./statefun-data)",
     )
     run.add_argument(
         "--ingress-host",
@@ -157,8 +159,9 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint-dir",
         type=Path,
         metavar="DIR",
-        help="the checkpoint store, shared by every runtime process of the application "
-        "(default: DATA_DIR/checkpoints, also with --kafka)",
+        help="the checkpoint store of a process alone (the embedded log, or --kafka with "
+        "--alone; default: DATA_DIR/checkpoints); the members of an application keep "
+        "their checkpoints in Kafka",
     )
     run.add_argument(
         "--checkpoint-interval",
@@ -319,12 +322,13 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         raise CliError(f"invalid module spec: {e}", status=2) from None
     if not module.endpoints:
         raise CliError(f"{args.module} declares no function endpoint", status=2)
-    if args.cluster and not args.kafka:
+    cluster = bool(args.kafka) and not args.alone
+    if cluster and args.start_over:
         raise CliError(
-            "--cluster needs --kafka: the members of an application meet there", status=2
+            "--start-over rebuilds a process's own checkpoint store: with --kafka, use it "
+            "with --alone",
+            status=2,
         )
-    if args.cluster and args.start_over:
-        raise CliError("--start-over is for a process alone, not with --cluster", status=2)
     return RuntimeConfig(
         module=module,
         module_file=args.module,
@@ -347,7 +351,7 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
             interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)
         ),
         cluster=ClusterConfig(
-            enabled=args.cluster,
+            enabled=cluster,
             url=args.member_url,
             session_timeout=args.session_timeout,
             heartbeat_interval=min(

@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="runtime processes of the application (default 1); above 1, a cluster on "
-        "Kafka (statefun run --cluster): the load goes to every process in turn, with "
+        "Kafka (statefun run --kafka): the load goes to every process in turn, with "
         "Idempotency-Keys and retries through another process, and the kills are of a "
         "worker and of the coordinator, with a process joining and one leaving on SIGTERM",
     )

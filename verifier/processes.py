@@ -160,7 +160,8 @@ class FunctionServer(ChildProcess):
 
 class RuntimeProcess(ChildProcess):
     """``statefun run`` (``python -m runtime.cli run``) on a loopback port; with
-    ``cluster``, one member of the application ``app_id`` (``--cluster``)."""
+    ``kafka``, one member of the application ``app_id``, or (``cluster`` False) the
+    application's only process, with its own checkpoint store (``--alone``)."""
 
     def __init__(
         self,
@@ -190,13 +191,15 @@ class RuntimeProcess(ChildProcess):
             "--checkpoint-interval",
             str(checkpoint_interval),
         ]
-        # A member of a cluster keeps its checkpoints in Kafka, with the application's.
-        if cluster:
-            args.append("--cluster")
+        # On Kafka a process is a member of its application, which keeps its checkpoints
+        # in Kafka; ``cluster`` False there runs it alone, with its own store.
+        if kafka is not None and cluster:
             if session_timeout is not None:
                 args += ["--session-timeout", str(session_timeout)]
         else:
             args += ["--checkpoint-dir", str(checkpoint_dir)]
+            if kafka is not None:
+                args.append("--alone")
         if kafka is not None:
             args += ["--kafka", kafka]
         if app_id is not None:

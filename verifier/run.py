@@ -31,7 +31,7 @@ its root command is in its address's state. A connection refused before sending 
 retried. Uncertain trees are reported; with the quiescing above there should be none.
 
 With ``processes`` above 1 the application runs as a cluster of runtime processes
-(``statefun run --cluster``, one Kafka broker, one app id), and the run differs so:
+(``statefun run --kafka``, one Kafka broker, one app id), and the run differs so:
 
 - every request (sends, reads) goes to the live processes in turn (round robin,
   :class:`verifier.cluster.IngressPool`), and one tree in ``calls_every`` is sent by
@@ -456,6 +456,10 @@ spec:
             kafka=kafka,
             app_id=app_id,
             command=list(config.runtime_command) or None,
+            # On Kafka, a member of an application of one (what `statefun run --kafka`
+            # runs); a restart after a kill -9 joins once the dead member's session ends.
+            cluster=kafka is not None,
+            session_timeout=config.session_timeout or 2.0,
         )
         self.runtimes.append(self.runtime)
         self.pool.add(self.runtime.url)
@@ -1411,7 +1415,7 @@ spec:
         failovers = sum(t.failovers for t in self.transports)
         return [
             ("result", "PASSED" if ok else "FAILED"),
-            ("log", f"{config.log}, {config.processes} runtime processes (--cluster)"),
+            ("log", f"{config.log}, {config.processes} runtime processes, one application"),
             ("seed", str(config.seed)),
             (
                 "commands",

@@ -79,8 +79,8 @@ def test_help_everywhere(command: list[str]) -> None:
     assert "usage: statefun" in done.stdout
 
 
-@pytest.mark.parametrize("mode", [[], ["--kafka", "127.0.0.1:9092"]])
-def test_checkpoints_default_to_a_folder_under_the_data_directory_in_every_mode(
+@pytest.mark.parametrize("mode", [[], ["--kafka", "127.0.0.1:9092", "--alone"]])
+def test_checkpoints_of_a_process_alone_default_to_a_folder_under_the_data_directory(
     mode: list[str],
 ) -> None:
     run = ["run", "--module", "module.yaml", "--data-dir", "/srv/data", *mode]

@@ -2,7 +2,7 @@
 partitions shared, one coordinator, one global checkpoint, replies and requests across
 members, handover on a clean stop, takeover by a new coordinator, restore from the
 checkpoints in Kafka. Members run in this test process, each on its own event loop and
-its own ingress port, as ``statefun run --kafka ... --cluster`` runs them."""
+its own ingress port, as ``statefun run --kafka ...`` runs them."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
 def test_every_runtime_replica_is_a_member_with_its_own_host_port() -> None:
     runtime = SERVICES["runtime"]
     command = runtime["command"]
-    assert "--cluster" in command
+    assert "--alone" not in command  # with Kafka, a member of the application
     # no checkpoint folder: a cluster keeps its checkpoints in Kafka
     assert "--checkpoint-dir" not in command
     assert "volumes" not in runtime

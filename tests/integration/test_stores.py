@@ -298,7 +298,15 @@ spec: {{id: test/out}}
         send_ones(rt.url, "test/forward/k", 4)
         wait_until(lambda: counted(rt.url, "test/counter/k") == 7, timeout=20)
 
-    run = ["--module", str(module), "--kafka", kafka_bootstrap, "--app-id", kafka["app_id"]]
+    run = [
+        "--module",
+        str(module),
+        "--kafka",
+        kafka_bootstrap,
+        "--app-id",
+        kafka["app_id"],
+        "--alone",
+    ]
     refused = run_statefun(*run, "--data-dir", str(tmp_path / "empty"))
     assert_one_line_refusal(refused, "holds the records of a runtime", "--start-over")
 

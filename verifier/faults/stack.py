@@ -253,7 +253,8 @@ spec:
             args += ["--checkpoint-retain", str(self.retain)]
         if self.log == "kafka":
             assert self.bootstrap is not None
-            args += ["--kafka", self.bootstrap, "--app-id", self.app_id]
+            # The faults of a process's own store and log: a process alone.
+            args += ["--kafka", self.bootstrap, "--app-id", self.app_id, "--alone"]
         if self.features.storm_rate:
             args += ["--storm-rate", str(STORM_RATE)]
         args += list(extra)
