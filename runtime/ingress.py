@@ -33,7 +33,7 @@ import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -249,7 +249,10 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             raise _Rejected(_error(e.status, e.error, e.detail)) from None
         print_ = b""
         if key is not None:
-            print_ = fingerprint(request.url.path, request.url.query, content_type, body)
+            # The query decoded and encoded again: a proxy (or a member forwarding the
+            # request) may encode it otherwise, and a retry must still match.
+            query = urlencode(request.query_params.multi_items())
+            print_ = fingerprint(request.url.path, query, content_type, body)
         return Accepted(target, value, key, print_)
 
     async def owners_answer(request: Request, target: Address, within: float) -> Response | None:

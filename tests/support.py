@@ -142,7 +142,11 @@ class RuntimeThread:
 
     async def _serve(self) -> None:
         self.runtime = await self._opener(self.config)
-        await self.runtime.start()
+        try:
+            await self.runtime.start()
+        except BaseException:
+            await self.runtime.stop()  # what it opened is closed, as serve() does
+            raise
         self._server = IngressServer(
             self.runtime.ingress_app,
             self.config.ingress_timeouts,
