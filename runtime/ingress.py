@@ -479,9 +479,16 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         )
 
     @app.post("/v1/admin/dead-letters/{offset}/replay", status_code=202)
-    async def replay_dead_letter(offset: int) -> JSONResponse:
-        """Append the parked message to the messages log again (once, however often asked)."""
+    async def replay_dead_letter(offset: int, request: Request) -> Response:
+        """Append the parked message to the messages log again (once, however often asked:
+        in a cluster, the member owning its target's partition holds that key)."""
         letter = await _dead_letter(offset)
+        if (
+            letter.target is not None
+            and (forwarded := await owners_answer(request, letter.target, FORWARD_TIMEOUT))
+            is not None
+        ):
+            return forwarded
         status = (await runtime.records.dead_letter_marks([offset])).get(offset, PARKED)
         if status == DISCARDED:
             return _error(409, "discarded", f"dead letter {offset} was discarded")

@@ -267,6 +267,7 @@ class ClusterRuntime(RuntimeBase):
         self._failing: asyncio.Task[None] | None = None
         self._reconciling: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] = lambda: None
+        self.health.fail("generation", "joining the application")
         log_.on_failure(self._log_failed)
 
     @classmethod
@@ -512,6 +513,9 @@ class ClusterRuntime(RuntimeBase):
         while self._target is not None:
             beginning, self._target = self._target, None
             begin = beginning.begin
+            self.health.fail(
+                "generation", f"restoring its partitions for generation {begin.generation}"
+            )
             await self._end_generation()
             try:
                 await self._restore(beginning)
@@ -756,8 +760,6 @@ class ClusterRuntime(RuntimeBase):
     def _committed_checkpoint(self, manifest: Manifest) -> None:
         self._last = manifest
         self._uncommitted.committed(manifest.checkpoint)
-        for component in ("generation", "store", "checkpoints"):
-            self.health.clear(component)
         self.replies.committed(manifest.generation, manifest.checkpoint)
         worker, outbox, clock = self.worker, self.outbox, self.clock
         if (

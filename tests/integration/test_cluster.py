@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from functions import make_test_functions
+from kafka_broker import create_topic, int_bytes, produce
 from support import (
     RuntimeProcess,
     RuntimeThread,
@@ -35,6 +36,7 @@ from runtime.cluster.node import ClusterRuntime
 from runtime.config import ClusterConfig, RuntimeConfig, WorkerConfig
 from runtime.dispatcher import DispatchConfig
 from runtime.errors import ConfigurationError
+from statefun.module_spec import parse_module_spec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -421,3 +423,69 @@ def test_when_the_coordinator_is_killed_another_member_takes_over(
         wait_until(taken_over, timeout=30)
         for id_ in ids:
             wait_until(lambda id_=id_: count(alive[1], f"test/counter/{id_}") == 3, timeout=30)
+
+
+def test_the_kafka_ingress_partitions_are_shared_and_resume_where_the_checkpoint_says(
+    functions_url: str, kafka_bootstrap: str
+) -> None:
+    """Two members read an ingress topic of 4 partitions between them; after one stops,
+    the other reads them all from the checkpoint's positions: every record once."""
+    app_id = unique_app_id()
+    topic = f"{app_id}-numbers"
+    create_topic(kafka_bootstrap, topic, 4)
+    spec = parse_module_spec(
+        f"""
+kind: io.statefun.endpoints.v2/http
+spec: {{functions: test/*, urlPathTemplate: "{functions_url}"}}
+---
+kind: io.statefun.kafka.v1/ingress
+spec:
+  id: test/numbers
+  startupPosition: {{type: earliest}}
+  topics:
+    - topic: {topic}
+      valueType: io.statefun.types/int
+      targets: [test/counter]
+---
+kind: statefun.v1/egress
+spec: {{id: test/out}}
+"""
+    )
+    keys = [f"q{i}".encode() for i in range(16)]
+    produce(kafka_bootstrap, topic, [(k, int_bytes(1)) for k in keys])
+    with ExitStack() as stack:
+        a = start_member(member_config(functions_url, kafka_bootstrap, app_id, module=spec))
+        stack.callback(a.stop)
+        b = start_member(member_config(functions_url, kafka_bootstrap, app_id, module=spec))
+        http_a = stack.enter_context(client(a.url))
+        with client(b.url) as http_b:
+            wait_until(lambda: both_in_one_generation(http_a, http_b), timeout=30)
+            assert isinstance(a.runtime, ClusterRuntime)
+            assert isinstance(b.runtime, ClusterRuntime)
+            read_by_a, read_by_b = ingress_read_by(a), ingress_read_by(b)
+            assert read_by_a
+            assert read_by_b
+            assert not read_by_a & read_by_b
+            assert read_by_a | read_by_b == {(topic, p) for p in range(4)}
+            produce(kafka_bootstrap, topic, [(k, int_bytes(10)) for k in keys])
+            for k in keys:
+                wait_until(
+                    lambda k=k: count(http_b, f"test/counter/{k.decode()}") == 11, timeout=30
+                )
+        b.stop()
+        wait_until(lambda: len(cluster_of(http_a)["members"]) == 1, timeout=30)
+        produce(kafka_bootstrap, topic, [(k, int_bytes(100)) for k in keys])
+        for k in keys:
+            wait_until(lambda k=k: count(http_a, f"test/counter/{k.decode()}") == 111, timeout=30)
+        assert ingress_read_by(a) == {(topic, p) for p in range(4)}
+
+
+def ingress_read_by(member: RuntimeThread) -> set[tuple[str, int]]:
+    """The Kafka ingress topic partitions ``member`` reads now."""
+
+    def read() -> set[tuple[str, int]]:
+        assert member.runtime is not None
+        return {tp for reader in member.runtime.kafka_ingresses for tp in reader.positions}
+
+    found: set[tuple[str, int]] = member.call_soon(read)
+    return found
