@@ -432,22 +432,7 @@ def start_processes(
     functions_port, ingress_port = free_port(), free_port()
     module = workdir / "module.yaml"
     module.write_text(module_yaml(functions_port, config.egress, config.extra_module))
-    functions = children.start(
-        "the function server",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.functions:app",
-            "--host",
-            HOST,
-            "--port",
-            str(functions_port),
-            "--log-level",
-            "warning",
-        ],
-        workdir / "functions.log",
-    )
+    functions = children.start_functions(functions_port, workdir, HOST)
     profiler = [] if config.profile is None else ["-m", "cProfile", "-o", str(config.profile)]
     runtime = children.start(
         "the runtime",

@@ -175,6 +175,25 @@ class Children:
         self._children.append(child)
         return child
 
+    def start_functions(self, port: int, workdir: Path, host: str = "127.0.0.1") -> Child:
+        """The benchmarks' function server (``bench.functions``) on ``port``."""
+        return self.start(
+            "the function server",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.functions:app",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            workdir / "functions.log",
+        )
+
     def stop(self) -> None:
         """Stop the children one by one, the last started first: the runtime goes while the
         functions (and the Kafka broker) still answer, so it can finish what it has in

@@ -199,22 +199,7 @@ class Application:
         self.functions_url = f"http://{HOST}:{functions_port}"
         self.module = workdir / "module.yaml"
         self.module.write_text(module_yaml(functions_port))
-        self.functions = children.start(
-            "the function server",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.functions:app",
-                "--host",
-                HOST,
-                "--port",
-                str(functions_port),
-                "--log-level",
-                "warning",
-            ],
-            workdir / "functions.log",
-        )
+        self.functions = children.start_functions(functions_port, workdir, HOST)
         self.members: list[tuple[Child, str]] = []
         """The live members: (process, ingress URL), oldest first."""
         self.started = 0

@@ -32,7 +32,7 @@ import logging
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ from runtime.replies import ReplyWaiters
 from runtime.retention import Retention
 from runtime.router import Router
 from runtime.routing import Topics, partition_for
-from runtime.state import StateSpecRegistry
+from runtime.state import StateSpecRegistry, StateStore
 from runtime.worker import FunctionClients, Worker
 from statefun.address import Address, TypeName
 from statefun.module_spec import FunctionTypePattern
@@ -203,6 +203,43 @@ class RuntimeBase(abc.ABC):
     @abc.abstractmethod
     def _checkpoints_where(self) -> str:
         """Where checkpoints are kept, for the start-up summary."""
+
+    def _processing(
+        self,
+        clock: EpochClock,
+        state: StateStore,
+        *,
+        note_published: Callable[[int], Awaitable[None]],
+        on_failure: Callable[[Failure], None],
+        paused: Iterable[TypeName],
+        owned: Iterable[int] | None = None,
+        on_later_epoch: Callable[[int], None] | None = None,
+    ) -> tuple[EgressOutbox, Worker]:
+        """A generation's egress outbox and worker (see :class:`Worker` for the options)."""
+        outbox = EgressOutbox(
+            self.egresses,
+            clock,
+            note_published=note_published,
+            on_log_failure=lambda reason: worker.log_failed(reason),
+        )
+        worker = Worker(
+            self.log,
+            self.module,
+            self.router,
+            self.egresses,
+            outbox,
+            self.dead_letters,
+            clock,
+            self.clients,
+            self.registry,
+            state,
+            on_failure=on_failure,
+            config=self.config.worker,
+            paused=paused,
+            owned=owned,
+            on_later_epoch=on_later_epoch,
+        )
+        return outbox, worker
 
     def partition_of(self, target: Address) -> int:
         """The messages partition of ``target``."""
@@ -522,25 +559,11 @@ class Runtime(RuntimeBase):
         )
         self.replies.rolled_back(clock.skip)
         state = point.state
-        outbox = EgressOutbox(
-            self.egresses,
+        outbox, worker = self._processing(
             clock,
-            note_published=self.store.egress_published,
-            on_log_failure=lambda reason: worker.log_failed(reason),
-        )
-        worker = Worker(
-            self.log,
-            self.module,
-            self.router,
-            self.egresses,
-            outbox,
-            self.dead_letters,
-            clock,
-            self.clients,
-            self.registry,
             state,
+            note_published=self.store.egress_published,
             on_failure=self._failed,
-            config=self.config.worker,
             paused=await self.store.paused(),
         )
         ends = await self.log.end_offsets(self.topics.messages)

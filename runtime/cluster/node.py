@@ -78,14 +78,12 @@ from runtime.cluster.partition_store import PartitionSnapshot, PartitionStore, R
 from runtime.cluster.status import ClusterStatus
 from runtime.config import RuntimeConfig
 from runtime.dispatcher import Failure
-from runtime.egress import EgressOutbox
 from runtime.errors import ConfigurationError, LogError
 from runtime.idempotency import decode_floors, decode_rows, encode_floors, encode_rows
 from runtime.kafka_ingress import KafkaIngressReader
 from runtime.log import Log
 from runtime.routing import Topics, partition_for
 from runtime.state import StateStore
-from runtime.worker import Worker
 from statefun.address import Address, TypeName
 from statefun.module_spec import ModuleSpec
 from statefun.values import TypedValue
@@ -579,32 +577,18 @@ class ClusterRuntime(RuntimeBase):
                 floors.update(decode_floors(r.parts[KEYS_PART]))
         clock = EpochClock(begin.generation, beginning.first_epoch, self.member.id, skip)
         self.replies.rolled_back(clock.skip)
-        outbox = EgressOutbox(
-            self.egresses,
+        outbox, worker = self._processing(
             clock,
-            note_published=self._note_published,
-            on_log_failure=lambda reason: worker.log_failed(reason),
-        )
-        for p, r in restored.items():
-            if EGRESS_PART in r.parts:
-                outbox.restore(decode_egress_items(r.parts[EGRESS_PART]), published.get(p, 0), p)
-        worker = Worker(
-            self.log,
-            self.module,
-            self.router,
-            self.egresses,
-            outbox,
-            self.dead_letters,
-            clock,
-            self.clients,
-            self.registry,
             state,
+            note_published=self._note_published,
             on_failure=self._worker_failed,
-            config=self.config.worker,
             paused=paused,
             owned=owned,
             on_later_epoch=self._later_epoch,
         )
+        for p, r in restored.items():
+            if EGRESS_PART in r.parts:
+                outbox.restore(decode_egress_items(r.parts[EGRESS_PART]), published.get(p, 0), p)
         ends = await self.log.end_offsets(self.topics.messages)
         positions = worker_part.positions if worker_part is not None else {}
         self.idempotency.restore(keys, positions, clock.skip, owned=owned)
@@ -846,7 +830,6 @@ class ClusterRuntime(RuntimeBase):
             return min(deadline, loop.time() + budget * fraction)
 
         self._stopping = True
-        self._unsubscribe_later = True
         worker = self.worker
         if worker is not None and not worker.failed:
             await _bounded("finishing calls in flight", worker.stop(drain=True), share(0.4))
@@ -864,6 +847,13 @@ class ClusterRuntime(RuntimeBase):
                     ),
                     share(0.3),
                 )
+                # Its egress out before leaving: the next owner would publish it later.
+                last = self.decisions.state.manifest
+                outbox = self.outbox
+                if outbox is not None and last is not None and last.generation == generation:
+                    publishing = outbox.publish_committed(last.checkpoint)
+                    if publishing is not None:
+                        await _bounded("publishing the last egress", publishing, share(0.1))
         self._unsubscribe()
         await _bounded("stopping the coordinator", self.cluster_coordinator.stop(), share(0.05))
         if self.membership is not None:
@@ -876,6 +866,7 @@ class ClusterRuntime(RuntimeBase):
         for what, closing in (
             ("closing the decision log", self.decisions.close()),
             ("closing the function clients", self.clients.close()),
+            *((("closing the peer client", self.peers.close()),) if self.peers else ()),
             ("closing the egresses", self.egresses.close()),
             ("closing the Kafka clusters", self.kafka_clusters.close()),
             ("closing the log", self.log.close()),
