@@ -245,12 +245,19 @@ class RuntimeBase(abc.ABC):
         """The messages partition of ``target``."""
         return partition_for(target, self.config.messages_partitions)
 
+    def restoring(self, target: Address) -> bool:
+        """Whether ``target``'s partition is this process's but not restored yet (a cluster
+        member switching generations): its keys and state are not here yet."""
+        return False
+
     def _read_floor(self, target: Address) -> tuple[int, int]:
         """The partition of ``target`` and the worker's read position there: a record
         appended for it from now on lands at or past that offset."""
         partition = self.partition_of(target)
         worker = self.worker
-        return partition, worker.position(partition) if worker is not None else 0
+        if worker is None or partition not in worker.owned:
+            return partition, 0  # not read here (yet): nothing is known to be below
+        return partition, worker.position(partition)
 
     def state_of(self, address: Address) -> Mapping[str, TypedValue] | None:
         """The address's state here; None if this process cannot say now (a cluster

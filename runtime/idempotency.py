@@ -246,8 +246,9 @@ class IdempotencyKeys:
                 return KeyedRequest(key, print_, found, home)
             pending = self._pending.get(key)
             if pending is None:
-                self._pending[key] = asyncio.get_running_loop().create_future()
+                # The floor first: were it to raise, no later request may wait on the key.
                 self._pending_floors[key] = self._read_floor(target)
+                self._pending[key] = asyncio.get_running_loop().create_future()
                 return KeyedRequest(key, print_, None, home)
             await asyncio.shield(pending)
 

@@ -315,6 +315,14 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         """The request's Idempotency-Key, with the answer of an earlier request with it."""
         if accepted.key is None:
             return None
+        if runtime.restoring(accepted.target):
+            raise _Rejected(
+                _retry_later(
+                    "restoring",
+                    f"the partition of {accepted.target} is being restored here, with its "
+                    "idempotency keys; try again",
+                )
+            )
         try:
             return await runtime.idempotency.begin(
                 accepted.key, accepted.fingerprint, accepted.target

@@ -325,16 +325,20 @@ class ClusterRuntime(RuntimeBase):
             return None
         return "; ".join(f"{c}: {r}" for c, r in problems.items()), 1.0
 
-    def state_of(self, address: Address) -> Mapping[str, TypedValue] | None:
+    def restoring(self, target: Address) -> bool:
         worker, clock = self.worker, self.clock
-        if (
+        return (
             worker is None
             or clock is None
             or clock.generation != self.decisions.state.generation
-            or self.partition_of(address) not in self._owned
-        ):
+            or self.partition_of(target) not in self._owned
+        )
+
+    def state_of(self, address: Address) -> Mapping[str, TypedValue] | None:
+        if self.restoring(address):
             return None
-        return worker.state_of(address)
+        assert self.worker is not None
+        return self.worker.state_of(address)
 
     def cluster_status(self) -> ClusterStatus:
         status = super().cluster_status()

@@ -3,6 +3,7 @@ rollbacks, and the replies retried calls get."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -79,6 +80,23 @@ async def test_an_abandoned_first_request_lets_the_next_one_go_first() -> None:
     first = await keys.begin("k", b"fp", TARGET)
     keys.abandoned(first)
     assert (await keys.begin("k", b"fp", TARGET)).earlier is None
+
+
+async def test_a_request_that_fails_to_begin_leaves_the_key_free() -> None:
+    """Were the key held while beginning failed, every retry would wait on it forever."""
+    failing = True
+
+    def read_floor(target: Address) -> tuple[int, int]:
+        if failing:
+            raise KeyError("not this process's partition")
+        return 0, 0
+
+    keys = IdempotencyKeys(retention=60, read_floor=read_floor)
+    with pytest.raises(KeyError):
+        await keys.begin("k", b"fp", TARGET)
+    failing = False
+    retry = await asyncio.wait_for(keys.begin("k", b"fp", TARGET), timeout=5)
+    assert retry.earlier is None
 
 
 async def test_answers_expire_after_the_retention_window() -> None:

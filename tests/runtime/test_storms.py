@@ -60,7 +60,7 @@ def test_a_quiet_log_lets_a_few_through_then_about_one_a_second(
         quiet.log("a", logging.INFO, "line %d", i)
         clock.t += 0.1
     quiet.log("b", logging.INFO, "another key")
-    lines = [r.getMessage() for r in caplog.records if r.name == "runtime.storms"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.quiet"]
     assert 14 <= len(lines) <= 16  # 5 at once, then one a second, plus the other key
     assert lines[-1] == "another key"
     assert "more such lines left out" in lines[5]
