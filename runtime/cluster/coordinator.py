@@ -154,6 +154,7 @@ class ClusterCoordinator:
                     reason,
                     cause_address,
                     cause_messages,
+                    self._wall_ms(),
                 )
             )
             current = self.state.begin

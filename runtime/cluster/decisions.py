@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
+HISTORY = 100
+"""Rollbacks the fold keeps for operators (``GET /v1/checkpoints``)."""
+
 IngressPartition = tuple[str, int]
 """A Kafka ingress topic's partition: (topic, partition)."""
 
@@ -99,6 +102,8 @@ class Begin:
     reason: str
     cause_address: str | None = None
     cause_messages: tuple[str, ...] = ()
+    at_ms: int = 0
+    """When its writer appended it (wall clock, milliseconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,7 @@ def _body(record: DecisionRecord) -> dict[str, Any]:
                 "reason": record.reason,
                 "cause_address": record.cause_address,
                 "cause_messages": list(record.cause_messages),
+                "at_ms": record.at_ms,
             }
         case Take():
             body = {
@@ -348,6 +354,7 @@ def _state_out(s: ClusterState) -> dict[str, Any]:
         "paused": sorted(s.paused),
         "marks": [[d, status] for d, status in s.marks.items()],
         "void_records": s.void_records,
+        "history": [_body(b) for b in s.history],
     }
 
 
@@ -381,6 +388,7 @@ def _state_in(b: dict[str, Any]) -> ClusterState:
         paused={str(t) for t in b["paused"]},
         marks={int(d): str(status) for d, status in b["marks"]},
         void_records=int(b["void_records"]),
+        history=[_record_in(raw, Begin) for raw in b.get("history", [])],
     )
 
 
@@ -398,6 +406,7 @@ def _decode_body(b: dict[str, Any]) -> DecisionRecord:
             str(b["reason"]),
             _optional_str(b["cause_address"]),
             tuple(str(m) for m in b["cause_messages"]),
+            int(b.get("at_ms", 0)),
         )
     if kind == "take":
         return Take(int(b["generation"]), int(b["checkpoint"]), int(b["segment"]), bool(b["full"]))
@@ -517,6 +526,9 @@ class ClusterState:
     marks: dict[int, str] = field(default_factory=dict)
     """Dead letter -> its mark."""
     void_records: int = 0
+    history: list[Begin] = field(default_factory=list)
+    """The newest ``HISTORY`` Begins that rolled a generation back, oldest first (each
+    rolled generation ``generation - 1`` back to ``rolled_back_to[generation - 1]``)."""
     epoch: int = 1
     """The decision log's epoch: its records are in topic ``<decisions>-<epoch>``."""
     epoch_base: int = 0
@@ -642,6 +654,7 @@ _SNAPSHOT_FIELDS = (
     "paused",
     "marks",
     "void_records",
+    "history",
 )
 """What a Snapshot holds: every field of the fold but the bookkeeping of positions and
 epochs (and ``retain``, a member's setting)."""
@@ -749,6 +762,8 @@ def _apply(s: ClusterState, offset: int, r: DecisionRecord) -> None:
             if s.begin is not None:
                 last = s.manifest
                 s.rolled_back_to[s.generation] = 0 if last is None else last.checkpoint
+                s.history.append(r)
+                del s.history[:-HISTORY]
             if s.module is None:
                 s.module = r.module
             s.generation, s.begin, s.begin_offset = r.generation, r, offset

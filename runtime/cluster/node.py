@@ -156,15 +156,24 @@ class ClusterRecords(ApplicationRecords):
 
     def __init__(self, decisions: DecisionLog):
         self._decisions = decisions
-        self.rollbacks_seen: list[Rollback] = []
-        """Every rollback the fold applied since this process started (older ones are in
-        the decision log, not kept in memory)."""
 
     async def manifests(self) -> list[StoredManifest]:
         return [_stored_manifest(m) for m in self._decisions.state.manifests]
 
     async def rollbacks(self) -> list[Rollback]:
-        return list(self.rollbacks_seen)
+        """The newest rollbacks of the application (``decisions.HISTORY`` of them)."""
+        state = self._decisions.state
+        return [
+            Rollback(
+                b.generation - 1,
+                state.rolled_back_to.get(b.generation - 1, 0),
+                b.at_ms,
+                b.reason,
+                b.cause_address,
+                b.cause_messages,
+            )
+            for b in state.history
+        ]
 
     async def dead_letter_marks(self, offsets: Sequence[int]) -> dict[int, str]:
         marks = self._decisions.state.marks
@@ -475,7 +484,6 @@ class ClusterRuntime(RuntimeBase):
         if isinstance(record, Begin):
             state = self.decisions.state
             self._target = _Beginning(record, state.manifest, state.highest_checkpoint + 1)
-            self._note_rollback(record)
             if self._switching is None or self._switching.done():
                 self._switching = asyncio.create_task(self._switch(), name="generation-switch")
             self._reconcile()
@@ -491,22 +499,6 @@ class ClusterRuntime(RuntimeBase):
                     worker.dispatcher.pause(function_type)
                 else:
                     worker.dispatcher.resume(function_type)
-
-    def _note_rollback(self, begin: Begin) -> None:
-        state = self.decisions.state
-        previous = begin.generation - 1
-        if previous in state.rolled_back_to:
-            self._records.rollbacks_seen.append(
-                Rollback(
-                    previous,
-                    state.rolled_back_to[previous],
-                    int(time.time() * 1000),
-                    begin.reason,
-                    begin.cause_address,
-                    begin.cause_messages,
-                )
-            )
-            del self._records.rollbacks_seen[:-100]
 
     # --- generations ------------------------------------------------------------------
 

@@ -4,12 +4,14 @@ position, and ``DecisionLog`` keeps the fold of a topic up to date over a ``Log`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
 
 from runtime.checkpoints.epochs import Tag
 from runtime.cluster.decisions import (
+    HISTORY,
     Begin,
     ClusterState,
     DecisionLog,
@@ -612,3 +614,17 @@ async def test_the_fold_is_the_same_on_kafka(
         await writer.close()
     finally:
         await log.close()
+
+
+def test_the_fold_keeps_the_newest_rollbacks_for_operators() -> None:
+    f = Folder()
+    f.applied(begin(1))
+    one = f.checkpoint(1, 1, full=True)
+    failed = dataclasses.replace(begin(2), reason="member b failed: boom", at_ms=1234)
+    f.applied(failed)
+    assert f.state.history == [failed]
+    assert f.state.rolled_back_to[1] == one.checkpoint
+    for g in range(3, 3 + HISTORY + 5):
+        f.applied(begin(g))
+    assert len(f.state.history) == HISTORY
+    assert f.state.history[-1].generation == 2 + HISTORY + 5
