@@ -65,6 +65,42 @@ def read_floors(
     return floors
 
 
+def windowed_topics(topics: Topics, module: ModuleSpec) -> list[str]:
+    """The topics that keep a record for the egress window: the embedded egresses' and
+    the dead letters'."""
+    return [
+        *(topics.egress(e.id) for e in module.egresses if isinstance(e, LogEgress)),
+        topics.dead_letters,
+    ]
+
+
+def topic_configs(
+    topics: Topics,
+    windowed: Sequence[str],
+    partitions: int,
+    *,
+    egress_window: float,
+    messages_retention: float,
+) -> dict[str, tuple[int, Mapping[str, str]]]:
+    """The runtime's own topics: their partition counts and creation settings (Kafka's
+    ``retention.ms``; the embedded logs keep none, retention truncates them)."""
+    window, messages = (
+        str(int(seconds * 1000) if seconds else -1)
+        for seconds in (egress_window, messages_retention)
+    )
+    return {
+        topics.messages: (partitions, {"retention.ms": messages}),
+        topics.control: (1, CONTROL_TOPIC_CONFIG),
+        **{topic: (1, {"retention.ms": window}) for topic in windowed},
+    }
+
+
+async def create_topics(log_: Log, configs: Mapping[str, tuple[int, Mapping[str, str]]]) -> None:
+    """Create these topics with their settings (before anything else creates them without)."""
+    for topic, (partitions, config) in configs.items():
+        await log_.ensure_topic(topic, partitions, config)
+
+
 class Retention:
     def __init__(
         self,
@@ -85,10 +121,7 @@ class Retention:
         self._egress_window = egress_window
         self._messages_retention = messages_retention
         self._clock = clock
-        self._windowed = [
-            *(topics.egress(e.id) for e in module.egresses if isinstance(e, LogEgress)),
-            topics.dead_letters,
-        ]
+        self._windowed = windowed_topics(topics, module)
         self._truncating: asyncio.Task[None] | None = None
         self._again = False
         self._windows: asyncio.Task[None] | None = None
@@ -99,21 +132,18 @@ class Retention:
 
     def topic_configs(self) -> dict[str, tuple[int, Mapping[str, str]]]:
         """The runtime's own topics: their partition counts and creation settings."""
-        window, messages = (
-            str(int(seconds * 1000) if seconds else -1)
-            for seconds in (self._egress_window, self._messages_retention)
+        return topic_configs(
+            self._topics,
+            self._windowed,
+            self._partitions,
+            egress_window=self._egress_window,
+            messages_retention=self._messages_retention,
         )
-        return {
-            self._topics.messages: (self._partitions, {"retention.ms": messages}),
-            self._topics.control: (1, CONTROL_TOPIC_CONFIG),
-            **{topic: (1, {"retention.ms": window}) for topic in self._windowed},
-        }
 
     async def create_topics(self) -> None:
         """Create the runtime's own topics with their retention settings (before anything
         else creates them without)."""
-        for topic, (partitions, config) in self.topic_configs().items():
-            await self._log.ensure_topic(topic, partitions, config)
+        await create_topics(self._log, self.topic_configs())
 
     # --- the messages topic -----------------------------------------------------------------
 

@@ -82,6 +82,7 @@ from runtime.errors import ConfigurationError, LogError
 from runtime.idempotency import decode_floors, decode_rows, encode_floors, encode_rows
 from runtime.kafka_ingress import KafkaIngressReader
 from runtime.log import Log
+from runtime.retention import create_topics, topic_configs, windowed_topics
 from runtime.routing import Topics, partition_for
 from runtime.state import StateStore
 from statefun.address import Address, TypeName
@@ -365,8 +366,17 @@ class ClusterRuntime(RuntimeBase):
     async def start(self) -> None:
         """Join the application and return once a generation that includes this member
         runs (its partitions restored)."""
-        await self.router.create_topics()
-        await self.dead_letters.create_topic()
+        config = self.config
+        await create_topics(
+            self.log,
+            topic_configs(
+                self.topics,
+                windowed_topics(self.topics, self.module),
+                config.messages_partitions,
+                egress_window=config.egress_retention,
+                messages_retention=config.messages_retention,
+            ),
+        )
         await self.egresses.start()
         await self.decisions.open()
         known = self.decisions.state.module
