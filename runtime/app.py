@@ -817,24 +817,26 @@ class Runtime(RuntimeBase):
                     await task
         await self.coordinator.stop()
         grace = self.config.worker.shutdown_grace
-        if not await _bounded(
+        if not await bounded_step(
             "finishing calls in flight", self._stop_generation(drain=True), share(0.4, grace)
         ):
-            await _bounded(
+            await bounded_step(
                 "stopping the generation", self._stop_generation(drain=False), share(0.1)
             )
         worker = self.worker
         if healthy and worker is not None and not worker.failed:
             last: list[Manifest | None] = []
-            await _bounded(
+            await bounded_step(
                 "the last checkpoint", _into(last, self.coordinator.checkpoint()), share(0.2)
             )
             if last and last[0] is not None and self.outbox is not None:
                 publishing = self.outbox.publish_committed(last[0].checkpoint)
                 if publishing is not None:
-                    await _bounded("publishing the last egress", publishing, share(0.1))
-                await _bounded("noting the clean stop", self.store.stopped_cleanly(), share(0.05))
-        await _bounded("stopping retention", self.retention.stop(), share(0.05))
+                    await bounded_step("publishing the last egress", publishing, share(0.1))
+                await bounded_step(
+                    "noting the clean stop", self.store.stopped_cleanly(), share(0.05)
+                )
+        await bounded_step("stopping retention", self.retention.stop(), share(0.05))
         closed = True
         # The local store first: the clients of a stalled broker may need all that is left.
         for what, closing in (
@@ -845,7 +847,7 @@ class Runtime(RuntimeBase):
             ("closing the Kafka clusters", self.kafka_clusters.close()),
             ("closing the log", self.log.close()),
         ):
-            closed &= await _bounded(what, closing, deadline)
+            closed &= await bounded_step(what, closing, deadline)
         if self._cleanup is not None:
             self._cleanup.cleanup()
         return closed
@@ -864,7 +866,7 @@ def _pattern(functions: FunctionTypePattern) -> str:
     return f"{functions.namespace}/{functions.name or '*'}"
 
 
-async def _bounded(what: str, step: Awaitable[Any], until: float) -> bool:
+async def bounded_step(what: str, step: Awaitable[Any], until: float) -> bool:
     """Await a step of stopping until loop time ``until``; False (logged) if it did not
     finish by then or failed. Stopping goes on either way."""
     try:

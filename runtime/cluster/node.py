@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from runtime.app import RuntimeBase, _bounded, open_log
+from runtime.app import RuntimeBase, bounded_step, open_log
 from runtime.checkpoints.epochs import EpochClock, Tag
 from runtime.checkpoints.snapshot import (
     EGRESS_PART,
@@ -606,6 +606,10 @@ class ClusterRuntime(RuntimeBase):
         self._uncommitted = _Uncommitted()
         self._owe_full = False
         self._owned = owned
+        if manifest is not None and (
+            self._last is None or manifest.checkpoint > self._last.checkpoint
+        ):
+            self._last = manifest  # its chains are what the next snapshots extend
         worker.start(worker_part, dict(enumerate(ends)))
         readers: list[KafkaIngressReader] = []
         self.worker, self.outbox, self.kafka_ingresses, self.clock = worker, outbox, readers, clock
@@ -838,12 +842,12 @@ class ClusterRuntime(RuntimeBase):
         self._stopping = True
         worker = self.worker
         if worker is not None and not worker.failed:
-            await _bounded("finishing calls in flight", worker.stop(drain=True), share(0.4))
+            await bounded_step("finishing calls in flight", worker.stop(drain=True), share(0.4))
             clock = self.clock
             if clock is not None and self.decisions.state.generation == clock.generation:
                 epoch = clock.epoch
                 generation = clock.generation
-                await _bounded(
+                await bounded_step(
                     "the last checkpoint",
                     self.decisions.wait(
                         lambda s: (
@@ -859,15 +863,15 @@ class ClusterRuntime(RuntimeBase):
                 if outbox is not None and last is not None and last.generation == generation:
                     publishing = outbox.publish_committed(last.checkpoint)
                     if publishing is not None:
-                        await _bounded("publishing the last egress", publishing, share(0.1))
+                        await bounded_step("publishing the last egress", publishing, share(0.1))
         self._unsubscribe()
-        await _bounded("stopping the coordinator", self.cluster_coordinator.stop(), share(0.05))
+        await bounded_step("stopping the coordinator", self.cluster_coordinator.stop(), share(0.05))
         if self.membership is not None:
-            await _bounded("leaving the application", self.membership.stop(), share(0.1))
+            await bounded_step("leaving the application", self.membership.stop(), share(0.1))
         for task in (self._switching, self._failing, self._reconciling, *self._writing):
             if task is not None:
                 task.cancel()
-        await _bounded("stopping the generation", self._end_generation(), share(0.05))
+        await bounded_step("stopping the generation", self._end_generation(), share(0.05))
         closed = True
         for what, closing in (
             ("closing the decision log", self.decisions.close()),
@@ -877,5 +881,5 @@ class ClusterRuntime(RuntimeBase):
             ("closing the Kafka clusters", self.kafka_clusters.close()),
             ("closing the log", self.log.close()),
         ):
-            closed &= await _bounded(what, closing, deadline)
+            closed &= await bounded_step(what, closing, deadline)
         return closed
