@@ -52,6 +52,7 @@ from bench._support import (
     BenchError,
     Child,
     Children,
+    Workload,
     format_table,
     free_port,
     percentile,
@@ -74,22 +75,6 @@ DEFAULT_CHECKPOINT_INTERVAL = CheckpointConfig().interval
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 TEXT = {"content-type": "text/plain; charset=utf-8"}
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    mode: str
-    messages: int
-    addresses: int
-    concurrency: int
-
-    def ids(self, prefix: str) -> list[str]:
-        return [f"{prefix}-{a}" for a in range(self.addresses)]
-
-    def expected(self) -> list[int]:
-        """Messages per address: address ``a`` gets messages ``a, a + A, a + 2A, ...``."""
-        base, extra = divmod(self.messages, self.addresses)
-        return [base + (1 if a < extra else 0) for a in range(self.addresses)]
 
 
 def interval_text(seconds: float) -> str:
@@ -475,8 +460,8 @@ async def measure(processes: Processes, modes: list[Workload]) -> list[Row]:
         await processes.runtime.wait_healthy(session, f"{processes.ingress}/health")
         pipeline = Pipeline(processes, session)
         # Warm up (connections, state spec registration, code paths); checked, not shown.
-        await pipeline.run_call(Workload("warm-up call", 200, 50, 16), prefix="warmup-call")
-        await pipeline.run_send(Workload("warm-up send", 200, 50, 16), prefix="warmup-send")
+        await pipeline.run_call(Workload(200, 50, 16, "warm-up call"), prefix="warmup-call")
+        await pipeline.run_send(Workload(200, 50, 16, "warm-up send"), prefix="warmup-send")
         rows: list[Row] = []
         for w in modes:
             run = pipeline.run_call if w.mode == "call" else pipeline.run_send
@@ -574,7 +559,7 @@ def workloads(args: argparse.Namespace, log: str) -> list[Workload]:
         for name in preset
     }
     modes = ["call", "send"] if args.mode == "both" else [args.mode]
-    return [Workload(m, size["messages"], size["addresses"], size["concurrency"]) for m in modes]
+    return [Workload(size["messages"], size["addresses"], size["concurrency"], m) for m in modes]
 
 
 def choose_logs(args: argparse.Namespace) -> tuple[list[str], Broker | None]:

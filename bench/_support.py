@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO
@@ -232,3 +233,22 @@ class Children:
 
 def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """``messages`` to ``addresses`` addresses, ``concurrency`` in flight (``mode``: what
+    the table calls it)."""
+
+    messages: int
+    addresses: int
+    concurrency: int
+    mode: str = ""
+
+    def ids(self, prefix: str) -> list[str]:
+        return [f"{prefix}-{a}" for a in range(self.addresses)]
+
+    def expected(self) -> list[int]:
+        """Messages per address: address ``a`` gets messages ``a, a + A, a + 2A, ...``."""
+        base, extra = divmod(self.messages, self.addresses)
+        return [base + (1 if a < extra else 0) for a in range(self.addresses)]

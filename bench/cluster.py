@@ -57,6 +57,7 @@ from bench._support import (
     BenchError,
     Child,
     Children,
+    Workload,
     format_table,
     free_port,
     percentile,
@@ -85,21 +86,6 @@ TEXT = {"content-type": "text/plain; charset=utf-8"}
 
 class Failed(Exception):
     """A wrong answer: the results cannot be trusted."""
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    messages: int
-    addresses: int
-    concurrency: int
-
-    def ids(self, prefix: str) -> list[str]:
-        return [f"{prefix}-{a}" for a in range(self.addresses)]
-
-    def expected(self) -> list[int]:
-        """Messages per address: address ``a`` gets messages ``a, a + A, a + 2A, ...``."""
-        base, extra = divmod(self.messages, self.addresses)
-        return [base + (1 if a < extra else 0) for a in range(self.addresses)]
 
 
 @dataclass(frozen=True, slots=True)

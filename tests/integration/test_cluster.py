@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,18 +133,27 @@ def both_in_one_generation(a: httpx.Client, b: httpx.Client) -> bool:
     )
 
 
-def test_two_members_share_the_partitions_and_serve_any_request(
-    functions_url: str, kafka_bootstrap: str
-) -> None:
+@contextmanager
+def two_members(
+    functions_url: str, kafka: str
+) -> Iterator[tuple[RuntimeThread, RuntimeThread, httpx.Client, httpx.Client]]:
+    """Two members of a new application, in one generation, and a client of each."""
     app_id = unique_app_id()
     with ExitStack() as stack:
-        a = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+        a = start_member(member_config(functions_url, kafka, app_id))
         stack.callback(a.stop)
-        b = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+        b = start_member(member_config(functions_url, kafka, app_id))
         stack.callback(b.stop)
         http_a = stack.enter_context(client(a.url))
         http_b = stack.enter_context(client(b.url))
         wait_until(lambda: both_in_one_generation(http_a, http_b), timeout=30)
+        yield a, b, http_a, http_b
+
+
+def test_two_members_share_the_partitions_and_serve_any_request(
+    functions_url: str, kafka_bootstrap: str
+) -> None:
+    with two_members(functions_url, kafka_bootstrap) as (_a, _b, http_a, http_b):
         owners = {p: m["id"] for m in cluster_of(http_a)["members"] for p in m["partitions"]}
         assert sorted(owners) == list(range(PARTITIONS))
         assert len(set(owners.values())) == 2
@@ -312,15 +321,7 @@ def test_a_keyed_call_retried_through_another_member_is_answered_once(
 ) -> None:
     """The owner of the target's partition holds the keys: a retry through any member
     gets the first answer, and nothing more is appended."""
-    app_id = unique_app_id()
-    with ExitStack() as stack:
-        a = start_member(member_config(functions_url, kafka_bootstrap, app_id))
-        stack.callback(a.stop)
-        b = start_member(member_config(functions_url, kafka_bootstrap, app_id))
-        stack.callback(b.stop)
-        http_a = stack.enter_context(client(a.url))
-        http_b = stack.enter_context(client(b.url))
-        wait_until(lambda: both_in_one_generation(http_a, http_b), timeout=30)
+    with two_members(functions_url, kafka_bootstrap) as (a, _b, http_a, http_b):
         assert a.runtime is not None
         log_, topic = a.runtime.log, a.runtime.topics.messages
         for i in range(6):  # addresses of both members' partitions
