@@ -302,19 +302,19 @@ class Worker:
             return None
         if (
             counted
-            and self._on_later_epoch is None
             and tag is not None
             and tag.generation == clock.generation
             and tag.epoch > clock.epoch
         ):
-            log.error(
-                "record %d@%d is from epoch %d of this generation, ahead of this runtime's %d: "
-                "is another runtime writing this application's topics (the same --app-id)?",
-                partition,
-                record.offset,
-                tag.epoch,
-                clock.epoch,
-            )
+            if self._on_later_epoch is not None:
+                # The epoch rule: this record's sending is in its sender's snapshot of an
+                # epoch this worker has not snapshotted yet. Take that snapshot first, with
+                # the record still unread (the caller advances the position after), or a
+                # restore from it would hold the effect of a message whose sending no
+                # snapshot holds.
+                self._on_later_epoch(tag.epoch)
+            else:
+                self._another_runtime(partition, record, tag.epoch)
         try:
             envelope = Envelope.from_record(record)
         except MalformedEnvelope as e:
@@ -324,21 +324,21 @@ class Worker:
             envelope.caller, envelope.argument, (partition, record.offset)
         )
 
+    def _another_runtime(self, partition: int, record: StoredRecord, epoch: int) -> None:
+        """A process alone read a record of a later epoch of its generation: only another
+        process writing the same application's topics can have written it."""
+        log.error(
+            "record %d@%d is from epoch %d of this generation, ahead of this runtime's %d: "
+            "is another runtime writing this application's topics (the same --app-id)?",
+            partition,
+            record.offset,
+            epoch,
+            self._clock.epoch,
+        )
+
     def _deliver(self, partition: int, record: StoredRecord) -> None:
-        if self._on_later_epoch is not None:
-            tag = Tag.from_headers(record.headers)
-            if (
-                tag is not None
-                and tag.generation == self._clock.generation
-                and tag.epoch > self._clock.epoch
-            ):
-                # The epoch rule: this record's sending is in its sender's snapshot of an
-                # epoch this worker has not snapshotted yet. Take that snapshot first, with
-                # the record still unread, or a restore from it would hold the effect of a
-                # message whose sending no snapshot holds.
-                self._on_later_epoch(tag.epoch)
+        accepted = self._accept(partition, record)  # first: it may take a snapshot
         self._positions[partition] = record.offset + 1
-        accepted = self._accept(partition, record)
         if accepted is None:
             return
         target, invocation = accepted
