@@ -222,7 +222,7 @@ class Egresses:
                 txn = TransactionalKafkaWriter(
                     cluster,
                     self._topics.egress_transactional_id(transactional, self._member),
-                    self._topics.egress_markers(transactional, self._member),
+                    self._topics.egress_markers(transactional),
                     max(timeouts, default=None),
                 )
                 await txn.start()

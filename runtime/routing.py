@@ -62,13 +62,12 @@ class Topics:
     def consumer_group(self) -> str:
         return self.app_id
 
-    def egress_markers(self, cluster: int, member: str | None = None) -> str:
+    def egress_markers(self, cluster: int) -> str:
         """The marker topic of the exactly-once Kafka egresses on the ``cluster``-th Kafka
-        cluster the module names (see ``runtime.log.kafka_transactions``); in a cluster of
-        runtimes, one per ``member``."""
-        if member is None:
-            return f"{self.app_id}-egress-published-{cluster}"
-        return f"{self.app_id}-egress-published-{cluster}-{member}"
+        cluster the module names (see ``runtime.log.kafka_transactions``). The members of
+        an application share it: their markers are never read back (the decision log says
+        what is out), and a topic per member would pile up with every process start."""
+        return f"{self.app_id}-egress-published-{cluster}"
 
     def egress_transactional_id(self, cluster: int, member: str | None = None) -> str:
         """The Kafka transactional id of the exactly-once egresses on the ``cluster``-th

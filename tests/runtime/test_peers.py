@@ -372,12 +372,12 @@ def test_a_keyed_callers_partition_is_its_targets() -> None:
 # --- ids -------------------------------------------------------------------------------
 
 
-def test_kafka_transaction_names_carry_the_member_only_in_a_cluster() -> None:
+def test_kafka_transactional_ids_carry_the_member_only_in_a_cluster() -> None:
+    """Members never fence each other's transactions; they share the marker topic."""
     topics = Topics("app")
     assert topics.egress_transactional_id(0) == "app-egress-0"
-    assert topics.egress_markers(0) == "app-egress-published-0"
     assert topics.egress_transactional_id(1, "m-1") == "app-egress-1-m-1"
-    assert topics.egress_markers(1, "m-1") == "app-egress-published-1-m-1"
+    assert topics.egress_markers(1) == "app-egress-published-1"
 
 
 # --- the cluster's status --------------------------------------------------------------
