@@ -2,8 +2,9 @@
 
 ``statefun run --module module.yaml`` runs the runtime on the embedded log;
 ``statefun send ADDRESS VALUE`` and ``statefun call ADDRESS VALUE`` talk to a running
-runtime's ingress, ``statefun status`` shows its application's members. Errors are one
-line on stderr and a non-zero exit status.
+runtime's ingress, ``statefun status`` shows its application's members, ``statefun
+state`` an address's state and ``statefun egress`` the records of an embedded egress.
+Errors are one line on stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -30,12 +33,22 @@ from runtime.config import (
     WorkerConfig,
     default_of,
 )
+from runtime.log_formats import LogFormat, formatter
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
 from statefun.module_spec import load_module_spec
 
 if TYPE_CHECKING:
     from runtime.app import RuntimeBase
+
+DISTRIBUTION = "pystatefun"
+"""The package ``statefun --version`` reports the version of."""
+
+EGRESS_PAGE = 1000
+"""Records ``statefun egress`` asks the ingress for at a time."""
+
+FOLLOW_INTERVAL = 0.5
+"""Seconds between two reads of ``statefun egress --follow`` that found nothing new."""
 
 DEFAULT_INGRESS = f"http://{default_of(RuntimeConfig, 'ingress_host')}:{default_of(RuntimeConfig, 'ingress_port')}"
 
@@ -53,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="statefun",
         description="Stateful functions runtime: run it, send messages, call functions.",
     )
+    parser.add_argument("--version", action="version", version=f"statefun {version(DISTRIBUTION)}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -215,6 +229,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error", "critical"],
         help="(default: %(default)s; the Kafka client logs below warning only at debug)",
     )
+    run.add_argument(
+        "--log-format",
+        type=LogFormat,
+        default=LogFormat.TEXT,
+        choices=list(LogFormat),
+        help="text, or json: one JSON object per line with time, level, logger, message "
+        "and exception (default: %(default)s)",
+    )
 
     ingress_help = f"ingress URL (default: $STATEFUN_INGRESS or {DEFAULT_INGRESS})"
     checkpoints = commands.add_parser(
@@ -273,6 +295,41 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=100, metavar="N")
     dead.add_argument("--json", action="store_true", help="print the answer as JSON")
     _ingress_flag(dead)
+    state = commands.add_parser(
+        "state",
+        help="show an address's state",
+        description="Show the state of an address: each value with its type.",
+    )
+    state.add_argument("address", metavar="ADDRESS", help="namespace/type/id")
+    state.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _ingress_flag(state)
+
+    egress = commands.add_parser(
+        "egress",
+        help="read the records of an embedded egress",
+        description="Print the records of an egress the runtime keeps (an embedded "
+        "egress), one a line: its offset and its value.",
+    )
+    egress.add_argument("egress", metavar="NS/NAME", help="the egress id")
+    egress.add_argument(
+        "--from", dest="from_", type=_offset, default=0, metavar="N", help="from offset N"
+    )
+    egress.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="print at most N records (default: 100, with --follow no limit)",
+    )
+    egress.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing new records as they come, until interrupted (Ctrl-C)",
+    )
+    egress.add_argument(
+        "--json", action="store_true", help="print each record as a JSON object on its line"
+    )
+    _ingress_flag(egress)
+
     for name, text in (
         ("send", "send a message to a function and return once it is durable"),
         ("call", "send a message to a function and print its reply"),
@@ -361,12 +418,10 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
     )
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(level: str, log_format: LogFormat) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     if level != "debug":
         # kafka-python says at INFO what it does at every connection: dozens of lines.
         logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -382,7 +437,7 @@ def run(
     from runtime.errors import ConfigurationError, LogError, StoreError
     from runtime.launch import open_runtime as open_default
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     config = runtime_config(args)
     opener = open_runtime or open_default
 
@@ -441,11 +496,18 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-def _post(args: argparse.Namespace, kind: str) -> httpx.Response:
+def _address_path(text: str) -> str:
+    """``namespace/type/id`` as the path of an ingress route, each part escaped (an id
+    may contain ``/``)."""
     try:
-        address = Address.parse(args.address)
+        address = Address.parse(text)
     except InvalidNameError as e:
         raise CliError(str(e), status=2) from None
+    return "/".join(quote(p, safe="") for p in (address.namespace, address.type, address.id))
+
+
+def _post(args: argparse.Namespace, kind: str) -> httpx.Response:
+    path = _address_path(args.address)
     if args.type is None:
         headers = {"content-type": "text/plain; charset=utf-8"}
         params = {}
@@ -463,7 +525,6 @@ def _post(args: argparse.Namespace, kind: str) -> httpx.Response:
     if kind == "call":
         params["timeout"] = str(args.timeout)
         timeout = args.timeout + 10.0
-    path = "/".join(quote(p, safe="") for p in (address.namespace, address.type, address.id))
     url = f"{args.ingress.rstrip('/')}/v1/{kind}/{path}"
     try:
         response = httpx.post(
@@ -497,6 +558,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _offset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
     return value
 
 
@@ -667,6 +738,54 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(value: dict[str, Any]) -> str:
+    """A value as the ingress gives it (``{"type", "value"[, "encoding"]}``), for people:
+    a string as it is, anything else as JSON, opaque bytes as base64 saying so."""
+    if value.get("encoding") == "base64":
+        return f"{value['value']} (base64 of {value['type']})"
+    if isinstance(value["value"], str):
+        return str(value["value"])
+    return json.dumps(value["value"])
+
+
+def _state(args: argparse.Namespace) -> int:
+    answer = _request(args, "GET", f"/v1/state/{_address_path(args.address)}")
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    if not answer["state"]:
+        print(f"{args.address} has no state")
+    for name, value in sorted(answer["state"].items()):
+        print(f"{name} ({value['type']}): {_shown(value)}")
+    return 0
+
+
+def _egress(args: argparse.Namespace) -> int:
+    path = f"/v1/egress/{_function_type_path(args.egress)}"
+    limit: int | None = args.limit if args.limit is not None or args.follow else 100
+    position: int = args.from_
+    try:
+        while limit is None or limit > 0:
+            page = min(limit or EGRESS_PAGE, EGRESS_PAGE)
+            answer = _request(args, "GET", path, **{"from": position, "limit": page})
+            for record in answer["records"]:
+                if args.json:
+                    print(json.dumps(record), flush=True)
+                else:
+                    print(f"{record['offset']} {_shown(record)}", flush=True)
+            position = answer["next"]
+            if limit is not None:
+                limit -= len(answer["records"])
+            if len(answer["records"]) < page:
+                if not args.follow:
+                    break
+                time.sleep(FOLLOW_INTERVAL)
+    except KeyboardInterrupt:
+        # How --follow ends: what was printed is the output, not an error.
+        pass
+    return 0
+
+
 def _send(args: argparse.Namespace) -> int:
     print(json.dumps(_post(args, "messages").json()))
     return 0
@@ -695,6 +814,8 @@ def main(argv: list[str] | None = None) -> int:
         "pause": _pause,
         "resume": _pause,
         "dead-letters": _dead_letters,
+        "state": _state,
+        "egress": _egress,
     }
     try:
         return handlers[args.command](args)

@@ -147,6 +147,9 @@ class IngressServer(uvicorn.Server):
                 app,
                 http=bounded_protocol(timeouts),
                 log_level="warning",
+                # uvicorn's loggers pass their records on to the root logger's handler
+                # (the format `statefun run --log-format` chose), not to uvicorn's own.
+                log_config=None,
                 lifespan="off",
                 timeout_keep_alive=timeouts.idle,
                 timeout_graceful_shutdown=max(1, round(graceful_shutdown)),

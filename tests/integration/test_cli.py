@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from runtime import cli
 from runtime.cli import _parser, checkpoint_dir
 
 pytestmark = pytest.mark.timeout(90)
+
+INT = "io.statefun.types/int"
+STRING = "io.statefun.types/string"
 
 
 def statefun(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -71,6 +75,8 @@ def egress_values(url: str) -> list[str]:
         ["resume"],
         ["dead-letters"],
         ["status"],
+        ["state"],
+        ["egress"],
     ],
 )
 def test_help_everywhere(command: list[str]) -> None:
@@ -142,10 +148,109 @@ def test_send_and_call_from_the_command_line(functions: ServerThread, tmp_path: 
     assert "stopped" in err
 
 
-def test_an_unreachable_ingress_is_reported() -> None:
-    done = statefun("send", "test/echo/x", "hi", "--ingress", f"http://127.0.0.1:{free_port()}")
+@pytest.mark.parametrize(
+    "command", [["send", "test/echo/x", "hi"], ["state", "test/echo/x"], ["egress", "test/out"]]
+)
+def test_an_unreachable_ingress_is_reported(command: list[str]) -> None:
+    done = statefun(*command, "--ingress", f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 1
     assert "cannot reach the ingress" in done.stderr
+
+
+def test_version_is_the_installed_package_version() -> None:
+    done = statefun("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"statefun {version('pystatefun')}\n"
+
+
+def test_state_and_egress_from_the_command_line(functions: ServerThread, tmp_path: Path) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    runtime = RuntimeProcess(module, tmp_path / "data", free_port()).start()
+    ingress = ("--ingress", runtime.url)
+    try:
+        for fn_id, value in (("c", "5"), ("d/with/slashes", "7")):
+            sent = statefun("send", f"test/counter/{fn_id}", value, "--type", INT, *ingress)
+            assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: sorted(egress_values(runtime.url)) == ["c=5", "d/with/slashes=7"])
+
+        shown = statefun("state", "test/counter/d/with/slashes", *ingress)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout == f"count ({INT}): 7\n"
+        as_json = statefun("state", "test/counter/c", "--json", *ingress)
+        assert json.loads(as_json.stdout) == {"state": {"count": {"type": INT, "value": 5}}}
+        empty = statefun("state", "test/counter/never", *ingress)
+        assert empty.stdout == "test/counter/never has no state\n"
+        unknown = statefun("state", "nope/fn/x", *ingress)
+        assert unknown.returncode == 1
+        assert "404: unknown_function_type" in unknown.stderr
+        bad = statefun("state", "test/counter", *ingress)
+        assert bad.returncode == 2
+        assert "namespace/type/id" in bad.stderr
+
+        records = [
+            json.loads(line)
+            for line in statefun("egress", "test/out", "--json", *ingress).stdout.splitlines()
+        ]
+        assert sorted(r["value"] for r in records) == ["c=5", "d/with/slashes=7"]
+        assert [r["type"] for r in records] == [STRING, STRING]
+        first, second = records
+        listed = statefun("egress", "test/out", *ingress)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines() == [
+            f"{first['offset']} {first['value']}",
+            f"{second['offset']} {second['value']}",
+        ]
+        assert statefun("egress", "test/out", "--limit", "1", *ingress).stdout.splitlines() == [
+            f"{first['offset']} {first['value']}"
+        ]
+        after = statefun("egress", "test/out", "--from", str(second["offset"] + 1), *ingress)
+        assert after.returncode == 0, after.stderr
+        assert after.stdout == ""
+        missing = statefun("egress", "test/nothing", *ingress)
+        assert missing.returncode == 1
+        assert "404: unknown_egress" in missing.stderr
+
+        with subprocess.Popen(
+            [sys.executable, "-m", "runtime.cli", "egress", "test/out", "--follow", *ingress],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as follow:
+            try:
+                assert follow.stdout is not None
+                assert follow.stdout.readline() == f"{first['offset']} {first['value']}\n"
+                assert follow.stdout.readline() == f"{second['offset']} {second['value']}\n"
+                statefun("send", "test/counter/c", "1", "--type", INT, *ingress)
+                assert follow.stdout.readline().split(" ", 1)[1] == "c=6\n"
+                follow.send_signal(signal.SIGINT)
+                assert follow.wait(timeout=10) == 0
+                assert follow.stderr is not None
+                assert "Traceback" not in follow.stderr.read()
+            finally:
+                if follow.poll() is None:  # a failed assertion: do not wait for it
+                    follow.kill()
+    finally:
+        status, err = runtime.signal(signal.SIGTERM)
+    assert status == 0, err
+
+
+def test_run_logs_one_json_object_a_line_with_log_format_json(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    runtime = RuntimeProcess(module, tmp_path / "data", free_port(), "--log-format", "json").start()
+    status, err = runtime.signal(signal.SIGTERM)
+    assert status == 0, err
+    lines = [json.loads(line) for line in err.splitlines()]
+    assert lines, "the runtime logged nothing"
+    for line in lines:
+        assert set(line) == {"time", "level", "logger", "message"}
+        assert line["time"].endswith("+00:00")
+    messages = [line["message"] for line in lines]
+    assert any("received SIGTERM" in m for m in messages), messages
+    assert any(line["logger"].startswith("runtime.") for line in lines)
+    assert {line["level"] for line in lines} <= {"INFO", "WARNING"}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
