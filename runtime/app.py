@@ -62,6 +62,7 @@ from runtime.log import Log
 from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
+from runtime.metrics import Metrics
 from runtime.replies import ReplyWaiters
 from runtime.retention import Retention
 from runtime.router import Router
@@ -162,6 +163,10 @@ class RuntimeBase(abc.ABC):
         self.clients = FunctionClients(config.worker, transport)
         self.registry = StateSpecRegistry()
         self.health = Health()
+        self.metrics = Metrics()
+        self.metrics.watch_load(
+            lambda: () if self.worker is None else self.worker.dispatcher.load()
+        )
         self.worker: Worker | None = None
         self.outbox: EgressOutbox | None = None
         self.kafka_ingresses: list[KafkaIngressReader] = []
@@ -238,6 +243,7 @@ class RuntimeBase(abc.ABC):
             paused=paused,
             owned=owned,
             on_later_epoch=on_later_epoch,
+            metrics=self.metrics,
         )
         return outbox, worker
 
@@ -656,6 +662,7 @@ class Runtime(RuntimeBase):
         try:
             while True:
                 self._rollbacks_in_a_row += 1
+                self.metrics.rolled_back(failure.cause)
                 backoff = min(
                     self.config.rollback_backoff_max,
                     self.config.rollback_backoff * 2 ** (self._rollbacks_in_a_row - 1),
@@ -736,10 +743,14 @@ class Runtime(RuntimeBase):
             log.error("stopping the generation: %s: %s", type(e).__name__, e)
 
     def _checkpoint_abandoned(self, checkpoint: int, error: Exception) -> None:
+        self.metrics.checkpoint_abandoned()
         if isinstance(error, StoreError):
             self.health.fail("store", f"checkpoint writes fail: {error}")
 
     def _committed(self, manifest: Manifest) -> None:
+        self.metrics.checkpoint_committed(
+            manifest.duration_ms, manifest.size_bytes, manifest.addresses
+        )
         self._rollbacks_in_a_row = 0
         self._last_commit = asyncio.get_running_loop().time()
         for component in ("generation", "store", "checkpoints"):

@@ -58,6 +58,7 @@ from runtime.envelope import Envelope
 from runtime.errors import LogError, MalformedEnvelope, StateSpecConflict
 from runtime.function_client import FunctionClient
 from runtime.log import Log, StoredRecord, TopicPartition
+from runtime.metrics import Metrics
 from runtime.router import Router
 from runtime.routing import partition_for
 from runtime.state import StateSpecRegistry, StateStore
@@ -153,6 +154,7 @@ class Worker:
         paused: Iterable[TypeName] = (),
         owned: Iterable[int] | None = None,
         on_later_epoch: Callable[[int], None] | None = None,
+        metrics: Metrics | None = None,
     ):
         """``owned``: the partitions of the messages log this worker reads and whose
         addresses it owns (None: every one). ``on_later_epoch``: called with the epoch of
@@ -183,6 +185,7 @@ class Worker:
             lambda address: partition_for(address, router.partitions),
             config=self.config.dispatch,
             paused=paused,
+            metrics=metrics,
         )
         self._storms = StormWatch(self.config.storm_rate)
         self._positions: dict[int, int] = {}

@@ -532,7 +532,8 @@ class ClusterRuntime(RuntimeBase):
                 )
                 await self._end_generation()
                 self._ask_rollback(
-                    Failure(f"member {self.member.id} could not begin: {e}"), begin.generation
+                    Failure(f"member {self.member.id} could not begin: {e}", cause="member"),
+                    begin.generation,
                 )
 
     async def _end_generation(self) -> None:

@@ -1,0 +1,274 @@
+"""The runtime's Prometheus metrics: every metric's name, labels and meaning, in one place.
+
+One :class:`Metrics` per runtime process, with its own registry (not the client's global
+default: tests run several runtimes in one process), exposed at ``GET /metrics`` on the
+ingress port. Labels stay bounded: a function type, a route template, a status, a
+cause; never an address id.
+
+Counters and histograms are incremented where the event happens (the dispatcher, the
+ingress middleware, the checkpoint hooks). Values the runtime keeps anyway (messages
+waiting in mailboxes, requests in flight, the time of the last checkpoint) are read at
+scrape time by a collector, so the hot path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+FailureKind = Literal["timeout", "call", "protocol", "function", "refused", "unserved"]
+"""Why an attempt failed: no complete answer in time; the HTTP call failed; the answer
+broke the protocol; the function raised; the runtime refused its result; the endpoint
+serves no such function type."""
+RollbackCause = Literal["function", "log", "member"]
+"""Why a generation was rolled back: a function failed under policy ``fail`` (or broke
+the protocol); the log could not be read or appended to; a member could not begin."""
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionTypeLoad:
+    """What a function type has under way now, read at scrape time."""
+
+    function_type: str
+    requests_in_flight: int
+    backlog: int
+    """Messages read for its addresses and waiting in memory for their turn."""
+
+
+@dataclass(slots=True)
+class FunctionTypeMeters:
+    """One function type's counters and histograms, labelled once (the dispatcher keeps
+    it with the type, so counting costs no label lookup)."""
+
+    invocations: Counter
+    batches: Counter
+    batch_size: Histogram
+    call_latency: Histogram
+    retries: Counter
+    dead_letters: Counter
+    _failures: Counter
+    _label: str
+    _by_kind: dict[str, Counter] = field(default_factory=dict)
+
+    def failed(self, kind: FailureKind) -> None:
+        counter = self._by_kind.get(kind)
+        if counter is None:
+            counter = self._by_kind[kind] = self._failures.labels(self._label, kind)
+        counter.inc()
+
+
+class Metrics:
+    """Every metric of one runtime process, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        per_type = ["function_type"]
+        self.invocations = Counter(
+            "statefun_function_invocations",
+            "Messages sent to a function, counting every attempt (a retry, or the batch sent "
+            "again with the states the function declared).",
+            per_type,
+            registry=r,
+        )
+        self.batches = Counter(
+            "statefun_function_batches",
+            "Batches (one address's messages in one request) sent to a function.",
+            per_type,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "statefun_function_batch_size_messages",
+            "Messages per batch sent to a function.",
+            per_type,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.call_latency = Histogram(
+            "statefun_function_call_latency_seconds",
+            "Time from sending a request to a function endpoint to its complete answer, "
+            "or its failure.",
+            per_type,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.failures = Counter(
+            "statefun_function_failures",
+            "Failed attempts per address, by kind.",
+            ["function_type", "kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "statefun_function_retries",
+            "Attempts sent again after a failure.",
+            per_type,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "statefun_function_dead_letters",
+            "Messages the dispatcher parked in the dead letters.",
+            per_type,
+            registry=r,
+        )
+        self.ingress_requests = Counter(
+            "statefun_ingress_requests",
+            "HTTP requests to the ingress, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.ingress_latency = Histogram(
+            "statefun_ingress_request_latency_seconds",
+            "Time to answer an HTTP request to the ingress, by route template and method.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_duration = Histogram(
+            "statefun_checkpoint_duration_seconds",
+            "Time from a checkpoint's start to its commit.",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
+        self.checkpoints = Counter("statefun_checkpoints", "Checkpoints committed.", registry=r)
+        self.checkpoint_bytes = Counter(
+            "statefun_checkpoint_size_bytes",
+            "Bytes of the committed checkpoints (each writes what changed since the last).",
+            registry=r,
+        )
+        self.checkpoint_addresses = Counter(
+            "statefun_checkpoint_changed_addresses",
+            "Addresses whose state the committed checkpoints wrote.",
+            registry=r,
+        )
+        self.checkpoints_abandoned = Counter(
+            "statefun_checkpoints_abandoned",
+            "Checkpoints that did not complete in time (their changes go into the next).",
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "statefun_rollbacks",
+            "Generations rolled back to the last completed checkpoint, by cause.",
+            ["cause"],
+            registry=r,
+        )
+        self._load: Callable[[], Iterable[FunctionTypeLoad]] = tuple
+        self._last_checkpoint: float | None = None
+        self._wall: Callable[[], float] = time.time
+        r.register(_Gauges(self))
+        self._types: dict[str, FunctionTypeMeters] = {}
+
+    def function_type(self, function_type: str) -> FunctionTypeMeters:
+        """The meters of ``function_type`` (one object per type, shared by generations)."""
+        meters = self._types.get(function_type)
+        if meters is None:
+            label = function_type
+            meters = self._types[function_type] = FunctionTypeMeters(
+                self.invocations.labels(label),
+                self.batches.labels(label),
+                self.batch_size.labels(label),
+                self.call_latency.labels(label),
+                self.retries.labels(label),
+                self.dead_letters.labels(label),
+                self.failures,
+                label,
+            )
+        return meters
+
+    def watch_load(self, load: Callable[[], Iterable[FunctionTypeLoad]]) -> None:
+        """Read the function types' load from ``load`` at scrape time."""
+        self._load = load
+
+    def checkpoint_committed(self, duration_ms: int, size_bytes: int, addresses: int) -> None:
+        self.checkpoints.inc()
+        self.checkpoint_duration.observe(duration_ms / 1000)
+        self.checkpoint_bytes.inc(size_bytes)
+        self.checkpoint_addresses.inc(addresses)
+        self._last_checkpoint = self._wall()
+
+    def checkpoint_abandoned(self) -> None:
+        self.checkpoints_abandoned.inc()
+
+    def rolled_back(self, cause: RollbackCause) -> None:
+        self.rollbacks.labels(cause).inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class _Gauges(Collector):
+    """The gauges read at scrape time."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        in_flight = GaugeMetricFamily(
+            "statefun_function_requests_in_flight",
+            "Requests to a function endpoint carrying batches of the type, not yet answered.",
+            labels=["function_type"],
+        )
+        backlog = GaugeMetricFamily(
+            "statefun_function_backlog_messages",
+            "Messages read for a function type's addresses, waiting in memory for their turn.",
+            labels=["function_type"],
+        )
+        for load in self._metrics._load():
+            in_flight.add_metric([load.function_type], load.requests_in_flight)
+            backlog.add_metric([load.function_type], load.backlog)
+        yield in_flight
+        yield backlog
+        last = self._metrics._last_checkpoint
+        if last is not None:
+            yield GaugeMetricFamily(
+                "statefun_checkpoint_last_completed_age_seconds",
+                "Seconds since the last checkpoint this process saw commit.",
+                value=max(0.0, self._metrics._wall() - last),
+            )
+
+
+class IngressMetrics:
+    """ASGI middleware: every request counted by its route template (``/v1/messages/
+    {namespace}/{type_}/{id_:path}``, never the raw path: ids stay out of the labels),
+    method and status, and timed."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"] if template != "unmatched" else "other"
+            m = self._metrics
+            m.ingress_requests.labels(template, method, str(status)).inc()
+            m.ingress_latency.labels(template, method).observe(time.perf_counter() - started)
