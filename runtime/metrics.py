@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -27,9 +27,11 @@ FailureKind = Literal["timeout", "call", "protocol", "function", "refused", "uns
 """Why an attempt failed: no complete answer in time; the HTTP call failed; the answer
 broke the protocol; the function raised; the runtime refused its result; the endpoint
 serves no such function type."""
-RollbackCause = Literal["function", "log", "member"]
+RollbackCause = Literal["function", "log", "member", "membership", "other"]
 """Why a generation was rolled back: a function failed under policy ``fail`` (or broke
-the protocol); the log could not be read or appended to; a member could not begin."""
+the protocol); the log could not be read or appended to; a member could not begin; the
+members of a cluster changed; unknown (a record of an older runtime)."""
+ROLLBACK_CAUSES: frozenset[str] = frozenset(get_args(RollbackCause))
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -199,8 +201,9 @@ class Metrics:
     def checkpoint_abandoned(self) -> None:
         self.checkpoints_abandoned.inc()
 
-    def rolled_back(self, cause: RollbackCause) -> None:
-        self.rollbacks.labels(cause).inc()
+    def rolled_back(self, cause: str) -> None:
+        """One rollback; a cause not in ``ROLLBACK_CAUSES`` counts as "other" (bounded)."""
+        self.rollbacks.labels(cause if cause in ROLLBACK_CAUSES else "other").inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -10,10 +10,21 @@ import httpx
 import pytest
 from functions import make_test_functions
 from prometheus_client.parser import text_string_to_metric_families
-from support import client, module_for, running_runtime, serve, wait_until
+from support import (
+    RuntimeThread,
+    client,
+    free_port,
+    module_for,
+    running_runtime,
+    serve,
+    unique_app_id,
+    wait_until,
+)
 
 from runtime.checkpoints.coordinator import CheckpointConfig
 from runtime.checkpoints.store import Manifest
+from runtime.cluster.node import ClusterRuntime
+from runtime.config import ClusterConfig, RuntimeConfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,3 +214,82 @@ def test_abandoned_checkpoints_are_counted(functions_url: str) -> None:
     assert value(samples, "statefun_checkpoints_abandoned_total") == 2
     assert value(samples, "statefun_checkpoints_total") == 0
     assert ("statefun_checkpoint_last_completed_age_seconds", frozenset()) not in samples
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_a_cluster_member_measures_the_applications_checkpoints_and_rollbacks(
+    functions_url: str, kafka_bootstrap: str
+) -> None:
+    app_id = unique_app_id()
+
+    def member() -> RuntimeThread:
+        config = RuntimeConfig(
+            module=module_for(functions_url, functions="test/*", egresses=("test/out",)),
+            kafka=kafka_bootstrap,
+            app_id=app_id,
+            ingress_port=free_port(),
+            messages_partitions=2,
+            checkpoints=CheckpointConfig(interval=0),
+            cluster=ClusterConfig(enabled=True, session_timeout=2.0, heartbeat_interval=0.5),
+        )
+
+        async def opener(config: RuntimeConfig) -> ClusterRuntime:
+            return await ClusterRuntime.open_member(config)
+
+        return RuntimeThread(config, opener).start()  # type: ignore[arg-type]
+
+    a = member()
+    try:
+        with client(a.url) as http_a:
+            runtime = a.runtime
+            assert isinstance(runtime, ClusterRuntime)
+            wait_until(lambda: http_a.get("/ready").status_code == 200, timeout=30)
+            send(http_a, "test/counter/m1")
+            wait_until(lambda: count(http_a, "test/counter/m1") == 1, timeout=30)
+            manifest = a.run(runtime.cluster_coordinator.checkpoint())
+            assert manifest is not None
+            wait_until(lambda: value(scrape(http_a), "statefun_checkpoints_total") == 1)
+            samples = scrape(http_a)
+            assert value(samples, "statefun_checkpoint_size_bytes_total") == manifest.size_bytes
+            assert value(samples, "statefun_checkpoint_changed_addresses_total") == 1
+            assert value(samples, "statefun_checkpoint_duration_seconds_sum") == pytest.approx(
+                manifest.duration_ms / 1000
+            )
+            # A second member joins: the application rolls back to begin a generation
+            # with both, and the first member counts each such Begin.
+            b = member()
+            try:
+                with client(b.url) as http_b:
+                    wait_until(
+                        lambda: (
+                            http_b.get("/v1/cluster").json()["generation"]
+                            == http_a.get("/v1/cluster").json()["generation"]
+                            and len(http_a.get("/v1/cluster").json()["members"]) == 2
+                        ),
+                        timeout=30,
+                    )
+            finally:
+                b.stop()
+            generation = runtime.decisions.state.generation
+            assert generation >= 2
+            wait_until(
+                lambda: (
+                    sum(
+                        v
+                        for (name, _), v in scrape(http_a).items()
+                        if name == "statefun_rollbacks_total"
+                    )
+                    == generation - 1
+                ),
+                timeout=30,
+            )
+            samples = scrape(http_a)
+            rollbacks = {
+                dict(labels)["cause"]: v
+                for (name, labels), v in samples.items()
+                if name == "statefun_rollbacks_total"
+            }
+            assert set(rollbacks) == {"membership"}
+    finally:
+        a.stop()
