@@ -293,3 +293,25 @@ def test_a_cluster_member_measures_the_applications_checkpoints_and_rollbacks(
             assert set(rollbacks) == {"membership"}
     finally:
         a.stop()
+
+
+def test_rollbacks_are_counted_by_cause(functions_url: str, control: dict[str, Any]) -> None:
+    module = module_for(
+        functions_url, functions="test/*", egresses=("test/out",), call="300ms", policy="fail"
+    )
+    control["fail_address"] = "bad"
+    with (
+        running_runtime(module, rollback_backoff=0.05) as rt,
+        client(rt.url) as http,
+    ):
+        send(http, "test/flaky/bad")
+        wait_until(lambda: value(scrape(http), "statefun_rollbacks_total", cause="function") >= 1)
+        control["fail_address"] = None
+        wait_until(lambda: count(http, "test/flaky/bad") == 1, timeout=30)
+        samples = scrape(http)
+        recorded = http.get("/v1/checkpoints").json()["rollbacks"]
+    assert recorded
+    assert value(samples, "statefun_rollbacks_total", cause="function") == len(recorded)
+    assert [labels for name, labels in samples if name == "statefun_rollbacks_total"] == [
+        frozenset({("cause", "function")})
+    ]
