@@ -962,7 +962,6 @@ class Dispatcher:
         mailbox.in_flight = None
         self._buffered -= 1
         kind.dead_lettered += 1
-        kind.meters.dead_letters.inc()
         reason = (
             f"failed alone for {now - failing.head_since:.0f} s while other messages of "
             f"{kind.name} succeeded: {error.reason}"
@@ -1014,7 +1013,6 @@ class Dispatcher:
         for invocation in held:
             self._host.park(mailbox.address, invocation, reason)
         mailbox.kind.dead_lettered += len(held)
-        mailbox.kind.meters.dead_letters.inc(len(held))
         if mailbox.failing is not None:
             mailbox.failing = None
             mailbox.kind.failing.discard(mailbox)

@@ -119,7 +119,7 @@ class Metrics:
         )
         self.dead_letters = Counter(
             "statefun_function_dead_letters",
-            "Messages the dispatcher parked in the dead letters.",
+            "Messages to a function given up and parked in the dead letters.",
             per_type,
             registry=r,
         )

@@ -175,6 +175,7 @@ class Worker:
         self._registry = registry
         self._on_failure = on_failure
         self._on_later_epoch = on_later_epoch
+        self.metrics = metrics or Metrics()
         self.owned: tuple[int, ...] = (
             tuple(range(router.partitions)) if owned is None else tuple(sorted(owned))
         )
@@ -185,7 +186,7 @@ class Worker:
             lambda address: partition_for(address, router.partitions),
             config=self.config.dispatch,
             paused=paused,
-            metrics=metrics,
+            metrics=self.metrics,
         )
         self._storms = StormWatch(self.config.storm_rate)
         self._positions: dict[int, int] = {}
@@ -482,6 +483,7 @@ class Worker:
         return None
 
     def park(self, address: Address, invocation: PendingInvocation, reason: str) -> None:
+        self.metrics.function_type(str(address.function_type)).dead_letters.inc()
         self._track(
             self._dead_letters.park_message(
                 address,

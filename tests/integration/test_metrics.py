@@ -315,3 +315,30 @@ def test_rollbacks_are_counted_by_cause(functions_url: str, control: dict[str, A
     assert [labels for name, labels in samples if name == "statefun_rollbacks_total"] == [
         frozenset({("cause", "function")})
     ]
+
+
+def test_a_poison_message_parked_is_counted(functions_url: str) -> None:
+    fast_parking = (
+        "kind: statefun.v1/failure-policy\nspec: {functions: test/*, deadLetterAfter: 1s}\n"
+    )
+    module = module_for(
+        functions_url, functions="test/*", egresses=("test/out",), documents=(fast_parking,)
+    )
+    poison = {"function_type": "test/poison"}
+    with running_runtime(module) as rt, client(rt.url) as http:
+        send(http, "test/poison/p", 13)
+
+        def parked() -> bool:
+            # Other messages of the type succeed meanwhile: the failure is the message's.
+            send(http, "test/poison/ok", 1)
+            return bool(http.get("/v1/dead-letters").json()["records"])
+
+        wait_until(parked, timeout=30, interval=0.2)
+        samples = scrape(http)
+        records = http.get("/v1/dead-letters").json()["records"]
+    assert len(records) == 1
+    assert value(samples, "statefun_function_dead_letters_total", **poison) == 1
+    failures = value(samples, "statefun_function_failures_total", kind="function", **poison)
+    # Every failed attempt but the last was sent again; the last parked the message.
+    assert failures >= 1
+    assert value(samples, "statefun_function_retries_total", **poison) == failures - 1
