@@ -607,6 +607,7 @@ class Runtime(RuntimeBase):
         self.worker, self.outbox, self.kafka_ingresses, self.clock = worker, outbox, readers, clock
         self.health.functions = worker.dispatcher.health
         self.coordinator.attach(clock, [worker, outbox, *readers, self.idempotency, self.replies])
+        self.metrics.recovery.observe(time.monotonic() - started)
         log.info(
             "generation %d resumed from checkpoint %d in %.0f ms (%d addresses in state)",
             generation,

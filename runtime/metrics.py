@@ -164,6 +164,13 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        self.recovery = Histogram(
+            "statefun_recovery_seconds",
+            "Time to begin a generation in this process: restore the last completed "
+            "checkpoint and resume (at a start, and after every rollback).",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
         self._load: Callable[[], Iterable[FunctionTypeLoad]] = tuple
         self._last_checkpoint: float | None = None
         self._wall: Callable[[], float] = time.time

@@ -645,6 +645,7 @@ class ClusterRuntime(RuntimeBase):
         take = self.decisions.state.take
         if take is not None and take.generation == begin.generation:
             self._take(take)  # taken while this member restored
+        self.metrics.recovery.observe(time.monotonic() - started)
         log.info(
             "generation %d (%s) began from checkpoint %d in %.0f ms: %d partitions owned "
             "(%d addresses in state)",

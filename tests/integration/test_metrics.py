@@ -291,6 +291,9 @@ def test_a_cluster_member_measures_the_applications_checkpoints_and_rollbacks(
                 if name == "statefun_rollbacks_total"
             }
             assert set(rollbacks) == {"membership"}
+            # The first member began the generations of the application, but for one a
+            # newer Begin overtook while it restored.
+            assert 2 <= value(samples, "statefun_recovery_seconds_count") <= generation
     finally:
         a.stop()
 
@@ -312,6 +315,8 @@ def test_rollbacks_are_counted_by_cause(functions_url: str, control: dict[str, A
         recorded = http.get("/v1/checkpoints").json()["rollbacks"]
     assert recorded
     assert value(samples, "statefun_rollbacks_total", cause="function") == len(recorded)
+    # The start, and one generation begun per rollback.
+    assert value(samples, "statefun_recovery_seconds_count") == len(recorded) + 1
     assert [labels for name, labels in samples if name == "statefun_rollbacks_total"] == [
         frozenset({("cause", "function")})
     ]
