@@ -62,7 +62,7 @@ from runtime.log import Log
 from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
-from runtime.metrics import Metrics
+from runtime.metrics import INGRESS_SOURCE, Metrics
 from runtime.replies import ReplyWaiters
 from runtime.retention import Retention
 from runtime.router import Router
@@ -367,6 +367,7 @@ class RuntimeBase(abc.ABC):
         """Append a message from outside; (partition, offset) once it is durable."""
         partition, append = self.router.append(target, caller, value, headers=headers)
         (offset,) = await append
+        self.metrics.route(INGRESS_SOURCE, target.function_type).inc()
         return partition, offset
 
     async def serve(self) -> bool:

@@ -33,6 +33,8 @@ the protocol); the log could not be read or appended to; a member could not begi
 members of a cluster changed; unknown (a record of an older runtime)."""
 ROLLBACK_CAUSES: frozenset[str] = frozenset(get_args(RollbackCause))
 
+INGRESS_SOURCE = "ingress"
+"""The source of the routes of messages from outside, through the HTTP ingress."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -123,6 +125,14 @@ class Metrics:
             per_type,
             registry=r,
         )
+        self.route_messages = Counter(
+            "statefun_route_messages",
+            "Messages sent along a route: from a function type (as its result is applied; "
+            "a replay after a rollback counts again) or from the HTTP ingress, to a "
+            "function type.",
+            ["source", "target"],
+            registry=r,
+        )
         self.ingress_requests = Counter(
             "statefun_ingress_requests",
             "HTTP requests to the ingress, by route template, method and status.",
@@ -176,6 +186,7 @@ class Metrics:
         self._wall: Callable[[], float] = time.time
         r.register(_Gauges(self))
         self._types: dict[str, FunctionTypeMeters] = {}
+        self._routes: dict[tuple[object, object], Counter] = {}
 
     def function_type(self, function_type: str) -> FunctionTypeMeters:
         """The meters of ``function_type`` (one object per type, shared by generations)."""
@@ -193,6 +204,17 @@ class Metrics:
                 label,
             )
         return meters
+
+    def route(self, source: object, target: object) -> Counter:
+        """The messages counter of the route from ``source`` (a function type, or
+        ``INGRESS_SOURCE``) to ``target`` (a function type that an endpoint serves: the
+        label set stays bounded), labelled once per route."""
+        counter = self._routes.get((source, target))
+        if counter is None:
+            counter = self._routes[(source, target)] = self.route_messages.labels(
+                str(source), str(target)
+            )
+        return counter
 
     def watch_load(self, load: Callable[[], Iterable[FunctionTypeLoad]]) -> None:
         """Read the function types' load from ``load`` at scrape time."""

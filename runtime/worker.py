@@ -422,6 +422,7 @@ class Worker:
                 self._park_output(msg.target, address, msg.argument, why, origin)
                 continue
             self._storms.count(msg.target.function_type)
+            self.metrics.route(address.function_type, msg.target.function_type).inc()
             self._track(self._router.send(msg.target, address, msg.argument, tag=header))
         for d in result.delayed:
             if isinstance(d, DelayCancellation):
@@ -438,6 +439,7 @@ class Worker:
                     d.cancellation_token,
                 )
             else:
+                self.metrics.route(address.function_type, d.target.function_type).inc()
                 self._timers.schedule(
                     PendingTimer(
                         now_ms + d.delay_ms, address, d.target, d.argument, d.cancellation_token

@@ -112,6 +112,11 @@ def test_a_known_workload_is_counted_exactly(functions_url: str) -> None:
     assert value(samples, "statefun_function_requests_in_flight", **counter) == 0
     assert value(samples, "statefun_function_backlog_messages", **counter) == 0
 
+    assert (
+        value(samples, "statefun_route_messages_total", source="ingress", target="test/counter")
+        == n
+    )
+
     messages = "/v1/messages/{namespace}/{type_}/{id_:path}"
     states = "/v1/state/{namespace}/{type_}/{id_:path}"
     posted = {"route": messages, "method": "POST"}
@@ -347,3 +352,19 @@ def test_a_poison_message_parked_is_counted(functions_url: str) -> None:
     # Every failed attempt but the last was sent again; the last parked the message.
     assert failures >= 1
     assert value(samples, "statefun_function_retries_total", **poison) == failures - 1
+
+
+def test_messages_are_counted_per_route(functions_url: str) -> None:
+    module = module_for(functions_url, functions="test/*", egresses=("test/out",))
+    with running_runtime(module) as rt, client(rt.url) as http:
+        for i in range(3):
+            send(http, f"test/forward/f{i}")
+        for i in range(3):
+            wait_until(lambda i=i: count(http, f"test/counter/f{i}") == 1)
+        samples = scrape(http)
+    routes = {
+        (dict(labels)["source"], dict(labels)["target"]): v
+        for (name, labels), v in samples.items()
+        if name == "statefun_route_messages_total"
+    }
+    assert routes == {("ingress", "test/forward"): 3, ("test/forward", "test/counter"): 3}
