@@ -167,6 +167,7 @@ class RuntimeBase(abc.ABC):
         self.metrics.watch_load(
             lambda: () if self.worker is None else self.worker.dispatcher.load()
         )
+        self.metrics.watch_pending(lambda: {} if self.outbox is None else self.outbox.pending())
         self.worker: Worker | None = None
         self.outbox: EgressOutbox | None = None
         self.kafka_ingresses: list[KafkaIngressReader] = []
@@ -226,6 +227,7 @@ class RuntimeBase(abc.ABC):
             clock,
             note_published=note_published,
             on_log_failure=lambda reason: worker.log_failed(reason),
+            metrics=self.metrics,
         )
         worker = Worker(
             self.log,

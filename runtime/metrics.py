@@ -14,7 +14,7 @@ scrape time by a collector, so the hot path pays nothing for them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -23,6 +23,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+EgressCounter = Counter
+"""An egress's published counter, labelled."""
 FailureKind = Literal["timeout", "call", "protocol", "function", "refused", "unserved"]
 """Why an attempt failed: no complete answer in time; the HTTP call failed; the answer
 broke the protocol; the function raised; the runtime refused its result; the endpoint
@@ -133,6 +135,13 @@ class Metrics:
             ["source", "target"],
             registry=r,
         )
+        self.egress_published = Counter(
+            "statefun_egress_published",
+            "Records out to an egress (exactly-once ones once their checkpoint committed; "
+            "one published again after a crash counts again).",
+            ["egress"],
+            registry=r,
+        )
         self.ingress_requests = Counter(
             "statefun_ingress_requests",
             "HTTP requests to the ingress, by route template, method and status.",
@@ -187,6 +196,8 @@ class Metrics:
         r.register(_Gauges(self))
         self._types: dict[str, FunctionTypeMeters] = {}
         self._routes: dict[tuple[object, object], Counter] = {}
+        self._egresses: dict[object, Counter] = {}
+        self._pending: Callable[[], Mapping[str, int]] = dict
 
     def function_type(self, function_type: str) -> FunctionTypeMeters:
         """The meters of ``function_type`` (one object per type, shared by generations)."""
@@ -215,6 +226,17 @@ class Metrics:
                 str(source), str(target)
             )
         return counter
+
+    def egress(self, egress: object) -> EgressCounter:
+        """The published counter of ``egress`` (an egress id the module declares)."""
+        counter = self._egresses.get(egress)
+        if counter is None:
+            counter = self._egresses[egress] = self.egress_published.labels(str(egress))
+        return counter
+
+    def watch_pending(self, pending: Callable[[], Mapping[str, int]]) -> None:
+        """Read the egress records held for a commit, per egress, at scrape time."""
+        self._pending = pending
 
     def watch_load(self, load: Callable[[], Iterable[FunctionTypeLoad]]) -> None:
         """Read the function types' load from ``load`` at scrape time."""
@@ -264,6 +286,14 @@ class _Gauges(Collector):
             backlog.add_metric([load.function_type], load.backlog)
         yield in_flight
         yield backlog
+        pending = GaugeMetricFamily(
+            "statefun_egress_pending_records",
+            "Exactly-once egress records held until their checkpoint commits and they are out.",
+            labels=["egress"],
+        )
+        for egress, held in sorted(self._metrics._pending().items()):
+            pending.add_metric([egress], held)
+        yield pending
         last = self._metrics._last_checkpoint
         if last is not None:
             yield GaugeMetricFamily(

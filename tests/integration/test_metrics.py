@@ -111,6 +111,9 @@ def test_a_known_workload_is_counted_exactly(functions_url: str) -> None:
     # Everything answered: nothing in flight, nothing waiting.
     assert value(samples, "statefun_function_requests_in_flight", **counter) == 0
     assert value(samples, "statefun_function_backlog_messages", **counter) == 0
+    # No checkpoint (interval 0): every exactly-once egress record is held.
+    assert value(samples, "statefun_egress_pending_records", egress="test/out") == n
+    assert value(samples, "statefun_egress_published_total", egress="test/out") == 0
 
     assert (
         value(samples, "statefun_route_messages_total", source="ingress", target="test/counter")
@@ -188,6 +191,10 @@ def test_checkpoints_are_measured_as_committed(functions_url: str) -> None:
             manifest = rt.run(coordinator.checkpoint())
             assert manifest is not None
             manifests.append(manifest)
+        # Each commit publishes the egress records it covers.
+        wait_until(
+            lambda: value(scrape(http), "statefun_egress_published_total", egress="test/out") == 3
+        )
         samples = scrape(http)
 
     assert value(samples, "statefun_checkpoints_total") == 3
@@ -203,6 +210,7 @@ def test_checkpoints_are_measured_as_committed(functions_url: str) -> None:
     )
     assert [m.addresses for m in manifests] == [1, 1, 1]
     assert value(samples, "statefun_checkpoints_abandoned_total") == 0
+    assert value(samples, "statefun_egress_pending_records", egress="test/out") == 0
     assert 0 <= value(samples, "statefun_checkpoint_last_completed_age_seconds") < 30
 
 
