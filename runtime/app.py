@@ -62,6 +62,7 @@ from runtime.log import Log
 from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
+from runtime.metrics import INGRESS_SOURCE, Metrics
 from runtime.replies import ReplyWaiters
 from runtime.retention import Retention
 from runtime.router import Router
@@ -162,6 +163,11 @@ class RuntimeBase(abc.ABC):
         self.clients = FunctionClients(config.worker, transport)
         self.registry = StateSpecRegistry()
         self.health = Health()
+        self.metrics = Metrics()
+        self.metrics.watch_load(
+            lambda: () if self.worker is None else self.worker.dispatcher.load()
+        )
+        self.metrics.watch_pending(lambda: {} if self.outbox is None else self.outbox.pending())
         self.worker: Worker | None = None
         self.outbox: EgressOutbox | None = None
         self.kafka_ingresses: list[KafkaIngressReader] = []
@@ -221,6 +227,7 @@ class RuntimeBase(abc.ABC):
             clock,
             note_published=note_published,
             on_log_failure=lambda reason: worker.log_failed(reason),
+            metrics=self.metrics,
         )
         worker = Worker(
             self.log,
@@ -238,6 +245,7 @@ class RuntimeBase(abc.ABC):
             paused=paused,
             owned=owned,
             on_later_epoch=on_later_epoch,
+            metrics=self.metrics,
         )
         return outbox, worker
 
@@ -361,6 +369,7 @@ class RuntimeBase(abc.ABC):
         """Append a message from outside; (partition, offset) once it is durable."""
         partition, append = self.router.append(target, caller, value, headers=headers)
         (offset,) = await append
+        self.metrics.route(INGRESS_SOURCE, target.function_type).inc()
         return partition, offset
 
     async def serve(self) -> bool:
@@ -601,6 +610,7 @@ class Runtime(RuntimeBase):
         self.worker, self.outbox, self.kafka_ingresses, self.clock = worker, outbox, readers, clock
         self.health.functions = worker.dispatcher.health
         self.coordinator.attach(clock, [worker, outbox, *readers, self.idempotency, self.replies])
+        self.metrics.recovery.observe(time.monotonic() - started)
         log.info(
             "generation %d resumed from checkpoint %d in %.0f ms (%d addresses in state)",
             generation,
@@ -656,6 +666,7 @@ class Runtime(RuntimeBase):
         try:
             while True:
                 self._rollbacks_in_a_row += 1
+                self.metrics.rolled_back(failure.cause)
                 backoff = min(
                     self.config.rollback_backoff_max,
                     self.config.rollback_backoff * 2 ** (self._rollbacks_in_a_row - 1),
@@ -736,10 +747,14 @@ class Runtime(RuntimeBase):
             log.error("stopping the generation: %s: %s", type(e).__name__, e)
 
     def _checkpoint_abandoned(self, checkpoint: int, error: Exception) -> None:
+        self.metrics.checkpoint_abandoned()
         if isinstance(error, StoreError):
             self.health.fail("store", f"checkpoint writes fail: {error}")
 
     def _committed(self, manifest: Manifest) -> None:
+        self.metrics.checkpoint_committed(
+            manifest.duration_ms, manifest.size_bytes, manifest.addresses
+        )
         self._rollbacks_in_a_row = 0
         self._last_commit = asyncio.get_running_loop().time()
         for component in ("generation", "store", "checkpoints"):

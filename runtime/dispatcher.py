@@ -57,6 +57,13 @@ from typing import Protocol
 from runtime.checkpoints.snapshot import MessageId, Overflow, PendingMessage, message_id_text
 from runtime.errors import CallFailed
 from runtime.health import FunctionTypeHealth
+from runtime.metrics import (
+    FailureKind,
+    FunctionTypeLoad,
+    FunctionTypeMeters,
+    Metrics,
+    RollbackCause,
+)
 from runtime.quiet_log import QuietLog
 from statefun.address import Address, TypeName
 from statefun.module_spec import FailurePolicy, HttpEndpoint, ModuleSpec
@@ -110,6 +117,8 @@ class Failure:
     reason: str
     address: Address | None = None
     messages: tuple[MessageId, ...] = ()
+    cause: RollbackCause = "log"
+    """Most rollbacks no function caused are the log's (it could not be read or appended to)."""
 
     def describe(self) -> str:
         where = [f"address {self.address}"] if self.address else []
@@ -256,6 +265,7 @@ class FunctionType:
     endpoint: HttpEndpoint
     url: str
     policy: FailurePolicy
+    meters: FunctionTypeMeters
     mailboxes: set[Mailbox] = field(default_factory=set)
     failing: set[Mailbox] = field(default_factory=set)
     awaiting_evidence: set[Mailbox] = field(default_factory=set)
@@ -276,6 +286,7 @@ class FunctionType:
     last_success: float = -math.inf
     dead_lettered: int = 0
     last_error: str | None = None
+    requests_in_flight: int = 0
 
     @property
     def held_back(self) -> bool:
@@ -342,6 +353,7 @@ class _AttemptFailed:
     """Why an attempt for an address failed."""
 
     reason: str
+    kind: FailureKind
     retryable: bool
     """Whether policy ``fail`` retries it within the call budget (an answer that breaks
     the protocol, or a refused result, rolls back at once)."""
@@ -363,8 +375,11 @@ class Dispatcher:
         config: DispatchConfig | None = None,
         clock: Clock | None = None,
         paused: Iterable[TypeName] = (),
+        metrics: Metrics | None = None,
     ):
+        """``metrics``: where to count calls and failures (None: a registry of its own)."""
         self.config = config or DispatchConfig()
+        self._metrics = metrics or Metrics()
         self._module = module
         self._host = host
         self._invoker = invoker
@@ -467,6 +482,7 @@ class Dispatcher:
                 endpoint,
                 endpoint.url_for(function_type),
                 self._module.failure_policy_for(function_type),
+                self._metrics.function_type(str(function_type)),
                 paused=function_type in self._paused,
             )
         return kind
@@ -610,6 +626,16 @@ class Dispatcher:
             out.append(FunctionTypeHealth(str(name), paused=True))
         return out
 
+    def load(self) -> list[FunctionTypeLoad]:
+        """Per function type, its requests in flight and messages waiting in memory (read
+        at scrape time)."""
+        return [
+            FunctionTypeLoad(
+                kind.label, kind.requests_in_flight, sum(len(mb.waiting) for mb in kind.mailboxes)
+            )
+            for kind in self._types.values()
+        ]
+
     # --- sending --------------------------------------------------------------------------
 
     def _ready(self, mailbox: Mailbox, *, first: bool = False) -> None:
@@ -726,6 +752,10 @@ class Dispatcher:
             mailbox.sent_states = frozenset(batch.state)
             mailbox.strict_attempts += 1
             batches.append(batch)
+            meters = mailbox.kind.meters
+            meters.invocations.inc(len(mailbox.in_flight))
+            meters.batches.inc()
+            meters.batch_size.observe(len(mailbox.in_flight))
         lane.in_flight += 1
         if alone:
             lane.retries_in_flight += 1
@@ -737,22 +767,31 @@ class Dispatcher:
         self, lane: Lane, mailboxes: list[Mailbox], request: FunctionRequest, alone: bool
     ) -> None:
         probe = alone and mailboxes[0].kind.unavailable and mailboxes[0].kind.probing
+        kinds = {mailbox.kind for mailbox in mailboxes}
+        for kind in kinds:
+            kind.requests_in_flight += 1
+        started = time.perf_counter()
         try:
             deadline = lane.endpoint.timeouts.call
             try:
                 async with asyncio.timeout(deadline):
                     response = await self._invoker.invoke(lane.endpoint, lane.url, request)
             except TimeoutError:
+                self._answered(kinds, started)
                 failed = CallFailed(f"POST {lane.url}: no complete answer within {deadline:g} s")
-                self._call_failed(mailboxes, failed)
+                self._call_failed(mailboxes, failed, "timeout")
             except CallFailed as e:
-                self._call_failed(mailboxes, e)
+                self._answered(kinds, started)
+                self._call_failed(mailboxes, e, "protocol" if e.protocol_violation else "call")
             else:
+                self._answered(kinds, started)
                 for mailbox, outcome in zip(mailboxes, response.outcomes, strict=True):
                     if self.stopped:
                         return
                     self._outcome(mailbox, outcome)
         finally:
+            for kind in kinds:
+                kind.requests_in_flight -= 1
             lane.in_flight -= 1
             if alone:
                 lane.retries_in_flight -= 1
@@ -761,12 +800,20 @@ class Dispatcher:
             if not self.stopped:
                 self._pump(lane)
 
-    def _call_failed(self, mailboxes: list[Mailbox], error: CallFailed) -> None:
+    @staticmethod
+    def _answered(kinds: Iterable[FunctionType], started: float) -> None:
+        latency = time.perf_counter() - started
+        for kind in kinds:
+            kind.meters.call_latency.observe(latency)
+
+    def _call_failed(self, mailboxes: list[Mailbox], error: CallFailed, kind: FailureKind) -> None:
         if self.stopped:
             return
         reason = f"protocol violation: {error.reason}" if error.protocol_violation else error.reason
         for mailbox in mailboxes:
-            self._failed(mailbox, _AttemptFailed(reason, retryable=not error.protocol_violation))
+            self._failed(
+                mailbox, _AttemptFailed(reason, kind, retryable=not error.protocol_violation)
+            )
 
     def _outcome(self, mailbox: Mailbox, outcome: BatchOutcome) -> None:
         if isinstance(outcome, MissingStateSpecs):
@@ -775,6 +822,7 @@ class Dispatcher:
                     mailbox,
                     _AttemptFailed(
                         "protocol violation: the function asks for states the batch carried",
+                        "protocol",
                         retryable=False,
                     ),
                 )
@@ -783,7 +831,7 @@ class Dispatcher:
             # sends the batch again, now with them.
             problem = self._host.register_specs(mailbox.address.function_type, outcome.specs)
             if problem is not None:
-                self._failed(mailbox, _AttemptFailed(problem, retryable=False))
+                self._failed(mailbox, _AttemptFailed(problem, "refused", retryable=False))
                 return
             self._ready(mailbox, first=True)
             return
@@ -792,13 +840,19 @@ class Dispatcher:
             if unserved:
                 self._learn(mailbox.lane)
             self._failed(
-                mailbox, _AttemptFailed(outcome.describe(), retryable=True, unserved=unserved)
+                mailbox,
+                _AttemptFailed(
+                    outcome.describe(),
+                    "unserved" if unserved else "function",
+                    retryable=True,
+                    unserved=unserved,
+                ),
             )
             return
         assert mailbox.in_flight is not None
         problem = self._host.apply(mailbox.address, mailbox.in_flight, outcome)
         if problem is not None:
-            self._failed(mailbox, _AttemptFailed(f"refused: {problem}", retryable=False))
+            self._failed(mailbox, _AttemptFailed(f"refused: {problem}", "refused", retryable=False))
             return
         self._succeeded(mailbox)
 
@@ -849,6 +903,7 @@ class Dispatcher:
             return
         kind = mailbox.kind
         kind.last_error = error.reason
+        kind.meters.failed(error.kind)
         batch = mailbox.in_flight or []
         if error.unserved and self._unserved(mailbox.kind):
             self._park_unserved(mailbox)
@@ -993,7 +1048,9 @@ class Dispatcher:
                 f"call budget of {budget:g} s exhausted after {mailbox.strict_attempts} "
                 f"attempts: {reason}"
             )
-        self._host.fail(Failure(reason, mailbox.address, tuple(p.message_id for p in batch)))
+        self._host.fail(
+            Failure(reason, mailbox.address, tuple(p.message_id for p in batch), "function")
+        )
 
     def _backoff(self, attempts: int) -> float:
         config = self.config
@@ -1011,6 +1068,7 @@ class Dispatcher:
         mailbox.retry_timer = None
         if self.stopped:
             return
+        mailbox.kind.meters.retries.inc()
         if mailbox.failing is None:
             self._ready(mailbox, first=True)
         else:

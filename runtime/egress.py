@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import msgpack
@@ -42,6 +44,7 @@ from runtime.kafka_clusters import KafkaClusters
 from runtime.log import Log, Record
 from runtime.log.kafka import KafkaLog
 from runtime.log.kafka_transactions import TransactionalPublisher
+from runtime.metrics import EgressCounter, Metrics
 from runtime.routing import Topics, partition_for_key
 from statefun.address import TypeName
 from statefun.egress import KAFKA_PRODUCER_RECORD_TYPENAME, KafkaProducerRecord
@@ -358,7 +361,10 @@ class EgressOutbox:
         *,
         note_published: Callable[[int], Awaitable[None]],
         on_log_failure: Callable[[str], None],
+        metrics: Metrics | None = None,
     ):
+        """``metrics``: where to count published records (None: a registry of its own)."""
+        self._metrics = metrics or Metrics()
         self._egresses = egresses
         self._clock = clock
         self._note_published = note_published
@@ -387,6 +393,11 @@ class EgressOutbox:
                 self._held.append(item)
                 self._partition_of[item.id] = partition
 
+    def pending(self) -> dict[str, int]:
+        """Exactly-once records held until their checkpoint commits and they are out, per
+        egress (read at scrape time)."""
+        return dict(Tally(str(item.egress) for item in self._held))
+
     def held_by_partition(self) -> dict[int, list[EgressItem]]:
         """The records held now, by the messages partition of the address that emitted them."""
         held: dict[int, list[EgressItem]] = {}
@@ -409,11 +420,19 @@ class EgressOutbox:
             self._held.append(item)
             self._partition_of[item.id] = partition
             return
-        self._egresses.publish(item).add_done_callback(self._published_at_least_once)
+        self._egresses.publish(item).add_done_callback(
+            functools.partial(self._published_at_least_once, self._metrics.egress(egress_id))
+        )
 
-    def _published_at_least_once(self, future: asyncio.Future[list[int]]) -> None:
-        if not future.cancelled() and (error := future.exception()) is not None:
+    def _published_at_least_once(
+        self, published: EgressCounter, future: asyncio.Future[list[int]]
+    ) -> None:
+        if future.cancelled():
+            return
+        if (error := future.exception()) is not None:
             self._on_log_failure(f"writing an at-least-once egress record failed: {error}")
+        else:
+            published.inc()
 
     def capture(self) -> Capture:
         return Capture(encode_egress_items(self._held), releases=bool(self._held))
@@ -440,6 +459,9 @@ class EgressOutbox:
                 return
             kept = {item.id for item in left}
             published = {item.id for item in items} - kept
+            for item in items:
+                if item.id in published:
+                    self._metrics.egress(item.egress).inc()
             self._held = [item for item in self._held if item.id not in published]
             for record_id in published:
                 self._partition_of.pop(record_id, None)

@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlencode
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime import ingress_errors
@@ -48,6 +49,7 @@ from runtime.errors import BadInput, IdempotencyConflict, PeerUnreachable, Shutt
 from runtime.health import FunctionTypeHealth
 from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import KeyedRequest, check_key, fingerprint
+from runtime.metrics import IngressMetrics
 from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError
@@ -215,6 +217,7 @@ def _function_health(f: FunctionTypeHealth) -> dict[str, Any]:
 def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     app = FastAPI(title="statefun runtime ingress", docs_url=None, redoc_url=None)
     ingress_errors.install(app, runtime)
+    app.add_middleware(IngressMetrics, metrics=runtime.metrics)
     peers = runtime.peers
 
     @app.exception_handler(_Rejected)
@@ -619,6 +622,11 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
                 return _error(400, "bad_reply", f"{address} is not a caller address")
             runtime.replies.deliver(address, value, tag)
             return Response(status_code=204)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """The Prometheus text exposition of this process's metrics (``runtime.metrics``)."""
+        return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -58,6 +58,7 @@ from runtime.envelope import Envelope
 from runtime.errors import LogError, MalformedEnvelope, StateSpecConflict
 from runtime.function_client import FunctionClient
 from runtime.log import Log, StoredRecord, TopicPartition
+from runtime.metrics import Metrics
 from runtime.router import Router
 from runtime.routing import partition_for
 from runtime.state import StateSpecRegistry, StateStore
@@ -153,6 +154,7 @@ class Worker:
         paused: Iterable[TypeName] = (),
         owned: Iterable[int] | None = None,
         on_later_epoch: Callable[[int], None] | None = None,
+        metrics: Metrics | None = None,
     ):
         """``owned``: the partitions of the messages log this worker reads and whose
         addresses it owns (None: every one). ``on_later_epoch``: called with the epoch of
@@ -173,6 +175,7 @@ class Worker:
         self._registry = registry
         self._on_failure = on_failure
         self._on_later_epoch = on_later_epoch
+        self.metrics = metrics or Metrics()
         self.owned: tuple[int, ...] = (
             tuple(range(router.partitions)) if owned is None else tuple(sorted(owned))
         )
@@ -183,6 +186,7 @@ class Worker:
             lambda address: partition_for(address, router.partitions),
             config=self.config.dispatch,
             paused=paused,
+            metrics=self.metrics,
         )
         self._storms = StormWatch(self.config.storm_rate)
         self._positions: dict[int, int] = {}
@@ -418,6 +422,7 @@ class Worker:
                 self._park_output(msg.target, address, msg.argument, why, origin)
                 continue
             self._storms.count(msg.target.function_type)
+            self.metrics.route(address.function_type, msg.target.function_type).inc()
             self._track(self._router.send(msg.target, address, msg.argument, tag=header))
         for d in result.delayed:
             if isinstance(d, DelayCancellation):
@@ -434,6 +439,7 @@ class Worker:
                     d.cancellation_token,
                 )
             else:
+                self.metrics.route(address.function_type, d.target.function_type).inc()
                 self._timers.schedule(
                     PendingTimer(
                         now_ms + d.delay_ms, address, d.target, d.argument, d.cancellation_token
@@ -479,6 +485,7 @@ class Worker:
         return None
 
     def park(self, address: Address, invocation: PendingInvocation, reason: str) -> None:
+        self.metrics.function_type(str(address.function_type)).dead_letters.inc()
         self._track(
             self._dead_letters.park_message(
                 address,

@@ -163,6 +163,9 @@ class Fail:
     reason: str
     cause_address: str | None = None
     cause_messages: tuple[str, ...] = ()
+    cause: str = "other"
+    """What failed, one of ``runtime.metrics.ROLLBACK_CAUSES`` (the rollbacks metric's
+    label); "other" in a record of a runtime from before it was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +310,7 @@ def _body(record: DecisionRecord) -> dict[str, Any]:
                 "reason": record.reason,
                 "cause_address": record.cause_address,
                 "cause_messages": list(record.cause_messages),
+                "cause": record.cause,
             }
         case Published():
             body = {
@@ -440,6 +444,7 @@ def _decode_body(b: dict[str, Any]) -> DecisionRecord:
             str(b["reason"]),
             _optional_str(b["cause_address"]),
             tuple(str(m) for m in b["cause_messages"]),
+            str(b.get("cause", "other")),
         )
     if kind == "published":
         return Published(

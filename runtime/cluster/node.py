@@ -259,6 +259,12 @@ class ClusterRuntime(RuntimeBase):
             decisions, member, self.fingerprint, config.checkpoints
         )
         self.cluster_coordinator.on_segments_unneeded = self._drop_segments
+        # Only the member coordinating a generation knows a checkpoint was abandoned.
+        self.cluster_coordinator.on_abandon = lambda checkpoint, error: (
+            self.metrics.checkpoint_abandoned()
+        )
+        self._failed_in_generation: Fail | None = None
+        """The first Fail of the current generation: the cause of the rollback it asks for."""
         self._view: View | None = None
         self._generation_begun: asyncio.Event = asyncio.Event()
         self._owned: tuple[int, ...] = ()
@@ -492,6 +498,12 @@ class ClusterRuntime(RuntimeBase):
             return
         record = effect.record
         if isinstance(record, Begin):
+            if record.generation > 1:
+                # Every Begin after the first rolls the application back: because a
+                # member asked (its Fail said what failed), or because the members changed.
+                failed = self._failed_in_generation
+                self.metrics.rolled_back("membership" if failed is None else failed.cause)
+            self._failed_in_generation = None
             state = self.decisions.state
             self._target = _Beginning(record, state.manifest, state.highest_checkpoint + 1)
             if self._switching is None or self._switching.done():
@@ -499,6 +511,9 @@ class ClusterRuntime(RuntimeBase):
             self._reconcile()
         elif isinstance(record, Take):
             self._take(record)
+        elif isinstance(record, Fail):
+            if self._failed_in_generation is None:
+                self._failed_in_generation = record
         elif isinstance(record, Manifest):
             self._committed_checkpoint(record)
         elif isinstance(record, Pause):
@@ -532,7 +547,8 @@ class ClusterRuntime(RuntimeBase):
                 )
                 await self._end_generation()
                 self._ask_rollback(
-                    Failure(f"member {self.member.id} could not begin: {e}"), begin.generation
+                    Failure(f"member {self.member.id} could not begin: {e}", cause="member"),
+                    begin.generation,
                 )
 
     async def _end_generation(self) -> None:
@@ -629,6 +645,7 @@ class ClusterRuntime(RuntimeBase):
         take = self.decisions.state.take
         if take is not None and take.generation == begin.generation:
             self._take(take)  # taken while this member restored
+        self.metrics.recovery.observe(time.monotonic() - started)
         log.info(
             "generation %d (%s) began from checkpoint %d in %.0f ms: %d partitions owned "
             "(%d addresses in state)",
@@ -752,6 +769,9 @@ class ClusterRuntime(RuntimeBase):
             log.warning("writing the part of checkpoint %d failed: %s", captured.checkpoint, e)
 
     def _committed_checkpoint(self, manifest: Manifest) -> None:
+        self.metrics.checkpoint_committed(
+            manifest.duration_ms, manifest.size_bytes, manifest.addresses
+        )
         self._last = manifest
         self._uncommitted.committed(manifest.checkpoint)
         self.replies.committed(manifest.generation, manifest.checkpoint)
@@ -818,6 +838,7 @@ class ClusterRuntime(RuntimeBase):
                         failure.describe(),
                         str(failure.address) if failure.address else None,
                         tuple(f"{p}@{o}" for p, o in failure.messages),
+                        failure.cause,
                     )
                 )
                 return

@@ -136,7 +136,7 @@ EVERY_KIND: list[DecisionRecord] = [
         8,
         "a,b",
     ),
-    Fail(3, "b", "call budget exhausted", "ns/f/id", ("m1", "m2")),
+    Fail(3, "b", "call budget exhausted", "ns/f/id", ("m1", "m2"), "function"),
     Published(3, 12, (0, 1)),
     Pause("ns/f", True),
     Mark(42, "retried"),

@@ -1,0 +1,336 @@
+"""The runtime's Prometheus metrics: every metric's name, labels and meaning, in one place.
+
+One :class:`Metrics` per runtime process, with its own registry (not the client's global
+default: tests run several runtimes in one process), exposed at ``GET /metrics`` on the
+ingress port. Labels stay bounded: a function type, a route template, a status, a
+cause; never an address id.
+
+Counters and histograms are incremented where the event happens (the dispatcher, the
+ingress middleware, the checkpoint hooks). Values the runtime keeps anyway (messages
+waiting in mailboxes, requests in flight, the time of the last checkpoint) are read at
+scrape time by a collector, so the hot path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+EgressCounter = Counter
+"""An egress's published counter, labelled."""
+FailureKind = Literal["timeout", "call", "protocol", "function", "refused", "unserved"]
+"""Why an attempt failed: no complete answer in time; the HTTP call failed; the answer
+broke the protocol; the function raised; the runtime refused its result; the endpoint
+serves no such function type."""
+RollbackCause = Literal["function", "log", "member", "membership", "other"]
+"""Why a generation was rolled back: a function failed under policy ``fail`` (or broke
+the protocol); the log could not be read or appended to; a member could not begin; the
+members of a cluster changed; unknown (a record of an older runtime)."""
+ROLLBACK_CAUSES: frozenset[str] = frozenset(get_args(RollbackCause))
+
+INGRESS_SOURCE = "ingress"
+"""The source of the routes of messages from outside, through the HTTP ingress."""
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionTypeLoad:
+    """What a function type has under way now, read at scrape time."""
+
+    function_type: str
+    requests_in_flight: int
+    backlog: int
+    """Messages read for its addresses and waiting in memory for their turn."""
+
+
+@dataclass(slots=True)
+class FunctionTypeMeters:
+    """One function type's counters and histograms, labelled once (the dispatcher keeps
+    it with the type, so counting costs no label lookup)."""
+
+    invocations: Counter
+    batches: Counter
+    batch_size: Histogram
+    call_latency: Histogram
+    retries: Counter
+    dead_letters: Counter
+    _failures: Counter
+    _label: str
+    _by_kind: dict[str, Counter] = field(default_factory=dict)
+
+    def failed(self, kind: FailureKind) -> None:
+        counter = self._by_kind.get(kind)
+        if counter is None:
+            counter = self._by_kind[kind] = self._failures.labels(self._label, kind)
+        counter.inc()
+
+
+class Metrics:
+    """Every metric of one runtime process, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        per_type = ["function_type"]
+        self.invocations = Counter(
+            "statefun_function_invocations",
+            "Messages sent to a function, counting every attempt (a retry, or the batch sent "
+            "again with the states the function declared).",
+            per_type,
+            registry=r,
+        )
+        self.batches = Counter(
+            "statefun_function_batches",
+            "Batches (one address's messages in one request) sent to a function.",
+            per_type,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "statefun_function_batch_size_messages",
+            "Messages per batch sent to a function.",
+            per_type,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.call_latency = Histogram(
+            "statefun_function_call_latency_seconds",
+            "Time from sending a request to a function endpoint to its complete answer, "
+            "or its failure.",
+            per_type,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.failures = Counter(
+            "statefun_function_failures",
+            "Failed attempts per address, by kind.",
+            ["function_type", "kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "statefun_function_retries",
+            "Attempts sent again after a failure.",
+            per_type,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "statefun_function_dead_letters",
+            "Messages to a function given up and parked in the dead letters.",
+            per_type,
+            registry=r,
+        )
+        self.route_messages = Counter(
+            "statefun_route_messages",
+            "Messages sent along a route: from a function type (as its result is applied; "
+            "a replay after a rollback counts again) or from the HTTP ingress, to a "
+            "function type.",
+            ["source", "target"],
+            registry=r,
+        )
+        self.egress_published = Counter(
+            "statefun_egress_published",
+            "Records out to an egress (exactly-once ones once their checkpoint committed; "
+            "one published again after a crash counts again).",
+            ["egress"],
+            registry=r,
+        )
+        self.ingress_requests = Counter(
+            "statefun_ingress_requests",
+            "HTTP requests to the ingress, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.ingress_latency = Histogram(
+            "statefun_ingress_request_latency_seconds",
+            "Time to answer an HTTP request to the ingress, by route template and method.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_duration = Histogram(
+            "statefun_checkpoint_duration_seconds",
+            "Time from a checkpoint's start to its commit.",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
+        self.checkpoints = Counter("statefun_checkpoints", "Checkpoints committed.", registry=r)
+        self.checkpoint_bytes = Counter(
+            "statefun_checkpoint_size_bytes",
+            "Bytes of the committed checkpoints (each writes what changed since the last).",
+            registry=r,
+        )
+        self.checkpoint_addresses = Counter(
+            "statefun_checkpoint_changed_addresses",
+            "Addresses whose state the committed checkpoints wrote.",
+            registry=r,
+        )
+        self.checkpoints_abandoned = Counter(
+            "statefun_checkpoints_abandoned",
+            "Checkpoints that did not complete in time (their changes go into the next).",
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "statefun_rollbacks",
+            "Generations rolled back to the last completed checkpoint, by cause.",
+            ["cause"],
+            registry=r,
+        )
+        self.recovery = Histogram(
+            "statefun_recovery_seconds",
+            "Time to begin a generation in this process: restore the last completed "
+            "checkpoint and resume (at a start, and after every rollback).",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
+        self._load: Callable[[], Iterable[FunctionTypeLoad]] = tuple
+        self._last_checkpoint: float | None = None
+        self._wall: Callable[[], float] = time.time
+        r.register(_Gauges(self))
+        self._types: dict[str, FunctionTypeMeters] = {}
+        self._routes: dict[tuple[object, object], Counter] = {}
+        self._egresses: dict[object, Counter] = {}
+        self._pending: Callable[[], Mapping[str, int]] = dict
+
+    def function_type(self, function_type: str) -> FunctionTypeMeters:
+        """The meters of ``function_type`` (one object per type, shared by generations)."""
+        meters = self._types.get(function_type)
+        if meters is None:
+            label = function_type
+            meters = self._types[function_type] = FunctionTypeMeters(
+                self.invocations.labels(label),
+                self.batches.labels(label),
+                self.batch_size.labels(label),
+                self.call_latency.labels(label),
+                self.retries.labels(label),
+                self.dead_letters.labels(label),
+                self.failures,
+                label,
+            )
+        return meters
+
+    def route(self, source: object, target: object) -> Counter:
+        """The messages counter of the route from ``source`` (a function type, or
+        ``INGRESS_SOURCE``) to ``target`` (a function type that an endpoint serves: the
+        label set stays bounded), labelled once per route."""
+        counter = self._routes.get((source, target))
+        if counter is None:
+            counter = self._routes[(source, target)] = self.route_messages.labels(
+                str(source), str(target)
+            )
+        return counter
+
+    def egress(self, egress: object) -> EgressCounter:
+        """The published counter of ``egress`` (an egress id the module declares)."""
+        counter = self._egresses.get(egress)
+        if counter is None:
+            counter = self._egresses[egress] = self.egress_published.labels(str(egress))
+        return counter
+
+    def watch_pending(self, pending: Callable[[], Mapping[str, int]]) -> None:
+        """Read the egress records held for a commit, per egress, at scrape time."""
+        self._pending = pending
+
+    def watch_load(self, load: Callable[[], Iterable[FunctionTypeLoad]]) -> None:
+        """Read the function types' load from ``load`` at scrape time."""
+        self._load = load
+
+    def checkpoint_committed(self, duration_ms: int, size_bytes: int, addresses: int) -> None:
+        self.checkpoints.inc()
+        self.checkpoint_duration.observe(duration_ms / 1000)
+        self.checkpoint_bytes.inc(size_bytes)
+        self.checkpoint_addresses.inc(addresses)
+        self._last_checkpoint = self._wall()
+
+    def checkpoint_abandoned(self) -> None:
+        self.checkpoints_abandoned.inc()
+
+    def rolled_back(self, cause: str) -> None:
+        """One rollback; a cause not in ``ROLLBACK_CAUSES`` counts as "other" (bounded)."""
+        self.rollbacks.labels(cause if cause in ROLLBACK_CAUSES else "other").inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class _Gauges(Collector):
+    """The gauges read at scrape time."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        in_flight = GaugeMetricFamily(
+            "statefun_function_requests_in_flight",
+            "Requests to a function endpoint carrying batches of the type, not yet answered.",
+            labels=["function_type"],
+        )
+        backlog = GaugeMetricFamily(
+            "statefun_function_backlog_messages",
+            "Messages read for a function type's addresses, waiting in memory for their turn.",
+            labels=["function_type"],
+        )
+        for load in self._metrics._load():
+            in_flight.add_metric([load.function_type], load.requests_in_flight)
+            backlog.add_metric([load.function_type], load.backlog)
+        yield in_flight
+        yield backlog
+        pending = GaugeMetricFamily(
+            "statefun_egress_pending_records",
+            "Exactly-once egress records held until their checkpoint commits and they are out.",
+            labels=["egress"],
+        )
+        for egress, held in sorted(self._metrics._pending().items()):
+            pending.add_metric([egress], held)
+        yield pending
+        last = self._metrics._last_checkpoint
+        if last is not None:
+            yield GaugeMetricFamily(
+                "statefun_checkpoint_last_completed_age_seconds",
+                "Seconds since the last checkpoint this process saw commit.",
+                value=max(0.0, self._metrics._wall() - last),
+            )
+
+
+class IngressMetrics:
+    """ASGI middleware: every request counted by its route template (``/v1/messages/
+    {namespace}/{type_}/{id_:path}``, never the raw path: ids stay out of the labels),
+    method and status, and timed."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"] if template != "unmatched" else "other"
+            m = self._metrics
+            m.ingress_requests.labels(template, method, str(status)).inc()
+            m.ingress_latency.labels(template, method).observe(time.perf_counter() - started)
