@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,6 +63,19 @@ class CheckpointConfig:
     """Drop old checkpoints every this many checkpoints."""
 
 
+async def every_interval(interval: float, checkpoint: Callable[[], Awaitable[object]]) -> None:
+    """Take a checkpoint every ``interval`` seconds from the start of the one before (the
+    first an interval from now), forever; a failed one is logged and the next goes on."""
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        started = time.monotonic()
+        try:
+            await checkpoint()
+        except Exception:
+            log.exception("checkpoint failed")
+
+
 class CheckpointCoordinator:
     def __init__(self, store: CheckpointStore, log_: Log, config: CheckpointConfig):
         self.store = store
@@ -105,14 +118,7 @@ class CheckpointCoordinator:
         # The first checkpoint an interval after the start: a generation that fails at
         # once (a poison message under policy fail) has completed none, so its rollbacks
         # count as in a row and back off.
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(max(0.0, self.config.interval - (time.monotonic() - started)))
-            started = time.monotonic()
-            try:
-                await self.checkpoint()
-            except Exception:
-                log.exception("checkpoint failed")
+        await every_interval(self.config.interval, self.checkpoint)
 
     async def checkpoint(self) -> Manifest | None:
         """Take one checkpoint of the attached participants; its manifest, or None if

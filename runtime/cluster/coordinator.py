@@ -39,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from runtime.checkpoints.coordinator import CheckpointConfig
+from runtime.checkpoints.coordinator import CheckpointConfig, every_interval
 from runtime.cluster.decisions import (
     Begin,
     ClusterState,
@@ -195,14 +195,7 @@ class ClusterCoordinator:
         self._tasks = []
 
     async def _run(self) -> None:
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(max(0.0, self.config.interval - (time.monotonic() - started)))
-            started = time.monotonic()
-            try:
-                await self.checkpoint()
-            except Exception:
-                log.exception("checkpoint failed")
+        await every_interval(self.config.interval, self.checkpoint)
 
     async def checkpoint(self) -> Manifest | None:
         """Take one checkpoint: its manifest, or None if this member does not coordinate,

@@ -711,7 +711,7 @@ class ClusterRuntime(RuntimeBase):
                 changed.setdefault(partition_for(address, partitions), set()).add(address)
         keys: dict[int, set[str]] = {p: set() for p in owned}
         for key in self.idempotency.keys_of(whole):
-            keys[self._key_partition(key)].add(key)
+            keys[self.idempotency.partition_of(key, {})].add(key)
         for _, changed_keys in uncommitted.keys:
             for key, p in changed_keys.items():
                 keys.setdefault(p, set()).add(key)
@@ -740,9 +740,6 @@ class ClusterRuntime(RuntimeBase):
             clock.generation, checkpoint, whole == set(owned), snapshots, ingress, releases, written
         )
         clock.advance()
-
-    def _key_partition(self, key: str) -> int:
-        return self.idempotency.partition_of(key, {})
 
     async def _write(self, captured: _Captured, segment: int) -> None:
         try:
