@@ -68,6 +68,7 @@ from typing import Any
 import httpx
 
 from bench._support import free_port
+from verifier import forensics
 from verifier.checks import EMPTY, AddressState, final_difference, invariant_problems
 from verifier.cluster import (
     JOIN,
@@ -1248,6 +1249,7 @@ spec:
                     f"{len(differences)} addresses differ from the oracle ({why}); the first: "
                     + " | ".join(differences[:10]),
                 )
+                await self._trace_missing()
                 return
             await asyncio.sleep(0.5)
         self.echo(f"verifier: every address equals the oracle at {self._elapsed():.1f} s")
@@ -1288,6 +1290,32 @@ spec:
             if tree.command["id"] not in self.latest.get(tree.address, EMPTY).applied:
                 excluded.add(index)
         return excluded
+
+    def _missing(self) -> list[str]:
+        """The commands the oracle expects that no address has applied."""
+        assert self.oracle is not None
+        expected_ids = self.oracle.expected(self._excluded())
+        missing: list[str] = []
+        for address in self.addresses:
+            state = self.latest.get(address)
+            have = set(state.applied) if state is not None else set()
+            missing.extend(sorted(set(expected_ids.get(address, ())) - have))
+        return missing
+
+    async def _trace_missing(self) -> None:
+        """Print where the missing commands are in the messages log (Kafka only), while
+        the broker still holds it."""
+        missing = self._missing()
+        if not missing or self.kafka is None or self.app_id is None:
+            return
+        try:
+            lines = await forensics.trace(self.kafka, self.app_id, missing)
+        except Exception as e:  # a diagnosis must not hide the problem it diagnoses
+            self.echo(f"verifier: tracing the missing commands failed: {type(e).__name__}: {e}")
+            return
+        self.notes.extend(f"trace: {line}" for line in lines)
+        for line in lines:
+            self.echo(f"verifier: trace: {line}")
 
     def _differences(self) -> list[str]:
         assert self.oracle is not None

@@ -263,6 +263,8 @@ class ClusterRuntime(RuntimeBase):
         self.cluster_coordinator.on_abandon = lambda checkpoint, error: (
             self.metrics.checkpoint_abandoned()
         )
+        self._failed_generation: int | None = None
+        """The generation this member asked to roll back: it writes no more parts of it."""
         self._failed_in_generation: Fail | None = None
         """The first Fail of the current generation: the cause of the rollback it asks for."""
         self._view: View | None = None
@@ -749,6 +751,17 @@ class ClusterRuntime(RuntimeBase):
             for p, snapshot in captured.snapshots.items():
                 locations[p] = await self.partition_store.write(segment, snapshot)
                 size += sum(len(v or b"") for _, v in snapshot.state)
+            # The part vouches for every message the snapshot's epochs sent: they must be
+            # durable before it is (a flush raises if one of them failed), and a member
+            # that asked for a rollback of this generation vouches for nothing more.
+            await self.log.flush()
+            if self._failed_generation == captured.generation:
+                log.debug(
+                    "the part of checkpoint %d is not written: generation %d failed here",
+                    captured.checkpoint,
+                    captured.generation,
+                )
+                return
             await self.decisions.append(
                 Part(
                     captured.generation,
@@ -816,6 +829,7 @@ class ClusterRuntime(RuntimeBase):
             self._ask_rollback(failure, clock.generation)
 
     def _ask_rollback(self, failure: Failure, generation: int) -> None:
+        self._failed_generation = generation
         if self._stopping or (self._failing is not None and not self._failing.done()):
             return
         self._failing = asyncio.create_task(self._append_fail(failure, generation), name="fail")

@@ -125,11 +125,15 @@ def quiet(*members: RuntimeThread) -> bool:
 
 
 def both_in_one_generation(a: httpx.Client, b: httpx.Client) -> bool:
+    """Both members are in one generation with partitions each, and both have restored
+    their partitions (ready: a member restoring answers keyed requests 503)."""
     ca, cb = cluster_of(a), cluster_of(b)
     return (
         len(ca["members"]) == 2
         and ca["generation"] == cb["generation"]
         and all(m["partitions"] for m in ca["members"])
+        and a.get("/ready").status_code == 200
+        and b.get("/ready").status_code == 200
     )
 
 
