@@ -70,7 +70,7 @@ from runtime.routing import Topics, partition_for
 from runtime.state import StateSpecRegistry, StateStore
 from runtime.worker import FunctionClients, Worker
 from statefun.address import Address, TypeName
-from statefun.module_spec import FunctionTypePattern
+from statefun.module_spec import FunctionTypePattern, KafkaIngress
 from statefun.values import TypedValue
 
 __all__ = [
@@ -168,6 +168,8 @@ class RuntimeBase(abc.ABC):
             lambda: () if self.worker is None else self.worker.dispatcher.load()
         )
         self.metrics.watch_pending(lambda: {} if self.outbox is None else self.outbox.pending())
+        self.metrics.watch_read_lag(lambda: {} if self.worker is None else self.worker.read_lag())
+        log_.observe_appends(self.metrics.log_appends(self.topics.kind_of))
         self.worker: Worker | None = None
         self.outbox: EgressOutbox | None = None
         self.kafka_ingresses: list[KafkaIngressReader] = []
@@ -248,6 +250,13 @@ class RuntimeBase(abc.ABC):
             metrics=self.metrics,
         )
         return outbox, worker
+
+    async def _kafka_ingress(self, spec: KafkaIngress, clock: EpochClock) -> KafkaIngressReader:
+        """A generation's reader of the Kafka ingress ``spec`` (not started)."""
+        cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
+        return KafkaIngressReader(
+            spec, cluster, self.router, self.dead_letters, clock, self.config.app_id, self.metrics
+        )
 
     def partition_of(self, target: Address) -> int:
         """The messages partition of ``target``."""
@@ -596,10 +605,7 @@ class Runtime(RuntimeBase):
         try:
             outbox.publish_committed(checkpoint)
             for spec in self.module.ingresses:
-                cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
-                reader = KafkaIngressReader(
-                    spec, cluster, self.router, self.dead_letters, clock, self.config.app_id
-                )
+                reader = await self._kafka_ingress(spec, clock)
                 await reader.start(point.readers.get(reader.name))
                 readers.append(reader)
         except BaseException:

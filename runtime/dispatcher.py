@@ -63,6 +63,8 @@ from runtime.metrics import (
     FunctionTypeMeters,
     Metrics,
     RollbackCause,
+    RouteCallMeters,
+    route_source,
 )
 from runtime.quiet_log import QuietLog
 from statefun.address import Address, TypeName
@@ -134,6 +136,8 @@ class PendingInvocation:
     caller: Address | None
     argument: TypedValue
     message_id: MessageId
+    source: str | None = None
+    """The Kafka ingress source it came from (``runtime.envelope.source_of``), if any."""
 
 
 # --- seams ----------------------------------------------------------------------------
@@ -287,6 +291,9 @@ class FunctionType:
     dead_lettered: int = 0
     last_error: str | None = None
     requests_in_flight: int = 0
+    routes: dict[object, RouteCallMeters] = field(default_factory=dict)
+    """The calls meters of the routes to the type, by the caller's (namespace, type),
+    or the Kafka ingress source or None for messages without a caller."""
 
     @property
     def held_back(self) -> bool:
@@ -326,6 +333,8 @@ class Mailbox:
     retry_timer: Cancellable | None = None
     budget_start: float = 0.0
     """Policy ``fail``: when the batch in flight was first sent (its call budget)."""
+    sent_at: float = 0.0
+    """``time.perf_counter()`` when the batch in flight was last sent."""
     strict_attempts: int = 0
 
     @property
@@ -746,12 +755,14 @@ class Dispatcher:
 
     def _send(self, lane: Lane, mailboxes: list[Mailbox], *, alone: bool) -> None:
         batches = []
+        sent_at = time.perf_counter()
         for mailbox in mailboxes:
             assert mailbox.in_flight is not None
             batch = self._host.batch_for(mailbox.address, mailbox.in_flight)
             mailbox.sent_states = frozenset(batch.state)
             mailbox.strict_attempts += 1
             batches.append(batch)
+            mailbox.sent_at = sent_at
             meters = mailbox.kind.meters
             meters.invocations.inc(len(mailbox.in_flight))
             meters.batches.inc()
@@ -867,6 +878,7 @@ class Dispatcher:
                     waiting.failing.evidence_since = now
             kind.awaiting_evidence.clear()
         done = mailbox.in_flight or []
+        self._count_routes(mailbox, done, succeeded=True)
         mailbox.in_flight = None
         self._buffered -= len(done)
         self.processed += len(done)
@@ -876,6 +888,24 @@ class Dispatcher:
         if kind.unavailable:
             self._available_again(kind)
         self._next(mailbox)
+
+    def _count_routes(
+        self, mailbox: Mailbox, batch: Sequence[PendingInvocation], *, succeeded: bool
+    ) -> None:
+        """Each message of the batch's route: one call with this outcome, and its latency."""
+        latency = time.perf_counter() - mailbox.sent_at
+        kind = mailbox.kind
+        routes = kind.routes
+        for p in batch:
+            caller = p.caller
+            key = p.source if caller is None else (caller.namespace, caller.type)
+            meters = routes.get(key)
+            if meters is None:
+                meters = routes[key] = self._metrics.route_call(
+                    route_source(caller, p.source), kind.label
+                )
+            (meters.succeeded if succeeded else meters.failed).inc()
+            meters.latency.observe(latency)
 
     def _next(self, mailbox: Mailbox) -> None:
         self._update_room()
@@ -905,6 +935,7 @@ class Dispatcher:
         kind.last_error = error.reason
         kind.meters.failed(error.kind)
         batch = mailbox.in_flight or []
+        self._count_routes(mailbox, batch, succeeded=False)
         if error.unserved and self._unserved(mailbox.kind):
             self._park_unserved(mailbox)
             self._next(mailbox)

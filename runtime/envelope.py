@@ -2,6 +2,9 @@
 
 A record's key is the target's address key (see ``runtime.routing``); its value is
 msgpack ``[[namespace, type, id], caller [namespace, type, id] | nil, typename, value | nil]``.
+A message a Kafka ingress turned a record into also has a ``statefun.source`` header,
+its route's source (``kafka:<ingress id>``, see ``runtime.metrics``): the message has no
+caller, as in StateFun, and the header tells it from one through the HTTP ingress.
 """
 
 from __future__ import annotations
@@ -15,6 +18,20 @@ from runtime.log import Record, StoredRecord
 from runtime.routing import address_key
 from statefun.address import Address
 from statefun.values import TypedValue
+
+SOURCE_HEADER = "statefun.source"
+
+
+def source_header(source: str) -> tuple[str, bytes]:
+    return SOURCE_HEADER, source.encode()
+
+
+def source_of(headers: tuple[tuple[str, bytes], ...]) -> str | None:
+    """The route source a record's ``statefun.source`` header names, if it has one."""
+    for name, value in headers:
+        if name == SOURCE_HEADER:
+            return value.decode("utf-8", "replace")
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,9 @@ ingress record becomes its messages exactly once. Without a checkpoint it starts
 ``startupPosition`` (``group-offsets`` reads the positions committed for
 ``consumerGroupId``).
 
+Each message carries the ingress as its route's source (``runtime.envelope``), and counts
+as a message of that route (``runtime.metrics``) when it is appended.
+
 A reader that cannot read its cluster (a stalled broker) logs it once and polls again,
 from the same positions, until it can; one whose appends fail stops, and the runtime,
 told by the log, ends the generation.
@@ -30,9 +33,11 @@ from runtime.checkpoints.coordinator import Capture
 from runtime.checkpoints.epochs import EpochClock
 from runtime.checkpoints.snapshot import INGRESS_PART_PREFIX, encode_positions
 from runtime.dead_letters import DeadLetters
+from runtime.envelope import source_header
 from runtime.errors import LogError
 from runtime.log import StoredRecord, TopicPartition
 from runtime.log.kafka import KafkaLog, KafkaLogConsumer
+from runtime.metrics import Metrics, kafka_source
 from runtime.quiet_log import QuietLog
 from runtime.router import Router
 from statefun.address import Address
@@ -55,6 +60,7 @@ class KafkaIngressReader:
         dead_letters: DeadLetters,
         clock: EpochClock,
         app_id: str,
+        metrics: Metrics,
     ):
         self.spec = spec
         self.name = f"{INGRESS_PART_PREFIX}{spec.id}"
@@ -72,6 +78,9 @@ class KafkaIngressReader:
         self._task: asyncio.Task[None] | None = None
         self._quiet = QuietLog(log)
         self.routed = 0
+        source = kafka_source(spec.id)
+        self._source = (source_header(source),)
+        self._routes = {t: metrics.route(source, t) for topic in spec.topics for t in topic.targets}
 
     async def start(
         self,
@@ -186,7 +195,13 @@ class KafkaIngressReader:
             ]
         argument = TypedValue(topic.value_type, record.value)
         self.routed += 1
-        return [self._router.append(target, None, argument, tag=tag)[1] for target in targets]
+        appends = []
+        for target in targets:
+            appends.append(
+                self._router.append(target, None, argument, tag=tag, headers=self._source)[1]
+            )
+            self._routes[target.function_type].inc()
+        return appends
 
     async def stop(self) -> None:
         if self._task is not None:

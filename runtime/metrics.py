@@ -6,13 +6,21 @@ ingress port. Labels stay bounded: a function type, a route template, a status, 
 cause; never an address id.
 
 Counters and histograms are incremented where the event happens (the dispatcher, the
-ingress middleware, the checkpoint hooks). Values the runtime keeps anyway (messages
-waiting in mailboxes, requests in flight, the time of the last checkpoint) are read at
-scrape time by a collector, so the hot path pays nothing for them.
+ingress middleware, the checkpoint hooks, the log's appends). Values the runtime keeps
+anyway (messages waiting in mailboxes, requests in flight, the time of the last
+checkpoint, how far the worker has read) are read at scrape time by a collector, so the
+hot path pays nothing for them.
+
+A *route* is where a message comes from and which function type it goes to. Its source
+is the sending function's type, ``ingress`` (the HTTP ingress: messages and calls) or
+``kafka:<ingress id>`` (a Kafka ingress; its records carry it in a header, see
+``runtime.envelope``); messages restored from a checkpoint's pending ones without a
+caller count as ``ingress`` (the checkpoint does not keep the header).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +30,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime.log.base import AppendObserver
+from runtime.routing import INGRESS_CALLER_TYPE
+from statefun.address import Address
 
 EgressCounter = Counter
 """An egress's published counter, labelled."""
@@ -37,9 +49,30 @@ ROLLBACK_CAUSES: frozenset[str] = frozenset(get_args(RollbackCause))
 
 INGRESS_SOURCE = "ingress"
 """The source of the routes of messages from outside, through the HTTP ingress."""
+KAFKA_SOURCE_PREFIX = "kafka:"
+"""Before a Kafka ingress's id, the source of the routes of its records."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+APPEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+def kafka_source(ingress_id: object) -> str:
+    """The route source of a Kafka ingress's records."""
+    return f"{KAFKA_SOURCE_PREFIX}{ingress_id}"
+
+
+def route_source(caller: Address | None, ingress: str | None) -> str:
+    """The source of a message's route, from its caller and the Kafka ingress it came from
+    (None: not from one)."""
+    if caller is None:
+        return ingress or INGRESS_SOURCE
+    if (
+        caller.namespace == INGRESS_CALLER_TYPE.namespace
+        and caller.type == INGRESS_CALLER_TYPE.name
+    ):
+        return INGRESS_SOURCE
+    return caller.typename
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +105,16 @@ class FunctionTypeMeters:
         if counter is None:
             counter = self._by_kind[kind] = self._failures.labels(self._label, kind)
         counter.inc()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteCallMeters:
+    """One route's calls, labelled once: per message delivered to the target, the outcome
+    of its attempt and the time from sending its batch to the batch's result."""
+
+    succeeded: Counter
+    failed: Counter
+    latency: Histogram
 
 
 class Metrics:
@@ -135,6 +178,31 @@ class Metrics:
             ["source", "target"],
             registry=r,
         )
+        self.route_calls = Counter(
+            "statefun_route_calls",
+            "Messages of a route delivered to their function, per attempt, by outcome: "
+            "success (the result was applied) or failure (the attempt failed; see "
+            "statefun_function_failures_total). An answer asking for state specs is neither: "
+            "the batch goes again.",
+            ["source", "target", "outcome"],
+            registry=r,
+        )
+        self.route_call_latency = Histogram(
+            "statefun_route_call_seconds",
+            "Per message of a route delivered to its function, the time from sending its "
+            "batch to the batch's result.",
+            ["source", "target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.log_append = Histogram(
+            "statefun_log_append_seconds",
+            "Time from an append to the log until its records are durable, by kind of topic "
+            "(runtime.routing.TOPIC_KINDS, or other); failed appends are not observed.",
+            ["topic_kind"],
+            buckets=APPEND_BUCKETS,
+            registry=r,
+        )
         self.egress_published = Counter(
             "statefun_egress_published",
             "Records out to an egress (exactly-once ones once their checkpoint committed; "
@@ -196,8 +264,10 @@ class Metrics:
         r.register(_Gauges(self))
         self._types: dict[str, FunctionTypeMeters] = {}
         self._routes: dict[tuple[object, object], Counter] = {}
+        self._route_calls: dict[tuple[str, str], RouteCallMeters] = {}
         self._egresses: dict[object, Counter] = {}
         self._pending: Callable[[], Mapping[str, int]] = dict
+        self._read_lag: Callable[[], Mapping[int, int]] = dict
 
     def function_type(self, function_type: str) -> FunctionTypeMeters:
         """The meters of ``function_type`` (one object per type, shared by generations)."""
@@ -226,6 +296,41 @@ class Metrics:
                 str(source), str(target)
             )
         return counter
+
+    def route_call(self, source: str, target: str) -> RouteCallMeters:
+        """The calls meters of the route from ``source`` (see :func:`route_source`) to
+        ``target`` (a function type an endpoint serves)."""
+        meters = self._route_calls.get((source, target))
+        if meters is None:
+            meters = self._route_calls[(source, target)] = RouteCallMeters(
+                self.route_calls.labels(source, target, "success"),
+                self.route_calls.labels(source, target, "failure"),
+                self.route_call_latency.labels(source, target),
+            )
+        return meters
+
+    def log_appends(self, kind_of: Callable[[str], str]) -> AppendObserver:
+        """An observer for ``Log.observe_appends`` timing every append until its records
+        are durable, by the kind of its topic (``kind_of``: a few kinds)."""
+        by_topic: dict[str, Histogram] = {}
+
+        def observe(topic: str, asked: float, future: asyncio.Future[list[int]]) -> None:
+            child = by_topic.get(topic)
+            if child is None:
+                child = by_topic[topic] = self.log_append.labels(kind_of(topic))
+
+            def durable(done: asyncio.Future[list[int]]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    child.observe(time.perf_counter() - asked)
+
+            future.add_done_callback(durable)
+
+        return observe
+
+    def watch_read_lag(self, lag: Callable[[], Mapping[int, int]]) -> None:
+        """Read, at scrape time, per messages partition the worker reads, how many records
+        it has still to read (the end it knows minus its read position)."""
+        self._read_lag = lag
 
     def egress(self, egress: object) -> EgressCounter:
         """The published counter of ``egress`` (an egress id the module declares)."""
@@ -294,6 +399,15 @@ class _Gauges(Collector):
         for egress, held in sorted(self._metrics._pending().items()):
             pending.add_metric([egress], held)
         yield pending
+        lag = GaugeMetricFamily(
+            "statefun_log_read_lag_records",
+            "Per messages partition this process reads, the records between its read "
+            "position and the partition's end as last seen by its consumer.",
+            labels=["partition"],
+        )
+        for partition, behind in sorted(self._metrics._read_lag().items()):
+            lag.add_metric([str(partition)], behind)
+        yield lag
         last = self._metrics._last_checkpoint
         if last is not None:
             yield GaugeMetricFamily(

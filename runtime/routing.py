@@ -21,6 +21,21 @@ from statefun.address import Address, TypeName
 # The function type of the addresses the HTTP ingress gives its /v1/call requests.
 INGRESS_CALLER_TYPE = TypeName("statefun.ingress", "caller")
 
+TOPIC_KINDS = (
+    "messages",
+    "egress",
+    "dead-letters",
+    "control",
+    "decisions",
+    "checkpoints",
+    "members",
+)
+"""What the runtime's own topics hold, by the name after ``<app-id>-`` (``egress`` covers
+the embedded egresses and the exactly-once egress markers; ``decisions`` and
+``checkpoints`` every topic of theirs)."""
+OTHER_TOPIC = "other"
+"""Any topic not the runtime's own (a Kafka egress's on the same cluster, ...)."""
+
 _TOPIC_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
 _APP_ID = re.compile(r"^[a-zA-Z0-9._-]{1,100}$")
 
@@ -75,6 +90,17 @@ class Topics:
         if member is None:
             return f"{self.app_id}-egress-{cluster}"
         return f"{self.app_id}-egress-{cluster}-{member}"
+
+    def kind_of(self, topic: str) -> str:
+        """Which of ``TOPIC_KINDS`` ``topic`` is, or ``OTHER_TOPIC``."""
+        prefix = f"{self.app_id}-"
+        if not topic.startswith(prefix):
+            return OTHER_TOPIC
+        rest = topic[len(prefix) :]
+        for kind in TOPIC_KINDS:
+            if rest == kind or rest.startswith((f"{kind}-", f"{kind}.")):
+                return kind
+        return OTHER_TOPIC
 
     def egress(self, egress_id: TypeName) -> str:
         """The topic of an embedded egress (ids differing only in characters Kafka does not

@@ -54,7 +54,7 @@ from runtime.dispatcher import (
     PendingInvocation,
 )
 from runtime.egress import Egresses, EgressOutbox
-from runtime.envelope import Envelope
+from runtime.envelope import Envelope, source_of
 from runtime.errors import LogError, MalformedEnvelope, StateSpecConflict
 from runtime.function_client import FunctionClient
 from runtime.log import Log, StoredRecord, TopicPartition
@@ -324,8 +324,12 @@ class Worker:
         except MalformedEnvelope as e:
             log.error("skipping a record of %s[%d]: %s", self._router.topics.messages, partition, e)
             return None
+        caller = envelope.caller
         return envelope.target, PendingInvocation(
-            envelope.caller, envelope.argument, (partition, record.offset)
+            caller,
+            envelope.argument,
+            (partition, record.offset),
+            source_of(record.headers) if caller is None else None,
         )
 
     def _another_runtime(self, partition: int, record: StoredRecord, epoch: int) -> None:
@@ -351,6 +355,17 @@ class Worker:
 
     def position(self, partition: int) -> int:
         return self._positions[partition]
+
+    def read_lag(self) -> dict[int, int]:
+        """Per partition it reads, the records past its read position up to the end its
+        consumer last saw (those whose end it has not seen yet left out)."""
+        topic = self._router.topics.messages
+        lag = {}
+        for partition, position in self._positions.items():
+            end = self._consumer.known_end(TopicPartition(topic, partition))
+            if end is not None:
+                lag[partition] = max(0, end - position)
+        return lag
 
     async def reread(
         self,

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.app import Runtime, RuntimeConfig
 from runtime.dispatcher import DispatchConfig
@@ -225,6 +226,32 @@ def running_runtime(
 def unique_app_id() -> str:
     """An application id of its own, so runtimes sharing a broker never share topics."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""A ``/metrics`` exposition's samples, by name and labels."""
+
+
+def scrape(http: httpx.Client) -> Samples:
+    """``GET /metrics``, parsed."""
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """A sample's value (0 if there is none)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def labelled(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """The samples of ``name`` by the value of its one label ``label``."""
+    return {dict(labels)[label]: v for (n, labels), v in samples.items() if n == name}
 
 
 def client(base_url: str) -> httpx.Client:

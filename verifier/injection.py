@@ -102,7 +102,7 @@ class FaultyLog(Log):
     async def list_topics(self) -> set[str]:
         return await self._inner.list_topics()
 
-    def append(
+    def _append(
         self, topic: str, partition: int, records: Sequence[Record]
     ) -> asyncio.Future[list[int]]:
         self._tp(topic, partition)

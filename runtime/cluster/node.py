@@ -635,10 +635,7 @@ class ClusterRuntime(RuntimeBase):
         if manifest is not None:
             outbox.publish_committed(manifest.checkpoint)
         for spec in self.module.ingresses:
-            cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
-            reader = KafkaIngressReader(
-                spec, cluster, self.router, self.dead_letters, clock, self.config.app_id
-            )
+            reader = await self._kafka_ingress(spec, clock)
             restored_positions = None if manifest is None else dict(manifest.ingress)
             await reader.start(restored_positions, owned=ingress_owned)
             readers.append(reader)

@@ -20,6 +20,10 @@ Failure contract:
   the generation, and the next one reopens the log before it reads or writes.
 * The log tells the listener given to :meth:`Log.on_failure` once, when it stops
   taking appends.
+
+Every append goes through :meth:`Log.append`, which hands it to the implementation
+(:meth:`Log._append`) and, if one is set (:meth:`Log.observe_appends`), to an observer
+(the runtime's metrics time each append until it is durable).
 * :meth:`Log.reopen` makes the log take appends again, or raises :class:`LogError` if
   it still cannot. What happened to the failed appends depends on the log: the
   embedded logs wrote none of them (their offsets are free again); on Kafka, a record
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -46,6 +51,9 @@ __all__ = [
     "TopicPartition",
     "UnknownTopicError",
 ]
+
+AppendObserver = Callable[[str, float, "asyncio.Future[list[int]]"], None]
+"""Sees every append: its topic, when it was asked (``time.perf_counter()``) and its future."""
 
 
 class TopicPartition(NamedTuple):
@@ -88,6 +96,11 @@ class LogConsumer(abc.ABC):
         """The offset of the next record :meth:`poll` returns for ``tp``."""
 
     @abc.abstractmethod
+    def known_end(self, tp: TopicPartition) -> int | None:
+        """The end offset of ``tp`` as this consumer last learned it, without asking anyone
+        (None: not known yet)."""
+
+    @abc.abstractmethod
     async def poll(
         self, max_wait: float, max_records: int = 1000
     ) -> dict[TopicPartition, list[StoredRecord]]:
@@ -107,6 +120,7 @@ class Log(abc.ABC):
     _topics: dict[str, int]
     _failure: LogError | None = None
     _failure_listener: Callable[[LogError], None] | None = None
+    _append_observer: AppendObserver | None = None
 
     @property
     def failure(self) -> LogError | None:
@@ -163,11 +177,27 @@ class Log(abc.ABC):
             raise UnknownTopicError(f"topic {topic} has no partition {partition} (it has {count})")
         return TopicPartition(topic, partition)
 
-    @abc.abstractmethod
+    def observe_appends(self, observer: AppendObserver) -> None:
+        """Show every append from now on to ``observer``."""
+        self._append_observer = observer
+
     def append(
         self, topic: str, partition: int, records: Sequence[Record]
     ) -> asyncio.Future[list[int]]:
         """Append in call order; the future gives the offsets once the records are durable."""
+        observer = self._append_observer
+        if observer is None:
+            return self._append(topic, partition, records)
+        asked = time.perf_counter()
+        future = self._append(topic, partition, records)
+        observer(topic, asked, future)
+        return future
+
+    @abc.abstractmethod
+    def _append(
+        self, topic: str, partition: int, records: Sequence[Record]
+    ) -> asyncio.Future[list[int]]:
+        """:meth:`append`, as the implementation does it."""
 
     @abc.abstractmethod
     async def flush(self) -> None:

@@ -586,7 +586,7 @@ class KafkaLog(Log):
 
     # --- appending ------------------------------------------------------------------------
 
-    def append(
+    def _append(
         self, topic: str, partition: int, records: Sequence[Record]
     ) -> asyncio.Future[list[int]]:
         tp = self._tp(topic, partition)
@@ -1024,6 +1024,8 @@ class KafkaLogConsumer(LogConsumer):
         self._error: LogError | None = None
         self._rotation = 0
         self._closed = False
+        self._ends: dict[TopicPartition, int] = {}
+        """The high watermark of each partition, as the last Kafka poll saw it."""
 
     def assign(self, positions: Mapping[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
@@ -1038,6 +1040,9 @@ class KafkaLogConsumer(LogConsumer):
 
     def position(self, tp: TopicPartition) -> int:
         return self._positions[tp]
+
+    def known_end(self, tp: TopicPartition) -> int | None:
+        return self._ends.get(tp)
 
     async def poll(
         self, max_wait: float, max_records: int = 1000
@@ -1092,6 +1097,10 @@ class KafkaLogConsumer(LogConsumer):
             for tp, offset in seek.items():
                 consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
         batches = consumer.poll(timeout_ms=wait_ms, max_records=_DRAIN)
+        for ktp in consumer.assignment():
+            # Fetch responses carry it: knowing it costs no request of its own.
+            if (end := consumer.highwater(ktp)) is not None:
+                self._ends[TopicPartition(ktp.topic, ktp.partition)] = end
         return {
             TopicPartition(ktp.topic, ktp.partition): [_stored(r) for r in records]
             for ktp, records in batches.items()

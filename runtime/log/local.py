@@ -147,7 +147,7 @@ class LocalLog(Log):
     async def list_topics(self) -> set[str]:
         return set(self._topics)
 
-    def append(
+    def _append(
         self, topic: str, partition: int, records: Sequence[Record]
     ) -> asyncio.Future[list[int]]:
         tp = self._tp(topic, partition)
@@ -242,6 +242,9 @@ class LocalConsumer(LogConsumer):
 
     def position(self, tp: TopicPartition) -> int:
         return self._positions[tp]
+
+    def known_end(self, tp: TopicPartition) -> int | None:
+        return self._log._durable.get(tp)
 
     async def poll(
         self, max_wait: float, max_records: int = 1000

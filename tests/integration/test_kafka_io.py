@@ -10,7 +10,16 @@ import httpx
 import pytest
 from functions import make_test_functions
 from kafka_broker import consume, create_topic, int_bytes, produce
-from support import client, running_runtime, serve, unique_app_id, wait_until
+from support import (
+    client,
+    labelled,
+    running_runtime,
+    scrape,
+    serve,
+    unique_app_id,
+    value,
+    wait_until,
+)
 
 from statefun.module_spec import parse_module_spec
 
@@ -83,7 +92,7 @@ def test_ingress_routes_records_by_key_to_every_target_and_parks_unusable_keys(
         wait_until(
             lambda: count(http, "test/counter/a") == 4 and count(http, "test/counter/b") == 2
         )
-        assert http.get("/v1/state/test/log/a").json()["state"]["seen"]["value"] == [1, 3]
+        assert seen(http, "test/log/a") == [1, 3]
         letters = wait_until(
             lambda: len(r := http.get("/v1/dead-letters").json()["records"]) == 2 and r
         )
@@ -95,6 +104,32 @@ def test_ingress_routes_records_by_key_to_every_target_and_parks_unusable_keys(
         # processing goes on after a dead letter
         produce(kafka_bootstrap, "numbers", [(b"b", int_bytes(10))])
         wait_until(lambda: count(http, "test/counter/b") == 12)
+        wait_until(lambda: seen(http, "test/log/b") == [2, 10])
+        # Four usable records, each a message to both targets along the ingress's route.
+        samples = scrape(http)
+        for target in ("test/counter", "test/log"):
+            route = {"source": "kafka:test/numbers", "target": target}
+            assert value(samples, "statefun_route_messages_total", **route) == 4
+            assert value(samples, "statefun_route_calls_total", outcome="success", **route) == 4
+            assert value(samples, "statefun_route_call_seconds_count", **route) == 4
+        sources = labelled(samples, "statefun_route_messages_total", "source")
+        assert set(sources) == {"kafka:test/numbers"}
+        # Appended to the runtime's own log: the eight messages and the two dead letters.
+        appended = labelled(samples, "statefun_log_append_seconds_count", "topic_kind")
+        assert appended["messages"] == 8
+        assert appended["dead-letters"] == 2
+        # Everything read: no lag on any messages partition.
+        wait_until(
+            lambda: (
+                labelled(scrape(http), "statefun_log_read_lag_records", "partition")
+                == {str(p): 0 for p in range(8)}
+            )
+        )
+
+
+def seen(http: httpx.Client, address: str) -> list[int]:
+    seen_: list[int] = http.get(f"/v1/state/{address}").json()["state"]["seen"]["value"]
+    return seen_
 
 
 def test_ingress_resumes_from_its_checkpoint_after_a_restart(

@@ -3,32 +3,34 @@ checked exactly in the Prometheus exposition."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from functions import make_test_functions
-from prometheus_client.parser import text_string_to_metric_families
 from support import (
     RuntimeThread,
     client,
     free_port,
+    labelled,
     module_for,
     running_runtime,
+    scrape,
     serve,
     unique_app_id,
+    value,
     wait_until,
 )
 
 from runtime.checkpoints.coordinator import CheckpointConfig
 from runtime.checkpoints.store import Manifest
 from runtime.cluster.node import ClusterRuntime
-from runtime.config import ClusterConfig, RuntimeConfig
+from runtime.config import ClusterConfig, RuntimeConfig, WorkerConfig
+from runtime.dispatcher import DispatchConfig
 
 pytestmark = pytest.mark.timeout(60)
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
@@ -40,21 +42,6 @@ def control() -> dict[str, Any]:
 def functions_url(control: dict[str, Any]) -> Iterator[str]:
     with serve(make_test_functions(control).asgi_app()) as server:
         yield f"{server.url}/statefun"
-
-
-def scrape(http: httpx.Client) -> Samples:
-    response = http.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(response.text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def send(http: httpx.Client, address: str, n: int = 1) -> None:
@@ -174,6 +161,10 @@ def test_failures_and_retries_of_one_address(functions_url: str, control: dict[s
     assert value(samples, "statefun_function_batches_total", **flaky) == failures + 2
     assert value(samples, "statefun_function_call_latency_seconds_count", **flaky) == failures + 2
     assert value(samples, "statefun_function_backlog_messages", **flaky) == 0
+    route = {"source": "ingress", "target": "test/flaky"}
+    assert value(samples, "statefun_route_calls_total", outcome="failure", **route) == failures
+    assert value(samples, "statefun_route_calls_total", outcome="success", **route) == 1
+    assert value(samples, "statefun_route_call_seconds_count", **route) == failures + 1
 
 
 def test_checkpoints_are_measured_as_committed(functions_url: str) -> None:
@@ -364,15 +355,64 @@ def test_a_poison_message_parked_is_counted(functions_url: str) -> None:
 
 def test_messages_are_counted_per_route(functions_url: str) -> None:
     module = module_for(functions_url, functions="test/*", egresses=("test/out",))
-    with running_runtime(module) as rt, client(rt.url) as http:
+    # No checkpoint: no exactly-once egress record is appended meanwhile.
+    checkpoints = CheckpointConfig(interval=0)
+    with running_runtime(module, checkpoints=checkpoints) as rt, client(rt.url) as http:
         for i in range(3):
             send(http, f"test/forward/f{i}")
         for i in range(3):
             wait_until(lambda i=i: count(http, f"test/counter/f{i}") == 1)
         samples = scrape(http)
-    routes = {
-        (dict(labels)["source"], dict(labels)["target"]): v
-        for (name, labels), v in samples.items()
-        if name == "statefun_route_messages_total"
+
+    def routes(name: str, **labels: str) -> dict[tuple[str, str], float]:
+        return {
+            (dict(key)["source"], dict(key)["target"]): v
+            for (n, key), v in samples.items()
+            if n == name and set(labels.items()) <= key
+        }
+
+    both = {("ingress", "test/forward"): 3, ("test/forward", "test/counter"): 3}
+    assert routes("statefun_route_messages_total") == both
+    # Each message answered once (the first batch of each type asked for its states
+    # first: not an outcome), none failed.
+    assert routes("statefun_route_calls_total", outcome="success") == both
+    assert routes("statefun_route_calls_total", outcome="failure") == dict.fromkeys(both, 0)
+    assert routes("statefun_route_call_seconds_count") == both
+    assert all(v > 0 for v in routes("statefun_route_call_seconds_sum").values())
+    # Appended: three messages from the ingress, three forwarded; the generation's record.
+    appended = labelled(samples, "statefun_log_append_seconds_count", "topic_kind")
+    assert appended == {"messages": 6, "control": 1}
+    assert labelled(samples, "statefun_log_read_lag_records", "partition") == {
+        str(p): 0 for p in range(8)
     }
-    assert routes == {("ingress", "test/forward"): 3, ("test/forward", "test/counter"): 3}
+
+
+def test_read_lag_is_what_the_worker_has_not_read(
+    functions_url: str, control: dict[str, Any]
+) -> None:
+    module = module_for(functions_url, functions="test/*", egresses=("test/out",))
+    gate = control["gate"] = threading.Event()
+    # One message in memory at most: while the stuck address's call waits, nothing is read.
+    worker = WorkerConfig(DispatchConfig(max_buffered_messages=1))
+    with (
+        running_runtime(module, worker=worker, messages_partitions=2) as rt,
+        client(rt.url) as http,
+    ):
+        send(http, "test/gate/stuck")
+        wait_until(
+            lambda: (
+                value(
+                    scrape(http), "statefun_function_requests_in_flight", function_type="test/gate"
+                )
+                == 1
+            )
+        )
+        for i in range(3):
+            send(http, f"test/counter/l{i}")
+        lag = labelled(scrape(http), "statefun_log_read_lag_records", "partition")
+        assert set(lag) == {"0", "1"}
+        assert sum(lag.values()) == 3
+        gate.set()
+        wait_until(lambda: all(count(http, f"test/counter/l{i}") == 1 for i in range(3)))
+        lag = labelled(scrape(http), "statefun_log_read_lag_records", "partition")
+    assert lag == {"0": 0, "1": 0}

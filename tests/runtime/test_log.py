@@ -113,6 +113,25 @@ async def test_a_consumer_waits_for_new_records_and_advances(log: Log, topic: st
     await consumer.close()
 
 
+async def test_an_observer_sees_every_append_and_a_consumer_knows_the_end(
+    log: Log, topic: str
+) -> None:
+    seen: list[tuple[str, asyncio.Future[list[int]]]] = []
+    log.observe_appends(lambda t, asked, future: seen.append((t, future)))
+    appends = [log.append(topic, 0, [Record(b"a"), Record(b"b")]), log.append(topic, 0, [])]
+    assert [(t, f) for t, f in seen] == [(topic, appends[0]), (topic, appends[1])]
+    await log.flush()
+    consumer = log.consumer()
+    tp = TopicPartition(topic, 0)
+    consumer.assign({tp: 0})
+    got: list[StoredRecord] = []
+    while len(got) < 2:
+        got += (await consumer.poll(2.0)).get(tp, [])
+    # The end as the consumer saw it reading (no request of its own): a read lag of 0.
+    assert consumer.known_end(tp) == 2 == consumer.position(tp)
+    await consumer.close()
+
+
 async def test_a_consumer_reads_from_its_assigned_positions_and_shares_fairly(
     log: Log, topic: str
 ) -> None:
