@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from runtime.checkpoints.snapshot import decode_state, encode_state
 from runtime.errors import StateSpecConflict
+from runtime.progress import Progress
 from runtime.routing import address_key
 from statefun.address import Address, TypeName
 from statefun.protocol import ExpireMode, StateMutation, StateSpec
@@ -181,8 +182,9 @@ class StateStore:
         """Count these as changed since the last checkpoint (their capture was abandoned)."""
         self._changed.update(addresses)
 
-    def load(self, rows: Iterable[tuple[bytes, bytes]]) -> None:
-        """Replace everything with checkpointed state (rows of address key, state)."""
+    def load(self, rows: Iterable[tuple[bytes, bytes]], progress: Progress | None = None) -> None:
+        """Replace everything with checkpointed state (rows of address key, state),
+        advancing ``progress`` by one per address."""
         self._values, self._deadlines, self._buckets = {}, {}, {}
         self._changed = set()
         for key, data in rows:
@@ -191,6 +193,10 @@ class StateStore:
             self._values[address] = values
             for name, deadline in deadlines.items():
                 self._set_deadline(address, name, deadline)
+            if progress is not None:
+                progress.advance()
+        if progress is not None:
+            progress.finish()
 
 
 def _now_ms() -> int:

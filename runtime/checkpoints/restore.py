@@ -9,6 +9,9 @@ record then names the older one, so the newer one's output in the log is skipped
 its work is done again, once. Otherwise the start is refused with one line saying
 which checkpoint, what it released and what the operator can do. This module never
 writes: the caller records the generation (``CheckpointStore.begin_generation``).
+
+Decoding a large state takes a while: it logs how far it got every few seconds
+(``runtime.progress``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from runtime.checkpoints.snapshot import (
 from runtime.checkpoints.store import CheckpointStore
 from runtime.errors import StoreDamaged
 from runtime.idempotency import Answer, decode_floors, decode_rows
+from runtime.progress import Progress, logged
 from runtime.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,8 @@ def _decode(
     parts: dict[str, bytes],
 ) -> RestorePoint:
     point = RestorePoint(checkpoint)
-    point.state.load(state)
+    what = f"restoring the state of checkpoint {checkpoint}"
+    point.state.load(state, Progress(what, len(state), "addresses", logged(log)))
     point.keys = decode_rows(keys)
     for name, data in parts.items():
         if name == WORKER_PART:

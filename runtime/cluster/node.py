@@ -82,6 +82,7 @@ from runtime.errors import ConfigurationError, LogError
 from runtime.idempotency import decode_floors, decode_rows, encode_floors, encode_rows
 from runtime.kafka_ingress import KafkaIngressReader
 from runtime.log import Log
+from runtime.progress import Progress, logged
 from runtime.retention import create_topics, topic_configs, windowed_topics
 from runtime.routing import Topics, partition_for
 from runtime.state import StateStore
@@ -580,14 +581,25 @@ class ClusterRuntime(RuntimeBase):
         paused = {TypeName.parse(t) for t in state_.paused}
         restored: dict[int, RestoredPartition] = {}
         if manifest is not None:
-            for p in owned:
-                chain = manifest.chains.get(p)
-                if chain:
-                    restored[p] = await self.partition_store.read(chain)
+            chains = {p: manifest.chains[p] for p in owned if manifest.chains.get(p)}
+            what = f"restoring checkpoint {checkpoint} for generation {begin.generation}"
+            reading = Progress(what, len(chains), "partitions read", logged(log))
+            for p, chain in chains.items():
+                restored[p] = await self.partition_store.read(chain)
+                reading.advance()
+            reading.finish()
         if self.decisions.state.begin is not begin:
             return  # a newer Begin came meanwhile: the switch acts on it next
         state = StateStore()
-        state.load(row for r in restored.values() for row in r.state.items())
+        state.load(
+            (row for r in restored.values() for row in r.state.items()),
+            Progress(
+                f"restoring the state of checkpoint {checkpoint}",
+                sum(len(r.state) for r in restored.values()),
+                "addresses",
+                logged(log),
+            ),
+        )
         parts = [
             decode_worker_part(r.parts[WORKER_PART])
             for r in restored.values()

@@ -3,6 +3,7 @@ older one only when its commit released nothing."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from runtime import progress
 from runtime.checkpoints.restore import restore_point
 from runtime.checkpoints.snapshot import (
     WorkerPart,
@@ -114,3 +116,17 @@ async def test_no_decodable_checkpoint_is_refused(store: CheckpointStore) -> Non
     await commit(store, 1, part=b"\xc1")
     with pytest.raises(StoreDamaged, match=r"no retained checkpoint .* can be decoded"):
         await restore_point(store)
+
+
+async def test_a_long_restore_logs_how_far_it_got(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await commit(store, 1)
+    # Every piece of work counts as long: a line per address, and one at the end.
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)
+    with caplog.at_level(logging.INFO, logger="runtime.checkpoints.restore"):
+        await restore_point(store)
+    lines = [r.getMessage() for r in caplog.records if r.name == "runtime.checkpoints.restore"]
+    assert len(lines) == 2
+    assert lines[0].startswith("restoring the state of checkpoint 1: 1 of 1 addresses (100%) after")
+    assert lines[1].endswith(" s, done")
