@@ -59,6 +59,7 @@ from bench._support import (
     thread_cpu_seconds,
 )
 from runtime.checkpoints.coordinator import CheckpointConfig
+from runtime.progress import steps
 
 QUICK = {"messages": 1_500, "addresses": 150, "concurrency": 64}
 DEFAULTS = {"messages": 20_000, "addresses": 1_000, "concurrency": 64}
@@ -75,6 +76,8 @@ DEFAULT_CHECKPOINT_INTERVAL = CheckpointConfig().interval
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 TEXT = {"content-type": "text/plain; charset=utf-8"}
+say = steps("bench")
+"""A line per step on standard error."""
 
 
 def interval_text(seconds: float) -> str:
@@ -102,6 +105,8 @@ class RunConfig:
     """Run the runtime under cProfile, writing its stats here."""
     extra_module: str = ""
     """More module.yaml documents (``python -m bench.checkpoints``: a second egress)."""
+    runtime_module: str = "runtime.cli"
+    """The module the runtime runs as (``python -m bench.metrics``: one without metrics)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +430,7 @@ def start_processes(
             sys.executable,
             *profiler,
             "-m",
-            "runtime.cli",
+            config.runtime_module,
             "run",
             "--module",
             str(module),
@@ -459,11 +464,13 @@ async def measure(processes: Processes, modes: list[Workload]) -> list[Row]:
         await processes.functions.wait_healthy(session, f"{processes.functions_url}/health")
         await processes.runtime.wait_healthy(session, f"{processes.ingress}/health")
         pipeline = Pipeline(processes, session)
+        say(f"{processes.log}: warming up")
         # Warm up (connections, state spec registration, code paths); checked, not shown.
         await pipeline.run_call(Workload(200, 50, 16, "warm-up call"), prefix="warmup-call")
         await pipeline.run_send(Workload(200, 50, 16, "warm-up send"), prefix="warmup-send")
         rows: list[Row] = []
         for w in modes:
+            say(f"{processes.log}: {w.mode}, {w.messages} messages to {w.addresses} addresses")
             run = pipeline.run_call if w.mode == "call" else pipeline.run_send
             rows += await run(w)
         return rows
@@ -631,6 +638,7 @@ def run(args: argparse.Namespace, workdir: Path, logs: list[str], broker: Broker
             if profile is not None and (several or len(logs) > 1):  # one file per run
                 profile = profile.with_name(f"{profile.stem}-{name}{profile.suffix}")
             config = RunConfig(interval, egress_semantic(interval, args.egress), profile)
+            say(f"{name}: starting the processes (checkpoints {interval_text(interval)})")
             log_status, log_rows = run_log(log, config, args, workdir / name, broker)
             status = max(status, log_status)
             rows += log_rows

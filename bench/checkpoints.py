@@ -85,6 +85,7 @@ from bench.functions import AT_LEAST_ONCE_EGRESS, BOTH_PREFIX, DONE_EGRESS
 from runtime.app import Runtime, RuntimeConfig
 from runtime.checkpoints.coordinator import Capture, CheckpointConfig, Participant
 from runtime.dispatcher import Failure
+from runtime.progress import steps
 from runtime.state import StateStore
 from statefun.address import Address
 from statefun.module_spec import parse_module_spec
@@ -102,6 +103,8 @@ CHECKPOINTS_POLL_INTERVAL = 0.2
 PROGRESS_TIMEOUT = 60.0
 CALL_TIMEOUT = 60.0
 TEXT = {"content-type": "text/plain; charset=utf-8"}
+say = steps("bench.checkpoints")
+"""A line per step on standard error."""
 CONSISTENCY_HEADER = "X-Statefun-Consistency"
 UNCALLED_MODULE = """\
 kind: io.statefun.endpoints.v2/http
@@ -302,6 +305,7 @@ async def measure_size(n: int, repeats: int, base: Path) -> SizeResult:
     running = True
     try:
         await runtime.start()
+        say(f"capture: {n} addresses, {repeats} checkpoints changed and {repeats} idle")
         for r in range(repeats):
             change_state(runtime, addresses, r + 1)
             sample = await checkpoint(runtime)
@@ -313,6 +317,7 @@ async def measure_size(n: int, repeats: int, base: Path) -> SizeResult:
             if sample.addresses != 0:
                 raise Failed(f"an idle checkpoint wrote {sample.addresses} addresses, not 0")
             result.idle.append(sample)
+        say(f"recovery: {n} addresses, {repeats} rollbacks, restores and restarts")
         for _ in range(repeats):
             elapsed, stall = await rollback(runtime)
             result.rollback.append(elapsed)
@@ -338,6 +343,7 @@ async def measure_size(n: int, repeats: int, base: Path) -> SizeResult:
     finally:
         if running:
             await runtime.stop()
+    say(f"recovery: {n} addresses, {repeats} processes started on the data")
     for i in range(repeats):
         result.process_healthy.append(await process_restart(data_dir, base, n, f"{n}-{i}"))
     return result
@@ -819,8 +825,12 @@ async def _measure_latency(
         run = LatencyRun(session, processes, check)
         watcher = asyncio.create_task(run.watch_checkpoints())
         try:
+            name = f"latency: {log}, checkpoints every {interval:g} s"
+            say(f"{name}: warming up")
             await run.warm_up(100)
+            say(f"{name}: {args.egress_messages} messages to the egresses")
             rows = await run.egress_latency(interval, args.egress_messages, args.rate)
+            say(f"{name}: {args.call_messages} calls")
             rows += await run.call_latency(interval, args.call_messages, args.rate)
         finally:
             watcher.cancel()

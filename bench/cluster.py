@@ -63,6 +63,7 @@ from bench._support import (
     percentile,
 )
 from bench.functions import COUNTER
+from runtime.progress import steps
 from runtime.routing import partition_for
 from statefun.address import Address
 
@@ -82,6 +83,8 @@ message went to a generation that was rolled back never answers."""
 RECOVERY_TIMEOUT = 60.0
 POLL = 0.05
 TEXT = {"content-type": "text/plain; charset=utf-8"}
+say = steps("bench.cluster")
+"""A line per step on standard error."""
 
 
 class Failed(Exception):
@@ -546,15 +549,21 @@ async def measure_members(
     timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT + 30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await app.functions.wait_healthy(session, f"{app.functions_url}/health")
+        say(f"{members} members: starting them")
         for _ in range(members):
             app.start_member()
         await one_generation(app, session)
         # Warm up every member (connections, code paths, the spec); checked, not shown.
         warm = Workload(20 * members, 10 * members, 8)
+        say(f"{members} members: warming up")
         await run_call(app, session, warm, "warm-call")
         await run_send(app, session, warm, "warm-send")
+        say(f"{members} members: send, {w.messages} messages")
         rows = await run_send(app, session, w, "send")
+        say(f"{members} members: call, {w.messages} messages")
         rows += await run_call(app, session, w, "call")
+        if kills:
+            say(f"{members} members: kill -9 of a worker and of the coordinator, {kills} each")
         found = await recoveries(app, session, kills) if kills else {}
         return rows, found
 

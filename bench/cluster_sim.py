@@ -60,6 +60,7 @@ from runtime.cluster.decisions import (
 )
 from runtime.cluster.locations import PartitionLocation
 from runtime.log.memory import MemoryLog
+from runtime.progress import steps
 
 T = TypeVar("T")
 
@@ -312,13 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = 50 if args.quick else args.checkpoints
     rows: list[Row] = []
     try:
+        say = steps("bench.cluster_sim")
         for members in args.members:
+            say(f"{members} members: {args.warmup} + {checkpoints} checkpoints")
             rows.append(
                 asyncio.run(
                     simulate(members, args.partitions, checkpoints, args.warmup, args.epoch_records)
                 )
             )
-            print(f"{members} members: done", file=sys.stderr)
     except Failed as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1

@@ -30,6 +30,7 @@ from pathlib import Path
 from bench._support import format_table
 from runtime.checkpoints.store import CheckpointStore
 from runtime.idempotency import IdempotencyKeys
+from runtime.progress import steps
 from statefun.address import Address
 
 FINGERPRINT = bytes(16)
@@ -79,7 +80,11 @@ async def measure(size: int, changed: int, rounds: int) -> list[str]:
 
 
 async def main(sizes: list[int], changed: int, rounds: int) -> None:
-    rows = [await measure(size, changed, rounds) for size in sizes]
+    say = steps("bench.idempotency")
+    rows = []
+    for size in sizes:
+        say(f"{size:,} keys: {rounds} rounds of {changed:,} changed")
+        rows.append(await measure(size, changed, rounds))
     headers = ["keys", "changed", "capture ms", "encode ms", "commit ms", "rows"]
     print(format_table(headers, rows))
 

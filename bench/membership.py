@@ -31,10 +31,13 @@ from pathlib import Path
 from bench._kafka import HOW_TO_GET_ONE, find_broker, start_tansu
 from bench._support import ROOT, BenchError, Children, format_table
 from runtime.cluster.membership import Member, Membership, View
+from runtime.progress import steps
 
 PARTITIONS = 8
 VIEW_WAIT = 60.0
 HEARTBEATS = {2.0: 0.5, 6.0: 1.0}
+say = steps("bench.membership")
+"""A line per step on standard error."""
 """Heartbeat interval per session timeout: a quarter, or the default of one second."""
 
 
@@ -141,7 +144,8 @@ async def one_round(bootstrap: str, session: float) -> dict[str, float]:
 
 async def measure(bootstrap: str, session: float, repeats: int) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {}
-    for _ in range(repeats):
+    for i in range(repeats):
+        say(f"session timeout {session:g} s: round {i + 1} of {repeats}")
         for event, seconds in (await one_round(bootstrap, session)).items():
             samples.setdefault(event, []).append(seconds)
     return samples

@@ -50,6 +50,7 @@ from runtime.errors import StatefunRuntimeError
 from runtime.log.base import Log
 from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
+from runtime.progress import steps
 from runtime.routing import address_key
 from runtime.state import StateStore
 from statefun.address import Address
@@ -187,10 +188,11 @@ HEADERS = [
 
 async def run(logs: dict[str, LogOpener], args: argparse.Namespace) -> list[list[str]]:
     rows = []
+    say = steps("bench.restore")
     for name, open_log in logs.items():
         for size in args.sizes:
+            say(f"{name}, {size:,} addresses: {args.repeats} restores")
             rows.append(await measure(name, open_log, size, args))
-            print(f"{name}, {size:,} addresses: done", flush=True)
     return rows
 
 

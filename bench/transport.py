@@ -46,6 +46,7 @@ from bench._support import (
     free_port,
     percentile,
 )
+from runtime.progress import steps
 from sdk import Context, Message, StatefulFunctions
 from statefun import native_codec
 from statefun.address import Address
@@ -219,6 +220,7 @@ async def measure(server: Child, url: str, args: argparse.Namespace) -> list[Res
     async with aiohttp.ClientSession() as session:
         await server.wait_healthy(session, url.rsplit("/", 1)[0] + "/health")
     results: list[Result] = []
+    say = steps("bench.transport")
     for invocations in BATCH_SIZES:
         body = request_body(invocations)
         for concurrency in args.concurrency:
@@ -226,11 +228,9 @@ async def measure(server: Child, url: str, args: argparse.Namespace) -> list[Res
                 result = await measure_one(
                     name, url, body, invocations, concurrency, args.requests, server
                 )
-                print(
-                    f"  {name} x{invocations} c={concurrency}: "
-                    f"{result.requests / result.elapsed:.0f} requests/s",
-                    file=sys.stderr,
-                    flush=True,
+                say(
+                    f"{name} x{invocations} c={concurrency}: "
+                    f"{result.requests / result.elapsed:.0f} requests/s"
                 )
                 results.append(result)
     return results
