@@ -53,7 +53,7 @@ def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
     # Kafka's data is a volume (the checkpoints are in Kafka too): `down` then `up` resumes
     log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
     assert any(v.split(":") == ["kafka-data", log_dirs] for v in kafka["volumes"])
-    assert set(COMPOSE["volumes"]) == {"kafka-data"}
+    assert set(COMPOSE["volumes"]) == {"kafka-data", "prometheus-data"}
     assert runtime["build"] == SERVICES["functions"]["build"] == "."
     assert (ROOT / "Dockerfile").is_file()
     # the runtime is healthy when it is ready to take and process messages
