@@ -227,7 +227,10 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error", "critical"],
-        help="(default: %(default)s; the Kafka client logs below warning only at debug)",
+        help="what the runtime logs to stderr: debug; info (the start-up summary, each "
+        "generation begun, how far a long restore got every 5 s); warning (failures it "
+        "works around: a failing function, a stalled log); error; critical (default: "
+        "%(default)s; the Kafka client logs below warning only at debug)",
     )
     run.add_argument(
         "--log-format",
