@@ -385,7 +385,6 @@ def last_checkpoint(http: httpx.Client) -> int:
 
 
 def after_checkpoint(http: httpx.Client, checkpoint: int) -> int:
-    """The first checkpoint to commit after ``checkpoint``."""
-    return (
-        int(wait_until(lambda: max(last_checkpoint(http) - checkpoint, 0), timeout=30)) + checkpoint
-    )
+    """A checkpoint committed after ``checkpoint``."""
+    wait_until(lambda: last_checkpoint(http) > checkpoint, timeout=30)
+    return last_checkpoint(http)
