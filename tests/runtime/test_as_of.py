@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+from test_partition_store import CountingLog
 
 from runtime.cluster.as_of import PartitionsAsOf
 from runtime.cluster.decisions import Manifest
 from runtime.cluster.locations import PartitionLocation
 from runtime.cluster.partition_store import PartitionSnapshot, PartitionStore
 from runtime.errors import CheckpointNotRetained, StoreDamaged
-from runtime.log.base import StoredRecord
-from runtime.log.memory import MemoryLog
 from runtime.state import AddressPage
 from statefun.address import TypeName
 
@@ -21,18 +20,6 @@ pytestmark = pytest.mark.anyio
 
 PARTITIONS = 3
 FN = TypeName("t", "f")
-
-
-class CountingLog(MemoryLog):
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    async def read(
-        self, topic: str, partition: int, offset: int, max_records: int = 1000
-    ) -> list[StoredRecord]:
-        self.reads += 1
-        return await super().read(topic, partition, offset, max_records)
 
 
 def manifest(checkpoint: int, chains: dict[int, tuple[PartitionLocation, ...]]) -> Manifest:
@@ -53,17 +40,17 @@ async def write(
 
 
 @pytest.fixture
-async def log() -> AsyncIterator[CountingLog]:
-    opened = CountingLog()
-    yield opened
-    await opened.close()
+async def counted() -> AsyncIterator[CountingLog]:
+    log = CountingLog()
+    yield log
+    await log.close()
 
 
 @pytest.fixture
-async def checkpoints(log: CountingLog) -> tuple[PartitionStore, list[Manifest]]:
+async def checkpoints(counted: CountingLog) -> tuple[PartitionStore, list[Manifest]]:
     """Checkpoint 1: full snapshots of partitions 0 and 1 (2 holds nothing); 2: deltas
     over them; 3: full snapshots in a new segment."""
-    store = PartitionStore(log, "app", PARTITIONS)
+    store = PartitionStore(counted, "app", PARTITIONS)
     p0 = await write(store, 0, 1, 0, {b"t/f/a": b"a1", b"t/f/c": b"c1"}, full=True)
     p1 = await write(store, 0, 1, 1, {b"t/f/b": b"b1", b"t/g/z": b"z1"}, full=True)
     d0 = await write(store, 0, 2, 0, {b"t/f/a": b"a2", b"t/f/c": None}, full=False)
@@ -99,21 +86,21 @@ async def test_state_and_pages_as_of_each_retained_checkpoint(
 
 
 async def test_restored_partitions_are_cached_within_a_bound(
-    checkpoints: tuple[PartitionStore, list[Manifest]], log: CountingLog
+    checkpoints: tuple[PartitionStore, list[Manifest]], counted: CountingLog
 ) -> None:
     store, retained = checkpoints
     as_of = PartitionsAsOf(store, lambda: retained, PARTITIONS)
     await as_of.page(FN, None, 10, 2)
-    reads = log.reads
+    read = counted.records_read
     assert await as_of.page(FN, "a", 10, 2) == AddressPage(["b", "d"], False)
     assert await as_of.state(b"t/f/b", 1, 2) == b"b1"
-    assert log.reads == reads  # from the cache
+    assert counted.records_read == read  # from the cache
     tiny = PartitionsAsOf(store, lambda: retained, PARTITIONS, cache_bytes=1)
     assert await tiny.state(b"t/f/a", 0, 1) == b"a1"
     assert await tiny.state(b"t/f/b", 1, 1) == b"b1"  # the newest only is kept
-    reads = log.reads
+    read = counted.records_read
     assert await tiny.state(b"t/f/a", 0, 1) == b"a1"
-    assert log.reads > reads  # restored again
+    assert counted.records_read > read  # restored again
 
 
 async def test_a_checkpoint_dropped_while_it_is_read_is_not_retained(
