@@ -4,10 +4,10 @@
 it is durable; ``POST /v1/call/...`` also waits for the reply; ``GET /v1/state/...``
 shows an address's state (``?checkpoint=N``: as the retained checkpoint N holds it);
 ``GET /v1/addresses/{namespace}/{type}`` pages the ids of a function type's addresses
-that hold state (live, or as of ``?checkpoint=N``); ``GET /v1/egress/{namespace}/{name}`` reads an embedded
-egress; ``GET /health`` says the process serves, ``GET /ready`` whether it can take and
-process messages; ``GET /v1/cluster`` shows the members of the application (one,
-``local``, for a process alone). Every error is JSON ``{"error": code, "detail":
+that hold state (live, or as of ``?checkpoint=N``); ``GET /v1/egress/{namespace}/{name}``
+reads an embedded egress; ``GET /health`` says the process serves, ``GET /ready``
+whether it can take and process messages; ``GET /v1/cluster`` shows the members of the
+application (one, ``local``, for a process alone). Every error is JSON ``{"error": code, "detail":
 message}`` (see ``runtime.ingress_errors``), and a rejected request leaves nothing in
 the log.
 
@@ -499,17 +499,22 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         if checkpoint is not None:
             page = await runtime.addresses_as_of(function_type, after, limit, checkpoint)
         elif local:
-            if (found := runtime.addresses(function_type, after, limit)) is None:
-                return _retry_later(
-                    "restoring", "this member's partitions are being restored; try again"
-                )
-            page = found
+            page = own_page(function_type, after, limit)
         else:
             page = await everyones_page(request, function_type, after, limit)
         body: dict[str, Any] = {"addresses": page.ids, "next": page.next, "checkpoint": checkpoint}
         if local and checkpoint is None and peers is not None:
             body["partitions"] = list(runtime.owned)  # what a merging member checks
         return JSONResponse(body)
+
+    def own_page(function_type: TypeName, after: str | None, limit: int) -> AddressPage:
+        """A live page of the partitions this process holds; 503 while it restores them."""
+        page = runtime.addresses(function_type, after, limit)
+        if page is None:
+            raise _Rejected(
+                _retry_later("restoring", "this member's partitions are being restored; try again")
+            )
+        return page
 
     async def everyones_page(
         request: Request, function_type: TypeName, after: str | None, limit: int
@@ -529,12 +534,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
 
         async def members_page(member: str) -> tuple[AddressPage, list[int]]:
             if member == view.me:
-                page = runtime.addresses(function_type, after, limit)
-                if page is None:
-                    raise _Rejected(
-                        _retry_later("restoring", "this member's partitions are being restored")
-                    )
-                return page, list(runtime.owned)
+                return own_page(function_type, after, limit), list(runtime.owned)
             try:
                 answer = await peers.forward(member, forwarded)
             except PeerUnreachable as e:
