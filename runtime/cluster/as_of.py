@@ -13,7 +13,8 @@ Any member answers, from the segment topics every member reaches: nothing is for
 to the partitions' owners, who hold only live state and would read the same records.
 This works while members restore, join or leave (a retained checkpoint never changes),
 and costs one restore per (checkpoint, partition) per member that is asked, then a
-lookup. A partition with no chain in the manifest had no state. A checkpoint dropped
+lookup (checkpoint ids are never reused, so a cached partition never goes stale; it
+is only evicted). A partition with no chain in the manifest had no state. A checkpoint dropped
 from retention while a restore reads it (its segment deleted) is
 :class:`~runtime.errors.CheckpointNotRetained`, like one never retained.
 """
