@@ -39,7 +39,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from bench._support import format_table, percentile
-from runtime.checkpoints.snapshot import decode_state, encode_state
+from bench.restore import VALUE_BYTES, state_of
+from runtime.checkpoints.snapshot import decode_state
 from runtime.checkpoints.store import CheckpointStore
 from runtime.cluster.as_of import PartitionsAsOf
 from runtime.cluster.decisions import Manifest
@@ -53,18 +54,12 @@ from statefun.values import TypedValue
 
 FUNCTION_TYPE = TypeName("bench", "counter")
 PAGE = 100
-VALUE_BYTES = 60
-"""Random bytes per address's value: with its type name and encoding, ~100 B of state."""
 NEW_ADDRESSES = 1_000
 """Addresses that gain state before each "first page after new addresses"."""
 
 
 class Failed(Exception):
     """An answer differs from what was written."""
-
-
-def value(rng: random.Random) -> bytes:
-    return encode_state({"count": TypedValue("bench/blob", rng.randbytes(VALUE_BYTES))}, None)
 
 
 def ids_of(count: int) -> list[str]:
@@ -108,11 +103,11 @@ async def lone_store(args: argparse.Namespace, workdir: Path) -> list[list[str]]
     store = await CheckpointStore.open(workdir / "checkpoints")
     try:
         history: list[dict[bytes, bytes]] = []
-        current = {key: value(rng) for key in keys}
+        current = {key: state_of(rng) for key in keys}
         await store.commit(1, 1, list(current.items()), [], time.monotonic())
         history.append(dict(current))
         for checkpoint in range(2, args.deltas + 2):
-            changed = {key: value(rng) for key in rng.sample(keys, len(keys) // 10)}
+            changed = {key: state_of(rng) for key in rng.sample(keys, len(keys) // 10)}
             current.update(changed)
             await store.commit(checkpoint, 1, list(changed.items()), [], time.monotonic())
             history.append(dict(current))
@@ -144,7 +139,7 @@ async def live(args: argparse.Namespace) -> list[list[str]]:
     rng = random.Random(2)
     ids = ids_of(args.addresses)
     state = StateStore()
-    state.load((address_key(Address("bench", "counter", i)), value(rng)) for i in ids)
+    state.load((address_key(Address("bench", "counter", i)), state_of(rng)) for i in ids)
     picks = [rng.randrange(len(ids) - PAGE - 1) for _ in range(args.calls)]
     now = int(time.time() * 1000)
     state.page(FUNCTION_TYPE, None, PAGE, now)  # the index built once, as after a restore
@@ -176,7 +171,7 @@ async def partition_store(args: argparse.Namespace) -> list[list[str]]:
     rng = random.Random(3)
     ids = ids_of(args.addresses)
     keys = [address_key(Address("bench", "counter", i)) for i in ids]
-    expected = {key: value(rng) for key in keys}
+    expected = {key: state_of(rng) for key in keys}
     log = MemoryLog()
     try:
         store = PartitionStore(log, "bench", args.partitions)
