@@ -5,9 +5,9 @@ it is durable; ``POST /v1/call/...`` also waits for the reply; ``GET /v1/state/.
 shows an address's state; ``GET /v1/egress/{namespace}/{name}`` reads an embedded
 egress; ``GET /health`` says the process serves, ``GET /ready`` whether it can take and
 process messages; ``GET /v1/cluster`` shows the members of the application (one,
-``local``, for a process alone). Every error is JSON ``{"error": code, "detail":
-message}`` (see ``runtime.ingress_errors``), and a rejected request leaves nothing in
-the log.
+``local``, for a process alone); ``/ui`` is the web console (``runtime.console``).
+Every error is JSON ``{"error": code, "detail": message}`` (see
+``runtime.ingress_errors``), and a rejected request leaves nothing in the log.
 
 In a cluster (``runtime.peers`` set) every member serves any request. A POST with an
 ``Idempotency-Key`` and a state read are forwarded to the member owning the target's
@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime import ingress_errors
+from runtime import console, ingress_errors
 from runtime.cluster.peers import FORWARDED_HEADER, REPLIES_PATH, PeerRequest, decode_reply
 from runtime.config import DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT
 from runtime.dead_letters import DISCARDED, PARKED, REPLAYED, DeadLetter
@@ -572,4 +572,5 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         }
         return JSONResponse(body, status_code=503 if reasons else 200)
 
+    console.install(app, runtime)
     return app
