@@ -82,7 +82,7 @@ def timeline(
         for t, text in rollbacks
     ]
     return Markup(
-        f'<svg class="timeline" viewBox="0 0 {width} {height}" width="100%" height="{height}" '
+        f'<svg class="timeline" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'role="img" aria-label="checkpoints and rollbacks over time">'
         f'<line class="axis" x1="{pad}" y1="{height / 2}" x2="{width - pad}" y2="{height / 2}"/>'
         f"{''.join(marks)}</svg>"
