@@ -18,9 +18,23 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from support import RuntimeThread, client, module_for, running_runtime, serve, wait_until
+from support import (
+    RuntimeThread,
+    client,
+    dead_letters,
+    free_port,
+    module_for,
+    post_message,
+    running_runtime,
+    serve,
+    state_values,
+    unique_app_id,
+    wait_until,
+)
 
 from runtime.checkpoints.coordinator import CheckpointConfig
+from runtime.cluster.node import ClusterRuntime
+from runtime.config import ClusterConfig, RuntimeConfig
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -33,28 +47,8 @@ spec: {functions: test/poison, deadLetterAfter: 1s}
 
 
 def send(http: httpx.Client, address: str, value: int | str) -> None:
-    if isinstance(value, int):
-        answer = http.post(
-            f"/v1/messages/{address}",
-            content=str(value),
-            params={"type": "io.statefun.types/int"},
-            headers={"content-type": "application/json"},
-        )
-    else:
-        answer = http.post(
-            f"/v1/messages/{address}", content=value, headers={"content-type": "text/plain"}
-        )
+    answer = post_message(http, address, value)
     assert answer.status_code == 202, answer.text
-
-
-def state(http: httpx.Client, address: str) -> dict[str, Any]:
-    values: dict[str, Any] = http.get(f"/v1/state/{address}").json()["state"]
-    return {name: v["value"] for name, v in values.items()}
-
-
-def dead_letters(http: httpx.Client) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = http.get("/v1/dead-letters").json()["records"]
-    return records
 
 
 def letter_to(http: httpx.Client, target: str, status: str = "parked") -> dict[str, Any] | None:
@@ -69,7 +63,7 @@ def run_workload(http: httpx.Client) -> None:
     sends to a type nobody serves, parked at once."""
     for i in range(COUNTED):
         send(http, f"test/counter/c{i}", 1)
-        wait_until(lambda i=i: state(http, f"test/counter/c{i}") == {"count": 1})
+        wait_until(lambda i=i: state_values(http, f"test/counter/c{i}") == {"count": 1})
     send(http, "test/sender/s", "elsewhere/kind/k1")
     send(http, "test/poison/p", 13)
     deadline = time.monotonic() + 30
@@ -274,3 +268,35 @@ def test_the_state_browser_lists_addresses_and_shows_state_live_and_as_of_a_chec
         browser, lambda: f"as of checkpoint {first}" in browser.find_element(By.ID, "state-of").text
     )
     assert shown_state() == {"count": "1"}
+
+
+@pytest.mark.kafka
+def test_a_members_console_says_its_figures_are_its_own(kafka_bootstrap: str) -> None:
+    with serve(make_test_functions().asgi_app()) as functions:
+        config = RuntimeConfig(
+            module=module_for(f"{functions.url}/statefun", functions="test/*"),
+            kafka=kafka_bootstrap,
+            app_id=unique_app_id(),
+            ingress_port=free_port(),
+            messages_partitions=2,
+            checkpoints=CheckpointConfig(interval=0),
+            cluster=ClusterConfig(enabled=True, session_timeout=2.0, heartbeat_interval=0.5),
+        )
+
+        async def opener(config: RuntimeConfig) -> ClusterRuntime:
+            return await ClusterRuntime.open_member(config)
+
+        member = RuntimeThread(config, opener).start()  # type: ignore[arg-type]
+        try:
+            with client(member.url) as http:
+                me = http.get("/v1/cluster").json()["me"]
+                page = http.get("/ui")
+                assert page.status_code == 200
+                text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page.text))
+                assert f"member {me} of 1 (coordinator)" in text
+                assert f"served by member {me}: function-type figures are this member's own" in text
+                assert "checkpoints, rollbacks and dead letters are the whole application's" in text
+                for path in PAGES:
+                    assert http.get(path).status_code == 200, path
+        finally:
+            member.stop()
