@@ -40,6 +40,7 @@ pytestmark = pytest.mark.timeout(90)
 
 COUNTED = 5
 """Messages sent to test/counter, one address each, one after another."""
+TEST_POISON = 'tr[data-function-type="test/poison"]'
 PAGES = ("/ui", "/ui/checkpoints", "/ui/dead-letters", "/ui/state")
 POISON_POLICY = """kind: statefun.v1/failure-policy
 spec: {functions: test/poison, deadLetterAfter: 1s}
@@ -176,6 +177,25 @@ def test_the_overview_shows_each_function_type_counted(
     assert "one process" in browser.find_element(By.ID, "where").text
 
 
+def test_the_overview_refreshes_its_figures_in_place(
+    runtime: RuntimeThread, browser: WebDriver, http: httpx.Client
+) -> None:
+    browser.get(f"{runtime.url}/ui")
+    browser.execute_script("document.body.dataset.loaded = 'once'")  # gone on a reload
+    before = int(cell(browser.find_element(By.CSS_SELECTOR, TEST_POISON), "invocations"))
+    # One more message to an address that has its state (one batch, sent once).
+    count = state_values(http, "test/poison/ok0")["count"]
+    send(http, "test/poison/ok0", 1)
+    wait_until(lambda: state_values(http, "test/poison/ok0") == {"count": count + 1})
+    # What the page does every few seconds, done now.
+    browser.execute_async_script(
+        "refresh(document.getElementById('function-types')).then(arguments[0])"
+    )
+    after = cell(browser.find_element(By.CSS_SELECTOR, TEST_POISON), "invocations")
+    assert int(after) == before + 1
+    assert browser.execute_script("return document.body.dataset.loaded") == "once"
+
+
 def test_the_dead_letters_show_their_payloads_and_go_when_replayed_or_discarded(
     runtime: RuntimeThread, browser: WebDriver, http: httpx.Client
 ) -> None:
@@ -268,6 +288,17 @@ def test_the_state_browser_lists_addresses_and_shows_state_live_and_as_of_a_chec
         browser, lambda: f"as of checkpoint {first}" in browser.find_element(By.ID, "state-of").text
     )
     assert shown_state() == {"count": "1"}
+
+    # A checkpoint no longer kept (a page left open while checkpoints went on): the
+    # API's answer, in words.
+    browser.execute_script(
+        "const o = document.createElement('option'); o.value = '999'; o.text = 'gone';"
+        "document.querySelector('select[name=checkpoint]').append(o);"
+    )
+    Select(form.find_element(By.NAME, "checkpoint")).select_by_value("999")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    until(browser, lambda: "999" in browser.find_element(By.ID, "state-error").text)
+    assert not listed()
 
 
 @pytest.mark.kafka

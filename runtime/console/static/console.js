@@ -3,22 +3,21 @@
 // the runtime's public HTTP API; nothing is fetched from elsewhere.
 "use strict";
 
-// An element with data-refresh="N" is replaced by its newer self every N seconds.
+// Replace an element (and the header's summary) by its newer self from the server.
+async function refresh(element) {
+  const response = await fetch(location.href, { headers: { Accept: "text/html" } });
+  if (!response.ok) return;
+  const page = new DOMParser().parseFromString(await response.text(), "text/html");
+  const newer = page.getElementById(element.id);
+  const where = page.getElementById("where");
+  if (newer) element.replaceChildren(...newer.childNodes);
+  if (where) document.getElementById("where").replaceChildren(...where.childNodes);
+}
+
+// An element with data-refresh="N" is refreshed every N seconds; while the runtime is
+// away, the next refresh tries again.
 function refreshEvery(element) {
-  const seconds = Number(element.dataset.refresh);
-  setInterval(async () => {
-    try {
-      const response = await fetch(location.href, { headers: { Accept: "text/html" } });
-      if (!response.ok) return;
-      const page = new DOMParser().parseFromString(await response.text(), "text/html");
-      const newer = page.getElementById(element.id);
-      const where = page.getElementById("where");
-      if (newer) element.replaceChildren(...newer.childNodes);
-      if (where) document.getElementById("where").replaceChildren(...where.childNodes);
-    } catch (error) {
-      // The runtime is away for a moment: the next refresh tries again.
-    }
-  }, seconds * 1000);
+  setInterval(() => refresh(element).catch(() => {}), Number(element.dataset.refresh) * 1000);
 }
 
 // The error of an API answer, as the API words it ({"error": code, "detail": text}).
