@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import time
 from collections import deque
@@ -55,14 +54,24 @@ class TypeCounters:
         """What was counted since ``before`` (None: since nothing was)."""
         if before is None:
             return self
-        earlier = dict(before.latency)
+        latency = self.latency
+        if before.latency:  # the same histogram's buckets, bound by bound
+            latency = tuple(
+                (le, n - b) for (le, n), (_, b) in zip(self.latency, before.latency, strict=True)
+            )
         return TypeCounters(
             self.invocations - before.invocations,
             self.attempts - before.attempts,
             self.failures - before.failures,
             self.dead_letters - before.dead_letters,
-            tuple((le, n - earlier.get(le, 0.0)) for le, n in self.latency),
+            latency,
         )
+
+
+NOTHING = TypeCounters(0.0, 0.0, 0.0, 0.0, ())
+"""The counters of a function type not counted yet."""
+Reading = tuple[float, Mapping[str, TypeCounters]]
+"""The clock's time and every function type's counters then."""
 
 
 def _totals(counter: Counter) -> dict[str, float]:
@@ -167,9 +176,11 @@ class MetricsHistory:
         self.span = span
         self._read = read
         self._clock = clock
-        self._readings: deque[tuple[float, Mapping[str, TypeCounters]]] = deque(
-            maxlen=round(span / every) + 1
-        )
+        slots = round(span / every)
+        self._readings: deque[Reading] = deque(maxlen=slots + 1)
+        self._intervals: deque[tuple[float, float, dict[str, TypeCounters]]] = deque(maxlen=slots)
+        """Per interval between consecutive readings: its end, its length, and what each
+        function type counted in it (derived once, as the later reading is taken)."""
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -179,7 +190,19 @@ class MetricsHistory:
 
     def sample(self) -> None:
         """Read the counters now."""
-        self._readings.append((self._clock(), self._read()))
+        self._record((self._clock(), self._read()))
+
+    def _record(self, reading: Reading) -> None:
+        if self._readings:
+            before = self._readings[-1]
+            self._intervals.append(
+                (
+                    reading[0],
+                    reading[0] - before[0],
+                    {t: c.minus(before[1].get(t)) for t, c in reading[1].items()},
+                )
+            )
+        self._readings.append(reading)
 
     def function_types(self) -> list[str]:
         """The function types the last reading knows."""
@@ -191,10 +214,9 @@ class MetricsHistory:
 
     def intervals(self, function_type: str) -> list[Interval]:
         """Every interval between two consecutive readings kept, oldest first."""
-        readings = list(self._readings)
         return [
-            self._between(function_type, before, after)
-            for before, after in itertools.pairwise(readings)
+            Interval(end, seconds, counted.get(function_type, NOTHING))
+            for end, seconds, counted in self._intervals
         ]
 
     def recent(self, function_type: str, seconds: float) -> Interval | None:
@@ -209,15 +231,9 @@ class MetricsHistory:
         return self._between(function_type, first, last)
 
     @staticmethod
-    def _between(
-        function_type: str,
-        before: tuple[float, Mapping[str, TypeCounters]],
-        after: tuple[float, Mapping[str, TypeCounters]],
-    ) -> Interval:
-        now = after[1].get(function_type)
+    def _between(function_type: str, before: Reading, after: Reading) -> Interval:
         earlier = before[1].get(function_type)
-        if now is None:  # not counted yet at the later reading: nothing happened
-            now = earlier or TypeCounters(0.0, 0.0, 0.0, 0.0, ())
+        now = after[1].get(function_type, earlier or NOTHING)
         return Interval(after[0], after[0] - before[0], now.minus(earlier))
 
     def start(self) -> None:
@@ -234,5 +250,8 @@ class MetricsHistory:
 
     async def _sample_forever(self) -> None:
         while True:
-            self.sample()
-            await asyncio.sleep(self.every)
+            # Read on a thread (the client's metrics are thread-safe): with hundreds of
+            # function types a reading takes milliseconds the event loop need not wait.
+            at = self._clock()
+            self._record((at, await asyncio.to_thread(self._read)))
+            await asyncio.sleep(max(0.0, self.every - (self._clock() - at)))

@@ -94,13 +94,13 @@ def function_type_rows(runtime: RuntimeBase) -> list[FunctionTypeRow]:
                 p99=recent.latency(0.99) if recent else None,
                 in_flight=load[function_type].requests_in_flight if function_type in load else 0,
                 backlog=load[function_type].backlog if function_type in load else 0,
-                **_plots(history, function_type),
+                **plots(history, function_type),
             )
         )
     return rows
 
 
-def _plots(history: MetricsHistory, function_type: str) -> dict[str, Markup]:
+def plots(history: MetricsHistory, function_type: str) -> dict[str, Markup]:
     """The sparklines of a type's rate, error rate and p99 over the history's span (the
     oldest slots empty while the history is younger than that)."""
     slots = round(history.span / history.every)
