@@ -10,6 +10,8 @@ page's buttons post to the admin routes of the API.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
@@ -20,7 +22,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from runtime.console.history import MetricsHistory, read_counters
+from runtime.console.history import MetricsHistory, TypeCounters, read_counters
 from runtime.console.plots import sparkline, timeline
 from runtime.reports import checkpoints_report, dead_letters_report, functions_report
 
@@ -60,10 +62,12 @@ class FunctionTypeRow:
     p99_plot: Markup
 
 
-def function_type_rows(runtime: RuntimeBase) -> list[FunctionTypeRow]:
-    """Every function type this process has sent messages to, or knows the health of."""
+def function_type_rows(
+    runtime: RuntimeBase, counters: Mapping[str, TypeCounters]
+) -> list[FunctionTypeRow]:
+    """Every function type this process has sent messages to, or knows the health of,
+    with its ``counters`` now."""
     history = runtime.history
-    counters = read_counters(runtime.metrics)
     load = {entry.function_type: entry for entry in runtime.metrics.load()}
     health = {h["function_type"]: h for h in functions_report(runtime)}
     rows = []
@@ -174,6 +178,11 @@ def _when(iso: str) -> str:
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+async def _counters(runtime: RuntimeBase) -> dict[str, TypeCounters]:
+    """The function types' counters now, read on a thread (see ``bench.metrics``)."""
+    return await asyncio.to_thread(read_counters, runtime.metrics)
+
+
 def create_router(runtime: RuntimeBase) -> APIRouter:
     """The console's routes, under ``/ui``."""
     templates = Jinja2Templates(directory=str(files("runtime.console") / "templates"))
@@ -199,7 +208,7 @@ def create_router(runtime: RuntimeBase) -> APIRouter:
         return page(
             request,
             "overview.html",
-            rows=function_type_rows(runtime),
+            rows=function_type_rows(runtime, await _counters(runtime)),
             recent=RECENT,
             refresh=REFRESH_SECONDS,
             history=runtime.history,
@@ -233,7 +242,7 @@ def create_router(runtime: RuntimeBase) -> APIRouter:
     @router.get("/state", response_class=HTMLResponse)
     async def state(request: Request) -> HTMLResponse:
         report = await checkpoints_report(runtime)
-        known = set(read_counters(runtime.metrics)) | {
+        known = set(await _counters(runtime)) | {
             f"{e.functions.namespace}/{e.functions.name}"
             for e in runtime.module.endpoints
             if e.functions.name
