@@ -53,12 +53,14 @@ from runtime.checkpoints.snapshot import (
     WORKER_PART,
     WorkerPart,
     decode_egress_items,
+    decode_state,
     decode_worker_part,
     encode_egress_items,
     encode_worker_part,
 )
 from runtime.checkpoints.store import ApplicationRecords, Rollback
 from runtime.checkpoints.store import Manifest as StoredManifest
+from runtime.cluster.as_of import PartitionsAsOf
 from runtime.cluster.coordinator import ClusterCoordinator
 from runtime.cluster.decisions import (
     Begin,
@@ -83,8 +85,8 @@ from runtime.idempotency import decode_floors, decode_rows, encode_floors, encod
 from runtime.kafka_ingress import KafkaIngressReader
 from runtime.log import Log
 from runtime.retention import create_topics, topic_configs, windowed_topics
-from runtime.routing import Topics, partition_for
-from runtime.state import StateStore
+from runtime.routing import Topics, address_key, partition_for
+from runtime.state import AddressPage, StateStore
 from statefun.address import Address, TypeName
 from statefun.module_spec import ModuleSpec
 from statefun.values import TypedValue
@@ -253,6 +255,9 @@ class ClusterRuntime(RuntimeBase):
         self.fingerprint = module_fingerprint(config.module)
         self.decisions = decisions
         self.partition_store = PartitionStore(log_, config.app_id, config.messages_partitions)
+        self.as_of = PartitionsAsOf(
+            self.partition_store, lambda: self.decisions.state.manifests, config.messages_partitions
+        )
         self._records = ClusterRecords(self.decisions)
         self.membership: Membership | None = None
         self.cluster_coordinator = ClusterCoordinator(
@@ -357,6 +362,25 @@ class ClusterRuntime(RuntimeBase):
             return None
         assert self.worker is not None
         return self.worker.state_of(address)
+
+    def addresses(
+        self, function_type: TypeName, after: str | None, limit: int
+    ) -> AddressPage | None:
+        worker, clock = self.worker, self.clock
+        if worker is None or clock is None or clock.generation != self.decisions.state.generation:
+            return None
+        return worker.state.page(function_type, after, limit)
+
+    async def state_as_of(self, address: Address, checkpoint: int) -> Mapping[str, TypedValue]:
+        stored = await self.as_of.state(
+            address_key(address), self.partition_of(address), checkpoint
+        )
+        return {} if stored is None else decode_state(stored)[0]
+
+    async def addresses_as_of(
+        self, function_type: TypeName, after: str | None, limit: int, checkpoint: int
+    ) -> AddressPage:
+        return await self.as_of.page(function_type, after, limit, checkpoint)
 
     def cluster_status(self) -> ClusterStatus:
         status = super().cluster_status()
