@@ -22,7 +22,6 @@ from support import (
     RuntimeThread,
     client,
     dead_letters,
-    free_port,
     module_for,
     post_message,
     running_runtime,
@@ -31,10 +30,9 @@ from support import (
     unique_app_id,
     wait_until,
 )
+from test_cluster import member_config, start_member
 
 from runtime.checkpoints.coordinator import CheckpointConfig
-from runtime.cluster.node import ClusterRuntime
-from runtime.config import ClusterConfig, RuntimeConfig
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -304,20 +302,9 @@ def test_the_state_browser_lists_addresses_and_shows_state_live_and_as_of_a_chec
 @pytest.mark.kafka
 def test_a_members_console_says_its_figures_are_its_own(kafka_bootstrap: str) -> None:
     with serve(make_test_functions().asgi_app()) as functions:
-        config = RuntimeConfig(
-            module=module_for(f"{functions.url}/statefun", functions="test/*"),
-            kafka=kafka_bootstrap,
-            app_id=unique_app_id(),
-            ingress_port=free_port(),
-            messages_partitions=2,
-            checkpoints=CheckpointConfig(interval=0),
-            cluster=ClusterConfig(enabled=True, session_timeout=2.0, heartbeat_interval=0.5),
+        member = start_member(
+            member_config(f"{functions.url}/statefun", kafka_bootstrap, unique_app_id())
         )
-
-        async def opener(config: RuntimeConfig) -> ClusterRuntime:
-            return await ClusterRuntime.open_member(config)
-
-        member = RuntimeThread(config, opener).start()  # type: ignore[arg-type]
         try:
             with client(member.url) as http:
                 me = http.get("/v1/cluster").json()["me"]
