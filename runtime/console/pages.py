@@ -108,7 +108,7 @@ def plots(history: MetricsHistory, function_type: str) -> dict[str, Markup]:
     """The sparklines of a type's rate, error rate and p99 over the history's span (the
     oldest slots empty while the history is younger than that)."""
     slots = round(history.span / history.every)
-    intervals = history.intervals(function_type)[-slots:]
+    intervals = history.intervals(function_type)  # at most the ring's slots
     pad: list[float | None] = [None] * (slots - len(intervals))
     minutes = f"the last {history.span / 60:g} minutes"
     p99s = [i.latency(0.99) for i in intervals]
