@@ -1,8 +1,11 @@
 """The cost of the runtime's metrics (``runtime.metrics``), in-process: the counting one
 batch sent to a function pays on the hot path, one message routed, and the time of a
-``/metrics`` scrape against the number of function types.
+``/metrics`` scrape against the number of function types; then the web console's
+history (``runtime.console.history``): one reading of the counters (every 5 s, on the
+event loop) and what the overview derives from 10 minutes of readings, against the
+number of function types.
 
-    .venv/bin/python -m bench.metrics    (~10 s)
+    .venv/bin/python -m bench.metrics    (~20 s)
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import time
 from collections.abc import Callable
 
 from bench._support import format_table, percentile
+from runtime.console.history import SPAN, MetricsHistory, read_counters
+from runtime.console.pages import RECENT, plots
 from runtime.metrics import FunctionTypeLoad, Metrics
 
 
@@ -84,6 +89,48 @@ def main() -> None:
             ]
         )
     print(format_table(["function types", "KiB", "scrape p50 ms", "scrape max ms"], rows))
+    print()
+    print(console_history())
+
+
+def full_history(metrics: Metrics) -> tuple[MetricsHistory, list[float]]:
+    """A ring of 10 minutes of readings of ``metrics``, and each reading's time in ms,
+    sorted."""
+    now = 0.0
+    history = MetricsHistory(lambda: read_counters(metrics), clock=lambda: now)
+    readings = []
+    for i in range(round(SPAN / history.every) + 1):
+        now = i * history.every
+        started = time.perf_counter()
+        history.sample()
+        readings.append((time.perf_counter() - started) * 1000)
+    return history, sorted(readings)
+
+
+def console_history() -> str:
+    """The console's cost per reading and per overview, by the number of function types."""
+    rows = []
+    for types in (1, 10, 100, 1000):
+        history, readings = full_history(populated(types))
+        started = time.perf_counter()
+        for function_type in history.function_types():
+            recent = history.recent(function_type, RECENT)
+            assert recent is not None
+            recent.latency(0.5)
+            recent.latency(0.99)
+            plots(history, function_type)
+        overview = (time.perf_counter() - started) * 1000
+        rows.append(
+            [
+                str(types),
+                f"{percentile(readings, 50):.2f}",
+                f"{readings[-1]:.2f}",
+                f"{overview:.1f}",
+            ]
+        )
+    return format_table(
+        ["function types", "reading p50 ms", "reading max ms", "overview figures ms"], rows
+    )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from runtime.checkpoints.store import ApplicationRecords, CheckpointStore, Manif
 from runtime.cluster.peers import ClusterView, Peers, StaticView
 from runtime.cluster.status import LOCAL_MEMBER, ClusterStatus, checkpoint_status, describe_cluster
 from runtime.config import RuntimeConfig
+from runtime.console.history import MetricsHistory
 from runtime.dead_letters import REPLAYED, DeadLetter, DeadLetters
 from runtime.dispatcher import Failure
 from runtime.egress import Egresses, EgressOutbox
@@ -168,6 +169,8 @@ class RuntimeBase(abc.ABC):
             lambda: () if self.worker is None else self.worker.dispatcher.load()
         )
         self.metrics.watch_pending(lambda: {} if self.outbox is None else self.outbox.pending())
+        self.history = MetricsHistory.of(self.metrics)
+        """The recent history of the metrics, for the console (sampled from ``start``)."""
         self.worker: Worker | None = None
         self.outbox: EgressOutbox | None = None
         self.kafka_ingresses: list[KafkaIngressReader] = []
@@ -564,6 +567,7 @@ class Runtime(RuntimeBase):
     # --- generations ------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.history.start()
         await self.retention.create_topics()
         await self.router.create_topics()
         await self.dead_letters.create_topic()
@@ -895,6 +899,7 @@ class Runtime(RuntimeBase):
                     "noting the clean stop", self.store.stopped_cleanly(), share(0.05)
                 )
         await bounded_step("stopping retention", self.retention.stop(), share(0.05))
+        await self.history.stop()
         closed = True
         # The local store first: the clients of a stalled broker may need all that is left.
         for what, closing in (

@@ -7,9 +7,9 @@ shows an address's state (``?checkpoint=N``: as the retained checkpoint N holds 
 that hold state (live, or as of ``?checkpoint=N``); ``GET /v1/egress/{namespace}/{name}``
 reads an embedded egress; ``GET /health`` says the process serves, ``GET /ready``
 whether it can take and process messages; ``GET /v1/cluster`` shows the members of the
-application (one, ``local``, for a process alone). Every error is JSON ``{"error": code, "detail":
-message}`` (see ``runtime.ingress_errors``), and a rejected request leaves nothing in
-the log.
+application (one, ``local``, for a process alone); ``/ui`` is the web console
+(``runtime.console``). Every error is JSON ``{"error": code, "detail": message}`` (see
+``runtime.ingress_errors``), and a rejected request leaves nothing in the log.
 
 In a cluster (``runtime.peers`` set) every member serves any request. A POST with an
 ``Idempotency-Key`` and a state read are forwarded to the member owning the target's
@@ -34,11 +34,9 @@ normalize.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode
 
@@ -48,7 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime import ingress_errors
+from runtime import console, ingress_errors
 from runtime.cluster.peers import (
     FORWARDED_HEADER,
     REPLIES_PATH,
@@ -65,10 +63,10 @@ from runtime.errors import (
     PeerUnreachable,
     ShuttingDown,
 )
-from runtime.health import FunctionTypeHealth
 from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import KeyedRequest, check_key, fingerprint
 from runtime.metrics import IngressMetrics
+from runtime.reports import checkpoints_report, dead_letters_report, functions_report
 from runtime.routing import INGRESS_CALLER_TYPE
 from runtime.state import AddressPage, merge_pages
 from statefun.address import Address, TypeName
@@ -169,30 +167,6 @@ async def _body(request: Request, limit: int) -> bytes:
     return bytes(chunks)
 
 
-def _dead_letter_json(d: DeadLetter, status: str) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "offset": d.offset,
-        "time": _iso(d.timestamp_ms),
-        "kind": d.kind,
-        "status": status,
-        "reason": d.reason,
-        "source": d.source,
-        "origin": d.origin,
-        "target": None if d.target is None else str(d.target),
-        "caller": None if d.caller is None else str(d.caller),
-        "egress": None if d.egress is None else str(d.egress),
-        "message": None if d.argument is None else value_to_json(d.argument),
-    }
-    if d.argument is None:  # not a message: the record as it came
-        out["key"] = None if d.key is None else base64.b64encode(d.key).decode()
-        out["value"] = base64.b64encode(d.value).decode()
-    return out
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
-
-
 def _consistency(raw: str | None) -> bool:
     """Whether the call asks for a committed reply (``?consistency=committed``)."""
     if raw in (None, "uncommitted"):
@@ -232,18 +206,6 @@ def _passed_on(answer: PeerResponse) -> Response:
 
 def _state_json(values: Mapping[str, TypedValue]) -> dict[str, Any]:
     return {name: value_to_json(v) for name, v in values.items()}
-
-
-def _function_health(f: FunctionTypeHealth) -> dict[str, Any]:
-    return {
-        "function_type": f.function_type,
-        "failing_addresses": f.failing_addresses,
-        "unavailable": f.unavailable,
-        "paused": f.paused,
-        "dead_lettered": f.dead_lettered,
-        "last_error": f.last_error,
-        "failing_since": None if f.failing_since_ms is None else _iso(f.failing_since_ms),
-    }
 
 
 def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
@@ -585,15 +547,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     async def dead_letters(
         from_: int = Query(0, alias="from", ge=0), limit: int = Query(100, ge=1, le=10_000)
     ) -> JSONResponse:
-        skip = runtime.clock.skip if runtime.clock else None
-        letters, next_offset = await runtime.dead_letters.read(from_, limit, skip)
-        marks = await runtime.records.dead_letter_marks([d.offset for d in letters])
-        return JSONResponse(
-            {
-                "records": [_dead_letter_json(d, marks.get(d.offset, PARKED)) for d in letters],
-                "next": next_offset,
-            }
-        )
+        return JSONResponse(await dead_letters_report(runtime, from_, limit))
 
     @app.post("/v1/admin/dead-letters/{offset}/replay", status_code=202)
     async def replay_dead_letter(offset: int, request: Request) -> Response:
@@ -643,9 +597,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     @app.get("/v1/admin/functions")
     async def functions() -> JSONResponse:
         """The function types that are failing, unavailable or paused."""
-        return JSONResponse(
-            {"functions": [_function_health(f) for f in runtime.health.functions()]}
-        )
+        return JSONResponse({"functions": functions_report(runtime)})
 
     @app.post("/v1/admin/functions/{namespace}/{type_}/pause")
     async def pause(namespace: str, type_: str) -> JSONResponse:
@@ -676,37 +628,8 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
 
     @app.get("/v1/checkpoints")
     async def checkpoints() -> JSONResponse:
-        manifests = await runtime.records.manifests()
-        rollbacks = await runtime.records.rollbacks()
-        clock = runtime.clock
-        return JSONResponse(
-            {
-                "generation": clock.generation if clock else None,
-                "epoch": clock.epoch if clock else None,
-                "checkpoints": [
-                    {
-                        "id": m.checkpoint,
-                        "time": _iso(m.created_ms),
-                        "generation": m.generation,
-                        "size_bytes": m.size_bytes,
-                        "duration_ms": m.duration_ms,
-                        "addresses": m.addresses,
-                    }
-                    for m in manifests
-                ],
-                "rollbacks": [
-                    {
-                        "generation": r.generation,
-                        "rolled_back_to": r.rolled_back_to,
-                        "time": _iso(r.at_ms),
-                        "reason": r.reason,
-                        "address": r.cause_address,
-                        "messages": list(r.cause_messages),
-                    }
-                    for r in rollbacks[-20:]
-                ],
-            }
-        )
+        """The completed checkpoints kept and the last rollbacks, with their causes."""
+        return JSONResponse(await checkpoints_report(runtime))
 
     @app.get("/v1/cluster")
     async def cluster() -> JSONResponse:
@@ -749,10 +672,11 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         body = {
             "ready": not reasons,
             "reasons": reasons,
-            "functions": [_function_health(f) for f in runtime.health.functions()],
+            "functions": functions_report(runtime),
             "generation": runtime.clock.generation if runtime.clock else None,
             "checkpoint": last.checkpoint if last else None,
         }
         return JSONResponse(body, status_code=503 if reasons else 200)
 
+    console.install(app, runtime)
     return app

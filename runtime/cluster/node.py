@@ -398,6 +398,7 @@ class ClusterRuntime(RuntimeBase):
     async def start(self) -> None:
         """Join the application and return once a generation that includes this member
         runs (its partitions restored)."""
+        self.history.start()
         config = self.config
         await create_topics(
             self.log,
@@ -928,6 +929,7 @@ class ClusterRuntime(RuntimeBase):
             if task is not None:
                 task.cancel()
         await bounded_step("stopping the generation", self._end_generation(), share(0.05))
+        await self.history.stop()
         closed = True
         for what, closing in (
             ("closing the decision log", self.decisions.close()),
