@@ -1,4 +1,4 @@
-"""The cost of the runtime's metrics (``runtime.metrics``), three parts (``--part``):
+"""The cost of the runtime's metrics (``runtime.metrics``), four parts (``--part``):
 
 * ``counting``, in process: what one batch sent to a function, one message routed, one
   message's route call and one observed append cost on the hot path;
@@ -7,9 +7,12 @@
 * ``pipeline``: the pipeline of ``python -m bench`` (embedded log, call and send) with
   the runtime as users run it and with its metrics switched off
   (``bench/_without_metrics.py``), alternated ``--rounds`` times (each first every
-  other round): throughput and the runtime's CPU per message, with and without.
+  other round): throughput and the runtime's CPU per message, with and without;
+* ``console``, in process: the web console's history (``runtime.console.history``): one
+  reading of the counters (every 5 s) and what the overview derives from 10 minutes of
+  readings, against the number of function types.
 
-    .venv/bin/python -m bench.metrics    (~3 min; --part counting scrape: ~20 s)
+    .venv/bin/python -m bench.metrics    (~3 min; --part counting scrape console: ~30 s)
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 
 from bench import __main__ as pipeline
 from bench._support import format_table, percentile
+from runtime.console.history import SPAN, MetricsHistory, read_counters
+from runtime.console.pages import RECENT, plots
 from runtime.dispatcher import Dispatcher, LoopClock, PendingInvocation
 from runtime.metrics import FunctionTypeLoad, Metrics
 from runtime.progress import steps
@@ -33,7 +38,7 @@ from statefun.address import Address, TypeName
 from statefun.module_spec import parse_module_spec
 from statefun.values import TypedValue
 
-PARTS = ("counting", "scrape", "pipeline")
+PARTS = ("counting", "scrape", "pipeline", "console")
 say = steps("bench.metrics")
 """A line per step on standard error."""
 ENDPOINT = """\
@@ -230,6 +235,46 @@ def pipelines(args: argparse.Namespace) -> tuple[int, list[list[str]], list[str]
     return status, table, summary
 
 
+def full_history(metrics: Metrics) -> tuple[MetricsHistory, list[float]]:
+    """A ring of 10 minutes of readings of ``metrics``, and each reading's time in ms,
+    sorted."""
+    now = 0.0
+    history = MetricsHistory(lambda: read_counters(metrics), clock=lambda: now)
+    readings = []
+    for i in range(round(SPAN / history.every) + 1):
+        now = i * history.every
+        started = time.perf_counter()
+        history.sample()
+        readings.append((time.perf_counter() - started) * 1000)
+    return history, sorted(readings)
+
+
+def console_history() -> str:
+    """The console's cost per reading and per overview, by the number of function types."""
+    rows = []
+    for types in (1, 10, 100, 1000):
+        history, readings = full_history(populated(types))
+        started = time.perf_counter()
+        for function_type in history.function_types():
+            recent = history.recent(function_type, RECENT)
+            assert recent is not None
+            recent.latency(0.5)
+            recent.latency(0.99)
+            plots(history, function_type)
+        overview = (time.perf_counter() - started) * 1000
+        rows.append(
+            [
+                str(types),
+                f"{percentile(readings, 50):.2f}",
+                f"{readings[-1]:.2f}",
+                f"{overview:.1f}",
+            ]
+        )
+    return format_table(
+        ["function types", "reading p50 ms", "reading max ms", "overview figures ms"], rows
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.metrics", description=__doc__)
     parser.add_argument("--part", choices=PARTS, nargs="+", default=list(PARTS))
@@ -263,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             "median",
         ]
         print(format_table(headers, table, left=2))
-        print("\n".join(summary))
+        print("\n".join(summary), end="\n\n")
+    if "console" in args.part:
+        say("the console's history against the number of function types")
+        print(console_history())
     return status
 
 

@@ -42,11 +42,12 @@ from fastapi import FastAPI
 from runtime.checkpoints.coordinator import CheckpointCoordinator
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.restore import restore_point
-from runtime.checkpoints.snapshot import message_id_text
+from runtime.checkpoints.snapshot import decode_state, message_id_text
 from runtime.checkpoints.store import ApplicationRecords, CheckpointStore, Manifest
 from runtime.cluster.peers import ClusterView, Peers, StaticView
 from runtime.cluster.status import LOCAL_MEMBER, ClusterStatus, checkpoint_status, describe_cluster
 from runtime.config import RuntimeConfig
+from runtime.console.history import MetricsHistory
 from runtime.dead_letters import REPLAYED, DeadLetter, DeadLetters
 from runtime.dispatcher import Failure
 from runtime.egress import Egresses, EgressOutbox
@@ -66,8 +67,8 @@ from runtime.metrics import INGRESS_SOURCE, Metrics
 from runtime.replies import ReplyWaiters
 from runtime.retention import Retention
 from runtime.router import Router
-from runtime.routing import Topics, partition_for
-from runtime.state import StateSpecRegistry, StateStore
+from runtime.routing import Topics, address_key, partition_for, type_key_prefix
+from runtime.state import AddressPage, StateSpecRegistry, StateStore
 from runtime.worker import FunctionClients, Worker
 from statefun.address import Address, TypeName
 from statefun.module_spec import FunctionTypePattern, KafkaIngress
@@ -170,6 +171,8 @@ class RuntimeBase(abc.ABC):
         self.metrics.watch_pending(lambda: {} if self.outbox is None else self.outbox.pending())
         self.metrics.watch_read_lag(lambda: {} if self.worker is None else self.worker.read_lag())
         log_.observe_appends(self.metrics.log_appends(self.topics.kind_of))
+        self.history = MetricsHistory.of(self.metrics)
+        """The recent history of the metrics, for the console (sampled from ``start``)."""
         self.worker: Worker | None = None
         self.outbox: EgressOutbox | None = None
         self.kafka_ingresses: list[KafkaIngressReader] = []
@@ -192,6 +195,21 @@ class RuntimeBase(abc.ABC):
     @abc.abstractmethod
     def committed(self, tag: Tag | None) -> bool:
         """Whether the work that produced a record tagged ``tag`` is checkpointed."""
+
+    @abc.abstractmethod
+    async def state_as_of(self, address: Address, checkpoint: int) -> Mapping[str, TypedValue]:
+        """The address's state exactly as the retained checkpoint ``checkpoint`` holds it
+        (empty: it had none); :class:`~runtime.errors.CheckpointNotRetained` if that
+        checkpoint is not retained. Any process of the application answers it."""
+
+    @abc.abstractmethod
+    async def addresses_as_of(
+        self, function_type: TypeName, after: str | None, limit: int, checkpoint: int
+    ) -> AddressPage:
+        """The ids of ``function_type``'s addresses that held state in the retained
+        checkpoint ``checkpoint``, strictly after ``after``, at most ``limit`` (every
+        partition's, whoever owns it); :class:`~runtime.errors.CheckpointNotRetained` if
+        that checkpoint is not retained."""
 
     @abc.abstractmethod
     def unavailable(self) -> tuple[str, float] | None:
@@ -280,6 +298,21 @@ class RuntimeBase(abc.ABC):
         """The address's state here; None if this process cannot say now (a cluster
         member restoring its partitions)."""
         return self.worker.state_of(address) if self.worker else {}
+
+    @property
+    def owned(self) -> tuple[int, ...]:
+        """The messages partitions whose state this process holds: alone, every one."""
+        return tuple(range(self.config.messages_partitions))
+
+    def addresses(
+        self, function_type: TypeName, after: str | None, limit: int
+    ) -> AddressPage | None:
+        """The ids of ``function_type``'s addresses that hold state now in the partitions
+        this process holds (:attr:`owned`), strictly after ``after``, at most ``limit``;
+        None if this process cannot say now (a cluster member restoring its partitions)."""
+        if self.worker is None:
+            return AddressPage([], False)
+        return self.worker.state.page(function_type, after, limit)
 
     def cluster_status(self) -> ClusterStatus:
         """The members, the partitions each owns, the coordinator, the generation and the
@@ -543,6 +576,7 @@ class Runtime(RuntimeBase):
     # --- generations ------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.history.start()
         await self.retention.create_topics()
         await self.router.create_topics()
         await self.dead_letters.create_topic()
@@ -632,6 +666,19 @@ class Runtime(RuntimeBase):
     @property
     def last_checkpoint(self) -> Manifest | None:
         return self.coordinator.last
+
+    async def state_as_of(self, address: Address, checkpoint: int) -> Mapping[str, TypedValue]:
+        stored = await self.store.state_as_of(address_key(address), checkpoint)
+        return {} if stored is None else decode_state(stored)[0]
+
+    async def addresses_as_of(
+        self, function_type: TypeName, after: str | None, limit: int, checkpoint: int
+    ) -> AddressPage:
+        prefix = type_key_prefix(function_type)
+        start = None if after is None else prefix + after.encode()
+        keys = await self.store.keys_as_of(prefix, start, limit + 1, checkpoint)
+        ids = [key[len(prefix) :].decode() for key in keys]
+        return AddressPage(ids[:limit], len(ids) > limit)
 
     async def _mark_released(self, epoch: int, what: str) -> None:
         await self.store.mark_released(epoch, what)
@@ -858,6 +905,7 @@ class Runtime(RuntimeBase):
                     "noting the clean stop", self.store.stopped_cleanly(), share(0.05)
                 )
         await bounded_step("stopping retention", self.retention.stop(), share(0.05))
+        await self.history.stop()
         closed = True
         # The local store first: the clients of a stalled broker may need all that is left.
         for what, closing in (

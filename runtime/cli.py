@@ -3,7 +3,9 @@
 ``statefun run --module module.yaml`` runs the runtime on the embedded log;
 ``statefun send ADDRESS VALUE`` and ``statefun call ADDRESS VALUE`` talk to a running
 runtime's ingress, ``statefun status`` shows its application's members, ``statefun
-state`` an address's state and ``statefun egress`` the records of an embedded egress.
+state`` an address's state (live, or as of a retained checkpoint), ``statefun
+addresses`` the addresses of a function type that hold state, and ``statefun egress``
+the records of an embedded egress.
 Errors are one line on stderr and a non-zero exit status.
 """
 
@@ -46,6 +48,9 @@ DISTRIBUTION = "pystatefun"
 
 EGRESS_PAGE = 1000
 """Records ``statefun egress`` asks the ingress for at a time."""
+
+ADDRESSES_PAGE = 100
+"""Ids ``statefun addresses`` asks the ingress for at a time, by default."""
 
 FOLLOW_INTERVAL = 0.5
 """Seconds between two reads of ``statefun egress --follow`` that found nothing new."""
@@ -304,8 +309,32 @@ def _parser() -> argparse.ArgumentParser:
         description="Show the state of an address: each value with its type.",
     )
     state.add_argument("address", metavar="ADDRESS", help="namespace/type/id")
+    _checkpoint_flag(state, "the state exactly as the retained checkpoint N holds it")
     state.add_argument("--json", action="store_true", help="print the answer as JSON")
     _ingress_flag(state)
+
+    addresses = commands.add_parser(
+        "addresses",
+        help="list the addresses of a function type that hold state",
+        description="List the ids of a function type's addresses that hold state, one a "
+        "line, in codepoint order, a page at a time (the next page's --after is printed "
+        "on stderr) or every page with --all.",
+    )
+    addresses.add_argument("function_type", metavar="NS/TYPE", help="the function type")
+    addresses.add_argument("--after", metavar="ID", help="list the ids after ID")
+    addresses.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=ADDRESSES_PAGE,
+        metavar="N",
+        help="ids per page, at most 1000 (default: %(default)s)",
+    )
+    _checkpoint_flag(addresses, "the addresses that held state in the retained checkpoint N")
+    addresses.add_argument("--all", action="store_true", help="walk every page")
+    addresses.add_argument(
+        "--json", action="store_true", help="print the answer as JSON (with --all: one page of all)"
+    )
+    _ingress_flag(addresses)
 
     egress = commands.add_parser(
         "egress",
@@ -554,6 +583,15 @@ def _ingress_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _checkpoint_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        type=_positive_int,
+        metavar="N",
+        help=f"{what} (statefun checkpoints lists them)",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -751,15 +789,47 @@ def _shown(value: dict[str, Any]) -> str:
     return json.dumps(value["value"])
 
 
+def _as_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {} if args.checkpoint is None else {"checkpoint": args.checkpoint}
+
+
 def _state(args: argparse.Namespace) -> int:
-    answer = _request(args, "GET", f"/v1/state/{_address_path(args.address)}")
+    answer = _request(args, "GET", f"/v1/state/{_address_path(args.address)}", **_as_of(args))
     if args.json:
         print(json.dumps(answer))
         return 0
     if not answer["state"]:
-        print(f"{args.address} has no state")
+        if args.checkpoint is None:
+            print(f"{args.address} has no state")
+        else:
+            print(f"{args.address} had no state in checkpoint {args.checkpoint}")
     for name, value in sorted(answer["state"].items()):
         print(f"{name} ({value['type']}): {_shown(value)}")
+    return 0
+
+
+def _addresses(args: argparse.Namespace) -> int:
+    path = f"/v1/addresses/{_function_type_path(args.function_type)}"
+    after: str | None = args.after
+    every: list[str] = []
+    while True:
+        page = {"limit": args.limit, **_as_of(args), **({"after": after} if after else {})}
+        answer = _request(args, "GET", path, **page)
+        after = answer["next"]
+        if args.json and args.all:
+            every += answer["addresses"]
+        elif args.json:
+            print(json.dumps(answer))
+        else:
+            for id_ in answer["addresses"]:
+                print(id_)
+        if after is None:
+            break
+        if not args.all:
+            print(f"more: ask with --after {after}", file=sys.stderr)
+            break
+    if args.json and args.all:
+        print(json.dumps({"addresses": every, "next": None, "checkpoint": args.checkpoint}))
     return 0
 
 
@@ -818,6 +888,7 @@ def main(argv: list[str] | None = None) -> int:
         "resume": _pause,
         "dead-letters": _dead_letters,
         "state": _state,
+        "addresses": _addresses,
         "egress": _egress,
     }
     try:

@@ -331,6 +331,9 @@ class Mailbox:
     rereading: bool = False
     failing: Failing | None = None
     retry_timer: Cancellable | None = None
+    calling: bool = False
+    """A request with its batch is under way: nothing else sends the address until it
+    is answered (a second answer would be applied to the next batch)."""
     budget_start: float = 0.0
     """Policy ``fail``: when the batch in flight was first sent (its call budget)."""
     sent_at: float = 0.0
@@ -696,6 +699,8 @@ class Dispatcher:
         while free > 0 and lane.retry and lane.retries_in_flight < retry_slots:
             mailbox = lane.retry.popleft()
             mailbox.queued = False
+            if mailbox.calling:
+                continue  # its answer decides what it does next
             if self._may_send(mailbox) is None or not self._take_batch(mailbox):
                 continue
             self._send(lane, [mailbox], alone=True)
@@ -706,6 +711,8 @@ class Dispatcher:
             while lane.ready and len(batched) < per_request:
                 mailbox = lane.ready.popleft()
                 mailbox.queued = False
+                if mailbox.calling:
+                    continue  # its answer decides what it does next
                 alone = self._may_send(mailbox)
                 if alone is None or not self._take_batch(mailbox):
                     continue
@@ -756,8 +763,15 @@ class Dispatcher:
     def _send(self, lane: Lane, mailboxes: list[Mailbox], *, alone: bool) -> None:
         batches = []
         sent_at = time.perf_counter()
+        # A probe is what it is when sent: by the time the call runs, the type may have
+        # become available and unavailable again, with another probe under way.
+        probe = alone and mailboxes[0].kind.unavailable and mailboxes[0].kind.probing
         for mailbox in mailboxes:
             assert mailbox.in_flight is not None
+            if mailbox.retry_timer is not None:  # sent before its retry came due
+                mailbox.retry_timer.cancel()
+                mailbox.retry_timer = None
+            mailbox.calling = True
             batch = self._host.batch_for(mailbox.address, mailbox.in_flight)
             mailbox.sent_states = frozenset(batch.state)
             mailbox.strict_attempts += 1
@@ -770,14 +784,20 @@ class Dispatcher:
         lane.in_flight += 1
         if alone:
             lane.retries_in_flight += 1
-        task = asyncio.create_task(self._call(lane, mailboxes, FunctionRequest(batches), alone))
+        task = asyncio.create_task(
+            self._call(lane, mailboxes, FunctionRequest(batches), alone, probe)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _call(
-        self, lane: Lane, mailboxes: list[Mailbox], request: FunctionRequest, alone: bool
+        self,
+        lane: Lane,
+        mailboxes: list[Mailbox],
+        request: FunctionRequest,
+        alone: bool,
+        probe: bool,
     ) -> None:
-        probe = alone and mailboxes[0].kind.unavailable and mailboxes[0].kind.probing
         kinds = {mailbox.kind for mailbox in mailboxes}
         for kind in kinds:
             kind.requests_in_flight += 1
@@ -801,6 +821,8 @@ class Dispatcher:
                         return
                     self._outcome(mailbox, outcome)
         finally:
+            for mailbox in mailboxes:
+                mailbox.calling = False
             for kind in kinds:
                 kind.requests_in_flight -= 1
             lane.in_flight -= 1

@@ -25,6 +25,7 @@ Everything the runtime raises on purpose derives from :class:`StatefunRuntimeErr
     │                             the endpoint answered, but broke the protocol)
     ├── BadInput                  an ingress request cannot become a message (carries its HTTP status)
     ├── IdempotencyConflict       an Idempotency-Key was used before for another request
+    ├── CheckpointNotRetained     state as of a checkpoint that is not (or no longer) retained
     ├── StateSpecConflict         a function declared a registered state with another type
     ├── MalformedEnvelope         a record of the messages log is not an envelope
     ├── MalformedDecision         a record of the decision log is not a decision
@@ -43,6 +44,7 @@ from statefun.errors import StatefunError
 __all__ = [
     "BadInput",
     "CallFailed",
+    "CheckpointNotRetained",
     "CheckpointStoreInUse",
     "ConfigurationError",
     "DataDirectoryInUse",
@@ -145,6 +147,17 @@ class BadInput(StatefunRuntimeError):
 
 class IdempotencyConflict(StatefunRuntimeError):
     """The key was used before for a different request."""
+
+
+class CheckpointNotRetained(StatefunRuntimeError):
+    """State as of checkpoint ``checkpoint`` was asked for, but it is not one of the
+    ``retained`` checkpoints (never taken, or dropped since)."""
+
+    def __init__(self, checkpoint: int, retained: list[int]):
+        kept = ", ".join(map(str, retained)) or "none"
+        super().__init__(f"checkpoint {checkpoint} is not retained; retained: {kept}")
+        self.checkpoint = checkpoint
+        self.retained = retained
 
 
 class StateSpecConflict(StatefunRuntimeError, ValueError):

@@ -2,16 +2,21 @@
 
 ``POST /v1/messages/{namespace}/{type}/{id}`` appends a message and answers 202 once
 it is durable; ``POST /v1/call/...`` also waits for the reply; ``GET /v1/state/...``
-shows an address's state; ``GET /v1/egress/{namespace}/{name}`` reads an embedded
-egress; ``GET /health`` says the process serves, ``GET /ready`` whether it can take and
-process messages; ``GET /v1/cluster`` shows the members of the application (one,
-``local``, for a process alone). Every error is JSON ``{"error": code, "detail":
-message}`` (see ``runtime.ingress_errors``), and a rejected request leaves nothing in
-the log.
+shows an address's state (``?checkpoint=N``: as the retained checkpoint N holds it);
+``GET /v1/addresses/{namespace}/{type}`` pages the ids of a function type's addresses
+that hold state (live, or as of ``?checkpoint=N``); ``GET /v1/egress/{namespace}/{name}``
+reads an embedded egress; ``GET /health`` says the process serves, ``GET /ready``
+whether it can take and process messages; ``GET /v1/cluster`` shows the members of the
+application (one, ``local``, for a process alone); ``/ui`` is the web console
+(``runtime.console``). Every error is JSON ``{"error": code, "detail": message}`` (see
+``runtime.ingress_errors``), and a rejected request leaves nothing in the log.
 
 In a cluster (``runtime.peers`` set) every member serves any request. A POST with an
 ``Idempotency-Key`` and a state read are forwarded to the member owning the target's
 partition, which checks keys and holds the state; the answer is passed on as it came.
+A live listing of addresses asks every member for its page (each lists its own
+partitions) and merges them. State and addresses as of a checkpoint are answered by
+the member asked, from the checkpoints in Kafka (``runtime.cluster.as_of``).
 A POST without a key is served here: its message is appended to the target's
 partition, and a call's reply comes back here (``POST /v1/internal/replies``, from
 the member that produced it; see ``runtime.cluster.peers``). While nobody owns the
@@ -29,9 +34,9 @@ normalize.
 from __future__ import annotations
 
 import asyncio
-import base64
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode
 
@@ -41,16 +46,29 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime import ingress_errors
-from runtime.cluster.peers import FORWARDED_HEADER, REPLIES_PATH, PeerRequest, decode_reply
+from runtime import console, ingress_errors
+from runtime.cluster.peers import (
+    FORWARDED_HEADER,
+    REPLIES_PATH,
+    PeerRequest,
+    PeerResponse,
+    decode_reply,
+)
 from runtime.config import DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT
 from runtime.dead_letters import DISCARDED, PARKED, REPLAYED, DeadLetter
-from runtime.errors import BadInput, IdempotencyConflict, PeerUnreachable, ShuttingDown
-from runtime.health import FunctionTypeHealth
+from runtime.errors import (
+    BadInput,
+    CheckpointNotRetained,
+    IdempotencyConflict,
+    PeerUnreachable,
+    ShuttingDown,
+)
 from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import KeyedRequest, check_key, fingerprint
 from runtime.metrics import IngressMetrics
+from runtime.reports import checkpoints_report, dead_letters_report, functions_report
 from runtime.routing import INGRESS_CALLER_TYPE
+from runtime.state import AddressPage, merge_pages
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError
 from statefun.values import TypedValue
@@ -93,7 +111,7 @@ class Accepted:
 
 
 class _Rejected(Exception):
-    def __init__(self, response: JSONResponse):
+    def __init__(self, response: Response):
         self.response = response
 
 
@@ -149,30 +167,6 @@ async def _body(request: Request, limit: int) -> bytes:
     return bytes(chunks)
 
 
-def _dead_letter_json(d: DeadLetter, status: str) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "offset": d.offset,
-        "time": _iso(d.timestamp_ms),
-        "kind": d.kind,
-        "status": status,
-        "reason": d.reason,
-        "source": d.source,
-        "origin": d.origin,
-        "target": None if d.target is None else str(d.target),
-        "caller": None if d.caller is None else str(d.caller),
-        "egress": None if d.egress is None else str(d.egress),
-        "message": None if d.argument is None else value_to_json(d.argument),
-    }
-    if d.argument is None:  # not a message: the record as it came
-        out["key"] = None if d.key is None else base64.b64encode(d.key).decode()
-        out["value"] = base64.b64encode(d.value).decode()
-    return out
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
-
-
 def _consistency(raw: str | None) -> bool:
     """Whether the call asks for a committed reply (``?consistency=committed``)."""
     if raw in (None, "uncommitted"):
@@ -202,16 +196,16 @@ def _timeout(raw: str | None) -> float:
     return timeout
 
 
-def _function_health(f: FunctionTypeHealth) -> dict[str, Any]:
-    return {
-        "function_type": f.function_type,
-        "failing_addresses": f.failing_addresses,
-        "unavailable": f.unavailable,
-        "paused": f.paused,
-        "dead_lettered": f.dead_lettered,
-        "last_error": f.last_error,
-        "failing_since": None if f.failing_since_ms is None else _iso(f.failing_since_ms),
-    }
+def _passed_on(answer: PeerResponse) -> Response:
+    """Another member's answer, as it came."""
+    response = Response(answer.body, status_code=answer.status)
+    for name, value in answer.headers:
+        response.headers.append(name, value)
+    return response
+
+
+def _state_json(values: Mapping[str, TypedValue]) -> dict[str, Any]:
+    return {name: value_to_json(v) for name, v in values.items()}
 
 
 def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
@@ -221,8 +215,12 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     peers = runtime.peers
 
     @app.exception_handler(_Rejected)
-    async def rejected(_: Request, exc: _Rejected) -> JSONResponse:
+    async def rejected(_: Request, exc: _Rejected) -> Response:
         return exc.response
+
+    @app.exception_handler(CheckpointNotRetained)
+    async def not_retained(_: Request, exc: CheckpointNotRetained) -> JSONResponse:
+        return _error(404, "checkpoint_not_retained", str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -299,10 +297,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             answer = await peers.forward(owner, forwarded)
         except PeerUnreachable as e:
             raise _Rejected(_retry_later("owner_unreachable", str(e))) from None
-        response = Response(answer.body, status_code=answer.status)
-        for name, value in answer.headers:
-            response.headers.append(name, value)
-        return response
+        return _passed_on(answer)
 
     async def keyed_elsewhere(request: Request, within: float) -> Response | None:
         """The owner's answer to a POST with an Idempotency-Key, if another member owns
@@ -431,15 +426,14 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         return JSONResponse(value_to_json(answer), headers=headers)
 
     @app.get("/v1/state/{namespace}/{type_}/{id_:path}")
-    async def state(request: Request) -> Response:
-        """The address's state, from the member owning it."""
+    async def state(request: Request, checkpoint: int | None = Query(None, ge=1)) -> Response:
+        """The address's state: live, from the member owning it; or as of the retained
+        ``checkpoint``, from any member."""
         address = _path_address(request)
-        if runtime.module.endpoint_for(address.function_type) is None:
-            return _error(
-                404,
-                "unknown_function_type",
-                f"no endpoint in the module spec serves {address.function_type}",
-            )
+        _function_type(address.namespace, address.type)
+        if checkpoint is not None:
+            as_of = await runtime.state_as_of(address, checkpoint)
+            return JSONResponse({"state": _state_json(as_of), "checkpoint": checkpoint})
         if (forwarded := await owners_answer(request, address, FORWARD_TIMEOUT)) is not None:
             return forwarded
         values = runtime.state_of(address)
@@ -447,7 +441,81 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             return _retry_later(
                 "restoring", f"the partition of {address} is being restored here; try again"
             )
-        return JSONResponse({"state": {name: value_to_json(v) for name, v in values.items()}})
+        return JSONResponse({"state": _state_json(values)})
+
+    @app.get("/v1/addresses/{namespace}/{type_}")
+    async def addresses(
+        request: Request,
+        namespace: str,
+        type_: str,
+        after: str | None = Query(None, min_length=1),
+        limit: int = Query(100, ge=1, le=1000),
+        checkpoint: int | None = Query(None, ge=1),
+    ) -> Response:
+        """The ids of the function type's addresses that hold state, in codepoint order,
+        strictly after ``after``, at most ``limit``: live (in a cluster, every member's
+        merged), or as of the retained ``checkpoint``. ``next``: the ``after`` of the next
+        page, null on the last."""
+        function_type = _function_type(namespace, type_)
+        local = peers is None or FORWARDED_HEADER in request.headers
+        if checkpoint is not None:
+            page = await runtime.addresses_as_of(function_type, after, limit, checkpoint)
+        elif local:
+            page = own_page(function_type, after, limit)
+        else:
+            page = await everyones_page(request, function_type, after, limit)
+        body: dict[str, Any] = {"addresses": page.ids, "next": page.next, "checkpoint": checkpoint}
+        if local and checkpoint is None and peers is not None:
+            body["partitions"] = list(runtime.owned)  # what a merging member checks
+        return JSONResponse(body)
+
+    def own_page(function_type: TypeName, after: str | None, limit: int) -> AddressPage:
+        """A live page of the partitions this process holds; 503 while it restores them."""
+        page = runtime.addresses(function_type, after, limit)
+        if page is None:
+            raise _Rejected(
+                _retry_later("restoring", "this member's partitions are being restored; try again")
+            )
+        return page
+
+    async def everyones_page(
+        request: Request, function_type: TypeName, after: str | None, limit: int
+    ) -> AddressPage:
+        """A live page merged from every member's page of its own partitions; 503 unless
+        the members' partitions are every partition, once (the cluster is changing)."""
+        assert peers is not None
+        view = peers.view
+        forwarded = PeerRequest(
+            "GET",
+            _raw_path(request),
+            request.scope.get("query_string", b""),
+            tuple(request.headers.items()),
+            b"",
+            FORWARD_TIMEOUT,
+        )
+
+        async def members_page(member: str) -> tuple[AddressPage, list[int]]:
+            if member == view.me:
+                return own_page(function_type, after, limit), list(runtime.owned)
+            try:
+                answer = await peers.forward(member, forwarded)
+            except PeerUnreachable as e:
+                raise _Rejected(_retry_later("member_unreachable", str(e))) from None
+            if answer.status != 200:
+                raise _Rejected(_passed_on(answer))
+            body = json.loads(answer.body)
+            return AddressPage(body["addresses"], body["next"] is not None), body["partitions"]
+
+        answers = await asyncio.gather(*(members_page(m) for m in view.members()))
+        covered = sorted(p for _, partitions in answers for p in partitions)
+        if covered != list(range(runtime.config.messages_partitions)):
+            raise _Rejected(
+                _retry_later(
+                    "cluster_changing",
+                    "the members' partitions changed while they were asked; try again",
+                )
+            )
+        return merge_pages((page for page, _ in answers), limit)
 
     @app.get("/v1/egress/{namespace}/{name}")
     async def egress(
@@ -479,15 +547,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     async def dead_letters(
         from_: int = Query(0, alias="from", ge=0), limit: int = Query(100, ge=1, le=10_000)
     ) -> JSONResponse:
-        skip = runtime.clock.skip if runtime.clock else None
-        letters, next_offset = await runtime.dead_letters.read(from_, limit, skip)
-        marks = await runtime.records.dead_letter_marks([d.offset for d in letters])
-        return JSONResponse(
-            {
-                "records": [_dead_letter_json(d, marks.get(d.offset, PARKED)) for d in letters],
-                "next": next_offset,
-            }
-        )
+        return JSONResponse(await dead_letters_report(runtime, from_, limit))
 
     @app.post("/v1/admin/dead-letters/{offset}/replay", status_code=202)
     async def replay_dead_letter(offset: int, request: Request) -> Response:
@@ -537,9 +597,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     @app.get("/v1/admin/functions")
     async def functions() -> JSONResponse:
         """The function types that are failing, unavailable or paused."""
-        return JSONResponse(
-            {"functions": [_function_health(f) for f in runtime.health.functions()]}
-        )
+        return JSONResponse({"functions": functions_report(runtime)})
 
     @app.post("/v1/admin/functions/{namespace}/{type_}/pause")
     async def pause(namespace: str, type_: str) -> JSONResponse:
@@ -570,37 +628,8 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
 
     @app.get("/v1/checkpoints")
     async def checkpoints() -> JSONResponse:
-        manifests = await runtime.records.manifests()
-        rollbacks = await runtime.records.rollbacks()
-        clock = runtime.clock
-        return JSONResponse(
-            {
-                "generation": clock.generation if clock else None,
-                "epoch": clock.epoch if clock else None,
-                "checkpoints": [
-                    {
-                        "id": m.checkpoint,
-                        "time": _iso(m.created_ms),
-                        "generation": m.generation,
-                        "size_bytes": m.size_bytes,
-                        "duration_ms": m.duration_ms,
-                        "addresses": m.addresses,
-                    }
-                    for m in manifests
-                ],
-                "rollbacks": [
-                    {
-                        "generation": r.generation,
-                        "rolled_back_to": r.rolled_back_to,
-                        "time": _iso(r.at_ms),
-                        "reason": r.reason,
-                        "address": r.cause_address,
-                        "messages": list(r.cause_messages),
-                    }
-                    for r in rollbacks[-20:]
-                ],
-            }
-        )
+        """The completed checkpoints kept and the last rollbacks, with their causes."""
+        return JSONResponse(await checkpoints_report(runtime))
 
     @app.get("/v1/cluster")
     async def cluster() -> JSONResponse:
@@ -643,10 +672,11 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         body = {
             "ready": not reasons,
             "reasons": reasons,
-            "functions": [_function_health(f) for f in runtime.health.functions()],
+            "functions": functions_report(runtime),
             "generation": runtime.clock.generation if runtime.clock else None,
             "checkpoint": last.checkpoint if last else None,
         }
         return JSONResponse(body, status_code=503 if reasons else 200)
 
+    console.install(app, runtime)
     return app

@@ -350,6 +350,10 @@ class Metrics:
         """Read the function types' load from ``load`` at scrape time."""
         self._load = load
 
+    def load(self) -> Iterable[FunctionTypeLoad]:
+        """Every function type's load now (what the gauges show)."""
+        return self._load()
+
     def checkpoint_committed(self, duration_ms: int, size_bytes: int, addresses: int) -> None:
         self.checkpoints.inc()
         self.checkpoint_duration.observe(duration_ms / 1000)
@@ -389,7 +393,7 @@ class _Gauges(Collector):
             "Messages read for a function type's addresses, waiting in memory for their turn.",
             labels=["function_type"],
         )
-        for load in self._metrics._load():
+        for load in self._metrics.load():
             in_flight.add_metric([load.function_type], load.requests_in_flight)
             backlog.add_metric([load.function_type], load.backlog)
         yield in_flight

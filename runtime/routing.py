@@ -113,6 +113,13 @@ def address_key(address: Address) -> bytes:
     return f"{address.namespace}/{address.type}/{address.id}".encode()
 
 
+def type_key_prefix(function_type: TypeName) -> bytes:
+    """What the key of every address of ``function_type`` starts with (and no other's: a
+    function type's namespace and name hold no ``/``). Keys are UTF-8, so their byte
+    order is the codepoint order of the ids after the prefix."""
+    return f"{function_type.namespace}/{function_type.name}/".encode()
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def partition_for_key(key: bytes, partitions: int) -> int:
     # kafka-python's murmur2 is pure Python (~15 us); the same addresses come back often.

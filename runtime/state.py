@@ -5,12 +5,24 @@ registers them. A registered state's type never changes; a function declaring th
 same name with another type is an error. Values live in memory, keyed by address;
 the addresses changed since the last checkpoint are tracked, so a checkpoint writes
 only those.
+
+Pages of the addresses of a function type that hold state (:class:`AddressPage`) are
+also this module's: ids in codepoint order, strictly after a given id. The store keeps,
+per function type, a sorted list of its ids; addresses that gain or lose all their
+state are noted in two sets and folded into the list when the next page is read (a
+linear merge, never a full sort), so the hot path pays a set insertion and an idle
+listing a binary search. :func:`page_of` pages any sorted list of ids and
+:func:`merge_pages` merges the pages of disjoint sets (partitions, members).
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from runtime.checkpoints.snapshot import decode_state, encode_state
 from runtime.errors import StateSpecConflict
@@ -43,6 +55,80 @@ class StateSpecRegistry:
             known[spec.name] = spec
 
 
+@dataclass(frozen=True, slots=True)
+class AddressPage:
+    """A page of the ids of a function type's addresses that hold state, in order."""
+
+    ids: list[str]
+    more: bool
+    """Whether ids follow the last one of the page."""
+
+    @property
+    def next(self) -> str | None:
+        """The id to ask the next page after; None on the last page."""
+        return self.ids[-1] if self.more else None
+
+
+def page_of(
+    ids: Sequence[str],
+    after: str | None,
+    limit: int,
+    holds: Callable[[str], bool] | None = None,
+) -> AddressPage:
+    """The first ``limit`` of the sorted ``ids`` strictly after ``after`` (and for which
+    ``holds`` is true, if given)."""
+    found: list[str] = []
+    index = 0 if after is None else bisect.bisect_right(ids, after)
+    while index < len(ids) and len(found) <= limit:
+        id_ = ids[index]
+        if holds is None or holds(id_):
+            found.append(id_)
+        index += 1
+    return AddressPage(found[:limit], len(found) > limit)
+
+
+def merge_pages(pages: Iterable[AddressPage], limit: int) -> AddressPage:
+    """One page from the pages (each after the same id, with the same ``limit``) of
+    disjoint sets of ids."""
+    pages = list(pages)
+    merged = list(itertools.islice(heapq.merge(*(p.ids for p in pages)), limit + 1))
+    return AddressPage(merged[:limit], len(merged) > limit or any(p.more for p in pages))
+
+
+class _SortedIds:
+    """The ids of one function type's addresses with state: a sorted list, and the ids
+    added to and removed from it since it was last read."""
+
+    __slots__ = ("_added", "_ids", "_removed")
+
+    def __init__(self, ids: list[str] | None = None) -> None:
+        self._ids: list[str] = ids or []
+        self._added: set[str] = set()
+        self._removed: set[str] = set()
+
+    def add(self, id_: str) -> None:
+        if id_ in self._removed:
+            self._removed.discard(id_)  # still in the list
+        else:
+            self._added.add(id_)
+
+    def remove(self, id_: str) -> None:
+        if id_ in self._added:
+            self._added.discard(id_)  # never in the list
+        else:
+            self._removed.add(id_)
+
+    def ids(self) -> list[str]:
+        if self._removed:
+            removed, self._removed = self._removed, set()
+            self._ids = [i for i in self._ids if i not in removed]
+        if self._added:
+            self._ids.extend(sorted(self._added))
+            self._ids.sort()  # two sorted runs: Timsort merges them in linear time
+            self._added = set()
+        return self._ids
+
+
 class StateStore:
     """Per-address state values, their expiry deadlines, and which addresses changed since
     the last checkpoint.
@@ -62,6 +148,7 @@ class StateStore:
         self._buckets: dict[int, set[Address]] = {}
         self._swept_to = 0
         self._changed: set[Address] = set()
+        self._index: dict[TypeName, _SortedIds] = {}
 
     def __len__(self) -> int:
         return len(self._values)
@@ -91,6 +178,7 @@ class StateStore:
             if m.value is not None:
                 if values is None:
                     values = self._values[address] = {}
+                    self._indexed(address).add(address.id)
                 values[m.name] = m.value
                 spec = specs.get(m.name)
                 if spec is not None and spec.expiration.mode is ExpireMode.AFTER_WRITE:
@@ -99,7 +187,7 @@ class StateStore:
                 values.pop(m.name, None)
                 self._clear_deadline(address, m.name)
         if values is not None and not values:
-            del self._values[address]
+            self._forget(address)
         self._changed.add(address)
 
     def touch(self, address: Address, specs: Mapping[str, StateSpec], now_ms: int) -> None:
@@ -145,10 +233,35 @@ class StateStore:
         if not deadlines:
             del self._deadlines[address]
         if not values:
-            del self._values[address]
+            self._forget(address)
         if expired:
             self._changed.add(address)
         return len(expired)
+
+    def _indexed(self, address: Address) -> _SortedIds:
+        index = self._index.get(address.function_type)
+        if index is None:
+            index = self._index[address.function_type] = _SortedIds()
+        return index
+
+    def _forget(self, address: Address) -> None:
+        """The address holds no state any more."""
+        del self._values[address]
+        self._indexed(address).remove(address.id)
+
+    def page(
+        self, function_type: TypeName, after: str | None, limit: int, now_ms: int | None = None
+    ) -> AddressPage:
+        """The ids of ``function_type``'s addresses that hold state now, strictly after
+        ``after``, at most ``limit``."""
+        index = self._index.get(function_type)
+        if index is None:
+            return AddressPage([], False)
+        now = _now_ms() if now_ms is None else now_ms
+        ns, name = function_type.namespace, function_type.name
+        return page_of(
+            index.ids(), after, limit, lambda id_: bool(self.get(Address(ns, name, id_), now))
+        )
 
     def take_changes(self) -> tuple[list[tuple[bytes, bytes | None]], set[Address]]:
         """The changed addresses' state as checkpoint rows (None: no state), and the set
@@ -187,14 +300,17 @@ class StateStore:
         advancing ``progress`` by one per address."""
         self._values, self._deadlines, self._buckets = {}, {}, {}
         self._changed = set()
+        ids: dict[TypeName, list[str]] = {}
         for key, data in rows:
             address = Address.parse(key.decode())
             values, deadlines = decode_state(data)
             self._values[address] = values
+            ids.setdefault(address.function_type, []).append(address.id)
             for name, deadline in deadlines.items():
                 self._set_deadline(address, name, deadline)
             if progress is not None:
                 progress.advance()
+        self._index = {t: _SortedIds(sorted(i)) for t, i in ids.items()}
         if progress is not None:
             progress.finish()
 

@@ -258,6 +258,32 @@ def client(base_url: str) -> httpx.Client:
     return httpx.Client(base_url=base_url, timeout=15)
 
 
+def post_message(http: httpx.Client, address: str, value: int | str) -> httpx.Response:
+    """``POST /v1/messages/{address}``: a string as text, an int as an int."""
+    if isinstance(value, str):
+        return http.post(
+            f"/v1/messages/{address}", content=value, headers={"content-type": "text/plain"}
+        )
+    return http.post(
+        f"/v1/messages/{address}",
+        content=str(value),
+        params={"type": "io.statefun.types/int"},
+        headers={"content-type": "application/json"},
+    )
+
+
+def state_values(http: httpx.Client, address: str) -> dict[str, Any]:
+    """The address's state values by name (as JSON)."""
+    values: dict[str, Any] = http.get(f"/v1/state/{address}").json()["state"]
+    return {name: v["value"] for name, v in values.items()}
+
+
+def dead_letters(http: httpx.Client) -> list[dict[str, Any]]:
+    """The first page of dead letters, as ``GET /v1/dead-letters`` shows them."""
+    records: list[dict[str, Any]] = http.get("/v1/dead-letters").json()["records"]
+    return records
+
+
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root, where child processes run."""
 

@@ -1299,8 +1299,10 @@ spec:
         for address in self.addresses:
             state = self.latest.get(address)
             have = set(state.applied) if state is not None else set()
-            missing.extend(sorted(set(expected_ids.get(address, ())) - have))
-        return missing
+            missing.extend(set(expected_ids.get(address, ())) - have)
+        # Tree by tree, each tree's commands in the order they were built: a lost message
+        # comes before the commands it would have sent.
+        return sorted(missing, key=lambda i: tuple(int(n) for n in i.split(".")))
 
     async def _trace_missing(self) -> None:
         """Print where the missing commands are in the messages log (Kafka only), while

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Protocol, TypeVar
 
 from runtime.directories import lock_directory, unlock
-from runtime.errors import CheckpointStoreInUse, StoreDamaged, StoreError
+from runtime.errors import CheckpointNotRetained, CheckpointStoreInUse, StoreDamaged, StoreError
 from statefun.address import TypeName
 
 T = TypeVar("T")
@@ -503,6 +503,58 @@ class CheckpointStore:
             (checkpoint,),
         ).fetchall()
         return [(bytes(k), bytes(v)) for k, v in rows]
+
+    # --- reading state as of a retained checkpoint -------------------------------------
+    # The primary key (address, checkpoint) serves both: one address's newest row at or
+    # below the checkpoint is one index seek; the addresses of a function type are a range
+    # of keys (one prefix), walked in order from the page's start, each checked with a
+    # seek for its newest row. Each runs whole on the store's thread, so retention cannot
+    # drop the checkpoint between the check and the read.
+
+    async def state_as_of(self, key: bytes, checkpoint: int) -> bytes | None:
+        """The state of the address with key ``key`` as of the retained ``checkpoint``
+        (None: it had none); :class:`CheckpointNotRetained` if it is not retained."""
+
+        def read() -> bytes | None:
+            self._check_retained(checkpoint)
+            row = self._db.execute(
+                "SELECT value FROM state WHERE address = ? AND checkpoint <= ?"
+                " ORDER BY checkpoint DESC LIMIT 1",
+                (key, checkpoint),
+            ).fetchone()
+            return None if row is None or row[0] is None else bytes(row[0])
+
+        return await self._run(read)
+
+    async def keys_as_of(
+        self, prefix: bytes, after: bytes | None, limit: int, checkpoint: int
+    ) -> list[bytes]:
+        """The keys starting with ``prefix`` of the addresses that held state as of the
+        retained ``checkpoint``, in order, strictly after the key ``after`` (default:
+        from the first), at most ``limit``; :class:`CheckpointNotRetained` if it is not
+        retained."""
+        end = prefix[:-1] + bytes([prefix[-1] + 1])  # the first key past the prefix
+
+        def read() -> list[bytes]:
+            self._check_retained(checkpoint)
+            rows = self._db.execute(
+                "SELECT s.address FROM state s WHERE s.address > ? AND s.address < ?"
+                " AND s.checkpoint = (SELECT MAX(t.checkpoint) FROM state t"
+                "   WHERE t.address = s.address AND t.checkpoint <= ?)"
+                " AND s.value IS NOT NULL ORDER BY s.address LIMIT ?",
+                (after or prefix, end, checkpoint, limit),
+            ).fetchall()
+            return [bytes(k) for (k,) in rows]
+
+        return await self._run(read)
+
+    def _check_retained(self, checkpoint: int) -> None:
+        found = self._db.execute(
+            "SELECT 1 FROM manifests WHERE checkpoint = ?", (checkpoint,)
+        ).fetchone()
+        if found is None:
+            retained = self._db.execute("SELECT checkpoint FROM manifests ORDER BY checkpoint")
+            raise CheckpointNotRetained(checkpoint, [c for (c,) in retained.fetchall()])
 
     async def load_parts(self, checkpoint: int) -> dict[str, bytes]:
         rows = await self._run(

@@ -53,12 +53,14 @@ from runtime.checkpoints.snapshot import (
     WORKER_PART,
     WorkerPart,
     decode_egress_items,
+    decode_state,
     decode_worker_part,
     encode_egress_items,
     encode_worker_part,
 )
 from runtime.checkpoints.store import ApplicationRecords, Rollback
 from runtime.checkpoints.store import Manifest as StoredManifest
+from runtime.cluster.as_of import PartitionsAsOf
 from runtime.cluster.coordinator import ClusterCoordinator
 from runtime.cluster.decisions import (
     Begin,
@@ -84,8 +86,8 @@ from runtime.kafka_ingress import KafkaIngressReader
 from runtime.log import Log
 from runtime.progress import Progress, logged
 from runtime.retention import create_topics, topic_configs, windowed_topics
-from runtime.routing import Topics, partition_for
-from runtime.state import StateStore
+from runtime.routing import Topics, address_key, partition_for
+from runtime.state import AddressPage, StateStore
 from statefun.address import Address, TypeName
 from statefun.module_spec import ModuleSpec
 from statefun.values import TypedValue
@@ -254,6 +256,9 @@ class ClusterRuntime(RuntimeBase):
         self.fingerprint = module_fingerprint(config.module)
         self.decisions = decisions
         self.partition_store = PartitionStore(log_, config.app_id, config.messages_partitions)
+        self.as_of = PartitionsAsOf(
+            self.partition_store, lambda: self.decisions.state.manifests, config.messages_partitions
+        )
         self._records = ClusterRecords(self.decisions)
         self.membership: Membership | None = None
         self.cluster_coordinator = ClusterCoordinator(
@@ -359,6 +364,25 @@ class ClusterRuntime(RuntimeBase):
         assert self.worker is not None
         return self.worker.state_of(address)
 
+    def addresses(
+        self, function_type: TypeName, after: str | None, limit: int
+    ) -> AddressPage | None:
+        worker, clock = self.worker, self.clock
+        if worker is None or clock is None or clock.generation != self.decisions.state.generation:
+            return None
+        return worker.state.page(function_type, after, limit)
+
+    async def state_as_of(self, address: Address, checkpoint: int) -> Mapping[str, TypedValue]:
+        stored = await self.as_of.state(
+            address_key(address), self.partition_of(address), checkpoint
+        )
+        return {} if stored is None else decode_state(stored)[0]
+
+    async def addresses_as_of(
+        self, function_type: TypeName, after: str | None, limit: int, checkpoint: int
+    ) -> AddressPage:
+        return await self.as_of.page(function_type, after, limit, checkpoint)
+
     def cluster_status(self) -> ClusterStatus:
         status = super().cluster_status()
         # The decided generation, also while this member restores into it.
@@ -375,6 +399,7 @@ class ClusterRuntime(RuntimeBase):
     async def start(self) -> None:
         """Join the application and return once a generation that includes this member
         runs (its partitions restored)."""
+        self.history.start()
         config = self.config
         await create_topics(
             self.log,
@@ -913,6 +938,7 @@ class ClusterRuntime(RuntimeBase):
             if task is not None:
                 task.cancel()
         await bounded_step("stopping the generation", self._end_generation(), share(0.05))
+        await self.history.stop()
         closed = True
         for what, closing in (
             ("closing the decision log", self.decisions.close()),

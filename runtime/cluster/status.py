@@ -5,10 +5,10 @@ owning every partition and coordinating itself."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Literal, TypedDict
 
 from runtime.cluster.peers import ClusterView
+from runtime.reports import iso_time
 
 LOCAL_MEMBER = "local"
 """The member id of a runtime that is not part of a cluster."""
@@ -47,8 +47,7 @@ class ClusterStatus(TypedDict):
 
 
 def checkpoint_status(checkpoint: int, generation: int, created_ms: int) -> CheckpointStatus:
-    time = datetime.fromtimestamp(created_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
-    return {"id": checkpoint, "generation": generation, "time": time}
+    return {"id": checkpoint, "generation": generation, "time": iso_time(created_ms)}
 
 
 def describe_cluster(

@@ -118,6 +118,15 @@ def make_test_functions(control: dict[str, Any] | None = None) -> StatefulFuncti
             )
         )
 
+    @functions.bind("test/tally", specs=[ValueSpec("count", IntType)])
+    def tally(context: Context, message: Message) -> None:
+        """Adds the int it gets to its count; 0 erases the count (no state left)."""
+        value = message.as_int() or 0
+        if value == 0:
+            del context.storage.count
+        else:
+            context.storage.count = (context.storage.count or 0) + value
+
     @functions.bind("test/later")
     def later(context: Context, message: Message) -> None:
         """ "start" schedules a delayed ping to test/counter; "cancel" cancels it."""

@@ -76,6 +76,7 @@ def egress_values(url: str) -> list[str]:
         ["dead-letters"],
         ["status"],
         ["state"],
+        ["addresses"],
         ["egress"],
     ],
 )
@@ -149,7 +150,13 @@ def test_send_and_call_from_the_command_line(functions: ServerThread, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    "command", [["send", "test/echo/x", "hi"], ["state", "test/echo/x"], ["egress", "test/out"]]
+    "command",
+    [
+        ["send", "test/echo/x", "hi"],
+        ["state", "test/echo/x"],
+        ["addresses", "test/echo"],
+        ["egress", "test/out"],
+    ],
 )
 def test_an_unreachable_ingress_is_reported(command: list[str]) -> None:
     done = statefun(*command, "--ingress", f"http://127.0.0.1:{free_port()}")

@@ -139,14 +139,15 @@ def both_in_one_generation(a: httpx.Client, b: httpx.Client) -> bool:
 
 @contextmanager
 def two_members(
-    functions_url: str, kafka: str
+    functions_url: str, kafka: str, **changes: Any
 ) -> Iterator[tuple[RuntimeThread, RuntimeThread, httpx.Client, httpx.Client]]:
-    """Two members of a new application, in one generation, and a client of each."""
+    """Two members of a new application, in one generation, and a client of each
+    (``changes``: to their configuration, as :func:`member_config` takes them)."""
     app_id = unique_app_id()
     with ExitStack() as stack:
-        a = start_member(member_config(functions_url, kafka, app_id))
+        a = start_member(member_config(functions_url, kafka, app_id, **changes))
         stack.callback(a.stop)
-        b = start_member(member_config(functions_url, kafka, app_id))
+        b = start_member(member_config(functions_url, kafka, app_id, **changes))
         stack.callback(b.stop)
         http_a = stack.enter_context(client(a.url))
         http_b = stack.enter_context(client(b.url))

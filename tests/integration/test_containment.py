@@ -13,7 +13,16 @@ from typing import Any
 import httpx
 import pytest
 from functions import make_test_functions
-from support import client, module_for, running_runtime, serve, wait_until
+from support import (
+    client,
+    dead_letters,
+    module_for,
+    post_message,
+    running_runtime,
+    serve,
+    state_values,
+    wait_until,
+)
 
 from runtime.dispatcher import DispatchConfig
 from runtime.worker import WorkerConfig
@@ -38,29 +47,6 @@ def functions_url(control: dict[str, Any]) -> Iterator[str]:
         yield f"{server.url}/statefun"
 
 
-def send(http: httpx.Client, address: str, value: int | str) -> httpx.Response:
-    if isinstance(value, str):
-        return http.post(
-            f"/v1/messages/{address}", content=value, headers={"content-type": "text/plain"}
-        )
-    return http.post(
-        f"/v1/messages/{address}",
-        content=str(value),
-        params={"type": "io.statefun.types/int"},
-        headers={"content-type": "application/json"},
-    )
-
-
-def state(http: httpx.Client, address: str) -> dict[str, Any]:
-    values: dict[str, Any] = http.get(f"/v1/state/{address}").json()["state"]
-    return {name: v["value"] for name, v in values.items()}
-
-
-def dead_letters(http: httpx.Client) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = http.get("/v1/dead-letters").json()["records"]
-    return records
-
-
 def while_healthy_traffic(
     http: httpx.Client, address: str, value: int | str, done: Callable[[], Any], timeout: float = 30
 ) -> Any:
@@ -68,7 +54,7 @@ def while_healthy_traffic(
     until ``done`` answers something true."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert send(http, address, value).status_code == 202
+        assert post_message(http, address, value).status_code == 202
         if found := done():
             return found
         time.sleep(0.2)
@@ -85,8 +71,8 @@ def test_a_type_the_endpoint_does_not_serve_is_refused_at_the_door(functions_url
             assert answer.status_code == 404, answer.text
             assert answer.json()["error"] == "unknown_function_type"
             assert "serves no function type test/nosuch" in answer.json()["detail"]
-        assert send(http, "test/counter/x", 1).status_code == 202
-        wait_until(lambda: state(http, "test/counter/x").get("count") == 1)
+        assert post_message(http, "test/counter/x", 1).status_code == 202
+        wait_until(lambda: state_values(http, "test/counter/x").get("count") == 1)
 
 
 def test_a_send_to_a_type_nobody_serves_is_a_dead_letter_and_the_rest_applies(
@@ -96,7 +82,7 @@ def test_a_send_to_a_type_nobody_serves_is_a_dead_letter_and_the_rest_applies(
         running_runtime(module_for(functions_url, functions="test/*")) as rt,
         client(rt.url) as http,
     ):
-        assert send(http, "test/sender/s", "elsewhere/kind/k1").status_code == 202
+        assert post_message(http, "test/sender/s", "elsewhere/kind/k1").status_code == 202
         (letter,) = wait_until(lambda: dead_letters(http))
         assert letter["kind"] == "message"
         assert letter["target"] == "elsewhere/kind/k1"
@@ -106,7 +92,7 @@ def test_a_send_to_a_type_nobody_serves_is_a_dead_letter_and_the_rest_applies(
             "no endpoint in the module spec serves function type elsewhere/kind"
             in (letter["reason"])
         )
-        assert state(http, "test/sender/s") == {"count": 1}  # the rest of its result applied
+        assert state_values(http, "test/sender/s") == {"count": 1}  # the rest of its result applied
         assert http.get("/v1/checkpoints").json()["rollbacks"] == []
 
 
@@ -128,16 +114,18 @@ spec:
     try:
         with running_runtime(spec, worker=worker) as rt, client(rt.url) as http:
             for i in range(200):  # far more than the batch cap and the whole buffer
-                assert send(http, "test/gate/stuck", i).status_code == 202
+                assert post_message(http, "test/gate/stuck", i).status_code == 202
             for i in range(50):
-                assert send(http, f"test/gate/free{i % 5}", i).status_code == 202
+                assert post_message(http, f"test/gate/free{i % 5}", i).status_code == 202
             # the others are processed while "stuck" waits, its messages left in the log
             for f in range(5):
-                wait_until(lambda f=f: len(state(http, f"test/gate/free{f}").get("seen", [])) == 10)
+                wait_until(
+                    lambda f=f: len(state_values(http, f"test/gate/free{f}").get("seen", [])) == 10
+                )
             assert rt.call_soon(lambda: rt.runtime.worker.buffered) <= 10  # type: ignore[union-attr]
             gate.set()
-            wait_until(lambda: len(state(http, "test/gate/stuck").get("seen", [])) == 200)
-            assert state(http, "test/gate/stuck")["seen"] == list(range(200))
+            wait_until(lambda: len(state_values(http, "test/gate/stuck").get("seen", [])) == 200)
+            assert state_values(http, "test/gate/stuck")["seen"] == list(range(200))
     finally:
         gate.set()
 
@@ -182,14 +170,14 @@ def test_an_answer_that_trickles_fails_at_the_attempt_deadline(
     with serve(app) as server:
         spec = module_for(f"{server.url}/statefun", functions="test/*", call="1s")
         with running_runtime(spec) as rt, client(rt.url) as http:
-            assert send(http, "test/counter/slowpoke", 1).status_code == 202
-            assert send(http, "test/counter/other", 1).status_code == 202
-            wait_until(lambda: state(http, "test/counter/other").get("count") == 1)
+            assert post_message(http, "test/counter/slowpoke", 1).status_code == 202
+            assert post_message(http, "test/counter/other", 1).status_code == 202
+            wait_until(lambda: state_values(http, "test/counter/other").get("count") == 1)
             (failing,) = wait_until(lambda: http.get("/v1/admin/functions").json()["functions"])
             assert "no complete answer within 1 s" in failing["last_error"]
             assert failing["failing_addresses"] == 1
             trickling["on"] = False
-            wait_until(lambda: state(http, "test/counter/slowpoke").get("count") == 1)
+            wait_until(lambda: state_values(http, "test/counter/slowpoke").get("count") == 1)
 
 
 @pytest.mark.parametrize(
@@ -213,14 +201,14 @@ def test_each_size_bound_fails_the_message_alone(
     )
     worker = WorkerConfig(DispatchConfig(retry_max_backoff=0.2), **limits)
     with running_runtime(spec, worker=worker) as rt, client(rt.url) as http:
-        assert send(http, "test/big/huge", command).status_code == 202
+        assert post_message(http, "test/big/huge", command).status_code == 202
         (letter,) = while_healthy_traffic(
             http, "test/big/small", "state 10", lambda: dead_letters(http)
         )
         assert letter["target"] == "test/big/huge"
         assert why in letter["reason"]
-        assert state(http, "test/big/huge") == {}
-        assert state(http, "test/big/small")["count"] >= 1
+        assert state_values(http, "test/big/huge") == {}
+        assert state_values(http, "test/big/small")["count"] >= 1
 
 
 def test_a_pause_holds_a_storm_in_the_log_and_survives_a_restart(
@@ -229,8 +217,8 @@ def test_a_pause_holds_a_storm_in_the_log_and_survives_a_restart(
     spec = module_for(functions_url, functions="test/*")
     data = tmp_path / "data"
     with running_runtime(spec, data_dir=data) as rt, client(rt.url) as http:
-        assert send(http, "test/storm/s", 1).status_code == 202
-        wait_until(lambda: state(http, "test/storm/s").get("count", 0) > 20)
+        assert post_message(http, "test/storm/s", 1).status_code == 202
+        wait_until(lambda: state_values(http, "test/storm/s").get("count", 0) > 20)
         paused = http.post("/v1/admin/functions/test/storm/pause")
         assert paused.json() == {"function_type": "test/storm", "paused": True}
         # The loop's next message waits in the log: the type overflows, nothing in memory.
@@ -241,15 +229,15 @@ def test_a_pause_holds_a_storm_in_the_log_and_survives_a_restart(
         )
         listed = http.get("/v1/admin/functions").json()["functions"]
         assert [(f["function_type"], f["paused"]) for f in listed] == [("test/storm", True)]
-        assert send(http, "test/counter/c", 1).status_code == 202  # others go on
-        wait_until(lambda: state(http, "test/counter/c").get("count") == 1)
-        before = state(http, "test/storm/s")["count"]
+        assert post_message(http, "test/counter/c", 1).status_code == 202  # others go on
+        wait_until(lambda: state_values(http, "test/counter/c").get("count") == 1)
+        before = state_values(http, "test/storm/s")["count"]
     with running_runtime(spec, data_dir=data) as rt, client(rt.url) as http:
         listed = http.get("/v1/admin/functions").json()["functions"]
         assert [(f["function_type"], f["paused"]) for f in listed] == [("test/storm", True)]
-        assert state(http, "test/storm/s")["count"] == before
+        assert state_values(http, "test/storm/s")["count"] == before
         http.post("/v1/admin/functions/test/storm/resume").raise_for_status()
-        wait_until(lambda: state(http, "test/storm/s")["count"] > before + 20)
+        wait_until(lambda: state_values(http, "test/storm/s")["count"] > before + 20)
         http.post("/v1/admin/functions/test/storm/pause").raise_for_status()
         unknown = http.post("/v1/admin/functions/other/x/pause")
         assert unknown.status_code == 404

@@ -12,7 +12,7 @@ import pytest
 
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.store import CheckpointStore
-from runtime.errors import CheckpointStoreInUse, StoreDamaged, StoreError
+from runtime.errors import CheckpointNotRetained, CheckpointStoreInUse, StoreDamaged, StoreError
 from statefun.address import TypeName
 
 pytestmark = pytest.mark.anyio
@@ -238,5 +238,41 @@ async def test_the_key_table_is_versioned_like_state(tmp_path: Path) -> None:
         assert rows == [(b"k1", 2), (b"k3", 3)]
         await store.begin_generation(None, checkpoint=2)
         assert sorted(await store.load_keys(9)) == [(b"k1", b"a2")]
+    finally:
+        await store.close()
+
+
+async def test_one_address_and_a_prefix_of_keys_as_of_each_retained_checkpoint(
+    tmp_path: Path,
+) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        await commit(store, 1, {b"t/f/a": b"a1", b"t/f/b": b"b1", b"t/g/a": b"x", b"t/f0": b"y"})
+        await commit(store, 2, {b"t/f/a": b"a2", b"t/f/c": b"c2"})
+        await commit(store, 3, {b"t/f/b": None, b"t/f/d": b"d3"})
+        await commit(store, 4, {b"t/f/a": b"a4"})
+        assert [await store.state_as_of(b"t/f/a", c) for c in (1, 2, 3, 4)] == [
+            b"a1",
+            b"a2",
+            b"a2",
+            b"a4",
+        ]
+        assert await store.state_as_of(b"t/f/b", 2) == b"b1"
+        assert await store.state_as_of(b"t/f/b", 3) is None  # deleted
+        assert await store.state_as_of(b"t/f/c", 1) is None  # not yet
+        # The keys of one prefix only ("t/g/..." and "t/f0" are not "t/f/..."), in order.
+        assert await store.keys_as_of(b"t/f/", None, 10, 1) == [b"t/f/a", b"t/f/b"]
+        assert await store.keys_as_of(b"t/f/", None, 10, 3) == [b"t/f/a", b"t/f/c", b"t/f/d"]
+        assert await store.keys_as_of(b"t/f/", b"t/f/a", 1, 3) == [b"t/f/c"]
+        assert await store.keys_as_of(b"t/f/", b"t/f/c", 5, 2) == []
+        await store.retain(2)
+        assert await store.keys_as_of(b"t/f/", None, 10, 3) == [b"t/f/a", b"t/f/c", b"t/f/d"]
+        assert await store.state_as_of(b"t/f/a", 3) == b"a2"
+        for dropped in (1, 2, 5):
+            with pytest.raises(CheckpointNotRetained, match=r"retained: 3, 4$") as raised:
+                await store.state_as_of(b"t/f/a", dropped)
+            assert raised.value.retained == [3, 4]
+            with pytest.raises(CheckpointNotRetained):
+                await store.keys_as_of(b"t/f/", None, 10, dropped)
     finally:
         await store.close()

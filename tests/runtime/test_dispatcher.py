@@ -8,6 +8,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -560,3 +561,78 @@ async def test_whatever_happens_every_message_applies_once_in_order_or_is_parked
     assert parked == expected
     assert h.dispatcher.buffered == 0
     assert h.dispatcher.overflow() == []
+
+
+class SlowFlakyFunctions(FakeFunctions):
+    """Each call takes a random time on the fake clock and fails at random; counts each
+    address's calls under way."""
+
+    def __init__(self, clock: FakeClock, rng: random.Random) -> None:
+        super().__init__(ok)
+        self.clock, self.rng = clock, rng
+        self.under_way: dict[str, int] = {}
+        self.most_under_way = 0
+
+    async def invoke(
+        self, endpoint: HttpEndpoint, url: str, request: FunctionRequest
+    ) -> FunctionResponse:
+        ids = [b.target.id for b in request.batches]
+        for i in ids:
+            self.under_way[i] = self.under_way.get(i, 0) + 1
+            self.most_under_way = max(self.most_under_way, self.under_way[i])
+        try:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.clock.call_later(
+                self.rng.uniform(0.001, 0.2), lambda: done.done() or done.set_result(None)
+            )
+            await done
+            if self.rng.random() < 0.3:
+                raise CallFailed("injected")
+            return FunctionResponse(
+                [
+                    FunctionFailure(str(b.target.function_type), b.target, "ValueError", "x")
+                    if self.rng.random() < 0.2
+                    else InvocationResult()
+                    for b in request.batches
+                ]
+            )
+        finally:
+            for i in ids:
+                self.under_way[i] -= 1
+
+
+@pytest.mark.parametrize("seed", range(int(__import__("os").environ.get("DISPATCH_SEEDS", "40"))))
+async def test_under_random_failures_an_address_is_in_one_call_at_a_time(seed: int) -> None:
+    """Failed batches go back to waiting with a retry due later, full mailboxes overflow
+    to the log and are read again (slowly), and messages keep arriving: whatever the order of
+    those events, an address is never in two calls at once (the second answer would be
+    applied to the next batch: its messages lost, the first applied twice), and every
+    message is applied once, in order."""
+    rng = random.Random(seed)
+    random.seed(seed)  # the dispatcher's backoff jitter
+    h = Harness(spec=module(after=3600.0, batch=6))
+    functions = SlowFlakyFunctions(h.clock, rng)
+    h.dispatcher._invoker = functions  # type: ignore[assignment]
+    read_again = h.host.reread
+
+    async def slow_reread(*args: Any) -> tuple[list[tuple[Address, PendingInvocation]], int]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        h.clock.call_later(rng.uniform(0.001, 0.2), lambda: done.done() or done.set_result(None))
+        await done
+        return await read_again(*args)
+
+    h.host.reread = slow_reread  # type: ignore[method-assign,assignment]
+    sent: dict[str, list[bytes]] = {}
+    for n in range(60):
+        address = f"a{rng.randrange(3)}"
+        h.send(address, str(n).encode())
+        sent.setdefault(address, []).append(str(n).encode())
+        await h.clock.advance(rng.uniform(0.0, 0.1), step=0.01)
+    functions.rng = random.Random(0)
+    for _ in range(200):  # until everything is applied (failures get rarer, not gone)
+        await h.clock.advance(1.0, step=0.01)
+        if all(h.host.values(a) == values for a, values in sent.items()):
+            break
+    assert functions.most_under_way == 1
+    for address, values in sent.items():
+        assert h.host.values(address) == values

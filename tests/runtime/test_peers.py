@@ -285,6 +285,26 @@ def test_an_owner_that_does_not_answer_is_503() -> None:
     asyncio.run(scenario())
 
 
+def test_a_live_listing_merges_only_pages_that_cover_every_partition_once() -> None:
+    async def scenario() -> None:
+        # A process alone holds every partition: two of them claim each partition twice.
+        async with two_members() as cluster, cluster.client("a") as a:
+            await a.post("/v1/call/test/tally/x", content="1", headers=INT, params=INT_TYPE)
+            listed = await a.get("/v1/addresses/test/tally")
+            assert listed.status_code == 503
+            assert listed.json()["error"] == "cluster_changing"
+            assert ("b", "/v1/addresses/test/tally", "a") in cluster.peers.received
+            # What b answered a: its own page, and the partitions it covers.
+            own = await a.get("/v1/addresses/test/tally", headers={FORWARDED_HEADER: "c"})
+            assert own.json()["partitions"] == list(range(PARTITIONS))
+            cluster.peers.apps.pop("b")  # b is gone
+            gone = await a.get("/v1/addresses/test/tally")
+            assert gone.status_code == 503
+            assert gone.json()["error"] == "member_unreachable"
+
+    asyncio.run(scenario())
+
+
 def test_replies_from_other_members_reach_only_a_runtime_in_a_cluster() -> None:
     async def scenario() -> None:
         module = module_for("http://functions/statefun", functions="test/*")
