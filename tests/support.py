@@ -53,7 +53,13 @@ class ServerThread:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            # Requests a test left hanging are cut at stop, not waited for.
+            timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(

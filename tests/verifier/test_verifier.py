@@ -1,7 +1,7 @@
 """The exactly-once verifier (``verifier/``): its oracle and checks, that it catches
 broken functions, and the short fault-injection runs on the embedded log and on Kafka.
 
-The short runs are 10,000 commands (command messages delivered to functions, ~1,850
+The short runs are 5,000 commands (command messages delivered to functions, ~900
 trees sent through the ingress) over 100 addresses, with 3 ``kill -9`` of the runtime,
 a function server restart and endpoint 500/timeout spells. ``VERIFIER_SEED`` picks
 another seed (default 1).
@@ -193,8 +193,8 @@ def test_the_verifier_fails_a_run_whose_functions_are_broken(
             spells=False,
             sabotage=sabotage,
             cancel_wait=False,
-            stall_timeout=10,
-            final_timeout=15,
+            stall_timeout=5,
+            final_timeout=8,
             work_dir=tmp_path,
         )
     )
@@ -206,7 +206,7 @@ def test_the_verifier_fails_a_run_whose_functions_are_broken(
 def _short_run(tmp_path: Path, kafka: bool = False, **config: Any) -> None:
     result = run(
         VerifierConfig(
-            commands=10_000, addresses=100, kills=3, seed=SEED, work_dir=tmp_path, **config
+            commands=5_000, addresses=100, kills=3, seed=SEED, work_dir=tmp_path, **config
         ),
         echo=print,
     )
