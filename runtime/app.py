@@ -20,6 +20,8 @@ wrong (``GET /ready``), and the ingress answers POSTs 503 with ``Retry-After``.
 ``serve`` binds the ingress, starts, and runs until SIGINT or SIGTERM; then it stops
 taking requests, lets calls in flight finish, takes a last checkpoint and closes
 everything, each step bounded so that the whole stop fits in ``shutdown_timeout``.
+It refuses a non-loopback bind without tokens unless told ``--insecure``, and reads
+the tokens file again on SIGHUP (``runtime.access``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from runtime.access import AccessControl, check_bind
 from runtime.checkpoints.coordinator import CheckpointCoordinator
 from runtime.checkpoints.epochs import EpochClock, SkipRule, Tag
 from runtime.checkpoints.restore import restore_point
@@ -137,7 +140,14 @@ class RuntimeBase(abc.ABC):
         self.log = log_
         self.cluster = cluster
         member = None if cluster is None else cluster.me
-        self.peers = None if cluster is None else Peers(cluster, transport=peer_transport)
+        self.access = AccessControl(config.access, member=cluster is not None)
+        self.peers = (
+            None
+            if cluster is None
+            else Peers(
+                cluster, transport=peer_transport, credentials=lambda: self.access.member_token
+            )
+        )
         self.replies = ReplyWaiters(member)
         self.topics = Topics(config.app_id)
         self.router = Router(
@@ -419,6 +429,7 @@ class RuntimeBase(abc.ABC):
         ``shutdown_timeout`` of the signal; False if something could not be closed.
         :class:`IngressBindFailed` if the ingress cannot listen (nothing started)."""
         config = self.config
+        check_bind(config.ingress_host, config.access)
         try:
             sock = bind(config.ingress_host, config.ingress_port)
         except OSError as e:
@@ -447,6 +458,7 @@ class RuntimeBase(abc.ABC):
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.access.reload)
         try:
             try:
                 await starting
@@ -459,7 +471,7 @@ class RuntimeBase(abc.ABC):
         finally:
             log.info("stopping: finishing calls in flight")
             closed = await self.stop(deadline)
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped" if closed else "stopped, leaving what could not be closed in time")
         return closed

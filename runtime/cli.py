@@ -5,7 +5,8 @@
 runtime's ingress, ``statefun status`` shows its application's members, ``statefun
 state`` an address's state (live, or as of a retained checkpoint), ``statefun
 addresses`` the addresses of a function type that hold state, and ``statefun egress``
-the records of an embedded egress.
+the records of an embedded egress. Every command talking to the ingress sends
+``--token`` (or ``$STATEFUN_TOKEN``) as a Bearer token.
 Errors are one line on stderr and a non-zero exit status.
 """
 
@@ -30,6 +31,7 @@ import httpx
 from runtime.checkpoints.coordinator import CheckpointConfig
 from runtime.config import (
     DEFAULT_CALL_TIMEOUT,
+    AccessConfig,
     ClusterConfig,
     RuntimeConfig,
     WorkerConfig,
@@ -135,7 +137,30 @@ def _parser() -> argparse.ArgumentParser:
         "--ingress-host",
         default=runtime_default("ingress_host"),
         metavar="HOST",
-        help="address the ingress listens on (default: %(default)s)",
+        help="address the ingress listens on (default: %(default)s); another than "
+        "loopback needs --tokens or --insecure",
+    )
+    run.add_argument(
+        "--tokens",
+        type=Path,
+        default=os.environ.get("STATEFUN_TOKENS_FILE") or None,
+        metavar="FILE",
+        help="YAML list of {token, role: client|reader|admin|member, functions} the "
+        "ingress asks for (re-read on SIGHUP; docs/security.md; default: "
+        "$STATEFUN_TOKENS_FILE; none: every route open, on loopback only)",
+    )
+    run.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin (https://app.example) whose requests are taken besides "
+        "the ingress's own (repeatable); requests from any other origin are refused",
+    )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="let the ingress listen on a non-loopback address without --tokens",
     )
     run.add_argument(
         "--ingress-port",
@@ -246,19 +271,13 @@ def _parser() -> argparse.ArgumentParser:
         "and exception (default: %(default)s)",
     )
 
-    ingress_help = f"ingress URL (default: $STATEFUN_INGRESS or {DEFAULT_INGRESS})"
     checkpoints = commands.add_parser(
         "checkpoints",
         help="list the completed checkpoints and the current generation",
         description="List the completed checkpoints (id, time, size, duration), the current "
         "generation and the recent rollbacks of a running runtime.",
     )
-    checkpoints.add_argument(
-        "--ingress",
-        default=os.environ.get("STATEFUN_INGRESS", DEFAULT_INGRESS),
-        metavar="URL",
-        help=ingress_help,
-    )
+    _ingress_flag(checkpoints)
     checkpoints.add_argument("--json", action="store_true", help="print the answer as JSON")
 
     status = commands.add_parser(
@@ -376,12 +395,7 @@ def _parser() -> argparse.ArgumentParser:
             metavar="T",
             help="typename of the value (e.g. io.statefun.types/int or a JSON type)",
         )
-        sub.add_argument(
-            "--ingress",
-            default=os.environ.get("STATEFUN_INGRESS", DEFAULT_INGRESS),
-            metavar="URL",
-            help=ingress_help,
-        )
+        _ingress_flag(sub)
         if name == "call":
             sub.add_argument(
                 "--timeout",
@@ -426,6 +440,11 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         app_id=args.app_id,
         ingress_host=args.ingress_host,
         ingress_port=args.ingress_port,
+        access=AccessConfig(
+            tokens_file=args.tokens,
+            allow_origins=tuple(args.allow_origin),
+            insecure=args.insecure,
+        ),
         messages_partitions=args.partitions,
         worker=WorkerConfig(
             max_message_bytes=args.max_message_bytes,
@@ -557,29 +576,31 @@ def _post(args: argparse.Namespace, kind: str) -> httpx.Response:
     if kind == "call":
         params["timeout"] = str(args.timeout)
         timeout = args.timeout + 10.0
-    url = f"{args.ingress.rstrip('/')}/v1/{kind}/{path}"
-    try:
-        response = httpx.post(
-            url, content=args.value.encode(), headers=headers, params=params, timeout=timeout
-        )
-    except httpx.HTTPError as e:
-        raise CliError(f"cannot reach the ingress at {args.ingress}: {e}") from None
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-            detail = f"{body.get('error')}: {body.get('detail')}"
-        except ValueError:
-            detail = response.text[:300]
-        raise CliError(f"the ingress answered {response.status_code}: {detail}")
-    return response
+    return _answer(
+        args,
+        "POST",
+        f"/v1/{kind}/{path}",
+        content=args.value.encode(),
+        headers=headers,
+        params=params,
+        timeout=timeout,
+    )
 
 
 def _ingress_flag(parser: argparse.ArgumentParser) -> None:
+    """The options of a command talking to the ingress: where, and with which token."""
     parser.add_argument(
         "--ingress",
         default=os.environ.get("STATEFUN_INGRESS", DEFAULT_INGRESS),
         metavar="URL",
         help=f"ingress URL (default: $STATEFUN_INGRESS or {DEFAULT_INGRESS})",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("STATEFUN_TOKEN") or None,
+        metavar="TOKEN",
+        help="the Bearer token to send, when the runtime has a tokens file "
+        "(default: $STATEFUN_TOKEN)",
     )
 
 
@@ -623,14 +644,7 @@ def _seconds(text: str) -> float:
 
 
 def _checkpoints(args: argparse.Namespace) -> int:
-    url = f"{args.ingress.rstrip('/')}/v1/checkpoints"
-    try:
-        response = httpx.get(url, timeout=10)
-    except httpx.HTTPError as e:
-        raise CliError(f"cannot reach the ingress at {args.ingress}: {e}") from None
-    if response.status_code != 200:
-        raise CliError(f"the ingress answered {response.status_code}: {response.text[:300]}")
-    answer = response.json()
+    answer = _request(args, "GET", "/v1/checkpoints")
     if args.json:
         print(json.dumps(answer))
         return 0
@@ -703,9 +717,25 @@ def _status(args: argparse.Namespace) -> int:
 
 def _request(args: argparse.Namespace, method: str, path: str, **params: Any) -> Any:
     """The JSON answer of the ingress to ``method path``; a CliError for anything else."""
+    return _answer(args, method, path, params=params or None, timeout=10).json()
+
+
+def _answer(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **request: Any,
+) -> httpx.Response:
+    """The ingress's answer to ``method path``, sent with ``--token``; a CliError for an
+    error answer (its JSON error and detail) or none."""
+    headers = dict(headers or {})
+    if args.token:
+        headers["authorization"] = f"Bearer {args.token}"
     url = f"{args.ingress.rstrip('/')}{path}"
     try:
-        response = httpx.request(method, url, params=params or None, timeout=10)
+        response = httpx.request(method, url, headers=headers, **request)
     except httpx.HTTPError as e:
         raise CliError(f"cannot reach the ingress at {args.ingress}: {e}") from None
     if response.status_code >= 400:
@@ -715,7 +745,7 @@ def _request(args: argparse.Namespace, method: str, path: str, **params: Any) ->
         except ValueError:
             detail = response.text[:300]
         raise CliError(f"the ingress answered {response.status_code}: {detail}")
-    return response.json()
+    return response
 
 
 def _function_type_path(text: str) -> str:

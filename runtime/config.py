@@ -60,6 +60,20 @@ class IngressTimeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessConfig:
+    """Who may use the ingress (``runtime.access``, docs/security.md)."""
+
+    tokens_file: Path | None = None
+    """The YAML list of tokens and their roles; None: every route is open, and the
+    ingress binds loopback only unless ``insecure``."""
+    allow_origins: tuple[str, ...] = ()
+    """Browser origins (``https://app.example``) whose requests are taken, besides the
+    ingress's own; a request from any other origin is refused."""
+    insecure: bool = False
+    """Serve on a non-loopback address without tokens (logged at WARNING on start)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """How a process takes part in an application of several over Kafka."""
 
@@ -121,6 +135,7 @@ class RuntimeConfig:
     ingress_shutdown_grace: float = 3.0
     """Of ``shutdown_timeout``, what requests in flight get to finish."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
 
 
 def default_of(config: type[Any], name: str) -> Any:

@@ -8,7 +8,8 @@ that hold state (live, or as of ``?checkpoint=N``); ``GET /v1/egress/{namespace}
 reads an embedded egress; ``GET /health`` says the process serves, ``GET /ready``
 whether it can take and process messages; ``GET /v1/cluster`` shows the members of the
 application (one, ``local``, for a process alone); ``/ui`` is the web console
-(``runtime.console``). Every error is JSON ``{"error": code, "detail": message}`` (see
+(``runtime.console``). Every request passes ``runtime.access`` first (origins, tokens,
+roles: the route table is there). Every error is JSON ``{"error": code, "detail": message}`` (see
 ``runtime.ingress_errors``), and a rejected request leaves nothing in the log.
 
 In a cluster (``runtime.peers`` set) every member serves any request. A POST with an
@@ -45,8 +46,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 from runtime import console, ingress_errors
+from runtime.access import AccessMiddleware, sees_details
 from runtime.cluster.peers import (
     FORWARDED_HEADER,
     REPLIES_PATH,
@@ -211,6 +214,9 @@ def _state_json(values: Mapping[str, TypedValue]) -> dict[str, Any]:
 def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     app = FastAPI(title="statefun runtime ingress", docs_url=None, redoc_url=None)
     ingress_errors.install(app, runtime)
+    served: list[BaseRoute] = []
+    """Every route, for the access layer: filled once they are all added, below."""
+    app.add_middleware(AccessMiddleware, access=runtime.access, routes=served)
     app.add_middleware(IngressMetrics, metrics=runtime.metrics)
     peers = runtime.peers
 
@@ -663,11 +669,15 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     @app.get("/ready")
-    async def ready() -> JSONResponse:
+    async def ready(request: Request) -> JSONResponse:
         """Readiness: 503 with the reasons while this process cannot take and process
         messages. Degraded function types are listed, but never make it 503: one bad
-        function must not take the whole ingress out of a load balancer."""
+        function must not take the whole ingress out of a load balancer. With tokens,
+        only an admin's request is told more than ``{"ready": bool}``."""
         reasons = runtime.health.problems()
+        status = 503 if reasons else 200
+        if not sees_details(request.scope, runtime.access):
+            return JSONResponse({"ready": not reasons}, status_code=status)
         last = runtime.last_checkpoint
         body = {
             "ready": not reasons,
@@ -676,7 +686,10 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             "generation": runtime.clock.generation if runtime.clock else None,
             "checkpoint": last.checkpoint if last else None,
         }
-        return JSONResponse(body, status_code=503 if reasons else 200)
+        return JSONResponse(body, status_code=status)
 
-    console.install(app, runtime)
+    console_routes = console.install(app, runtime)
+    served += [r for r in app.router.routes if isinstance(getattr(r, "path", None), str)]
+    served += console_routes
+    app.state.routes = served
     return app

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, TypeVar
 
-from runtime.directories import lock_directory, unlock
+from runtime.directories import lock_directory, private_file, unlock
 from runtime.errors import CheckpointNotRetained, CheckpointStoreInUse, StoreDamaged, StoreError
 from statefun.address import TypeName
 
@@ -149,7 +149,9 @@ class CheckpointStore:
         self.path = path
         self._lock = lock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-store")
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(
+            private_file(path), isolation_level=None, check_same_thread=False
+        )
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")

@@ -12,7 +12,12 @@ the others for two things:
 * **Forwarded requests.** The ingress forwards a keyed POST and a state read to the
   owner of the target's partition (:meth:`Peers.forward`), marked with the
   :data:`FORWARDED_HEADER`, so a member that does not own the partition either (the
-  view is changing) answers 503 rather than forward again.
+  view is changing) answers 503 rather than forward again. A forwarded request keeps
+  the caller's ``Authorization``: the owner checks it again.
+
+With tokens (``runtime.access``), a reply carries the application's member token
+(``role: member`` in the tokens file every member reads): the replies route takes no
+other.
 
 Who owns what and where a member listens is the :class:`ClusterView`'s to say;
 :class:`StaticView` is a fixed one (tests, and one-member setups).
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -165,9 +170,15 @@ class Peers:
     """This member's client of the other members (one pooled HTTP client)."""
 
     def __init__(
-        self, view: ClusterView, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        view: ClusterView,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        credentials: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """``credentials``: the member token to send with a reply now (None: none)."""
         self.view = view
+        self._credentials = credentials
         limits = httpx.Limits(
             max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
         )
@@ -195,11 +206,14 @@ class Peers:
         if url is None:
             log.debug("reply to %s dropped: %s is not a member", address, member)
             return
+        headers = {"content-type": REPLY_CONTENT_TYPE, FORWARDED_HEADER: self.view.me}
+        if (token := self._credentials()) is not None:
+            headers["authorization"] = f"Bearer {token}"
         try:
             response = await self._client.post(
                 f"{url.rstrip('/')}{REPLIES_PATH}",
                 content=encode_reply(address, value, tag),
-                headers={"content-type": REPLY_CONTENT_TYPE, FORWARDED_HEADER: self.view.me},
+                headers=headers,
             )
         except httpx.HTTPError as e:
             log.debug("reply to %s dropped: %s at %s: %s", address, member, url, e)

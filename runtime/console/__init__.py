@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute
 
 from runtime.console.pages import create_router
 
@@ -28,11 +29,14 @@ if TYPE_CHECKING:
 __all__ = ["install"]
 
 
-def install(app: FastAPI, runtime: RuntimeBase) -> None:
-    """Serve the console of ``runtime`` at ``/ui`` (its files at ``/ui/static``)."""
+def install(app: FastAPI, runtime: RuntimeBase) -> list[BaseRoute]:
+    """Serve the console of ``runtime`` at ``/ui`` (its files at ``/ui/static``); its
+    routes (the access layer's to check: FastAPI hides an included router's)."""
     app.mount(
         "/ui/static",
         StaticFiles(packages=[("runtime.console", "static")]),
         name="console-static",
     )
-    app.include_router(create_router(runtime))
+    router = create_router(runtime)
+    app.include_router(router)
+    return list(router.routes)

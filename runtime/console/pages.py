@@ -5,7 +5,9 @@ The overview reads the process's metrics (totals now, rates and latencies from
 checkpoints and dead-letter pages render the same reports the HTTP API serves
 (``runtime.reports``); the state browser is a page of script reading the public API
 (``GET /v1/addresses/...``, ``GET /v1/state/...``). Nothing here changes anything: the
-page's buttons post to the admin routes of the API.
+page's buttons post to the admin routes of the API. With tokens, ``/ui/login`` takes an
+admin token once and keeps it in an HttpOnly, SameSite=Strict cookie, which
+``runtime.access`` accepts on the console's pages and its own requests.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
+from runtime.access import COOKIE, Role
 from runtime.console.history import MetricsHistory, TypeCounters, read_counters
 from runtime.console.plots import sparkline, timeline
 from runtime.reports import checkpoints_report, dead_letters_report, functions_report
@@ -35,6 +39,8 @@ DEAD_LETTERS_PAGE = 50
 """Dead letters shown per page."""
 REFRESH_SECONDS = 5
 """How often the overview's figures refresh themselves."""
+LOGIN_BODY_LIMIT = 4096
+"""Bytes of the login form read (a token and its field name)."""
 UNKNOWN = "\u2013"
 """An en dash: what a figure shows while there is nothing to say."""
 
@@ -202,6 +208,42 @@ def create_router(runtime: RuntimeBase) -> APIRouter:
                 **context,
             },
         )
+
+    @router.get("/login", response_class=HTMLResponse)
+    async def login_form(request: Request) -> HTMLResponse:
+        return templates.TemplateResponse(
+            request, "login.html", {"app_id": runtime.config.app_id, "problem": None}
+        )
+
+    @router.post("/login", response_class=HTMLResponse)
+    async def login(request: Request) -> Response:
+        """Take an admin token from the form and keep it in the console's cookie."""
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > LOGIN_BODY_LIMIT:
+                break
+        token = parse_qs(body[:LOGIN_BODY_LIMIT].decode(errors="replace")).get("token", [""])[0]
+        tokens = runtime.access.tokens
+        grant = None if tokens is None else tokens.grant_of(token)
+        if tokens is not None and (grant is None or grant.role is not Role.ADMIN):
+            return templates.TemplateResponse(
+                request,
+                "login.html",
+                {"app_id": runtime.config.app_id, "problem": "that is not an admin token"},
+                status_code=401,
+            )
+        answer = RedirectResponse("/ui", status_code=303)
+        if tokens is not None:
+            answer.set_cookie(
+                COOKIE,
+                token,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+                path="/",
+            )
+        return answer
 
     @router.get("", response_class=HTMLResponse)
     async def overview(request: Request) -> HTMLResponse:

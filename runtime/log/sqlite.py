@@ -30,7 +30,7 @@ from typing import IO
 
 import msgpack
 
-from runtime.directories import lock_directory, unlock
+from runtime.directories import lock_directory, private_file, unlock
 from runtime.errors import DataDirectoryInUse
 from runtime.log.base import LogError, StoredRecord, TopicPartition
 from runtime.log.local import LocalLog, PendingAppend
@@ -103,7 +103,7 @@ TRUNCATE_STEP = 10_000
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(private_file(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn

@@ -21,6 +21,7 @@ from runtime.app import Runtime, RuntimeConfig
 from runtime.checkpoints.epochs import Tag
 from runtime.cluster.peers import FORWARDED_HEADER, REPLIES_PATH, Peers, StaticView
 from runtime.cluster.status import LOCAL_MEMBER
+from runtime.config import AccessConfig
 from runtime.errors import ConfigurationError
 from runtime.idempotency import caller_for
 from runtime.log.memory import MemoryLog
@@ -90,9 +91,12 @@ class Cluster:
 
 
 @asynccontextmanager
-async def two_members(owner_in_a: str = "b", owner_in_b: str = "b") -> AsyncIterator[Cluster]:
-    """Members ``a`` and ``b``; each believes ``owner_in_<member>`` owns every partition."""
-    module = module_for("http://functions/statefun", functions="test/*")
+async def two_members(
+    owner_in_a: str = "b", owner_in_b: str = "b", access: AccessConfig | None = None
+) -> AsyncIterator[Cluster]:
+    """Members ``a`` and ``b``; each believes ``owner_in_<member>`` owns every partition;
+    ``access``: both members' tokens and origins."""
+    module = module_for("http://functions/statefun", functions="test/*", egresses=("test/out",))
     functions = httpx.ASGITransport(app=tally_functions().asgi_app())
     log = MemoryLog()
     peers = Members()
@@ -101,7 +105,9 @@ async def two_members(owner_in_a: str = "b", owner_in_b: str = "b") -> AsyncIter
     view_b = StaticView("b", dict.fromkeys(range(PARTITIONS), owner_in_b), urls)
     runtimes = []
     for view in (view_a, view_b):
-        config = RuntimeConfig(module=module, messages_partitions=PARTITIONS)
+        config = RuntimeConfig(
+            module=module, messages_partitions=PARTITIONS, access=access or AccessConfig()
+        )
         runtime = await Runtime.open(
             config, log=log, transport=functions, cluster=view, peer_transport=peers
         )
