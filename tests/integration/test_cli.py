@@ -614,3 +614,62 @@ def test_status_shows_every_member_of_a_cluster(
         "m-2 (this one)  http://h2:8090  3-4",
         "owned by nobody now: 6-7",
     ]
+
+
+def test_tokens_from_the_command_line_and_a_reload_on_sighup(
+    functions: ServerThread, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    client, reader, rotated = "client-token-0123456789", "reader-token-0123456789", "n" * 24
+    tokens.write_text(
+        f"- {{token: {client}, role: client, functions: ['test/*']}}\n"
+        f"- {{token: {reader}, role: reader}}\n"
+    )
+    module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
+    runtime = RuntimeProcess(
+        module, tmp_path / "data", free_port(), "--tokens", str(tokens)
+    ).start()
+    send = ("send", "test/counter/c", "5", "--type", INT, "--ingress", runtime.url)
+    try:
+        refused = statefun(*send)
+        assert refused.returncode == 1
+        assert "401: unauthenticated: this route needs a Bearer token" in refused.stderr
+        assert statefun(*send, "--token", client).returncode == 0
+        forbidden = statefun(*send, "--token", reader)
+        assert forbidden.returncode == 1
+        assert "403: forbidden: a reader token may not send messages" in forbidden.stderr
+        read = statefun("state", "test/counter/c", "--ingress", runtime.url, "--token", reader)
+        assert read.returncode == 0, read.stderr
+
+        tokens.write_text(f"- {{token: {rotated}, role: client}}\n")
+        assert runtime.process is not None
+        runtime.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: statefun(*send, "--token", rotated).returncode == 0)
+        assert statefun(*send, "--token", client).returncode == 1
+        tokens.write_text("not: a list\n")
+        runtime.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "tokens not reloaded" in runtime.log_path.read_text())
+        assert statefun(*send, "--token", rotated).returncode == 0
+    finally:
+        status, err = runtime.signal(signal.SIGTERM)
+    assert status == 0, err
+    for token in (client, reader, rotated):
+        assert token not in err
+
+
+def test_without_tokens_the_ingress_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    module = write_module(tmp_path / "module.yaml", "http://127.0.0.1:9/statefun")
+    done = statefun(
+        "run",
+        "--module",
+        str(module),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--ingress-host",
+        "0.0.0.0",
+        "--ingress-port",
+        str(free_port()),
+    )
+    assert done.returncode == 1
+    assert "no token asked of anyone" in done.stderr
+    assert "--insecure" in done.stderr
