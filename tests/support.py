@@ -260,8 +260,10 @@ def labelled(samples: Samples, name: str, label: str) -> dict[str, float]:
     return {dict(labels)[label]: v for (n, labels), v in samples.items() if n == name}
 
 
-def client(base_url: str) -> httpx.Client:
-    return httpx.Client(base_url=base_url, timeout=15)
+def client(base_url: str, token: str | None = None) -> httpx.Client:
+    """An HTTP client of an ingress, sending ``token`` as its Bearer token if given."""
+    headers = {} if token is None else {"authorization": f"Bearer {token}"}
+    return httpx.Client(base_url=base_url, timeout=15, headers=headers)
 
 
 def post_message(http: httpx.Client, address: str, value: int | str) -> httpx.Response:

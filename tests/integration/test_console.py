@@ -1,7 +1,8 @@
 """The web console at ``/ui``, looked at in headless Chromium after a known workload:
 the invocation counts of the function types, the dead letters with their decoded
 payloads (replayed and discarded by clicking), the committed checkpoints, the state
-browser; and as plain HTTP, every page whole and self-contained (no external URL)."""
+browser; and as plain HTTP, every page whole and self-contained (no external URL). The
+runtime asks for tokens: the browser logs in with the admin token first."""
 
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ from support import (
 from test_cluster import member_config, start_member
 
 from runtime.checkpoints.coordinator import CheckpointConfig
+from runtime.config import AccessConfig
 
 pytestmark = pytest.mark.timeout(90)
 
+ADMIN = "console-admin-token-0123"
+CLIENT = "console-client-token-012"
 COUNTED = 5
 """Messages sent to test/counter, one address each, one after another."""
 TEST_POISON = 'tr[data-function-type="test/poison"]'
@@ -76,9 +80,11 @@ def run_workload(http: httpx.Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def runtime() -> Iterator[RuntimeThread]:
-    """One runtime after the workload, with two checkpoints taken by hand (none at an
-    interval: the checkpoints shown are exactly those)."""
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeThread]:
+    """One runtime asking for tokens, after the workload, with two checkpoints taken by
+    hand (none at an interval: the checkpoints shown are exactly those)."""
+    tokens = tmp_path_factory.mktemp("console") / "tokens.yaml"
+    tokens.write_text(f"- {{token: {ADMIN}, role: admin}}\n- {{token: {CLIENT}, role: client}}\n")
     with serve(make_test_functions().asgi_app()) as functions:
         module = module_for(
             f"{functions.url}/statefun",
@@ -87,8 +93,12 @@ def runtime() -> Iterator[RuntimeThread]:
             documents=(POISON_POLICY,),
         )
         with (
-            running_runtime(module, checkpoints=CheckpointConfig(interval=0)) as rt,
-            client(rt.url) as http,
+            running_runtime(
+                module,
+                checkpoints=CheckpointConfig(interval=0),
+                access=AccessConfig(tokens_file=tokens),
+            ) as rt,
+            client(rt.url, ADMIN) as http,
         ):
             run_workload(http)
             assert rt.runtime is not None
@@ -99,9 +109,15 @@ def runtime() -> Iterator[RuntimeThread]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
+def browser(runtime: RuntimeThread) -> Iterator[WebDriver]:
+    """A browser logged in to the console with the admin token, as a person does."""
     driver = headless_chromium()
     try:
+        driver.get(f"{runtime.url}/ui")
+        assert driver.current_url == f"{runtime.url}/ui/login"
+        driver.find_element(By.NAME, "token").send_keys(ADMIN)
+        driver.find_element(By.CSS_SELECTOR, "#login button").click()
+        WebDriverWait(driver, 10).until(lambda d: d.current_url == f"{runtime.url}/ui")
         yield driver
     finally:
         driver.quit()
@@ -109,8 +125,36 @@ def browser() -> Iterator[WebDriver]:
 
 @pytest.fixture
 def http(runtime: RuntimeThread) -> Iterator[httpx.Client]:
-    with client(runtime.url) as http:
+    with client(runtime.url, ADMIN) as http:
         yield http
+
+
+def test_the_console_asks_for_an_admin_token(runtime: RuntimeThread) -> None:
+    """Without a token a page sends the browser to the login form, and nothing else is
+    served; a token other than an admin's is refused there; the admin's becomes an
+    HttpOnly, SameSite=Strict cookie that opens the pages, but not from another origin."""
+    with client(runtime.url) as anonymous:
+        for path in (*PAGES, "/ui/static/console.js"):
+            page = anonymous.get(path)
+            assert (page.status_code, page.headers["location"]) == (303, "/ui/login"), path
+        assert anonymous.get("/v1/checkpoints").status_code == 401
+        assert anonymous.get("/ui/login").status_code == 200
+        for token in (CLIENT, "not-a-token-at-all"):
+            refused = anonymous.post("/ui/login", data={"token": token})
+            assert refused.status_code == 401
+            assert "not an admin token" in refused.text
+            assert "set-cookie" not in refused.headers
+        logged_in = anonymous.post("/ui/login", data={"token": ADMIN})
+        assert logged_in.status_code == 303
+        cookie = logged_in.headers["set-cookie"].lower()
+        assert "httponly" in cookie
+        assert "samesite=strict" in cookie
+        assert anonymous.get("/ui").status_code == 200  # the cookie, kept by the client
+        foreign = anonymous.post(
+            "/v1/admin/dead-letters/0/discard", headers={"origin": "https://evil.example"}
+        )
+        assert foreign.status_code == 403
+        assert foreign.json()["error"] == "origin_refused"
 
 
 def until(browser: WebDriver, what: Any, timeout: float = 10) -> Any:
