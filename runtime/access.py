@@ -10,8 +10,9 @@ before it reaches a route:
 2. **Token.** With a tokens file (``statefun run --tokens FILE``), each route needs what
    :data:`ROUTES` says, in one table: ``/health``, ``/ready`` and the console's login
    page are open; sending needs :attr:`Role.CLIENT`'s right, reading state, addresses
-   and egresses :attr:`Role.READER`'s, the rest :attr:`Role.ADMIN`'s; the members'
-   internal route takes only a :attr:`Role.MEMBER` token. A request without a token or
+   and egresses :attr:`Role.READER`'s, ``/metrics`` :attr:`Role.MONITOR`'s (a
+   Prometheus gets no more), the rest :attr:`Role.ADMIN`'s; the members' internal
+   route takes only a :attr:`Role.MEMBER` token. A request without a token or
    with an unknown one is answered ``401``, a token without the right or outside its
    ``functions`` patterns ``403``, both JSON ``{"error", "detail"}``; a token is never
    logged nor echoed. Without a tokens file every route is open (the runtime then binds
@@ -65,6 +66,8 @@ class Role(enum.StrEnum):
     """Reads state, addresses and egresses; sends nothing."""
     ADMIN = "admin"
     """Everything a person may do: send, read, operate, the console, metrics, OpenAPI."""
+    MONITOR = "monitor"
+    """Scrapes ``/metrics`` (Prometheus); nothing else."""
     MEMBER = "member"
     """Another member of the application delivering a reply; nothing else."""
 
@@ -76,13 +79,15 @@ class Need(enum.Enum):
     SEND = "send messages"
     READ = "read state, addresses and egresses"
     ADMIN = "use the admin routes"
+    METRICS = "read the metrics"
     MEMBER = "deliver replies between members"
 
 
 RIGHTS: Mapping[Role, frozenset[Need]] = {
     Role.CLIENT: frozenset({Need.SEND}),
     Role.READER: frozenset({Need.READ}),
-    Role.ADMIN: frozenset({Need.SEND, Need.READ, Need.ADMIN}),
+    Role.ADMIN: frozenset({Need.SEND, Need.READ, Need.ADMIN, Need.METRICS}),
+    Role.MONITOR: frozenset({Need.METRICS}),
     Role.MEMBER: frozenset({Need.MEMBER}),
 }
 """The roles do not nest but for the admin: a reader cannot send, a client cannot read."""
@@ -113,7 +118,7 @@ ROUTES: Mapping[str, Rule] = {
     "/v1/admin/functions/{namespace}/{type_}/resume": Rule(Need.ADMIN, typed=True),
     "/v1/checkpoints": Rule(Need.ADMIN),
     "/v1/cluster": Rule(Need.ADMIN),
-    "/metrics": Rule(Need.ADMIN),
+    "/metrics": Rule(Need.METRICS),
     "/openapi.json": Rule(Need.ADMIN),
     "/ui": Rule(Need.ADMIN),
     "/ui/checkpoints": Rule(Need.ADMIN),

@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=os.environ.get("STATEFUN_TOKENS_FILE") or None,
         metavar="FILE",
-        help="YAML list of {token, role: client|reader|admin|member, functions} the "
+        help="YAML list of {token, role: client|reader|admin|monitor|member, functions} the "
         "ingress asks for (re-read on SIGHUP; docs/security.md; default: "
         "$STATEFUN_TOKENS_FILE; none: every route open, on loopback only)",
     )

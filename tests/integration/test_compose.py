@@ -34,6 +34,10 @@ SERVICES: dict[str, Any] = COMPOSE["services"]
 # The port each service listens on inside its container.
 CONTAINER_PORTS = {"functions": "8000", "runtime": "8090"}
 REPLICAS = 3
+TOKENS = {"admin": "a" * 32, "client": "c" * 32, "member": "m" * 32}
+"""The deployment's secrets/tokens.yaml, as docs/security.md says to create it."""
+ADMIN = {"authorization": f"Bearer {TOKENS['admin']}"}
+CLIENT = {"authorization": f"Bearer {TOKENS['client']}"}
 """``docker compose up --scale runtime=3``, as the README says."""
 
 
@@ -58,6 +62,17 @@ def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
     assert (ROOT / "Dockerfile").is_file()
     # the runtime is healthy when it is ready to take and process messages
     assert "/ready" in " ".join(runtime["healthcheck"]["test"])
+
+
+def test_the_ingress_asks_for_tokens_from_a_secret_and_the_functions_are_not_published() -> None:
+    runtime, functions = SERVICES["runtime"], SERVICES["functions"]
+    assert runtime["secrets"] == ["statefun_tokens"]
+    assert runtime["environment"]["STATEFUN_TOKENS_FILE"] == "/run/secrets/statefun_tokens"
+    assert "--insecure" not in runtime["command"]
+    assert "ports" not in functions  # reachable on the project's network only
+    for secret in COMPOSE["secrets"].values():
+        assert secret["file"].startswith("./secrets/")
+    assert "secrets/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_every_runtime_replica_is_a_member_with_its_own_host_port() -> None:
@@ -93,7 +108,13 @@ class LocalService:
     """One compose service's command, run here with its environment and mapped names."""
 
     def __init__(
-        self, name: str, hosts: dict[str, str], port: int, volumes: dict[str, Path], log: Path
+        self,
+        name: str,
+        hosts: dict[str, str],
+        port: int,
+        volumes: dict[str, Path],
+        secrets: dict[str, Path],
+        log: Path,
     ):
         service = SERVICES[name]
         own_port = CONTAINER_PORTS[name]
@@ -101,6 +122,8 @@ class LocalService:
         for volume in service.get("volumes", []):
             source, _, target = volume.partition(":")
             mounts[target] = volumes[source]  # a named volume becomes a local directory
+        for secret in service.get("secrets", []):
+            mounts[f"/run/secrets/{secret}"] = secrets[secret]  # where Docker mounts it
 
         def local(value: str) -> str:
             for host, address in hosts.items():
@@ -153,15 +176,21 @@ def compose(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Deployment]:
         "functions:8000": f"127.0.0.1:{deployment.functions}",
     }
     volumes = {name: tmp_path / name for name in COMPOSE.get("volumes", {})}
+    secrets = {"statefun_tokens": tmp_path / "tokens.yaml"}
+    secrets["statefun_tokens"].write_text(
+        yaml.safe_dump([{"token": t, "role": r} for r, t in TOKENS.items()])
+    )
     started: list[LocalService] = []
     try:
         # in the order depends_on gives: functions, then the runtime's replicas
         started.append(
-            LocalService("functions", hosts, deployment.functions, volumes, tmp_path / "f.log")
+            LocalService(
+                "functions", hosts, deployment.functions, volumes, secrets, tmp_path / "f.log"
+            )
         )
         for i, port in enumerate(deployment.runtimes, start=1):
             log = tmp_path / f"runtime-{i}.log"
-            started.append(LocalService("runtime", hosts, port, volumes, log))
+            started.append(LocalService("runtime", hosts, port, volumes, secrets, log))
         yield deployment
     finally:
         # SIGTERM to the replicas together (one at a time, each would hand its partitions
@@ -200,7 +229,9 @@ def one_application_of(ports: list[int]) -> bool:
     views = []
     for port in ports:
         try:
-            views.append(httpx.get(f"http://127.0.0.1:{port}/v1/cluster", timeout=5).json())
+            views.append(
+                httpx.get(f"http://127.0.0.1:{port}/v1/cluster", headers=ADMIN, timeout=5).json()
+            )
         except httpx.HTTPError:
             return False
     urls = {f"http://127.0.0.1:{port}" for port in ports}
@@ -232,7 +263,7 @@ def test_three_replicas_answer_the_readme_request_as_one_application(
         answer = httpx.post(
             f"http://127.0.0.1:{port}/v1/call/example/greeter/Alice",
             content="Alice",
-            headers={"content-type": "text/plain"},
+            headers={"content-type": "text/plain", **CLIENT},
             timeout=30,
         )
         assert answer.status_code == 200, answer.text
@@ -240,11 +271,12 @@ def test_three_replicas_answer_the_readme_request_as_one_application(
     # `statefun status` through any replica shows the three members
     for port in compose.runtimes:
         ingress = f"http://127.0.0.1:{port}"
-        shown = json.loads(statefun("status", "--json", "--ingress", ingress))
+        token = ("--token", TOKENS["admin"])
+        shown = json.loads(statefun("status", "--json", "--ingress", ingress, *token))
         assert len(shown["members"]) == REPLICAS
         assert sum(m["me"] for m in shown["members"]) == 1
         assert shown["coordinator"] in {m["id"] for m in shown["members"]}
-        text = statefun("status", "--ingress", ingress)
+        text = statefun("status", "--ingress", ingress, *token)
         assert all(f"http://127.0.0.1:{p}" in text for p in compose.runtimes), text
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:

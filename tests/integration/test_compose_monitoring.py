@@ -93,6 +93,10 @@ def test_prometheus_scrapes_the_metrics_of_every_runtime_service_at_its_port() -
     scraped: dict[str, int] = {}
     for job in config["scrape_configs"]:
         assert job["metrics_path"] == "/metrics"
+        # with the monitor token, from the Docker secret the prometheus service mounts
+        secret = job["authorization"]["credentials_file"].removeprefix("/run/secrets/")
+        assert secret in PROMETHEUS["secrets"]
+        assert secret in COMPOSE["secrets"]
         for discovery in job["dns_sd_configs"]:
             # Docker's DNS answers a service's name with every replica's address.
             assert discovery["type"] == "A"

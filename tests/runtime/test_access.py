@@ -27,6 +27,7 @@ TOKENS = {
     "reader": "reader-token-0123456789",
     "admin": "admin-token-01234567890",
     "member": "member-token-0123456789",
+    "monitor": "monitor-token-012345678",
 }
 SCOPED = "scoped-token-0123456789"
 """A client token reaching ``test/tally`` only."""
@@ -61,7 +62,7 @@ TABLE: dict[str, tuple[str, str, set[str] | None]] = {
     ),
     "/v1/checkpoints": ("GET", "/v1/checkpoints", ADMIN),
     "/v1/cluster": ("GET", "/v1/cluster", ADMIN),
-    "/metrics": ("GET", "/metrics", ADMIN),
+    "/metrics": ("GET", "/metrics", {"admin", "monitor"}),
     "/openapi.json": ("GET", "/openapi.json", ADMIN),
     "/ui": ("GET", "/ui", ADMIN),
     "/ui/checkpoints": ("GET", "/ui/checkpoints", ADMIN),
