@@ -487,11 +487,15 @@ class RuntimeBase(abc.ABC):
         endpoints = ", ".join(
             f"{_pattern(e.functions)} -> {e.url_path_template}" for e in config.module.endpoints
         )
+        tokens = self.access.tokens
         log.info(
-            "ingress listening on http://%s:%d; module %s; endpoints: %s; data %s; "
+            "ingress listening on http://%s:%d (%s); module %s; endpoints: %s; data %s; "
             "checkpoints %s; app id %s; log %s",
             config.ingress_host,
             config.ingress_port,
+            "open to all: no tokens"
+            if tokens is None
+            else f"{len(tokens)} tokens from {config.access.tokens_file}",
             config.module_file or "(given in code)",
             endpoints or "none",
             config.data_dir or "(none)",
