@@ -4,8 +4,9 @@
 ``statefun send ADDRESS VALUE`` and ``statefun call ADDRESS VALUE`` talk to a running
 runtime's ingress, ``statefun status`` shows its application's members, ``statefun
 state`` an address's state (live, or as of a retained checkpoint), ``statefun
-addresses`` the addresses of a function type that hold state, and ``statefun egress``
-the records of an embedded egress.
+addresses`` the addresses of a function type that hold state, ``statefun egress``
+the records of an embedded egress, and ``statefun keys new DIR`` makes a key pair for
+signed function calls.
 Errors are one line on stderr and a non-zero exit status.
 """
 
@@ -39,6 +40,7 @@ from runtime.log_formats import LogFormat, formatter
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
 from statefun.module_spec import load_module_spec
+from statefun.signing import write_key_pair
 
 if TYPE_CHECKING:
     from runtime.app import RuntimeBase
@@ -395,6 +397,16 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="print the whole answer as JSON instead of the value",
             )
+
+    keys = commands.add_parser(
+        "keys",
+        help="make a key pair for signed function calls",
+        description="Make an Ed25519 key pair for signed function calls in DIR: the private "
+        "key (mode 0600) for the module spec's signing.keyFile, the public key for the "
+        "endpoints' asgi_app(verify_key=...). Existing files are never overwritten.",
+    )
+    keys.add_argument("action", choices=["new"])
+    keys.add_argument("directory", metavar="DIR", type=Path, help="where to write the key files")
     return parser
 
 
@@ -875,6 +887,16 @@ def _call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    try:
+        private, public = write_key_pair(args.directory)
+    except OSError as e:
+        raise CliError(f"cannot write the key pair: {e}") from None
+    print(f"private key (for the module spec's signing.keyFile): {private}")
+    print(f"public key (for the endpoints' asgi_app(verify_key=...)): {public}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
@@ -890,6 +912,7 @@ def main(argv: list[str] | None = None) -> int:
         "state": _state,
         "addresses": _addresses,
         "egress": _egress,
+        "keys": _keys,
     }
     try:
         return handlers[args.command](args)

@@ -26,6 +26,11 @@ it serves (``functions``). The client keeps that list per URL (:meth:`FunctionCl
 so the runtime can refuse a message to a type the endpoint does not serve at the door
 instead of failing it later; StateFun's SDK lists nothing, and then nothing is refused.
 
+Signing: an endpoint with a signing key (module spec ``signing``) gets every request,
+the ``GET`` included, signed (``statefun.signing``: two headers, which StateFun's SDK
+ignores). An endpoint that refuses the signature answers 401; a 401 to ``GET <url>``
+decides no protocol, it fails the call.
+
 Bounds: an answer larger than the endpoint's ``max_answer_bytes`` fails the call as soon
 as that many bytes arrived (it is never read whole); the caller bounds each attempt's
 total time (a trickling answer defeats the per-read timeout).
@@ -69,6 +74,7 @@ from statefun.protocol import (
     FunctionResponse,
     InvocationBatch,
 )
+from statefun.signing import RequestSigner
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +108,8 @@ class FunctionClient:
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._endpoint = endpoint
+        key = endpoint.signing_key
+        self._signer = None if key is None else RequestSigner(key)
         self._templated = "{function.name}" in endpoint.url_path_template
         self._transport = transport or AiohttpTransport(limits=limits)
         self._timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.call}
@@ -246,6 +254,8 @@ class FunctionClient:
         parsed = self._urls.get(url)
         if parsed is None:
             parsed = self._urls[url] = httpx.URL(url)
+        if self._signer is not None:
+            headers = (*headers, *self._signer.headers(method, body))
         return httpx.Request(
             method, parsed, content=body, headers=headers, extensions={"timeout": self._timeouts}
         )
@@ -295,6 +305,8 @@ class FunctionClient:
         status, media_type, content = await self._send(
             self._request("GET", url, _NEGOTIATION_HEADERS)
         )
+        if status == 401:
+            raise CallFailed(f"GET {url} answered 401: {_text(content)}")
         advertised, served = _advertised(status, media_type, content)
         if served is not None:
             self._served[url] = (served, asyncio.get_running_loop().time())

@@ -20,7 +20,10 @@ Kinds understood:
   ``connect`` and ``payload_max_bytes``, the largest answer taken, are read too; its pool
   settings are warned about, its TLS settings are errors) and our ``protocol``:
   ``native``, ``statefun`` (StateFun's protobuf protocol) or ``auto`` (the default: the
-  runtime asks each URL once which one it speaks).
+  runtime asks each URL once which one it speaks), and our ``signing``: ``{keyFile: PATH}``
+  (a PEM file; a relative path is read from the module spec's folder) or ``{key: PEM}``
+  (e.g. ``${STATEFUN_SIGNING_KEY}``), the Ed25519 private key the runtime signs each
+  request to the endpoint with (see ``statefun.signing``); read when the spec is.
 * ``io.statefun.endpoints.v1/http`` - StateFun's older endpoint kind: the same, with
   ``timeouts`` directly under ``spec`` and ``maxRetries`` (warned about: retries are
   bounded by the call timeout instead).
@@ -57,15 +60,17 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from statefun.address import TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
+from statefun.signing import load_private_key, private_key_from_pem
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +209,8 @@ class HttpEndpoint:
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     """The largest answer taken from the endpoint (StateFun's ``payload_max_bytes``); a
     larger one fails the attempt."""
+    signing_key: Ed25519PrivateKey | None = field(default=None, repr=False, compare=False)
+    """The key every request to the endpoint is signed with (None: unsigned)."""
 
     def url_for(self, function_type: TypeName) -> str:
         return self.url_path_template.replace("{function.name}", function_type.name)
@@ -378,7 +385,7 @@ class _Fields:
             raise self.error("is not a known field", self.field_path(str(name)))
 
     def warn(self, message: str, field: str) -> None:
-        """Log that ``field`` (a path) is read but not honoured, naming where it is."""
+        """Log a warning about ``field`` (a path): read but not honoured, or unsafe."""
         log.warning("%s, document %d, field '%s': %s", self.source, self.document, field, message)
 
 
@@ -461,7 +468,7 @@ def _bytes(value: object) -> int:
     return int(match.group(1)) * _SIZE_UNITS[unit if unit != "b" else ""]
 
 
-def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
+def _endpoint(spec: _Fields, kind: str, base: Path) -> HttpEndpoint:
     functions = spec.take("functions", str, required=True)
     try:
         pattern = FunctionTypePattern.parse(functions)
@@ -503,8 +510,34 @@ def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
                 timeouts = _async_transport(transport, timeouts)
                 max_answer = _payload_max_bytes(transport)
             transport.done()
+    signing_key = _signing_key(spec.nested("signing"), base)
     spec.done()
-    return HttpEndpoint(pattern, template, batch, timeouts, protocol, max_answer)
+    return HttpEndpoint(pattern, template, batch, timeouts, protocol, max_answer, signing_key)
+
+
+def _signing_key(signing: _Fields | None, base: Path) -> Ed25519PrivateKey | None:
+    """``signing: {keyFile: PATH}`` or ``{key: PEM}``: the endpoint's private key."""
+    if signing is None:
+        return None
+    given = [name for name in ("keyFile", "key") if name in signing.raw]
+    if len(given) != 1:
+        raise signing.error("must give exactly one of keyFile and key", signing.path)
+    name = given[0]
+    value = signing.take(name, str)
+    signing.done()
+    path = base / value if name == "keyFile" else None
+    try:
+        if path is None:
+            return private_key_from_pem(value.encode("utf-8"))
+        key = load_private_key(path)
+    except ValueError as e:
+        where = "" if path is None else f"{path} "
+        raise signing.error(f"{where}{e}", signing.field_path(name)) from None
+    if path.stat().st_mode & 0o077:
+        signing.warn(
+            f"{path} may be read by others than its owner: chmod 600 it", signing.field_path(name)
+        )
+    return key
 
 
 def _delivery(spec: _Fields) -> tuple[str, float | None]:
@@ -758,10 +791,15 @@ def _documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
 
 
 def parse_module_spec(
-    text: str, source: str = "<module spec>", environ: Mapping[str, str] | None = None
+    text: str,
+    source: str = "<module spec>",
+    environ: Mapping[str, str] | None = None,
+    base: Path | None = None,
 ) -> ModuleSpec:
-    """Read a module spec; ``environ`` (default ``os.environ``) fills in ``${NAME}``."""
+    """Read a module spec; ``environ`` (default ``os.environ``) fills in ``${NAME}``;
+    relative file paths are read from ``base`` (default: the working directory)."""
     environ = os.environ if environ is None else environ
+    base = Path() if base is None else base
     endpoints: list[HttpEndpoint] = []
     egresses: list[Egress] = []
     ingresses: list[tuple[_Fields, KafkaIngress]] = []
@@ -780,7 +818,7 @@ def parse_module_spec(
             raise doc.error("is required", "spec")
         doc.done()
         if kind in (ENDPOINT_KIND, ENDPOINT_V1_KIND):
-            endpoint = _endpoint(spec, kind)
+            endpoint = _endpoint(spec, kind, base)
             if any(e.functions == endpoint.functions for e in endpoints):
                 raise spec.error(
                     f"{endpoint.functions} is served by an earlier endpoint already",
@@ -837,4 +875,4 @@ def load_module_spec(path: str | Path) -> ModuleSpec:
         raise ModuleSpecError(
             f"cannot be read: {e.strerror}", source=str(p), document=None, field=None
         ) from None
-    return parse_module_spec(text, str(p))
+    return parse_module_spec(text, str(p), base=p.parent)
