@@ -10,7 +10,7 @@ with, so any function host (often many, run by other teams) could forge calls to
 other endpoint sharing that secret. With Ed25519 the runtime alone holds the private key
 and an endpoint holds only a public key, which is worthless to a thief; this is what
 Restate's request identity does too. The cost is small: about 30 µs to sign a request
-and 70 µs to verify one (``bench/signing.py``).
+and 90 µs to verify one (``python -m bench.signing``).
 
 **What is signed**, as bytes: ``statefun-signature-v1``, the HTTP method, the timestamp
 (decimal seconds since the epoch, sent in ``statefun-timestamp``) and the SHA-256 of the
