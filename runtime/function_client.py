@@ -28,8 +28,9 @@ instead of failing it later; StateFun's SDK lists nothing, and then nothing is r
 
 Signing: an endpoint with a signing key (module spec ``signing``) gets every request,
 the ``GET`` included, signed (``statefun.signing``: two headers, which StateFun's SDK
-ignores). An endpoint that refuses the signature answers 401; a 401 to ``GET <url>``
-decides no protocol, it fails the call.
+ignores). An endpoint that refuses the signature answers 401, which fails the call and
+says nothing of the protocol: a 401 to ``GET <url>`` decides none, one to a native call
+keeps the one decided.
 
 Bounds: an answer larger than the endpoint's ``max_answer_bytes`` fails the call as soon
 as that many bytes arrived (it is never read whole); the caller bounds each attempt's
@@ -211,8 +212,8 @@ class FunctionClient:
     async def _call_native(self, url: str, batches: list[InvocationBatch]) -> list[BatchOutcome]:
         body = native_codec.encode_request(FunctionRequest(batches))
         status, content_type, content = await self._post(url, body, _NATIVE_HEADERS)
-        if status != 200 or content_type != native_codec.CONTENT_TYPE:
-            self._forget(url)
+        if status != 401 and (status != 200 or content_type != native_codec.CONTENT_TYPE):
+            self._forget(url)  # a refused signature says nothing of the protocol
         if status != 200:
             raise CallFailed(f"POST {url} answered {status}: {_text(content)}")
         if content_type != native_codec.CONTENT_TYPE:

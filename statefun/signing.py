@@ -74,9 +74,8 @@ PUBLIC_KEY_FILE = "signing-key.pub.pem"
 _VERSION = b"statefun-signature-v1"
 _PEM = "-----BEGIN"
 
-PublicKeys = (
-    Ed25519PublicKey | str | bytes | os.PathLike[str] | Iterable[Ed25519PublicKey | str | bytes]
-)
+_PublicKey = Ed25519PublicKey | str | bytes | os.PathLike[str]
+PublicKeys = _PublicKey | Iterable[_PublicKey]
 """What ``verify_key`` accepts: a key, PEM text, a PEM file's path, or several of them."""
 
 
@@ -193,7 +192,7 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     return private_key_from_pem(data)
 
 
-def _public_key(given: Ed25519PublicKey | str | bytes | os.PathLike[str]) -> Ed25519PublicKey:
+def _public_key(given: _PublicKey) -> Ed25519PublicKey:
     if isinstance(given, Ed25519PublicKey):
         return given
     if isinstance(given, bytes):

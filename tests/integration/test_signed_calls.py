@@ -16,6 +16,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from functions import make_test_functions
+from httpx_aiohttp import AiohttpTransport
 from support import ServerThread, client, module_for, running_runtime, serve
 
 from runtime import cli
@@ -23,12 +24,13 @@ from runtime.errors import CallFailed
 from runtime.function_client import FunctionClient
 from statefun.address import Address
 from statefun.module_spec import HttpEndpoint
-from statefun.native_codec import CONTENT_TYPE, encode_request
+from statefun.native_codec import CONTENT_TYPE, decode_request, encode_request
 from statefun.protocol import FunctionRequest, Invocation, InvocationBatch
 from statefun.signing import (
     DEFAULT_REPLAY_WINDOW,
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
+    SIGNATURE_HEADER,
     RequestSigner,
     load_private_key,
     public_keys,
@@ -121,6 +123,43 @@ def test_a_runtime_with_another_key_or_none_is_refused(
     reason = asyncio.run(call())
     assert f"GET {url} answered 401" in reason
     assert error in reason
+
+
+class UnsignedPosts(httpx.AsyncBaseTransport):
+    """The runtime's transport, with the signature of every POST taken off."""
+
+    def __init__(self) -> None:
+        self.inner = AiohttpTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            del request.headers[SIGNATURE_HEADER]
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_refused_call_keeps_the_negotiated_protocol(
+    verifying: ServerThread, key_files: tuple[Path, Path]
+) -> None:
+    url = f"{verifying.url}/statefun"
+    spec = module_for(url, functions="test/*").endpoints[0]
+    endpoint = replace(spec, signing_key=load_private_key(key_files[0]))
+
+    async def call() -> str:
+        function_client = FunctionClient(endpoint, max_connections=1, transport=UnsignedPosts())
+        try:
+            with pytest.raises(CallFailed) as info:
+                await function_client.invoke(url, decode_request(echo_request()))
+            assert function_client.protocol_of(url) == "native"  # the signed GET decided it
+            return info.value.reason
+        finally:
+            await function_client.close()
+
+    reason = asyncio.run(call())
+    assert f"POST {url} answered 401" in reason
+    assert "missing_signature" in reason
 
 
 def test_statefun_keys_new_writes_a_pair_once(
