@@ -45,6 +45,12 @@ Requests go straight to the transport: ``httpx.AsyncClient`` adds cookie, redire
 header-merging work per request that a protocol call never needs. A test or an embedding
 may pass any httpx transport instead (``httpx.ASGITransport`` calls an ASGI app
 in-process).
+
+TLS: an ``https://`` endpoint is called with the SSL context of its module spec settings
+(:class:`~statefun.module_spec.EndpointTls`: its CA, a client certificate for mutual TLS,
+host names checked) or, without settings, httpx's default one (host names and
+certificates checked against the default trust store). A refused handshake is a
+:class:`CallFailed` naming the reason (e.g. ``certificate verify failed``).
 """
 
 from __future__ import annotations
@@ -103,7 +109,9 @@ class FunctionClient:
         )
         self._endpoint = endpoint
         self._templated = "{function.name}" in endpoint.url_path_template
-        self._transport = transport or AiohttpTransport(limits=limits)
+        self._transport = transport or AiohttpTransport(
+            verify=endpoint.tls.context if endpoint.tls else True, limits=limits
+        )
         self._timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.call}
         self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than sending a call
         self._protocols: dict[str, str] = {}
