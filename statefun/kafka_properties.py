@@ -54,6 +54,7 @@ __all__ = [
     "other_properties",
     "parse_properties_file",
     "security_settings",
+    "security_settings_file",
 ]
 
 _SECURITY_PREFIXES = ("security.", "sasl.", "ssl.")
@@ -222,3 +223,23 @@ def parse_properties_file(lines: Iterable[str]) -> dict[str, str]:
             raise ValueError(f"line {number}: {line!r} is not 'name=value'")
         entries[match.group(1)] = match.group(2)
     return entries
+
+
+def security_settings_file(path: Path) -> dict[str, Any]:
+    """kafka-python's settings for a ``.properties`` file of security settings only (any
+    other property is an error: the runtime configures its Kafka clients itself); every
+    error is a ValueError naming the file."""
+    try:
+        properties = parse_properties_file(path.read_text(encoding="utf-8").splitlines())
+        others = other_properties(properties)
+        if others:
+            raise KafkaPropertyError(
+                others[0],
+                "is not read: the runtime configures its Kafka clients itself; this file "
+                "gives security.*, sasl.* and ssl.* settings only",
+            )
+        return security_settings(properties)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read: {e.strerror}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
