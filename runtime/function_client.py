@@ -47,10 +47,10 @@ may pass any httpx transport instead (``httpx.ASGITransport`` calls an ASGI app
 in-process).
 
 TLS: an ``https://`` endpoint is called with the SSL context of its module spec settings
-(:class:`~statefun.module_spec.EndpointTls`: its CA, a client certificate for mutual TLS,
-host names checked) or, without settings, httpx's default one (host names and
-certificates checked against the default trust store). A refused handshake is a
-:class:`CallFailed` naming the reason (e.g. ``certificate verify failed``).
+(:class:`~statefun.module_spec.EndpointTls`: its CA or else the system's trust store, a
+client certificate for mutual TLS, host names checked), the default settings when it
+has none. A refused handshake is a :class:`CallFailed` naming the reason (e.g.
+``certificate verify failed``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from httpx_aiohttp import AiohttpTransport
 from runtime.errors import CallFailed
 from statefun import native_codec, protobuf_codec
 from statefun.errors import ProtocolError
-from statefun.module_spec import HttpEndpoint
+from statefun.module_spec import EndpointTls, HttpEndpoint
 from statefun.protocol import (
     BatchOutcome,
     FunctionFailure,
@@ -110,7 +110,7 @@ class FunctionClient:
         self._endpoint = endpoint
         self._templated = "{function.name}" in endpoint.url_path_template
         self._transport = transport or AiohttpTransport(
-            verify=endpoint.tls.context if endpoint.tls else True, limits=limits
+            verify=(endpoint.tls or EndpointTls()).context, limits=limits
         )
         self._timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.call}
         self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than sending a call

@@ -17,8 +17,10 @@ Kinds understood:
   ``urlPathTemplate`` (``{function.name}`` is replaced by the type's name),
   ``maxNumBatchRequests``, ``transport: {type, timeouts: {call, connect, read, write}}``
   (``call`` is the total deadline of each attempt; the ``async`` transport's ``call``,
-  ``connect`` and ``payload_max_bytes``, the largest answer taken, are read too; its pool
-  settings are warned about, its TLS settings are errors) and our ``protocol``:
+  ``connect`` and ``payload_max_bytes``, the largest answer taken, are read too, and its
+  TLS settings ``trust_cacerts``, ``client_cert``, ``client_key``, ``client_key_password``
+  and our ``insecure_skip_verify`` (see :class:`EndpointTls`); its pool settings are
+  warned about) and our ``protocol``:
   ``native``, ``statefun`` (StateFun's protobuf protocol) or ``auto`` (the default: the
   runtime asks each URL once which one it speaks).
 * ``io.statefun.endpoints.v1/http`` - StateFun's older endpoint kind: the same, with
@@ -30,9 +32,11 @@ Kinds understood:
   ``startupPosition`` (``group-offsets``, ``earliest``, ``latest``, ``specific-offsets``
   with ``offsets: [{"topic/partition": offset}]``, ``date`` with ``date: "yyyy-MM-dd
   HH:mm:ss.SSS Z"``), ``autoOffsetResetPosition``, ``topics: [{topic, valueType,
-  targets}]`` and ``properties`` (Kafka client settings).
+  targets}]`` and ``properties`` (Kafka client settings: the security ones, TLS and SASL,
+  are passed to the Kafka client, see ``statefun.kafka_properties``; the others are
+  warned about).
 * ``io.statefun.kafka.v1/egress`` - ``id``, ``address``, ``deliverySemantic: {type,
-  transactionTimeout}`` and ``properties``.
+  transactionTimeout}`` and ``properties`` (as the ingress's).
 * ``io.statefun.playground.v1/ingress`` and ``io.statefun.playground.v1/egress`` - the
   StateFun playground's, so its examples run unchanged: the runtime's own HTTP ingress
   stands in for the playground ingress, and the playground egress becomes an egress kept
@@ -304,8 +308,8 @@ class HttpEndpoint:
     """The largest answer taken from the endpoint (StateFun's ``payload_max_bytes``); a
     larger one fails the attempt."""
     tls: EndpointTls | None = None
-    """TLS settings of an ``https://`` endpoint; None: the HTTP client's defaults (the
-    system's trust store, host names checked, no client certificate)."""
+    """TLS settings of an ``https://`` endpoint; None: the defaults, ``EndpointTls()``
+    (the system's trust store, host names checked, no client certificate)."""
 
     def url_for(self, function_type: TypeName) -> str:
         return self.url_path_template.replace("{function.name}", function_type.name)

@@ -1,8 +1,8 @@
 """Calls to an https function endpoint that requires a client certificate (mutual TLS):
 served with the module spec's CA and client certificate, refused without the certificate,
-with a wrong CA, at a host name the certificate does not name, and with the default trust
-store; served when verification is explicitly off. Then the runtime as a whole, its
-module spec naming the files."""
+with a wrong CA, at a host name the certificate does not name, and with the system's
+trust store (no settings); served when verification is explicitly off. Then the runtime
+as a whole, its module spec naming the files."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ async def test_without_a_client_certificate_the_endpoint_refuses(pki: Pki, serve
 
 @pytest.mark.parametrize(
     "tls",
-    ["wrong CA", "default trust store"],
+    ["wrong CA", "system trust store"],
 )
 async def test_a_server_certificate_not_of_the_trusted_ca_is_refused(
     pki: Pki, server_url: str, tls: str
