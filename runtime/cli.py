@@ -39,6 +39,7 @@ from runtime.config import (
 from runtime.log_formats import LogFormat, formatter
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
+from statefun.kafka_properties import security_settings_file
 from statefun.module_spec import load_module_spec
 from statefun.signing import write_key_pair
 
@@ -95,6 +96,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BOOTSTRAP",
         help="keep the log in this Kafka cluster instead of the embedded log "
         "(default: $STATEFUN_KAFKA)",
+    )
+    run.add_argument(
+        "--kafka-config",
+        type=Path,
+        default=os.environ.get("STATEFUN_KAFKA_CONFIG") or None,
+        metavar="FILE",
+        help="with --kafka: the Kafka client's security settings (security.protocol, sasl.*, "
+        "ssl.*) as a Java .properties file, as Kafka's tools take them (default: "
+        "$STATEFUN_KAFKA_CONFIG)",
     )
     run.add_argument(
         "--alone",
@@ -435,6 +445,7 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         module_file=args.module,
         data_dir=None if args.kafka else args.data_dir,
         kafka=args.kafka,
+        kafka_security=kafka_security(args.kafka_config, args.kafka),
         app_id=args.app_id,
         ingress_host=args.ingress_host,
         ingress_port=args.ingress_port,
@@ -460,6 +471,18 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
             ),
         ),
     )
+
+
+def kafka_security(path: Path | None, kafka: str | None) -> dict[str, Any]:
+    """kafka-python's security settings of ``--kafka-config`` (``statefun.kafka_properties``)."""
+    if path is None:
+        return {}
+    if not kafka:
+        raise CliError("--kafka-config applies to the Kafka cluster of --kafka", status=2)
+    try:
+        return security_settings_file(path)
+    except ValueError as e:
+        raise CliError(f"--kafka-config {e}", status=2) from None
 
 
 def _configure_logging(level: str, log_format: LogFormat) -> None:

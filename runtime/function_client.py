@@ -51,6 +51,12 @@ Requests go straight to the transport: ``httpx.AsyncClient`` adds cookie, redire
 header-merging work per request that a protocol call never needs. A test or an embedding
 may pass any httpx transport instead (``httpx.ASGITransport`` calls an ASGI app
 in-process).
+
+TLS: an ``https://`` endpoint is called with the SSL context of its module spec settings
+(:class:`~statefun.module_spec.EndpointTls`: its CA or else the system's trust store, a
+client certificate for mutual TLS, host names checked), the default settings when it
+has none. A refused handshake is a :class:`CallFailed` naming the reason (e.g.
+``certificate verify failed``).
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ from httpx_aiohttp import AiohttpTransport
 from runtime.errors import CallFailed
 from statefun import native_codec, protobuf_codec
 from statefun.errors import ProtocolError
-from statefun.module_spec import HttpEndpoint
+from statefun.module_spec import EndpointTls, HttpEndpoint
 from statefun.protocol import (
     BatchOutcome,
     FunctionFailure,
@@ -112,7 +118,9 @@ class FunctionClient:
         key = endpoint.signing_key
         self._signer = None if key is None else RequestSigner(key)
         self._templated = "{function.name}" in endpoint.url_path_template
-        self._transport = transport or AiohttpTransport(limits=limits)
+        self._transport = transport or AiohttpTransport(
+            verify=(endpoint.tls or EndpointTls()).context, limits=limits
+        )
         self._timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.call}
         self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than sending a call
         self._protocols: dict[str, str] = {}
