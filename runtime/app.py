@@ -98,7 +98,9 @@ ready: its work is no longer being made durable."""
 async def open_log(config: RuntimeConfig) -> Log:
     """The runtime's log: Kafka, the embedded log under the data directory, or memory."""
     if config.kafka:
-        return await KafkaLog.open(config.kafka, **config.kafka_options)
+        return await KafkaLog.open(
+            config.kafka, security=config.kafka_security, **config.kafka_options
+        )
     if config.data_dir:
         return await SqliteLog.open(config.data_dir)
     return MemoryLog()
@@ -158,7 +160,7 @@ class RuntimeBase(abc.ABC):
             config.messages_partitions,
             peers=self.peers,
         )
-        self.kafka_clusters = KafkaClusters(log_, config.kafka)
+        self.kafka_clusters = KafkaClusters(log_, config.kafka, config.kafka_security)
         self.egresses = Egresses(
             log_, self.topics, config.module, self.kafka_clusters, member=member
         )
@@ -281,7 +283,7 @@ class RuntimeBase(abc.ABC):
 
     async def _kafka_ingress(self, spec: KafkaIngress, clock: EpochClock) -> KafkaIngressReader:
         """A generation's reader of the Kafka ingress ``spec`` (not started)."""
-        cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
+        cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}", spec.security)
         return KafkaIngressReader(
             spec, cluster, self.router, self.dead_letters, clock, self.config.app_id, self.metrics
         )

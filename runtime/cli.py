@@ -4,9 +4,10 @@
 ``statefun send ADDRESS VALUE`` and ``statefun call ADDRESS VALUE`` talk to a running
 runtime's ingress, ``statefun status`` shows its application's members, ``statefun
 state`` an address's state (live, or as of a retained checkpoint), ``statefun
-addresses`` the addresses of a function type that hold state, and ``statefun egress``
-the records of an embedded egress. Every command talking to the ingress sends
-``--token`` (or ``$STATEFUN_TOKEN``) as a Bearer token.
+addresses`` the addresses of a function type that hold state, ``statefun egress``
+the records of an embedded egress, and ``statefun keys new DIR`` makes a key pair for
+signed function calls. Every command talking to the ingress sends ``--token`` (or
+``$STATEFUN_TOKEN``) as a Bearer token.
 Errors are one line on stderr and a non-zero exit status.
 """
 
@@ -40,7 +41,9 @@ from runtime.config import (
 from runtime.log_formats import LogFormat, formatter
 from statefun.address import Address, TypeName
 from statefun.errors import InvalidNameError, ModuleSpecError
+from statefun.kafka_properties import security_settings_file
 from statefun.module_spec import load_module_spec
+from statefun.signing import write_key_pair
 
 if TYPE_CHECKING:
     from runtime.app import RuntimeBase
@@ -95,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BOOTSTRAP",
         help="keep the log in this Kafka cluster instead of the embedded log "
         "(default: $STATEFUN_KAFKA)",
+    )
+    run.add_argument(
+        "--kafka-config",
+        type=Path,
+        default=os.environ.get("STATEFUN_KAFKA_CONFIG") or None,
+        metavar="FILE",
+        help="with --kafka: the Kafka client's security settings (security.protocol, sasl.*, "
+        "ssl.*) as a Java .properties file, as Kafka's tools take them (default: "
+        "$STATEFUN_KAFKA_CONFIG)",
     )
     run.add_argument(
         "--alone",
@@ -409,6 +421,16 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="print the whole answer as JSON instead of the value",
             )
+
+    keys = commands.add_parser(
+        "keys",
+        help="make a key pair for signed function calls",
+        description="Make an Ed25519 key pair for signed function calls in DIR: the private "
+        "key (mode 0600) for the module spec's signing.keyFile, the public key for the "
+        "endpoints' asgi_app(verify_key=...). Existing files are never overwritten.",
+    )
+    keys.add_argument("action", choices=["new"])
+    keys.add_argument("directory", metavar="DIR", type=Path, help="where to write the key files")
     return parser
 
 
@@ -437,6 +459,7 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         module_file=args.module,
         data_dir=None if args.kafka else args.data_dir,
         kafka=args.kafka,
+        kafka_security=kafka_security(args.kafka_config, args.kafka),
         app_id=args.app_id,
         ingress_host=args.ingress_host,
         ingress_port=args.ingress_port,
@@ -467,6 +490,18 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
             ),
         ),
     )
+
+
+def kafka_security(path: Path | None, kafka: str | None) -> dict[str, Any]:
+    """kafka-python's security settings of ``--kafka-config`` (``statefun.kafka_properties``)."""
+    if path is None:
+        return {}
+    if not kafka:
+        raise CliError("--kafka-config applies to the Kafka cluster of --kafka", status=2)
+    try:
+        return security_settings_file(path)
+    except ValueError as e:
+        raise CliError(f"--kafka-config {e}", status=2) from None
 
 
 def _configure_logging(level: str, log_format: LogFormat) -> None:
@@ -905,6 +940,16 @@ def _call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    try:
+        private, public = write_key_pair(args.directory)
+    except OSError as e:
+        raise CliError(f"cannot write the key pair: {e}") from None
+    print(f"private key (for the module spec's signing.keyFile): {private}")
+    print(f"public key (for the endpoints' asgi_app(verify_key=...)): {public}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
@@ -920,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         "state": _state,
         "addresses": _addresses,
         "egress": _egress,
+        "keys": _keys,
     }
     try:
         return handlers[args.command](args)

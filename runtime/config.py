@@ -101,6 +101,11 @@ class RuntimeConfig:
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments of ``KafkaLog.open`` for the runtime's log (timeouts, batching),
     over that method's defaults."""
+    kafka_security: Mapping[str, Any] = field(default_factory=dict)
+    """kafka-python's security settings (``security_protocol``, ``sasl_*``, ``ssl_*``)
+    of every client of the runtime's own Kafka cluster: its log, the membership group,
+    the ingresses and egresses naming no other address (``statefun run --kafka-config``;
+    see ``statefun.kafka_properties``)."""
     checkpoint_dir: Path | None = None
     """The checkpoint store; None: ``<data_dir>/checkpoints``, or a temporary directory."""
     ingress_host: str = "127.0.0.1"

@@ -207,7 +207,7 @@ class Egresses:
             await self._log.ensure_topic(topic, 1)
         clusters: dict[int, tuple[KafkaLog, list[KafkaEgress]]] = {}
         for spec in self._kafka_specs:
-            cluster = await self._clusters.get(spec.address, f"egress {spec.id}")
+            cluster = await self._clusters.get(spec.address, f"egress {spec.id}", spec.security)
             clusters.setdefault(id(cluster), (cluster, []))[1].append(spec)
         transactional = 0
         for cluster, specs in clusters.values():

@@ -26,6 +26,12 @@ it serves (``functions``). The client keeps that list per URL (:meth:`FunctionCl
 so the runtime can refuse a message to a type the endpoint does not serve at the door
 instead of failing it later; StateFun's SDK lists nothing, and then nothing is refused.
 
+Signing: an endpoint with a signing key (module spec ``signing``) gets every request,
+the ``GET`` included, signed (``statefun.signing``: two headers, which StateFun's SDK
+ignores). An endpoint that refuses the signature answers 401, which fails the call and
+says nothing of the protocol: a 401 to ``GET <url>`` decides none, one to a native call
+keeps the one decided.
+
 Bounds: an answer larger than the endpoint's ``max_answer_bytes`` fails the call as soon
 as that many bytes arrived (it is never read whole); the caller bounds each attempt's
 total time (a trickling answer defeats the per-read timeout).
@@ -45,6 +51,12 @@ Requests go straight to the transport: ``httpx.AsyncClient`` adds cookie, redire
 header-merging work per request that a protocol call never needs. A test or an embedding
 may pass any httpx transport instead (``httpx.ASGITransport`` calls an ASGI app
 in-process).
+
+TLS: an ``https://`` endpoint is called with the SSL context of its module spec settings
+(:class:`~statefun.module_spec.EndpointTls`: its CA or else the system's trust store, a
+client certificate for mutual TLS, host names checked), the default settings when it
+has none. A refused handshake is a :class:`CallFailed` naming the reason (e.g.
+``certificate verify failed``).
 """
 
 from __future__ import annotations
@@ -61,7 +73,7 @@ from httpx_aiohttp import AiohttpTransport
 from runtime.errors import CallFailed
 from statefun import native_codec, protobuf_codec
 from statefun.errors import ProtocolError
-from statefun.module_spec import HttpEndpoint
+from statefun.module_spec import EndpointTls, HttpEndpoint
 from statefun.protocol import (
     BatchOutcome,
     FunctionFailure,
@@ -69,6 +81,7 @@ from statefun.protocol import (
     FunctionResponse,
     InvocationBatch,
 )
+from statefun.signing import RequestSigner
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +115,12 @@ class FunctionClient:
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._endpoint = endpoint
+        key = endpoint.signing_key
+        self._signer = None if key is None else RequestSigner(key)
         self._templated = "{function.name}" in endpoint.url_path_template
-        self._transport = transport or AiohttpTransport(limits=limits)
+        self._transport = transport or AiohttpTransport(
+            verify=(endpoint.tls or EndpointTls()).context, limits=limits
+        )
         self._timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.call}
         self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than sending a call
         self._protocols: dict[str, str] = {}
@@ -203,8 +220,8 @@ class FunctionClient:
     async def _call_native(self, url: str, batches: list[InvocationBatch]) -> list[BatchOutcome]:
         body = native_codec.encode_request(FunctionRequest(batches))
         status, content_type, content = await self._post(url, body, _NATIVE_HEADERS)
-        if status != 200 or content_type != native_codec.CONTENT_TYPE:
-            self._forget(url)
+        if status != 401 and (status != 200 or content_type != native_codec.CONTENT_TYPE):
+            self._forget(url)  # a refused signature says nothing of the protocol
         if status != 200:
             raise CallFailed(f"POST {url} answered {status}: {_text(content)}")
         if content_type != native_codec.CONTENT_TYPE:
@@ -246,6 +263,8 @@ class FunctionClient:
         parsed = self._urls.get(url)
         if parsed is None:
             parsed = self._urls[url] = httpx.URL(url)
+        if self._signer is not None:
+            headers = (*headers, *self._signer.headers(method, body))
         return httpx.Request(
             method, parsed, content=body, headers=headers, extensions={"timeout": self._timeouts}
         )
@@ -295,6 +314,8 @@ class FunctionClient:
         status, media_type, content = await self._send(
             self._request("GET", url, _NEGOTIATION_HEADERS)
         )
+        if status == 401:
+            raise CallFailed(f"GET {url} answered 401: {_text(content)}")
         advertised, served = _advertised(status, media_type, content)
         if served is not None:
             self._served[url] = (served, asyncio.get_running_loop().time())

@@ -261,7 +261,7 @@ class LogIdentity:
         origin = [(WORKER_PART, encode_worker_part(WorkerPart([], [], dict(enumerate(starts)))))]
         lost = {f"{self._topics.messages}[{p}]": o for p, o in enumerate(starts) if o > 0}
         for spec in self._module.ingresses:
-            cluster = await clusters.get(spec.address, f"ingress {spec.id}")
+            cluster = await clusters.get(spec.address, f"ingress {spec.id}", spec.security)
             positions = {}
             for topic in spec.topics:
                 await cluster.open_topic(topic.topic)

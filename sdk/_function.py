@@ -15,12 +15,14 @@ from sdk._spec import ValueSpec
 from sdk._storage import StorageLayout
 from statefun.address import TypeName
 from statefun.errors import InvalidNameError
+from statefun.signing import DEFAULT_REPLAY_WINDOW
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from sdk._context import Context
     from sdk._message import Message
+    from statefun.signing import PublicKeys
 
 __all__ = ["RegisteredFunction", "StatefulFunctions", "UserFunction"]
 
@@ -114,9 +116,21 @@ class StatefulFunctions:
         """The registered function types, sorted."""
         return sorted(self._functions)
 
-    def asgi_app(self, path: str = "/statefun") -> FastAPI:
-        """A FastAPI app serving these functions at ``path`` (see ``sdk._app``)."""
+    def asgi_app(
+        self,
+        path: str = "/statefun",
+        *,
+        verify_key: PublicKeys | None = None,
+        replay_window: float = DEFAULT_REPLAY_WINDOW,
+    ) -> FastAPI:
+        """A FastAPI app serving these functions at ``path`` (see ``sdk._app``).
+
+        With ``verify_key`` (the runtime's public key: a PEM file's path, PEM text, a key,
+        or several while rotating) the app serves only requests the runtime signed with
+        a timestamp within ``replay_window`` seconds of this host's clock, and answers
+        any other with 401 (see ``statefun.signing``).
+        """
         # Imported here: the app module builds on the handler, which builds on this one.
         from sdk._app import create_app
 
-        return create_app(self, path)
+        return create_app(self, path, verify_key=verify_key, replay_window=replay_window)

@@ -17,10 +17,15 @@ Kinds understood:
   ``urlPathTemplate`` (``{function.name}`` is replaced by the type's name),
   ``maxNumBatchRequests``, ``transport: {type, timeouts: {call, connect, read, write}}``
   (``call`` is the total deadline of each attempt; the ``async`` transport's ``call``,
-  ``connect`` and ``payload_max_bytes``, the largest answer taken, are read too; its pool
-  settings are warned about, its TLS settings are errors) and our ``protocol``:
+  ``connect`` and ``payload_max_bytes``, the largest answer taken, are read too, and its
+  TLS settings ``trust_cacerts``, ``client_cert``, ``client_key``, ``client_key_password``
+  and our ``insecure_skip_verify`` (see :class:`EndpointTls`); its pool settings are
+  warned about) and our ``protocol``:
   ``native``, ``statefun`` (StateFun's protobuf protocol) or ``auto`` (the default: the
-  runtime asks each URL once which one it speaks).
+  runtime asks each URL once which one it speaks), and our ``signing``: ``{keyFile: PATH}``
+  (a PEM file; a relative path is read from the module spec's folder) or ``{key: PEM}``
+  (e.g. ``${STATEFUN_SIGNING_KEY}``), the Ed25519 private key the runtime signs each
+  request to the endpoint with (see ``statefun.signing``); read when the spec is.
 * ``io.statefun.endpoints.v1/http`` - StateFun's older endpoint kind: the same, with
   ``timeouts`` directly under ``spec`` and ``maxRetries`` (warned about: retries are
   bounded by the call timeout instead).
@@ -30,9 +35,11 @@ Kinds understood:
   ``startupPosition`` (``group-offsets``, ``earliest``, ``latest``, ``specific-offsets``
   with ``offsets: [{"topic/partition": offset}]``, ``date`` with ``date: "yyyy-MM-dd
   HH:mm:ss.SSS Z"``), ``autoOffsetResetPosition``, ``topics: [{topic, valueType,
-  targets}]`` and ``properties`` (Kafka client settings).
+  targets}]`` and ``properties`` (Kafka client settings: the security ones, TLS and SASL,
+  are passed to the Kafka client, see ``statefun.kafka_properties``; the others are
+  warned about).
 * ``io.statefun.kafka.v1/egress`` - ``id``, ``address``, ``deliverySemantic: {type,
-  transactionTimeout}`` and ``properties``.
+  transactionTimeout}`` and ``properties`` (as the ingress's).
 * ``io.statefun.playground.v1/ingress`` and ``io.statefun.playground.v1/egress`` - the
   StateFun playground's, so its examples run unchanged: the runtime's own HTTP ingress
   stands in for the playground ingress, and the playground egress becomes an egress kept
@@ -53,19 +60,26 @@ not to.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+import ssl
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from statefun.address import TypeName
-from statefun.errors import InvalidNameError, ModuleSpecError
+from statefun.errors import InvalidNameError, ModuleSpecError, StatefunError
+from statefun.kafka_properties import KafkaPropertyError, other_properties, security_settings
+from statefun.signing import load_private_key, private_key_from_pem
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +95,7 @@ __all__ = [
     "PLAYGROUND_INGRESS_KIND",
     "POLICIES",
     "PROTOCOLS",
+    "EndpointTls",
     "FailurePolicy",
     "FunctionTypePattern",
     "HttpEndpoint",
@@ -91,6 +106,7 @@ __all__ = [
     "LogEgress",
     "ModuleSpec",
     "StartupPosition",
+    "TlsSettingError",
     "load_module_spec",
     "parse_duration",
     "parse_module_spec",
@@ -122,6 +138,7 @@ _ASYNC_TRANSPORT = "io.statefun.transports.v1/async"
 _TRANSPORT_TYPES = (_ASYNC_TRANSPORT, "io.statefun.transports.v1/okhttp")
 _ASYNC_TRANSPORT_IGNORED = ("pool_ttl", "pool_size")
 _ASYNC_TRANSPORT_TLS = ("trust_cacerts", "client_cert", "client_key", "client_key_password")
+_SKIP_VERIFY = "insecure_skip_verify"
 PROTOCOLS = ("native", "statefun", "auto")
 """``HttpEndpoint.protocol`` values: our native protocol, StateFun's, or ask the endpoint."""
 DEFAULT_MAX_ANSWER_BYTES = 32 << 20
@@ -187,6 +204,97 @@ class HttpTimeouts:
     write: float = 10.0
 
 
+class TlsSettingError(StatefunError, ValueError):
+    """A TLS setting of an endpoint cannot be used; ``field`` names the transport field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointTls:
+    """How the runtime talks TLS to an ``https://`` endpoint (the ``async`` transport's
+    ``trust_cacerts``, ``client_cert``, ``client_key``, ``client_key_password`` and our
+    ``insecure_skip_verify``).
+
+    The endpoint's certificate and host name are always checked, against the CA
+    certificates of ``trust_cacerts`` (PEM, one or more) or else the system's trust
+    store, unless ``verify`` is False (``insecure_skip_verify: true``, warned about).
+    ``client_cert`` (PEM, the certificate chain, or the certificate and key in one file)
+    and ``client_key`` (PEM, PKCS#8 or traditional, encrypted when ``client_key_password``
+    names the file holding its password) are presented for mutual TLS.
+    """
+
+    trust_cacerts: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    client_key_password: Path | None = None
+    verify: bool = True
+    context: ssl.SSLContext = field(init=False, compare=False, repr=False)
+    """The client context of these settings, built (the files read) when the settings are
+    made, so a file that cannot be used is found with the module spec."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context", self._ssl_context())
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """:class:`TlsSettingError` naming the field whose file cannot be used."""
+        cafile = str(self.trust_cacerts) if self.trust_cacerts is not None else None
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except (ssl.SSLError, OSError) as e:
+            raise TlsSettingError(
+                "trust_cacerts", f"{cafile} holds no usable PEM CA certificate: {e}"
+            ) from None
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.client_cert is not None:
+            password: str | Callable[[], str] = _no_password
+            if self.client_key_password is not None:
+                password = _read_text(self.client_key_password, "client_key_password")
+                password = password.rstrip("\r\n")
+            try:
+                context.load_cert_chain(self.client_cert, self.client_key, password=password)
+            except (ssl.SSLError, OSError) as e:
+                raise self._cert_chain_error(e) from None
+        return context
+
+    def _cert_chain_error(self, e: Exception) -> TlsSettingError:
+        """Which field a failure to load the client certificate and key points at."""
+        reason = str(e)
+        key = self.client_key or self.client_cert
+        if self.client_key_password is not None and key is not None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                if "ENCRYPTED" in key.read_text(encoding="utf-8"):
+                    return TlsSettingError(
+                        "client_key_password", f"does not decrypt client_key: {reason}"
+                    )
+        if "KEY_VALUES_MISMATCH" in reason:
+            return TlsSettingError("client_key", f"is not the key of client_cert: {reason}")
+        return TlsSettingError(
+            "client_cert",
+            f"client_cert and client_key are not a PEM certificate and key: {reason}",
+        )
+
+
+def _no_password() -> str:
+    """Asked for when the client key is encrypted and no password was given (OpenSSL would
+    otherwise prompt on the terminal)."""
+    raise TlsSettingError(
+        "client_key_password",
+        "is required: client_key is encrypted; name the file holding its password",
+    )
+
+
+def _read_text(path: Path, field: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TlsSettingError(field, f"cannot read {path}: {e}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class HttpEndpoint:
     """Where the functions of ``functions`` are served, and how to call them.
@@ -204,6 +312,11 @@ class HttpEndpoint:
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     """The largest answer taken from the endpoint (StateFun's ``payload_max_bytes``); a
     larger one fails the attempt."""
+    tls: EndpointTls | None = None
+    """TLS settings of an ``https://`` endpoint; None: the defaults, ``EndpointTls()``
+    (the system's trust store, host names checked, no client certificate)."""
+    signing_key: Ed25519PrivateKey | None = field(default=None, repr=False, compare=False)
+    """The key every request to the endpoint is signed with (None: unsigned)."""
 
     def url_for(self, function_type: TypeName) -> str:
         return self.url_path_template.replace("{function.name}", function_type.name)
@@ -246,7 +359,11 @@ class KafkaIngress:
     consumer_group_id: str | None = None
     startup_position: StartupPosition = StartupPosition()
     auto_offset_reset: str = "latest"
-    properties: tuple[tuple[str, str], ...] = ()
+    properties: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """The Kafka client properties as given; like ``security``, kept out of the repr: they
+    may hold passwords, and each process may have credentials of its own."""
+    security: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    """kafka-python's settings for the security ``properties`` (TLS, SASL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +374,11 @@ class KafkaEgress:
     address: str | None
     delivery_semantic: str = "exactly-once"
     transaction_timeout: float | None = None
-    properties: tuple[tuple[str, str], ...] = ()
+    properties: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """The Kafka client properties as given; like ``security``, kept out of the repr: they
+    may hold passwords, and each process may have credentials of its own."""
+    security: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    """kafka-python's settings for the security ``properties`` (TLS, SASL)."""
 
 
 Egress = LogEgress | KafkaEgress
@@ -378,7 +499,7 @@ class _Fields:
             raise self.error("is not a known field", self.field_path(str(name)))
 
     def warn(self, message: str, field: str) -> None:
-        """Log that ``field`` (a path) is read but not honoured, naming where it is."""
+        """Log a warning about ``field`` (a path): read but not honoured, or unsafe."""
         log.warning("%s, document %d, field '%s': %s", self.source, self.document, field, message)
 
 
@@ -409,13 +530,6 @@ def _timeouts(fields: _Fields | None, timeouts: HttpTimeouts) -> HttpTimeouts:
 
 def _async_transport(transport: _Fields, timeouts: HttpTimeouts) -> HttpTimeouts:
     """StateFun's ``io.statefun.transports.v1/async`` settings beside ``timeouts``."""
-    for name in _ASYNC_TRANSPORT_TLS:
-        if name in transport.raw:
-            raise transport.error(
-                "is not supported: the runtime checks https endpoints against the system's "
-                "trust store and presents no client certificate",
-                transport.field_path(name),
-            )
     for name in _ASYNC_TRANSPORT_IGNORED:
         if name in transport.raw:
             transport.take(name, object)
@@ -430,6 +544,70 @@ def _async_transport(transport: _Fields, timeouts: HttpTimeouts) -> HttpTimeouts
         read=timeouts.read,
         write=timeouts.write,
     )
+
+
+def _endpoint_tls(transport: _Fields, url: str, base: Path) -> EndpointTls | None:
+    """The async transport's TLS fields (see :class:`EndpointTls`), their files checked."""
+    given = [name for name in (*_ASYNC_TRANSPORT_TLS, _SKIP_VERIFY) if name in transport.raw]
+    if not given:
+        return None
+    if not url.startswith("https://"):
+        raise transport.error(
+            f"applies to https:// endpoints only, not {url!r}", transport.field_path(given[0])
+        )
+    trust, cert, key, password = (_tls_file(transport, name, base) for name in _ASYNC_TRANSPORT_TLS)
+    skip = transport.take(_SKIP_VERIFY, bool, False)
+    if key is not None and cert is None:
+        raise transport.error("needs client_cert", transport.field_path("client_key"))
+    if password is not None and cert is None:
+        raise transport.error("needs client_cert", transport.field_path("client_key_password"))
+    if skip and trust is not None:
+        raise transport.error(
+            "cannot be given with insecure_skip_verify: nothing is verified",
+            transport.field_path("trust_cacerts"),
+        )
+    try:
+        tls = EndpointTls(trust, cert, key, password, verify=not skip)
+    except TlsSettingError as e:
+        raise transport.error(str(e).partition(": ")[2], transport.field_path(e.field)) from None
+    if skip:
+        transport.warn(
+            f"the certificate and host name of {url} are NOT checked: anyone on the path "
+            "can read and change the calls and their state",
+            transport.field_path(_SKIP_VERIFY),
+        )
+    return tls
+
+
+def _tls_file(transport: _Fields, name: str, base: Path) -> Path | None:
+    """A file named as StateFun names it: a path (``~`` expanded; a relative one is read
+    from ``base``, the module spec's folder, as every file the spec names) or a ``file:``
+    URL; a ``classpath:`` resource is refused (no Java here)."""
+    if name not in transport.raw:
+        return None
+    raw = transport.take(name, str)
+    where = transport.field_path(name)
+    if raw.startswith("classpath:"):
+        raise transport.error(
+            f"{raw!r} names a Java classpath resource; this runtime has no classpath: give "
+            "a file path (absolute, relative to the module spec's folder, ~/... or file:...)",
+            where,
+        )
+    text = raw
+    if raw.startswith("file:"):
+        parsed = urlparse(raw)
+        if parsed.netloc not in ("", "localhost"):
+            raise transport.error(f"{raw!r} names a file on another host", where)
+        text = url2pathname(parsed.path)
+    path = base / Path(text).expanduser()
+    if not path.is_file():
+        raise transport.error(f"{raw!r} is not a file", where)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        raise transport.error(f"{raw!r} cannot be read: {e.strerror}", where) from None
+    return path
 
 
 def _payload_max_bytes(transport: _Fields) -> int:
@@ -461,7 +639,7 @@ def _bytes(value: object) -> int:
     return int(match.group(1)) * _SIZE_UNITS[unit if unit != "b" else ""]
 
 
-def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
+def _endpoint(spec: _Fields, kind: str, base: Path) -> HttpEndpoint:
     functions = spec.take("functions", str, required=True)
     try:
         pattern = FunctionTypePattern.parse(functions)
@@ -480,6 +658,7 @@ def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
     if protocol not in PROTOCOLS:
         raise spec.error(f"must be one of {', '.join(PROTOCOLS)}", spec.field_path("protocol"))
     max_answer = DEFAULT_MAX_ANSWER_BYTES
+    tls = None
     if kind == ENDPOINT_V1_KIND:
         if "maxRetries" in spec.raw:
             spec.take("maxRetries", int)
@@ -502,9 +681,36 @@ def _endpoint(spec: _Fields, kind: str) -> HttpEndpoint:
             if transport_type == _ASYNC_TRANSPORT:
                 timeouts = _async_transport(transport, timeouts)
                 max_answer = _payload_max_bytes(transport)
+                tls = _endpoint_tls(transport, template, base)
             transport.done()
+    signing_key = _signing_key(spec.nested("signing"), base)
     spec.done()
-    return HttpEndpoint(pattern, template, batch, timeouts, protocol, max_answer)
+    return HttpEndpoint(pattern, template, batch, timeouts, protocol, max_answer, tls, signing_key)
+
+
+def _signing_key(signing: _Fields | None, base: Path) -> Ed25519PrivateKey | None:
+    """``signing: {keyFile: PATH}`` or ``{key: PEM}``: the endpoint's private key."""
+    if signing is None:
+        return None
+    given = [name for name in ("keyFile", "key") if name in signing.raw]
+    if len(given) != 1:
+        raise signing.error("must give exactly one of keyFile and key", signing.path)
+    name = given[0]
+    value = signing.take(name, str)
+    signing.done()
+    path = base / value if name == "keyFile" else None
+    try:
+        if path is None:
+            return private_key_from_pem(value.encode("utf-8"))
+        key = load_private_key(path)
+    except ValueError as e:
+        where = "" if path is None else f"{path} "
+        raise signing.error(f"{where}{e}", signing.field_path(name)) from None
+    if path.stat().st_mode & 0o077:
+        signing.warn(
+            f"{path} may be read by others than its owner: chmod 600 it", signing.field_path(name)
+        )
+    return key
 
 
 def _delivery(spec: _Fields) -> tuple[str, float | None]:
@@ -587,21 +793,30 @@ def _typename(fields: _Fields, raw: Any, path: str) -> TypeName:
         raise fields.error(str(e), path) from None
 
 
-def _properties(spec: _Fields) -> tuple[tuple[str, str], ...]:
-    """StateFun's ``properties``: a list of one-entry mappings (or one mapping)."""
+def _properties(
+    spec: _Fields,
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, Any], ...]]:
+    """StateFun's ``properties`` (a list of one-entry mappings, or one mapping), and the
+    Kafka client settings of its security properties (``statefun.kafka_properties``)."""
     if "properties" not in spec.raw:
-        return ()
+        return (), ()
     raw = spec.raw.pop("properties")
     entries = [raw] if isinstance(raw, dict) else raw
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise spec.error("must be a list of 'name: value' entries", spec.field_path("properties"))
     properties = tuple((str(k), str(v)) for entry in entries for k, v in entry.items())
-    if properties:
+    try:
+        security = tuple(security_settings(dict(properties)).items())
+    except KafkaPropertyError as e:
+        raise spec.error(str(e), spec.field_path("properties")) from None
+    others = other_properties(dict(properties))
+    if others:
         spec.warn(
-            "are not honoured: the runtime configures its Kafka clients itself",
+            f"{', '.join(others)}: not honoured, the runtime configures its Kafka clients "
+            "itself (only security.*, sasl.* and ssl.* settings are passed through)",
             spec.field_path("properties"),
         )
-    return properties
+    return properties, security
 
 
 def _address(spec: _Fields) -> str | None:
@@ -669,18 +884,20 @@ def _kafka_ingress(spec: _Fields) -> KafkaIngress:
         topics.append(KafkaIngressTopic(topic, value_type, targets))
     if not topics:
         raise spec.error("must list at least one topic", spec.field_path("topics"))
-    properties = _properties(spec)
+    properties, security = _properties(spec)
     spec.done()
-    return KafkaIngress(ingress_id, address, tuple(topics), group, startup, reset, properties)
+    return KafkaIngress(
+        ingress_id, address, tuple(topics), group, startup, reset, properties, security
+    )
 
 
 def _kafka_egress(spec: _Fields) -> KafkaEgress:
     egress_id = _typename(spec, spec.take("id", str, required=True), spec.field_path("id"))
     address = _address(spec)
     semantic, timeout = _delivery(spec)
-    properties = _properties(spec)
+    properties, security = _properties(spec)
     spec.done()
-    return KafkaEgress(egress_id, address, semantic, timeout, properties)
+    return KafkaEgress(egress_id, address, semantic, timeout, properties, security)
 
 
 def _failure_policy(spec: _Fields) -> FailurePolicy:
@@ -758,10 +975,15 @@ def _documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
 
 
 def parse_module_spec(
-    text: str, source: str = "<module spec>", environ: Mapping[str, str] | None = None
+    text: str,
+    source: str = "<module spec>",
+    environ: Mapping[str, str] | None = None,
+    base: Path | None = None,
 ) -> ModuleSpec:
-    """Read a module spec; ``environ`` (default ``os.environ``) fills in ``${NAME}``."""
+    """Read a module spec; ``environ`` (default ``os.environ``) fills in ``${NAME}``;
+    relative file paths are read from ``base`` (default: the working directory)."""
     environ = os.environ if environ is None else environ
+    base = Path() if base is None else base
     endpoints: list[HttpEndpoint] = []
     egresses: list[Egress] = []
     ingresses: list[tuple[_Fields, KafkaIngress]] = []
@@ -780,7 +1002,7 @@ def parse_module_spec(
             raise doc.error("is required", "spec")
         doc.done()
         if kind in (ENDPOINT_KIND, ENDPOINT_V1_KIND):
-            endpoint = _endpoint(spec, kind)
+            endpoint = _endpoint(spec, kind, base)
             if any(e.functions == endpoint.functions for e in endpoints):
                 raise spec.error(
                     f"{endpoint.functions} is served by an earlier endpoint already",
@@ -837,4 +1059,4 @@ def load_module_spec(path: str | Path) -> ModuleSpec:
         raise ModuleSpecError(
             f"cannot be read: {e.strerror}", source=str(p), document=None, field=None
         ) from None
-    return parse_module_spec(text, str(p))
+    return parse_module_spec(text, str(p), base=p.parent)

@@ -49,9 +49,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 class ServerThread:
     """A uvicorn server for an ASGI app, in a thread with its own event loop."""
 
-    def __init__(self, app: Any, port: int | None = None):
+    def __init__(self, app: Any, port: int | None = None, **tls: Any):
+        """``tls``: uvicorn's ``ssl_*`` settings, to serve https."""
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -60,6 +61,7 @@ class ServerThread:
             lifespan="off",
             # Requests a test left hanging are cut at stop, not waited for.
             timeout_graceful_shutdown=1,
+            **tls,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -77,8 +79,8 @@ class ServerThread:
 
 
 @contextmanager
-def serve(app: Any, port: int | None = None) -> Iterator[ServerThread]:
-    server = ServerThread(app, port).start()
+def serve(app: Any, port: int | None = None, **tls: Any) -> Iterator[ServerThread]:
+    server = ServerThread(app, port, **tls).start()
     try:
         yield server
     finally:

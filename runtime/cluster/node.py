@@ -424,7 +424,9 @@ class ClusterRuntime(RuntimeBase):
         self.cluster_coordinator.start()
         ingress_topics: dict[str, int] = {}
         for spec in self.module.ingresses:
-            cluster = await self.kafka_clusters.get(spec.address, f"ingress {spec.id}")
+            cluster = await self.kafka_clusters.get(
+                spec.address, f"ingress {spec.id}", spec.security
+            )
             for topic in spec.topics:
                 ingress_topics[topic.topic] = await cluster.open_topic(topic.topic)
         assert self.config.kafka is not None
@@ -437,6 +439,7 @@ class ClusterRuntime(RuntimeBase):
             on_view=self._view_changed,
             session_timeout=self.config.cluster.session_timeout,
             heartbeat_interval=self.config.cluster.heartbeat_interval,
+            kafka_options=self.config.kafka_security,
         )
         await self.membership.start()
         try:

@@ -63,7 +63,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata
@@ -171,6 +171,8 @@ class _Settings:
     client_id: str
     fetch_max_wait_ms: int
     request_timeout_ms: int
+    security: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    """kafka-python's security settings every client of the cluster takes."""
 
     @property
     def timeout(self) -> float:
@@ -192,6 +194,7 @@ class _Settings:
             request_timeout_ms=self.request_timeout_ms,
             bootstrap_timeout_ms=self.request_timeout_ms,
             metrics_enabled=False,
+            **dict(self.security),
             **config,
         )
 
@@ -335,6 +338,7 @@ class KafkaLog(Log):
         max_request_size: int = 4 * 1024 * 1024,
         request_timeout_ms: int = 10_000,
         delivery_timeout_ms: int = 30_000,
+        security: Mapping[str, Any] | None = None,
     ) -> KafkaLog:
         """Connect to the cluster at ``bootstrap_servers`` (``host:port[,host:port...]``).
 
@@ -351,6 +355,9 @@ class KafkaLog(Log):
             connecting at open; a call that takes longer raises :class:`LogError`.
         :param delivery_timeout_ms: how long an append may take, retries included, before
             it fails (at least ``linger_ms + request_timeout_ms``).
+        :param security: kafka-python's security settings (``security_protocol``,
+            ``sasl_*``, ``ssl_*``; see ``statefun.kafka_properties``), taken by every
+            client of this log.
         """
         if replication_factor < 1:
             raise ValueError(f"replication_factor must be at least 1, not {replication_factor}")
@@ -359,7 +366,14 @@ class KafkaLog(Log):
         if delivery_timeout_ms < linger_ms + request_timeout_ms:
             raise ValueError("delivery_timeout_ms must be at least linger_ms + request_timeout_ms")
         loop = asyncio.get_running_loop()
-        settings = _Settings(bootstrap_servers, client_id, fetch_max_wait_ms, request_timeout_ms)
+        security = dict(security or {})
+        settings = _Settings(
+            bootstrap_servers,
+            client_id,
+            fetch_max_wait_ms,
+            request_timeout_ms,
+            tuple(security.items()),
+        )
         admin_thread = _ClientThread(f"{client_id}-admin", loop)
         producer_thread = _ClientThread(f"{client_id}-producer", loop)
         clients: dict[str, Any] = {}
@@ -370,6 +384,7 @@ class KafkaLog(Log):
                 client_id=f"{client_id}-admin",
                 request_timeout_ms=request_timeout_ms,
                 bootstrap_timeout_ms=request_timeout_ms,
+                **security,
             )
 
         producer_config: dict[str, Any] = {
@@ -386,6 +401,7 @@ class KafkaLog(Log):
             "bootstrap_timeout_ms": request_timeout_ms,
             "allow_auto_create_topics": False,
             "metrics_enabled": False,
+            **security,
         }
 
         def connect_producer() -> None:

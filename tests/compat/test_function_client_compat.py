@@ -9,10 +9,12 @@ change its mind or fail on cue.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import httpx
 import pytest
 from conftest import OfficialFunctions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from httpx_aiohttp import AiohttpTransport
 
 from runtime.errors import CallFailed
@@ -32,6 +34,7 @@ from statefun.protocol import (
     MissingStateSpecs,
     StateMutation,
 )
+from statefun.signing import SIGNATURE_HEADER
 from statefun.values import IntType, TypedValue, to_typed_value
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -62,9 +65,11 @@ class Recording(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport):
         self.inner = inner
         self.requests: list[tuple[str, str]] = []
+        self.signed: list[bool] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append((request.method, str(request.url)))
+        self.signed.append(SIGNATURE_HEADER in request.headers)
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -124,6 +129,24 @@ async def test_auto_speaks_native_to_our_sdk_with_many_batches_per_request(ours_
             o == InvocationResult(mutations=[StateMutation("count", to_typed_value(IntType, 5))])
             for o in response.outcomes
         )
+    finally:
+        await client.close()
+
+
+async def test_signed_calls_reach_the_official_sdk_which_ignores_the_signature(
+    official: OfficialFunctions,
+) -> None:
+    signed = replace(endpoint(official.url), signing_key=Ed25519PrivateKey.generate())
+    transport = Recording(AiohttpTransport())
+    client = FunctionClient(signed, max_connections=4, transport=transport)
+    try:
+        request = FunctionRequest([batch("official/counter", "signed", 4, **COUNTER_STATE)])
+        response = await client.invoke(official.url, request)
+        assert client.protocol_of(official.url) == "statefun"
+        assert transport.signed == [True, True]  # the GET and the POST
+        [outcome] = response.outcomes
+        assert isinstance(outcome, InvocationResult)
+        assert outcome.mutations[0] == StateMutation("count", to_typed_value(IntType, 4))
     finally:
         await client.close()
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 with warnings.catch_warnings():
     # Starlette 1.x deprecates its TestClient on httpx in favour of httpx2, which the
@@ -23,6 +26,7 @@ from statefun.protocol import (
     OutgoingMessage,
     StateMutation,
 )
+from statefun.signing import DEFAULT_REPLAY_WINDOW, RequestSigner
 from statefun.values import to_typed_value
 
 
@@ -130,3 +134,70 @@ def test_a_custom_path_and_late_registrations() -> None:
 def test_invalid_paths_are_refused(path: str) -> None:
     with pytest.raises(ValueError, match="path"):
         StatefulFunctions().asgi_app(path)
+
+
+# --- signed calls -------------------------------------------------------------------------
+
+RUNTIME_KEY = Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def verifying() -> TestClient:
+    return TestClient(make_functions().asgi_app(verify_key=RUNTIME_KEY.public_key()))
+
+
+ONE, CALLER = to_typed_value(IntType, 1), Address("ex", "x", "y")
+
+
+def echo_call() -> bytes:
+    return request_body(InvocationBatch(Address("ex", "echo", "b"), {}, [Invocation(CALLER, ONE)]))
+
+
+def signed_post(client: TestClient, key: Ed25519PrivateKey, *, ago: float = 0.0) -> httpx.Response:
+    """Post an echo call signed by ``key`` ``ago`` seconds ago."""
+    body = echo_call()
+    clock = lambda: time.time() - ago  # noqa: E731
+    headers = {
+        "content-type": CONTENT_TYPE,
+        **dict(RequestSigner(key, clock).headers("POST", body)),
+    }
+    return client.post("/statefun", content=body, headers=headers)
+
+
+def test_a_verifying_app_serves_a_request_the_runtime_signed(verifying: TestClient) -> None:
+    response = signed_post(verifying, RUNTIME_KEY)
+    assert response.status_code == 200
+    assert decode_response(response.content).outcomes == [
+        InvocationResult(messages=[OutgoingMessage(CALLER, ONE)])
+    ]
+
+
+def test_a_forged_request_is_401(verifying: TestClient) -> None:
+    response = signed_post(verifying, Ed25519PrivateKey.generate())
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": "bad_signature",
+        "detail": "the signature does not match the request",
+    }
+
+
+def test_a_replayed_stale_request_is_401(verifying: TestClient) -> None:
+    response = signed_post(verifying, RUNTIME_KEY, ago=DEFAULT_REPLAY_WINDOW + 60)
+    assert response.status_code == 401
+    assert response.json()["error"] == "stale_signature"
+
+
+def test_an_unsigned_request_is_401_even_when_it_is_not_a_request(
+    verifying: TestClient,
+) -> None:
+    for content_type in (CONTENT_TYPE, "text/plain"):
+        response = verifying.post("/statefun", content=b"x", headers={"content-type": content_type})
+        assert response.status_code == 401
+        assert response.json()["error"] == "missing_signature"
+
+
+def test_a_verifying_app_describes_itself_to_the_runtime_only(verifying: TestClient) -> None:
+    assert verifying.get("/statefun").status_code == 401
+    headers = dict(RequestSigner(RUNTIME_KEY).headers("GET", b""))
+    assert verifying.get("/statefun", headers=headers).json()["protocols"] == ["native/1"]
+    assert verifying.get("/health").status_code == 200

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from statefun.address import TypeName
@@ -9,6 +11,7 @@ from statefun.module_spec import (
     parse_duration,
     parse_module_spec,
 )
+from statefun.signing import public_keys, write_key_pair
 
 FULL = """
 kind: io.statefun.endpoints.v2/http
@@ -362,4 +365,64 @@ spec: {functions: example/patient, policy: retry}
 def test_failure_policy_errors(body: str, message: str) -> None:
     with pytest.raises(ModuleSpecError) as info:
         parse_module_spec(f"kind: statefun.v1/failure-policy\nspec: {body}\n")
+    assert message in str(info.value)
+
+
+# --- signing ------------------------------------------------------------------------------
+
+
+def signing_spec(signing: str) -> str:
+    return (
+        "kind: io.statefun.endpoints.v2/http\n"
+        f"spec: {{functions: a/*, urlPathTemplate: 'http://x/', signing: {signing}}}\n"
+    )
+
+
+def test_a_signing_key_file_is_read_from_the_module_spec_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    private, public = write_key_pair(tmp_path / "keys")
+    module = tmp_path / "module.yaml"
+    module.write_text(signing_spec("{keyFile: keys/signing-key.pem}"))
+    key = load_module_spec(module).endpoints[0].signing_key
+    assert key is not None
+    assert key.public_key() == public_keys(public)[0]
+    assert not caplog.records
+    private.chmod(0o644)
+    load_module_spec(module)
+    assert "may be read by others than its owner" in caplog.text
+    assert "field 'spec.signing.keyFile'" in caplog.text
+
+
+def test_a_signing_key_inline_from_the_environment(tmp_path: Path) -> None:
+    private, _ = write_key_pair(tmp_path)
+    text = signing_spec("{key: '${SIGNING_KEY}'}")
+    endpoint = parse_module_spec(text, environ={"SIGNING_KEY": private.read_text()}).endpoints[0]
+    assert endpoint.signing_key is not None
+    assert "signing" not in repr(endpoint)  # never printed
+    assert parse_module_spec(FULL).endpoints[0].signing_key is None
+
+
+@pytest.mark.parametrize(
+    ("signing", "field", "message"),
+    [
+        ("{keyFile: absent.pem}", "spec.signing.keyFile", "absent.pem cannot be read"),
+        ("{keyFile: bad.pem}", "spec.signing.keyFile", "not an unencrypted PEM private key"),
+        ("{keyFile: k/signing-key.pub.pem}", "spec.signing.keyFile", "not an unencrypted PEM"),
+        ("{key: 'not pem'}", "spec.signing.key", "not an unencrypted PEM private key"),
+        ("{}", "spec.signing", "exactly one of keyFile and key"),
+        ("{key: x, keyFile: y}", "spec.signing", "exactly one of keyFile and key"),
+        ("{keyFile: 7}", "spec.signing.keyFile", "must be str"),
+        ("{keyFile: k/signing-key.pem, secret: x}", "spec.signing.secret", "not a known field"),
+        ("yes", "spec.signing", "must be a mapping"),
+    ],
+)
+def test_a_bad_signing_key_names_its_field(
+    tmp_path: Path, signing: str, field: str, message: str
+) -> None:
+    write_key_pair(tmp_path / "k")
+    (tmp_path / "bad.pem").write_text("garbage")
+    with pytest.raises(ModuleSpecError) as info:
+        parse_module_spec(signing_spec(signing), "m.yaml", base=tmp_path)
+    assert f"m.yaml, document 1, field '{field}'" in str(info.value)
     assert message in str(info.value)
