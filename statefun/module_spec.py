@@ -25,7 +25,9 @@ Kinds understood:
   runtime asks each URL once which one it speaks), and our ``signing``: ``{keyFile: PATH}``
   (a PEM file; a relative path is read from the module spec's folder) or ``{key: PEM}``
   (e.g. ``${STATEFUN_SIGNING_KEY}``), the Ed25519 private key the runtime signs each
-  request to the endpoint with (see ``statefun.signing``); read when the spec is.
+  request to the endpoint with (see ``statefun.signing``); read when the spec is. An
+  empty value (``keyFile: ${NAME:-}`` with NAME unset) signs nothing, so one spec serves
+  a deployment with a key and one without.
 * ``io.statefun.endpoints.v1/http`` - StateFun's older endpoint kind: the same, with
   ``timeouts`` directly under ``spec`` and ``maxRetries`` (warned about: retries are
   bounded by the call timeout instead).
@@ -698,6 +700,16 @@ def _signing_key(signing: _Fields | None, base: Path) -> Ed25519PrivateKey | Non
     name = given[0]
     value = signing.take(name, str)
     signing.done()
+    if not value:
+        # What ``${NAME:-}`` gives when NAME is unset: the spec signs where a key is
+        # configured (Compose) and runs unsigned where none is (the example's demo).
+        log.info(
+            "%s, document %d, field '%s' is empty: calls to the endpoint are not signed",
+            signing.source,
+            signing.document,
+            signing.field_path(name),
+        )
+        return None
     path = base / value if name == "keyFile" else None
     try:
         if path is None:

@@ -5,10 +5,14 @@
 ``example/formatter`` writes the greeting, replies to that original caller and
 records the greeting in the ``example/greetings`` egress.
 
-Serve it from the repository root with ``uvicorn examples.greeter.functions:app``.
+Serve it from the repository root with ``uvicorn examples.greeter.functions:app``. With
+``$GREETER_VERIFY_KEY_FILE`` (the runtime's public key, as docker-compose.yml gives it)
+the app serves only calls the runtime signed; without it (the demo), any call.
 """
 
 from __future__ import annotations
+
+import os
 
 from sdk import (
     Context,
@@ -55,4 +59,4 @@ def formatter(context: Context, message: Message) -> None:
     context.send_egress(egress_message_builder("example/greetings", greeting, StringType))
 
 
-app = functions.asgi_app()
+app = functions.asgi_app(verify_key=os.environ.get("GREETER_VERIFY_KEY_FILE") or None)

@@ -3,7 +3,8 @@ command as a local process, with its own environment, service hostnames mapped t
 loopback and Kafka replaced by the test broker; the runtime's command runs three times,
 as ``docker compose up --scale runtime=3`` runs it, each replica on its own port. Then
 the README's request must get a reply through every replica, and ``statefun status``
-must show the three members of one application."""
+must show the three members of one application, and the functions must refuse a call
+the runtime did not sign."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from support import ROOT, free_port, wait_until
 
 from runtime.cli import _parser, runtime_config
 from runtime.cluster.node import member_url
+from statefun.module_spec import load_module_spec
+from statefun.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, write_key_pair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -66,13 +69,34 @@ def test_the_compose_file_wires_kafka_the_runtime_and_the_functions() -> None:
 
 def test_the_ingress_asks_for_tokens_from_a_secret_and_the_functions_are_not_published() -> None:
     runtime, functions = SERVICES["runtime"], SERVICES["functions"]
-    assert runtime["secrets"] == ["statefun_tokens"]
+    assert runtime["secrets"] == ["statefun_tokens", "statefun_signing_key"]
     assert runtime["environment"]["STATEFUN_TOKENS_FILE"] == "/run/secrets/statefun_tokens"
     assert "--insecure" not in runtime["command"]
     assert "ports" not in functions  # reachable on the project's network only
     for secret in COMPOSE["secrets"].values():
         assert secret["file"].startswith("./secrets/")
     assert "secrets/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_the_runtime_signs_with_the_private_key_and_the_functions_verify_the_public_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, functions = SERVICES["runtime"], SERVICES["functions"]
+    key_variable = "GREETER_SIGNING_KEY_FILE"
+    # the two files `statefun keys new secrets/` writes, each to one service only
+    assert COMPOSE["secrets"]["statefun_signing_key"]["file"] == f"./secrets/{PRIVATE_KEY_FILE}"
+    assert COMPOSE["secrets"]["statefun_verify_key"]["file"] == f"./secrets/{PUBLIC_KEY_FILE}"
+    assert "statefun_verify_key" not in runtime["secrets"]
+    assert functions["secrets"] == ["statefun_verify_key"]
+    assert runtime["environment"][key_variable] == "/run/secrets/statefun_signing_key"
+    assert functions["environment"]["GREETER_VERIFY_KEY_FILE"] == "/run/secrets/statefun_verify_key"
+    # the module the runtime runs signs with that file, and signs nothing without it
+    private, _ = write_key_pair(tmp_path)
+    module = ROOT / runtime["command"][runtime["command"].index("--module") + 1]
+    monkeypatch.delenv(key_variable, raising=False)
+    assert all(e.signing_key is None for e in load_module_spec(module).endpoints)
+    monkeypatch.setenv(key_variable, str(private))
+    assert all(e.signing_key is not None for e in load_module_spec(module).endpoints)
 
 
 def test_every_runtime_replica_is_a_member_with_its_own_host_port() -> None:
@@ -176,10 +200,16 @@ def compose(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Deployment]:
         "functions:8000": f"127.0.0.1:{deployment.functions}",
     }
     volumes = {name: tmp_path / name for name in COMPOSE.get("volumes", {})}
-    secrets = {"statefun_tokens": tmp_path / "tokens.yaml"}
+    # as docs/security.md says to create them: the tokens, then `statefun keys new secrets/`
+    secrets_dir = tmp_path / "secrets"
+    secrets = {
+        name: secrets_dir / Path(secret["file"]).name for name, secret in COMPOSE["secrets"].items()
+    }
+    secrets_dir.mkdir(mode=0o700)
     secrets["statefun_tokens"].write_text(
         yaml.safe_dump([{"token": t, "role": r} for r, t in TOKENS.items()])
     )
+    assert statefun("keys", "new", str(secrets_dir))
     started: list[LocalService] = []
     try:
         # in the order depends_on gives: functions, then the runtime's replicas
@@ -251,6 +281,15 @@ def test_three_replicas_answer_the_readme_request_as_one_application(
 ) -> None:
     for port in compose.runtimes:
         wait_until(lambda port=port: runtime_healthcheck_passes(port), timeout=60, interval=0.2)
+    # Whoever reaches the functions without the runtime's key gets nothing run.
+    forged = httpx.post(
+        f"http://127.0.0.1:{compose.functions}/statefun",
+        content=b"\x00",
+        headers={"content-type": "application/octet-stream"},
+        timeout=5,
+    )
+    assert forged.status_code == 401, forged.text
+    assert forged.json()["error"] == "missing_signature"
     wait_until(lambda: one_application_of(compose.runtimes), timeout=60, interval=0.2)
     # The README's request through each replica in turn: one name, so one address, which
     # one replica owns; the visits count on whichever replica is asked.

@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 import pytest
@@ -426,3 +427,14 @@ def test_a_bad_signing_key_names_its_field(
         parse_module_spec(signing_spec(signing), "m.yaml", base=tmp_path)
     assert f"m.yaml, document 1, field '{field}'" in str(info.value)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["keyFile", "key"])
+def test_an_empty_signing_key_signs_nothing(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``${NAME:-}`` with NAME unset: one spec for a deployment with a key and one without."""
+    text = signing_spec(f"{{{name}: '${{SIGNING:-}}'}}")
+    with caplog.at_level(logging.INFO, logger="statefun.module_spec"):
+        assert parse_module_spec(text, "m.yaml").endpoints[0].signing_key is None
+    assert f"field 'spec.signing.{name}' is empty: calls to the endpoint are not signed" in (
+        caplog.text
+    )
