@@ -3,6 +3,15 @@
 Every request to the ingress's app passes :class:`AccessControl` (one ASGI middleware)
 before it reaches a route:
 
+0. **Host**, without a tokens file only. A request whose ``Host`` header names neither
+   loopback (``localhost``, ``127.0.0.0/8``, ``[::1]``, as written: never looked up in
+   DNS), nor the ingress's ``--ingress-host``, nor the host of this member's URL, nor
+   the host of an ``--allow-origin`` is refused ``403 host_refused``. This stops DNS
+   rebinding: a page whose own domain is made to resolve to 127.0.0.1 is the ingress's
+   "own origin" to the browser, but its requests name that domain in ``Host``. With
+   tokens the check is left out: such a page has no token (nor the console's cookie,
+   which belongs to the ingress's real name), and a deployment with tokens is reached
+   by names the runtime cannot know (container ids, service names, load balancers).
 1. **Origin.** A request carrying an ``Origin`` header is refused ``403
    origin_refused`` unless that origin is the ingress's own (the console's pages) or in
    the allow-list (``statefun run --allow-origin``). A foreign page's ``text/plain`` POST
@@ -34,11 +43,12 @@ import hmac
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from starlette.datastructures import Headers
@@ -237,6 +247,14 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
+def _unspecified(name: str) -> bool:
+    """``0.0.0.0`` or ``::``: every interface, no host a request can name."""
+    try:
+        return ipaddress.ip_address(name).is_unspecified
+    except ValueError:
+        return False
+
+
 class InsecureBind(ConfigurationError):
     """A non-loopback ingress without tokens and without ``--insecure``."""
 
@@ -255,6 +273,29 @@ def check_bind(host: str, config: AccessConfig) -> None:
         "send, read state and operate the runtime (--insecure)",
         host,
     )
+
+
+def host_name(authority: str) -> str:
+    """The host of a ``Host`` header or a bind address (``[::1]:8090``, ``a.example:80``,
+    ``::1``), without its port, lower case, without a final dot."""
+    if authority.startswith("["):
+        name = authority[1:].partition("]")[0]
+    elif authority.count(":") == 1:
+        name = authority.partition(":")[0]
+    else:
+        name = authority  # no port, or a bare IPv6 address
+    return name.rstrip(".").lower()
+
+
+def names_loopback(name: str) -> bool:
+    """Whether host ``name`` is loopback as written (``localhost`` or a loopback
+    address): resolving it would ask the very DNS a rebinding attack controls."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _refusal(status: int, error: str, detail: str) -> Response:
@@ -278,12 +319,27 @@ def _bearer(headers: Headers) -> str | None:
 class AccessControl:
     """The ingress's tokens and allowed origins (see the module's docstring)."""
 
-    def __init__(self, config: AccessConfig, *, member: bool = False) -> None:
-        """``member``: this process is a member of a cluster, which needs a member token."""
+    def __init__(
+        self,
+        config: AccessConfig,
+        *,
+        member: bool = False,
+        ingress_host: str = "127.0.0.1",
+        member_url: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        """``member``: this process is a member of a cluster, which needs a member token;
+        ``ingress_host``: the address the ingress binds; ``member_url``: the URL the other
+        members reach it at, once known (the hosts a request may name, with loopback)."""
         self.config = config
         self.member = member
         self.tokens = None if config.tokens_file is None else self._load(config.tokens_file)
         self.origins = frozenset(o.rstrip("/") for o in config.allow_origins)
+        hosts = {host_name(urlsplit(o).netloc) for o in self.origins}
+        bound = host_name(ingress_host)
+        if bound and not _unspecified(bound):
+            hosts.add(bound)
+        self.hosts = frozenset(hosts)
+        self.member_url = member_url
 
     def _load(self, path: Path) -> TokenTable:
         tokens = load_tokens(path)
@@ -315,6 +371,14 @@ class AccessControl:
         """Why the request may not pass (an answer to send), or None to let it in; the
         caller's grant is left in the scope."""
         headers = Headers(scope=scope)
+        host = headers.get("host")  # none at all: not a browser, which always sends it
+        if self.tokens is None and host is not None and not self._host_allowed(host):
+            return _refusal(
+                403,
+                "host_refused",
+                f"requests for host {host} are refused: without tokens the ingress answers "
+                "only requests naming loopback, its --ingress-host or an --allow-origin host",
+            )
         origin = headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, scope, headers):
             return _refusal(403, "origin_refused", f"requests from origin {origin} are refused")
@@ -344,6 +408,13 @@ class AccessControl:
                     403, "forbidden", f"this token does not reach function type {function_type}"
                 )
         return None
+
+    def _host_allowed(self, host: str) -> bool:
+        name = host_name(host)
+        if names_loopback(name) or name in self.hosts:
+            return True
+        url = self.member_url()
+        return url is not None and name == host_name(urlsplit(url).netloc)
 
     def _origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
         own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"

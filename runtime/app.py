@@ -142,7 +142,12 @@ class RuntimeBase(abc.ABC):
         self.log = log_
         self.cluster = cluster
         member = None if cluster is None else cluster.me
-        self.access = AccessControl(config.access, member=cluster is not None)
+        self.access = AccessControl(
+            config.access,
+            member=cluster is not None,
+            ingress_host=config.ingress_host,
+            member_url=lambda: None if cluster is None else cluster.url(cluster.me),
+        )
         self.peers = (
             None
             if cluster is None

@@ -1,7 +1,8 @@
 """Who may use the ingress (``runtime.access``): every route of the app asked with no
 token, an unknown one and a token of each role, against a table of who may use it
 written here; function patterns; the Origin refusal; the tokens file and its reload;
-the loopback-only default; the members' replies route. In process, on two members of
+the loopback-only default; the Host refusal without tokens (DNS rebinding); the members'
+replies route. In process, on two members of
 one cluster (``test_peers.two_members``): ``b`` owns every partition and serves."""
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from support import module_for, running_runtime
 from test_peers import INT, INT_TYPE, appended, two_members
 
 from runtime.access import ROUTES, AccessControl, InsecureBind, TokensFileError, check_bind
@@ -304,3 +307,85 @@ def test_without_tokens_the_ingress_binds_loopback_only_unless_insecure(
     with caplog.at_level(logging.WARNING, "runtime.access"):
         check_bind("0.0.0.0", AccessConfig(insecure=True))
     assert "INSECURE" in caplog.text
+
+
+def test_without_tokens_a_host_not_the_ingress_own_is_refused_and_appends_nothing() -> None:
+    """DNS rebinding: a page at evil.example, made to resolve to 127.0.0.1, is its own
+    origin to the browser; its requests still say ``Host: evil.example``."""
+    access = AccessConfig(allow_origins=("https://app.example:8443",))
+
+    async def scenario() -> None:
+        async with two_members(access=access) as cluster, cluster.client("b") as b:
+            before = await appended(cluster.log)
+            for host in (
+                "evil.example",
+                "evil.example:80",
+                "localhost.evil.example",
+                "127.0.0.1.evil.example",
+            ):
+                refused = await b.post(
+                    "/v1/messages/test/tally/x",
+                    content="1",
+                    headers={
+                        "content-type": "text/plain",
+                        "host": host,
+                        "origin": f"http://{host}",
+                    },
+                )
+                assert refused.status_code == 403, host
+                assert refused.json()["error"] == "host_refused"
+                assert host in refused.json()["detail"]
+            assert (await b.get("/health", headers={"host": "evil.example"})).status_code == 403
+            assert await appended(cluster.log) == before
+            # loopback as written, this member's own name and an allowed origin's host
+            for host in (
+                "127.0.0.1:8090",
+                "127.3.2.1",
+                "localhost:1",
+                "LOCALHOST.",
+                "[::1]:8090",
+                "b",
+                "app.example",
+            ):
+                taken = await b.post(
+                    "/v1/messages/test/tally/x",
+                    content="1",
+                    headers={"content-type": "text/plain", "host": host},
+                )
+                assert taken.status_code == 202, (host, taken.text)
+
+    asyncio.run(scenario())
+
+
+def test_with_tokens_any_host_is_served_to_a_token(tmp_path: Path) -> None:
+    """A rebinding page has no token; a deployment with tokens is reached by names the
+    runtime cannot know (Compose's service names and container ids)."""
+    access = AccessConfig(tokens_file=tokens_file(tmp_path / "tokens.yaml"))
+
+    async def scenario() -> None:
+        async with two_members(access=access) as cluster, cluster.client("b") as b:
+            headers = {"host": "runtime:8090", **bearer(TOKENS["reader"])}
+            assert (await b.get("/v1/state/test/tally/x", headers=headers)).status_code == 200
+            anonymous = await b.get("/v1/state/test/tally/x", headers={"host": "evil.example"})
+            assert anonymous.status_code == 401
+
+    asyncio.run(scenario())
+
+
+def test_a_served_ingress_refuses_a_foreign_host_and_serves_its_own() -> None:
+    """Over a socket, as ``statefun run`` serves: the Host header as a browser sends it."""
+    module = module_for("http://127.0.0.1:9/statefun", functions="test/*")
+    with running_runtime(module) as rt, httpx.Client(base_url=rt.url, timeout=10) as http:
+        rebound = http.get("/v1/state/test/tally/x", headers={"host": "evil.example:80"})
+        assert rebound.status_code == 403
+        assert rebound.json()["error"] == "host_refused"
+        own = http.get("/v1/state/test/tally/x")  # Host: 127.0.0.1:PORT
+        assert own.status_code == 200, own.text
+        assert own.request.headers["host"] == f"127.0.0.1:{rt.port}"
+
+
+def test_the_bound_host_is_allowed_but_not_every_interface() -> None:
+    named = AccessControl(AccessConfig(), ingress_host="10.1.2.3")
+    assert named.hosts == {"10.1.2.3"}
+    assert AccessControl(AccessConfig(), ingress_host="0.0.0.0").hosts == frozenset()
+    assert AccessControl(AccessConfig(), ingress_host="::").hosts == frozenset()

@@ -317,7 +317,7 @@ def test_replies_from_other_members_reach_only_a_runtime_in_a_cluster() -> None:
         alone = await Runtime.open(RuntimeConfig(module=module))
         try:
             async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=alone.ingress_app), base_url="http://x"
+                transport=httpx.ASGITransport(app=alone.ingress_app), base_url="http://127.0.0.1"
             ) as http:
                 response = await http.post(REPLIES_PATH, content=b"")
             assert response.status_code == 404
@@ -420,7 +420,7 @@ def test_the_cluster_status_of_members_and_of_a_process_alone() -> None:
             await alone.start()
             await alone.coordinator.checkpoint()
             async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=alone.ingress_app), base_url="http://x"
+                transport=httpx.ASGITransport(app=alone.ingress_app), base_url="http://127.0.0.1"
             ) as http:
                 single = (await http.get("/v1/cluster")).json()
         finally:
