@@ -167,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ORIGIN",
         help="a browser origin (https://app.example) whose requests are taken besides "
-        "the ingress's own (repeatable); requests from any other origin are refused",
+        "the ingress's own (repeatable); requests from any other origin are refused; "
+        "without --tokens its host is also one a request's Host may name",
     )
     run.add_argument(
         "--insecure",
