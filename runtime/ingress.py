@@ -48,7 +48,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
-from runtime import console, ingress_errors
+from runtime import console, ingress_errors, ingress_openapi
 from runtime.access import AccessMiddleware, sees_details
 from runtime.cluster.peers import (
     FORWARDED_HEADER,
@@ -68,6 +68,7 @@ from runtime.errors import (
 )
 from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import KeyedRequest, check_key, fingerprint
+from runtime.ingress_openapi import ADDRESSED, CALL, GUARDED, SEND, errors
 from runtime.metrics import IngressMetrics
 from runtime.reports import checkpoints_report, dead_letters_report, functions_report
 from runtime.routing import INGRESS_CALLER_TYPE
@@ -214,6 +215,7 @@ def _state_json(values: Mapping[str, TypedValue]) -> dict[str, Any]:
 def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     app = FastAPI(title="statefun runtime ingress", docs_url=None, redoc_url=None)
     ingress_errors.install(app, runtime)
+    ingress_openapi.install(app)
     served: list[BaseRoute] = []
     """Every route, for the access layer: filled once they are all added, below."""
     app.add_middleware(AccessMiddleware, access=runtime.access, routes=served)
@@ -353,7 +355,12 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     # The two POST routes take the bare Request and read their parameters themselves:
     # FastAPI's parameter machinery costs more than the rest of the request here.
 
-    @app.post("/v1/messages/{namespace}/{type_}/{id_:path}", status_code=202)
+    @app.post(
+        "/v1/messages/{namespace}/{type_}/{id_:path}",
+        status_code=202,
+        responses=errors(400, *GUARDED, 404, 413, 415, 422, 503),
+        openapi_extra=SEND,
+    )
     async def post_message(request: Request) -> Response:
         """Append a message for the address; 202 once it is durable. Query: ``type``.
         Header ``Idempotency-Key``: a retry returns the first answer, appending nothing."""
@@ -370,7 +377,11 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         partition, offset = await append(accepted, key, None)
         return JSONResponse({"partition": partition, "offset": offset}, status_code=202)
 
-    @app.post("/v1/call/{namespace}/{type_}/{id_:path}")
+    @app.post(
+        "/v1/call/{namespace}/{type_}/{id_:path}",
+        responses=errors(400, *GUARDED, 404, 413, 415, 422, 503, 504),
+        openapi_extra=CALL,
+    )
     async def call(request: Request) -> Response:
         """Send a message and answer with the first message sent to the call's caller
         address. Query: ``type``, ``timeout`` (seconds, default 30, at most 300),
@@ -431,7 +442,11 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         headers = consistency if before is None else {**consistency, REPLAYED_HEADER: "true"}
         return JSONResponse(value_to_json(answer), headers=headers)
 
-    @app.get("/v1/state/{namespace}/{type_}/{id_:path}")
+    @app.get(
+        "/v1/state/{namespace}/{type_}/{id_:path}",
+        responses=errors(400, *GUARDED, 404, 503),
+        openapi_extra=ADDRESSED,
+    )
     async def state(request: Request, checkpoint: int | None = Query(None, ge=1)) -> Response:
         """The address's state: live, from the member owning it; or as of the retained
         ``checkpoint``, from any member."""
@@ -449,7 +464,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             )
         return JSONResponse({"state": _state_json(values)})
 
-    @app.get("/v1/addresses/{namespace}/{type_}")
+    @app.get("/v1/addresses/{namespace}/{type_}", responses=errors(400, *GUARDED, 404, 503))
     async def addresses(
         request: Request,
         namespace: str,
@@ -523,7 +538,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             )
         return merge_pages((page for page, _ in answers), limit)
 
-    @app.get("/v1/egress/{namespace}/{name}")
+    @app.get("/v1/egress/{namespace}/{name}", responses=errors(400, *GUARDED, 404, 503))
     async def egress(
         namespace: str,
         name: str,
@@ -549,13 +564,17 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             }
         )
 
-    @app.get("/v1/dead-letters")
+    @app.get("/v1/dead-letters", responses=errors(400, *GUARDED, 503))
     async def dead_letters(
         from_: int = Query(0, alias="from", ge=0), limit: int = Query(100, ge=1, le=10_000)
     ) -> JSONResponse:
         return JSONResponse(await dead_letters_report(runtime, from_, limit))
 
-    @app.post("/v1/admin/dead-letters/{offset}/replay", status_code=202)
+    @app.post(
+        "/v1/admin/dead-letters/{offset}/replay",
+        status_code=202,
+        responses=errors(400, *GUARDED, 404, 409, 503),
+    )
     async def replay_dead_letter(offset: int, request: Request) -> Response:
         """Append the parked message to the messages log again (once, however often asked:
         in a cluster, the member owning its target's partition holds that key)."""
@@ -583,7 +602,9 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             headers={REPLAYED_HEADER: "true"} if again else None,
         )
 
-    @app.post("/v1/admin/dead-letters/{offset}/discard")
+    @app.post(
+        "/v1/admin/dead-letters/{offset}/discard", responses=errors(400, *GUARDED, 404, 409, 503)
+    )
     async def discard_dead_letter(offset: int) -> JSONResponse:
         await _dead_letter(offset)
         status = (await runtime.records.dead_letter_marks([offset])).get(offset, PARKED)
@@ -600,18 +621,22 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             raise _Rejected(_error(404, "not_found", f"there is no dead letter at offset {offset}"))
         return letter
 
-    @app.get("/v1/admin/functions")
+    @app.get("/v1/admin/functions", responses=errors(*GUARDED))
     async def functions() -> JSONResponse:
         """The function types that are failing, unavailable or paused."""
         return JSONResponse({"functions": functions_report(runtime)})
 
-    @app.post("/v1/admin/functions/{namespace}/{type_}/pause")
+    @app.post(
+        "/v1/admin/functions/{namespace}/{type_}/pause", responses=errors(400, *GUARDED, 404, 503)
+    )
     async def pause(namespace: str, type_: str) -> JSONResponse:
         function_type = _function_type(namespace, type_)
         await runtime.pause(function_type)
         return JSONResponse({"function_type": str(function_type), "paused": True})
 
-    @app.post("/v1/admin/functions/{namespace}/{type_}/resume")
+    @app.post(
+        "/v1/admin/functions/{namespace}/{type_}/resume", responses=errors(400, *GUARDED, 404, 503)
+    )
     async def resume(namespace: str, type_: str) -> JSONResponse:
         function_type = _function_type(namespace, type_)
         await runtime.resume(function_type)
@@ -632,12 +657,12 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             )
         return function_type
 
-    @app.get("/v1/checkpoints")
+    @app.get("/v1/checkpoints", responses=errors(*GUARDED, 503))
     async def checkpoints() -> JSONResponse:
         """The completed checkpoints kept and the last rollbacks, with their causes."""
         return JSONResponse(await checkpoints_report(runtime))
 
-    @app.get("/v1/cluster")
+    @app.get("/v1/cluster", responses=errors(*GUARDED))
     async def cluster() -> JSONResponse:
         """The members, the partitions each owns, the coordinator, the generation and the
         last completed checkpoint (see ``runtime.cluster.status``)."""
@@ -645,7 +670,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
 
     if peers is not None:
 
-        @app.post(REPLIES_PATH, status_code=204)
+        @app.post(REPLIES_PATH, status_code=204, responses=errors(400, *GUARDED, 413))
         async def deliver_reply(request: Request) -> Response:
             """A reply another member produced for a call waiting here."""
             body = await _body(request, 2 * runtime.config.worker.max_message_bytes)
@@ -658,17 +683,30 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             runtime.replies.deliver(address, value, tag)
             return Response(status_code=204)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"description": "The text exposition.", "content": {"text/plain": {}}},
+            **errors(*GUARDED),
+        },
+    )
     async def metrics() -> Response:
         """The Prometheus text exposition of this process's metrics (``runtime.metrics``)."""
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/health")
+    @app.get("/health", responses=errors(403))
     async def health() -> JSONResponse:
         """Liveness: the process serves requests."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready")
+    @app.get(
+        "/ready",
+        responses={
+            **errors(403),
+            503: {"description": 'Not ready: {"ready": false} (with reasons for an admin).'},
+        },
+    )
     async def ready(request: Request) -> JSONResponse:
         """Readiness: 503 with the reasons while this process cannot take and process
         messages. Degraded function types are listed, but never make it 503: one bad
