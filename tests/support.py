@@ -148,6 +148,11 @@ class RuntimeThread:
         except BaseException as e:  # reported to the test thread
             self._error = e
             self._ready.set()
+        finally:
+            # Closed here, or its self-pipe is left for the garbage collector, which
+            # warns (an error under this suite's filterwarnings) in whatever test runs then.
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
 
     async def _serve(self) -> None:
         self.runtime = await self._opener(self.config)
@@ -180,7 +185,7 @@ class RuntimeThread:
     def stop(self) -> None:
         if self._server is not None:
             runtime = self.runtime
-            if runtime is not None:
+            if runtime is not None and not self._loop.is_closed():
                 self._loop.call_soon_threadsafe(runtime.begin_shutdown)
             self._server.should_exit = True
         self._thread.join(timeout=20)
