@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,6 @@ from statefun import native_codec
 pytestmark = pytest.mark.timeout(90)
 
 MANUAL = CheckpointConfig(interval=0)  # checkpoints only when a test takes one
-
-
-@pytest.fixture
-def control() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def functions_url(control: dict[str, Any]) -> Iterator[str]:
-    with serve(make_test_functions(control).asgi_app()) as server:
-        yield f"{server.url}/statefun"
 
 
 def send(http: httpx.Client, address: str, value: int | str) -> None:

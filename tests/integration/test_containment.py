@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +34,6 @@ pytestmark = pytest.mark.timeout(90)
 FAST_PARKING = """kind: statefun.v1/failure-policy
 spec: {functions: test/*, deadLetterAfter: 1s}
 """
-
-
-@pytest.fixture
-def control() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def functions_url(control: dict[str, Any]) -> Iterator[str]:
-    with serve(make_test_functions(control).asgi_app()) as server:
-        yield f"{server.url}/statefun"
 
 
 def while_healthy_traffic(

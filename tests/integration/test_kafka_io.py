@@ -3,19 +3,16 @@ with the runtime's own log embedded and in Kafka."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from functions import make_test_functions
 from kafka_broker import consume, create_topic, int_bytes, produce
 from support import (
     client,
     labelled,
     running_runtime,
     scrape,
-    serve,
     unique_app_id,
     value,
     wait_until,
@@ -24,17 +21,6 @@ from support import (
 from statefun.module_spec import parse_module_spec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def control() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def functions_url(control: dict[str, Any]) -> Iterator[str]:
-    with serve(make_test_functions(control).asgi_app()) as server:
-        yield f"{server.url}/statefun"
 
 
 def module(functions_url: str, address: str | None, topic: str, startup: str = "earliest") -> Any:

@@ -4,12 +4,10 @@ checked exactly in the Prometheus exposition."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from functions import make_test_functions
 from support import (
     RuntimeThread,
     client,
@@ -18,7 +16,6 @@ from support import (
     module_for,
     running_runtime,
     scrape,
-    serve,
     unique_app_id,
     value,
     wait_until,
@@ -31,17 +28,6 @@ from runtime.config import ClusterConfig, RuntimeConfig, WorkerConfig
 from runtime.dispatcher import DispatchConfig
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def control() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def functions_url(control: dict[str, Any]) -> Iterator[str]:
-    with serve(make_test_functions(control).asgi_app()) as server:
-        yield f"{server.url}/statefun"
 
 
 def send(http: httpx.Client, address: str, n: int = 1) -> None:
