@@ -56,7 +56,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.cluster.peers import REPLIES_PATH
+from runtime.cluster.peers import DEMAND_PATH, REPLIES_PATH
 from runtime.config import AccessConfig
 from runtime.errors import ConfigurationError
 
@@ -136,6 +136,7 @@ ROUTES: Mapping[str, Rule] = {
     "/ui/state": Rule(Need.ADMIN),
     "/ui/static": Rule(Need.ADMIN),
     REPLIES_PATH: Rule(Need.MEMBER),
+    DEMAND_PATH: Rule(Need.MEMBER),
 }
 """Every route of the ingress's app, by its path template, with what it needs. A path
 no route matches needs :attr:`Need.ADMIN` (so only an admin learns it is not there)."""

@@ -156,6 +156,7 @@ class RuntimeBase(abc.ABC):
             )
         )
         self.replies = ReplyWaiters(member)
+        self.replies.on_demand = self._demand_checkpoint
         self.topics = Topics(config.app_id)
         self.router = Router(
             log_,
@@ -243,6 +244,15 @@ class RuntimeBase(abc.ABC):
     async def _mark_released(self, epoch: int, what: str) -> None:
         """The checkpoint covering ``epoch`` released ``what`` to the outside."""
 
+    def checkpoint_demanded(self) -> None:
+        """Another member's work waits for a commit (``POST /v1/internal/checkpoint-demand``)."""
+        self._demand_checkpoint()
+
+    @abc.abstractmethod
+    def _demand_checkpoint(self) -> None:
+        """Work waits for a commit (a held committed reply, an exactly-once egress record):
+        the application's next checkpoint should start soon."""
+
     @abc.abstractmethod
     def _checkpoints_where(self) -> str:
         """Where checkpoints are kept, for the start-up summary."""
@@ -265,6 +275,7 @@ class RuntimeBase(abc.ABC):
             note_published=note_published,
             on_log_failure=lambda reason: worker.log_failed(reason),
             metrics=self.metrics,
+            on_demand=self._demand_checkpoint,
         )
         worker = Worker(
             self.log,
@@ -821,6 +832,9 @@ class Runtime(RuntimeBase):
             await self._stop_generation(drain=False)
         except Exception as e:
             log.error("stopping the generation: %s: %s", type(e).__name__, e)
+
+    def _demand_checkpoint(self) -> None:
+        self.coordinator.demand()
 
     def _checkpoint_abandoned(self, checkpoint: int, error: Exception) -> None:
         self.metrics.checkpoint_abandoned()

@@ -362,8 +362,12 @@ class EgressOutbox:
         note_published: Callable[[int], Awaitable[None]],
         on_log_failure: Callable[[str], None],
         metrics: Metrics | None = None,
+        on_demand: Callable[[], None] = lambda: None,
     ):
-        """``metrics``: where to count published records (None: a registry of its own)."""
+        """``metrics``: where to count published records (None: a registry of its own);
+        ``on_demand``: called when an exactly-once record is held (a checkpoint should
+        come soon)."""
+        self._on_demand = on_demand
         self._metrics = metrics or Metrics()
         self._egresses = egresses
         self._clock = clock
@@ -419,6 +423,7 @@ class EgressOutbox:
         if self._egresses.exactly_once(egress_id):
             self._held.append(item)
             self._partition_of[item.id] = partition
+            self._on_demand()
             return
         self._egresses.publish(item).add_done_callback(
             functools.partial(self._published_at_least_once, self._metrics.egress(egress_id))

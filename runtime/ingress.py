@@ -51,6 +51,7 @@ from starlette.routing import BaseRoute
 from runtime import console, ingress_errors, ingress_openapi
 from runtime.access import AccessMiddleware, sees_details
 from runtime.cluster.peers import (
+    DEMAND_PATH,
     FORWARDED_HEADER,
     REPLIES_PATH,
     PeerRequest,
@@ -681,6 +682,12 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             if address.function_type != INGRESS_CALLER_TYPE:
                 return _error(400, "bad_reply", f"{address} is not a caller address")
             runtime.replies.deliver(address, value, tag)
+            return Response(status_code=204)
+
+        @app.post(DEMAND_PATH, status_code=204, responses=errors(*GUARDED))
+        async def demand_checkpoint() -> Response:
+            """A member's work waits for a commit: start the next checkpoint soon."""
+            runtime.checkpoint_demanded()
             return Response(status_code=204)
 
     @app.get(

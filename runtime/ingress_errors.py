@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.cluster.peers import REPLIES_PATH
+from runtime.cluster.peers import DEMAND_PATH, REPLIES_PATH
 from runtime.errors import LogError, StoreError
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ErrorBoundary:
             return
         if (
             scope["method"] == "POST"
-            and scope["path"] != REPLIES_PATH
+            and scope["path"] not in (REPLIES_PATH, DEMAND_PATH)
             and (down := self.availability.unavailable()) is not None
         ):
             reason, retry = down

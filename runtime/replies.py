@@ -75,6 +75,8 @@ class ReplyWaiters:
         self._closed = False
         self.on_reply: Callable[[Address, TypedValue, Tag | None], None] = lambda a, v, t: None
         """Sees every message to a caller address, waited for or not (idempotency keys)."""
+        self.on_demand: Callable[[], None] = lambda: None
+        """Called when a reply is held for a commit: a checkpoint should come soon."""
 
     def new_caller(
         self, *, committed: bool = False, address: Address | None = None
@@ -103,6 +105,7 @@ class ReplyWaiters:
         waiter = self._waiting.get(address)
         if waiter is not None and waiter.held is None:
             waiter.held = (value, tag)
+            self.on_demand()
 
     def forget(self, address: Address, future: asyncio.Future[TypedValue]) -> None:
         waiter = self._waiting.get(address)
@@ -121,6 +124,7 @@ class ReplyWaiters:
         if waiter.committed and tag is not None:
             if waiter.held is None:
                 waiter.held = (value, tag)
+                self.on_demand()
             return True
         self._answer(address, value)
         return True

@@ -1,4 +1,4 @@
-"""The checkpoint coordinator: one checkpoint at a time, at an interval.
+"""The checkpoint coordinator: one checkpoint at a time, on demand or at an interval.
 
 Checkpoint n: every participant (the worker, each Kafka ingress reader) captures its
 local snapshot at once, between two records (the event loop runs one callback at a
@@ -10,6 +10,10 @@ does not complete within its timeout is abandoned: its captured changes go back 
 the next one, and no manifest is written (``on_abandon`` hears why; the first of a run
 of abandoned checkpoints is logged, and the commit that ends the run). The newest
 ``retain`` checkpoints are kept.
+
+When checkpoints start is the :class:`CheckpointSchedule`'s to say (the cluster's
+coordinator uses it too): as soon as the previous one is done while work waits for a
+commit, otherwise every ``interval``.
 """
 
 from __future__ import annotations
@@ -56,20 +60,101 @@ class Participant(Protocol):
 @dataclass(frozen=True, slots=True)
 class CheckpointConfig:
     interval: float = 1.0
-    """Seconds between the start of one checkpoint and the next (0: no checkpoints)."""
+    """The most seconds between the start of one checkpoint and the next (0: no
+    checkpoints, not even on demand)."""
+    on_demand: bool = True
+    """Start the next checkpoint as soon as the one before is done while work waits for a
+    commit (:class:`CheckpointSchedule`); False: only every ``interval``."""
     timeout: float = 60.0
     retain: int = 3
     prune_every: int = 10
     """Drop old checkpoints every this many checkpoints."""
 
 
-async def every_interval(interval: float, checkpoint: Callable[[], Awaitable[object]]) -> None:
-    """Take a checkpoint every ``interval`` seconds from the start of the one before (the
-    first an interval from now), forever; a failed one is logged and the next goes on."""
-    started = time.monotonic()
+class CheckpointSchedule:
+    """When the next checkpoint starts: at once when work waits for a commit, otherwise
+    ``interval`` seconds after the previous one started.
+
+    Work released only at a commit (a reply held for ``consistency=committed``, an
+    exactly-once egress record) calls :meth:`demand`; the coordinator's loop waits in
+    :meth:`next`. With demand, the next checkpoint starts as soon as the one in progress
+    is done (checkpoints are taken one at a time), so held work waits for at most two
+    checkpoints instead of an interval. Without demand the interval is the upper bound
+    between two starts, as before: an idle runtime takes no checkpoint back to back.
+    The first checkpoint comes an interval after the schedule is made or
+    :meth:`restart`-ed (a generation that
+    fails at once completes none, so its rollbacks count as in a row and back off), and
+    after an abandoned checkpoint (:meth:`abandoned`) demand does not shorten the wait
+    until the next start either: a store that keeps failing is tried once an interval,
+    never in a hot loop. :meth:`next` always yields to the event loop once, so work that
+    raises demand on every turn cannot starve it. ``clock`` is injectable (tests); it
+    must be the event loop's time source for :meth:`next` to wait right."""
+
+    def __init__(
+        self, interval: float, *, on_demand: bool = True, clock: Callable[[], float] | None = None
+    ):
+        if interval <= 0:
+            raise ValueError(f"a checkpoint schedule needs an interval above 0, not {interval}")
+        self.interval = interval
+        self.on_demand = on_demand
+        self._clock = clock or time.monotonic
+        self._started = self._clock()
+        self._demanded = False
+        self._patient = True
+        """The next checkpoint waits for the interval (the first, or after an abandoned one)."""
+        self._wake: asyncio.Event | None = None
+
+    @property
+    def demanded(self) -> bool:
+        """Whether work waits for a checkpoint not yet started."""
+        return self._demanded
+
+    def demand(self) -> None:
+        """Work waits for the commit of the checkpoint that will cover it: start one soon."""
+        if self._demanded or not self.on_demand:
+            return
+        self._demanded = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def restart(self) -> None:
+        """Count from now, as a new schedule does: the next checkpoint an interval away
+        (demand is kept for when a checkpoint may start)."""
+        self._started = self._clock()
+        self._patient = True
+
+    def abandoned(self) -> None:
+        """The checkpoint started last was abandoned: the next one waits for the interval
+        (what it held still waits, and demand is kept for when a checkpoint may start)."""
+        self._patient = True
+
+    def wait_time(self) -> float:
+        """Seconds until the next checkpoint should start (0: now)."""
+        if self._demanded and not self._patient:
+            return 0.0
+        return max(0.0, self._started + self.interval - self._clock())
+
+    async def next(self) -> None:
+        """Return when the next checkpoint should start, and count it as started."""
+        await asyncio.sleep(0)  # the floor: one turn of the event loop between checkpoints
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        while (wait := self.wait_time()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+        self._started = self._clock()
+        self._demanded = self._patient = False
+
+
+async def on_schedule(
+    schedule: CheckpointSchedule, checkpoint: Callable[[], Awaitable[object]]
+) -> None:
+    """Take a checkpoint whenever ``schedule`` says (the first an interval from its
+    creation unless demanded sooner), forever; a failed one is logged and the next goes on."""
     while True:
-        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
-        started = time.monotonic()
+        await schedule.next()
         try:
             await checkpoint()
         except Exception:
@@ -93,6 +178,17 @@ class CheckpointCoordinator:
         self.on_pruned: Callable[[], None] = lambda: None
         """Called once the store keeps only the retained checkpoints (``runtime.retention``)."""
         self.on_abandon: Callable[[int, Exception], None] = lambda checkpoint, error: None
+        self.schedule = (
+            CheckpointSchedule(config.interval, on_demand=config.on_demand)
+            if config.interval > 0
+            else None
+        )
+        """When checkpoints start (None: only when :meth:`checkpoint` is called)."""
+
+    def demand(self) -> None:
+        """Work waits for a commit: take the next checkpoint soon (see :class:`CheckpointSchedule`)."""
+        if self.schedule is not None:
+            self.schedule.demand()
 
     def attach(self, clock: EpochClock, participants: Sequence[Participant]) -> None:
         """Checkpoint these participants from now on (a new generation's)."""
@@ -104,7 +200,11 @@ class CheckpointCoordinator:
         self._participants = ()
 
     def start(self) -> None:
-        if self.config.interval > 0 and self._task is None:
+        if self.schedule is not None and self._task is None:
+            # The first checkpoint an interval after the start: a generation that fails
+            # at once (a poison message under policy fail) has completed none, so its
+            # rollbacks count as in a row and back off.
+            self.schedule.restart()
             self._task = asyncio.create_task(self._run(), name="checkpoint-coordinator")
 
     async def stop(self) -> None:
@@ -115,10 +215,8 @@ class CheckpointCoordinator:
             self._task = None
 
     async def _run(self) -> None:
-        # The first checkpoint an interval after the start: a generation that fails at
-        # once (a poison message under policy fail) has completed none, so its rollbacks
-        # count as in a row and back off.
-        await every_interval(self.config.interval, self.checkpoint)
+        assert self.schedule is not None
+        await on_schedule(self.schedule, self.checkpoint)
 
     async def checkpoint(self) -> Manifest | None:
         """Take one checkpoint of the attached participants; its manifest, or None if
@@ -140,6 +238,8 @@ class CheckpointCoordinator:
                 for _, capture in captures:
                     capture.abandon()
                 if isinstance(e, Exception):
+                    if self.schedule is not None:
+                        self.schedule.abandoned()
                     self._abandoned(checkpoint, e)
                     return None
                 raise

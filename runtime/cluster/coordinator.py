@@ -9,7 +9,9 @@ a checkpoint twice (a manifest is valid only for the take in progress, once comp
 and never loses one (a Begin rolls back to the last valid manifest before it in the
 log, whoever wrote it).
 
-Checkpoint n, every ``interval``: append ``Take(g, n)`` with n above every checkpoint
+Checkpoint n, when the :class:`~runtime.checkpoints.coordinator.CheckpointSchedule`
+says (at once while some member's work waits for a commit, otherwise every
+``interval``): append ``Take(g, n)`` with n above every checkpoint
 taken before, wait for the ``Part`` of every member the Begin gives partitions, then
 append the ``Manifest``: the commit point. Every ``full_every`` links of a chain the take
 is full, in a new segment of the partition store; once no retained manifest reads a
@@ -39,7 +41,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from runtime.checkpoints.coordinator import CheckpointConfig, every_interval
+from runtime.checkpoints.coordinator import CheckpointConfig, CheckpointSchedule, on_schedule
 from runtime.cluster.decisions import (
     Begin,
     ClusterState,
@@ -98,6 +100,13 @@ class ClusterCoordinator:
         self._led: Begin | None = None
         """The last Begin this member appended that applied."""
         self._segments_released_below = 1  # segments are numbered from 1: none is below
+        self.schedule = (
+            CheckpointSchedule(config.interval, on_demand=config.on_demand)
+            if config.interval > 0
+            else None
+        )
+        """When takes start while this member coordinates (None: only when
+        :meth:`checkpoint` is called); members' demand reaches it through :meth:`demand`."""
         self.last: Manifest | None = None
         """The last manifest this coordinator committed."""
         self.on_commit: Callable[[Manifest], None] = lambda manifest: None
@@ -183,7 +192,8 @@ class ClusterCoordinator:
         if self._tasks:
             return
         self._tasks.append(asyncio.create_task(self._keep_generations(), name="generations"))
-        if self.config.interval > 0:
+        if self.schedule is not None:
+            self.schedule.restart()
             self._tasks.append(asyncio.create_task(self._run(), name="cluster-checkpoints"))
 
     async def stop(self) -> None:
@@ -194,8 +204,15 @@ class ClusterCoordinator:
                 await task
         self._tasks = []
 
+    def demand(self) -> None:
+        """Work of some member waits for a commit: take the next checkpoint soon (if this
+        member coordinates; see :class:`~runtime.checkpoints.coordinator.CheckpointSchedule`)."""
+        if self.schedule is not None:
+            self.schedule.demand()
+
     async def _run(self) -> None:
-        await every_interval(self.config.interval, self.checkpoint)
+        assert self.schedule is not None
+        await on_schedule(self.schedule, self.checkpoint)
 
     async def checkpoint(self) -> Manifest | None:
         """Take one checkpoint: its manifest, or None if this member does not coordinate,
@@ -273,6 +290,8 @@ class ClusterCoordinator:
             self.on_segments_unneeded(needed)
 
     def _abandoned(self, checkpoint: int, error: Exception) -> None:
+        if self.schedule is not None:
+            self.schedule.abandoned()
         self._abandoned_in_a_row += 1
         # One line when checkpoints start failing, not one per interval while they do.
         log.log(

@@ -80,7 +80,7 @@ from runtime.cluster.partition_store import PartitionSnapshot, PartitionStore, R
 from runtime.cluster.status import ClusterStatus
 from runtime.config import RuntimeConfig
 from runtime.dispatcher import Failure
-from runtime.errors import ConfigurationError, LogError
+from runtime.errors import ConfigurationError, LogError, StoreError
 from runtime.idempotency import decode_floors, decode_rows, encode_floors, encode_rows
 from runtime.kafka_ingress import KafkaIngressReader
 from runtime.log import Log
@@ -324,6 +324,18 @@ class ClusterRuntime(RuntimeBase):
 
     async def _mark_released(self, epoch: int, what: str) -> None:
         """Nothing to mark: a cluster checkpoint is never given up for an older one."""
+
+    def _demand_checkpoint(self) -> None:
+        """Ask the coordinator for a checkpoint soon: this member's, or over HTTP."""
+        coordinator = self.decisions.state.coordinator
+        if coordinator == self.member.id:
+            self.cluster_coordinator.demand()
+        elif coordinator is not None and self.peers is not None:
+            self.peers.demand_checkpoint(coordinator)
+
+    def checkpoint_demanded(self) -> None:
+        if self.cluster_coordinator.is_coordinator():
+            self.cluster_coordinator.demand()
 
     def _checkpoints_where(self) -> str:
         return f"Kafka topics {self.config.app_id}-checkpoints-*"
@@ -783,11 +795,19 @@ class ClusterRuntime(RuntimeBase):
     async def _write(self, captured: _Captured, segment: int) -> None:
         try:
             await self.partition_store.ensure_segment(segment)
+            # Every partition's snapshot appended at once: one round trip to the log, not
+            # one per partition (an append takes its place when called).
+            snapshots = list(captured.snapshots.items())
+            written = await asyncio.gather(
+                *(self.partition_store.write(segment, snapshot) for _, snapshot in snapshots),
+                return_exceptions=True,
+            )
             locations: dict[int, PartitionLocation] = {}
-            size = 0
-            for p, snapshot in captured.snapshots.items():
-                locations[p] = await self.partition_store.write(segment, snapshot)
-                size += sum(len(v or b"") for _, v in snapshot.state)
+            for (p, _), location in zip(snapshots, written, strict=True):
+                if isinstance(location, BaseException):
+                    raise location
+                locations[p] = location
+            size = sum(len(v or b"") for _, s in snapshots for _, v in s.state)
             # The part vouches for every message the snapshot's epochs sent: they must be
             # durable before it is (a flush raises if one of them failed), and a member
             # that asked for a rollback of this generation vouches for nothing more.
@@ -811,7 +831,7 @@ class ClusterRuntime(RuntimeBase):
                     captured.addresses,
                 )
             )
-        except LogError as e:
+        except (LogError, StoreError) as e:
             # Not written: the changes stay uncommitted, and the next snapshot has them.
             log.warning("writing the part of checkpoint %d failed: %s", captured.checkpoint, e)
 

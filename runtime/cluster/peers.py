@@ -9,15 +9,23 @@ the others for two things:
   which hands it to its waiting calls with its epoch tag, so a committed call still
   holds it until that epoch's checkpoint commits. Delivery is fire and forget: a reply
   to a member that is gone is dropped, and its caller's HTTP client gets its timeout.
+* **Checkpoint demand.** A member whose work waits for a commit (a held committed
+  reply, an exactly-once egress record) while another member coordinates posts an
+  empty ``POST /v1/internal/checkpoint-demand`` (:data:`DEMAND_PATH`) to the
+  coordinator, which then starts its next take as soon as the one in progress is done
+  (``runtime.checkpoints.coordinator.CheckpointSchedule``). At most one is in flight per
+  member; demand raised meanwhile is sent once more when it is answered. A lost one
+  costs latency only: the coordinator's interval still bounds the wait. (HTTP rather
+  than a decision-log record: a hint, not a decision, so every member need not fold it,
+  and it does not grow the log.)
 * **Forwarded requests.** The ingress forwards a keyed POST and a state read to the
   owner of the target's partition (:meth:`Peers.forward`), marked with the
   :data:`FORWARDED_HEADER`, so a member that does not own the partition either (the
   view is changing) answers 503 rather than forward again. A forwarded request keeps
   the caller's ``Authorization``: the owner checks it again.
 
-With tokens (``runtime.access``), a reply carries the application's member token
-(``role: member`` in the tokens file every member reads): the replies route takes no
-other.
+With tokens (``runtime.access``), a reply and a demand carry the application's member token
+(``role: member`` in the tokens file every member reads): their routes take no other.
 
 Who owns what and where a member listens is the :class:`ClusterView`'s to say;
 :class:`StaticView` is a fixed one (tests, and one-member setups).
@@ -43,6 +51,7 @@ from statefun.values import TypedValue
 log = logging.getLogger(__name__)
 
 REPLIES_PATH = "/v1/internal/replies"
+DEMAND_PATH = "/v1/internal/checkpoint-demand"
 FORWARDED_HEADER = "statefun-forwarded"
 """Set on a request one member forwards to another: the forwarding member's id."""
 REPLY_CONTENT_TYPE = "application/msgpack"
@@ -190,6 +199,8 @@ class Peers:
             limits=limits,
         )
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._demanding: asyncio.Task[None] | None = None
+        self._demand_again = False
 
     def deliver_reply(
         self, member: str, address: Address, value: TypedValue, tag: Tag | None
@@ -220,6 +231,33 @@ class Peers:
             return
         if response.status_code >= 300:
             log.debug("reply to %s dropped: %s answered %d", address, member, response.status_code)
+
+    def demand_checkpoint(self, coordinator: str) -> None:
+        """Ask ``coordinator`` to start its next checkpoint soon, in the background (one
+        request in flight at a time; demand raised meanwhile sends one more)."""
+        if self._demanding is not None:
+            self._demand_again = True
+            return
+        self._demanding = asyncio.create_task(self._demand(coordinator), name="checkpoint-demand")
+
+    async def _demand(self, coordinator: str) -> None:
+        try:
+            while True:
+                self._demand_again = False
+                url = self.view.url(coordinator)
+                if url is None:
+                    return
+                headers = {FORWARDED_HEADER: self.view.me}
+                if (token := self._credentials()) is not None:
+                    headers["authorization"] = f"Bearer {token}"
+                try:
+                    await self._client.post(f"{url.rstrip('/')}{DEMAND_PATH}", headers=headers)
+                except httpx.HTTPError as e:
+                    log.debug("checkpoint demand to %s dropped: %s", coordinator, e)
+                if not self._demand_again:
+                    return
+        finally:
+            self._demanding = None
 
     async def forward(self, member: str, request: PeerRequest) -> PeerResponse:
         """``request`` sent to ``member``'s ingress, and its answer;
@@ -254,6 +292,8 @@ class Peers:
     async def close(self) -> None:
         """Drop the replies still being delivered and close the connections."""
         tasks = list(self._deliveries)
+        if self._demanding is not None:
+            tasks.append(self._demanding)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -20,7 +20,7 @@ from support import module_for, running_runtime
 from test_peers import INT, INT_TYPE, appended, two_members
 
 from runtime.access import ROUTES, AccessControl, InsecureBind, TokensFileError, check_bind
-from runtime.cluster.peers import REPLIES_PATH
+from runtime.cluster.peers import DEMAND_PATH, REPLIES_PATH
 from runtime.config import AccessConfig
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,6 +73,7 @@ TABLE: dict[str, tuple[str, str, set[str] | None]] = {
     "/ui/state": ("GET", "/ui/state", ADMIN),
     "/ui/static": ("GET", "/ui/static/console.css", ADMIN),
     REPLIES_PATH: ("POST", REPLIES_PATH, {"member"}),
+    DEMAND_PATH: ("POST", DEMAND_PATH, {"member"}),
 }
 
 
