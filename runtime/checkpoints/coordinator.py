@@ -81,14 +81,15 @@ class CheckpointSchedule:
     is done (checkpoints are taken one at a time), so held work waits for at most two
     checkpoints instead of an interval. Without demand the interval is the upper bound
     between two starts, as before: an idle runtime takes no checkpoint back to back.
-    The first checkpoint comes an interval after the schedule is made or
-    :meth:`restart`-ed (a generation that
-    fails at once completes none, so its rollbacks count as in a row and back off), and
-    after an abandoned checkpoint (:meth:`abandoned`) demand does not shorten the wait
-    until the next start either: a store that keeps failing is tried once an interval,
-    never in a hot loop. :meth:`next` always yields to the event loop once, so work that
-    raises demand on every turn cannot starve it. ``clock`` is injectable (tests); it
-    must be the event loop's time source for :meth:`next` to wait right."""
+
+    Demand counts only once a checkpoint has committed since the schedule was made or
+    :meth:`restart`-ed and since the last :meth:`abandoned` one; until then the next
+    checkpoint waits for the interval. So a generation that fails at once completes no
+    checkpoint, and its rollbacks count as in a row and back off; and a store that keeps
+    failing is tried once an interval, never in a hot loop. :meth:`next` always yields
+    to the event loop once, so work that raises demand on every turn cannot starve it.
+    ``clock`` is injectable (tests); :meth:`next` waits on the event loop's own clock
+    for at most what :meth:`wait_time` says, then asks again."""
 
     def __init__(
         self, interval: float, *, on_demand: bool = True, clock: Callable[[], float] | None = None
@@ -101,7 +102,8 @@ class CheckpointSchedule:
         self._started = self._clock()
         self._demanded = False
         self._patient = True
-        """The next checkpoint waits for the interval (the first, or after an abandoned one)."""
+        """No checkpoint committed since the start or the last abandoned one: the next
+        waits for the interval."""
         self._wake: asyncio.Event | None = None
 
     @property
@@ -123,9 +125,15 @@ class CheckpointSchedule:
         self._started = self._clock()
         self._patient = True
 
+    def committed(self) -> None:
+        """A checkpoint committed: demand starts the next one at once from now on."""
+        self._patient = False
+        if self._demanded and self._wake is not None:
+            self._wake.set()
+
     def abandoned(self) -> None:
-        """The checkpoint started last was abandoned: the next one waits for the interval
-        (what it held still waits, and demand is kept for when a checkpoint may start)."""
+        """A checkpoint was abandoned: the next one waits for the interval (what it held
+        still waits, and demand is kept for when a checkpoint may start)."""
         self._patient = True
 
     def wait_time(self) -> float:
@@ -145,14 +153,14 @@ class CheckpointSchedule:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
         self._started = self._clock()
-        self._demanded = self._patient = False
+        self._demanded = False
 
 
 async def on_schedule(
     schedule: CheckpointSchedule, checkpoint: Callable[[], Awaitable[object]]
 ) -> None:
-    """Take a checkpoint whenever ``schedule`` says (the first an interval from its
-    creation unless demanded sooner), forever; a failed one is logged and the next goes on."""
+    """Take a checkpoint whenever ``schedule`` says, forever; a failed one is logged and
+    the next goes on."""
     while True:
         await schedule.next()
         try:
@@ -252,6 +260,8 @@ class CheckpointCoordinator:
                 self._abandoned_in_a_row = 0
             self.last = manifest
             self._completed += 1
+            if self.schedule is not None:
+                self.schedule.committed()
             self.on_commit(manifest)
             if self._completed % self.config.prune_every == 0:
                 await self.store.retain(self.config.retain)

@@ -283,6 +283,8 @@ class ClusterCoordinator:
             manifest.duration_ms,
         )
         self.last = manifest
+        if self.schedule is not None:
+            self.schedule.committed()
         self.on_commit(manifest)
         needed = self.state.needed_segment()
         if needed > self._segments_released_below:
