@@ -107,6 +107,8 @@ class RunConfig:
     """More module.yaml documents (``python -m bench.checkpoints``: a second egress)."""
     runtime_module: str = "runtime.cli"
     """The module the runtime runs as (``python -m bench.metrics``: one without metrics)."""
+    runtime_args: tuple[str, ...] = ()
+    """More ``statefun run`` options (``python -m bench.checkpoints --no-demand``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +445,7 @@ def start_processes(
             str(ingress_port),
             "--log-level",
             "warning",
+            *config.runtime_args,
         ],
         workdir / "runtime.log",
     )

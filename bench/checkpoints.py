@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -81,7 +82,7 @@ from bench._support import (
     percentile,
     thread_cpu_seconds,
 )
-from bench.functions import AT_LEAST_ONCE_EGRESS, BOTH_PREFIX, DONE_EGRESS
+from bench.functions import AT_LEAST_ONCE_EGRESS, BOTH_PREFIX, COUNTER, DONE_EGRESS, FIRST
 from runtime.app import Runtime, RuntimeConfig
 from runtime.checkpoints.coordinator import Capture, CheckpointConfig, Participant
 from runtime.dispatcher import Failure
@@ -530,6 +531,7 @@ class LatencyRow:
     """The same, of its event loop's thread alone."""
     polls: list[float] | None = None
     """Egress rows: the durations of the ``GET``s that polled the egress, sorted."""
+    on_demand: bool = True
 
     def cells(self) -> list[str]:
         lat = self.latencies
@@ -537,6 +539,7 @@ class LatencyRow:
         return [
             self.log,
             interval_text(self.interval),
+            "on" if self.on_demand else "off",
             self.kind,
             f"{len(lat)}",
             f"{self.rate:.0f}",
@@ -556,6 +559,7 @@ class LatencyRow:
 LATENCY_HEADERS = [
     "log",
     "checkpoints",
+    "on demand",
     "latency of",
     "messages",
     "msg/s",
@@ -625,9 +629,10 @@ class LatencyRun:
             raise Failed(f"POST {url}: {response.status} {body[:300]!r}")
         return accepted
 
-    async def call(self, id_: str, committed: bool) -> float:
-        """POST a call to ``bench/first/<id_>``; its latency (the answer checked)."""
-        url = f"{self.ingress}/v1/call/bench/first/{id_}"
+    async def call(self, id_: str, committed: bool, function: str = FIRST) -> float:
+        """POST a call to ``<function>/<id_>`` (``bench/first``: 2 hops, ``bench/counter``:
+        1); its latency (the answer checked)."""
+        url = f"{self.ingress}/v1/call/{function}/{id_}"
         params = {"timeout": f"{CALL_TIMEOUT:g}"}
         if committed:
             params["consistency"] = "committed"
@@ -790,14 +795,101 @@ class LatencyRun:
             for kind, label in ((True, "call committed"), (False, "call uncommitted"))
         ]
 
+    async def closed_loop(
+        self, interval: float, case: ClosedCase, committed: bool, count: int
+    ) -> ClosedRow:
+        """``count`` calls on fresh addresses, ``case.concurrency`` at a time (each
+        worker sends its next call when the last is answered): latency and throughput."""
+        latencies: list[float] = []
+        numbers = iter(range(count))
+        prefix = f"closed-{case.hops}h-c{case.concurrency}-{'c' if committed else 'u'}"
+
+        async def worker() -> None:
+            for i in numbers:
+                latencies.append(await self.call(f"{prefix}-{i}", committed, case.function))
+
+        await self.note_checkpoints()
+        first = max(self.checkpoints, default=0) + 1
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(case.concurrency)))
+        elapsed = time.perf_counter() - started
+        self.check()
+        await self.note_checkpoints()
+        taken, _ = self.checkpoints_since(first)
+        return ClosedRow(self.log, interval, case, committed, sorted(latencies), elapsed, taken)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedCase:
+    hops: int
+    concurrency: int
+
+    @property
+    def function(self) -> str:
+        return COUNTER if self.hops == 1 else FIRST
+
+
+CLOSED_CASES = (ClosedCase(1, 1), ClosedCase(2, 1), ClosedCase(1, 64))
+"""The closed-loop cases: issue 12's workload (a counter: 1 hop; through a second
+function: 2 hops)."""
+
+
+@dataclass(slots=True)
+class ClosedRow:
+    log: str
+    interval: float
+    case: ClosedCase
+    committed: bool
+    latencies: list[float]
+    """Seconds, sorted."""
+    elapsed: float
+    checkpoints: int
+    on_demand: bool = True
+
+    def cells(self) -> list[str]:
+        lat = self.latencies
+        return [
+            self.log,
+            interval_text(self.interval),
+            "on" if self.on_demand else "off",
+            f"{self.case.hops}",
+            f"{self.case.concurrency}",
+            "committed" if self.committed else "default",
+            f"{len(lat)}",
+            f"{len(lat) / self.elapsed:.0f}",
+            ms(percentile(lat, 50)),
+            ms(percentile(lat, 99)),
+            f"{self.checkpoints}",
+        ]
+
+
+CLOSED_HEADERS = [
+    "log",
+    "checkpoints",
+    "on demand",
+    "hops",
+    "concurrency",
+    "reply",
+    "calls",
+    "calls/s",
+    "p50 ms",
+    "p99 ms",
+    "checkpoints taken",
+]
+
 
 async def measure_latency(
-    log: str, interval: float, args: argparse.Namespace, base: Path, broker: Broker | None
-) -> list[LatencyRow]:
+    log: str,
+    interval: float,
+    args: argparse.Namespace,
+    base: Path,
+    broker: Broker | None,
+    on_demand: bool = True,
+) -> tuple[list[LatencyRow], list[ClosedRow]]:
     """One runtime on ``log``, checkpoints every ``interval``: egress latency, then call
     latency."""
     with Children() as children:
-        return await _measure_latency(children, log, interval, args, base, broker)
+        return await _measure_latency(children, log, interval, args, base, broker, on_demand)
 
 
 async def _measure_latency(
@@ -807,10 +899,16 @@ async def _measure_latency(
     args: argparse.Namespace,
     base: Path,
     broker: Broker | None,
-) -> list[LatencyRow]:
-    workdir = base / f"latency-{log}-{interval:g}s"
+    on_demand: bool,
+) -> tuple[list[LatencyRow], list[ClosedRow]]:
+    workdir = base / f"latency-{log}-{interval:g}s-{'demand' if on_demand else 'interval'}"
     workdir.mkdir()
-    config = RunConfig(interval, EXACTLY_ONCE, extra_module=AT_LEAST_ONCE_MODULE)
+    config = RunConfig(
+        interval,
+        EXACTLY_ONCE,
+        extra_module=AT_LEAST_ONCE_MODULE,
+        runtime_args=() if on_demand else ("--no-checkpoint-on-demand",),
+    )
     processes = start_processes(children, log, workdir, config, broker)
 
     def check() -> None:
@@ -832,14 +930,26 @@ async def _measure_latency(
             rows = await run.egress_latency(interval, args.egress_messages, args.rate)
             say(f"{name}: {args.call_messages} calls")
             rows += await run.call_latency(interval, args.call_messages, args.rate)
+            closed: list[ClosedRow] = []
+            for case in CLOSED_CASES:
+                count = args.closed_calls * (4 if case.concurrency > 1 else 1)
+                for committed in (False, True):
+                    say(
+                        f"{name}: {count} {'committed' if committed else 'default'} calls, "
+                        f"{case.hops} hops, concurrency {case.concurrency}"
+                    )
+                    closed.append(await run.closed_loop(interval, case, committed, count))
         finally:
             watcher.cancel()
+        rows = [dataclasses.replace(row, on_demand=on_demand) for row in rows]
+        for closed_row in closed:
+            closed_row.on_demand = on_demand
     problems = [(c, line) for c in processes.all() for line in c.problems()]
     if problems:
         print(f"  {len(problems)} lines at WARNING or above in the children's logs, e.g.:")
         for child, line in problems[:3]:
             print(f"    {child.log_path.name}: {line[:220]}")
-    return rows
+    return rows, closed
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -905,6 +1015,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="calls, half of them committed (default 2000; --quick: 400)",
     )
     parser.add_argument(
+        "--closed-calls",
+        type=int,
+        help="calls per closed-loop case at concurrency 1, four times as many at 64 "
+        "(default 1000; --quick: 200)",
+    )
+    parser.add_argument(
+        "--demand",
+        choices=["on", "off", "both"],
+        default="on",
+        help="checkpoints on demand in the latency part (statefun run "
+        "--checkpoint-on-demand): on (default), off (every interval only), or both",
+    )
+    parser.add_argument(
         "--max-in-flight",
         type=int,
         default=1000,
@@ -925,10 +1048,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.egress_messages = 500 if args.quick else 3000
     if args.call_messages is None:
         args.call_messages = 400 if args.quick else 2000
+    if args.closed_calls is None:
+        args.closed_calls = 200 if args.quick else 1000
     if min(args.sizes) < 1 or args.repeats < 1 or args.rate <= 0:
         parser.error("--sizes and --repeats must be at least 1, --rate more than 0")
-    if args.egress_messages < 1 or args.call_messages < 1 or args.max_in_flight < 1:
-        parser.error("--egress-messages, --call-messages and --max-in-flight must be at least 1")
+    if min(args.egress_messages, args.call_messages, args.closed_calls, args.max_in_flight) < 1:
+        parser.error(
+            "--egress-messages, --call-messages, --closed-calls and --max-in-flight must be "
+            "at least 1"
+        )
     if min(args.intervals) <= 0:
         parser.error("--intervals must be more than 0: exactly-once egress needs checkpoints")
     return args
@@ -953,12 +1081,24 @@ async def run(args: argparse.Namespace, base: Path, tables: list[str]) -> None:
         broker = find_broker() if "kafka" in logs else None
         if "kafka" in logs and broker is None:
             raise BenchError(f"no Kafka broker for --log {args.log}: {HOW_TO_GET_ONE}")
+        demands = {"on": [True], "off": [False], "both": [False, True]}[args.demand]
         rows: list[LatencyRow] = []
+        closed: list[ClosedRow] = []
         for log in logs:
             for interval in args.intervals:
-                print(f"latency: {log} log, checkpoints every {interval:g} s ...", flush=True)
-                rows += await measure_latency(log, interval, args, base, broker)
-        tables.append(format_table(LATENCY_HEADERS, [r.cells() for r in rows], left=3))
+                for on_demand in demands:
+                    print(
+                        f"latency: {log} log, checkpoints every {interval:g} s"
+                        f"{'' if on_demand else ' (not on demand)'} ...",
+                        flush=True,
+                    )
+                    open_rows, closed_rows = await measure_latency(
+                        log, interval, args, base, broker, on_demand
+                    )
+                    rows += open_rows
+                    closed += closed_rows
+        tables.append(format_table(LATENCY_HEADERS, [r.cells() for r in rows], left=4))
+        tables.append(format_table(CLOSED_HEADERS, [r.cells() for r in closed], left=6))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -225,7 +225,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=default_of(CheckpointConfig, "interval"),
         metavar="SECONDS",
-        help="time between global checkpoints; 0 turns them off (default: %(default)g)",
+        help="the most time between global checkpoints; 0 turns them off (default: %(default)g)",
+    )
+    run.add_argument(
+        "--checkpoint-on-demand",
+        action=argparse.BooleanOptionalAction,
+        default=default_of(CheckpointConfig, "on_demand"),
+        help="start the next checkpoint as soon as the one before is done while a "
+        "committed reply or an exactly-once egress record waits for it (default: on)",
     )
     run.add_argument(
         "--checkpoint-retain",
@@ -480,7 +487,9 @@ def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
         start_over=args.start_over,
         **_given(args, "egress_retention", "messages_retention"),
         checkpoints=CheckpointConfig(
-            interval=args.checkpoint_interval, retain=max(1, args.checkpoint_retain)
+            interval=args.checkpoint_interval,
+            on_demand=args.checkpoint_on_demand,
+            retain=max(1, args.checkpoint_retain),
         ),
         cluster=ClusterConfig(
             enabled=cluster,

@@ -139,7 +139,7 @@ def test_a_kill_right_after_a_committed_reply_keeps_the_state_it_reported(
     module = write_module(tmp_path / "module.yaml", functions_url)
     data, port = tmp_path / "data", free_port()
     flags = ("--checkpoint-interval", "0.5")
-    for round_ in range(3):
+    for round_ in range(2):
         runtime = RuntimeProcess(module, data, port, *flags).start()
         try:
             with client(runtime.url) as http:
