@@ -618,6 +618,8 @@ class LatencyRun:
         """Per egress, how long each ``GET`` took."""
         self.checkpoints: dict[int, int] = {}
         """Checkpoint id -> duration_ms, of those seen by :meth:`note_checkpoints`."""
+        self.sizes: dict[int, int] = {}
+        """Checkpoint id -> size_bytes, of the same."""
 
     async def send(self, id_: str) -> float:
         """POST a message to ``bench/first/<id_>``; when its 202 came."""
@@ -694,6 +696,7 @@ class LatencyRun:
             answer = await response.json()
         for c in answer["checkpoints"]:
             self.checkpoints[int(c["id"])] = int(c["duration_ms"])
+            self.sizes[int(c["id"])] = int(c["size_bytes"])
 
     async def watch_checkpoints(self) -> None:
         while True:
@@ -815,8 +818,11 @@ class LatencyRun:
         elapsed = time.perf_counter() - started
         self.check()
         await self.note_checkpoints()
-        taken, _ = self.checkpoints_since(first)
-        return ClosedRow(self.log, interval, case, committed, sorted(latencies), elapsed, taken)
+        taken, durations = self.checkpoints_since(first)
+        sizes = sorted(self.sizes[c] for c in self.sizes if c >= first)
+        return ClosedRow(
+            self.log, interval, case, committed, sorted(latencies), elapsed, taken, durations, sizes
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -844,6 +850,10 @@ class ClosedRow:
     """Seconds, sorted."""
     elapsed: float
     checkpoints: int
+    checkpoint_ms: list[int]
+    """``duration_ms`` of the checkpoints seen meanwhile, sorted."""
+    checkpoint_bytes: list[int]
+    """``size_bytes`` of the same, sorted."""
     on_demand: bool = True
 
     def cells(self) -> list[str]:
@@ -860,6 +870,8 @@ class ClosedRow:
             ms(percentile(lat, 50)),
             ms(percentile(lat, 99)),
             f"{self.checkpoints}",
+            f"{percentile(self.checkpoint_ms, 50):.0f}" if self.checkpoint_ms else "-",
+            f"{percentile(self.checkpoint_bytes, 50):.0f}" if self.checkpoint_bytes else "-",
         ]
 
 
@@ -875,6 +887,8 @@ CLOSED_HEADERS = [
     "p50 ms",
     "p99 ms",
     "checkpoints taken",
+    "checkpoint p50 ms",
+    "checkpoint p50 bytes",
 ]
 
 
