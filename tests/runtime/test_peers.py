@@ -19,7 +19,7 @@ from support import module_for
 
 from runtime.app import Runtime, RuntimeConfig
 from runtime.checkpoints.epochs import Tag
-from runtime.cluster.peers import FORWARDED_HEADER, REPLIES_PATH, Peers, StaticView
+from runtime.cluster.peers import DEMAND_PATH, FORWARDED_HEADER, REPLIES_PATH, Peers, StaticView
 from runtime.cluster.status import LOCAL_MEMBER
 from runtime.config import AccessConfig
 from runtime.errors import ConfigurationError
@@ -445,3 +445,46 @@ def test_the_cluster_status_of_members_and_of_a_process_alone() -> None:
     assert isinstance(last, dict)
     assert last["id"] == 1
     assert last["generation"] == 1
+
+
+def test_a_member_demands_a_checkpoint_of_the_coordinator_once_at_a_time() -> None:
+    """Demand raised while one demand is in flight is sent once more when it is answered,
+    not once per demand; the coordinator's schedule hears it."""
+
+    async def scenario() -> None:
+        async with two_members() as cluster:
+            schedule = cluster.a.coordinator.schedule
+            assert schedule is not None
+            assert not schedule.demanded
+            sent: list[str] = []
+            answer = asyncio.Event()
+            demanded = asyncio.Event()
+
+            class Coordinator(httpx.AsyncBaseTransport):
+                async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                    sent.append(request.url.path)
+                    demanded.set()
+                    await answer.wait()
+                    return await cluster.peers.apps["a"].handle_async_request(request)
+
+            peers = Peers(cluster.view_b, transport=Coordinator())
+            try:
+                for _ in range(5):
+                    peers.demand_checkpoint("a")
+                await demanded.wait()
+                answer.set()
+                for _ in range(5):
+                    peers.demand_checkpoint("a")  # in flight still, or sent afresh
+                while peers._demanding is not None:  # noqa: SLF001 - until none is in flight
+                    await asyncio.sleep(0.01)
+                assert sent == [DEMAND_PATH] * len(sent)
+                assert 2 <= len(sent) <= 3, sent
+                assert schedule.demanded
+                peers.demand_checkpoint("nobody")  # not a member: nothing is sent
+                assert peers._demanding is not None  # noqa: SLF001
+                await peers._demanding  # noqa: SLF001
+                assert len(sent) <= 3
+            finally:
+                await peers.close()
+
+    asyncio.run(scenario())
