@@ -14,8 +14,10 @@ says (at once while some member's work waits for a commit, otherwise every
 ``interval``): append ``Take(g, n)`` with n above every checkpoint
 taken before, wait for the ``Part`` of every member the Begin gives partitions, then
 append the ``Manifest``: the commit point. Every ``full_every`` links of a chain the take
-is full, in a new segment of the partition store; once no retained manifest reads a
-segment, ``on_segments_unneeded`` hears that every segment below the lowest still read
+is full, in a new segment of the partition store (unless the chain's segment is younger
+than ``full_every`` intervals: takes on demand come back to back, and creating and
+deleting topics at that pace would cost more than the takes); once no retained manifest
+reads a segment, ``on_segments_unneeded`` hears that every segment below the lowest still read
 may be deleted. A take not complete within ``timeout`` is abandoned: no manifest, and
 the next take goes on (members keep their changes since the last commit and write
 them again). One take at a time.
@@ -107,6 +109,10 @@ class ClusterCoordinator:
         )
         """When takes start while this member coordinates (None: only when
         :meth:`checkpoint` is called); members' demand reaches it through :meth:`demand`."""
+        self._segment_min_age = full_every * config.interval
+        """Seconds a segment lives at least before a full take starts a new one."""
+        self._segment_opened: tuple[int, float] | None = None
+        """The segment this coordinator last started, and when (``time.monotonic``)."""
         self.last: Manifest | None = None
         """The last manifest this coordinator committed."""
         self.on_commit: Callable[[Manifest], None] = lambda manifest: None
@@ -224,12 +230,22 @@ class ClusterCoordinator:
             generation, checkpoint = state.generation, state.highest_checkpoint + 1
             chain_segment = state.chain_segment()
             full = chain_segment is None or state.chain_length() >= self.full_every
-            segment = state.highest_segment + 1 if full or chain_segment is None else chain_segment
             started = time.monotonic()
+            # A full take starts a new segment, unless the chain's segment is younger than
+            # full_every intervals (checkpoints on demand come back to back): segments
+            # then come and go at the interval's pace, not one per full_every takes.
+            rotate = chain_segment is None or (
+                full and self._segment_age(chain_segment, started) >= self._segment_min_age
+            )
+            segment = (
+                state.highest_segment + 1 if rotate or chain_segment is None else chain_segment
+            )
             take = await self.decisions.decide(Take(generation, checkpoint, segment, full))
             if not take.applied:
                 log.info("take %d void: %s", checkpoint, take.void)
                 return None
+            if segment != chain_segment:
+                self._segment_opened = (segment, started)
 
             def settled(s: ClusterState) -> bool:
                 current = s.take is not None and s.take.checkpoint == checkpoint
@@ -257,6 +273,14 @@ class ClusterCoordinator:
             if self.state.epoch_records >= self.decisions.epoch_records:
                 await self._move()
             return manifest
+
+    def _segment_age(self, segment: int, now: float) -> float:
+        """Seconds since this coordinator's first take into ``segment`` (infinite if it
+        took none: another coordinator opened it)."""
+        opened = self._segment_opened
+        if opened is None or opened[0] != segment:
+            return float("inf")
+        return now - opened[1]
 
     async def _move(self) -> None:
         """Move the decision log to a new epoch, right after a commit: no take is in

@@ -229,6 +229,32 @@ async def test_full_snapshots_start_new_segments_and_old_segments_are_released(
     assert max(len(c) for c in a.state.manifest.chains.values()) == 1  # type: ignore[union-attr]
 
 
+async def test_takes_back_to_back_stay_in_a_young_segment(cluster: Cluster) -> None:
+    """Takes on demand come back to back: a full take starts a new segment only once the
+    chain's segment is full_every intervals old, so segments (topics, created and
+    deleted) do not come and go at the pace of the takes."""
+    config = CheckpointConfig(interval=3600, timeout=10.0)  # never started: takes by hand
+    a = await cluster.coordinator("a", config=config, full_every=2)
+    released: list[int] = []
+    a.on_segments_unneeded = released.append
+    await begin(a)
+    takes: list[Take] = []
+    cluster.members["a"].decisions.subscribe(
+        lambda e: takes.append(e.record) if isinstance(e.record, Take) else None
+    )
+    for _ in range(5):
+        await committed(a)
+    assert [(t.checkpoint, t.segment, t.full) for t in takes] == [
+        (1, 1, True),
+        (2, 1, False),
+        (3, 1, True),
+        (4, 1, False),
+        (5, 1, True),
+    ]
+    assert released == []
+    assert max(len(c) for c in a.state.manifest.chains.values()) == 1  # type: ignore[union-attr]
+
+
 async def test_a_new_coordinator_goes_on_from_the_last_commit_and_fences_the_old_one(
     cluster: Cluster,
 ) -> None:
