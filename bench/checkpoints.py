@@ -929,7 +929,9 @@ async def _measure_latency(
         for child in processes.all():
             child.check_alive()
 
-    connector = aiohttp.TCPConnector(limit=args.max_in_flight)
+    # Idle connections dropped well before the ingress closes them (5 s): reusing one the
+    # server is closing at that moment is a connection reset.
+    connector = aiohttp.TCPConnector(limit=args.max_in_flight, keepalive_timeout=2)
     timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT + 30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await processes.functions.wait_healthy(session, f"{processes.functions_url}/health")
