@@ -112,7 +112,7 @@ def test_an_abandoned_commit_holds_the_reply_until_a_checkpoint_commits(
         assert checkpoints(http) == [first]
 
         def held() -> list[str]:
-            waiting = runtime.replies._waiting  # noqa: SLF001 - the held reply itself
+            waiting = runtime.replies._waiting  # the held reply itself
             return [str(w.held[0].value) for w in waiting.values() if w.held is not None]
 
         # Held, not answered: the abandoned checkpoint released nothing.

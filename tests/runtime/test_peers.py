@@ -475,14 +475,16 @@ def test_a_member_demands_a_checkpoint_of_the_coordinator_once_at_a_time() -> No
                 answer.set()
                 for _ in range(5):
                     peers.demand_checkpoint("a")  # in flight still, or sent afresh
-                while peers._demanding is not None:  # noqa: SLF001 - until none is in flight
-                    await asyncio.sleep(0.01)
+                in_flight = peers._demanding  # one task sends them all, one after another
+                assert in_flight is not None
+                await in_flight
+                assert peers._demanding is None
                 assert sent == [DEMAND_PATH] * len(sent)
                 assert 2 <= len(sent) <= 3, sent
                 assert schedule.demanded
                 peers.demand_checkpoint("nobody")  # not a member: nothing is sent
-                assert peers._demanding is not None  # noqa: SLF001
-                await peers._demanding  # noqa: SLF001
+                assert peers._demanding is not None
+                await peers._demanding
                 assert len(sent) <= 3
             finally:
                 await peers.close()
