@@ -1,8 +1,10 @@
-"""Committed replies and checkpoints on demand, end to end on the embedded log: a
-committed call is answered by a checkpoint it demanded (not by the interval), never
-before that checkpoint's manifest is durable (an abandoned commit holds it to the next
-one that succeeds), and a ``kill -9`` right after the answer can only ever show the
-state the answer reported, even from a function whose replay would answer otherwise."""
+"""Committed replies and checkpoints on demand, end to end: a committed call is answered
+by a checkpoint it demanded (not by the interval), never before that checkpoint's
+manifest is durable (an abandoned commit holds it to the next one that succeeds), and a
+``kill -9`` right after the answer can only ever show the state the answer reported,
+even from a function whose replay would answer otherwise: on the embedded log, and on
+Kafka with two members, the calls sent to the one that does not coordinate (its demand
+crosses to the coordinator over HTTP)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from support import (
     free_port,
     module_for,
     running_runtime,
+    unique_app_id,
     wait_until,
     write_module,
 )
@@ -44,9 +47,11 @@ def call_committed(http: httpx.Client, address: str) -> httpx.Response:
 
 
 def nonce(http: httpx.Client, address: str) -> str | None:
-    value: str | None = (
-        http.get(f"/v1/state/{address}").json()["state"].get("nonce", {}).get("value")
-    )
+    """The address's nonce; None if it has none, or while its owner restores it (503)."""
+    answer = http.get(f"/v1/state/{address}")
+    if answer.status_code == 503:
+        return None
+    value: str | None = answer.json()["state"].get("nonce", {}).get("value")
     return value
 
 
@@ -156,3 +161,65 @@ def test_a_kill_right_after_a_committed_reply_keeps_the_state_it_reported(
                 assert nonce(http, "test/nonce/k") == replies[-1].json()["value"], round_
         finally:
             runtime.kill()
+
+
+def members_of(http: httpx.Client) -> dict[str, Any]:
+    answer: dict[str, Any] = http.get("/v1/cluster").json()
+    return answer
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+def test_on_kafka_a_kill_after_committed_replies_keeps_the_states_they_reported(
+    functions_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    module = write_module(tmp_path / "module.yaml", functions_url)
+    flags = (
+        "--kafka",
+        kafka_bootstrap,
+        "--app-id",
+        unique_app_id(),
+        "--partitions",
+        "4",
+        "--session-timeout",
+        "2",
+        "--checkpoint-interval",
+        "0.5",
+    )
+    members = [
+        RuntimeProcess(module, tmp_path / f"data-{i}", free_port(), *flags).start()
+        for i in range(2)
+    ]
+    addresses = [f"test/nonce/k{i}" for i in range(4)]
+    try:
+        with client(members[0].url) as http:
+            wait_until(
+                lambda: (
+                    all(m["partitions"] for m in members_of(http)["members"])
+                    and len(members_of(http)["members"]) == 2
+                ),
+                timeout=60,
+            )
+            status = members_of(http)
+        urls = {m["id"]: m["url"] for m in status["members"]}
+        (other,) = [m for m in members if m.url != urls[status["coordinator"]]]
+        with client(other.url) as http:
+            replies = {a: call_committed(http, a) for a in addresses}
+        for reply in replies.values():
+            assert reply.status_code == 200, reply.text
+            assert reply.headers["x-statefun-consistency"] == "committed"
+    finally:
+        for m in members:
+            m.kill()  # kill -9, both, right after the last answer
+    survivor = RuntimeProcess(module, tmp_path / "data-new", free_port(), *flags).start()
+    try:
+        with client(survivor.url) as http:
+            wait_until(
+                lambda: [len(m["partitions"]) for m in members_of(http)["members"]] == [4],
+                timeout=60,
+            )
+            for address, reply in replies.items():
+                wait_until(lambda a=address: nonce(http, a) is not None, timeout=30)
+                assert nonce(http, address) == reply.json()["value"], address
+    finally:
+        survivor.kill()
