@@ -17,8 +17,8 @@ append the ``Manifest``: the commit point. Every ``full_every`` links of a chain
 is full, in a new segment of the partition store (unless the chain's segment is younger
 than ``full_every`` intervals: takes on demand come back to back, and creating and
 deleting topics at that pace would cost more than the takes); once no retained manifest
-reads a segment, ``on_segments_unneeded`` hears that every segment below the lowest still read
-may be deleted. A take not complete within ``timeout`` is abandoned: no manifest, and
+reads a segment, ``on_segments_unneeded`` hears that every segment below the lowest
+still read may be deleted. A take not complete within ``timeout`` is abandoned: no manifest, and
 the next take goes on (members keep their changes since the last commit and write
 them again). One take at a time.
 
