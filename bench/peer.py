@@ -179,8 +179,9 @@ class Deployment:
         return [c for c in (self.broker, self.functions, *self.runtimes) if c is not None]
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds now of each role: ``runtime`` (all its processes), ``functions``,
-        ``broker`` (only ours), ``loadgen`` (this process)."""
+        """CPU seconds now of each role: ``runtime`` (all its processes; with several, also
+        ``runtime N`` each), ``functions``, ``broker`` (only ours), ``loadgen`` (this
+        process); ``clock``: when."""
         t = os.times()
         out = {
             "clock": time.perf_counter(),
@@ -190,6 +191,8 @@ class Deployment:
         }
         if self.broker is not None:
             out["broker"] = cpu_seconds(self.broker.pid)
+        if len(self.runtimes) > 1:
+            out |= {f"runtime {n}": cpu_seconds(c.pid) for n, c in enumerate(self.runtimes, 1)}
         return out
 
 
@@ -519,7 +522,7 @@ class Driver:
         """A py-spy profile of the (first) runtime process, if asked for this case now."""
         if self._profile_now is None:
             return None
-        path = self.s.profile_dir / f"peer-profile-{self.d.mode}-{self._profile_now}.txt"
+        path = self.s.profile_dir / f"peer-profile-{self.d.mode}-{self._profile_now}.folded"
         return Profiler(self.d.runtimes[0].pid, path)
 
     async def case(self, name: str, rep: int, tag: str) -> dict[str, Any]:
@@ -540,16 +543,23 @@ class Driver:
 
 CATEGORIES = {
     "ingress HTTP server and framework (uvicorn, starlette, fastapi)": (
-        "uvicorn",
-        "starlette",
-        "fastapi",
-        "httptools",
+        "(uvicorn/",
+        "(starlette/",
+        "(fastapi/",
+        "(httptools/",
     ),
-    "function client (httpx, aiohttp)": ("httpx", "httpcore", "aiohttp"),
-    "worker (runtime/worker.py)": ("runtime/worker.py",),
-    "sqlite": ("sqlite3",),
-    "kafka client": ("/kafka/",),
+    "function client (httpx, aiohttp)": ("(httpx/", "(httpcore/", "(aiohttp/", "(httpx_aiohttp/"),
+    "worker (runtime/worker.py)": ("(runtime/worker.py",),
+    "sqlite (the embedded log and the checkpoint store)": (
+        "(runtime/log/sqlite.py",
+        "(runtime/checkpoints/store.py",
+        "(sqlite3/",
+    ),
+    "kafka client (kafka-python, runtime/log/kafka.py)": ("(kafka/", "(runtime/log/kafka.py"),
 }
+"""What the profile's summary gives the share of: a sample is inside if any frame of its
+stack is in one of these files (py-spy names a frame ``function (path:line)``)."""
+MAIN_THREAD = "MainThread"
 
 
 def py_spy() -> str | None:
@@ -607,30 +617,35 @@ def frames_of(line: str) -> tuple[list[str], int]:
 def summarize(path: Path, top: int = 12) -> dict[str, Any]:
     """Top frames by their own share, and the share of the samples (inclusive) in each
     of :data:`CATEGORIES`, of all threads and of the main thread (the event loop)."""
-    total = 0
+    total = main = 0
     own: Counter[str] = Counter()
     inside: Counter[str] = Counter()
+    inside_main: Counter[str] = Counter()
     threads: Counter[str] = Counter()
     for line in path.read_text(errors="replace").splitlines():
         if not line.strip():
             continue
         frames, count = frames_of(line)
         total += count
-        thread = frames[0] if frames and frames[0].startswith(("thread", "process")) else "?"
+        thread = frames[0] if frames[0].startswith("thread") else "?"
         threads[thread] += count
+        in_main = thread.endswith(MAIN_THREAD)
+        main += count if in_main else 0
         code = [f for f in frames if not f.startswith(("thread", "process"))]
         if code:
             own[code[-1]] += count
         for category, needles in CATEGORIES.items():
             if any(n in f for f in code for n in needles):
                 inside[category] += count
-    share = (lambda n: n / total) if total else (lambda n: 0.0)
+                inside_main[category] += count if in_main else 0
     return {
         "file": str(path),
         "samples": total,
-        "threads": {t: share(n) for t, n in threads.most_common(6)},
-        "categories": {c: share(inside[c]) for c in CATEGORIES},
-        "top_own": [(f, share(n)) for f, n in own.most_common(top)],
+        "main_thread_samples": main,
+        "threads": {t: n / total for t, n in threads.most_common(6)} if total else {},
+        "categories": {c: inside[c] / total if total else 0.0 for c in CATEGORIES},
+        "categories_main": {c: inside_main[c] / main if main else 0.0 for c in CATEGORIES},
+        "top_own": [(f, n / total) for f, n in own.most_common(top)],
     }
 
 
@@ -638,13 +653,19 @@ def profile_text(mode: str, case: str, p: dict[str, Any]) -> str:
     if "error" in p:
         return f"profile of {mode} {case}: py-spy wrote nothing: {p['error']}"
     lines = [
-        f"profile of the runtime, {mode}, {case}: {p['samples']} samples (100 Hz, all threads, "
-        f"idle excluded) in {p['file']}"
+        f"profile of the runtime (its first process), {mode}, {case}: {p['samples']} samples "
+        f"(100 Hz, all threads, idle excluded), raw stacks in {p['file']}",
+        "  samples per thread:",
     ]
     lines += [f"  {share:6.1%}  {thread}" for thread, share in p["threads"].items()]
-    lines.append("  share of the samples inside (inclusive):")
-    lines += [f"  {share:6.1%}  {c}" for c, share in p["categories"].items()]
-    lines.append("  top frames by their own share:")
+    lines.append("  share of the samples inside (inclusive), all threads / the main thread:")
+    lines += [
+        f"  {share:6.1%} / {p['categories_main'][c]:6.1%}  {c}"
+        for c, share in p["categories"].items()
+    ]
+    lines.append(
+        "  top frames by their own share (Runner.run: the event loop's own C code, uvloop):"
+    )
     lines += [f"  {share:6.1%}  {frame[:140]}" for frame, share in p["top_own"]]
     return "\n".join(lines)
 
@@ -805,9 +826,13 @@ def cpu_table(results: dict[str, dict[str, Any]], s: Settings) -> str:
             )
             core = [median([(r["cpu"] or {}).get(role) for r in runs]) for role in roles]
             ms = [median([per_request(r, role) for r in runs]) for role in roles]
+            cells = ["-" if c is None else number(c) for c in core]
+            each = [median([(r["cpu"] or {}).get(f"runtime {n}") for r in runs]) for n in (1, 2, 3)]
+            if each[0] is not None:  # several runtime processes: each one's share too
+                cells[0] += " (" + " ".join(number(c) for c in each if c is not None) + ")"
             lines.append(
                 f"| {m} | {name} | {number(rps, 0)} | "
-                + " | ".join("-" if c is None else number(c) for c in core)
+                + " | ".join(cells)
                 + " | "
                 + " | ".join("-" if v is None else number(v) for v in ms)
                 + " |"
