@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.peer import CASES, summarize
+from bench.peer import CASES, poll_delay, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,3 +99,10 @@ def test_the_profile_summary_shares_samples_by_thread_category_and_own_frame(
     assert main_only["sqlite"] == 0.0
     assert p["top_own"][0] == ("SqliteLog._commit (runtime/log/sqlite.py:191)", 0.5)
     assert ("Runner.run (asyncio/runners.py:118)", 0.05) in p["top_own"]
+
+
+def test_metrics_are_read_when_the_rate_seen_would_have_applied_the_rest() -> None:
+    assert poll_delay(500, 0.0) == 0.1  # nothing applied yet: the longest wait
+    assert poll_delay(500, 1000.0) == 0.1  # far from the end: at most 100 ms
+    assert poll_delay(20, 1000.0) == pytest.approx(0.02)
+    assert poll_delay(1, 1000.0) == 0.005  # near the end: at least 5 ms apart
