@@ -202,8 +202,11 @@ class BatchContext(Context):
         caller = self._caller
         if caller is None:
             raise NoCallerError(
-                f"{self._target} cannot reply: the current "
-                "message came from an ingress, not from a function"
+                f"{self._target} cannot reply: the current message has no caller (it came "
+                "through POST /v1/messages, statefun send or a Kafka ingress, not from a "
+                "function nor POST /v1/call); to get a reply over HTTP "
+                "send it with POST /v1/call (statefun call), or reply only when "
+                "context.caller is not None"
             )
         self._messages.append(OutgoingMessage(caller, typed_value_from_keywords(kwargs)))
 
