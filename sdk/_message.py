@@ -125,7 +125,25 @@ class Message:
 
     Arriving messages are read with ``is_int()``/``as_int()`` and friends, or
     ``is_type(tpe)``/``as_type(tpe)`` for any type; reading a value as a type it is not
-    raises :class:`~statefun.errors.ValueTypeError`.
+    raises :class:`~statefun.errors.ValueTypeError`. Build messages to send with
+    :func:`message_builder`.
+
+    Example:
+
+    ```python
+    >>> from sdk import IntType, message_builder
+    >>> message = message_builder("example/counter", "c1", int_value=5)
+    >>> message.target_typename, message.target_id
+    ('example/counter', 'c1')
+    >>> message.is_int(), message.as_int(), message.is_string()
+    (True, 5, False)
+    >>> message.is_type(IntType)
+    True
+
+    ```
+
+    In a function, test before reading when several types may arrive:
+    ``if message.is_string(): name = message.as_string()``.
     """
 
     __slots__ = ("_target", "_typed_value")
@@ -232,12 +250,37 @@ def message_builder(target_typename: str, target_id: str, **kwargs: Any) -> Mess
 
     The value is one keyword: ``int_value=``, ``long_value=``, ``float_value=``,
     ``double_value=``, ``bool_value=``, ``str_value=``, or ``value=`` with ``value_type=``.
+    ``Context.reply`` takes the same keywords.
+
+    Example:
+
+    ```python
+    >>> from sdk import make_json_type, message_builder
+    >>> message_builder("example/greeter", "Alice", str_value="hi").as_string()
+    'hi'
+    >>> Order = make_json_type("shop/Order")
+    >>> message_builder("shop/orders", "o-1", value={"sku": "x", "n": 2}, value_type=Order).as_type(Order)
+    {'sku': 'x', 'n': 2}
+
+    ```
     """
     return Message(target_typename, target_id, typed_value_from_keywords(kwargs))
 
 
 class EgressMessage:
-    """A record for the egress ``typename``."""
+    """A record for the egress ``typename``, as :func:`egress_message_builder` and
+    :func:`kafka_egress_message` build it; send it with ``context.send_egress``.
+
+    Example:
+
+    ```python
+    >>> from sdk import StringType, egress_message_builder
+    >>> record = egress_message_builder("example/greetings", "Hello Alice", StringType)
+    >>> record.typename, record.value_typename()
+    ('example/greetings', 'io.statefun.types/string')
+
+    ```
+    """
 
     __slots__ = ("_egress", "_typed_value")
 
@@ -272,7 +315,19 @@ class EgressMessage:
 def egress_message_builder(
     target_typename: str, value: Any, value_type: Type[Any]
 ) -> EgressMessage:
-    """A record of ``value`` serialized as ``value_type`` for the egress ``target_typename``."""
+    """A record of ``value`` serialized as ``value_type`` for the egress ``target_typename``.
+
+    The egress is declared in the module spec (``kind: statefun.v1/egress``, readable at
+    ``GET /v1/egress/{namespace}/{name}``).
+
+    Example:
+
+    ```python
+    def formatter(context: Context, message: Message) -> None:
+        greeting = f"Hello {message.as_string()}"
+        context.send_egress(egress_message_builder("example/greetings", greeting, StringType))
+    ```
+    """
     if value is None:
         raise ValueError("an egress message needs a value, got None")
     value_type = _check_type(value_type)
@@ -317,6 +372,17 @@ def kafka_egress_message(
     ``value`` is serialized with ``value_type`` if given; otherwise a str becomes UTF-8,
     bytes stay as they are, an int becomes a big-endian int32 and a float a big-endian
     double, as Kafka's own serializers write them. ``key`` is a UTF-8 string or None.
+    The egress is declared in the module spec (``kind: io.statefun.kafka.v1/egress``).
+
+    Example:
+
+    ```python
+    >>> from sdk import kafka_egress_message
+    >>> record = kafka_egress_message("example/kafka-out", "greetings", "Hello Alice", key="Alice")
+    >>> record.typename
+    'example/kafka-out'
+
+    ```
     """
     if not isinstance(topic, str) or not topic:
         raise ValueError(f"a Kafka egress message needs a topic, got {topic!r}")

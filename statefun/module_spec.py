@@ -45,11 +45,12 @@ Kinds understood:
 * ``io.statefun.playground.v1/ingress`` and ``io.statefun.playground.v1/egress`` - the
   StateFun playground's, so its examples run unchanged: the runtime's own HTTP ingress
   stands in for the playground ingress, and the playground egress becomes an egress kept
-  in the runtime's log (``io.statefun.playground/egress``); the ports and topics they
-  name are warned about.
+  in the runtime's log (``io.statefun.playground/egress``); the ``port`` and ``topics``
+  they name are warned about.
 * ``statefun.v1/failure-policy`` - ``functions`` (``ns/name`` or ``ns/*``), ``policy``
   (``dead-letter``, the default, ``retry`` or ``fail``) and ``deadLetterAfter`` (a
-  duration, for ``dead-letter``); see :class:`FailurePolicy`.
+  duration, for ``dead-letter``); see :class:`FailurePolicy`. ``maxRollbacks``, read by
+  earlier versions, is refused with an error saying what replaced it.
 
 As in StateFun, a Kafka ``address`` may be left out; the runtime then uses its own
 Kafka cluster (``statefun run --kafka``). An egress's ``deliverySemantic`` is
