@@ -24,6 +24,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,15 @@ def blocks(markdown: str) -> list[Block]:
     return found
 
 
+def setup_blocks(markdown: str) -> list[Block]:
+    """The blocks of a page up to and including its first command run to completion:
+    its files and terminals, and the wait for them (the tutorial's application, which
+    the how-to pages run against)."""
+    found = blocks(markdown)
+    first_run = next(i for i, b in enumerate(found) if b.kind == "run")
+    return found[: first_run + 1]
+
+
 def _matches(expected: str, output: str) -> bool:
     """Whether ``output`` holds the lines of ``expected`` in order (``...``: anything)."""
     pattern = ".*?".join(
@@ -103,12 +113,13 @@ class PageRun:
             **self.env,
         }
 
-    def run(self, page: Path, timeout: float = 60) -> None:
-        """Every block of ``page`` in order; an AssertionError names the failing block."""
+    def run(self, page: Path, timeout: float = 60, prelude: Sequence[Block] = ()) -> None:
+        """Every block of ``page`` in order, after the blocks of ``prelude`` (e.g. another
+        page's setup); an AssertionError names the failing block."""
         found = blocks(page.read_text(encoding="utf-8"))
         assert found, f"{page} has no code blocks"
         last_output = ""
-        for block in found:
+        for block in [*prelude, *found]:
             where = f"{page.name}:{block.line}"
             kind = block.kind
             assert kind != "unknown", (

@@ -4,10 +4,11 @@ long-running ones in the background), every output shown checked (tests/docs/run
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from runnable import PORTS, PageRun, blocks
+from runnable import PORTS, Block, PageRun
 from support import free_port
 
 from docs_site import ROOT
@@ -15,12 +16,13 @@ from docs_site import ROOT
 DOCS = ROOT / "docs"
 
 
-def run_page(page: Path, folder: Path) -> PageRun:
+def run_page(page: Path, folder: Path, prelude: Sequence[Block] = ()) -> PageRun:
+    """Run ``page``'s blocks (after ``prelude``'s) in ``folder``, on free ports."""
     if shutil.which("curl") is None:
         pytest.fail("the pages' commands use curl: apt-get install curl")
     run = PageRun(folder, {port: free_port() for port in PORTS})
     try:
-        run.run(page)
+        run.run(page, prelude=prelude)
     finally:
         run.close()
     return run
