@@ -28,8 +28,9 @@ def _cell(text: str) -> str:
 
 def _rst_to_markdown(text: str) -> str:
     """Docstring markup (``code``, :class:`~a.B`) as Markdown."""
-    text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", text)
-    return text.replace("``", "`")
+    from docsgen.griffe_markup import markdown
+
+    return markdown(text)
 
 
 # --- the CLI ------------------------------------------------------------------------------
