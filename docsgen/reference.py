@@ -115,7 +115,7 @@ def _schema_type(schema: dict[str, Any]) -> str:
     if "anyOf" in schema:
         return " or ".join(_schema_type(s) for s in schema["anyOf"])
     if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
     kind = str(schema.get("type", "any"))
     if "enum" in schema:
         kind += " (" + ", ".join(str(v) for v in schema["enum"]) + ")"
@@ -158,7 +158,7 @@ def http_page(document: dict[str, Any] | None = None) -> str:
         "",
         "Generated from the ingress's OpenAPI document (what a runtime serves at "
         "`/openapi.json`, to admins when tokens are on) while the site builds. Every error "
-        "is a JSON body `{\"error\": CODE, \"detail\": TEXT}`. With tokens "
+        'is a JSON body `{"error": CODE, "detail": TEXT}`. With tokens '
         "([security](../security.md)), every route but `/health` and `/ready` may also "
         "answer 401 and 403.",
         "",

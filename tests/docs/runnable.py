@@ -28,7 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S)
+FENCE = re.compile(
+    r"^(?P<indent> *)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```$", re.M | re.S
+)
 TITLE = re.compile(r'title="([^"]*)"')
 PORTS = (8000, 8090, 9092)
 
@@ -82,7 +84,8 @@ def setup_blocks(markdown: str) -> list[Block]:
 def _matches(expected: str, output: str) -> bool:
     """Whether ``output`` holds the lines of ``expected`` in order (``...``: anything)."""
     pattern = ".*?".join(
-        ".*".join(re.escape(part) for part in line.split("...")) for line in expected.strip().splitlines()
+        ".*".join(re.escape(part) for part in line.split("..."))
+        for line in expected.strip().splitlines()
     )
     return re.search(pattern, output, re.S) is not None
 

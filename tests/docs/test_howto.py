@@ -25,9 +25,10 @@ RUNNABLE = [
 def test_every_block_of_a_how_to_page_runs(page: str, tmp_path: Path) -> None:
     prelude = setup_blocks((DOCS / "tutorial.md").read_text(encoding="utf-8"))
     run = run_page(DOCS / page, tmp_path, prelude)
-    assert sum(line.endswith(" run") for line in run.ran) >= len(
-        [b for b in prelude if b.kind == "run"]
-    ) + 1
+    assert (
+        sum(line.endswith(" run") for line in run.ran)
+        >= len([b for b in prelude if b.kind == "run"]) + 1
+    )
 
 
 def test_every_other_how_to_block_says_why_it_is_not_run() -> None:
@@ -36,7 +37,6 @@ def test_every_other_how_to_block_says_why_it_is_not_run() -> None:
         if page in RUNNABLE:
             continue
         for block in blocks(path.read_text(encoding="utf-8")):
-            assert block.kind == "skip" and "not run:" in (block.title or ""), (
-                f"{page}:{block.line}: run it (add the page to RUNNABLE) or title it "
-                '"... (not run: why)"'
-            )
+            where = f'{page}:{block.line}: run it (add the page to RUNNABLE) or title it "... (not run: why)"'
+            assert block.kind == "skip", where
+            assert "not run:" in (block.title or ""), where

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from docs_site import ROOT
 from runnable import PORTS, Block, PageRun
 from support import free_port
-
-from docs_site import ROOT
 
 DOCS = ROOT / "docs"
 
@@ -32,5 +31,6 @@ def run_page(page: Path, folder: Path, prelude: Sequence[Block] = ()) -> PageRun
 def test_every_block_of_the_tutorial_runs(tmp_path: Path) -> None:
     run = run_page(DOCS / "tutorial.md", tmp_path)
     kinds = [line.rsplit(" ", 1)[1] for line in run.ran]
-    assert kinds.count("run") >= 10 and kinds.count("background") >= 4, run.ran
+    assert kinds.count("run") >= 10, run.ran
+    assert kinds.count("background") >= 4, run.ran
     assert kinds.count("output") >= 5
