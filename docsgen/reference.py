@@ -160,7 +160,9 @@ def http_page(document: dict[str, Any] | None = None) -> str:
         "`/openapi.json`, to admins when tokens are on) while the site builds. Every error "
         'is a JSON body `{"error": CODE, "detail": TEXT}`. With tokens '
         "([security](../security.md)), every route but `/health` and `/ready` may also "
-        "answer 401 and 403.",
+        "answer 401 and 403. In the paths, `{type_}` is the function type's name and "
+        "`{id_}` the function id: `/v1/call/hello/user/Alice` calls `hello/user` with id "
+        "`Alice`.",
         "",
         "| route | what |",
         "|---|---|",
