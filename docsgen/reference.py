@@ -204,6 +204,65 @@ def module_spec_fields() -> set[str]:
     return names
 
 
+EXAMPLE_MODULE_SPEC = """\
+# The application's own kinds: an endpoint, an egress kept in the log, a failure policy.
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: shop/*                        # ns/name, or ns/* for a whole namespace
+  urlPathTemplate: http://functions:8000/statefun
+  maxNumBatchRequests: 1000                # messages per address in one request
+  protocol: auto                           # native, statefun or auto
+  transport:
+    type: io.statefun.transports.v1/async  # the default; its TLS fields: see above
+    payload_max_bytes: 10MB                # the largest answer taken
+    timeouts:
+      call: 1 min                          # the whole attempt
+      connect: 10s
+---
+kind: statefun.v1/egress
+spec:
+  id: shop/receipts
+  deliverySemantic: {type: exactly-once}   # the default; or at-least-once
+---
+kind: statefun.v1/failure-policy
+spec:
+  functions: shop/payments
+  policy: dead-letter                      # dead-letter (the default), retry or fail
+  deadLetterAfter: 30s
+---
+# Kafka in and out (address: the runtime's --kafka cluster when left out).
+kind: io.statefun.kafka.v1/ingress
+spec:
+  id: shop/orders
+  consumerGroupId: shop-orders
+  startupPosition: {type: earliest}        # group-offsets, earliest, latest, specific-offsets, date
+  autoOffsetResetPosition: latest
+  topics:
+    - topic: orders
+      valueType: io.statefun.types/string
+      targets: [shop/orders]
+---
+kind: io.statefun.kafka.v1/egress
+spec:
+  id: shop/kafka-out
+  deliverySemantic: {type: exactly-once, transactionTimeout: 15 min}
+---
+# StateFun's older endpoint kind, and the playground's kinds, read as StateFun reads them.
+kind: io.statefun.endpoints.v1/http
+spec:
+  functions: legacy/*
+  urlPathTemplate: http://legacy:8000/statefun
+  timeouts: {call: 1 min}
+---
+kind: io.statefun.playground.v1/ingress
+spec: {port: 8090}
+---
+kind: io.statefun.playground.v1/egress
+spec: {port: 8091, topics: [greetings]}
+"""
+"""A module spec with every kind, shown on the reference page (a test parses it)."""
+
+
 def module_spec_page() -> str:
     """The module spec's kinds and fields, from ``statefun.module_spec``'s documentation."""
     import statefun.module_spec as module
@@ -220,6 +279,12 @@ def module_spec_page() -> str:
         "",
         f"{title.strip()}",
         body,
+        "",
+        "## Every kind in one file",
+        "",
+        "```yaml",
+        EXAMPLE_MODULE_SPEC.rstrip(),
+        "```",
         "",
     ]
     return "\n".join(lines)

@@ -161,57 +161,74 @@ class Message:
 
     @property
     def target_typename(self) -> str:
+        """The target function type, ``namespace/name``."""
         return self._target.typename
 
     @property
     def target_id(self) -> str:
+        """The target function id."""
         return self._target.id
 
     @property
     def target(self) -> Address:
+        """The target address."""
         return self._target
 
     @property
     def typed_value(self) -> TypedValue:
+        """The value with its type name, as it travels."""
         return self._typed_value
 
     def is_int(self) -> bool:
+        """Whether the value is an ``IntType``."""
         return self._typed_value.typename == IntType.typename
 
     def as_int(self) -> int | None:
+        """The value as an ``IntType`` (ValueTypeError if it is another type)."""
         return self.as_type(IntType)
 
     def is_long(self) -> bool:
+        """Whether the value is a ``LongType``."""
         return self._typed_value.typename == LongType.typename
 
     def as_long(self) -> int | None:
+        """The value as a ``LongType`` (ValueTypeError if it is another type)."""
         return self.as_type(LongType)
 
     def is_float(self) -> bool:
+        """Whether the value is a ``FloatType``."""
         return self._typed_value.typename == FloatType.typename
 
     def as_float(self) -> float | None:
+        """The value as a ``FloatType`` (ValueTypeError if it is another type)."""
         return self.as_type(FloatType)
 
     def is_double(self) -> bool:
+        """Whether the value is a ``DoubleType``."""
         return self._typed_value.typename == DoubleType.typename
 
     def as_double(self) -> float | None:
+        """The value as a ``DoubleType`` (ValueTypeError if it is another type)."""
         return self.as_type(DoubleType)
 
     def is_bool(self) -> bool:
+        """Whether the value is a ``BoolType``."""
         return self._typed_value.typename == BoolType.typename
 
     def as_bool(self) -> bool | None:
+        """The value as a ``BoolType`` (ValueTypeError if it is another type)."""
         return self.as_type(BoolType)
 
     def is_string(self) -> bool:
+        """Whether the value is a ``StringType`` (what a ``text/plain`` ingress body is)."""
         return self._typed_value.typename == StringType.typename
 
     def as_string(self) -> str | None:
+        """The value as a ``StringType`` (ValueTypeError if it is another type)."""
         return self.as_type(StringType)
 
     def is_type(self, tpe: Type[Any]) -> bool:
+        """Whether the value is of type ``tpe`` (compared by type name)."""
         return self._typed_value.typename == tpe.typename
 
     def as_type(self, tpe: Type[T]) -> T | None:
@@ -228,9 +245,11 @@ class Message:
         return tpe.serializer().deserialize(data)
 
     def value_typename(self) -> str:
+        """The type name of the value, e.g. ``io.statefun.types/int``."""
         return self._typed_value.typename
 
     def raw_value(self) -> bytes | None:
+        """The serialized value; None if there is none."""
         return self._typed_value.value
 
     def __repr__(self) -> str:
@@ -292,20 +311,25 @@ class EgressMessage:
 
     @property
     def typename(self) -> str:
+        """The egress id, ``namespace/name``."""
         return str(self._egress)
 
     @property
     def egress(self) -> TypeName:
+        """The egress id, parsed."""
         return self._egress
 
     @property
     def typed_value(self) -> TypedValue:
+        """The value with its type name, as it travels."""
         return self._typed_value
 
     def value_typename(self) -> str:
+        """The type name of the value, e.g. ``io.statefun.types/int``."""
         return self._typed_value.typename
 
     def raw_value(self) -> bytes | None:
+        """The serialized value; None if there is none."""
         return self._typed_value.value
 
     def __repr__(self) -> str:

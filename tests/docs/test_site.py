@@ -117,3 +117,14 @@ def test_the_http_reference_has_every_route_of_the_openapi_document(built: Path)
     for path, item in openapi_document()["paths"].items():
         for method in item:
             assert f"{method.upper()} {path}" in text, f"{method} {path}"
+
+
+def test_the_module_spec_reference_example_has_every_kind_and_is_valid() -> None:
+    import statefun.module_spec as module
+    from docsgen.reference import EXAMPLE_MODULE_SPEC
+
+    spec = module.parse_module_spec(EXAMPLE_MODULE_SPEC, "the reference's example")
+    for kind in module._KINDS:
+        assert f"kind: {kind}\n" in EXAMPLE_MODULE_SPEC, kind
+    assert len(spec.endpoints) == 2
+    assert len(spec.ingresses) == 1
