@@ -98,7 +98,8 @@ async def _measure(processes: object, args: argparse.Namespace, log: str) -> lis
         await processes.functions.wait_healthy(session, f"{processes.functions_url}/health")
         await processes.runtime.wait_healthy(session, f"{processes.ingress}/health")
         await _drive(session, processes.ingress, 400, 16, "warm")
-        for concurrency, calls in ((64, args.calls), (1, args.calls_c1)):
+        levels = [(c, args.calls if c > 1 else args.calls_c1) for c in args.concurrency]
+        for concurrency, calls in levels:
             inv0, req0 = await _requests(session, processes.ingress)
             loop0, others0 = thread_cpu_seconds(processes.runtime.pid)
             functions0 = processes.functions.cpu_seconds()
@@ -131,7 +132,10 @@ async def _measure(processes: object, args: argparse.Namespace, log: str) -> lis
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hop", description=__doc__)
     parser.add_argument("--log", choices=["embedded", "kafka"], default="embedded")
-    parser.add_argument("--calls", type=int, default=10_000, help="calls at concurrency 64")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[64, 1], help="levels, in turn (64 1)"
+    )
+    parser.add_argument("--calls", type=int, default=10_000, help="calls per level above 1")
     parser.add_argument("--calls-c1", type=int, default=1_000, help="calls at concurrency 1")
     parser.add_argument("--checkpoint-interval", type=float, default=1.0)
     parser.add_argument("--profile-runtime", type=Path, metavar="FILE")
