@@ -810,8 +810,9 @@ class Dispatcher:
                 mailbox.retry_timer.cancel()
                 mailbox.retry_timer = None
             mailbox.calling = True
-            if alone:
+            if alone and mailbox.suspect:
                 mailbox.suspect = False  # what happens to it now is its own
+                mailbox.kind.meters.retries.inc()
             batch = self._host.batch_for(mailbox.address, mailbox.in_flight)
             mailbox.sent_states = frozenset(batch.state)
             mailbox.strict_attempts += 1
@@ -884,8 +885,10 @@ class Dispatcher:
             return
         if len(mailboxes) > 1:
             # Which address broke the request is not known: each goes again alone before
-            # the failure counts against any.
+            # the failure counts against any (the metrics count the failed attempt).
             for mailbox in mailboxes:
+                mailbox.kind.meters.failed(kind)
+                self._count_routes(mailbox, mailbox.in_flight or (), succeeded=False)
                 mailbox.suspect = True
                 self._ready(mailbox)
             return

@@ -412,6 +412,11 @@ async def test_a_failed_request_of_many_addresses_is_split_before_any_is_blamed(
     lines = [r.getMessage() for r in caplog.records if r.name == "runtime.dispatcher"]
     assert len(lines) == 1, lines
     assert "ex/f/a3 is failing" in lines[0]
+    # The metrics count what happened: six failed attempts, six sent again, a3's own.
+    sample = h.dispatcher._metrics.registry.get_sample_value
+    ex_f = {"function_type": "ex/f"}
+    assert sample("statefun_function_failures_total", {**ex_f, "kind": "call"}) == 7
+    assert sample("statefun_function_retries_total", ex_f) == 6
     for second in range(5):  # others of the type succeed: the poison is parked, alone
         h.send(f"h{second}", b"ok")
         await h.clock.advance(1.0)
