@@ -14,7 +14,7 @@ reaches it in the queue: a later group committing would leave a gap in the offse
 The reopen proves the log can write again by committing a probe row.
 
 **The durable tail.** The records of each partition's last appends are kept in memory
-once durable (at most ``TAIL_RECORDS`` per partition), so a consumer at the end, the
+once durable (at most ``TAIL_RECORDS`` per partition and ``TAIL_BYTES`` of them), so a consumer at the end, the
 worker reading what the ingress just appended, gets them without reading them back from
 SQLite. Reads still go by offset: the tail holds exactly the durable records at those
 offsets (what SQLite returns), so a reader gets from it only what it would read from the
@@ -69,6 +69,8 @@ class _Tail:
 
     base: int
     records: list[StoredRecord]
+    size: int
+    """Bytes of the records' values and keys."""
 
 
 @dataclass(slots=True)
@@ -116,7 +118,9 @@ _TOPIC_ROWS = (
 """Where a topic has rows: (table, the column naming the topic)."""
 
 TAIL_RECORDS = 4096
-"""Durable records kept in memory per partition (its newest), read without SQLite."""
+"""Durable records kept in memory per partition (its newest), read without SQLite..."""
+TAIL_BYTES = 4 << 20
+"""... and at most this many bytes of their values and keys."""
 TRUNCATE_STEP = 10_000
 """Records deleted per transaction: appends queued behind a truncation wait at most this."""
 
@@ -327,15 +331,24 @@ class SqliteLog(LocalLog):
             )
             for i, r in enumerate(append.records)
         ]
+        size = sum(len(r.value) + len(r.key or b"") for r in stored)
         tail = self._tail.get(tp)
         if tail is None or tail.base + len(tail.records) != append.base_offset:
-            self._tail[tp] = _Tail(append.base_offset, stored)
-            return
-        tail.records += stored
-        if len(tail.records) > 2 * TAIL_RECORDS:
-            drop = len(tail.records) - TAIL_RECORDS
+            tail = self._tail[tp] = _Tail(append.base_offset, stored, size)
+        else:
+            tail.records += stored
+            tail.size += size
+        if len(tail.records) > 2 * TAIL_RECORDS or tail.size > TAIL_BYTES:
+            # Drop the oldest, down to half the bounds (amortized: not on every append).
+            drop = max(0, len(tail.records) - TAIL_RECORDS)
+            dropped = sum(len(r.value) + len(r.key or b"") for r in tail.records[:drop])
+            while drop < len(tail.records) and tail.size - dropped > TAIL_BYTES // 2:
+                r = tail.records[drop]
+                dropped += len(r.value) + len(r.key or b"")
+                drop += 1
             del tail.records[:drop]
             tail.base += drop
+            tail.size -= dropped
 
     def _read_range(self, tp: TopicPartition, start: int, end: int) -> list[StoredRecord]:
         tail = self._tail.get(tp)

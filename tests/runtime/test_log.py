@@ -338,6 +338,22 @@ async def test_a_reader_behind_the_tail_reads_from_the_database(
     assert reader.reads == 0  # the newest from memory
 
 
+async def test_the_tail_is_bounded_in_bytes_too(
+    sqlite_log: tuple[SqliteLog, CountingReader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "TAIL_BYTES", 1000)
+    log, reader = sqlite_log
+    for i in range(10):
+        await log.append("t", 0, [Record(bytes([i]) * 300)])
+    tail = log._tail[TopicPartition("t", 0)]
+    assert tail.size <= 1000
+    assert tail.size == sum(len(r.value) for r in tail.records)
+    assert [r.offset for r in tail.records] == list(range(tail.base, 10))
+    got = await log.read("t", 0, 0)
+    assert [r.value for r in got] == [bytes([i]) * 300 for i in range(10)]
+    assert reader.reads == 1
+
+
 # --- the embedded logs: truncation ---------------------------------------------------------
 
 
