@@ -721,3 +721,73 @@ async def test_kafka_log_open_fails_cleanly_without_a_broker() -> None:
     with pytest.raises(LogError, match="no Kafka broker answers"):
         await KafkaLog.open(bootstrap, request_timeout_ms=500, delivery_timeout_ms=1000)
     assert time.monotonic() - started < 5
+
+
+def _produce_outside(bootstrap: str, topic: str, partition: int, value: bytes) -> None:
+    """A record appended by another process's producer (never offered to our consumers)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    try:
+        producer.send(topic, value=value, partition=partition).get(timeout=10)
+    finally:
+        producer.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_records_appended_here_reach_a_consumer_at_them_without_a_fetch(
+    kafka_log: KafkaLog, kafka_bootstrap: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tp = TopicPartition(topic, 0)
+    consumer = kafka_log.consumer()
+    consumer.assign({tp: 0})
+    # Every Kafka poll of this consumer waits until released: records can reach it only
+    # as this process's appends, handed over.
+    released = threading.Event()
+    fetch = consumer._fetch_records
+
+    fetched_unreleased: list[Any] = []
+
+    def held_fetch(*args: Any) -> Any:
+        if not released.wait(10):
+            fetched_unreleased.append(fetch(*args))  # the hold timed out: fetched anyway
+            return fetched_unreleased[-1]
+        return fetch(*args)
+
+    monkeypatch.setattr(consumer, "_fetch_records", held_fetch)
+    appends = [
+        kafka_log.append(topic, 0, [Record(b"%d" % (2 * n + i)) for i in range(2)])
+        for n in range(3)
+    ]
+    got = await poll_until(consumer, tp, 6)
+    assert [r.offset for r in got] == list(range(6))
+    assert [r.value for r in got] == [b"%d" % i for i in range(6)]
+    assert fetched_unreleased == []  # handed over, not fetched
+    await asyncio.gather(*appends)
+    # Released: the Kafka poll brings the same six again, and they are dropped; the next
+    # record delivered is one only Kafka knows of.
+    released.set()
+    await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 0, b"outside")
+    after = await poll_until(consumer, tp, 1)
+    assert [(r.offset, r.value) for r in after] == [(6, b"outside")]
+    # Moved back (a rollback): everything again, from Kafka, once each.
+    consumer.assign({tp: 2})
+    again = await poll_until(consumer, tp, 5)
+    assert [r.offset for r in again] == [2, 3, 4, 5, 6]
+    await consumer.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_appends_after_a_record_not_yet_read_are_read_from_kafka_in_order(
+    kafka_log: KafkaLog, kafka_bootstrap: str, topic: str
+) -> None:
+    tp = TopicPartition(topic, 1)
+    consumer = kafka_log.consumer()
+    consumer.assign({tp: 0})
+    await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 1, b"first")
+    # Offset 0 came from elsewhere: ours (1-3) are not at the consumer's position when
+    # they are acknowledged, unless the Kafka poll brought offset 0 first.
+    await kafka_log.append(topic, 1, [Record(b"a"), Record(b"b"), Record(b"c")])
+    got = await poll_until(consumer, tp, 4)
+    assert [(r.offset, r.value) for r in got] == [(0, b"first"), (1, b"a"), (2, b"b"), (3, b"c")]
+    await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 1, b"next")
+    assert [(r.offset, r.value) for r in await poll_until(consumer, tp, 1)] == [(4, b"next")]
+    await consumer.close()
