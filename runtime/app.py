@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
 
 from runtime.access import AccessControl, check_bind
 from runtime.checkpoints.coordinator import CheckpointCoordinator
@@ -55,6 +54,7 @@ from runtime.dead_letters import REPLAYED, DeadLetter, DeadLetters
 from runtime.dispatcher import Failure
 from runtime.egress import Egresses, EgressOutbox
 from runtime.errors import ConfigurationError, IngressBindFailed, LogError, StoreError
+from runtime.fast_path import IngressApp
 from runtime.health import Health
 from runtime.http_server import IngressServer, bind
 from runtime.idempotency import IdempotencyKeys, fingerprint
@@ -195,7 +195,7 @@ class RuntimeBase(abc.ABC):
         self.kafka_ingresses: list[KafkaIngressReader] = []
         self.clock: EpochClock | None = None
         self._stopping = False
-        self.ingress_app: FastAPI = create_ingress_app(self)
+        self.ingress_app: IngressApp = create_ingress_app(self)
 
     # --- what a kind of runtime defines -----------------------------------------------
 
