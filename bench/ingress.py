@@ -152,7 +152,10 @@ async def measure(url: str, runtime: Child, args: argparse.Namespace) -> list[li
                 json.dumps(
                     {
                         "messages": [
-                            {"address": f"bench/counter/batch-{(b * size + i) % 1000}", "value": "x"}
+                            {
+                                "address": f"bench/counter/batch-{(b * size + i) % 1000}",
+                                "value": "x",
+                            }
                             for i in range(size)
                         ]
                     }

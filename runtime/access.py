@@ -428,14 +428,22 @@ def sees_details(scope: Scope, access: AccessControl) -> bool:
     return access.tokens is None or (grant is not None and grant.role is Role.ADMIN)
 
 
-def rule_for(routes: Iterable[BaseRoute], scope: Scope) -> tuple[Rule, Mapping[str, Any]]:
-    """The rule of the route ``scope`` goes to, with that route's path parameters."""
+def route_for(
+    routes: Iterable[BaseRoute], scope: Scope
+) -> tuple[BaseRoute | None, Rule, Mapping[str, Any]]:
+    """The route ``scope`` goes to (None: none), its rule and its path parameters."""
     for route in routes:
         match, child = route.matches(scope)
         if match is Match.FULL:
             path: str = getattr(route, "path", "")
-            return ROUTES.get(path, UNMATCHED), child.get("path_params", {})
-    return UNMATCHED, {}
+            return route, ROUTES.get(path, UNMATCHED), child.get("path_params", {})
+    return None, UNMATCHED, {}
+
+
+def rule_for(routes: Iterable[BaseRoute], scope: Scope) -> tuple[Rule, Mapping[str, Any]]:
+    """The rule of the route ``scope`` goes to, with that route's path parameters."""
+    _, rule, params = route_for(routes, scope)
+    return rule, params
 
 
 class AccessMiddleware:
@@ -449,9 +457,11 @@ class AccessMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            rule, params = rule_for(self.routes, scope)
+            route, rule, params = route_for(self.routes, scope)
             refused = self.access.refusal(scope, rule, params)
             if refused is not None:
+                if route is not None:
+                    scope["route"] = route  # the metrics count it by its route's template
                 await refused(scope, receive, send)
                 return
         await self.app(scope, receive, send)
