@@ -116,6 +116,7 @@ ROUTES: Mapping[str, Rule] = {
     "/ready": Rule(Need.OPEN),
     LOGIN_PATH: Rule(Need.OPEN),
     "/v1/messages/{namespace}/{type_}/{id_:path}": Rule(Need.SEND, typed=True),
+    "/v1/messages": Rule(Need.SEND),  # each message's type is checked by the route
     "/v1/call/{namespace}/{type_}/{id_:path}": Rule(Need.SEND, typed=True),
     "/v1/state/{namespace}/{type_}/{id_:path}": Rule(Need.READ, typed=True),
     "/v1/addresses/{namespace}/{type_}": Rule(Need.READ, typed=True),

@@ -34,7 +34,8 @@ import logging
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -430,6 +431,25 @@ class RuntimeBase(abc.ABC):
         (offset,) = await append
         self.metrics.route(INGRESS_SOURCE, target.function_type).inc()
         return partition, offset
+
+    async def append_messages(
+        self, messages: Sequence[tuple[Address, TypedValue, tuple[tuple[str, bytes], ...]]]
+    ) -> list[tuple[int, int]]:
+        """Append messages from outside (target, value, headers), one append per partition,
+        all at once; each one's (partition, offset) once every one is durable."""
+        placed, appends = self.router.append_many(messages)
+        partitions = list(appends)
+        # Every append awaited, failed or not (one failing fails those after it too).
+        results = await asyncio.gather(*(appends[p] for p in partitions), return_exceptions=True)
+        offsets: dict[int, list[int]] = {}
+        for partition, result in zip(partitions, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            offsets[partition] = result
+        counts = Counter(target.function_type for target, _, _ in messages)
+        for function_type, count in counts.items():
+            self.metrics.route(INGRESS_SOURCE, function_type).inc(count)
+        return [(p, offsets[p][i]) for p, i in placed]
 
     async def serve(self) -> bool:
         """Bind the ingress, start, serve until SIGINT or SIGTERM, then stop within

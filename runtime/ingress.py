@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode
@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
 from runtime import console, ingress_errors, ingress_openapi
-from runtime.access import AccessMiddleware, sees_details
+from runtime.access import GRANT_SCOPE_KEY, AccessMiddleware, sees_details
 from runtime.cluster.peers import (
     FORWARDED_HEADER,
     REPLIES_PATH,
@@ -70,7 +70,8 @@ from runtime.errors import (
 from runtime.fast_path import FastPath, IngressApp, fast_route
 from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import KeyedRequest, check_key, fingerprint
-from runtime.ingress_openapi import ADDRESSED, CALL, GUARDED, SEND, errors
+from runtime.ingress_batch import MAX_BATCH_BYTES, read_batch
+from runtime.ingress_openapi import ADDRESSED, BATCH, CALL, GUARDED, SEND, errors
 from runtime.ingress_request import IngressRequest, Rejected, error, retry_later
 from runtime.metrics import IngressMetrics
 from runtime.reports import checkpoints_report, dead_letters_report, functions_report
@@ -92,6 +93,7 @@ FORWARD_TIMEOUT = 30.0
 FORWARD_MARGIN = 5.0
 """Seconds a member waits for the owner's answer to a forwarded call beyond its timeout."""
 MESSAGES_ROUTE = "/v1/messages/{namespace}/{type_}/{id_:path}"
+BATCH_ROUTE = "/v1/messages"
 CALL_ROUTE = "/v1/call/{namespace}/{type_}/{id_:path}"
 
 
@@ -164,6 +166,21 @@ def _timeout(raw: str | None) -> float:
     return timeout
 
 
+def _batch_answer(
+    positions: Sequence[tuple[int, int] | None], *, replayed: bool = False
+) -> JSONResponse:
+    """202 with each message's partition and offset (null where a restore lost it)."""
+    return JSONResponse(
+        {
+            "messages": [
+                None if p is None else {"partition": p[0], "offset": p[1]} for p in positions
+            ]
+        },
+        status_code=202,
+        headers={REPLAYED_HEADER: "true"} if replayed else None,
+    )
+
+
 def _passed_on(answer: PeerResponse) -> Response:
     """Another member's answer, as it came."""
     response = Response(answer.body, status_code=answer.status)
@@ -229,11 +246,11 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
         return Accepted(target, value, key, print_)
 
     async def owners_answer(
-        request: IngressRequest, target: Address, within: float
+        request: IngressRequest, target: Address, within: float, body: bytes | None = None
     ) -> Response | None:
         """In a cluster, the answer of the member owning ``target``'s partition if that is
         another member (the request forwarded there, its answer awaited ``within``
-        seconds); None to serve the request here."""
+        seconds); None to serve the request here. ``body``: the request's, if read."""
         if peers is None:
             return None
         view = peers.view
@@ -256,9 +273,10 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
                     f"of {target} (the cluster is changing)",
                 )
             )
-        body = b""
-        if request.method == "POST":
-            body = await request.body(runtime.config.worker.max_message_bytes)
+        if body is None:
+            body = b""
+            if request.method == "POST":
+                body = await request.body(runtime.config.worker.max_message_bytes)
         forwarded = PeerRequest(
             request.method,
             request.raw_path,
@@ -287,18 +305,24 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
         """The request's Idempotency-Key, with the answer of an earlier request with it."""
         if accepted.key is None:
             return None
-        if runtime.restoring(accepted.target):
+        return await begin_key(accepted.key, accepted.fingerprint, accepted.target)
+
+    async def begin_key(
+        key: str, print_: bytes, target: Address, others: Sequence[Address] = ()
+    ) -> KeyedRequest:
+        """The key claimed for a request to ``target`` (a batch's first; ``others``: the
+        rest), or the answer of an earlier request with it; 503 while ``target``'s
+        partition is restored here, 422 if the key was used for another request."""
+        if runtime.restoring(target):
             raise Rejected(
                 retry_later(
                     "restoring",
-                    f"the partition of {accepted.target} is being restored here, with its "
+                    f"the partition of {target} is being restored here, with its "
                     "idempotency keys; try again",
                 )
             )
         try:
-            return await runtime.idempotency.begin(
-                accepted.key, accepted.fingerprint, accepted.target
-            )
+            return await runtime.idempotency.begin(key, print_, target, others)
         except IdempotencyConflict as e:
             raise Rejected(error(422, "idempotency_key_reused", str(e))) from None
 
@@ -416,6 +440,52 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
         only once the work that produced the reply is in a completed checkpoint).
         Header ``Idempotency-Key``: a retry gets the first call's reply, appending nothing."""
         return await call_address(IngressRequest(request.scope, request.receive))
+
+    @app.post(
+        BATCH_ROUTE,
+        status_code=202,
+        responses=errors(400, *GUARDED, 404, 413, 415, 422, 503),
+        openapi_extra=BATCH,
+    )
+    async def post_messages(request: Request) -> Response:
+        """Append many messages (``runtime.ingress_batch`` says the body): every one is
+        checked before any is appended, a bad one refuses the whole batch naming its
+        index; 202 once all are durable, with each one's partition and offset, in order.
+        Header ``Idempotency-Key``: for the whole batch; a retry returns the first answer,
+        appending nothing."""
+        incoming = IngressRequest(request.scope, request.receive)
+        key = incoming.header(b"idempotency-key")
+        if key is not None and (problem := check_key(key)) is not None:
+            raise Rejected(error(400, "bad_idempotency_key", problem))
+        body = await incoming.body(MAX_BATCH_BYTES)
+        content_type = incoming.header(b"content-type")
+        grant = request.scope.get(GRANT_SCOPE_KEY) if runtime.access.tokens else None
+        messages = await read_batch(
+            body, content_type, grant, runtime.refuses, runtime.config.worker.max_message_bytes
+        )
+        first = messages[0][0]
+        if key is None:
+            positions = await runtime.append_messages([(t, v, ()) for t, v in messages])
+            return _batch_answer(positions)
+        # The key is kept where the first message's is: there a retry finds it.
+        if (forwarded := await owners_answer(incoming, first, FORWARD_TIMEOUT, body)) is not None:
+            return forwarded
+        query = urlencode(incoming.query_items())
+        print_ = fingerprint(incoming.url_path, query, content_type, body)
+        keyed = await begin_key(key, print_, first, [t for t, _ in messages[1:]])
+        if (before := keyed.earlier) is not None:
+            kept = before.positions or ((before.partition, before.offset),)
+            return _batch_answer(kept, replayed=True)
+        count = len(messages)
+        try:
+            positions = await runtime.append_messages(
+                [(t, v, keyed.batch_headers(i, count)) for i, (t, v) in enumerate(messages)]
+            )
+        except BaseException:
+            runtime.idempotency.abandoned(keyed)
+            raise
+        runtime.idempotency.accepted(keyed, *positions[0], positions=positions)
+        return _batch_answer(positions)
 
     @app.get(
         "/v1/state/{namespace}/{type_}/{id_:path}",
