@@ -81,7 +81,8 @@ async def _run(
 
 async def measure(url: str, runtime: Child, args: argparse.Namespace) -> list[list[str]]:
     rows: list[list[str]] = []
-    connector = aiohttp.TCPConnector(limit=100)
+    # Idle connections closed before the ingress closes them (5 s): no reuse of a dead one.
+    connector = aiohttp.TCPConnector(limit=100, keepalive_timeout=3)
     async with aiohttp.ClientSession(connector=connector) as session:
         end = await _egress_count(session, url, 0, 0)
 

@@ -1,7 +1,9 @@
 """The HTTP ingress: the runtime's API for clients.
 
 ``POST /v1/messages/{namespace}/{type}/{id}`` appends a message and answers 202 once
-it is durable; ``POST /v1/call/...`` also waits for the reply; ``GET /v1/state/...``
+it is durable; ``POST /v1/call/...`` also waits for the reply (both served by the fast
+path, ``runtime.fast_path``, in front of FastAPI; the FastAPI routes here document them
+and run the same code); ``POST /v1/messages`` appends a batch (``runtime.ingress_batch``); ``GET /v1/state/...``
 shows an address's state (``?checkpoint=N``: as the retained checkpoint N holds it);
 ``GET /v1/addresses/{namespace}/{type}`` pages the ids of a function type's addresses
 that hold state (live, or as of ``?checkpoint=N``); ``GET /v1/egress/{namespace}/{name}``
@@ -18,8 +20,8 @@ partition, which checks keys and holds the state; the answer is passed on as it 
 A live listing of addresses asks every member for its page (each lists its own
 partitions) and merges them. State and addresses as of a checkpoint are answered by
 the member asked, from the checkpoints in Kafka (``runtime.cluster.as_of``).
-A POST without a key is served here: its message is appended to the target's
-partition, and a call's reply comes back here (``POST /v1/internal/replies``, from
+A POST without a key (a batch's included) is served here: its messages are appended
+to their targets' partitions, and a call's reply comes back here (``POST /v1/internal/replies``, from
 the member that produced it; see ``runtime.cluster.peers``). While nobody owns the
 partition, or when a forwarded request reaches a member that does not own it either
 (the cluster is changing; never forwarded twice), the answer is 503 with
