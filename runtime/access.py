@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -288,9 +289,11 @@ def host_name(authority: str) -> str:
     return name.rstrip(".").lower()
 
 
+@functools.lru_cache(maxsize=256)
 def names_loopback(name: str) -> bool:
     """Whether host ``name`` is loopback as written (``localhost`` or a loopback
-    address): resolving it would ask the very DNS a rebinding attack controls."""
+    address): resolving it would ask the very DNS a rebinding attack controls. Cached:
+    every request without tokens asks, mostly about the same few names."""
     if name == "localhost":
         return True
     try:
