@@ -37,8 +37,7 @@ _MEANINGS: dict[int, str] = {
     "outside its function types.",
     404: "No such function type, egress, dead letter or retained checkpoint.",
     409: "The dead letter was discarded, replayed, or is no message to a function.",
-    413: "The body is over the runtime's message size limit (a batch: over its size or "
-    "count limit, or a message over the message size limit).",
+    413: "The body is over the runtime's message size limit.",
     415: "A content type or charset the ingress cannot take (see ?type=).",
     422: "The Idempotency-Key was used before for a different request.",
     503: "The runtime cannot serve it now (unavailable, restoring, shutting down, the "
@@ -179,7 +178,13 @@ CALL: dict[str, Any] = {
 BATCH: dict[str, Any] = {
     "parameters": [_SEND_QUERY[1]],
     "requestBody": _BATCH_BODY,
-    "responses": {"202": _POSITIONS},
+    "responses": {
+        "202": _POSITIONS,
+        "413": {
+            "description": "The batch is over 10,000 messages or 16 MiB, or a message's "
+            "value over the runtime's message size limit."
+        },
+    },
 }
 """``openapi_extra`` of ``POST /v1/messages`` (``runtime.ingress_batch``)."""
 
