@@ -31,6 +31,10 @@ import aiohttp
 
 from bench.__main__ import AT_LEAST_ONCE, module_yaml
 from bench._support import BenchError, Child, Children, format_table, free_port, percentile
+from runtime.app import Runtime, RuntimeConfig
+from runtime.log.memory import MemoryLog
+from statefun.address import TypeName
+from statefun.module_spec import parse_module_spec
 
 HOST = "127.0.0.1"
 PROGRESS_TIMEOUT = 30.0
@@ -182,6 +186,67 @@ async def measure(url: str, runtime: Child, args: argparse.Namespace) -> list[li
     return rows
 
 
+async def in_process(requests: int) -> list[list[str]]:
+    """The ingress's own CPU per send, in process: ``POST /v1/messages`` straight into
+    the ASGI app, through the fast path and through the documented FastAPI route, with
+    the append (and the endpoint's served-types check) stubbed out: what is left is
+    the HTTP framework and the route's checks."""
+    config = RuntimeConfig(module=parse_module_spec(module_yaml(1)))
+    runtime = await Runtime.open(config, log=MemoryLog())
+
+    async def appended(*_: object, **__: object) -> tuple[int, int]:
+        return 0, 0
+
+    async def served(_: TypeName) -> str | None:
+        return None
+
+    runtime.append_message = appended  # type: ignore[method-assign]
+    runtime.refuses = served  # type: ignore[method-assign,assignment]
+    runtime.unavailable = lambda: None  # type: ignore[method-assign]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/messages/bench/counter/a",
+        "raw_path": b"/v1/messages/bench/counter/a",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8090"),
+            (b"content-type", b"text/plain"),
+            (b"content-length", b"1"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8090),
+    }
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"1", "more_body": False}
+
+    statuses: list[int] = []
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(int(str(message["status"])))
+
+    app = runtime.ingress_app
+    rows = []
+    try:
+        for name, serve in (("fast path", app), ("documented route", app.documented)):
+            started = time.process_time()
+            for _ in range(requests):
+                await serve(dict(scope), receive, send)  # type: ignore[arg-type]
+            cpu = time.process_time() - started
+            if set(statuses) != {202}:
+                raise BenchError(f"the {name} answered {sorted(set(statuses))}")
+            rows.append([f"in process, {name}", "", "", "", f"{cpu / requests * 1000:.3f}"])
+    finally:
+        await runtime.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000, help="per c64 phase")
@@ -228,7 +293,7 @@ def main() -> None:
             await asyncio.sleep(args.hold)
             return await measure(url, runtime, args)
 
-        rows = asyncio.run(run())
+        rows = asyncio.run(in_process(args.messages)) + asyncio.run(run())
         print(
             format_table(
                 ["case", "answered", "processed", "p50 / p99 ms", "runtime CPU ms/msg"], rows
