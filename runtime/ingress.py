@@ -450,11 +450,14 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
         openapi_extra=BATCH,
     )
     async def post_messages(request: Request) -> Response:
-        """Append many messages (``runtime.ingress_batch`` says the body): every one is
-        checked before any is appended, a bad one refuses the whole batch naming its
-        index; 202 once all are durable, with each one's partition and offset, in order.
-        Header ``Idempotency-Key``: for the whole batch; a retry returns the first answer,
-        appending nothing."""
+        """Append many messages: ``{"messages": [{"address": "ns/type/id", "value": V,
+        "type": T, "encoding": "base64"}, ...]}``, at most 10,000 and 16 MiB. Without
+        ``type``, ``value`` is a string; with it, a JSON value of that type; with
+        ``"encoding": "base64"``, the base64 of its raw bytes. Every message is checked
+        before any is appended: a bad one refuses the whole batch, its index named
+        (``messages[3]: ...``). 202 once all are durable, with each one's partition and
+        offset, in order. Header ``Idempotency-Key``: for the whole batch; a retry
+        returns the first answer, appending nothing."""
         incoming = IngressRequest(request.scope, request.receive)
         key = incoming.header(b"idempotency-key")
         if key is not None and (problem := check_key(key)) is not None:
