@@ -176,15 +176,18 @@ class Children:
         self._children.append(child)
         return child
 
-    def start_functions(self, port: int, workdir: Path, host: str = "127.0.0.1") -> Child:
-        """The benchmarks' function server (``bench.functions``) on ``port``."""
+    def start_functions(
+        self, port: int, workdir: Path, host: str = "127.0.0.1", app: str = "bench.functions:app"
+    ) -> Child:
+        """A benchmark's function server on ``port``: uvicorn serving ``app`` (by default
+        ``bench.functions``; ``python -m bench.peer``: ``bench.peer_functions``)."""
         return self.start(
             "the function server",
             [
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "bench.functions:app",
+                app,
                 "--host",
                 host,
                 "--port",

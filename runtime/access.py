@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -116,6 +117,7 @@ ROUTES: Mapping[str, Rule] = {
     "/ready": Rule(Need.OPEN),
     LOGIN_PATH: Rule(Need.OPEN),
     "/v1/messages/{namespace}/{type_}/{id_:path}": Rule(Need.SEND, typed=True),
+    "/v1/messages": Rule(Need.SEND),  # each message's type is checked by the route
     "/v1/call/{namespace}/{type_}/{id_:path}": Rule(Need.SEND, typed=True),
     "/v1/state/{namespace}/{type_}/{id_:path}": Rule(Need.READ, typed=True),
     "/v1/addresses/{namespace}/{type_}": Rule(Need.READ, typed=True),
@@ -288,9 +290,11 @@ def host_name(authority: str) -> str:
     return name.rstrip(".").lower()
 
 
+@functools.lru_cache(maxsize=256)
 def names_loopback(name: str) -> bool:
     """Whether host ``name`` is loopback as written (``localhost`` or a loopback
-    address): resolving it would ask the very DNS a rebinding attack controls."""
+    address): resolving it would ask the very DNS a rebinding attack controls. Cached:
+    every request without tokens asks, mostly about the same few names."""
     if name == "localhost":
         return True
     try:
@@ -429,14 +433,22 @@ def sees_details(scope: Scope, access: AccessControl) -> bool:
     return access.tokens is None or (grant is not None and grant.role is Role.ADMIN)
 
 
-def rule_for(routes: Iterable[BaseRoute], scope: Scope) -> tuple[Rule, Mapping[str, Any]]:
-    """The rule of the route ``scope`` goes to, with that route's path parameters."""
+def route_for(
+    routes: Iterable[BaseRoute], scope: Scope
+) -> tuple[BaseRoute | None, Rule, Mapping[str, Any]]:
+    """The route ``scope`` goes to (None: none), its rule and its path parameters."""
     for route in routes:
         match, child = route.matches(scope)
         if match is Match.FULL:
             path: str = getattr(route, "path", "")
-            return ROUTES.get(path, UNMATCHED), child.get("path_params", {})
-    return UNMATCHED, {}
+            return route, ROUTES.get(path, UNMATCHED), child.get("path_params", {})
+    return None, UNMATCHED, {}
+
+
+def rule_for(routes: Iterable[BaseRoute], scope: Scope) -> tuple[Rule, Mapping[str, Any]]:
+    """The rule of the route ``scope`` goes to, with that route's path parameters."""
+    _, rule, params = route_for(routes, scope)
+    return rule, params
 
 
 class AccessMiddleware:
@@ -450,9 +462,11 @@ class AccessMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            rule, params = rule_for(self.routes, scope)
+            route, rule, params = route_for(self.routes, scope)
             refused = self.access.refusal(scope, rule, params)
             if refused is not None:
+                if route is not None:
+                    scope["route"] = route  # the metrics count it by its route's template
                 await refused(scope, receive, send)
                 return
         await self.app(scope, receive, send)

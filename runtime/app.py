@@ -34,12 +34,12 @@ import logging
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
 
 from runtime.access import AccessControl, check_bind
 from runtime.checkpoints.coordinator import CheckpointCoordinator
@@ -55,6 +55,7 @@ from runtime.dead_letters import REPLAYED, DeadLetter, DeadLetters
 from runtime.dispatcher import Failure
 from runtime.egress import Egresses, EgressOutbox
 from runtime.errors import ConfigurationError, IngressBindFailed, LogError, StoreError
+from runtime.fast_path import IngressApp
 from runtime.health import Health
 from runtime.http_server import IngressServer, bind
 from runtime.idempotency import IdempotencyKeys, fingerprint
@@ -196,7 +197,7 @@ class RuntimeBase(abc.ABC):
         self.kafka_ingresses: list[KafkaIngressReader] = []
         self.clock: EpochClock | None = None
         self._stopping = False
-        self.ingress_app: FastAPI = create_ingress_app(self)
+        self.ingress_app: IngressApp = create_ingress_app(self)
 
     # --- what a kind of runtime defines -----------------------------------------------
 
@@ -441,6 +442,25 @@ class RuntimeBase(abc.ABC):
         (offset,) = await append
         self.metrics.route(INGRESS_SOURCE, target.function_type).inc()
         return partition, offset
+
+    async def append_messages(
+        self, messages: Sequence[tuple[Address, TypedValue, tuple[tuple[str, bytes], ...]]]
+    ) -> list[tuple[int, int]]:
+        """Append messages from outside (target, value, headers), one append per partition,
+        all at once; each one's (partition, offset) once every one is durable."""
+        placed, appends = self.router.append_many(messages)
+        partitions = list(appends)
+        # Every append awaited, failed or not (one failing fails those after it too).
+        results = await asyncio.gather(*(appends[p] for p in partitions), return_exceptions=True)
+        offsets: dict[int, list[int]] = {}
+        for partition, result in zip(partitions, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            offsets[partition] = result
+        counts = Counter(target.function_type for target, _, _ in messages)
+        for function_type, count in counts.items():
+            self.metrics.route(INGRESS_SOURCE, function_type).inc(count)
+        return [(p, offsets[p][i]) for p, i in placed]
 
     async def serve(self) -> bool:
         """Bind the ingress, start, serve until SIGINT or SIGTERM, then stop within

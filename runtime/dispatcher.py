@@ -6,8 +6,12 @@ What it owns:
   order, as the batch in flight (one request per address at a time) and the messages
   waiting for the next batch;
 * a :class:`Lane` per endpoint URL: its request slots and its ready mailboxes, whose
-  batches are combined into one request when many are ready (one address per request
-  when little is ready: low latency; up to ``max_batches_per_request`` when much is);
+  batches are combined into one request. **Adaptive batching**: with no request of the
+  lane in flight, what is ready goes at once (a single ready address is sent alone: no
+  added latency when idle); while requests are in flight, a new one is opened only for
+  at least ``busy_batch_min`` ready addresses, and less waits for a request to come back
+  (or ``max_batch_delay`` at most): fewer, fuller requests when busy, up to
+  ``max_batches_per_request`` addresses each;
 * a :class:`FunctionType` per function type: its failure policy, its failing addresses,
   whether it is paused or unavailable.
 
@@ -19,6 +23,11 @@ overflow cursor says from which offset of its partition they are read again
 as a whole, per partition, without a mailbox per address. So a hot or stuck address
 never stops reading for the others, and only in-memory messages of addresses that can
 make progress count against the worker's buffer.
+
+**Split before blame.** A request carrying several addresses that fails as a whole (the
+call failed, timed out or its answer broke the protocol) blames none of them: each
+address goes again alone, at once, and only a failure of that attempt counts against it
+(a batch's own ``FunctionFailure`` names its address, and counts at once).
 
 **Failures** (policies ``dead-letter``, the default, and ``retry``). A failed attempt
 applied nothing, so its address is held and retried on its own, with exponential
@@ -97,6 +106,13 @@ class DispatchConfig:
     """HTTP requests in flight per endpoint URL."""
     max_batches_per_request: int = 64
     """Addresses whose batches one HTTP request may carry."""
+    busy_batch_min: int = 8
+    """While requests of an endpoint are in flight, a new one opens only for this many
+    ready addresses (or what was held back for ``max_batch_delay``); each then carries
+    at least this many (fewer, fuller requests when busy)."""
+    max_batch_delay: float = 0.002
+    """Longest a ready address waits for a request to come back while requests are in
+    flight (seconds)."""
     max_buffered_messages: int = 10_000
     """Reading pauses while more messages than this, of addresses that can make progress,
     wait in memory or are in flight."""
@@ -312,6 +328,8 @@ class Lane:
     in_flight: int = 0
     retries_in_flight: int = 0
     pump_scheduled: bool = False
+    flush_timer: Cancellable | None = None
+    """Sends what was held back for ``max_batch_delay`` while requests were in flight."""
     learning: bool = False
     """Asking the endpoint which function types it serves."""
 
@@ -339,6 +357,9 @@ class Mailbox:
     sent_at: float = 0.0
     """``time.perf_counter()`` when the batch in flight was last sent."""
     strict_attempts: int = 0
+    suspect: bool = False
+    """Its batch was in a request of several addresses that failed as a whole: it goes
+    again alone before a failure counts against it."""
 
     @property
     def held(self) -> bool:
@@ -656,7 +677,7 @@ class Dispatcher:
             return
         mailbox.queued = True
         lane = mailbox.lane
-        if mailbox.failing is not None:
+        if mailbox.failing is not None or mailbox.suspect:
             lane.retry.append(mailbox)
         elif first:
             lane.ready.appendleft(mailbox)
@@ -689,7 +710,11 @@ class Dispatcher:
             return True
         return mailbox.failing is not None
 
-    def _pump(self, lane: Lane) -> None:
+    def _flush(self, lane: Lane) -> None:
+        lane.flush_timer = None
+        self._pump(lane, flush=True)
+
+    def _pump(self, lane: Lane, *, flush: bool = False) -> None:
         lane.pump_scheduled = False
         if self.stopped or self.draining:
             return
@@ -705,8 +730,21 @@ class Dispatcher:
                 continue
             self._send(lane, [mailbox], alone=True)
             free -= 1
+        least = config.busy_batch_min
+        # Idle (no request of the lane in flight): everything ready goes now. Busy: only
+        # requests of at least ``least`` addresses; less waits for an answer (bounded).
+        busy = not flush and lane.in_flight > lane.retries_in_flight
         while free > 0 and lane.ready:
-            per_request = min(config.max_batches_per_request, math.ceil(len(lane.ready) / free))
+            if busy and len(lane.ready) < least:
+                # Busy: let ready work accumulate until a request comes back (bounded).
+                if lane.flush_timer is None:
+                    lane.flush_timer = self._clock.call_later(
+                        config.max_batch_delay, lambda: self._flush(lane)
+                    )
+                break
+            per_request = min(
+                config.max_batches_per_request, max(least, math.ceil(len(lane.ready) / free))
+            )
             batched: list[Mailbox] = []
             while lane.ready and len(batched) < per_request:
                 mailbox = lane.ready.popleft()
@@ -716,7 +754,7 @@ class Dispatcher:
                 alone = self._may_send(mailbox)
                 if alone is None or not self._take_batch(mailbox):
                     continue
-                if alone:
+                if alone or mailbox.suspect:
                     if lane.retries_in_flight >= retry_slots:
                         self._hold_for_slot(mailbox)
                         continue
@@ -772,6 +810,9 @@ class Dispatcher:
                 mailbox.retry_timer.cancel()
                 mailbox.retry_timer = None
             mailbox.calling = True
+            if alone and mailbox.suspect:
+                mailbox.suspect = False  # what happens to it now is its own
+                mailbox.kind.meters.retries.inc()
             batch = self._host.batch_for(mailbox.address, mailbox.in_flight)
             mailbox.sent_states = frozenset(batch.state)
             mailbox.strict_attempts += 1
@@ -831,7 +872,7 @@ class Dispatcher:
             if probe:
                 self._probe_done(mailboxes[0].kind)
             if not self.stopped:
-                self._pump(lane)
+                self._pump(lane, flush=True)  # a request came back: what is ready goes
 
     @staticmethod
     def _answered(kinds: Iterable[FunctionType], started: float) -> None:
@@ -841,6 +882,15 @@ class Dispatcher:
 
     def _call_failed(self, mailboxes: list[Mailbox], error: CallFailed, kind: FailureKind) -> None:
         if self.stopped:
+            return
+        if len(mailboxes) > 1:
+            # Which address broke the request is not known: each goes again alone before
+            # the failure counts against any (the metrics count the failed attempt).
+            for mailbox in mailboxes:
+                mailbox.kind.meters.failed(kind)
+                self._count_routes(mailbox, mailbox.in_flight or (), succeeded=False)
+                mailbox.suspect = True
+                self._ready(mailbox)
             return
         reason = f"protocol violation: {error.reason}" if error.protocol_violation else error.reason
         for mailbox in mailboxes:
@@ -1308,6 +1358,9 @@ class Dispatcher:
         for kind in self._types.values():
             if kind.probe_timer is not None:
                 kind.probe_timer.cancel()
+        for lane in self._lanes.values():
+            if lane.flush_timer is not None:
+                lane.flush_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -71,6 +71,10 @@ class Answer:
     caller: Address | None = None
     reply: TypedValue | None = None
     reply_tag: Tag | None = None
+    positions: tuple[tuple[int, int] | None, ...] | None = None
+    """A batch's (``POST /v1/messages``): every message's partition and offset, in order
+    (``partition``/``offset`` are its first's). None where a restore could not find it
+    (see :meth:`IdempotencyKeys.recover`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,12 @@ class KeyedRequest:
     def headers(self) -> tuple[tuple[str, bytes], ...]:
         """The header its record carries, found again by :meth:`IdempotencyKeys.recover`."""
         packed: bytes = msgpack.packb((self.key, self.fingerprint), use_bin_type=True)
+        return ((KEY_HEADER, packed),)
+
+    def batch_headers(self, index: int, count: int) -> tuple[tuple[str, bytes], ...]:
+        """The header of the record of message ``index`` of a batch of ``count``: a restore
+        finds the key at index 0 and the positions of the others."""
+        packed: bytes = msgpack.packb((self.key, self.fingerprint, index, count), use_bin_type=True)
         return ((KEY_HEADER, packed),)
 
     @property
@@ -139,6 +149,11 @@ def encode_rows(entries: Iterable[tuple[str, Answer | None]]) -> list[tuple[byte
                     a.caller is not None,
                     None if a.reply is None else (a.reply.typename, a.reply.value),
                     None if a.reply_tag is None else (a.reply_tag.generation, a.reply_tag.epoch),
+                    *(
+                        ()
+                        if a.positions is None
+                        else ([None if p is None else list(p) for p in a.positions],)
+                    ),
                 ),
                 use_bin_type=True,
             )
@@ -160,7 +175,7 @@ def decode_rows(rows: Iterable[tuple[bytes, bytes]]) -> dict[str, Answer]:
     answers = {}
     for raw_key, value in rows:
         key = raw_key.decode()
-        print_, at, partition, offset, call, reply, tag = msgpack.unpackb(value, raw=False)
+        print_, at, partition, offset, call, reply, tag, *batch = msgpack.unpackb(value, raw=False)
         answers[key] = Answer(
             bytes(print_),
             int(at),
@@ -169,6 +184,9 @@ def decode_rows(rows: Iterable[tuple[bytes, bytes]]) -> dict[str, Answer]:
             caller_for(key) if call else None,
             None if reply is None else TypedValue(reply[0], reply[1]),
             None if tag is None else Tag(tag[0], tag[1], ""),
+            None
+            if not batch
+            else tuple(None if p is None else (int(p[0]), int(p[1])) for p in batch[0]),
         )
     return answers
 
@@ -211,7 +229,7 @@ class IdempotencyKeys:
         self._pending: dict[str, asyncio.Future[Answer | None]] = {}
         self._read_floor = read_floor
         self._caller_partition = caller_partition
-        self._pending_floors: dict[str, tuple[int, int]] = {}
+        self._pending_floors: dict[str, list[tuple[int, int]]] = {}
         """Where the record of each key held (begun, not yet accepted) can be, at the
         lowest: a checkpoint taken meanwhile may have read past it without the key."""
         self._by_caller: dict[Address, str] = {}
@@ -230,11 +248,15 @@ class IdempotencyKeys:
 
     # --- the ingress's API ----------------------------------------------------------------
 
-    async def begin(self, key: str, print_: bytes, target: Address) -> KeyedRequest:
+    async def begin(
+        self, key: str, print_: bytes, target: Address, others: Iterable[Address] = ()
+    ) -> KeyedRequest:
         """The request with ``key``: with the answer of an earlier request with the key,
         or holding the key (then :meth:`accepted` or :meth:`abandoned` must follow).
         Concurrent requests with one key wait for the first to finish;
-        :class:`IdempotencyConflict` if the key was used for a different request."""
+        :class:`IdempotencyConflict` if the key was used for a different request.
+        ``others``: a batch's other targets (its first is ``target``, which decides where
+        the key is kept)."""
         home = None if self._caller_partition is None else self._caller_partition(target)
         while True:
             found = self._accepted.get(key)
@@ -247,16 +269,29 @@ class IdempotencyKeys:
             pending = self._pending.get(key)
             if pending is None:
                 # The floor first: were it to raise, no later request may wait on the key.
-                self._pending_floors[key] = self._read_floor(target)
+                self._pending_floors[key] = list({self._read_floor(t) for t in (target, *others)})
                 self._pending[key] = asyncio.get_running_loop().create_future()
                 return KeyedRequest(key, print_, None, home)
             await asyncio.shield(pending)
 
     def accepted(
-        self, request: KeyedRequest, partition: int, offset: int, caller: Address | None = None
+        self,
+        request: KeyedRequest,
+        partition: int,
+        offset: int,
+        caller: Address | None = None,
+        positions: Sequence[tuple[int, int]] | None = None,
     ) -> None:
-        """The request's message is durable at ``partition``/``offset``."""
-        answer = Answer(request.fingerprint, self._now_ms(), partition, offset, caller)
+        """The request's message is durable at ``partition``/``offset`` (a batch's first;
+        ``positions``: all of them)."""
+        answer = Answer(
+            request.fingerprint,
+            self._now_ms(),
+            partition,
+            offset,
+            caller,
+            positions=None if positions is None else tuple(positions),
+        )
         self._remember(request.key, answer)
         self._pending_floors.pop(request.key, None)
         pending = self._pending.pop(request.key, None)
@@ -373,8 +408,9 @@ class IdempotencyKeys:
         """Per partition, where the record of a key held now (begun, not yet accepted)
         can be, at the lowest."""
         floors: dict[int, int] = {}
-        for partition, offset in self._pending_floors.values():
-            floors[partition] = min(offset, floors.get(partition, offset))
+        for held in self._pending_floors.values():
+            for partition, offset in held:
+                floors[partition] = min(offset, floors.get(partition, offset))
         return floors
 
     def restore(
@@ -430,6 +466,8 @@ class IdempotencyKeys:
         when it was taken) and the end of the log, in the ``owned`` partitions (None: all)."""
         now_ms = self._now_ms()
         floors = floors or {}
+        batches: dict[str, tuple[bytes, int, dict[int, tuple[int, int]]]] = {}
+        """A keyed batch's fingerprint, its size and the positions of its messages found."""
         for partition, end in enumerate(ends):
             if owned is not None and partition not in owned:
                 continue
@@ -441,10 +479,19 @@ class IdempotencyKeys:
                 for record in records:
                     for name, value in record.headers:
                         if name == KEY_HEADER:
-                            key, print_ = msgpack.unpackb(value, raw=False)
-                            if key not in self._accepted:
+                            key, print_, *batch = msgpack.unpackb(value, raw=False)
+                            if batch:
+                                index, count = batch
+                                found = batches.setdefault(key, (print_, count, {}))[2]
+                                found[index] = (partition, record.offset)
+                            elif key not in self._accepted:
                                 caller = Envelope.from_record(record).caller
                                 self._remember(
                                     key, Answer(print_, now_ms, partition, record.offset, caller)
                                 )
                 offset = records[-1].offset + 1
+        for key, (print_, count, found) in batches.items():
+            first = found.get(0)  # in the partition that keeps the key
+            if first is not None and key not in self._accepted:
+                each = tuple(found.get(i) for i in range(count))
+                self._remember(key, Answer(print_, now_ms, *first, positions=each))

@@ -50,6 +50,7 @@ from runtime.checkpoints.store import CheckpointStore
 from runtime.egress import ID_HEADER
 from runtime.errors import ConfigurationError
 from runtime.kafka_clusters import KafkaClusters
+from runtime.kafka_ingress import open_ingress_topic
 from runtime.log import Log, Record, StoredRecord
 from runtime.routing import Topics
 from statefun.module_spec import LogEgress, ModuleSpec
@@ -264,7 +265,7 @@ class LogIdentity:
             cluster = await clusters.get(spec.address, f"ingress {spec.id}", spec.security)
             positions = {}
             for topic in spec.topics:
-                await cluster.open_topic(topic.topic)
+                await open_ingress_topic(cluster, spec.id, topic.topic)
                 for p, o in enumerate(await cluster.start_offsets(topic.topic, "earliest")):
                     positions[topic.topic, p] = o
                     if o > 0:

@@ -1,7 +1,9 @@
 """The HTTP ingress: the runtime's API for clients.
 
 ``POST /v1/messages/{namespace}/{type}/{id}`` appends a message and answers 202 once
-it is durable; ``POST /v1/call/...`` also waits for the reply; ``GET /v1/state/...``
+it is durable; ``POST /v1/call/...`` also waits for the reply (both served by the fast
+path, ``runtime.fast_path``, in front of FastAPI; the FastAPI routes here document them
+and run the same code); ``POST /v1/messages`` appends a batch (``runtime.ingress_batch``); ``GET /v1/state/...``
 shows an address's state (``?checkpoint=N``: as the retained checkpoint N holds it);
 ``GET /v1/addresses/{namespace}/{type}`` pages the ids of a function type's addresses
 that hold state (live, or as of ``?checkpoint=N``); ``GET /v1/egress/{namespace}/{name}``
@@ -18,8 +20,8 @@ partition, which checks keys and holds the state; the answer is passed on as it 
 A live listing of addresses asks every member for its page (each lists its own
 partitions) and merges them. State and addresses as of a checkpoint are answered by
 the member asked, from the checkpoints in Kafka (``runtime.cluster.as_of``).
-A POST without a key is served here: its message is appended to the target's
-partition, and a call's reply comes back here (``POST /v1/internal/replies``, from
+A POST without a key (a batch's included) is served here: its messages are appended
+to their targets' partitions, and a call's reply comes back here (``POST /v1/internal/replies``, from
 the member that produced it; see ``runtime.cluster.peers``). While nobody owns the
 partition, or when a forwarded request reaches a member that does not own it either
 (the cluster is changing; never forwarded twice), the answer is 503 with
@@ -36,20 +38,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
 from runtime import console, ingress_errors, ingress_openapi
-from runtime.access import AccessMiddleware, sees_details
+from runtime.access import GRANT_SCOPE_KEY, AccessMiddleware, sees_details
 from runtime.cluster.peers import (
     DEMAND_PATH,
     FORWARDED_HEADER,
@@ -67,9 +70,12 @@ from runtime.errors import (
     PeerUnreachable,
     ShuttingDown,
 )
+from runtime.fast_path import FastPath, IngressApp, fast_route
 from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import KeyedRequest, check_key, fingerprint
-from runtime.ingress_openapi import ADDRESSED, CALL, GUARDED, SEND, errors
+from runtime.ingress_batch import MAX_BATCH_BYTES, read_batch
+from runtime.ingress_openapi import ADDRESSED, BATCH, CALL, GUARDED, SEND, errors
+from runtime.ingress_request import IngressRequest, Rejected, error, retry_later
 from runtime.metrics import IngressMetrics
 from runtime.reports import checkpoints_report, dead_letters_report, functions_report
 from runtime.routing import INGRESS_CALLER_TYPE
@@ -89,20 +95,9 @@ FORWARD_TIMEOUT = 30.0
 """Seconds a member waits for the owner's answer to a forwarded request other than a call."""
 FORWARD_MARGIN = 5.0
 """Seconds a member waits for the owner's answer to a forwarded call beyond its timeout."""
-CLUSTER_RETRY_AFTER = 1
-"""Seconds a client is told to wait while the cluster's ownership of a partition changes."""
-
-
-def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
-
-
-def _retry_later(error: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": error, "detail": detail},
-        status_code=503,
-        headers={"Retry-After": str(CLUSTER_RETRY_AFTER)},
-    )
+MESSAGES_ROUTE = "/v1/messages/{namespace}/{type_}/{id_:path}"
+BATCH_ROUTE = "/v1/messages"
+CALL_ROUTE = "/v1/call/{namespace}/{type_}/{id_:path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,61 +110,34 @@ class Accepted:
     fingerprint: bytes
 
 
-class _Rejected(Exception):
-    def __init__(self, response: Response):
-        self.response = response
-
-
 def _address(namespace: str, type_: str, id_: str) -> Address:
     try:
         return Address(namespace, type_, id_)
     except InvalidNameError as e:
-        raise _Rejected(_error(400, "bad_address", str(e))) from None
+        raise Rejected(error(400, "bad_address", str(e))) from None
 
 
-def _raw_path(request: Request) -> bytes:
-    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
-    return raw
-
-
-def _path_address(request: Request) -> Address:
+def _path_address(request: IngressRequest) -> Address:
     """The address of a ``/v1/<route>/{namespace}/{type}/{id}`` request, from its raw path."""
-    raw = _raw_path(request)
-    segments = raw.decode("latin-1").split("/")[3:]  # after "", "v1", the route
+    segments = request.raw_path.decode("latin-1").split("/")[3:]  # after "", "v1", the route
     try:
         namespace, type_, *id_segments = (unquote(s, errors="strict") for s in segments)
     except UnicodeDecodeError:
-        raise _Rejected(_error(400, "bad_address", "the path is not UTF-8")) from None
+        raise Rejected(error(400, "bad_address", "the path is not UTF-8")) from None
     except ValueError:  # too few segments
-        raise _Rejected(
-            _error(400, "bad_address", "the path names no namespace/type/id address")
+        raise Rejected(
+            error(400, "bad_address", "the path names no namespace/type/id address")
         ) from None
     id_ = "/".join(id_segments)
     for segment in (namespace, type_, *id_.split("/")):
         if segment in (".", ".."):
-            raise _Rejected(
-                _error(400, "bad_address", f"the path segment {segment!r} names no address")
+            raise Rejected(
+                error(400, "bad_address", f"the path segment {segment!r} names no address")
             )
     for part, text in (("namespace", namespace), ("function type name", type_)):
         if "/" in text:
-            raise _Rejected(_error(400, "bad_address", f"the {part} {text!r} contains '/'"))
+            raise Rejected(error(400, "bad_address", f"the {part} {text!r} contains '/'"))
     return _address(namespace, type_, id_)
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _Rejected(
-            _error(413, "body_too_large", f"the body is over the limit of {limit} bytes")
-        )
-    chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > limit:
-            raise _Rejected(
-                _error(413, "body_too_large", f"the body is over the limit of {limit} bytes")
-            )
-    return bytes(chunks)
 
 
 def _consistency(raw: str | None) -> bool:
@@ -178,8 +146,8 @@ def _consistency(raw: str | None) -> bool:
         return False
     if raw == "committed":
         return True
-    raise _Rejected(
-        _error(400, "bad_request", f"consistency must be committed or uncommitted, not {raw!r}")
+    raise Rejected(
+        error(400, "bad_request", f"consistency must be committed or uncommitted, not {raw!r}")
     )
 
 
@@ -191,14 +159,29 @@ def _timeout(raw: str | None) -> float:
     except ValueError:
         timeout = -1.0
     if not 0 < timeout <= MAX_CALL_TIMEOUT:
-        raise _Rejected(
-            _error(
+        raise Rejected(
+            error(
                 400,
                 "bad_request",
                 f"timeout must be seconds in (0, {MAX_CALL_TIMEOUT:g}], not {raw!r}",
             )
         )
     return timeout
+
+
+def _batch_answer(
+    positions: Sequence[tuple[int, int] | None], *, replayed: bool = False
+) -> JSONResponse:
+    """202 with each message's partition and offset (null where a restore lost it)."""
+    return JSONResponse(
+        {
+            "messages": [
+                None if p is None else {"partition": p[0], "offset": p[1]} for p in positions
+            ]
+        },
+        status_code=202,
+        headers={REPLAYED_HEADER: "true"} if replayed else None,
+    )
 
 
 def _passed_on(answer: PeerResponse) -> Response:
@@ -213,8 +196,8 @@ def _state_json(values: Mapping[str, TypedValue]) -> dict[str, Any]:
     return {name: value_to_json(v) for name, v in values.items()}
 
 
-def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
-    app = FastAPI(title="statefun runtime ingress", docs_url=None, redoc_url=None)
+def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
+    app = IngressApp(title="statefun runtime ingress", docs_url=None, redoc_url=None)
     ingress_errors.install(app, runtime)
     ingress_openapi.install(app)
     served: list[BaseRoute] = []
@@ -223,52 +206,54 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     app.add_middleware(IngressMetrics, metrics=runtime.metrics)
     peers = runtime.peers
 
-    @app.exception_handler(_Rejected)
-    async def rejected(_: Request, exc: _Rejected) -> Response:
+    @app.exception_handler(Rejected)
+    async def rejected(_: Request, exc: Rejected) -> Response:
         return exc.response
 
     @app.exception_handler(CheckpointNotRetained)
     async def not_retained(_: Request, exc: CheckpointNotRetained) -> JSONResponse:
-        return _error(404, "checkpoint_not_retained", str(exc))
+        return error(404, "checkpoint_not_retained", str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        return error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        return _error(400, "bad_request", problems)
+        return error(400, "bad_request", problems)
 
-    async def accept(request: Request) -> Accepted:
+    async def accept(request: IngressRequest) -> Accepted:
         """The target and the message of a POST, or a rejection; nothing is appended here."""
-        key = request.headers.get("idempotency-key")
+        key = request.header(b"idempotency-key")
         if key is not None and (problem := check_key(key)) is not None:
-            raise _Rejected(_error(400, "bad_idempotency_key", problem))
+            raise Rejected(error(400, "bad_idempotency_key", problem))
         target = _path_address(request)
         if (refused := await runtime.refuses(target.function_type)) is not None:
-            raise _Rejected(_error(404, "unknown_function_type", refused))
-        body = await _body(request, runtime.config.worker.max_message_bytes)
-        content_type = request.headers.get("content-type")
+            raise Rejected(error(404, "unknown_function_type", refused))
+        body = await request.body(runtime.config.worker.max_message_bytes)
+        content_type = request.header(b"content-type")
         try:
-            value = value_from_http(body, content_type, request.query_params.get("type"))
+            value = value_from_http(body, content_type, request.query("type"))
         except BadInput as e:
-            raise _Rejected(_error(e.status, e.error, e.detail)) from None
+            raise Rejected(error(e.status, e.error, e.detail)) from None
         print_ = b""
         if key is not None:
             # The query decoded and encoded again: a proxy (or a member forwarding the
             # request) may encode it otherwise, and a retry must still match.
-            query = urlencode(request.query_params.multi_items())
-            print_ = fingerprint(request.url.path, query, content_type, body)
+            query = urlencode(request.query_items())
+            print_ = fingerprint(request.url_path, query, content_type, body)
         return Accepted(target, value, key, print_)
 
-    async def owners_answer(request: Request, target: Address, within: float) -> Response | None:
+    async def owners_answer(
+        request: IngressRequest, target: Address, within: float, body: bytes | None = None
+    ) -> Response | None:
         """In a cluster, the answer of the member owning ``target``'s partition if that is
         another member (the request forwarded there, its answer awaited ``within``
-        seconds); None to serve the request here."""
+        seconds); None to serve the request here. ``body``: the request's, if read."""
         if peers is None:
             return None
         view = peers.view
@@ -276,66 +261,73 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         if owner == view.me:
             return None
         if owner is None:
-            raise _Rejected(
-                _retry_later(
+            raise Rejected(
+                retry_later(
                     "no_owner",
                     f"no member owns the partition of {target} now (the cluster is changing)",
                 )
             )
-        sender = request.headers.get(FORWARDED_HEADER)
+        sender = request.header(FORWARDED_HEADER.lower().encode())
         if sender is not None:
-            raise _Rejected(
-                _retry_later(
+            raise Rejected(
+                retry_later(
                     "not_owner",
                     f"{sender} forwarded this request here, but {owner} owns the partition "
                     f"of {target} (the cluster is changing)",
                 )
             )
-        body = b""
-        if request.method == "POST":
-            body = await _body(request, runtime.config.worker.max_message_bytes)
+        if body is None:
+            body = b""
+            if request.method == "POST":
+                body = await request.body(runtime.config.worker.max_message_bytes)
         forwarded = PeerRequest(
             request.method,
-            _raw_path(request),
-            request.scope.get("query_string", b""),
-            tuple(request.headers.items()),
+            request.raw_path,
+            request.query_string,
+            request.header_items(),
             body,
             within,
         )
         try:
             answer = await peers.forward(owner, forwarded)
         except PeerUnreachable as e:
-            raise _Rejected(_retry_later("owner_unreachable", str(e))) from None
+            raise Rejected(retry_later("owner_unreachable", str(e))) from None
         return _passed_on(answer)
 
-    async def keyed_elsewhere(request: Request, within: float) -> Response | None:
+    async def keyed_elsewhere(request: IngressRequest, within: float) -> Response | None:
         """The owner's answer to a POST with an Idempotency-Key, if another member owns
         its target's partition: keys are checked there."""
-        key = request.headers.get("idempotency-key")
+        key = request.header(b"idempotency-key")
         if peers is None or key is None:
             return None
         if (problem := check_key(key)) is not None:
-            raise _Rejected(_error(400, "bad_idempotency_key", problem))
+            raise Rejected(error(400, "bad_idempotency_key", problem))
         return await owners_answer(request, _path_address(request), within)
 
     async def keyed(accepted: Accepted) -> KeyedRequest | None:
         """The request's Idempotency-Key, with the answer of an earlier request with it."""
         if accepted.key is None:
             return None
-        if runtime.restoring(accepted.target):
-            raise _Rejected(
-                _retry_later(
+        return await begin_key(accepted.key, accepted.fingerprint, accepted.target)
+
+    async def begin_key(
+        key: str, print_: bytes, target: Address, others: Sequence[Address] = ()
+    ) -> KeyedRequest:
+        """The key claimed for a request to ``target`` (a batch's first; ``others``: the
+        rest), or the answer of an earlier request with it; 503 while ``target``'s
+        partition is restored here, 422 if the key was used for another request."""
+        if runtime.restoring(target):
+            raise Rejected(
+                retry_later(
                     "restoring",
-                    f"the partition of {accepted.target} is being restored here, with its "
+                    f"the partition of {target} is being restored here, with its "
                     "idempotency keys; try again",
                 )
             )
         try:
-            return await runtime.idempotency.begin(
-                accepted.key, accepted.fingerprint, accepted.target
-            )
+            return await runtime.idempotency.begin(key, print_, target, others)
         except IdempotencyConflict as e:
-            raise _Rejected(_error(422, "idempotency_key_reused", str(e))) from None
+            raise Rejected(error(422, "idempotency_key_reused", str(e))) from None
 
     async def append(
         accepted: Accepted, key: KeyedRequest | None, caller: Address | None
@@ -353,18 +345,12 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         runtime.idempotency.accepted(key, partition, offset, caller)
         return partition, offset
 
-    # The two POST routes take the bare Request and read their parameters themselves:
-    # FastAPI's parameter machinery costs more than the rest of the request here.
+    # The two POST routes are served by the fast path (``runtime.fast_path``) before
+    # FastAPI sees them; the routes below document them and serve them the same way
+    # (``app.documented``). Both read the request as an IngressRequest.
 
-    @app.post(
-        "/v1/messages/{namespace}/{type_}/{id_:path}",
-        status_code=202,
-        responses=errors(400, *GUARDED, 404, 413, 415, 422, 503),
-        openapi_extra=SEND,
-    )
-    async def post_message(request: Request) -> Response:
-        """Append a message for the address; 202 once it is durable. Query: ``type``.
-        Header ``Idempotency-Key``: a retry returns the first answer, appending nothing."""
+    async def send_message(request: IngressRequest) -> Response:
+        """``POST /v1/messages/{namespace}/{type_}/{id_}``."""
         if (forwarded := await keyed_elsewhere(request, FORWARD_TIMEOUT)) is not None:
             return forwarded
         accepted = await accept(request)
@@ -378,19 +364,10 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         partition, offset = await append(accepted, key, None)
         return JSONResponse({"partition": partition, "offset": offset}, status_code=202)
 
-    @app.post(
-        "/v1/call/{namespace}/{type_}/{id_:path}",
-        responses=errors(400, *GUARDED, 404, 413, 415, 422, 503, 504),
-        openapi_extra=CALL,
-    )
-    async def call(request: Request) -> Response:
-        """Send a message and answer with the first message sent to the call's caller
-        address. Query: ``type``, ``timeout`` (seconds, default 30, at most 300),
-        ``consistency`` (``uncommitted``, the default: answer at once; ``committed``:
-        only once the work that produced the reply is in a completed checkpoint).
-        Header ``Idempotency-Key``: a retry gets the first call's reply, appending nothing."""
-        timeout = _timeout(request.query_params.get("timeout"))
-        committed = _consistency(request.query_params.get("consistency"))
+    async def call_address(request: IngressRequest) -> Response:
+        """``POST /v1/call/{namespace}/{type_}/{id_}``."""
+        timeout = _timeout(request.query("timeout"))
+        committed = _consistency(request.query("consistency"))
         consistency = {CONSISTENCY_HEADER: "committed" if committed else "uncommitted"}
         if (forwarded := await keyed_elsewhere(request, timeout + FORWARD_MARGIN)) is not None:
             return forwarded
@@ -413,7 +390,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         except ShuttingDown:
             if key is not None:
                 runtime.idempotency.abandoned(key)
-            return _error(503, "shutting_down", "the runtime is stopping; nothing was accepted")
+            return error(503, "shutting_down", "the runtime is stopping; nothing was accepted")
         try:
             if before is None:
                 partition, offset = await append(accepted, key, caller)
@@ -423,7 +400,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
                 async with asyncio.timeout(timeout):
                     answer = await asyncio.shield(reply)
             except TimeoutError:
-                return _error(
+                return error(
                     504,
                     "timeout",
                     f"no reply within {timeout:g} s; the message was accepted and will be processed",
@@ -431,7 +408,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
                     offset=offset,
                 )
             except ShuttingDown:
-                return _error(
+                return error(
                     503,
                     "shutting_down",
                     "the runtime is stopping; the message was accepted and will be processed",
@@ -443,6 +420,79 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         headers = consistency if before is None else {**consistency, REPLAYED_HEADER: "true"}
         return JSONResponse(value_to_json(answer), headers=headers)
 
+    @app.post(
+        MESSAGES_ROUTE,
+        status_code=202,
+        responses=errors(400, *GUARDED, 404, 413, 415, 422, 503),
+        openapi_extra=SEND,
+    )
+    async def post_message(request: Request) -> Response:
+        """Append a message for the address; 202 once it is durable. Query: ``type``.
+        Header ``Idempotency-Key``: a retry returns the first answer, appending nothing."""
+        return await send_message(IngressRequest(request.scope, request.receive))
+
+    @app.post(
+        CALL_ROUTE,
+        responses=errors(400, *GUARDED, 404, 413, 415, 422, 503, 504),
+        openapi_extra=CALL,
+    )
+    async def call(request: Request) -> Response:
+        """Send a message and answer with the first message sent to the call's caller
+        address. Query: ``type``, ``timeout`` (seconds, default 30, at most 300),
+        ``consistency`` (``uncommitted``, the default: answer at once; ``committed``:
+        only once the work that produced the reply is in a completed checkpoint).
+        Header ``Idempotency-Key``: a retry gets the first call's reply, appending nothing."""
+        return await call_address(IngressRequest(request.scope, request.receive))
+
+    @app.post(
+        BATCH_ROUTE,
+        status_code=202,
+        responses=errors(400, *GUARDED, 404, 413, 415, 422, 503),
+        openapi_extra=BATCH,
+    )
+    async def post_messages(request: Request) -> Response:
+        """Append many messages: ``{"messages": [{"address": "ns/type/id", "value": V,
+        "type": T, "encoding": "base64"}, ...]}``, at most 10,000 and 16 MiB. Without
+        ``type``, ``value`` is a string; with it, a JSON value of that type; with
+        ``"encoding": "base64"``, the base64 of its raw bytes. Every message is checked
+        before any is appended: a bad one refuses the whole batch, its index named
+        (``messages[3]: ...``). 202 once all are durable, with each one's partition and
+        offset, in order. Header ``Idempotency-Key``: for the whole batch; a retry
+        returns the first answer, appending nothing."""
+        incoming = IngressRequest(request.scope, request.receive)
+        key = incoming.header(b"idempotency-key")
+        if key is not None and (problem := check_key(key)) is not None:
+            raise Rejected(error(400, "bad_idempotency_key", problem))
+        body = await incoming.body(MAX_BATCH_BYTES)
+        content_type = incoming.header(b"content-type")
+        grant = request.scope.get(GRANT_SCOPE_KEY) if runtime.access.tokens else None
+        messages = await read_batch(
+            body, content_type, grant, runtime.refuses, runtime.config.worker.max_message_bytes
+        )
+        first = messages[0][0]
+        if key is None:
+            positions = await runtime.append_messages([(t, v, ()) for t, v in messages])
+            return _batch_answer(positions)
+        # The key is kept where the first message's is: there a retry finds it.
+        if (forwarded := await owners_answer(incoming, first, FORWARD_TIMEOUT, body)) is not None:
+            return forwarded
+        query = urlencode(incoming.query_items())
+        print_ = fingerprint(incoming.url_path, query, content_type, body)
+        keyed = await begin_key(key, print_, first, [t for t, _ in messages[1:]])
+        if (before := keyed.earlier) is not None:
+            kept = before.positions or ((before.partition, before.offset),)
+            return _batch_answer(kept, replayed=True)
+        count = len(messages)
+        try:
+            positions = await runtime.append_messages(
+                [(t, v, keyed.batch_headers(i, count)) for i, (t, v) in enumerate(messages)]
+            )
+        except BaseException:
+            runtime.idempotency.abandoned(keyed)
+            raise
+        runtime.idempotency.accepted(keyed, *positions[0], positions=positions)
+        return _batch_answer(positions)
+
     @app.get(
         "/v1/state/{namespace}/{type_}/{id_:path}",
         responses=errors(400, *GUARDED, 404, 503),
@@ -451,16 +501,17 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     async def state(request: Request, checkpoint: int | None = Query(None, ge=1)) -> Response:
         """The address's state: live, from the member owning it; or as of the retained
         ``checkpoint``, from any member."""
-        address = _path_address(request)
+        incoming = IngressRequest(request.scope, request.receive)
+        address = _path_address(incoming)
         _function_type(address.namespace, address.type)
         if checkpoint is not None:
             as_of = await runtime.state_as_of(address, checkpoint)
             return JSONResponse({"state": _state_json(as_of), "checkpoint": checkpoint})
-        if (forwarded := await owners_answer(request, address, FORWARD_TIMEOUT)) is not None:
+        if (forwarded := await owners_answer(incoming, address, FORWARD_TIMEOUT)) is not None:
             return forwarded
         values = runtime.state_of(address)
         if values is None:
-            return _retry_later(
+            return retry_later(
                 "restoring", f"the partition of {address} is being restored here; try again"
             )
         return JSONResponse({"state": _state_json(values)})
@@ -485,7 +536,9 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         elif local:
             page = own_page(function_type, after, limit)
         else:
-            page = await everyones_page(request, function_type, after, limit)
+            page = await everyones_page(
+                IngressRequest(request.scope, request.receive), function_type, after, limit
+            )
         body: dict[str, Any] = {"addresses": page.ids, "next": page.next, "checkpoint": checkpoint}
         if local and checkpoint is None and peers is not None:
             body["partitions"] = list(runtime.owned)  # what a merging member checks
@@ -495,13 +548,13 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         """A live page of the partitions this process holds; 503 while it restores them."""
         page = runtime.addresses(function_type, after, limit)
         if page is None:
-            raise _Rejected(
-                _retry_later("restoring", "this member's partitions are being restored; try again")
+            raise Rejected(
+                retry_later("restoring", "this member's partitions are being restored; try again")
             )
         return page
 
     async def everyones_page(
-        request: Request, function_type: TypeName, after: str | None, limit: int
+        request: IngressRequest, function_type: TypeName, after: str | None, limit: int
     ) -> AddressPage:
         """A live page merged from every member's page of its own partitions; 503 unless
         the members' partitions are every partition, once (the cluster is changing)."""
@@ -509,9 +562,9 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         view = peers.view
         forwarded = PeerRequest(
             "GET",
-            _raw_path(request),
-            request.scope.get("query_string", b""),
-            tuple(request.headers.items()),
+            request.raw_path,
+            request.query_string,
+            request.header_items(),
             b"",
             FORWARD_TIMEOUT,
         )
@@ -522,17 +575,17 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             try:
                 answer = await peers.forward(member, forwarded)
             except PeerUnreachable as e:
-                raise _Rejected(_retry_later("member_unreachable", str(e))) from None
+                raise Rejected(retry_later("member_unreachable", str(e))) from None
             if answer.status != 200:
-                raise _Rejected(_passed_on(answer))
+                raise Rejected(_passed_on(answer))
             body = json.loads(answer.body)
             return AddressPage(body["addresses"], body["next"] is not None), body["partitions"]
 
         answers = await asyncio.gather(*(members_page(m) for m in view.members()))
         covered = sorted(p for _, partitions in answers for p in partitions)
         if covered != list(range(runtime.config.messages_partitions)):
-            raise _Rejected(
-                _retry_later(
+            raise Rejected(
+                retry_later(
                     "cluster_changing",
                     "the members' partitions changed while they were asked; try again",
                 )
@@ -549,9 +602,9 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         try:
             egress_id = TypeName.parse(f"{namespace}/{name}")
         except InvalidNameError as e:
-            return _error(400, "bad_egress", str(e))
+            return error(400, "bad_egress", str(e))
         if not runtime.egresses.readable(egress_id):
-            return _error(
+            return error(
                 404,
                 "unknown_egress",
                 f"no egress {egress_id} kept by the runtime is declared in the module spec "
@@ -582,15 +635,19 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         letter = await _dead_letter(offset)
         if (
             letter.target is not None
-            and (forwarded := await owners_answer(request, letter.target, FORWARD_TIMEOUT))
+            and (
+                forwarded := await owners_answer(
+                    IngressRequest(request.scope, request.receive), letter.target, FORWARD_TIMEOUT
+                )
+            )
             is not None
         ):
             return forwarded
         status = (await runtime.records.dead_letter_marks([offset])).get(offset, PARKED)
         if status == DISCARDED:
-            return _error(409, "discarded", f"dead letter {offset} was discarded")
+            return error(409, "discarded", f"dead letter {offset} was discarded")
         if not letter.replayable:
-            return _error(
+            return error(
                 409,
                 "not_replayable",
                 f"dead letter {offset} is not a message to a function address ({letter.kind}); "
@@ -610,7 +667,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         await _dead_letter(offset)
         status = (await runtime.records.dead_letter_marks([offset])).get(offset, PARKED)
         if status == REPLAYED:
-            return _error(409, "replayed", f"dead letter {offset} was replayed already")
+            return error(409, "replayed", f"dead letter {offset} was replayed already")
         await runtime.records.mark_dead_letter(offset, DISCARDED)
         return JSONResponse({"offset": offset, "status": DISCARDED})
 
@@ -619,7 +676,7 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
             offset, runtime.clock.skip if runtime.clock else None
         )
         if letter is None:
-            raise _Rejected(_error(404, "not_found", f"there is no dead letter at offset {offset}"))
+            raise Rejected(error(404, "not_found", f"there is no dead letter at offset {offset}"))
         return letter
 
     @app.get("/v1/admin/functions", responses=errors(*GUARDED))
@@ -647,10 +704,10 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         try:
             function_type = TypeName(namespace, type_)
         except InvalidNameError as e:
-            raise _Rejected(_error(400, "bad_function_type", str(e))) from None
+            raise Rejected(error(400, "bad_function_type", str(e))) from None
         if runtime.module.endpoint_for(function_type) is None:
-            raise _Rejected(
-                _error(
+            raise Rejected(
+                error(
                     404,
                     "unknown_function_type",
                     f"no endpoint in the module spec serves {function_type}",
@@ -674,13 +731,14 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
         @app.post(REPLIES_PATH, status_code=204, responses=errors(400, *GUARDED, 413))
         async def deliver_reply(request: Request) -> Response:
             """A reply another member produced for a call waiting here."""
-            body = await _body(request, 2 * runtime.config.worker.max_message_bytes)
+            incoming = IngressRequest(request.scope, request.receive)
+            body = await incoming.body(2 * runtime.config.worker.max_message_bytes)
             try:
                 address, value, tag = decode_reply(body)
             except BadInput as e:
-                return _error(e.status, e.error, e.detail)
+                return error(e.status, e.error, e.detail)
             if address.function_type != INGRESS_CALLER_TYPE:
-                return _error(400, "bad_reply", f"{address} is not a caller address")
+                return error(400, "bad_reply", f"{address} is not a caller address")
             runtime.replies.deliver(address, value, tag)
             return Response(status_code=204)
 
@@ -737,4 +795,14 @@ def create_ingress_app(runtime: RuntimeBase) -> FastAPI:
     served += [r for r in app.router.routes if isinstance(getattr(r, "path", None), str)]
     served += console_routes
     app.state.routes = served
+    documented = {r.path: r for r in app.router.routes if isinstance(r, APIRoute)}
+    app.fast_path = FastPath(
+        [
+            fast_route(MESSAGES_ROUTE, documented[MESSAGES_ROUTE].path_regex, send_message),
+            fast_route(CALL_ROUTE, documented[CALL_ROUTE].path_regex, call_address),
+        ],
+        runtime.access,
+        runtime.metrics,
+        runtime,
+    )
     return app

@@ -44,6 +44,62 @@ def _retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""A whole answer: status, headers, body."""
+
+
+def _json_answer(
+    status: int, body: dict[str, str], headers: dict[str, str] | None = None
+) -> Answer:
+    content = json.dumps(body).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+    ]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return status, raw_headers, content
+
+
+def unavailable_answer(availability: Availability) -> Answer | None:
+    """The answer to a POST (other than a delivered reply) while the runtime cannot take
+    messages; None while it can."""
+    down = availability.unavailable()
+    if down is None:
+        return None
+    reason, retry = down
+    return _json_answer(
+        503,
+        {"error": "unavailable", "detail": f"the runtime cannot take messages now: {reason}"},
+        _retry_after(retry),
+    )
+
+
+def shutting_down_answer() -> Answer:
+    """The answer to a request still running when the server's shutdown grace ends."""
+    return _json_answer(
+        503,
+        {
+            "error": "shutting_down",
+            "detail": "the runtime stopped before this request finished: it may "
+            "or may not have been accepted; retry with an Idempotency-Key",
+        },
+    )
+
+
+def internal_answer() -> Answer:
+    """The answer to a request that raised unexpectedly (its traceback is logged)."""
+    return _json_answer(
+        500, {"error": "internal", "detail": "an unexpected error in the runtime (logged there)"}
+    )
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    """Send ``answer``: its status and headers, then its whole body."""
+    status, headers, body = answer
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class ErrorBoundary:
     """ASGI middleware inside the application's own error handling: refuses POSTs while
     the runtime is unavailable, and turns what escapes the routes into JSON."""
@@ -59,18 +115,9 @@ class ErrorBoundary:
         if (
             scope["method"] == "POST"
             and scope["path"] not in (REPLIES_PATH, DEMAND_PATH)
-            and (down := self.availability.unavailable()) is not None
+            and (down := unavailable_answer(self.availability)) is not None
         ):
-            reason, retry = down
-            await _send_json(
-                send,
-                503,
-                {
-                    "error": "unavailable",
-                    "detail": f"the runtime cannot take messages now: {reason}",
-                },
-                _retry_after(retry),
-            )
+            await send_answer(send, down)
             return
         started = False
 
@@ -88,67 +135,52 @@ class ErrorBoundary:
             # waiting on a stalled log): answer it, rather than let uvicorn log a
             # traceback. Nobody else awaits this task, so the cancellation ends here.
             if not started:
-                await _send_json(
-                    send,
-                    503,
-                    {
-                        "error": "shutting_down",
-                        "detail": "the runtime stopped before this request finished: it may "
-                        "or may not have been accepted; retry with an Idempotency-Key",
-                    },
-                )
+                await send_answer(send, shutting_down_answer())
         except Exception:
             log.exception("unexpected error serving %s %s", scope["method"], scope["path"])
             if not started:
-                await _send_json(
-                    send,
-                    500,
-                    {
-                        "error": "internal",
-                        "detail": "an unexpected error in the runtime (logged there)",
-                    },
-                )
+                await send_answer(send, internal_answer())
 
 
-async def _send_json(
-    send: Send, status: int, body: dict[str, str], headers: dict[str, str] | None = None
-) -> None:
-    content = json.dumps(body).encode()
-    raw_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(content)).encode()),
-    ]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": content})
+def log_failed(method: str, exc: LogError, availability: Availability) -> JSONResponse:
+    """The answer to a request whose read or write of the log failed."""
+    if method == "POST":
+        detail = (
+            f"the log failed while this request wrote to it ({exc}): it may or may not "
+            "have been accepted; retry with an Idempotency-Key to have it taken once"
+        )
+    else:
+        detail = f"the log failed: {exc}"
+    return JSONResponse(
+        {"error": "unavailable", "detail": detail},
+        status_code=503,
+        headers=_retry_after_now(availability),
+    )
+
+
+def store_failed(exc: StoreError, availability: Availability) -> JSONResponse:
+    """The answer to a request whose use of the checkpoint store failed."""
+    return JSONResponse(
+        {"error": "unavailable", "detail": f"the checkpoint store failed: {exc}"},
+        status_code=503,
+        headers=_retry_after_now(availability),
+    )
+
+
+def _retry_after_now(availability: Availability) -> dict[str, str]:
+    down = availability.unavailable()
+    return _retry_after(1.0 if down is None else down[1])
 
 
 def install(app: FastAPI, availability: Availability) -> None:
     """Give ``app`` these answers."""
 
-    def retry_after() -> dict[str, str]:
-        down = availability.unavailable()
-        return _retry_after(1.0 if down is None else down[1])
-
     @app.exception_handler(LogError)
-    async def log_failed(request: Request, exc: LogError) -> JSONResponse:
-        if request.method == "POST":
-            detail = (
-                f"the log failed while this request wrote to it ({exc}): it may or may not "
-                "have been accepted; retry with an Idempotency-Key to have it taken once"
-            )
-        else:
-            detail = f"the log failed: {exc}"
-        return JSONResponse(
-            {"error": "unavailable", "detail": detail}, status_code=503, headers=retry_after()
-        )
+    async def on_log_error(request: Request, exc: LogError) -> JSONResponse:
+        return log_failed(request.method, exc, availability)
 
     @app.exception_handler(StoreError)
-    async def store_failed(_: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse(
-            {"error": "unavailable", "detail": f"the checkpoint store failed: {exc}"},
-            status_code=503,
-            headers=retry_after(),
-        )
+    async def on_store_error(_: Request, exc: StoreError) -> JSONResponse:
+        return store_failed(exc, availability)
 
     app.add_middleware(ErrorBoundary, availability=availability)

@@ -98,6 +98,71 @@ _MESSAGE_BODY = {
     },
 }
 
+_BATCH_MESSAGE = {
+    "type": "object",
+    "required": ["address", "value"],
+    "additionalProperties": False,
+    "properties": {
+        "address": {
+            "type": "string",
+            "pattern": "^[^/]+/[^/]+/.+$",
+            "description": "namespace/type/id (the id may contain /).",
+        },
+        "value": {
+            "description": "Without type, a string; with type, the JSON value of that "
+            'type; with "encoding": "base64", the base64 of its raw bytes.',
+        },
+        "type": {
+            "type": "string",
+            "pattern": "^[^/]+/[^/]+$",
+            "description": "The message's type, namespace/name.",
+        },
+        "encoding": {"type": "string", "enum": ["base64"]},
+    },
+}
+_BATCH_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["messages"],
+                "additionalProperties": False,
+                "properties": {
+                    "messages": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 10_000,
+                        "items": _BATCH_MESSAGE,
+                    }
+                },
+            }
+        }
+    },
+}
+_POSITIONS = {
+    "description": "Every message is durable: each one's partition and offset, in order.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "messages": {
+                        "type": "array",
+                        "items": {
+                            "type": ["object", "null"],
+                            "properties": {
+                                "partition": {"type": "integer"},
+                                "offset": {"type": "integer"},
+                            },
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
+
 ADDRESSED: dict[str, Any] = {"parameters": _ADDRESS_PARAMETERS}
 """``openapi_extra`` of a route reading its address from the raw path."""
 SEND: dict[str, Any] = {
@@ -110,6 +175,18 @@ CALL: dict[str, Any] = {
     "requestBody": _MESSAGE_BODY,
 }
 """``openapi_extra`` of ``POST /v1/call``."""
+BATCH: dict[str, Any] = {
+    "parameters": [_SEND_QUERY[1]],
+    "requestBody": _BATCH_BODY,
+    "responses": {
+        "202": _POSITIONS,
+        "413": {
+            "description": "The batch is over 10,000 messages or 16 MiB, or a message's "
+            "value over the runtime's message size limit."
+        },
+    },
+}
+"""``openapi_extra`` of ``POST /v1/messages`` (``runtime.ingress_batch``)."""
 
 
 def install(app: FastAPI) -> None:

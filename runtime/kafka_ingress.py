@@ -34,7 +34,7 @@ from runtime.checkpoints.epochs import EpochClock
 from runtime.checkpoints.snapshot import INGRESS_PART_PREFIX, encode_positions
 from runtime.dead_letters import DeadLetters
 from runtime.envelope import source_header
-from runtime.errors import LogError
+from runtime.errors import LogError, UnknownTopicError
 from runtime.log import StoredRecord, TopicPartition
 from runtime.log.kafka import KafkaLog, KafkaLogConsumer
 from runtime.metrics import Metrics, kafka_source
@@ -49,6 +49,21 @@ log = logging.getLogger(__name__)
 
 POLL_RETRY_BACKOFF = 1.0
 """Seconds between polls while the ingress's cluster cannot be read."""
+
+
+async def open_ingress_topic(cluster: KafkaLog, ingress: object, topic: str) -> int:
+    """Open ``topic``, which the Kafka ingress ``ingress`` reads; its partition count.
+
+    The runtime creates only its own topics: an ingress topic belongs to whoever writes
+    it, so a missing one is an :class:`UnknownTopicError` saying to create it first."""
+    try:
+        return await cluster.open_topic(topic)
+    except UnknownTopicError:
+        raise UnknownTopicError(
+            f"topic {topic}, which Kafka ingress {ingress} reads, does not exist: the runtime "
+            "creates only its own topics; create it (with the partitions its writers need) "
+            "before starting the runtime"
+        ) from None
 
 
 class KafkaIngressReader:
@@ -90,7 +105,7 @@ class KafkaIngressReader:
         """Read from a checkpoint's positions, or (None) from the startup position; only
         the ``owned`` topic partitions (None: all)."""
         for topic in self._topics:
-            count = await self._cluster.open_topic(topic)
+            count = await open_ingress_topic(self._cluster, self.spec.id, topic)
             mine = [p for p in range(count) if owned is None or (topic, p) in owned]
             if restored is None:
                 committed = await self._cluster.committed_offsets(self.group, topic)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from runtime.checkpoints.epochs import Tag
 from runtime.cluster.peers import Peers
 from runtime.envelope import Envelope
-from runtime.log import Log
+from runtime.log import Log, Record
 from runtime.replies import ReplyWaiters, caller_home
 from runtime.routing import INGRESS_CALLER_TYPE, Topics, partition_for
 from statefun.address import Address
@@ -106,6 +107,22 @@ class Router:
             (tag, *headers) if tag is not None else headers
         )
         return partition, self._log.append(self.topics.messages, partition, [record])
+
+    def append_many(
+        self, messages: Sequence[tuple[Address, TypedValue, tuple[tuple[str, bytes], ...]]]
+    ) -> tuple[list[tuple[int, int]], dict[int, asyncio.Future[list[int]]]]:
+        """Append messages from outside (target, value, headers), one append per partition,
+        all issued now (so the embedded log commits them together): each message's
+        partition and index in its partition's append, and each partition's append."""
+        records: dict[int, list[Record]] = {}
+        placed = []
+        for target, value, headers in messages:
+            partition = partition_for(target, self._partitions)
+            batch = records.setdefault(partition, [])
+            placed.append((partition, len(batch)))
+            batch.append(Envelope(target, None, value).to_record(headers))
+        appends = {p: self._log.append(self.topics.messages, p, rs) for p, rs in records.items()}
+        return placed, appends
 
     async def flush(self) -> None:
         """Return once every message sent so far is durable."""

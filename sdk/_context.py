@@ -31,7 +31,20 @@ _ONE_MS = timedelta(milliseconds=1)
 
 @dataclass(frozen=True, slots=True)
 class SdkAddress:
-    """A function instance: ``typename`` is ``namespace/name``, ``id`` the instance."""
+    """A function instance: ``typename`` is ``namespace/name``, ``id`` the instance.
+
+    What ``context.address`` and ``context.caller`` give.
+
+    Example:
+
+    ```python
+    def greeter(context: Context, message: Message) -> None:
+        me = context.address          # SdkAddress(namespace='example', name='greeter', id='Alice', ...)
+        assert me.typename == "example/greeter" and me.id == "Alice"
+        if context.caller is not None:
+            print("sent by", context.caller.typename, context.caller.id)
+    ```
+    """
 
     namespace: str
     name: str
@@ -44,12 +57,60 @@ def _sdk_address(address: Address) -> SdkAddress:
 
 
 class NoCallerError(RuntimeError):
-    """``reply()`` was called for a message that no function sent (it came from an ingress)."""
+    """``reply()`` was called for a message that has no caller.
+
+    Messages sent with ``POST /v1/messages`` (``statefun send``) or read from a Kafka
+    ingress have no caller; those of ``POST /v1/call`` (``statefun call``) and those a
+    function sent (``send``, ``send_after``) have one. Raising it fails the invocation
+    like any other exception (the function's failure policy decides what follows), so
+    guard a reply that may have nowhere to go.
+
+    Example:
+
+    ```python
+    def greeter(context: Context, message: Message) -> None:
+        greeting = f"Hello {message.as_string()}"
+        if context.caller is not None:  # not there for POST /v1/messages
+            context.reply(str_value=greeting)
+    ```
+    """
 
 
 class Context(abc.ABC):
     """The running function's view of the world: who it is, who called, its state, and
     the messages it sends.
+
+    Every effect (state written, messages sent, egress records) is applied by the
+    runtime once the invocation returns, all together: if the function raises, none is.
+
+    A message sent with :meth:`send` or :meth:`send_after` carries the sender as its
+    caller: a function that answers every caller with :meth:`reply` also answers the
+    functions that message it, which may not expect it. Reply only where a reply is
+    wanted, e.g. when ``context.caller`` is of the type you expect, or is an ingress
+    call.
+
+    Example:
+
+    ```python
+    from datetime import timedelta
+
+    from sdk import Context, IntType, Message, StatefulFunctions, ValueSpec, message_builder
+
+    functions = StatefulFunctions()
+
+    @functions.bind("example/greeter", specs=[ValueSpec("visits", IntType)])
+    def greeter(context: Context, message: Message) -> None:
+        visits = (context.storage.visits or 0) + 1
+        context.storage.visits = visits
+        context.send(message_builder("example/audit", context.address.id, int_value=visits))
+        context.send_after(
+            timedelta(minutes=5),
+            message_builder("example/greeter", context.address.id, str_value="again"),
+            cancellation_token=f"remind-{context.address.id}",
+        )
+        if context.caller is not None:
+            context.reply(str_value=f"Hello {message.as_string()}, visit {visits}")
+    ```
     """
 
     __slots__ = ()
@@ -202,8 +263,11 @@ class BatchContext(Context):
         caller = self._caller
         if caller is None:
             raise NoCallerError(
-                f"{self._target} cannot reply: the current "
-                "message came from an ingress, not from a function"
+                f"{self._target} cannot reply: the current message has no caller (it came "
+                "through POST /v1/messages, statefun send or a Kafka ingress, not from a "
+                "function nor POST /v1/call); to get a reply over HTTP "
+                "send it with POST /v1/call (statefun call), or reply only when "
+                "context.caller is not None"
             )
         self._messages.append(OutgoingMessage(caller, typed_value_from_keywords(kwargs)))
 

@@ -79,7 +79,26 @@ class RegisteredFunction:
 
 
 class StatefulFunctions:
-    """The functions an endpoint serves, by function type (``namespace/name``)."""
+    """The functions an endpoint serves, by function type (``namespace/name``).
+
+    Register each function with :meth:`bind` (a decorator) or :meth:`register`, then
+    serve them all with :meth:`asgi_app` under any ASGI server. The runtime finds them
+    through the module spec's endpoint (``urlPathTemplate``).
+
+    Example:
+
+    ```python
+    >>> from sdk import Context, IntType, Message, StatefulFunctions, ValueSpec
+    >>> functions = StatefulFunctions()
+    >>> @functions.bind("example/counter", specs=[ValueSpec("count", IntType)])
+    ... def counter(context: Context, message: Message) -> None:
+    ...     context.storage.count = (context.storage.count or 0) + 1
+    >>> functions.typenames
+    ['example/counter']
+    >>> app = functions.asgi_app()  # uvicorn mymodule:app --port 8000
+
+    ```
+    """
 
     __slots__ = ("_functions",)
 

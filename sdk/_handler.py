@@ -94,7 +94,31 @@ def _in_order(started: list[_Started], finished: Iterator[BatchOutcome]) -> Func
 
 
 class RequestReplyHandler:
-    """Runs the functions of a ``StatefulFunctions`` for native-protocol requests."""
+    """Runs the functions of a ``StatefulFunctions`` for native-protocol requests.
+
+    :meth:`StatefulFunctions.asgi_app` wraps one in a FastAPI app; use it directly to
+    serve the functions from another web framework: hand it each request's body and
+    answer with what it returns (Content-Type ``application/vnd.statefun.native+msgpack``);
+    say ``protocol: native`` in the module spec's endpoint, since such an app does not
+    answer the runtime's ``GET`` asking which protocol it speaks.
+
+    Example (aiohttp):
+
+    ```python
+    from aiohttp import web
+
+    from sdk import RequestReplyHandler
+
+    handler = RequestReplyHandler(functions)
+
+    async def statefun(request: web.Request) -> web.Response:
+        answer = await handler.handle_async(await request.read())
+        return web.Response(body=answer, content_type="application/vnd.statefun.native+msgpack")
+
+    app = web.Application()
+    app.add_routes([web.post("/statefun", statefun)])
+    ```
+    """
 
     __slots__ = ("_functions",)
 

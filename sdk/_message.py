@@ -125,7 +125,25 @@ class Message:
 
     Arriving messages are read with ``is_int()``/``as_int()`` and friends, or
     ``is_type(tpe)``/``as_type(tpe)`` for any type; reading a value as a type it is not
-    raises :class:`~statefun.errors.ValueTypeError`.
+    raises :class:`~statefun.errors.ValueTypeError`. Build messages to send with
+    :func:`message_builder`.
+
+    Example:
+
+    ```python
+    >>> from sdk import IntType, message_builder
+    >>> message = message_builder("example/counter", "c1", int_value=5)
+    >>> message.target_typename, message.target_id
+    ('example/counter', 'c1')
+    >>> message.is_int(), message.as_int(), message.is_string()
+    (True, 5, False)
+    >>> message.is_type(IntType)
+    True
+
+    ```
+
+    In a function, test before reading when several types may arrive:
+    ``if message.is_string(): name = message.as_string()``.
     """
 
     __slots__ = ("_target", "_typed_value")
@@ -143,57 +161,74 @@ class Message:
 
     @property
     def target_typename(self) -> str:
+        """The target function type, ``namespace/name``."""
         return self._target.typename
 
     @property
     def target_id(self) -> str:
+        """The target function id."""
         return self._target.id
 
     @property
     def target(self) -> Address:
+        """The target address."""
         return self._target
 
     @property
     def typed_value(self) -> TypedValue:
+        """The value with its type name, as it travels."""
         return self._typed_value
 
     def is_int(self) -> bool:
+        """Whether the value is an ``IntType``."""
         return self._typed_value.typename == IntType.typename
 
     def as_int(self) -> int | None:
+        """The value as an ``IntType`` (ValueTypeError if it is another type)."""
         return self.as_type(IntType)
 
     def is_long(self) -> bool:
+        """Whether the value is a ``LongType``."""
         return self._typed_value.typename == LongType.typename
 
     def as_long(self) -> int | None:
+        """The value as a ``LongType`` (ValueTypeError if it is another type)."""
         return self.as_type(LongType)
 
     def is_float(self) -> bool:
+        """Whether the value is a ``FloatType``."""
         return self._typed_value.typename == FloatType.typename
 
     def as_float(self) -> float | None:
+        """The value as a ``FloatType`` (ValueTypeError if it is another type)."""
         return self.as_type(FloatType)
 
     def is_double(self) -> bool:
+        """Whether the value is a ``DoubleType``."""
         return self._typed_value.typename == DoubleType.typename
 
     def as_double(self) -> float | None:
+        """The value as a ``DoubleType`` (ValueTypeError if it is another type)."""
         return self.as_type(DoubleType)
 
     def is_bool(self) -> bool:
+        """Whether the value is a ``BoolType``."""
         return self._typed_value.typename == BoolType.typename
 
     def as_bool(self) -> bool | None:
+        """The value as a ``BoolType`` (ValueTypeError if it is another type)."""
         return self.as_type(BoolType)
 
     def is_string(self) -> bool:
+        """Whether the value is a ``StringType`` (what a ``text/plain`` ingress body is)."""
         return self._typed_value.typename == StringType.typename
 
     def as_string(self) -> str | None:
+        """The value as a ``StringType`` (ValueTypeError if it is another type)."""
         return self.as_type(StringType)
 
     def is_type(self, tpe: Type[Any]) -> bool:
+        """Whether the value is of type ``tpe`` (compared by type name)."""
         return self._typed_value.typename == tpe.typename
 
     def as_type(self, tpe: Type[T]) -> T | None:
@@ -210,9 +245,11 @@ class Message:
         return tpe.serializer().deserialize(data)
 
     def value_typename(self) -> str:
+        """The type name of the value, e.g. ``io.statefun.types/int``."""
         return self._typed_value.typename
 
     def raw_value(self) -> bytes | None:
+        """The serialized value; None if there is none."""
         return self._typed_value.value
 
     def __repr__(self) -> str:
@@ -232,12 +269,37 @@ def message_builder(target_typename: str, target_id: str, **kwargs: Any) -> Mess
 
     The value is one keyword: ``int_value=``, ``long_value=``, ``float_value=``,
     ``double_value=``, ``bool_value=``, ``str_value=``, or ``value=`` with ``value_type=``.
+    ``Context.reply`` takes the same keywords.
+
+    Example:
+
+    ```python
+    >>> from sdk import make_json_type, message_builder
+    >>> message_builder("example/greeter", "Alice", str_value="hi").as_string()
+    'hi'
+    >>> Order = make_json_type("shop/Order")
+    >>> message_builder("shop/orders", "o-1", value={"sku": "x", "n": 2}, value_type=Order).as_type(Order)
+    {'sku': 'x', 'n': 2}
+
+    ```
     """
     return Message(target_typename, target_id, typed_value_from_keywords(kwargs))
 
 
 class EgressMessage:
-    """A record for the egress ``typename``."""
+    """A record for the egress ``typename``, as :func:`egress_message_builder` and
+    :func:`kafka_egress_message` build it; send it with ``context.send_egress``.
+
+    Example:
+
+    ```python
+    >>> from sdk import StringType, egress_message_builder
+    >>> record = egress_message_builder("example/greetings", "Hello Alice", StringType)
+    >>> record.typename, record.value_typename()
+    ('example/greetings', 'io.statefun.types/string')
+
+    ```
+    """
 
     __slots__ = ("_egress", "_typed_value")
 
@@ -249,20 +311,25 @@ class EgressMessage:
 
     @property
     def typename(self) -> str:
+        """The egress id, ``namespace/name``."""
         return str(self._egress)
 
     @property
     def egress(self) -> TypeName:
+        """The egress id, parsed."""
         return self._egress
 
     @property
     def typed_value(self) -> TypedValue:
+        """The value with its type name, as it travels."""
         return self._typed_value
 
     def value_typename(self) -> str:
+        """The type name of the value, e.g. ``io.statefun.types/int``."""
         return self._typed_value.typename
 
     def raw_value(self) -> bytes | None:
+        """The serialized value; None if there is none."""
         return self._typed_value.value
 
     def __repr__(self) -> str:
@@ -272,7 +339,19 @@ class EgressMessage:
 def egress_message_builder(
     target_typename: str, value: Any, value_type: Type[Any]
 ) -> EgressMessage:
-    """A record of ``value`` serialized as ``value_type`` for the egress ``target_typename``."""
+    """A record of ``value`` serialized as ``value_type`` for the egress ``target_typename``.
+
+    The egress is declared in the module spec (``kind: statefun.v1/egress``, readable at
+    ``GET /v1/egress/{namespace}/{name}``).
+
+    Example:
+
+    ```python
+    def formatter(context: Context, message: Message) -> None:
+        greeting = f"Hello {message.as_string()}"
+        context.send_egress(egress_message_builder("example/greetings", greeting, StringType))
+    ```
+    """
     if value is None:
         raise ValueError("an egress message needs a value, got None")
     value_type = _check_type(value_type)
@@ -317,6 +396,17 @@ def kafka_egress_message(
     ``value`` is serialized with ``value_type`` if given; otherwise a str becomes UTF-8,
     bytes stay as they are, an int becomes a big-endian int32 and a float a big-endian
     double, as Kafka's own serializers write them. ``key`` is a UTF-8 string or None.
+    The egress is declared in the module spec (``kind: io.statefun.kafka.v1/egress``).
+
+    Example:
+
+    ```python
+    >>> from sdk import kafka_egress_message
+    >>> record = kafka_egress_message("example/kafka-out", "greetings", "Hello Alice", key="Alice")
+    >>> record.typename
+    'example/kafka-out'
+
+    ```
     """
     if not isinstance(topic, str) or not topic:
         raise ValueError(f"a Kafka egress message needs a topic, got {topic!r}")

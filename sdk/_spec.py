@@ -60,7 +60,21 @@ class ValueSpec:
 
     At most one of ``expire_after_call`` (no call to the address for that long) and
     ``expire_after_write`` (not written for that long) may be given; the runtime keeps
-    the expiration with millisecond precision.
+    the expiration with millisecond precision. The name must be a lower-case Python
+    identifier: it becomes an attribute of ``context.storage``.
+
+    Example:
+
+    ```python
+    >>> from datetime import timedelta
+    >>> from sdk import IntType, ValueSpec, make_json_type
+    >>> visits = ValueSpec("visits", IntType)
+    >>> cart = ValueSpec("cart", make_json_type("shop/Cart"), expire_after_call=timedelta(days=1))
+    >>> ValueSpec("Visits", IntType)
+    Traceback (most recent call last):
+    statefun.errors.InvalidNameError: invalid state name 'Visits': only lower-case names are allowed
+
+    ```
     """
 
     name: str

@@ -91,6 +91,21 @@ class Storage:
     Reading a state without a value gives None; assigning stores a value (checked
     against the state's type at once); ``del`` deletes it. Names that were not
     declared with a ``ValueSpec`` raise AttributeError.
+
+    A value read is cached for the invocation: changing a list or dict you read does not
+    persist it; assign it back.
+
+    Example:
+
+    ```python
+    @functions.bind("shop/cart", specs=[ValueSpec("items", make_json_type("shop/Items"))])
+    def cart(context: Context, message: Message) -> None:
+        items = context.storage.items or []      # None until first written
+        items.append(message.as_string())
+        context.storage.items = items            # assign back: this is what persists
+        if len(items) > 100:
+            del context.storage.items            # deleted: reads give None again
+    ```
     """
 
     # Internal names contain upper-case letters so that no state name (always lower

@@ -15,6 +15,13 @@ __all__ = ["Address", "TypeName"]
 
 
 _WHITESPACE = re.compile(r"\s")
+_KNOWN_MAX = 4096
+"""Function types remembered as checked (a handful in practice; bounded for safety)."""
+_CHECKED_TYPES: set[tuple[str, str]] = set()
+"""(namespace, type) pairs of addresses that passed their checks: an address of a known
+function type checks only its id (a name once valid is always valid)."""
+_TYPE_NAMES: dict[tuple[str, str], TypeName] = {}
+"""The :class:`TypeName` of each known function type, made once."""
 
 
 def _check_part(text: str, what: str, whole: str) -> None:
@@ -63,17 +70,26 @@ class Address:
     id: str
 
     def __post_init__(self) -> None:
-        whole = f"{self.namespace}/{self.type}/{self.id}"
+        # Addresses are made for every message: the function type's checks run once per
+        # type, and the message naming the whole address is only built for an error.
+        kind = (self.namespace, self.type)
+        if kind not in _CHECKED_TYPES:
+            self._check_function_type()
+            if len(_CHECKED_TYPES) < _KNOWN_MAX:
+                _CHECKED_TYPES.add(kind)
+        if not self.id:
+            raise InvalidNameError(f"the id of {str(self)!r} is empty")
+        if not self.id.isprintable():
+            raise InvalidNameError(f"the id of {str(self)!r} contains control characters")
+
+    def _check_function_type(self) -> None:
+        whole = str(self)
         _check_part(self.namespace, "the namespace", whole)
         if "/" in self.namespace:
             raise InvalidNameError(f"the namespace of function address {whole!r} contains '/'")
         _check_part(self.type, "the function type name", whole)
         if "/" in self.type:
             raise InvalidNameError(f"the function type name of {whole!r} contains '/'")
-        if not self.id:
-            raise InvalidNameError(f"the id of {whole!r} is empty")
-        if not self.id.isprintable():
-            raise InvalidNameError(f"the id of {whole!r} contains control characters")
 
     @classmethod
     def parse(cls, text: str) -> Address:
@@ -90,7 +106,13 @@ class Address:
 
     @property
     def function_type(self) -> TypeName:
-        return TypeName(self.namespace, self.type)
+        kind = (self.namespace, self.type)
+        name = _TYPE_NAMES.get(kind)
+        if name is None:
+            name = TypeName(self.namespace, self.type)
+            if len(_TYPE_NAMES) < _KNOWN_MAX:
+                _TYPE_NAMES[kind] = name
+        return name
 
     @property
     def typename(self) -> str:

@@ -45,11 +45,12 @@ Kinds understood:
 * ``io.statefun.playground.v1/ingress`` and ``io.statefun.playground.v1/egress`` - the
   StateFun playground's, so its examples run unchanged: the runtime's own HTTP ingress
   stands in for the playground ingress, and the playground egress becomes an egress kept
-  in the runtime's log (``io.statefun.playground/egress``); the ports and topics they
-  name are warned about.
+  in the runtime's log (``io.statefun.playground/egress``); the ``port`` and ``topics``
+  they name are warned about.
 * ``statefun.v1/failure-policy`` - ``functions`` (``ns/name`` or ``ns/*``), ``policy``
   (``dead-letter``, the default, ``retry`` or ``fail``) and ``deadLetterAfter`` (a
-  duration, for ``dead-letter``); see :class:`FailurePolicy`.
+  duration, for ``dead-letter``); see :class:`FailurePolicy`. ``maxRollbacks``, read by
+  earlier versions, is refused with an error saying what replaced it.
 
 As in StateFun, a Kafka ``address`` may be left out; the runtime then uses its own
 Kafka cluster (``statefun run --kafka``). An egress's ``deliverySemantic`` is
@@ -63,6 +64,7 @@ not to.)
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 import re
@@ -463,6 +465,8 @@ class _Fields:
         if not isinstance(raw, dict):
             raise self.error(f"must be a mapping, got {type(raw).__name__}", path)
         self.raw = dict(raw)
+        self.known: set[str] = set()
+        """The field names asked for: what a leftover field may be a misspelling of."""
 
     def field_path(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -470,10 +474,22 @@ class _Fields:
     def error(self, message: str, field: str | None) -> ModuleSpecError:
         return ModuleSpecError(message, source=self.source, document=self.document, field=field)
 
+    def missing(self, name: str) -> ModuleSpecError:
+        """The error for a required field that is absent, naming a given field that looks
+        like a misspelling of it."""
+        close = difflib.get_close_matches(name, [str(k) for k in self.raw], n=1, cutoff=0.6)
+        hint = f" ('{close[0]}' is given: a misspelling?)" if close else ""
+        return self.error(f"is required{hint}", self.field_path(name))
+
+    def has(self, name: str) -> bool:
+        """Whether the field is given (``name`` becomes a known field of this mapping)."""
+        self.known.add(name)
+        return name in self.raw
+
     def take(self, name: str, kind: type[V], default: V | None = None, required: bool = False) -> V:
-        if name not in self.raw:
+        if not self.has(name):
             if required:
-                raise self.error("is required", self.field_path(name))
+                raise self.missing(name)
             return default  # type: ignore[return-value]
         value = self.raw.pop(name)
         if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
@@ -492,13 +508,19 @@ class _Fields:
         return _Fields(raw, self.source, self.document, path)
 
     def nested(self, name: str) -> _Fields | None:
-        if name not in self.raw:
+        if not self.has(name):
             return None
         return _Fields(self.raw.pop(name), self.source, self.document, self.field_path(name))
 
     def done(self) -> None:
+        """Refuse a field nothing asked for, naming the known field it most resembles."""
         for name in self.raw:
-            raise self.error("is not a known field", self.field_path(str(name)))
+            close = difflib.get_close_matches(str(name), sorted(self.known), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            known = ", ".join(sorted(self.known)) or "none"
+            raise self.error(
+                f"is not a known field{hint} (known here: {known})", self.field_path(str(name))
+            )
 
     def warn(self, message: str, field: str) -> None:
         """Log a warning about ``field`` (a path): read but not honoured, or unsafe."""
@@ -507,7 +529,7 @@ class _Fields:
 
 def _duration(fields: _Fields, name: str, default: float) -> float:
     """The field as seconds, or ``default`` (already seconds) when it is absent."""
-    if name not in fields.raw:
+    if not fields.has(name):
         return default
     raw = fields.take(name, object)
     try:
@@ -533,7 +555,7 @@ def _timeouts(fields: _Fields | None, timeouts: HttpTimeouts) -> HttpTimeouts:
 def _async_transport(transport: _Fields, timeouts: HttpTimeouts) -> HttpTimeouts:
     """StateFun's ``io.statefun.transports.v1/async`` settings beside ``timeouts``."""
     for name in _ASYNC_TRANSPORT_IGNORED:
-        if name in transport.raw:
+        if transport.has(name):
             transport.take(name, object)
             transport.warn(
                 "is not honoured: the runtime's HTTP client keeps its own connection pool "
@@ -550,7 +572,7 @@ def _async_transport(transport: _Fields, timeouts: HttpTimeouts) -> HttpTimeouts
 
 def _endpoint_tls(transport: _Fields, url: str, base: Path) -> EndpointTls | None:
     """The async transport's TLS fields (see :class:`EndpointTls`), their files checked."""
-    given = [name for name in (*_ASYNC_TRANSPORT_TLS, _SKIP_VERIFY) if name in transport.raw]
+    given = [name for name in (*_ASYNC_TRANSPORT_TLS, _SKIP_VERIFY) if transport.has(name)]
     if not given:
         return None
     if not url.startswith("https://"):
@@ -585,7 +607,7 @@ def _tls_file(transport: _Fields, name: str, base: Path) -> Path | None:
     """A file named as StateFun names it: a path (``~`` expanded; a relative one is read
     from ``base``, the module spec's folder, as every file the spec names) or a ``file:``
     URL; a ``classpath:`` resource is refused (no Java here)."""
-    if name not in transport.raw:
+    if not transport.has(name):
         return None
     raw = transport.take(name, str)
     where = transport.field_path(name)
@@ -662,7 +684,7 @@ def _endpoint(spec: _Fields, kind: str, base: Path) -> HttpEndpoint:
     max_answer = DEFAULT_MAX_ANSWER_BYTES
     tls = None
     if kind == ENDPOINT_V1_KIND:
-        if "maxRetries" in spec.raw:
+        if spec.has("maxRetries"):
             spec.take("maxRetries", int)
             spec.warn(
                 "is not honoured: a failed call is retried with backoff until the call "
@@ -694,7 +716,7 @@ def _signing_key(signing: _Fields | None, base: Path) -> Ed25519PrivateKey | Non
     """``signing: {keyFile: PATH}`` or ``{key: PEM}``: the endpoint's private key."""
     if signing is None:
         return None
-    given = [name for name in ("keyFile", "key") if name in signing.raw]
+    given = [name for name in ("keyFile", "key") if signing.has(name)]
     if len(given) != 1:
         raise signing.error("must give exactly one of keyFile and key", signing.path)
     name = given[0]
@@ -736,7 +758,7 @@ def _delivery(spec: _Fields) -> tuple[str, float | None]:
                 f"must be one of {', '.join(_DELIVERY_SEMANTICS)}", delivery.field_path("type")
             )
         for name in ("transactionTimeoutMillis", "transactionTimeout"):
-            if name in delivery.raw:
+            if delivery.has(name):
                 path = delivery.field_path(name)
                 raw = delivery.take(name, object)
                 try:
@@ -810,7 +832,7 @@ def _properties(
 ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, Any], ...]]:
     """StateFun's ``properties`` (a list of one-entry mappings, or one mapping), and the
     Kafka client settings of its security properties (``statefun.kafka_properties``)."""
-    if "properties" not in spec.raw:
+    if not spec.has("properties"):
         return (), ()
     raw = spec.raw.pop("properties")
     entries = [raw] if isinstance(raw, dict) else raw
@@ -921,14 +943,14 @@ def _failure_policy(spec: _Fields) -> FailurePolicy:
     policy = spec.take("policy", str, DEFAULT_POLICY.policy)
     if policy not in POLICIES:
         raise spec.error(f"must be one of {', '.join(POLICIES)}", spec.field_path("policy"))
-    if "maxRollbacks" in spec.raw:
+    if spec.has("maxRollbacks"):
         raise spec.error(
             "is no longer read: a failing message no longer rolls the system back; it is "
             "retried on its own and, under policy dead-letter, parked after deadLetterAfter "
             "(default 30 s)",
             spec.field_path("maxRollbacks"),
         )
-    if "deadLetterAfter" in spec.raw and policy != "dead-letter":
+    if spec.has("deadLetterAfter") and policy != "dead-letter":
         raise spec.error(
             f"applies to policy dead-letter only, not {policy}", spec.field_path("deadLetterAfter")
         )
@@ -1011,7 +1033,7 @@ def parse_module_spec(
         kind = doc.take("kind", str, required=True)
         spec = doc.nested("spec")
         if spec is None:
-            raise doc.error("is required", "spec")
+            raise doc.missing("spec")
         doc.done()
         if kind in (ENDPOINT_KIND, ENDPOINT_V1_KIND):
             endpoint = _endpoint(spec, kind, base)

@@ -47,7 +47,21 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class TypedValue:
-    """A value on the wire: its type name and its bytes; ``value is None`` means no value."""
+    """A value on the wire: its type name and its bytes; ``value is None`` means no value.
+
+    What a message or a state is made of; ``Message.typed_value`` gives it.
+
+    Example:
+
+    ```python
+    >>> from sdk import IntType, TypedValue, message_builder
+    >>> message_builder("example/counter", "c1", int_value=1).typed_value
+    TypedValue(typename='io.statefun.types/int', value=b'\\r\\x01\\x00\\x00\\x00')
+    >>> TypedValue("io.statefun.types/int").has_value
+    False
+
+    ```
+    """
 
     typename: str
     value: bytes | None = None
@@ -58,7 +72,32 @@ class TypedValue:
 
 
 class TypeSerializer(abc.ABC, Generic[T]):
-    """Turns values of one type into bytes and back."""
+    """Turns values of one type into bytes and back: what a :class:`Type`'s
+    ``serializer()`` returns. Subclass it for a type of your own, or let
+    :func:`simple_type` make one from two functions.
+
+    Example:
+
+    ```python
+    >>> from sdk import Type, TypeSerializer
+    >>> class Point:
+    ...     def __init__(self, x: int, y: int) -> None:
+    ...         self.x, self.y = x, y
+    >>> class PointSerializer(TypeSerializer[Point]):
+    ...     def serialize(self, value: Point) -> bytes:
+    ...         return f"{value.x},{value.y}".encode()
+    ...     def deserialize(self, data: bytes) -> Point:
+    ...         x, y = data.split(b",")
+    ...         return Point(int(x), int(y))
+    >>> class PointType(Type[Point]):
+    ...     def serializer(self) -> TypeSerializer[Point]:
+    ...         return PointSerializer()
+    >>> point = PointType("geo/Point")
+    >>> point.serializer().deserialize(point.serializer().serialize(Point(1, 2))).y
+    2
+
+    ```
+    """
 
     __slots__ = ()
 
@@ -70,7 +109,23 @@ class TypeSerializer(abc.ABC, Generic[T]):
 
 
 class Type(abc.ABC, Generic[T]):
-    """A value type: a type name and a serializer, as in the StateFun SDK."""
+    """A value type: a type name and a serializer, as in the StateFun SDK.
+
+    Every state (``ValueSpec``) and every message value has one. Use the built-in
+    types, :func:`make_json_type`, :func:`make_protobuf_type` or :func:`simple_type`;
+    subclass it (with a :class:`TypeSerializer`) only for full control.
+
+    Example:
+
+    ```python
+    >>> from sdk import IntType, make_json_type
+    >>> IntType.typename
+    'io.statefun.types/int'
+    >>> make_json_type("shop/Cart").serializer().serialize({"items": []})
+    b'{"items": []}'
+
+    ```
+    """
 
     __slots__ = ("typename",)
 
@@ -125,7 +180,20 @@ class SimpleType(Type[T]):
 def simple_type(
     typename: str, serialize_fn: Callable[[Any], bytes], deserialize_fn: Callable[[bytes], Any]
 ) -> Type[Any]:
-    """A type named ``typename`` whose values ``serialize_fn`` and ``deserialize_fn`` convert."""
+    """A type named ``typename`` whose values ``serialize_fn`` and ``deserialize_fn`` convert.
+
+    Example:
+
+    ```python
+    >>> from datetime import date
+    >>> from sdk import ValueSpec, simple_type
+    >>> Day = simple_type("calendar/Day", lambda d: d.isoformat().encode(), lambda b: date.fromisoformat(b.decode()))
+    >>> Day.serializer().deserialize(b"2026-12-05")
+    datetime.date(2026, 12, 5)
+    >>> spec = ValueSpec("last_seen", Day)
+
+    ```
+    """
     return SimpleType(typename, serialize_fn, deserialize_fn)
 
 
@@ -143,12 +211,41 @@ def _json_dumps(value: Any) -> bytes:
 
 
 def make_json_type(typename: str) -> Type[Any]:
-    """A type named ``typename`` whose values are JSON, byte-compatible with StateFun's."""
+    """A type named ``typename`` whose values are JSON, byte-compatible with StateFun's.
+
+    Values are whatever ``json.dumps`` takes (dicts, lists, str, numbers, bool); the
+    ingress takes them as ``application/json`` with ``?type=typename``.
+
+    Example:
+
+    ```python
+    >>> from sdk import ValueSpec, make_json_type, message_builder
+    >>> Cart = make_json_type("shop/Cart")
+    >>> spec = ValueSpec("cart", Cart)
+    >>> message_builder("shop/cart", "u1", value={"add": "apple"}, value_type=Cart).as_type(Cart)
+    {'add': 'apple'}
+
+    ```
+    """
     return JsonType(typename)
 
 
 def make_protobuf_type(cls: Any, namespace: str = "type.googleapis.com") -> Type[Any]:
-    """A type for a generated protobuf message class, named ``namespace/<full message name>``."""
+    """A type for a generated protobuf message class, named ``namespace/<full message name>``.
+
+    Example:
+
+    ```python
+    >>> from google.protobuf.wrappers_pb2 import StringValue
+    >>> from sdk import make_protobuf_type
+    >>> Text = make_protobuf_type(StringValue)
+    >>> Text.typename
+    'type.googleapis.com/google.protobuf.StringValue'
+    >>> Text.serializer().deserialize(Text.serializer().serialize(StringValue(value="hi"))).value
+    'hi'
+
+    ```
+    """
     name = cls.DESCRIPTOR.full_name
 
     def deserialize(data: bytes) -> Any:
@@ -290,21 +387,87 @@ _DOUBLE = "io.statefun.types/double"
 IntType: BuiltinType[int] = BuiltinType(
     _INT, int, *_fixed(_INT, b"\x0d", "<i", WIRE_32, _integer_check(_INT, 32))
 )
+"""32-bit signed integers (``io.statefun.types/int``); ``message_builder(..., int_value=)``. Byte-compatible with StateFun's built-in type.
+
+Example:
+
+```python
+>>> from sdk import IntType
+>>> IntType.serializer().deserialize(IntType.serializer().serialize(42))
+42
+
+```
+"""
 LongType: BuiltinType[int] = BuiltinType(
     _LONG, int, *_fixed(_LONG, b"\x09", "<q", WIRE_64, _integer_check(_LONG, 64))
 )
+"""64-bit signed integers (``io.statefun.types/long``); ``long_value=``. Byte-compatible with StateFun's built-in type.
+
+Example:
+
+```python
+>>> from sdk import LongType
+>>> LongType.serializer().deserialize(LongType.serializer().serialize(2**40))
+1099511627776
+
+```
+"""
 FloatType: BuiltinType[float] = BuiltinType(
     _FLOAT, float, *_fixed(_FLOAT, b"\x0d", "<f", WIRE_32, _real_check(_FLOAT))
 )
+"""32-bit floats (``io.statefun.types/float``); ``float_value=``. Byte-compatible with StateFun's built-in type.
+
+Example:
+
+```python
+>>> from sdk import FloatType
+>>> FloatType.serializer().deserialize(FloatType.serializer().serialize(0.5))
+0.5
+
+```
+"""
 DoubleType: BuiltinType[float] = BuiltinType(
     _DOUBLE, float, *_fixed(_DOUBLE, b"\x09", "<d", WIRE_64, _real_check(_DOUBLE))
 )
+"""64-bit floats (``io.statefun.types/double``); ``double_value=``. Byte-compatible with StateFun's built-in type.
+
+Example:
+
+```python
+>>> from sdk import DoubleType
+>>> DoubleType.serializer().deserialize(DoubleType.serializer().serialize(0.1))
+0.1
+
+```
+"""
 BoolType: BuiltinType[bool] = BuiltinType(
     "io.statefun.types/bool", bool, _encode_bool, _decode_bool
 )
+"""Booleans (``io.statefun.types/bool``); ``bool_value=``. Byte-compatible with StateFun's built-in type.
+
+Example:
+
+```python
+>>> from sdk import BoolType
+>>> BoolType.serializer().deserialize(BoolType.serializer().serialize(True))
+True
+
+```
+"""
 StringType: BuiltinType[str] = BuiltinType(
     "io.statefun.types/string", str, _encode_string, _decode_string
 )
+"""UTF-8 strings (``io.statefun.types/string``); ``str_value=``; what the ingress makes of a ``text/plain`` body. Byte-compatible with StateFun's built-in type.
+
+Example:
+
+```python
+>>> from sdk import StringType
+>>> StringType.serializer().deserialize(StringType.serializer().serialize("hé"))
+'hé'
+
+```
+"""
 
 BUILTIN_TYPES: dict[str, BuiltinType[Any]] = {
     t.typename: t for t in (IntType, LongType, FloatType, DoubleType, BoolType, StringType)

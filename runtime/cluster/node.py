@@ -82,7 +82,7 @@ from runtime.config import RuntimeConfig
 from runtime.dispatcher import Failure
 from runtime.errors import ConfigurationError, LogError, StoreError
 from runtime.idempotency import decode_floors, decode_rows, encode_floors, encode_rows
-from runtime.kafka_ingress import KafkaIngressReader
+from runtime.kafka_ingress import KafkaIngressReader, open_ingress_topic
 from runtime.log import Log
 from runtime.progress import Progress, logged
 from runtime.retention import create_topics, topic_configs, windowed_topics
@@ -440,7 +440,9 @@ class ClusterRuntime(RuntimeBase):
                 spec.address, f"ingress {spec.id}", spec.security
             )
             for topic in spec.topics:
-                ingress_topics[topic.topic] = await cluster.open_topic(topic.topic)
+                ingress_topics[topic.topic] = await open_ingress_topic(
+                    cluster, spec.id, topic.topic
+                )
         assert self.config.kafka is not None
         self.membership = Membership(
             self.config.kafka,

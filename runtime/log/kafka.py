@@ -35,8 +35,17 @@ Ordering and durability:
 * Readers see only records below the high watermark, i.e. acknowledged ones. The
   producer may split an append over two batches, so a consumer can see the first
   records of an append one poll before the others.
+* An append's records, once acknowledged, are offered to this process's consumers of
+  their partition (:meth:`KafkaLogConsumer.offer`): a consumer whose next offset is
+  exactly the first of them takes them as if fetched, so a reader of this process's own
+  appends (the worker, the decision log's tail) does not wait a fetch round trip for
+  them. Only records that continue exactly at the consumer's position are taken, never
+  ahead of it; the Kafka poll's later copies of them are dropped.
+* The producer does not linger (``linger_ms=0``): at low load a record goes out at
+  once; under load records still share requests, since those queued while the
+  previous request is in flight go out together.
 
-Tansu (the test broker, see MEASURED.md) caveats worked around here:
+Tansu (the test broker) caveats worked around here:
 
 * ``ListOffsets(latest)`` answers the last batch's base offset + 1 when that batch holds
   several records. It is used only as a lower bound of the end: end offsets come from
@@ -238,7 +247,9 @@ class _Acks:
         "_lock",
         "_log",
         "_offsets",
+        "_records",
         "_remaining",
+        "_timestamps",
         "_tp",
     )
 
@@ -248,25 +259,41 @@ class _Acks:
         appender: _Appender,
         future: asyncio.Future[list[int]],
         tp: TopicPartition,
-        count: int,
+        records: Sequence[Record],
     ) -> None:
         self._log = log
         self._appender = appender
         self._future = future
         self._tp = tp
-        self._offsets = [0] * count
-        self._remaining = count
+        self._records = records
+        self._offsets = [0] * len(records)
+        self._timestamps = [0] * len(records)
+        self._remaining = len(records)
         self._done = False
         self._lock = threading.Lock()
 
     def acked(self, index: int, metadata: Any) -> None:
         with self._lock:
             self._offsets[index] = metadata.offset
+            self._timestamps[index] = metadata.timestamp
             self._remaining -= 1
             complete = self._remaining == 0 and not self._done
             self._done = self._done or complete
         if complete:
-            _post(self._log._loop, _resolve, self._future, self._offsets)
+            _post(self._log._loop, self._settle)
+
+    def _settle(self) -> None:
+        """On the loop: the append is durable; its records go to this process's readers
+        of the partition that are right at them, then the appender hears of it."""
+        stored = [
+            StoredRecord(offset, record.value, record.key, tuple(record.headers), timestamp)
+            for record, offset, timestamp in zip(
+                self._records, self._offsets, self._timestamps, strict=True
+            )
+        ]
+        for consumer in list(self._log._consumers):
+            consumer.offer(self._tp, stored)
+        _resolve(self._future, self._offsets)
 
     def failed(self, error: Exception) -> None:
         with self._lock:
@@ -333,7 +360,7 @@ class KafkaLog(Log):
         client_id: str = "statefun",
         replication_factor: int = 1,
         fetch_max_wait_ms: int = 5,
-        linger_ms: int = 1,
+        linger_ms: int = 0,
         batch_size: int = 256 * 1024,
         max_request_size: int = 4 * 1024 * 1024,
         request_timeout_ms: int = 10_000,
@@ -619,7 +646,7 @@ class KafkaLog(Log):
         # Queued here and handed to the producer's thread once per loop iteration: a send
         # costs kafka-python's serialization and a wakeup of its I/O thread, which on the
         # loop cost about 1 ms per record under load. The thread sends in queue order.
-        acks = _Acks(self, self._appender, future, tp, len(records))
+        acks = _Acks(self, self._appender, future, tp, records)
         self._outbox.append((tp, records, acks, future))
         if not self._drain_scheduled:
             self._drain_scheduled = True
@@ -1042,6 +1069,8 @@ class KafkaLogConsumer(LogConsumer):
         self._closed = False
         self._ends: dict[TopicPartition, int] = {}
         """The high watermark of each partition, as the last Kafka poll saw it."""
+        self._wake: asyncio.Future[None] | None = None
+        """Set while a poll waits: completed when records are offered."""
 
     def assign(self, positions: Mapping[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
@@ -1056,6 +1085,32 @@ class KafkaLogConsumer(LogConsumer):
 
     def position(self, tp: TopicPartition) -> int:
         return self._positions[tp]
+
+    def _next(self, tp: TopicPartition) -> int:
+        """The offset of the next record of ``tp`` this consumer does not have yet."""
+        buffered = self._buffered.get(tp)
+        return buffered[-1].offset + 1 if buffered else self._positions[tp]
+
+    def offer(self, tp: TopicPartition, records: Sequence[StoredRecord]) -> None:
+        """Records of ``tp`` this process just appended, durable, in offset order: the
+        ones that continue exactly where this consumer is are taken as if fetched, so a
+        reader of its own appends does not wait for the broker to send them back. Never
+        ahead of the position (a gap, or a consumer moved back by :meth:`assign`, reads
+        from Kafka), and the Kafka poll's copies of records taken here are dropped."""
+        if self._closed or tp not in self._positions:
+            return
+        expected = self._next(tp)
+        taken: list[StoredRecord] = []
+        for record in records:
+            if record.offset == expected:
+                taken.append(record)
+                expected += 1
+            elif record.offset > expected:
+                break
+        if taken:
+            self._buffered.setdefault(tp, deque()).extend(taken)
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)
 
     def known_end(self, tp: TopicPartition) -> int | None:
         return self._ends.get(tp)
@@ -1081,8 +1136,17 @@ class KafkaLogConsumer(LogConsumer):
                 self._fetch = self._start_fetch(remaining)
                 started = True
             fetch = self._fetch
-            done, _ = await asyncio.wait({fetch}, timeout=remaining)
-            if not done:
+            self._wake = wake = self._loop.create_future()
+            try:
+                done, _ = await asyncio.wait(
+                    {fetch, wake}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                self._wake = None
+                wake.cancel()
+            if self._buffered:
+                break
+            if fetch not in done:
                 # Still running: started by an earlier poll that asked to wait longer, or
                 # overdue. Its records will be buffered for the next poll.
                 if self._loop.time() > self._fetch_due + 2 * self._settings.timeout:
@@ -1139,8 +1203,13 @@ class KafkaLogConsumer(LogConsumer):
                 self._error.__cause__ = error
             return
         for tp, records in fetch.result().items():
-            if records:
-                self._buffered.setdefault(tp, deque()).extend(records)
+            if records and tp in self._positions:
+                # Records offered since this poll began were taken already.
+                expected = self._next(tp)
+                if records[0].offset < expected:
+                    records = [r for r in records if r.offset >= expected]
+                if records:
+                    self._buffered.setdefault(tp, deque()).extend(records)
 
     def _take(self, max_records: int) -> dict[TopicPartition, list[StoredRecord]]:
         # Rotate the starting partition so a busy partition cannot starve the others.

@@ -12,6 +12,15 @@ A group that fails to commit (a full disk, an I/O error) writes nothing, and the
 fails every operation queued after it without writing, until :meth:`SqliteLog.reopen`
 reaches it in the queue: a later group committing would leave a gap in the offsets.
 The reopen proves the log can write again by committing a probe row.
+
+**The durable tail.** The records of each partition's last appends are kept in memory
+once durable (at most ``TAIL_RECORDS`` per partition and ``TAIL_BYTES`` of them), so a consumer at the end, the
+worker reading what the ingress just appended, gets them without reading them back from
+SQLite. Reads still go by offset: the tail holds exactly the durable records at those
+offsets (what SQLite returns), so a reader gets from it only what it would read from the
+log at its own position, never ahead of it, and a reader moved back (a rollback) or
+behind the tail reads from SQLite as before. Failed appends never reach the tail (their
+offsets are handed out again), and a deleted topic's tail goes with it.
 """
 
 from __future__ import annotations
@@ -52,6 +61,16 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reopened (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 """
+
+
+@dataclass(slots=True)
+class _Tail:
+    """A partition's newest durable records: offsets ``base`` onwards, in order."""
+
+    base: int
+    records: list[StoredRecord]
+    size: int
+    """Bytes of the records' values and keys."""
 
 
 @dataclass(slots=True)
@@ -98,6 +117,10 @@ _TOPIC_ROWS = (
 )
 """Where a topic has rows: (table, the column naming the topic)."""
 
+TAIL_RECORDS = 4096
+"""Durable records kept in memory per partition (its newest), read without SQLite..."""
+TAIL_BYTES = 4 << 20
+"""... and at most this many bytes of their values and keys."""
 TRUNCATE_STEP = 10_000
 """Records deleted per transaction: appends queued behind a truncation wait at most this."""
 
@@ -120,6 +143,7 @@ class SqliteLog(LocalLog):
         writer = _connect(path)
         writer.executescript(_SCHEMA)
         self._queue: queue.SimpleQueue[_Op | _Reopen | None] = queue.SimpleQueue()
+        self._tail: dict[TopicPartition, _Tail] = {}
         self._thread = threading.Thread(
             target=self._write_loop, args=(writer,), name="sqlite-log-writer", daemon=True
         )
@@ -250,7 +274,10 @@ class SqliteLog(LocalLog):
     # --- back on the loop ----------------------------------------------------------------
 
     def _group_durable(self, group: list[_Op]) -> None:
-        self._made_durable([op for op in group if isinstance(op, PendingAppend)])
+        appends = [op for op in group if isinstance(op, PendingAppend)]
+        for append in appends:
+            self._keep_tail(append)
+        self._made_durable(appends)
         for op in group:
             if not isinstance(op, PendingAppend) and not op.future.done():
                 op.future.set_result(None)
@@ -283,11 +310,50 @@ class SqliteLog(LocalLog):
         await future
 
     async def _delete_topic(self, topic: str, partitions: int) -> None:
+        for p in range(partitions):
+            self._tail.pop(TopicPartition(topic, p), None)
         future: asyncio.Future[None] = self._loop.create_future()
         self._queue.put(_DeleteTopic(topic, future))
         await future
 
+    def _keep_tail(self, append: PendingAppend) -> None:
+        """Keep a durable append's records as its partition's newest (in offset order)."""
+        tp = append.tp
+        if tp not in self._durable:  # its topic was deleted meanwhile
+            return
+        stored = [
+            StoredRecord(
+                append.base_offset + i,
+                r.value,
+                r.key,
+                r.headers if type(r.headers) is tuple else tuple(r.headers),
+                append.timestamp_ms,
+            )
+            for i, r in enumerate(append.records)
+        ]
+        size = sum(len(r.value) + len(r.key or b"") for r in stored)
+        tail = self._tail.get(tp)
+        if tail is None or tail.base + len(tail.records) != append.base_offset:
+            tail = self._tail[tp] = _Tail(append.base_offset, stored, size)
+        else:
+            tail.records += stored
+            tail.size += size
+        if len(tail.records) > 2 * TAIL_RECORDS or tail.size > TAIL_BYTES:
+            # Drop the oldest, down to half the bounds (amortized: not on every append).
+            drop = max(0, len(tail.records) - TAIL_RECORDS)
+            dropped = sum(len(r.value) + len(r.key or b"") for r in tail.records[:drop])
+            while drop < len(tail.records) and tail.size - dropped > TAIL_BYTES // 2:
+                r = tail.records[drop]
+                dropped += len(r.value) + len(r.key or b"")
+                drop += 1
+            del tail.records[:drop]
+            tail.base += drop
+            tail.size -= dropped
+
     def _read_range(self, tp: TopicPartition, start: int, end: int) -> list[StoredRecord]:
+        tail = self._tail.get(tp)
+        if tail is not None and start >= tail.base:
+            return tail.records[start - tail.base : end - tail.base]
         rows = self._reader.execute(
             "SELECT offset, value, key, headers, timestamp_ms FROM records"
             " WHERE topic = ? AND partition = ? AND offset >= ? AND offset < ? ORDER BY offset",

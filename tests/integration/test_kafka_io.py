@@ -18,6 +18,7 @@ from support import (
     wait_until,
 )
 
+from runtime.errors import UnknownTopicError
 from statefun.module_spec import parse_module_spec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
@@ -151,7 +152,11 @@ def test_a_missing_ingress_topic_stops_the_start_with_a_clear_error(
 ) -> None:
     spec = module(functions_url, kafka_bootstrap, "no-such-topic")
     with (
-        pytest.raises(Exception, match="topic no-such-topic does not exist"),
+        pytest.raises(
+            UnknownTopicError,
+            match=r"topic no-such-topic, which Kafka ingress \S+ reads, does not exist: the "
+            r"runtime creates only its own topics; create it .* before starting the runtime",
+        ),
         running_runtime(spec),
     ):
         pass

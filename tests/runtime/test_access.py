@@ -45,6 +45,7 @@ TABLE: dict[str, tuple[str, str, set[str] | None]] = {
     "/ready": ("GET", "/ready", None),
     "/ui/login": ("GET", "/ui/login", None),
     "/v1/messages/{namespace}/{type_}/{id_:path}": ("POST", "/v1/messages/test/tally/m", SEND),
+    "/v1/messages": ("POST", "/v1/messages", SEND),
     "/v1/call/{namespace}/{type_}/{id_:path}": ("POST", "/v1/call/test/tally/x", SEND),
     "/v1/state/{namespace}/{type_}/{id_:path}": ("GET", "/v1/state/test/tally/x", READ),
     "/v1/addresses/{namespace}/{type_}": ("GET", "/v1/addresses/test/tally", READ),

@@ -283,14 +283,159 @@ class Harness:
         assert self.dispatcher.deliver(target, invocation)
 
 
-async def test_what_is_ready_together_is_spread_over_free_request_slots() -> None:
-    h = Harness(config=DispatchConfig(max_concurrent_requests=2))
+class GatedFunctions(FakeFunctions):
+    """Each request waits until the test opens its gate (``release``), in order."""
+
+    def __init__(self) -> None:
+        super().__init__(ok)
+        self.gates: list[asyncio.Event] = []
+
+    async def invoke(
+        self, endpoint: HttpEndpoint, url: str, request: FunctionRequest
+    ) -> FunctionResponse:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.requests.append([(b.target.id, len(b.invocations)) for b in request.batches])
+        await gate.wait()
+        return FunctionResponse([InvocationResult() for _ in request.batches])
+
+    def release(self, n: int) -> None:
+        self.gates[n].set()
+
+
+def gated(config: DispatchConfig) -> tuple[Harness, GatedFunctions]:
+    h = Harness(config=config)
+    functions = GatedFunctions()
+    h.dispatcher._invoker = functions  # type: ignore[assignment]
+    return h, functions
+
+
+BUSY = DispatchConfig(max_concurrent_requests=4, busy_batch_min=3, max_batch_delay=0.002)
+
+
+async def test_an_idle_endpoint_gets_a_single_ready_address_at_once() -> None:
+    h, functions = gated(BUSY)
+    h.send("a0", b"x")
+    await settle()
+    assert functions.requests == [[("a0", 1)]]
+    await h.dispatcher.stop()
+
+
+async def test_what_is_ready_together_goes_together_when_idle() -> None:
+    h = Harness(config=DispatchConfig(max_concurrent_requests=2, busy_batch_min=4))
     for i in range(6):
         h.send(f"a{i}", b"x")
     await settle()
-    # Two slots, six ready addresses: two requests of three batches each.
-    assert h.functions.requests[:2] == [[(f"a{i}", 1) for i in r] for r in ((0, 1, 2), (3, 4, 5))]
+    # Idle: everything ready goes now, in requests of at least busy_batch_min addresses.
+    assert h.functions.requests[:2] == [[(f"a{i}", 1) for i in r] for r in ((0, 1, 2, 3), (4, 5))]
     assert len(h.host.applied) == 6
+
+
+async def test_while_busy_a_little_ready_work_waits_for_an_answer() -> None:
+    h, functions = gated(BUSY)
+    h.send("a0", b"x")
+    await settle()
+    h.send("a1", b"x")
+    h.send("a2", b"x")
+    await settle()
+    assert functions.requests == [[("a0", 1)]]  # no new request for two addresses
+    functions.release(0)
+    await settle()
+    # The answer came back: what accumulated goes in one request.
+    assert functions.requests == [[("a0", 1)], [("a1", 1), ("a2", 1)]]
+    functions.release(1)
+    await settle()
+    assert [a for a, _ in h.host.applied] == ["a0", "a1", "a2"]
+
+
+async def test_while_busy_waiting_work_goes_after_the_batch_delay() -> None:
+    h, functions = gated(BUSY)
+    h.send("a0", b"x")
+    await settle()
+    h.send("a1", b"x")
+    await settle()
+    assert len(functions.requests) == 1
+    await h.clock.advance(0.001, step=0.001)
+    assert len(functions.requests) == 1
+    await h.clock.advance(0.001, step=0.001)
+    assert functions.requests == [[("a0", 1)], [("a1", 1)]]
+    await h.dispatcher.stop()
+
+
+async def test_while_busy_enough_ready_work_opens_a_full_request() -> None:
+    h, functions = gated(BUSY)
+    h.send("a0", b"x")
+    await settle()
+    for i in range(1, 8):
+        h.send(f"a{i}", b"x")
+    await settle()
+    # Seven ready while one request is in flight: requests of at least three, the rest
+    # (one) waits.
+    assert functions.requests == [
+        [("a0", 1)],
+        [(f"a{i}", 1) for i in (1, 2, 3)],
+        [(f"a{i}", 1) for i in (4, 5, 6)],
+    ]
+    await h.dispatcher.stop()
+
+
+class WholeRequestPoison(FakeFunctions):
+    """A message ``bad`` takes down the whole request that carries it (the endpoint
+    crashes on it), whatever else the request carries."""
+
+    async def invoke(
+        self, endpoint: HttpEndpoint, url: str, request: FunctionRequest
+    ) -> FunctionResponse:
+        self.requests.append([(b.target.id, len(b.invocations)) for b in request.batches])
+        await asyncio.sleep(0)
+        if any(i.argument.value == b"bad" for b in request.batches for i in b.invocations):
+            raise CallFailed("connection reset by peer")
+        return FunctionResponse([InvocationResult() for _ in request.batches])
+
+
+async def test_a_failed_request_of_many_addresses_is_split_before_any_is_blamed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "runtime.dispatcher")
+    h = Harness(spec=module(after=2.0))
+    h.dispatcher._invoker = h.functions = WholeRequestPoison(ok)
+    for i in range(6):
+        h.send(f"a{i}", b"bad" if i == 3 else b"ok")
+    await settle()
+    # One request of six failed whole; each address went again alone: only a3 failed.
+    assert h.functions.requests[0] == [(f"a{i}", 1) for i in range(6)]
+    assert sorted(r[0][0] for r in h.functions.requests[1:7]) == [f"a{i}" for i in range(6)]
+    assert sorted(a for a, _ in h.host.applied) == ["a0", "a1", "a2", "a4", "a5"]
+    (health,) = h.dispatcher.health()
+    assert health.failing_addresses == 1
+    assert not health.unavailable
+    lines = [r.getMessage() for r in caplog.records if r.name == "runtime.dispatcher"]
+    assert len(lines) == 1, lines
+    assert "ex/f/a3 is failing" in lines[0]
+    # The metrics count what happened: six failed attempts, six sent again, a3's own.
+    sample = h.dispatcher._metrics.registry.get_sample_value
+    ex_f = {"function_type": "ex/f"}
+    assert sample("statefun_function_failures_total", {**ex_f, "kind": "call"}) == 7
+    assert sample("statefun_function_retries_total", ex_f) == 6
+    for second in range(5):  # others of the type succeed: the poison is parked, alone
+        h.send(f"h{second}", b"ok")
+        await h.clock.advance(1.0)
+    assert [(a, v) for a, v, _ in h.host.parked] == [("a3", b"bad")]
+    assert h.host.failures == []
+
+
+async def test_policy_fail_splits_a_failed_request_before_rolling_back() -> None:
+    h = Harness(spec=module(policy="fail", call=0.5))
+    h.dispatcher._invoker = h.functions = WholeRequestPoison(ok)
+    for i in range(4):
+        h.send(f"a{i}", b"bad" if i == 2 else b"ok")
+    await settle()
+    # Split at once, without a backoff: the others apply, the poison's own attempt failed.
+    assert sorted(a for a, _ in h.host.applied) == ["a0", "a1", "a3"]
+    assert h.host.failures == []
+    await h.clock.advance(2.0)  # its call budget runs out: a rollback naming it alone
+    (failure,) = h.host.failures
+    assert failure.address == Address.of(TypeName("ex", "f"), "a2")
 
 
 async def test_a_poison_message_is_parked_while_everything_else_goes_on(
@@ -633,6 +778,70 @@ async def test_under_random_failures_an_address_is_in_one_call_at_a_time(seed: i
         await h.clock.advance(1.0, step=0.01)
         if all(h.host.values(a) == values for a, values in sent.items()):
             break
+    assert functions.most_under_way == 1
+    for address, values in sent.items():
+        assert h.host.values(address) == values
+
+
+@pytest.mark.parametrize("seed", range(int(__import__("os").environ.get("DISPATCH_SEEDS", "40"))))
+async def test_under_random_failures_no_address_is_blamed_for_a_request_it_shared(
+    seed: int,
+) -> None:
+    """Requests of many addresses (few slots, small busy batches) fail whole at random and
+    batches fail on their own at random: a failure counts against an address only when
+    its own batch failed, or its request carried it alone; every message applies once,
+    in order."""
+    rng = random.Random(seed)
+    random.seed(seed)
+    h = Harness(
+        spec=module(after=3600.0, batch=4),
+        config=DispatchConfig(
+            max_concurrent_requests=3,
+            busy_batch_min=2,
+            retry_max_backoff=0.2,
+            max_batch_delay=0.005,
+        ),
+    )
+    functions = SlowFlakyFunctions(h.clock, rng)
+    h.dispatcher._invoker = functions  # type: ignore[assignment]
+    last_request: dict[str, list[str]] = {}
+    shared = [0]
+    invoke = functions.invoke
+
+    async def recording_invoke(
+        endpoint: HttpEndpoint, url: str, request: FunctionRequest
+    ) -> FunctionResponse:
+        ids = [b.target.id for b in request.batches]
+        for i in ids:
+            last_request[i] = ids
+        shared[0] += len(ids) > 1
+        return await invoke(endpoint, url, request)
+
+    functions.invoke = recording_invoke  # type: ignore[method-assign]
+    blamed: list[tuple[str, str, list[str]]] = []
+    failed = h.dispatcher._failed
+
+    def spy(mailbox: Any, error: Any) -> None:
+        blamed.append((mailbox.address.id, error.kind, last_request[mailbox.address.id]))
+        failed(mailbox, error)
+
+    h.dispatcher._failed = spy  # type: ignore[method-assign]
+    sent: dict[str, list[bytes]] = {}
+    for n in range(200):
+        address = f"a{rng.randrange(12)}"
+        h.send(address, str(n).encode())
+        sent.setdefault(address, []).append(str(n).encode())
+        if rng.random() < 0.3:
+            await h.clock.advance(rng.uniform(0.0, 0.05), step=0.005)
+    functions.rng = random.Random(0)
+    for _ in range(200):
+        await h.clock.advance(1.0, step=0.01)
+        if all(h.host.values(a) == values for a, values in sent.items()):
+            break
+    assert shared[0] >= 3  # requests carried several addresses
+    for address, kind, ids in blamed:
+        if kind != "function":  # the request failed whole: it carried this address alone
+            assert ids == [address], (address, kind, ids)
     assert functions.most_under_way == 1
     for address, values in sent.items():
         assert h.host.values(address) == values

@@ -19,7 +19,7 @@ from support import wait_until
 
 from runtime import ingress_errors
 from runtime.config import IngressTimeouts
-from runtime.http_server import IngressServer, bind
+from runtime.http_server import IngressServer, bind, bounded_protocol
 
 TIMEOUTS = IngressTimeouts(idle=1, request_head=0.6, body=0.6)
 GRACE = 2.0
@@ -190,3 +190,90 @@ def test_the_bound_socket_lets_asyncio_turn_nagle_off() -> None:
     with bind("127.0.0.1", 0) as sock:
         assert sock.proto == socket.IPPROTO_TCP
         assert sock.type == socket.SOCK_STREAM
+
+
+class _Recorder:
+    """A connection's transport, keeping what is written to it."""
+
+    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+@pytest.fixture
+def recorded() -> Iterator[tuple[Served, list[bytes]]]:
+    """A server whose connections keep every write (on the server's thread)."""
+    writes: list[bytes] = []
+    base = bounded_protocol(TIMEOUTS)
+
+    class Recording(base):  # type: ignore[valid-type,misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(_Recorder(transport, writes))  # type: ignore[arg-type]
+
+    original = IngressServer.__init__
+
+    def recording_server(self: IngressServer, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.config.http = Recording
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(IngressServer, "__init__", recording_server)
+        server = Served()
+    try:
+        yield server, writes
+    finally:
+        server.stop()
+
+
+def read_response(conn: socket.socket) -> bytes:
+    """One response with a content-length, whole."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length")
+        ).split(b":")[1]
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.timeout(30)
+def test_a_response_goes_out_in_one_write(recorded: tuple[Served, list[bytes]]) -> None:
+    served, writes = recorded
+    with served.connect() as conn:
+        for _ in range(2):  # twice on one keep-alive connection
+            before = len(writes)
+            conn.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc")
+            answer = read_response(conn)
+            assert answer.endswith(b'{"length":3}')
+            wait_until(lambda before=before: len(writes) > before)
+            assert writes[before:] == [answer]  # head and body in one write
+
+
+@pytest.mark.timeout(30)
+def test_a_head_request_and_100_continue_are_not_held(recorded: tuple[Served, list[bytes]]) -> None:
+    served, _ = recorded
+    with served.connect() as conn:
+        conn.sendall(b"HEAD /echo HTTP/1.1\r\nhost: x\r\n\r\n")  # 405, a head without a body
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        assert data.startswith(b"HTTP/1.1 405")
+    with served.connect() as conn:
+        conn.sendall(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n"
+        )
+        assert conn.recv(65536).startswith(b"HTTP/1.1 100 Continue")  # before the body
+        conn.sendall(b"ab")
+        assert read_response(conn).endswith(b'{"length":2}')

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -238,6 +239,119 @@ async def test_one_process_at_a_time_per_data_directory(tmp_path: Path) -> None:
         await log.close()
     reopened = await SqliteLog.open(tmp_path)
     await reopened.close()
+
+
+# --- the embedded SQLite log: the durable tail -------------------------------------------
+
+
+class CountingReader:
+    """The SQLite log's reading connection, counting the queries that read records."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.reads = 0
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self.reads += "FROM records" in sql
+        return self.connection.execute(sql, *args)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+async def sqlite_log(tmp_path: Path) -> AsyncIterator[tuple[SqliteLog, CountingReader]]:
+    opened = await SqliteLog.open(tmp_path)
+    reader = opened._reader = CountingReader(opened._reader)  # type: ignore[assignment]
+    await opened.ensure_topic("t", 2)
+    yield opened, reader
+    await opened.close()
+
+
+async def poll_until(consumer: Any, tp: TopicPartition, count: int) -> list[StoredRecord]:
+    got: list[StoredRecord] = []
+    while len(got) < count:
+        got += (await consumer.poll(2.0)).get(tp, [])
+    return got
+
+
+async def test_records_just_appended_reach_a_consumer_at_the_end_without_a_read_back(
+    sqlite_log: tuple[SqliteLog, CountingReader],
+) -> None:
+    log, reader = sqlite_log
+    tp = TopicPartition("t", 0)
+    consumer = log.consumer()
+    consumer.assign({tp: 0})
+    appends = [
+        log.append("t", 0, [Record(b"%d" % (3 * n + i), b"k", (("h", b"v"),)) for i in range(3)])
+        for n in range(4)
+    ]
+    got = await poll_until(consumer, tp, 12)
+    await asyncio.gather(*appends)
+    assert [r.offset for r in got] == list(range(12))  # once each, in order
+    assert [r.value for r in got] == [b"%d" % i for i in range(12)]
+    assert reader.reads == 0
+    # Moved back (a rollback) with the tail gone: the same records, read from the database.
+    consumer.assign({tp: 0})
+    log._tail.clear()
+    again = await poll_until(consumer, tp, 12)
+    assert again == got
+    assert reader.reads >= 1
+    assert await consumer.poll(0.01) == {}
+    await consumer.close()
+
+
+async def test_a_consumer_moved_back_between_append_and_read_gets_each_record_once(
+    sqlite_log: tuple[SqliteLog, CountingReader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "TAIL_RECORDS", 4)
+    log, reader = sqlite_log
+    tp = TopicPartition("t", 1)
+    await log.append("t", 1, [Record(bytes([i])) for i in range(10)])
+    consumer = log.consumer()
+    consumer.assign({tp: 0})
+    first = await consumer.poll(1.0, max_records=6)
+    assert [r.offset for r in first[tp]] == list(range(6))
+    pending = [log.append("t", 1, [Record(bytes([i]))]) for i in range(10, 20)]
+    consumer.assign({tp: 3})  # the rollback, before the new records are read
+    await asyncio.gather(*pending)
+    got = await poll_until(consumer, tp, 17)
+    assert [r.offset for r in got] == list(range(3, 20))
+    assert [r.value for r in got] == [bytes([i]) for i in range(3, 20)]
+    assert reader.reads >= 1  # behind the tail: from the database
+    assert await consumer.poll(0.01) == {}
+    await consumer.close()
+
+
+async def test_a_reader_behind_the_tail_reads_from_the_database(
+    sqlite_log: tuple[SqliteLog, CountingReader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "TAIL_RECORDS", 4)
+    log, reader = sqlite_log
+    for i in range(20):
+        await log.append("t", 0, [Record(bytes([i]))])
+    assert len(log._tail[TopicPartition("t", 0)].records) <= 8  # bounded
+    assert [r.offset for r in await log.read("t", 0, 0)] == list(range(20))
+    assert reader.reads == 1
+    reader.reads = 0
+    assert [r.value for r in await log.read("t", 0, 16)] == [bytes([i]) for i in range(16, 20)]
+    assert reader.reads == 0  # the newest from memory
+
+
+async def test_the_tail_is_bounded_in_bytes_too(
+    sqlite_log: tuple[SqliteLog, CountingReader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "TAIL_BYTES", 1000)
+    log, reader = sqlite_log
+    for i in range(10):
+        await log.append("t", 0, [Record(bytes([i]) * 300)])
+    tail = log._tail[TopicPartition("t", 0)]
+    assert tail.size <= 1000
+    assert tail.size == sum(len(r.value) for r in tail.records)
+    assert [r.offset for r in tail.records] == list(range(tail.base, 10))
+    got = await log.read("t", 0, 0)
+    assert [r.value for r in got] == [bytes([i]) * 300 for i in range(10)]
+    assert reader.reads == 1
 
 
 # --- the embedded logs: truncation ---------------------------------------------------------
@@ -607,3 +721,73 @@ async def test_kafka_log_open_fails_cleanly_without_a_broker() -> None:
     with pytest.raises(LogError, match="no Kafka broker answers"):
         await KafkaLog.open(bootstrap, request_timeout_ms=500, delivery_timeout_ms=1000)
     assert time.monotonic() - started < 5
+
+
+def _produce_outside(bootstrap: str, topic: str, partition: int, value: bytes) -> None:
+    """A record appended by another process's producer (never offered to our consumers)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    try:
+        producer.send(topic, value=value, partition=partition).get(timeout=10)
+    finally:
+        producer.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_records_appended_here_reach_a_consumer_at_them_without_a_fetch(
+    kafka_log: KafkaLog, kafka_bootstrap: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tp = TopicPartition(topic, 0)
+    consumer = kafka_log.consumer()
+    consumer.assign({tp: 0})
+    # Every Kafka poll of this consumer waits until released: records can reach it only
+    # as this process's appends, handed over.
+    released = threading.Event()
+    fetch = consumer._fetch_records
+
+    fetched_unreleased: list[Any] = []
+
+    def held_fetch(*args: Any) -> Any:
+        if not released.wait(10):
+            fetched_unreleased.append(fetch(*args))  # the hold timed out: fetched anyway
+            return fetched_unreleased[-1]
+        return fetch(*args)
+
+    monkeypatch.setattr(consumer, "_fetch_records", held_fetch)
+    appends = [
+        kafka_log.append(topic, 0, [Record(b"%d" % (2 * n + i)) for i in range(2)])
+        for n in range(3)
+    ]
+    got = await poll_until(consumer, tp, 6)
+    assert [r.offset for r in got] == list(range(6))
+    assert [r.value for r in got] == [b"%d" % i for i in range(6)]
+    assert fetched_unreleased == []  # handed over, not fetched
+    await asyncio.gather(*appends)
+    # Released: the Kafka poll brings the same six again, and they are dropped; the next
+    # record delivered is one only Kafka knows of.
+    released.set()
+    await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 0, b"outside")
+    after = await poll_until(consumer, tp, 1)
+    assert [(r.offset, r.value) for r in after] == [(6, b"outside")]
+    # Moved back (a rollback): everything again, from Kafka, once each.
+    consumer.assign({tp: 2})
+    again = await poll_until(consumer, tp, 5)
+    assert [r.offset for r in again] == [2, 3, 4, 5, 6]
+    await consumer.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_appends_after_a_record_not_yet_read_are_read_from_kafka_in_order(
+    kafka_log: KafkaLog, kafka_bootstrap: str, topic: str
+) -> None:
+    tp = TopicPartition(topic, 1)
+    consumer = kafka_log.consumer()
+    consumer.assign({tp: 0})
+    await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 1, b"first")
+    # Offset 0 came from elsewhere: ours (1-3) are not at the consumer's position when
+    # they are acknowledged, unless the Kafka poll brought offset 0 first.
+    await kafka_log.append(topic, 1, [Record(b"a"), Record(b"b"), Record(b"c")])
+    got = await poll_until(consumer, tp, 4)
+    assert [(r.offset, r.value) for r in got] == [(0, b"first"), (1, b"a"), (2, b"b"), (3, b"c")]
+    await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 1, b"next")
+    assert [(r.offset, r.value) for r in await poll_until(consumer, tp, 1)] == [(4, b"next")]
+    await consumer.close()

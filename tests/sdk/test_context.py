@@ -129,6 +129,9 @@ def test_reply_without_a_caller_fails(failure_of: FailureOf, make_batch: MakeBat
     failure = failure_of(one_function(fun), make_batch("ex/f/id", 1))
     assert failure.error_type == "NoCallerError"
     assert "ex/f/id cannot reply" in failure.message
+    # The message names the fix: where a reply can go, and how to guard against none.
+    assert "POST /v1/call" in failure.message
+    assert "context.caller is not None" in failure.message
     assert issubclass(NoCallerError, RuntimeError)
 
 

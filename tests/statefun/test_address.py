@@ -64,3 +64,17 @@ def test_address_parse_needs_three_parts() -> None:
 def test_addresses_are_values() -> None:
     assert Address("a", "b", "c") == Address("a", "b", "c")
     assert len({Address("a", "b", "c"), Address("a", "b", "c")}) == 1
+
+
+def test_a_function_type_checked_once_still_checks_every_id_and_bad_types_every_time() -> None:
+    assert Address("known", "kind", "a").function_type == TypeName("known", "kind")
+    assert (
+        Address("known", "kind", "a").function_type is Address("known", "kind", "b").function_type
+    )
+    with pytest.raises(InvalidNameError, match="the id of 'known/kind/' is empty"):
+        Address("known", "kind", "")
+    with pytest.raises(InvalidNameError, match="control characters"):
+        Address("known", "kind", "a\x00")
+    for _ in range(2):  # a refused type is never remembered as checked
+        with pytest.raises(InvalidNameError, match="whitespace"):
+            Address("bad space", "kind", "a")

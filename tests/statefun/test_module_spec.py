@@ -438,3 +438,39 @@ def test_an_empty_signing_key_signs_nothing(name: str, caplog: pytest.LogCapture
     assert f"field 'spec.signing.{name}' is empty: calls to the endpoint are not signed" in (
         caplog.text
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/b, urlPathTemplete: 'http://x/'}",
+            "field 'spec.urlPathTemplate': is required ('urlPathTemplete' is given: a misspelling?)",
+        ),
+        (
+            "kind: io.statefun.endpoints.v2/http\nspec: {functions: a/b, urlPathTemplate: 'http://x/', transport: {timeouts: {cal: 2s}}}",
+            "field 'spec.transport.timeouts.cal': is not a known field; did you mean 'call'?",
+        ),
+        (
+            "kind: statefun.v1/failure-policy\nspec: {functions: a/*, policy: dead-letter, deadLetterAftr: 5s}",
+            "field 'spec.deadLetterAftr': is not a known field; did you mean 'deadLetterAfter'?",
+        ),
+        (
+            "kind: statefun.v1/egress\nspce: {id: a/b}",
+            "field 'spec': is required ('spce' is given: a misspelling?)",
+        ),
+    ],
+)
+def test_a_misspelled_field_names_the_nearest_known_field(text: str, message: str) -> None:
+    with pytest.raises(ModuleSpecError) as raised:
+        parse_module_spec(text, "m.yaml")
+    assert message in str(raised.value)
+
+
+def test_a_field_like_no_known_one_lists_the_known_fields() -> None:
+    text = "kind: statefun.v1/egress\nspec: {id: a/b, colour: red}"
+    with pytest.raises(ModuleSpecError) as raised:
+        parse_module_spec(text, "m.yaml")
+    assert "field 'spec.colour': is not a known field (known here: deliverySemantic, id)" in str(
+        raised.value
+    )
