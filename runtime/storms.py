@@ -4,7 +4,9 @@ A function sending to itself forever, or fanning out on every message, fills the
 thousands of records a second and nothing fails to say so. :class:`StormWatch` counts the
 messages functions send per target type and logs a warning naming the type and its rate
 when the rate over a window is above the threshold, at most once a minute per type. The
-remedy (pausing the type) is the operator's: the warning says how.
+remedy (pausing the type) is the operator's: the warning says how. Replies to the
+ingress's callers are not counted: they answer calls from outside, one per call, paced
+by the callers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import TypeName
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ class StormWatch:
 
     def count(self, function_type: TypeName) -> None:
         """A function sent a message to ``function_type``."""
-        if self._rate <= 0:
+        if self._rate <= 0 or function_type == INGRESS_CALLER_TYPE:
             return
         self._counts[function_type] += 1
         now = self._clock()

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from runtime.quiet_log import QuietLog
+from runtime.routing import INGRESS_CALLER_TYPE
 from runtime.storms import StormWatch
 from statefun.address import TypeName
 
@@ -37,6 +38,18 @@ def test_a_storm_is_named_with_its_rate_at_most_once_a_minute(
     assert all("ex/loop" in w and "statefun pause ex/loop" in w for w in warnings)
     assert "500 messages/s" in warnings[0]
     assert watch.storms == {LOOP: len(warnings)}
+
+
+def test_replies_to_the_ingress_callers_are_no_storm(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "runtime.storms")
+    clock = Clock()
+    watch = StormWatch(100, clock=clock)
+    for _ in range(200):  # 20 s of 500 replies/s to calls, and 500 messages/s to LOOP
+        for _ in range(50):
+            watch.count(INGRESS_CALLER_TYPE)
+            watch.count(LOOP)
+        clock.t += 0.1
+    assert watch.storms == {LOOP: 1}
 
 
 def test_a_rate_of_zero_turns_the_watch_off(caplog: pytest.LogCaptureFixture) -> None:
