@@ -223,7 +223,13 @@ def test_a_log_of_the_runtime_with_an_empty_checkpoint_store_is_refused_or_start
 ) -> None:
     module = write_module(tmp_path / "module.yaml", f"{functions.url}/statefun")
     data, port = tmp_path / "data", free_port()
-    runtime = RuntimeProcess(module, data, port, "--checkpoint-interval", "0.1").start()
+    # Retention drops nothing from the log: every checkpoint is kept, the first taken
+    # before any message is read. (Egress records ask for checkpoints on demand, dozens
+    # here, and retention trims the log below the oldest retained one.)
+    runtime = RuntimeProcess(
+        module, data, port, "--checkpoint-interval", "0.1", "--checkpoint-retain", "1000"
+    ).start()
+    wait_until(lambda: httpx.get(f"{runtime.url}/v1/checkpoints").json()["checkpoints"])
     send_ones(runtime.url, "test/forward/a", 20)
     wait_until(lambda: counted(runtime.url, "test/counter/a") == 20)
     runtime.kill()  # a rollback in the log's history too
