@@ -53,6 +53,7 @@ from bench._support import (
     Child,
     Children,
     Workload,
+    endpoint_yaml,
     format_table,
     free_port,
     percentile,
@@ -380,20 +381,8 @@ class Pipeline:
 def module_yaml(functions_port: int, egress: str = EXACTLY_ONCE, extra: str = "") -> str:
     """The bench functions' endpoint and the ``bench/done`` egress, ``egress`` its
     delivery semantic; then ``extra`` (more documents, each starting with ``---``)."""
-    # Every timeout is spelled out (an omitted one was once read as milliseconds).
     delivery = "" if egress == EXACTLY_ONCE else f"  deliverySemantic:\n    type: {egress}\n"
-    return f"""\
-kind: io.statefun.endpoints.v2/http
-spec:
-  functions: bench/*
-  urlPathTemplate: http://{HOST}:{functions_port}/statefun
-  transport:
-    timeouts:
-      call: 2 min
-      connect: 10 s
-      read: 10 s
-      write: 10 s
----
+    return f"""{endpoint_yaml("bench/*", functions_port)}---
 kind: statefun.v1/egress
 spec:
   id: bench/done

@@ -21,6 +21,26 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+
+
+def endpoint_yaml(functions: str, functions_port: int) -> str:
+    """A module spec document: the endpoint serving ``functions`` (``ns/*``) on
+    ``functions_port``, every timeout spelled out (an omitted one was once read as
+    milliseconds)."""
+    return f"""\
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: {functions}
+  urlPathTemplate: http://{HOST}:{functions_port}/statefun
+  transport:
+    timeouts:
+      call: 2 min
+      connect: 10 s
+      read: 10 s
+      write: 10 s
+"""
+
+
 _PR_SET_PDEATHSIG = 1
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _LIBC = ctypes.CDLL(None, use_errno=True)

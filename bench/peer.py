@@ -77,7 +77,16 @@ import aiohttp
 import uvloop
 
 from bench._kafka import HOW_TO_GET_ONE, Broker, find_broker, start_tansu
-from bench._support import HOST, BenchError, Child, Children, cpu_seconds, free_port, percentile
+from bench._support import (
+    HOST,
+    BenchError,
+    Child,
+    Children,
+    cpu_seconds,
+    endpoint_yaml,
+    free_port,
+    percentile,
+)
 from bench.peer_functions import ADD_AND_FORMAT, COUNTER
 from runtime.progress import steps
 from statefun.values import IntType
@@ -149,19 +158,8 @@ class Failed(Exception):
 
 
 def module_yaml(functions_port: int) -> str:
-    """The peer functions' endpoint (every timeout spelled out)."""
-    return f"""\
-kind: io.statefun.endpoints.v2/http
-spec:
-  functions: peer/*
-  urlPathTemplate: http://{HOST}:{functions_port}/statefun
-  transport:
-    timeouts:
-      call: 2 min
-      connect: 10 s
-      read: 10 s
-      write: 10 s
-"""
+    """The peer functions' endpoint."""
+    return endpoint_yaml("peer/*", functions_port)
 
 
 @dataclass(slots=True)
@@ -335,6 +333,14 @@ class Driver:
         self._profile_now: str | None = None
         """The case to profile now, if any."""
 
+    async def post_one(self, url: str) -> tuple[int, bytes]:
+        """POST ``1`` to ``url``: the status and body, or -1 and the error."""
+        try:
+            async with self.session.post(url, data=b"1", headers=JSON) as r:
+                return r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            return -1, repr(e).encode()
+
     def url(self, kind: str, handler: str, seq: int, key: str) -> str:
         ingress = self.d.ingresses[seq % len(self.d.ingresses)]
         return f"{ingress}/v1/{kind}/{COUNTER}/{key}?type={TYPE_OF[handler]}" + (
@@ -371,12 +377,7 @@ class Driver:
                 url = self.url("call", case.handler, seq, key)
                 seq += 1
                 t0 = time.perf_counter()
-                try:
-                    async with self.session.post(url, data=b"1", headers=JSON) as r:
-                        body = await r.read()
-                        status = r.status
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    status, body = -1, repr(e).encode()
+                status, body = await self.post_one(url)
                 t1 = time.perf_counter()
                 if status == 200:
                     ok[key] = ok.get(key, 0) + 1
@@ -443,12 +444,7 @@ class Driver:
                 url = self.url("messages", case.handler, seq, key)
                 seq += 1
                 ts = time.perf_counter()
-                try:
-                    async with self.session.post(url, data=b"1", headers=JSON) as r:
-                        body = await r.read()
-                        status = r.status
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    status, body = -1, repr(e).encode()
+                status, body = await self.post_one(url)
                 if status == 202:
                     done = time.perf_counter()
                     if first_accepted is None:
