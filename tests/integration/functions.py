@@ -81,9 +81,14 @@ def make_test_functions(control: dict[str, Any] | None = None) -> StatefulFuncti
 
     @functions.bind("test/slow", specs=[ValueSpec("count", IntType)])
     async def slow(context: Context, message: Message) -> None:
-        """Slow on the first message of each address only."""
+        """Slow on the first message of each address only: ``slow_seconds``, or until the
+        test sets the ``slow_gate`` event when it gives one."""
         if not context.storage.count:
-            await asyncio.sleep(control.get("slow_seconds", 0.2))
+            gate: threading.Event | None = control.get("slow_gate")
+            if gate is None:
+                await asyncio.sleep(control.get("slow_seconds", 0.2))
+            else:
+                await asyncio.to_thread(gate.wait, 30)
         context.storage.count = (context.storage.count or 0) + 1
 
     @functions.bind("test/echo")
