@@ -240,7 +240,13 @@ class ClusterCoordinator:
             segment = (
                 state.highest_segment + 1 if rotate or chain_segment is None else chain_segment
             )
-            take = await self.decisions.decide(Take(generation, checkpoint, segment, full))
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    take = await self.decisions.decide(Take(generation, checkpoint, segment, full))
+            except TimeoutError:
+                # Folded later, the next take supersedes it; never a schedule stalled on it.
+                log.warning("take %d not folded within %.1f s", checkpoint, self.config.timeout)
+                return None
             if not take.applied:
                 log.info("take %d void: %s", checkpoint, take.void)
                 return None

@@ -1085,7 +1085,9 @@ class DecisionLog:
                 await self._next_fold()
             return seen[topic, offset]
         finally:
-            self._observers.remove(seen)
+            # By identity: observers that saw the same records are equal dicts, and
+            # list.remove would take another caller's, leaving it deaf to its own record.
+            self._observers = [o for o in self._observers if o is not seen]
 
     async def wait(self, predicate: Callable[[ClusterState], bool]) -> None:
         """Return once ``predicate(state)`` holds (checked now and after every fold)."""

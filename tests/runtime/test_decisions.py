@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import pytest
 
@@ -579,6 +579,54 @@ async def test_waiting_on_a_closed_log_fails_instead_of_hanging(memory_log: Memo
         await waiting
     with pytest.raises(LogError):
         await d.decide(begin(1))
+
+
+class HoldingLog(MemoryLog):
+    """A memory log that holds back the next append until told to go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+        self._hold_next = False
+
+    def hold_next(self) -> None:
+        self._hold_next = True
+
+    def append(
+        self, topic: str, partition: int, records: Sequence[Record]
+    ) -> asyncio.Future[list[int]]:
+        if not self._hold_next:
+            return super().append(topic, partition, records)
+        self._hold_next = False
+
+        async def held() -> list[int]:
+            self.holding.set()
+            await self.release.wait()
+            return await MemoryLog.append(self, topic, partition, records)
+
+        return asyncio.ensure_future(held())
+
+
+@pytest.mark.anyio
+async def test_a_record_that_lands_after_a_later_callers_is_still_heard() -> None:
+    # Two callers watch the fold with equal (empty) dicts; the second's record lands
+    # first and it stops watching. The first must keep watching for its own record.
+    log = HoldingLog()
+    d = DecisionLog(log, TOPIC)
+    await d.open()
+    try:
+        log.hold_next()
+        first = asyncio.create_task(d.decide(begin(1)))
+        await log.holding.wait()
+        second = await d.decide(Pause("ns/f", True))
+        assert second.offset == 0
+        log.release.set()
+        effect = await asyncio.wait_for(first, 5)
+        assert (effect.offset, effect.applied) == (1, True)
+    finally:
+        await d.close()
+        await log.close()
 
 
 @pytest.mark.anyio
