@@ -564,11 +564,27 @@ class KafkaLog(Log):
         self._check_open()
         self._topics.pop(topic, None)
         await _call(
+            self._reader_thread,
+            f"letting go of topic {topic}",
+            lambda: self._forget_in_reader(topic),
+            2 * self._timeout,
+        )
+        await _call(
             self._admin_thread,
             f"deleting topic {topic}",
             lambda: self._delete_topic(topic),
             3 * self._timeout,
         )
+
+    def _forget_in_reader(self, topic: str) -> None:
+        """Close the reader if it last read ``topic`` (reader thread): a consumer keeps the
+        topics it was assigned in its metadata requests, and a broker that auto-creates
+        topics whatever the request says (Tansu does) would bring the deleted topic back.
+        The next read opens a new reader."""
+        reader = self._reader
+        if reader is not None and any(tp.topic == topic for tp in reader.assignment()):
+            self._reader = None
+            _close_quietly(reader)
 
     def _delete_topic(self, topic: str) -> None:
         """Delete the topic if it exists (admin thread)."""

@@ -411,6 +411,23 @@ async def test_a_deleted_topic_created_again_starts_empty_and_its_consumers_stop
     await consumer.close()
 
 
+async def test_a_deleted_topic_that_was_read_stays_deleted(log: Log, topic: str) -> None:
+    # A Kafka consumer keeps the topics it read in its metadata requests, and Tansu
+    # creates a topic a metadata request names whatever the request says.
+    gone = f"{topic}-gone"
+    await log.ensure_topic(gone, 2)
+    await log.append(gone, 0, [Record(b"a")])
+    await log.append(topic, 0, [Record(b"b")])
+    assert [r.value for r in await log.read(gone, 0, 0)] == [b"a"]
+    await log.delete_topic(gone)
+    # Past kafka-python's metadata refresh backoff (100 ms), so the next request of the
+    # reader refreshes its metadata rather than using what it has.
+    await asyncio.sleep(0.3)
+    assert await log.end_offsets(topic) == [1, 0, 0]
+    assert [r.value for r in await log.read(topic, 0, 0)] == [b"b"]
+    assert gone not in await log.list_topics()
+
+
 async def test_a_deleted_topic_stays_deleted_across_a_reopen(tmp_path: Path) -> None:
     log = await SqliteLog.open(tmp_path)
     await log.ensure_topic("gone", 2)
