@@ -47,7 +47,9 @@ Modes (``--mode``, repeatable; default all):
 * ``kafka3``: three processes of one application on one broker (as ``bench.cluster``
   starts them), the load spread round-robin over their ingresses. Reported, not gated.
 
-Each mode has its own processes, started fresh and stopped after its repetitions.
+Each mode has its own processes, started fresh and stopped after its repetitions; on a
+Tansu broker of our own, a Kafka mode starts everything afresh (the broker too) for
+every case run, as a broker that served earlier cases is slower (see :func:`plans`).
 A case with errors or inexact counts prints ``FAILED`` and makes the exit status 1; a
 mode that could not run, 2.
 """
@@ -687,7 +689,10 @@ def profile_text(mode: str, case: str, p: dict[str, Any]) -> str:
 # --- the run -----------------------------------------------------------------------------
 
 
-async def measure(d: Deployment, s: Settings, tag: str) -> dict[str, Any]:
+async def measure(
+    d: Deployment, s: Settings, tag: str, plan: Sequence[tuple[int, str]]
+) -> dict[str, Any]:
+    """Run the ``(rep, case)`` runs of ``plan`` against ``d``, in order."""
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -697,14 +702,25 @@ async def measure(d: Deployment, s: Settings, tag: str) -> dict[str, Any]:
         idle = cores(a, d.cpu())
         driver = Driver(d, session, s)
         runs: list[dict[str, Any]] = []
-        for rep in range(1, s.reps + 1):
-            for name in s.cases:
-                say(f"{d.mode}: {name}, rep {rep} of {s.reps}")
-                d.check_alive()
-                result = await driver.case(name, rep, tag)
-                runs.append(result)
-                await asyncio.sleep(PAUSE_S)
+        for rep, name in plan:
+            say(f"{d.mode}: {name}, rep {rep} of {s.reps}")
+            d.check_alive()
+            result = await driver.case(name, rep, tag)
+            runs.append(result)
+            await asyncio.sleep(PAUSE_S)
         return {"idle": idle, "runs": runs}
+
+
+def plans(mode: str, s: Settings, broker: Broker | None) -> list[list[tuple[int, str]]]:
+    """The runs of a mode, grouped by the deployment they share: one for all of them,
+    except on a Tansu broker of our own, which gets a fresh one (and fresh processes) per
+    run: Tansu keeps every record and each fetch walks a partition's batches, so a broker
+    that served earlier cases slows the later ones (a Kafka broker finds an offset by its
+    index and deletes by retention)."""
+    runs = [(rep, name) for rep in range(1, s.reps + 1) for name in s.cases]
+    if mode in KAFKA_MODES and broker is not None and broker.tansu is not None:
+        return [[run] for run in runs]
+    return [runs]
 
 
 def problems_of(run: dict[str, Any]) -> list[str]:
@@ -723,25 +739,36 @@ def problems_of(run: dict[str, Any]) -> list[str]:
 def run_mode(
     mode: str, s: Settings, workdir: Path, broker: Broker | None, tag: str
 ) -> tuple[int, dict[str, Any] | None]:
-    """One mode: start its processes, run every case, stop them; (status, results)."""
+    """One mode: per deployment of :func:`plans`, start its processes, run its cases and
+    stop them; (status, results)."""
     workdir.mkdir()
     status = 0
-    results: dict[str, Any] | None = None
-    with Children() as children:
-        started: list[Child] = []
-        try:
-            say(f"{mode}: starting the processes")
-            d = start(children, mode, workdir, broker, s.committed_interval)
-            started = d.all()
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                results = runner.run(measure(d, s, tag))
-        except (BenchError, aiohttp.ClientError, TimeoutError) as e:
-            print(f"{mode}: bench: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            for child in started:
-                print(f"--- {child.name}, {child.log_path}:\n{child.log_tail()}", file=sys.stderr)
-            return 2, None
-        problems = [(c, line) for c in started for line in c.problems()]
-    for run in results["runs"]:
+    idle: dict[str, float] | None = None
+    runs: list[dict[str, Any]] = []
+    problems: list[tuple[Child, str]] = []
+    groups = plans(mode, s, broker)
+    for plan in groups:
+        where = workdir if len(groups) == 1 else workdir / "-".join(map(str, plan[0]))
+        where.mkdir(exist_ok=True)
+        with Children() as children:
+            started: list[Child] = []
+            try:
+                say(f"{mode}: starting the processes")
+                d = start(children, mode, where, broker, s.committed_interval)
+                started = d.all()
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    found = runner.run(measure(d, s, tag, plan))
+            except (BenchError, aiohttp.ClientError, TimeoutError) as e:
+                print(f"{mode}: bench: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                for child in started:
+                    print(
+                        f"--- {child.name}, {child.log_path}:\n{child.log_tail()}", file=sys.stderr
+                    )
+                return 2, None
+            problems += [(c, line) for c in started for line in c.problems()]
+        idle = idle or found["idle"]
+        runs += found["runs"]
+    for run in runs:
         for problem in problems_of(run):
             print(f"{mode}: {run['case']} rep {run['rep']}: FAILED: {problem}", flush=True)
             status = 1
@@ -749,7 +776,7 @@ def run_mode(
         print(f"{mode}: {len(problems)} lines at WARNING or above in the children's logs, e.g.:")
         for child, line in problems[:3]:
             print(f"  {child.log_path.name}: {line[:220]}")
-    return status, results
+    return status, {"idle": idle, "runs": runs}
 
 
 # --- the tables ----------------------------------------------------------------------------

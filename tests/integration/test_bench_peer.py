@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.peer import CASES, poll_delay, summarize
+from bench._kafka import Broker
+from bench.peer import CASES, Settings, plans, poll_delay, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,3 +107,13 @@ def test_metrics_are_read_when_the_rate_seen_would_have_applied_the_rest() -> No
     assert poll_delay(500, 1000.0) == 0.1  # far from the end: at most 100 ms
     assert poll_delay(20, 1000.0) == pytest.approx(0.02)
     assert poll_delay(1, 1000.0) == 0.005  # near the end: at least 5 ms apart
+
+
+def test_a_kafka_mode_on_our_own_tansu_gets_a_fresh_deployment_per_run() -> None:
+    s = Settings(2, 10, 0.0, 1.0, 10, 10, 10, 1.0, 1.0, 0.1, ["lat_add_c1", "send_c64"], None, ROOT)
+    every_run = [(1, "lat_add_c1"), (1, "send_c64"), (2, "lat_add_c1"), (2, "send_c64")]
+    tansu = Broker(None, Path("tansu"))
+    assert plans("kafka", s, tansu) == [[run] for run in every_run]
+    assert plans("kafka3", s, tansu) == [[run] for run in every_run]
+    assert plans("kafka", s, Broker("127.0.0.1:9092", None)) == [every_run]
+    assert plans("embedded", s, None) == [every_run]
