@@ -106,6 +106,9 @@ T = TypeVar("T")
 # What one kafka-python poll may return: everything it has buffered (at most one fetch
 # response per partition), so that the consumer can share it fairly between partitions.
 _DRAIN = 1_000_000
+_ROUND_SLACK_MS = 20
+"""A paced Kafka poll waits for one fetch: the broker's wait plus this much for the round
+trip."""
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
@@ -181,6 +184,9 @@ class _Settings:
     fetch_max_wait_ms: int
     request_timeout_ms: int
     security: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    fetch_pause_max_ms: int = 50
+    """The longest pause between a consumer's fetches while they bring nothing it does
+    not have (see :class:`KafkaLogConsumer`)."""
     """kafka-python's security settings every client of the cluster takes."""
 
     @property
@@ -360,6 +366,7 @@ class KafkaLog(Log):
         client_id: str = "statefun",
         replication_factor: int = 1,
         fetch_max_wait_ms: int = 5,
+        fetch_pause_max_ms: int = 50,
         linger_ms: int = 0,
         batch_size: int = 256 * 1024,
         max_request_size: int = 4 * 1024 * 1024,
@@ -374,6 +381,11 @@ class KafkaLog(Log):
         :param fetch_max_wait_ms: how long the broker holds a fetch open waiting for new
             records; it sets the latency of consumers (Tansu re-checks only at fractions
             of it), and a lower value costs idle CPU.
+        :param fetch_pause_max_ms: the longest pause between two fetches of a consumer
+            whose fetches bring nothing it does not have already (its own appends are
+            handed to it; see :class:`KafkaLogConsumer`): the most a record appended
+            by another process after a quiet spell waits, and what a quiet consumer
+            costs (one fetch per pause).
         :param linger_ms: how long the producer waits to batch records of one partition.
         :param batch_size: the producer's largest batch, in bytes, per partition.
         :param max_request_size: the largest produce request, so bounds a record's size
@@ -390,6 +402,8 @@ class KafkaLog(Log):
             raise ValueError(f"replication_factor must be at least 1, not {replication_factor}")
         if not 0 < fetch_max_wait_ms < request_timeout_ms:
             raise ValueError("fetch_max_wait_ms must be positive and below request_timeout_ms")
+        if fetch_pause_max_ms < 0:
+            raise ValueError("fetch_pause_max_ms must not be negative")
         if delivery_timeout_ms < linger_ms + request_timeout_ms:
             raise ValueError("delivery_timeout_ms must be at least linger_ms + request_timeout_ms")
         loop = asyncio.get_running_loop()
@@ -400,6 +414,7 @@ class KafkaLog(Log):
             fetch_max_wait_ms,
             request_timeout_ms,
             tuple(security.items()),
+            fetch_pause_max_ms,
         )
         admin_thread = _ClientThread(f"{client_id}-admin", loop)
         producer_thread = _ClientThread(f"{client_id}-producer", loop)
@@ -1065,6 +1080,14 @@ class KafkaLogConsumer(LogConsumer):
     once the buffer is empty. A poll whose caller stops waiting (timeout, cancellation)
     keeps running, and its records stay buffered for the next :meth:`poll`: nothing is
     lost. :meth:`assign` takes effect at the next Kafka poll.
+
+    The records this process appends are handed over (:meth:`offer`), so fetching is
+    for other processes' records. A Kafka poll starts past what was handed over (the
+    broker does not send those again), and while Kafka polls bring nothing new they
+    are paced: one fetch per pause, the pause doubling from the fetch wait up to
+    ``fetch_pause_max_ms``, and back to none (a long poll) at the first record from
+    elsewhere. Tansu answers a fetch only at the end of its wait, so without the pause
+    an idle consumer would fetch every ``fetch_max_wait_ms``.
     """
 
     def __init__(self, log: KafkaLog, role: str) -> None:
@@ -1087,6 +1110,13 @@ class KafkaLogConsumer(LogConsumer):
         """The high watermark of each partition, as the last Kafka poll saw it."""
         self._wake: asyncio.Future[None] | None = None
         """Set while a poll waits: completed when records are offered."""
+        self._kafka_next: dict[TopicPartition, int] = {}
+        """Where the Kafka consumer reads each partition from: past what it returned, or
+        where it was last told to seek."""
+        self._pause = 0.0
+        """Seconds between Kafka polls while they bring nothing new (0: poll at once)."""
+        self._next_fetch_at = 0.0
+        """The loop time before which no Kafka poll starts."""
 
     def assign(self, positions: Mapping[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
@@ -1131,6 +1161,12 @@ class KafkaLogConsumer(LogConsumer):
     def known_end(self, tp: TopicPartition) -> int | None:
         return self._ends.get(tp)
 
+    @property
+    def pause(self) -> float:
+        """Seconds between this consumer's Kafka polls now (0 while records from
+        elsewhere arrive)."""
+        return self._pause
+
     async def poll(
         self, max_wait: float, max_records: int = 1000
     ) -> dict[TopicPartition, list[StoredRecord]]:
@@ -1145,23 +1181,30 @@ class KafkaLogConsumer(LogConsumer):
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
-            remaining = max(deadline - self._loop.time(), 0.0)
+            now = self._loop.time()
+            remaining = max(deadline - now, 0.0)
+            hold = self._next_fetch_at - now
             if self._fetch is None:
-                if started and remaining == 0:
+                if (started or hold > 0) and remaining == 0:
                     return {}
-                self._fetch = self._start_fetch(remaining)
-                started = True
+                if hold <= 0:
+                    self._fetch = self._start_fetch(remaining)
+                    started = True
             fetch = self._fetch
             self._wake = wake = self._loop.create_future()
             try:
                 done, _ = await asyncio.wait(
-                    {fetch, wake}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    {wake} if fetch is None else {fetch, wake},
+                    timeout=remaining if fetch is not None else min(hold, remaining),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 self._wake = None
                 wake.cancel()
             if self._buffered:
                 break
+            if fetch is None:
+                continue  # paced: the pause is over, or the caller's wait
             if fetch not in done:
                 # Still running: started by an earlier poll that asked to wait longer, or
                 # overdue. Its records will be buffered for the next poll.
@@ -1173,16 +1216,30 @@ class KafkaLogConsumer(LogConsumer):
     def _start_fetch(self, wait: float) -> asyncio.Future[dict[TopicPartition, list[StoredRecord]]]:
         generation = self._generation
         seek, self._seek = self._seek, None
+        if seek is not None:
+            self._kafka_next = dict(seek)
+        # Past the records handed over since: the broker need not send them again.
+        skip = {
+            tp: after
+            for tp, kafka_next in self._kafka_next.items()
+            if tp in self._positions and (after := self._next(tp)) > kafka_next
+        }
+        self._kafka_next.update(skip)
+        if self._pause > 0:  # paced: one fetch, not a long poll
+            wait = min(wait, (self._settings.fetch_max_wait_ms + _ROUND_SLACK_MS) / 1000)
         wait_ms = int(wait * 1000)
         self._fetch_due = self._loop.time() + wait
         if self._thread is None:
             self._thread = _ClientThread(f"{self._settings.client_id}-{self._role}", self._loop)
-        fetch = self._thread.submit(lambda: self._fetch_records(seek, wait_ms))
+        fetch = self._thread.submit(lambda: self._fetch_records(seek, skip, wait_ms))
         fetch.add_done_callback(lambda f: self._fetched(generation, f))
         return fetch
 
     def _fetch_records(
-        self, seek: dict[TopicPartition, int] | None, wait_ms: int
+        self,
+        seek: dict[TopicPartition, int] | None,
+        skip: dict[TopicPartition, int],
+        wait_ms: int,
     ) -> dict[TopicPartition, list[StoredRecord]]:
         """One Kafka poll (consumer thread)."""
         if self._kafka is None:
@@ -1190,8 +1247,8 @@ class KafkaLogConsumer(LogConsumer):
         consumer = self._kafka
         if seek is not None:
             consumer.assign([KafkaTopicPartition(tp.topic, tp.partition) for tp in seek])
-            for tp, offset in seek.items():
-                consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
+        for tp, offset in ({**seek, **skip} if seek is not None else skip).items():
+            consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
         batches = consumer.poll(timeout_ms=wait_ms, max_records=_DRAIN)
         for ktp in consumer.assignment():
             # Fetch responses carry it: knowing it costs no request of its own.
@@ -1218,14 +1275,23 @@ class KafkaLogConsumer(LogConsumer):
                 self._error = LogError(f"polling Kafka failed: {error}")
                 self._error.__cause__ = error
             return
+        new = False
         for tp, records in fetch.result().items():
             if records and tp in self._positions:
+                self._kafka_next[tp] = max(self._kafka_next.get(tp, 0), records[-1].offset + 1)
                 # Records offered since this poll began were taken already.
                 expected = self._next(tp)
                 if records[0].offset < expected:
                     records = [r for r in records if r.offset >= expected]
                 if records:
                     self._buffered.setdefault(tp, deque()).extend(records)
+                    new = True
+        if new:
+            self._pause = 0.0
+        else:
+            least = self._settings.fetch_max_wait_ms / 1000
+            self._pause = min(max(2 * self._pause, least), self._settings.fetch_pause_max_ms / 1000)
+        self._next_fetch_at = self._loop.time() + self._pause
 
     def _take(self, max_records: int) -> dict[TopicPartition, list[StoredRecord]]:
         # Rotate the starting partition so a busy partition cannot starve the others.
