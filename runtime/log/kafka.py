@@ -1082,12 +1082,14 @@ class KafkaLogConsumer(LogConsumer):
     lost. :meth:`assign` takes effect at the next Kafka poll.
 
     The records this process appends are handed over (:meth:`offer`), so fetching is
-    for other processes' records. A Kafka poll starts past what was handed over (the
-    broker does not send those again), and while Kafka polls bring nothing new they
-    are paced: one fetch per pause, the pause doubling from the fetch wait up to
-    ``fetch_pause_max_ms``, and back to none (a long poll) at the first record from
-    elsewhere. Tansu answers a fetch only at the end of its wait, so without the pause
-    an idle consumer would fetch every ``fetch_max_wait_ms``.
+    for other processes' records. While Kafka polls bring nothing new (nothing, or only
+    copies of records handed over) they are paced: one fetch per pause, the pause
+    doubling from the fetch wait up to ``fetch_pause_max_ms``, and back to none (a long
+    poll) at the first record from elsewhere. Tansu answers a fetch only at the end of
+    its wait, so without the pause an idle consumer would fetch every
+    ``fetch_max_wait_ms``. (The Kafka consumer is not moved past the records handed
+    over: a seek makes kafka-python validate the position against the leader first,
+    and on Tansu that stalled partitions for many seconds.)
     """
 
     def __init__(self, log: KafkaLog, role: str) -> None:
@@ -1110,9 +1112,6 @@ class KafkaLogConsumer(LogConsumer):
         """The high watermark of each partition, as the last Kafka poll saw it."""
         self._wake: asyncio.Future[None] | None = None
         """Set while a poll waits: completed when records are offered."""
-        self._kafka_next: dict[TopicPartition, int] = {}
-        """Where the Kafka consumer reads each partition from: past what it returned, or
-        where it was last told to seek."""
         self._pause = 0.0
         """Seconds between Kafka polls while they bring nothing new (0: poll at once)."""
         self._next_fetch_at = 0.0
@@ -1216,30 +1215,18 @@ class KafkaLogConsumer(LogConsumer):
     def _start_fetch(self, wait: float) -> asyncio.Future[dict[TopicPartition, list[StoredRecord]]]:
         generation = self._generation
         seek, self._seek = self._seek, None
-        if seek is not None:
-            self._kafka_next = dict(seek)
-        # Past the records handed over since: the broker need not send them again.
-        skip = {
-            tp: after
-            for tp, kafka_next in self._kafka_next.items()
-            if tp in self._positions and (after := self._next(tp)) > kafka_next
-        }
-        self._kafka_next.update(skip)
         if self._pause > 0:  # paced: one fetch, not a long poll
             wait = min(wait, (self._settings.fetch_max_wait_ms + _ROUND_SLACK_MS) / 1000)
         wait_ms = int(wait * 1000)
         self._fetch_due = self._loop.time() + wait
         if self._thread is None:
             self._thread = _ClientThread(f"{self._settings.client_id}-{self._role}", self._loop)
-        fetch = self._thread.submit(lambda: self._fetch_records(seek, skip, wait_ms))
+        fetch = self._thread.submit(lambda: self._fetch_records(seek, wait_ms))
         fetch.add_done_callback(lambda f: self._fetched(generation, f))
         return fetch
 
     def _fetch_records(
-        self,
-        seek: dict[TopicPartition, int] | None,
-        skip: dict[TopicPartition, int],
-        wait_ms: int,
+        self, seek: dict[TopicPartition, int] | None, wait_ms: int
     ) -> dict[TopicPartition, list[StoredRecord]]:
         """One Kafka poll (consumer thread)."""
         if self._kafka is None:
@@ -1247,8 +1234,8 @@ class KafkaLogConsumer(LogConsumer):
         consumer = self._kafka
         if seek is not None:
             consumer.assign([KafkaTopicPartition(tp.topic, tp.partition) for tp in seek])
-        for tp, offset in ({**seek, **skip} if seek is not None else skip).items():
-            consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
+            for tp, offset in seek.items():
+                consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
         batches = consumer.poll(timeout_ms=wait_ms, max_records=_DRAIN)
         for ktp in consumer.assignment():
             # Fetch responses carry it: knowing it costs no request of its own.
@@ -1278,7 +1265,6 @@ class KafkaLogConsumer(LogConsumer):
         new = False
         for tp, records in fetch.result().items():
             if records and tp in self._positions:
-                self._kafka_next[tp] = max(self._kafka_next.get(tp, 0), records[-1].offset + 1)
                 # Records offered since this poll began were taken already.
                 expected = self._next(tp)
                 if records[0].offset < expected:
