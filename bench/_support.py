@@ -23,6 +23,28 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
 
+def runtime_command(
+    module: Path, port: int, *options: str, log_level: str = "warning"
+) -> list[str]:
+    """``statefun run`` as users run it (``python -m runtime.cli run``) with ``module``,
+    the ingress on ``port`` of the loopback address, and ``options`` (the log, ...)."""
+    return [
+        sys.executable,
+        "-m",
+        "runtime.cli",
+        "run",
+        "--module",
+        str(module),
+        *options,
+        "--ingress-host",
+        HOST,
+        "--ingress-port",
+        str(port),
+        "--log-level",
+        log_level,
+    ]
+
+
 def endpoint_yaml(functions: str, functions_port: int) -> str:
     """A module spec document: the endpoint serving ``functions`` (``ns/*``) on
     ``functions_port``, every timeout spelled out (an omitted one was once read as

@@ -80,6 +80,7 @@ from bench._support import (
     format_table,
     free_port,
     percentile,
+    runtime_command,
     thread_cpu_seconds,
 )
 from bench.functions import AT_LEAST_ONCE_EGRESS, BOTH_PREFIX, COUNTER, DONE_EGRESS, FIRST
@@ -365,24 +366,15 @@ async def process_restart(data_dir: Path, base: Path, addresses: int, name: str)
         started = time.perf_counter()
         child = children.start(
             "the runtime (restart)",
-            [
-                sys.executable,
-                "-m",
-                "runtime.cli",
-                "run",
-                "--module",
-                str(module),
+            runtime_command(
+                module,
+                port,
                 "--data-dir",
                 str(data_dir),
                 "--checkpoint-interval",
                 "0",
-                "--ingress-host",
-                HOST,
-                "--ingress-port",
-                str(port),
-                "--log-level",
-                "info",
-            ],
+                log_level="info",
+            ),
             log_path,
         )
         url = f"http://{HOST}:{port}/health"

@@ -61,6 +61,7 @@ from bench._support import (
     format_table,
     free_port,
     percentile,
+    runtime_command,
 )
 from bench.functions import COUNTER
 from runtime.progress import steps
@@ -198,13 +199,9 @@ class Application:
         self.started += 1
         child = self.children.start(
             f"member {self.started}",
-            [
-                sys.executable,
-                "-m",
-                "runtime.cli",
-                "run",
-                "--module",
-                str(self.module),
+            runtime_command(
+                self.module,
+                port,
                 "--kafka",
                 self.bootstrap,
                 "--app-id",
@@ -213,13 +210,7 @@ class Application:
                 f"{SESSION_TIMEOUT:g}",
                 "--partitions",
                 str(PARTITIONS),
-                "--ingress-host",
-                HOST,
-                "--ingress-port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            ),
             self.workdir / f"member-{self.started}.log",
         )
         self.members.append((child, f"http://{HOST}:{port}"))

@@ -30,7 +30,15 @@ from pathlib import Path
 import aiohttp
 
 from bench.__main__ import AT_LEAST_ONCE, module_yaml
-from bench._support import BenchError, Child, Children, format_table, free_port, percentile
+from bench._support import (
+    BenchError,
+    Child,
+    Children,
+    format_table,
+    free_port,
+    percentile,
+    runtime_command,
+)
 from runtime.app import Runtime, RuntimeConfig
 from runtime.log.memory import MemoryLog
 from statefun.address import TypeName
@@ -265,22 +273,7 @@ def main() -> None:
         functions = children.start_functions(functions_port, workdir, HOST)
         runtime = children.start(
             "the runtime",
-            [
-                sys.executable,
-                "-m",
-                "runtime.cli",
-                "run",
-                "--module",
-                str(module),
-                "--data-dir",
-                str(workdir / "data"),
-                "--ingress-host",
-                HOST,
-                "--ingress-port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            runtime_command(module, port, "--data-dir", str(workdir / "data")),
             workdir / "runtime.log",
         )
         url = f"http://{HOST}:{port}"

@@ -88,6 +88,7 @@ from bench._support import (
     endpoint_yaml,
     free_port,
     percentile,
+    runtime_command,
 )
 from bench.peer_functions import ADD_AND_FORMAT, COUNTER
 from runtime.progress import steps
@@ -235,21 +236,7 @@ def start(
         name = "the runtime" if MEMBERS[mode] == 1 else f"runtime {n}"
         runtime = children.start(
             name,
-            [
-                sys.executable,
-                "-m",
-                "runtime.cli",
-                "run",
-                "--module",
-                str(module),
-                *log_args,
-                "--ingress-host",
-                HOST,
-                "--ingress-port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            runtime_command(module, port, *log_args),
             workdir / f"runtime-{n}.log",
         )
         deployment.runtimes.append(runtime)
