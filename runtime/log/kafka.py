@@ -184,10 +184,10 @@ class _Settings:
     fetch_max_wait_ms: int
     request_timeout_ms: int
     security: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    """kafka-python's security settings every client of the cluster takes."""
     fetch_pause_max_ms: int = 50
     """The longest pause between a consumer's fetches while they bring nothing it does
     not have (see :class:`KafkaLogConsumer`)."""
-    """kafka-python's security settings every client of the cluster takes."""
 
     @property
     def timeout(self) -> float:
@@ -1088,8 +1088,8 @@ class KafkaLogConsumer(LogConsumer):
     poll) at the first record from elsewhere. Tansu answers a fetch only at the end of
     its wait, so without the pause an idle consumer would fetch every
     ``fetch_max_wait_ms``. (The Kafka consumer is not moved past the records handed
-    over: a seek makes kafka-python validate the position against the leader first,
-    and on Tansu that stalled partitions for many seconds.)
+    over: that saved little next to the pacing, and every seek makes kafka-python
+    validate the new position against the leader before it fetches again.)
     """
 
     def __init__(self, log: KafkaLog, role: str) -> None:
