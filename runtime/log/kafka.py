@@ -1076,8 +1076,10 @@ class KafkaLogConsumer(LogConsumer):
     """Reads assigned partitions through a Kafka consumer outside any group.
 
     A poll waits for one kafka-python poll on the consumer's thread, buffers all it
-    brought and hands out a fair share per partition; the next Kafka poll starts only
-    once the buffer is empty. A poll whose caller stops waiting (timeout, cancellation)
+    brought and hands out a fair share per partition. While the buffer holds records a
+    poll does not wait for Kafka, but it starts a Kafka poll in the background if none
+    runs and the pace allows, so records appended elsewhere are never starved by a
+    steady stream of records handed over. A poll whose caller stops waiting (timeout, cancellation)
     keeps running, and its records stay buffered for the next :meth:`poll`: nothing is
     lost. :meth:`assign` takes effect at the next Kafka poll.
 
@@ -1176,6 +1178,12 @@ class KafkaLogConsumer(LogConsumer):
             return {}
         deadline = self._loop.time() + max_wait
         started = False
+        if self._buffered and self._fetch is None and self._loop.time() >= self._next_fetch_at:
+            # Busy with records handed over: fetch anyway (in the background, one
+            # fetch wait), or other processes' records would wait until the buffer empties.
+            self._fetch = self._start_fetch(
+                (self._settings.fetch_max_wait_ms + _ROUND_SLACK_MS) / 1000
+            )
         while not self._buffered:
             if self._error is not None:
                 error, self._error = self._error, None

@@ -815,6 +815,27 @@ async def test_kafka_polls_pace_while_they_bring_nothing_new_and_not_after_a_rec
 
 
 @pytest.mark.kafka
+async def test_kafka_records_from_elsewhere_arrive_while_appends_here_keep_the_consumer_busy(
+    kafka_log: KafkaLog, kafka_bootstrap: str, topic: str
+) -> None:
+    ours, theirs = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    consumer = kafka_log.consumer()
+    consumer.assign({ours: 0, theirs: 0})
+    await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 1, b"outside")
+    # Every poll finds records of ours handed over and waiting: the consumer is never
+    # idle, and the record only Kafka knows of must still be fetched.
+    delivered: list[StoredRecord] = []
+    async with asyncio.timeout(10):
+        while not delivered:
+            await kafka_log.append(topic, 0, [Record(b"a"), Record(b"b")])
+            got = await consumer.poll(0.05, max_records=1)
+            assert got.get(ours), "our own appends are always waiting"
+            delivered = got.get(theirs, [])
+    assert [(r.offset, r.value) for r in delivered] == [(0, b"outside")]
+    await consumer.close()
+
+
+@pytest.mark.kafka
 async def test_kafka_appends_after_a_record_not_yet_read_are_read_from_kafka_in_order(
     kafka_log: KafkaLog, kafka_bootstrap: str, topic: str
 ) -> None:
