@@ -349,6 +349,8 @@ class KafkaLog(Log):
         self._unsettled: deque[tuple[float, asyncio.Future[list[int]]]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._topics: dict[str, int] = {}
+        self._deleted: set[str] = set()
+        """Deleted topics the producer may still know of (see :func:`_forget_in_producer`)."""
         # Weak: a consumer made for a generation that failed to start, and never used,
         # goes away with its last reference.
         self._consumers: weakref.WeakSet[KafkaLogConsumer] = weakref.WeakSet()
@@ -590,6 +592,8 @@ class KafkaLog(Log):
             lambda: self._delete_topic(topic),
             3 * self._timeout,
         )
+        self._deleted.add(topic)
+        self._deleted -= _forget_in_producer(self._appender.kafka, self._deleted)
 
     def _forget_in_reader(self, topic: str) -> None:
         """Close the reader if it last read ``topic`` (reader thread): a consumer keeps the
@@ -1048,6 +1052,37 @@ def _closed(future: asyncio.Future[None]) -> None:
     """A failed producer's close ended (its error, if any, is only worth a line)."""
     if not future.cancelled() and (error := future.exception()) is not None:
         logger.warning("closing the failed Kafka producer: %s", error)
+
+
+def _forget_in_producer(producer: Any, topics: set[str]) -> set[str]:
+    """Make a kafka-python producer forget deleted ``topics``; return those it had
+    already forgotten.
+
+    The producer keeps every topic it ever sent to: in the topics of its metadata
+    requests, which make a broker that auto-creates topics whatever the request says
+    (Tansu does) bring a deleted topic back, and as an empty queue in its accumulator,
+    whose partition without a leader makes the sender thread ask for metadata on every
+    turn of its loop (a busy loop: most of a core while the runtime is idle). kafka-python
+    has no public call for this; its ``_metadata._topics`` and ``_accumulator._batches``
+    are used, and a producer without them is left alone. The sender can put an empty
+    queue back in a race (a ``defaultdict`` read between its snapshot of the keys and the
+    read), so a topic is forgotten again at each deletion until a pass finds it gone."""
+    metadata: Any = getattr(producer, "_metadata", None)
+    known = getattr(metadata, "_topics", None)
+    batches = getattr(getattr(producer, "_accumulator", None), "_batches", None)
+    lock = getattr(metadata, "_lock", None)
+    if not isinstance(known, set) or not isinstance(batches, dict) or lock is None:
+        return set(topics)
+    gone: set[str] = set()
+    with lock:
+        for topic in topics:
+            empty = [tp for tp, queue in list(batches.items()) if tp.topic == topic and not queue]
+            if topic not in known and not empty:
+                gone.add(topic)
+            known.discard(topic)
+            for tp in empty:
+                batches.pop(tp, None)
+    return gone
 
 
 def _close_quietly(client: Any) -> None:

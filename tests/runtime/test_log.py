@@ -428,6 +428,24 @@ async def test_a_deleted_topic_that_was_read_stays_deleted(log: Log, topic: str)
     assert gone not in await log.list_topics()
 
 
+@pytest.mark.kafka
+async def test_kafka_a_deleted_topic_that_was_appended_to_stays_deleted(
+    kafka_log: KafkaLog, topic: str
+) -> None:
+    # The producer names every topic it knows in its metadata requests, and Tansu
+    # creates a topic a metadata request names.
+    gone, later = f"{topic}-gone", f"{topic}-later"
+    await kafka_log.ensure_topic(gone, 2)
+    await kafka_log.append(gone, 1, [Record(b"a")])
+    await kafka_log.delete_topic(gone)
+    # Appending to a topic the producer has not seen makes it ask for metadata: by the
+    # time the append is acknowledged, that request has been answered.
+    await kafka_log.ensure_topic(later, 1)
+    assert await kafka_log.append(later, 0, [Record(b"b")]) == [0]
+    assert gone not in await kafka_log.list_topics()
+    assert await kafka_log.append(topic, 0, [Record(b"c")]) == [0]
+
+
 async def test_a_deleted_topic_stays_deleted_across_a_reopen(tmp_path: Path) -> None:
     log = await SqliteLog.open(tmp_path)
     await log.ensure_topic("gone", 2)
