@@ -106,7 +106,7 @@ T = TypeVar("T")
 # What one kafka-python poll may return: everything it has buffered (at most one fetch
 # response per partition), so that the consumer can share it fairly between partitions.
 _DRAIN = 1_000_000
-_ROUND_SLACK_MS = 20
+_ROUND_SLACK_MS = 2
 """A paced Kafka poll waits for one fetch: the broker's wait plus this much for the round
 trip."""
 
