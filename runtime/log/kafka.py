@@ -524,6 +524,7 @@ class KafkaLog(Log):
             raise TopicMismatchError(
                 f"topic {topic} exists with {existing} partitions, not {partitions}"
             )
+        self._deleted.discard(topic)  # created again: the producer must keep it
         if topic not in self._topics:
             # Load the producer's metadata now, so append never waits for it on the loop.
             producer = self._appender.kafka

@@ -444,6 +444,18 @@ async def test_kafka_a_deleted_topic_that_was_appended_to_stays_deleted(
     assert await kafka_log.append(later, 0, [Record(b"b")]) == [0]
     assert gone not in await kafka_log.list_topics()
     assert await kafka_log.append(topic, 0, [Record(b"c")]) == [0]
+    # Created again under the same name, at once or after the producer's metadata has
+    # moved on: the producer learns it anew, and keeps it across its next refresh.
+    for name in (gone, later):
+        if name == later:
+            await kafka_log.delete_topic(later)
+        await kafka_log.ensure_topic(name, 2 if name == gone else 1)
+        assert await asyncio.wait_for(kafka_log.append(name, 0, [Record(b"d")]), 10) == [0]
+    await kafka_log.ensure_topic(f"{topic}-refresh", 1)
+    await kafka_log.append(f"{topic}-refresh", 0, [Record(b"e")])
+    for name in (gone, later):
+        assert await asyncio.wait_for(kafka_log.append(name, 0, [Record(b"f")]), 10) == [1]
+        assert [r.value for r in await kafka_log.read(name, 0, 0)] == [b"d", b"f"]
 
 
 async def test_a_deleted_topic_stays_deleted_across_a_reopen(tmp_path: Path) -> None:
