@@ -99,6 +99,9 @@ class FaultyLog(Log):
     async def delete_topic(self, topic: str) -> None:
         await self._inner.delete_topic(topic)
 
+    async def forget_topic(self, topic: str) -> None:
+        await self._inner.forget_topic(topic)
+
     async def list_topics(self) -> set[str]:
         return await self._inner.list_topics()
 

@@ -130,6 +130,8 @@ class PartitionStore:
         self._segment_name = re.compile(re.escape(self._prefix) + r"(0|[1-9][0-9]*)")
         self._partitions = partitions
         self._chunk_bytes = chunk_bytes
+        self._used: set[int] = set()
+        """Segments this process wrote to or read and has not let go of."""
 
     def segment_topic(self, segment: int) -> str:
         if segment < 0:
@@ -140,11 +142,28 @@ class PartitionStore:
         """Create the segment's topic if missing (or open one another member created);
         its name."""
         topic = self.segment_topic(segment)
+        await self._use(segment)  # first: creating a topic makes Kafka clients ask for metadata
         try:
             await self._log.ensure_topic(topic, self._partitions, SEGMENT_CONFIG)
         except LogError as e:
             raise StoreError(f"creating checkpoint segment {topic}: {e}") from e
         return topic
+
+    async def _use(self, segment: int) -> None:
+        """Note that this process uses the segment. A new newest one lets the log forget
+        every segment this process used before the one just older (which a checkpoint
+        still being written may use): whichever member deletes them, this process's
+        clients no longer name them to the broker."""
+        newest = max(self._used, default=-1)
+        self._used.add(segment)
+        if segment <= newest:
+            return
+        for old in sorted(s for s in self._used if s < segment - 1):
+            self._used.discard(old)
+            try:
+                await self._log.forget_topic(self.segment_topic(old))
+            except LogError as e:
+                logger.warning("letting go of checkpoint segment %d failed: %s", old, e)
 
     async def segments(self) -> list[int]:
         """The segments whose topics exist, in order (whoever created them)."""
@@ -214,6 +233,9 @@ class PartitionStore:
         then the deltas after it in order (later rows win; a None value deletes). The
         parts are the last snapshot's."""
         _check_chain(chain)
+        for location in chain:  # its segments are let go of with the others (_use)
+            if (match := self._segment_name.fullmatch(location.topic)) is not None:
+                self._used.add(int(match[1]))
         state: dict[bytes, bytes] = {}
         keys: dict[bytes, bytes] = {}
         parts: dict[str, bytes] = {}

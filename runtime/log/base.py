@@ -159,6 +159,14 @@ class Log(abc.ABC):
         Afterwards the log no longer knows the topic (:class:`UnknownTopicError`), and a
         consumer assigned to it reads nothing more from it."""
 
+    async def forget_topic(self, topic: str) -> None:
+        """This process is done with ``topic`` for now (another may delete it): a log
+        whose clients name every topic they know to the broker (Kafka's, in their
+        metadata requests; a broker that auto-creates topics would bring a deleted one
+        back) lets it go. Appends and reads of the topic work as before. The embedded
+        logs have nothing to let go."""
+        del topic  # nothing to let go
+
     @abc.abstractmethod
     async def list_topics(self) -> set[str]:
         """The names of every topic that exists, including those this log did not create

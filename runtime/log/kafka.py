@@ -349,8 +349,9 @@ class KafkaLog(Log):
         self._unsettled: deque[tuple[float, asyncio.Future[list[int]]]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._topics: dict[str, int] = {}
-        self._deleted: set[str] = set()
-        """Deleted topics the producer may still know of (see :func:`_forget_in_producer`)."""
+        self._forgotten: set[str] = set()
+        """Topics deleted or let go that the producer may still know of (see
+        :func:`_forget_in_producer`)."""
         # Weak: a consumer made for a generation that failed to start, and never used,
         # goes away with its last reference.
         self._consumers: weakref.WeakSet[KafkaLogConsumer] = weakref.WeakSet()
@@ -524,7 +525,7 @@ class KafkaLog(Log):
             raise TopicMismatchError(
                 f"topic {topic} exists with {existing} partitions, not {partitions}"
             )
-        self._deleted.discard(topic)  # created again: the producer must keep it
+        self._forgotten.discard(topic)  # created again: the producer must keep it
         if topic not in self._topics:
             # Load the producer's metadata now, so append never waits for it on the loop.
             producer = self._appender.kafka
@@ -581,20 +582,32 @@ class KafkaLog(Log):
     async def delete_topic(self, topic: str) -> None:
         self._check_open()
         self._topics.pop(topic, None)
-        await _call(
-            self._reader_thread,
-            f"letting go of topic {topic}",
-            lambda: self._forget_in_reader(topic),
-            2 * self._timeout,
-        )
+        await self._let_go_in_reader(topic)
         await _call(
             self._admin_thread,
             f"deleting topic {topic}",
             lambda: self._delete_topic(topic),
             3 * self._timeout,
         )
-        self._deleted.add(topic)
-        self._deleted -= _forget_in_producer(self._appender.kafka, self._deleted)
+        self._let_go_in_producer(topic)
+
+    async def forget_topic(self, topic: str) -> None:
+        """The reader and the producer let the topic go (see :meth:`Log.forget_topic`)."""
+        self._check_open()
+        await self._let_go_in_reader(topic)
+        self._let_go_in_producer(topic)
+
+    async def _let_go_in_reader(self, topic: str) -> None:
+        await _call(
+            self._reader_thread,
+            f"letting go of topic {topic}",
+            lambda: self._forget_in_reader(topic),
+            2 * self._timeout,
+        )
+
+    def _let_go_in_producer(self, topic: str) -> None:
+        self._forgotten.add(topic)
+        self._forgotten -= _forget_in_producer(self._appender.kafka, self._forgotten)
 
     def _forget_in_reader(self, topic: str) -> None:
         """Close the reader if it last read ``topic`` (reader thread): a consumer keeps the
@@ -676,6 +689,8 @@ class KafkaLog(Log):
         if self._failure is not None:
             future.set_exception(self._failure)
             return future
+        if self._forgotten:
+            self._forgotten.discard(topic)  # appended to again: the producer keeps it
         if not records:
             future.set_result([])
             return future
@@ -1056,8 +1071,8 @@ def _closed(future: asyncio.Future[None]) -> None:
 
 
 def _forget_in_producer(producer: Any, topics: set[str]) -> set[str]:
-    """Make a kafka-python producer forget deleted ``topics``; return those it had
-    already forgotten.
+    """Make a kafka-python producer forget ``topics`` (deleted, or let go); return those
+    it had already forgotten.
 
     The producer keeps every topic it ever sent to: in the topics of its metadata
     requests, which make a broker that auto-creates topics whatever the request says
@@ -1067,7 +1082,8 @@ def _forget_in_producer(producer: Any, topics: set[str]) -> set[str]:
     has no public call for this; its ``_metadata._topics`` and ``_accumulator._batches``
     are used, and a producer without them is left alone. The sender can put an empty
     queue back in a race (a ``defaultdict`` read between its snapshot of the keys and the
-    read), so a topic is forgotten again at each deletion until a pass finds it gone."""
+    read), so a topic is forgotten again at each pass until one finds it gone. A topic
+    forgotten and then appended to is learnt anew by the producer's ``send``."""
     metadata: Any = getattr(producer, "_metadata", None)
     known = getattr(metadata, "_topics", None)
     batches = getattr(getattr(producer, "_accumulator", None), "_batches", None)

@@ -268,3 +268,28 @@ async def test_a_chain_round_trips_on_kafka_and_old_segments_are_deleted(
     finally:
         await writer_log.close()
         await reader_log.close()
+
+
+@pytest.mark.kafka
+async def test_segments_another_member_deletes_stay_deleted(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str]
+) -> None:
+    # Kafka clients name every topic they know in their metadata requests, and Tansu
+    # creates a topic a metadata request names: a member that wrote to a segment must
+    # let it go before the member that deletes it does.
+    app = unique_topic("app")
+    member_log = await KafkaLog.open(kafka_bootstrap, client_id="member")
+    coordinator_log = await KafkaLog.open(kafka_bootstrap, client_id="coordinator")
+    try:
+        member = PartitionStore(member_log, app, PARTITIONS)
+        coordinator = PartitionStore(coordinator_log, app, PARTITIONS)
+        for segment in range(3):
+            await member.write(segment, snapshot(segment + 1, {b"a": b"1"}, full=True))
+        await coordinator.write(2, snapshot(3, {b"a": b"2"}, full=True, partition=0))
+        assert await coordinator.delete_segments_below(2) == [0, 1]
+        # A new segment: the member's producer asks for metadata of what it knows.
+        await member.write(3, snapshot(4, {b"a": b"3"}, full=True))
+        assert await coordinator.segments() == [2, 3]
+    finally:
+        await member_log.close()
+        await coordinator_log.close()
