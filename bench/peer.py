@@ -202,7 +202,12 @@ class Deployment:
 
 
 def start(
-    children: Children, mode: str, workdir: Path, broker: Broker | None, interval: float
+    children: Children,
+    mode: str,
+    workdir: Path,
+    broker: Broker | None,
+    interval: float,
+    log_level: str = "warning",
 ) -> Deployment:
     """Start the broker (Kafka modes, unless external), the functions and the runtime
     process(es), in that order (:class:`Children` stops them in reverse)."""
@@ -236,7 +241,7 @@ def start(
         name = "the runtime" if MEMBERS[mode] == 1 else f"runtime {n}"
         runtime = children.start(
             name,
-            runtime_command(module, port, *log_args),
+            runtime_command(module, port, *log_args, log_level=log_level),
             workdir / f"runtime-{n}.log",
         )
         deployment.runtimes.append(runtime)
@@ -302,6 +307,8 @@ class Settings:
     cases: list[str]
     profile: str | None
     profile_dir: Path
+    log_level: str = "warning"
+    """The runtime processes' ``--log-level``."""
 
 
 def cores(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -741,7 +748,7 @@ def run_mode(
             started: list[Child] = []
             try:
                 say(f"{mode}: starting the processes")
-                d = start(children, mode, where, broker, s.committed_interval)
+                d = start(children, mode, where, broker, s.committed_interval, s.log_level)
                 started = d.all()
                 with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                     found = runner.run(measure(d, s, tag, plan))
@@ -925,6 +932,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile-dir", type=Path, default=Path("."), help="where profiles go (default .)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="warning",
+        help="the runtime processes' log level, in their logs (default warning)",
+    )
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else DEFAULTS
     for name, value in preset.items():
@@ -972,6 +985,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.cases,
         args.profile,
         args.profile_dir.resolve(),
+        args.log_level,
     )
     workdir = Path(tempfile.mkdtemp(prefix="statefun-bench-peer-"))
     kafka = "" if broker is None else f" (Kafka: {broker.describe()})"
