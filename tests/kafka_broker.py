@@ -117,6 +117,14 @@ class TansuBroker:
         as with a broker stalled by a long GC pause or a hung disk."""
         assert self._process is not None
         self._process.send_signal(signal.SIGSTOP)
+        # The signal stops each thread when the kernel next schedules it: wait until every
+        # one is stopped, so nothing sent after this returns can still be answered.
+        tasks = Path(f"/proc/{self._process.pid}/task")
+        deadline = time.monotonic() + 5
+        while not all(_stopped(task) for task in tasks.iterdir()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the broker did not stop within 5 s of SIGSTOP")
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """Let a paused broker go on (SIGCONT)."""
@@ -214,3 +222,13 @@ def string_bytes(text: str) -> bytes:
     """A record value of ``io.statefun.types/string``, as StateFun writes it."""
     data = text.encode()
     return b"\x0a" + bytes([len(data)]) + data
+
+
+def _stopped(task: Path) -> bool:
+    """Whether a thread of a process (``/proc/PID/task/TID``) is stopped by a signal (or
+    gone)."""
+    try:
+        stat = (task / "stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
