@@ -194,6 +194,11 @@ class _Settings:
         """The bound of one request, in seconds."""
         return self.request_timeout_ms / 1000
 
+    @property
+    def one_fetch(self) -> float:
+        """Seconds a Kafka poll waits for one fetch: the broker's wait and the round trip."""
+        return (self.fetch_max_wait_ms + _ROUND_SLACK_MS) / 1000
+
     def new_consumer(self, role: str, **config: object) -> Any:
         """A Kafka consumer outside any group, positioned only by ``seek`` (blocks)."""
         _check_reachable(self.bootstrap_servers, self.timeout)
@@ -1131,9 +1136,9 @@ class KafkaLogConsumer(LogConsumer):
     brought and hands out a fair share per partition. While the buffer holds records a
     poll does not wait for Kafka, but it starts a Kafka poll in the background if none
     runs and the pace allows, so records appended elsewhere are never starved by a
-    steady stream of records handed over. A poll whose caller stops waiting (timeout, cancellation)
-    keeps running, and its records stay buffered for the next :meth:`poll`: nothing is
-    lost. :meth:`assign` takes effect at the next Kafka poll.
+    steady stream of records handed over. A Kafka poll whose caller stops waiting
+    (timeout, cancellation) keeps running, and its records stay buffered for the next
+    :meth:`poll`: nothing is lost. :meth:`assign` takes effect at the next Kafka poll.
 
     The records this process appends are handed over (:meth:`offer`), so fetching is
     for other processes' records. While Kafka polls bring nothing new (nothing, or only
@@ -1233,9 +1238,7 @@ class KafkaLogConsumer(LogConsumer):
         if self._buffered and self._fetch is None and self._loop.time() >= self._next_fetch_at:
             # Busy with records handed over: fetch anyway (in the background, one
             # fetch wait), or other processes' records would wait until the buffer empties.
-            self._fetch = self._start_fetch(
-                (self._settings.fetch_max_wait_ms + _ROUND_SLACK_MS) / 1000
-            )
+            self._fetch = self._start_fetch(self._settings.one_fetch)
         while not self._buffered:
             if self._error is not None:
                 error, self._error = self._error, None
@@ -1276,7 +1279,7 @@ class KafkaLogConsumer(LogConsumer):
         generation = self._generation
         seek, self._seek = self._seek, None
         if self._pause > 0:  # paced: one fetch, not a long poll
-            wait = min(wait, (self._settings.fetch_max_wait_ms + _ROUND_SLACK_MS) / 1000)
+            wait = min(wait, self._settings.one_fetch)
         wait_ms = int(wait * 1000)
         self._fetch_due = self._loop.time() + wait
         if self._thread is None:

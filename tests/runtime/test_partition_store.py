@@ -234,62 +234,64 @@ async def test_a_snapshot_interleaved_with_other_records_is_not_written() -> Non
 # --- on Kafka -----------------------------------------------------------------------------
 
 
+@pytest.fixture
+async def two_processes(kafka_bootstrap: str) -> AsyncIterator[tuple[KafkaLog, KafkaLog]]:
+    """The Kafka logs of two processes of one application."""
+    first = await KafkaLog.open(kafka_bootstrap, client_id="first")
+    second = await KafkaLog.open(kafka_bootstrap, client_id="second")
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
 @pytest.mark.kafka
 async def test_a_chain_round_trips_on_kafka_and_old_segments_are_deleted(
-    kafka_bootstrap: str, unique_topic: Callable[[str], str]
+    two_processes: tuple[KafkaLog, KafkaLog], unique_topic: Callable[[str], str]
 ) -> None:
     app = unique_topic("app")
-    writer_log = await KafkaLog.open(kafka_bootstrap, client_id="writer")
-    reader_log = await KafkaLog.open(kafka_bootstrap, client_id="reader")
-    try:
-        writer = PartitionStore(writer_log, app, PARTITIONS, chunk_bytes=100 * 1024)
-        state: dict[bytes, bytes | None] = {
-            f"ns/type/{i}".encode(): os.urandom(100) for i in range(3_000)
-        }
-        await writer.write(0, snapshot(1, {b"gone": b"1"}, full=True, partition=2))
-        chain = [await writer.write(1, snapshot(2, state, full=True, partition=2))]
-        assert chain[0].count > 2
-        for checkpoint in range(3, 6):
-            delta = {f"ns/type/{checkpoint}".encode(): None, b"new": str(checkpoint).encode()}
-            chain.append(await writer.write(1, snapshot(checkpoint, delta, partition=2)))
-            state.update(delta)
-        assert await writer.delete_segments_below(1) == [0]
+    writer_log, reader_log = two_processes
+    writer = PartitionStore(writer_log, app, PARTITIONS, chunk_bytes=100 * 1024)
+    state: dict[bytes, bytes | None] = {
+        f"ns/type/{i}".encode(): os.urandom(100) for i in range(3_000)
+    }
+    await writer.write(0, snapshot(1, {b"gone": b"1"}, full=True, partition=2))
+    chain = [await writer.write(1, snapshot(2, state, full=True, partition=2))]
+    assert chain[0].count > 2
+    for checkpoint in range(3, 6):
+        delta = {f"ns/type/{checkpoint}".encode(): None, b"new": str(checkpoint).encode()}
+        chain.append(await writer.write(1, snapshot(checkpoint, delta, partition=2)))
+        state.update(delta)
+    assert await writer.delete_segments_below(1) == [0]
 
-        # Another process restores: it opens the segment the writer created.
-        reader = PartitionStore(reader_log, app, PARTITIONS)
-        restored = await reader.read(chain)
-        assert restored.state == {k: v for k, v in state.items() if v is not None}
-        assert restored.parts == {"worker": b"worker@5"}
-        assert restored.checkpoint == 5
-        assert await reader.segments() == [1]
-        assert writer.segment_topic(0) not in await reader_log.list_topics()
-        with pytest.raises(StoreDamaged, match="not its chunk"):
-            await reader.read([replace(chain[0], offset=chain[0].offset + 1)])
-    finally:
-        await writer_log.close()
-        await reader_log.close()
+    # Another process restores: it opens the segment the writer created.
+    reader = PartitionStore(reader_log, app, PARTITIONS)
+    restored = await reader.read(chain)
+    assert restored.state == {k: v for k, v in state.items() if v is not None}
+    assert restored.parts == {"worker": b"worker@5"}
+    assert restored.checkpoint == 5
+    assert await reader.segments() == [1]
+    assert writer.segment_topic(0) not in await reader_log.list_topics()
+    with pytest.raises(StoreDamaged, match="not its chunk"):
+        await reader.read([replace(chain[0], offset=chain[0].offset + 1)])
 
 
 @pytest.mark.kafka
 async def test_segments_another_member_deletes_stay_deleted(
-    kafka_bootstrap: str, unique_topic: Callable[[str], str]
+    two_processes: tuple[KafkaLog, KafkaLog], unique_topic: Callable[[str], str]
 ) -> None:
     # Kafka clients name every topic they know in their metadata requests, and Tansu
     # creates a topic a metadata request names: a member that wrote to a segment must
     # let it go before the member that deletes it does.
     app = unique_topic("app")
-    member_log = await KafkaLog.open(kafka_bootstrap, client_id="member")
-    coordinator_log = await KafkaLog.open(kafka_bootstrap, client_id="coordinator")
-    try:
-        member = PartitionStore(member_log, app, PARTITIONS)
-        coordinator = PartitionStore(coordinator_log, app, PARTITIONS)
-        for segment in range(3):
-            await member.write(segment, snapshot(segment + 1, {b"a": b"1"}, full=True))
-        await coordinator.write(2, snapshot(3, {b"a": b"2"}, full=True, partition=0))
-        assert await coordinator.delete_segments_below(2) == [0, 1]
-        # A new segment: the member's producer asks for metadata of what it knows.
-        await member.write(3, snapshot(4, {b"a": b"3"}, full=True))
-        assert await coordinator.segments() == [2, 3]
-    finally:
-        await member_log.close()
-        await coordinator_log.close()
+    member_log, coordinator_log = two_processes
+    member = PartitionStore(member_log, app, PARTITIONS)
+    coordinator = PartitionStore(coordinator_log, app, PARTITIONS)
+    for segment in range(3):
+        await member.write(segment, snapshot(segment + 1, {b"a": b"1"}, full=True))
+    await coordinator.write(2, snapshot(3, {b"a": b"2"}, full=True, partition=0))
+    assert await coordinator.delete_segments_below(2) == [0, 1]
+    # A new segment: the member's producer asks for metadata of what it knows.
+    await member.write(3, snapshot(4, {b"a": b"3"}, full=True))
+    assert await coordinator.segments() == [2, 3]
