@@ -59,12 +59,12 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from runtime.checkpoints.snapshot import MessageId, Overflow, PendingMessage, message_id_text
-from runtime.errors import CallFailed
+from runtime.errors import CallFailed, LogError
 from runtime.health import FunctionTypeHealth
 from runtime.metrics import (
     FailureKind,
@@ -825,11 +825,7 @@ class Dispatcher:
         lane.in_flight += 1
         if alone:
             lane.retries_in_flight += 1
-        task = asyncio.create_task(
-            self._call(lane, mailboxes, FunctionRequest(batches), alone, probe)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._call(lane, mailboxes, FunctionRequest(batches), alone, probe))
 
     async def _call(
         self,
@@ -1101,9 +1097,7 @@ class Dispatcher:
             finally:
                 lane.learning = False
 
-        task = asyncio.create_task(describe())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(describe())
 
     def _park_unserved(self, mailbox: Mailbox) -> None:
         """The endpoint says it serves no such type: park what the mailbox holds (what
@@ -1246,9 +1240,7 @@ class Dispatcher:
         if mailbox.rereading or mailbox.overflow_from is None or self.stopped:
             return
         mailbox.rereading = True
-        task = asyncio.create_task(self._reread_address(mailbox))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._reread_address(mailbox))
 
     def _address_bound(self, mailbox: Mailbox) -> int:
         """Where an address's messages left in the log end: at the read position, or where
@@ -1265,15 +1257,17 @@ class Dispatcher:
                 room = mailbox.lane.endpoint.max_num_batch_requests - len(mailbox.waiting)
                 if room <= 0:
                     return
-                found, scanned = await self._host.reread(
+                read = await self._reread(
                     mailbox.partition,
                     mailbox.overflow_from,
                     self._address_bound(mailbox),
                     room,
                     address.__eq__,
+                    address,
                 )
-                if self._stopped():
+                if read is None or self._stopped():
                     return
+                found, scanned = read
                 # No await from here to the next read: what arrived meanwhile was left in the
                 # log, behind the bound checked now.
                 for _, invocation in found:
@@ -1287,14 +1281,33 @@ class Dispatcher:
         if not self.stopped and mailbox.in_flight is None:
             self._next(mailbox)
 
+    async def _reread(
+        self,
+        partition: int,
+        offset: int,
+        stop: int | None,
+        limit: int,
+        wanted: Callable[[Address], bool],
+        address: Address | None = None,
+    ) -> tuple[list[tuple[Address, PendingInvocation]], int] | None:
+        """The host's :meth:`~DispatchHost.reread`; None if the log could not be read,
+        after asking for a rollback: messages left in the log with no way to read them
+        again would wait, unseen, until the next generation."""
+        try:
+            return await self._host.reread(partition, offset, stop, limit, wanted)
+        except LogError as e:
+            if not self._stopped():
+                self._host.fail(
+                    Failure(f"reading the log again from {partition}@{offset} failed: {e}", address)
+                )
+            return None
+
     def _read_type_overflow(self, kind: FunctionType) -> None:
         for partition in list(kind.overflow):
             if partition in kind.rereading or self.stopped:
                 continue
             kind.rereading.add(partition)
-            task = asyncio.create_task(self._reread_type(kind, partition))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._reread_type(kind, partition))
 
     async def _reread_type(self, kind: FunctionType, partition: int) -> None:
         """Deliver the messages of a type that stayed in the log while it was held back,
@@ -1313,15 +1326,16 @@ class Dispatcher:
             if offset is None:
                 return
             await self.room.wait()
-            found, scanned = await self._host.reread(
+            read = await self._reread(
                 partition,
                 offset,
                 None,
                 self.config.max_batches_per_request * 16,
                 lambda a: a.function_type == name,
             )
-            if self._stopped() or kind.overflow.get(partition) != offset:
+            if read is None or self._stopped() or kind.overflow.get(partition) != offset:
                 return
+            found, scanned = read
             # No await from here: deliveries of the type past ``scanned`` were left in the
             # log, and the bound is the read position now.
             del kind.overflow[partition]
@@ -1330,6 +1344,23 @@ class Dispatcher:
                     self._host.park(target, invocation, self.unserved_reason(target.function_type))
             if scanned < self._host.position(partition) and partition not in kind.overflow:
                 kind.overflow[partition] = scanned
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task of the dispatcher (cancelled by :meth:`stop`)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A task that raised left its mailbox or type waiting for an answer that will not
+        come: ask for a rollback, rather than stall unseen until the next generation."""
+        self._tasks.discard(task)
+        if task.cancelled() or (error := task.exception()) is None or self.stopped:
+            return
+        log.error("the dispatcher failed unexpectedly", exc_info=error)
+        self._host.fail(Failure(f"the dispatcher failed unexpectedly: {error!r}", cause="other"))
 
     # --- logging ----------------------------------------------------------------------------
 

@@ -218,6 +218,16 @@ class Worker:
         ]
         if self._replay_ends:
             self._tasks.append(asyncio.create_task(self._end_replay(), name="replay-check"))
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A task of the worker ended by an error nothing expected: without it the worker
+        would stop reading (or firing timers) unseen, so the generation rolls back."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        log.error("the worker's task %s failed unexpectedly", task.get_name(), exc_info=error)
+        self.fail(Failure(f"the worker's task {task.get_name()} failed: {error!r}", cause="other"))
 
     async def _sweep_expired(self) -> None:
         while True:
@@ -230,7 +240,8 @@ class Worker:
         the checkpoint)."""
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # One that failed did so already in _task_done.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if drain:
             await self.dispatcher.drain(self.config.shutdown_grace)

@@ -21,7 +21,7 @@ from runtime.dispatcher import (
     Failure,
     PendingInvocation,
 )
-from runtime.errors import CallFailed
+from runtime.errors import CallFailed, LogError
 from statefun.address import Address, TypeName
 from statefun.module_spec import (
     FailurePolicy,
@@ -128,6 +128,8 @@ class FakeHost:
     log: dict[int, list[tuple[Address, PendingInvocation]]] = field(default_factory=dict)
     position_of: dict[int, int] = field(default_factory=dict)
     registered: dict[TypeName, list[str]] = field(default_factory=dict)
+    read_fails: str | None = None
+    """Reading the log again raises a LogError with this message (a stalled broker)."""
 
     def batch_for(
         self, address: Address, invocations: Sequence[PendingInvocation]
@@ -170,6 +172,8 @@ class FakeHost:
     ) -> Awaitable[tuple[list[tuple[Address, PendingInvocation]], int]]:
         async def read() -> tuple[list[tuple[Address, PendingInvocation]], int]:
             await asyncio.sleep(0)
+            if self.read_fails is not None:
+                raise LogError(self.read_fails)
             end = self.position(partition) if stop is None else stop
             found, scanned = [], offset
             for target, invocation in self.log.get(partition, []):
@@ -570,6 +574,48 @@ async def test_an_address_past_its_batch_cap_overflows_to_the_log_in_order() -> 
     assert h.host.values("hot") == [str(i).encode() for i in range(20)]
     assert h.dispatcher.overflow() == []
     assert h.dispatcher.buffered == 0
+
+
+async def test_an_address_whose_overflow_cannot_be_read_asks_for_a_rollback() -> None:
+    # Left alone, the address would keep its messages in the log with nothing to read
+    # them again until the next generation: a silent stall.
+    h = Harness(ok, module(batch=4), DispatchConfig(max_concurrent_requests=1))
+    h.host.read_fails = "no records within the timeout"
+    for i in range(20):
+        h.send("hot", str(i).encode())
+    await h.clock.advance(1.0)
+    assert h.host.values("hot") == [str(i).encode() for i in range(4)]
+    (failure,) = h.host.failures
+    assert failure.cause == "log"
+    assert "no records within the timeout" in failure.reason
+    assert failure.address == Address("ex", "f", "hot")
+
+
+async def test_a_type_whose_overflow_cannot_be_read_asks_for_a_rollback() -> None:
+    h = Harness()
+    h.dispatcher.pause(TypeName("ex", "f"))
+    for i in range(10):
+        h.send(f"a{i % 3}", str(i).encode())
+    h.host.read_fails = "the broker is gone"
+    h.dispatcher.resume(TypeName("ex", "f"))
+    await h.clock.advance(1.0)
+    assert h.host.applied == []
+    (failure,) = h.host.failures
+    assert failure.cause == "log"
+    assert "the broker is gone" in failure.reason
+
+
+async def test_an_unexpected_error_applying_a_result_asks_for_a_rollback() -> None:
+    def broken(address: Address, result: InvocationResult) -> str | None:
+        raise RuntimeError("a bug in the host")
+
+    h = Harness()
+    h.host.refuse = broken
+    h.send("a", b"1")
+    await h.clock.advance(1.0)
+    (failure,) = h.host.failures
+    assert failure.cause == "other"
+    assert "a bug in the host" in failure.reason
 
 
 async def test_a_held_address_keeps_no_new_messages_in_memory() -> None:

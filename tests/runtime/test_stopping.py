@@ -92,3 +92,47 @@ def test_the_coordinator_stops_even_when_a_checkpoint_just_completed(turns: int)
         return bool(done)
 
     assert asyncio.run(scenario()), "CheckpointCoordinator.stop() did not return within 2 s"
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_task_that_fails_unexpectedly_rolls_the_runtime_back() -> None:
+    # Before, the consume task died with the error, unseen: the worker read nothing more,
+    # checkpoints went on, and every message after it waited until the next rollback.
+    from runtime.app import Runtime, RuntimeConfig
+    from runtime.checkpoints.coordinator import CheckpointConfig
+    from runtime.envelope import Envelope
+    from statefun.address import Address
+    from statefun.module_spec import parse_module_spec
+    from statefun.values import TypedValue
+
+    spec = parse_module_spec(
+        "kind: io.statefun.endpoints.v2/http\n"
+        "spec: {functions: verify/*, urlPathTemplate: 'http://127.0.0.1:9/statefun'}\n"
+    )
+
+    async def scenario() -> None:
+        runtime = await Runtime.open(
+            RuntimeConfig(module=spec, checkpoints=CheckpointConfig(interval=0))
+        )
+        await runtime.start()
+        try:
+            worker = runtime.worker
+            assert worker is not None
+
+            def broken(*args: Any) -> bool:
+                raise RuntimeError("a bug in the dispatcher")
+
+            worker.dispatcher.deliver = broken  # type: ignore[method-assign]
+            record = Envelope(
+                Address.parse("verify/f/a"), None, TypedValue("t/v", b"1")
+            ).to_record()
+            runtime.log.append(runtime.topics.messages, 0, [record])
+            async with asyncio.timeout(20):
+                while runtime.worker is worker or runtime.worker is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            rollbacks = runtime.metrics.rollbacks.labels("other")._value.get()
+            assert rollbacks == 1
+        finally:
+            await runtime.stop()
+
+    asyncio.run(scenario())
