@@ -115,7 +115,8 @@ class KafkaIngressReader:
                     self._positions[topic, p] = restored.get((topic, p), 0)
                 else:
                     self._positions[topic, p] = committed.get(p, starts[p])
-        self._consumer = self._cluster.consumer()
+        # Topics others write: transaction markers and compaction leave gaps.
+        self._consumer = self._cluster.consumer(dense=False)
         self._consumer.assign({TopicPartition(t, p): o for (t, p), o in self._positions.items()})
         self._task = asyncio.create_task(self._run(), name=f"kafka-ingress {self.spec.id}")
         log.info(

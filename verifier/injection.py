@@ -140,8 +140,8 @@ class FaultyLog(Log):
     async def start_offsets(self, topic: str, at: str | int = "earliest") -> list[int]:
         return await self._inner.start_offsets(topic, at)
 
-    def consumer(self) -> LogConsumer:
-        return self._inner.consumer()
+    def consumer(self, *, dense: bool = True) -> LogConsumer:
+        return self._inner.consumer(dense=dense)
 
     async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         if self._switch.on:

@@ -228,7 +228,11 @@ class Log(abc.ABC):
         milliseconds (the end if there is none)."""
 
     @abc.abstractmethod
-    def consumer(self) -> LogConsumer: ...
+    def consumer(self, *, dense: bool = True) -> LogConsumer:
+        """A consumer of this log. ``dense``: the topics it reads have no gaps in their
+        offsets (only this application's plain appends write them: no transactions, no
+        compaction), so a record handed over past a missing one is the broker's race, not
+        a gap: the missing ones are read again first. False for topics others write."""
 
     @abc.abstractmethod
     async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:

@@ -109,6 +109,8 @@ _DRAIN = 1_000_000
 _ROUND_SLACK_MS = 2
 """A paced Kafka poll waits for one fetch: the broker's wait plus this much for the round
 trip."""
+_MISSING_WARN_AFTER = 50
+"""Kafka polls in a row that skip the same offset of a dense topic before it is logged."""
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
@@ -902,7 +904,8 @@ class KafkaLog(Log):
         return self._reader
 
     def _read(self, tp: TopicPartition, offset: int, max_records: int) -> list[StoredRecord]:
-        """Durable records from ``offset`` (reader thread).
+        """Durable records from ``offset`` (reader thread), with no offset missing: every
+        topic read here is written only by this application's plain appends.
 
         ListOffsets answers a lower bound of the end (exact on Kafka, possibly one past
         the last batch's base offset on Tansu). Records below it exist, so the fetch only
@@ -927,9 +930,19 @@ class KafkaLog(Log):
             records = reader.poll(timeout_ms=wait_ms, max_records=_DRAIN).get(ktp)
             if not records:
                 continue
-            out.extend(_stored(r) for r in records if r.offset >= offset)
+            want = offset + len(out)
+            for record in records:
+                if record.offset < want:
+                    continue
+                if record.offset > want:
+                    # Every topic read here is dense: a later batch came before an earlier
+                    # one was visible (Tansu's race). Read again from the missing record.
+                    reader.seek(ktp, want)
+                    break
+                out.append(_stored(record))
+                want += 1
             end = max(listed, reader.highwater(ktp) or 0)
-            if len(out) >= max_records or records[-1].offset + 1 >= end:
+            if len(out) >= max_records or want >= end:
                 return out[:max_records]
 
     def _end_offsets(self, topic: str, count: int) -> list[int]:
@@ -959,9 +972,9 @@ class KafkaLog(Log):
                     unconfirmed.discard(ktp)
         return [ends[ktp] for ktp in tps]
 
-    def consumer(self) -> KafkaLogConsumer:
+    def consumer(self, *, dense: bool = True) -> KafkaLogConsumer:
         self._check_open()
-        consumer = KafkaLogConsumer(self, f"consumer-{next(self._consumer_ids)}")
+        consumer = KafkaLogConsumer(self, f"consumer-{next(self._consumer_ids)}", dense=dense)
         self._consumers.add(consumer)
         return consumer
 
@@ -1149,10 +1162,17 @@ class KafkaLogConsumer(LogConsumer):
     ``fetch_max_wait_ms``. (The Kafka consumer is not moved past the records handed
     over: that saved little next to the pacing, and every seek makes kafka-python
     validate the new position against the leader before it fetches again.)
+
+    A *dense* consumer (the default: topics only this application appends to) never hands
+    out a record past a missing one: a Kafka poll that skips offsets (Tansu can make a
+    later batch visible before an earlier one) is cut at the gap, and the partition read
+    again from the missing offset. Topics others write (the Kafka ingress) have gaps of
+    their own (transaction markers, compaction): ``dense=False`` takes them as they come.
     """
 
-    def __init__(self, log: KafkaLog, role: str) -> None:
+    def __init__(self, log: KafkaLog, role: str, *, dense: bool = True) -> None:
         self._log = log
+        self._dense = dense
         self._loop = log._loop
         self._settings = log._settings
         self._role = role
@@ -1161,6 +1181,10 @@ class KafkaLogConsumer(LogConsumer):
         self._positions: dict[TopicPartition, int] = {}
         self._buffered: dict[TopicPartition, deque[StoredRecord]] = {}
         self._seek: dict[TopicPartition, int] | None = None  # to apply at the next Kafka poll
+        self._reseek: dict[TopicPartition, int] = {}
+        """Partitions to read again from a missing offset at the next Kafka poll (dense)."""
+        self._missing: tuple[TopicPartition, int, int] | None = None
+        """The last offset found missing, and how many Kafka polls in a row missed it."""
         self._generation = 0  # bumped by assign: results of earlier Kafka polls are stale
         self._fetch: asyncio.Future[dict[TopicPartition, list[StoredRecord]]] | None = None
         self._fetch_due = 0.0
@@ -1184,6 +1208,7 @@ class KafkaLogConsumer(LogConsumer):
         self._positions = dict(positions)
         self._buffered = {}
         self._seek = dict(positions)
+        self._reseek = {}
         self._generation += 1
         self._error = None
 
@@ -1278,20 +1303,25 @@ class KafkaLogConsumer(LogConsumer):
     def _start_fetch(self, wait: float) -> asyncio.Future[dict[TopicPartition, list[StoredRecord]]]:
         generation = self._generation
         seek, self._seek = self._seek, None
+        reseek, self._reseek = self._reseek, {}
         if self._pause > 0:  # paced: one fetch, not a long poll
             wait = min(wait, self._settings.one_fetch)
         wait_ms = int(wait * 1000)
         self._fetch_due = self._loop.time() + wait
         if self._thread is None:
             self._thread = _ClientThread(f"{self._settings.client_id}-{self._role}", self._loop)
-        fetch = self._thread.submit(lambda: self._fetch_records(seek, wait_ms))
+        fetch = self._thread.submit(lambda: self._fetch_records(seek, reseek, wait_ms))
         fetch.add_done_callback(lambda f: self._fetched(generation, f))
         return fetch
 
     def _fetch_records(
-        self, seek: dict[TopicPartition, int] | None, wait_ms: int
+        self,
+        seek: dict[TopicPartition, int] | None,
+        reseek: dict[TopicPartition, int],
+        wait_ms: int,
     ) -> dict[TopicPartition, list[StoredRecord]]:
-        """One Kafka poll (consumer thread)."""
+        """One Kafka poll (consumer thread), after moving to ``seek`` (every partition
+        assigned) and then to ``reseek`` (some of them)."""
         if self._kafka is None:
             self._kafka = self._settings.new_consumer(self._role)
         consumer = self._kafka
@@ -1299,6 +1329,8 @@ class KafkaLogConsumer(LogConsumer):
             consumer.assign([KafkaTopicPartition(tp.topic, tp.partition) for tp in seek])
             for tp, offset in seek.items():
                 consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
+        for tp, offset in reseek.items():
+            consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
         batches = consumer.poll(timeout_ms=wait_ms, max_records=_DRAIN)
         for ktp in consumer.assignment():
             # Fetch responses carry it: knowing it costs no request of its own.
@@ -1319,6 +1351,7 @@ class KafkaLogConsumer(LogConsumer):
         if error is not None:
             # Start over from the positions handed out, whatever the Kafka consumer read.
             self._seek = dict(self._positions)
+            self._reseek = {}
             if isinstance(error, LogError):
                 self._error = error
             else:
@@ -1332,15 +1365,44 @@ class KafkaLogConsumer(LogConsumer):
                 expected = self._next(tp)
                 if records[0].offset < expected:
                     records = [r for r in records if r.offset >= expected]
+                if self._dense:
+                    records = self._up_to_a_gap(tp, expected, records)
                 if records:
                     self._buffered.setdefault(tp, deque()).extend(records)
                     new = True
-        if new:
+        if new or self._reseek:
             self._pause = 0.0
         else:
             least = self._settings.fetch_max_wait_ms / 1000
             self._pause = min(max(2 * self._pause, least), self._settings.fetch_pause_max_ms / 1000)
         self._next_fetch_at = self._loop.time() + self._pause
+
+    def _up_to_a_gap(
+        self, tp: TopicPartition, expected: int, records: list[StoredRecord]
+    ) -> list[StoredRecord]:
+        """The records that continue at ``expected`` without a gap; past a gap the
+        partition is read again from the missing offset. Tansu can answer a fetch with a
+        batch appended after one that is not visible yet (two producers appending at
+        once): taking it would skip the earlier batch for good."""
+        for i, record in enumerate(records):
+            if record.offset != expected + i:
+                missing = expected + i
+                self._reseek[tp] = missing
+                seen = self._missing
+                times = seen[2] + 1 if seen is not None and seen[:2] == (tp, missing) else 1
+                self._missing = (tp, missing, times)
+                if times == _MISSING_WARN_AFTER:
+                    logger.warning(
+                        "%s: %d Kafka polls in a row brought records past offset %d, never "
+                        "that one; reading it again",
+                        tp,
+                        times,
+                        missing,
+                    )
+                return records[:i]
+        if self._missing is not None and self._missing[0] == tp:
+            self._missing = None
+        return records
 
     def _take(self, max_records: int) -> dict[TopicPartition, list[StoredRecord]]:
         # Rotate the starting partition so a busy partition cannot starve the others.

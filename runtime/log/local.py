@@ -225,7 +225,7 @@ class LocalLog(Log):
         await self._drop(tp, before)
         return before
 
-    def consumer(self) -> LogConsumer:
+    def consumer(self, *, dense: bool = True) -> LogConsumer:
         return LocalConsumer(self)
 
 

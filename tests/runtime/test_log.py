@@ -881,3 +881,73 @@ async def test_kafka_appends_after_a_record_not_yet_read_are_read_from_kafka_in_
     await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 1, b"next")
     assert [(r.offset, r.value) for r in await poll_until(consumer, tp, 1)] == [(4, b"next")]
     await consumer.close()
+
+
+def _hide_once(records: list[Any], hidden: set[int], done: list[bool]) -> list[Any]:
+    """``records`` without the offsets in ``hidden``, the first time they would be seen."""
+    if done or not any(r.offset in hidden for r in records):
+        return records
+    done.append(True)
+    return [r for r in records if r.offset not in hidden]
+
+
+def _racing_fetches(consumer: Any, tp: TopicPartition, hidden: set[int]) -> Any:
+    """``consumer``'s Kafka polls as Tansu answers one that races two producers: records
+    past ``hidden`` arrive while those are not visible yet (the Kafka consumer moves past
+    them all the same)."""
+    fetch = consumer._fetch_records
+    done: list[bool] = []
+
+    def racing(*args: Any) -> Any:
+        fetched = fetch(*args)
+        if tp in fetched:
+            fetched[tp] = _hide_once(fetched[tp], hidden, done)
+        return fetched
+
+    return racing
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("dense", [True, False])
+async def test_kafka_a_poll_that_skips_records_is_read_again_from_the_first_missing(
+    kafka_log: KafkaLog,
+    kafka_bootstrap: str,
+    topic: str,
+    monkeypatch: pytest.MonkeyPatch,
+    dense: bool,
+) -> None:
+    tp = TopicPartition(topic, 0)
+    for i in range(5):
+        await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 0, b"%d" % i)
+    consumer = kafka_log.consumer(dense=dense)
+    consumer.assign({tp: 0})
+    monkeypatch.setattr(consumer, "_fetch_records", _racing_fetches(consumer, tp, {1, 2}))
+    if dense:
+        # Our own topics have no gaps: the skipped records are read again, in order.
+        got = await poll_until(consumer, tp, 5)
+        assert [(r.offset, r.value) for r in got] == [(i, b"%d" % i) for i in range(5)]
+    else:
+        # A topic others write may have gaps of its own (transaction markers): as it comes.
+        got = await poll_until(consumer, tp, 3)
+        assert [r.offset for r in got] == [0, 3, 4]
+    await consumer.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_a_read_that_skips_records_reads_them_again(
+    kafka_log: KafkaLog, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(4):
+        await kafka_log.append(topic, 2, [Record(b"%d" % i)])
+    done: list[bool] = []
+    reader = kafka_log._reader_consumer()
+    poll = reader.poll
+
+    def racing_poll(*args: Any, **kwargs: Any) -> Any:
+        polled = poll(*args, **kwargs)
+        return {ktp: _hide_once(records, {1}, done) for ktp, records in polled.items()}
+
+    monkeypatch.setattr(reader, "poll", racing_poll)
+    got = await kafka_log.read(topic, 2, 0)
+    assert done  # the race happened
+    assert [(r.offset, r.value) for r in got] == [(i, b"%d" % i) for i in range(4)]

@@ -122,7 +122,7 @@ def test_a_worker_task_that_fails_unexpectedly_rolls_the_runtime_back() -> None:
             def broken(*args: Any) -> bool:
                 raise RuntimeError("a bug in the dispatcher")
 
-            worker.dispatcher.deliver = broken  # type: ignore[method-assign]
+            worker.dispatcher.deliver = broken  # type: ignore[method-assign,assignment]
             record = Envelope(
                 Address.parse("verify/f/a"), None, TypedValue("t/v", b"1")
             ).to_record()
