@@ -18,24 +18,31 @@ import pytest
 # through.
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("turns", [0, 1, 2])
-def test_a_rollback_stops_the_worker_even_when_a_record_just_became_durable(turns: int) -> None:
+async def _started_runtime() -> Any:
+    """A started embedded runtime whose functions' endpoint never answers, without
+    checkpoints."""
     from runtime.app import Runtime, RuntimeConfig
     from runtime.checkpoints.coordinator import CheckpointConfig
-    from runtime.log import Record
     from statefun.module_spec import parse_module_spec
 
     spec = parse_module_spec(
         "kind: io.statefun.endpoints.v2/http\n"
         "spec: {functions: verify/*, urlPathTemplate: 'http://127.0.0.1:9/statefun'}\n"
     )
+    runtime = await Runtime.open(
+        RuntimeConfig(module=spec, checkpoints=CheckpointConfig(interval=0))
+    )
+    await runtime.start()
+    return runtime
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("turns", [0, 1, 2])
+def test_a_rollback_stops_the_worker_even_when_a_record_just_became_durable(turns: int) -> None:
+    from runtime.log import Record
 
     async def scenario() -> bool:
-        runtime = await Runtime.open(
-            RuntimeConfig(module=spec, checkpoints=CheckpointConfig(interval=0))
-        )
-        await runtime.start()
+        runtime = await _started_runtime()
         await asyncio.sleep(0.3)  # the worker waits in poll()
         worker = runtime.worker
         assert worker is not None
@@ -98,23 +105,12 @@ def test_the_coordinator_stops_even_when_a_checkpoint_just_completed(turns: int)
 def test_a_worker_task_that_fails_unexpectedly_rolls_the_runtime_back() -> None:
     # Before, the consume task died with the error, unseen: the worker read nothing more,
     # checkpoints went on, and every message after it waited until the next rollback.
-    from runtime.app import Runtime, RuntimeConfig
-    from runtime.checkpoints.coordinator import CheckpointConfig
     from runtime.envelope import Envelope
     from statefun.address import Address
-    from statefun.module_spec import parse_module_spec
     from statefun.values import TypedValue
 
-    spec = parse_module_spec(
-        "kind: io.statefun.endpoints.v2/http\n"
-        "spec: {functions: verify/*, urlPathTemplate: 'http://127.0.0.1:9/statefun'}\n"
-    )
-
     async def scenario() -> None:
-        runtime = await Runtime.open(
-            RuntimeConfig(module=spec, checkpoints=CheckpointConfig(interval=0))
-        )
-        await runtime.start()
+        runtime = await _started_runtime()
         try:
             worker = runtime.worker
             assert worker is not None
