@@ -532,6 +532,7 @@ class Driver:
         """A py-spy profile of the (first) runtime process, if asked for this case now."""
         if self._profile_now is None:
             return None
+        self.s.profile_dir.mkdir(parents=True, exist_ok=True)
         path = self.s.profile_dir / f"peer-profile-{self.d.mode}-{self._profile_now}.folded"
         return Profiler(self.d.runtimes[0].pid, path)
 
