@@ -115,7 +115,7 @@ class KafkaIngressReader:
                     self._positions[topic, p] = restored.get((topic, p), 0)
                 else:
                     self._positions[topic, p] = committed.get(p, starts[p])
-        # Topics others write: transaction markers and compaction leave gaps.
+        # Topics others write: transaction markers and compaction leave gaps of their own.
         self._consumer = self._cluster.consumer(dense=False)
         self._consumer.assign({TopicPartition(t, p): o for (t, p), o in self._positions.items()})
         self._task = asyncio.create_task(self._run(), name=f"kafka-ingress {self.spec.id}")

@@ -231,8 +231,9 @@ class Log(abc.ABC):
     def consumer(self, *, dense: bool = True) -> LogConsumer:
         """A consumer of this log. ``dense``: the topics it reads have no gaps in their
         offsets (only this application's plain appends write them: no transactions, no
-        compaction), so a record handed over past a missing one is the broker's race, not
-        a gap: the missing ones are read again first. False for topics others write."""
+        compaction), so a record past a missing one is the broker's race, never a gap:
+        the missing ones are read until they come. False for topics others write: a gap
+        found again when read again is taken as the topic's own."""
 
     @abc.abstractmethod
     async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:

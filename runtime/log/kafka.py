@@ -1163,11 +1163,12 @@ class KafkaLogConsumer(LogConsumer):
     over: that saved little next to the pacing, and every seek makes kafka-python
     validate the new position against the leader before it fetches again.)
 
-    A *dense* consumer (the default: topics only this application appends to) never hands
-    out a record past a missing one: a Kafka poll that skips offsets (Tansu can make a
-    later batch visible before an earlier one) is cut at the gap, and the partition read
-    again from the missing offset. Topics others write (the Kafka ingress) have gaps of
-    their own (transaction markers, compaction): ``dense=False`` takes them as they come.
+    A Kafka poll that skips offsets is cut at the gap, and the partition read again from
+    the missing offset: Tansu can make a later batch visible before an earlier one. A
+    *dense* consumer (the default: topics only this application appends to) never hands
+    out a record past a missing one. Topics others write (the Kafka ingress) have gaps of
+    their own (transaction markers, compaction): with ``dense=False`` a gap that the read
+    again finds too is taken, at the cost of one more fetch per such gap.
     """
 
     def __init__(self, log: KafkaLog, role: str, *, dense: bool = True) -> None:
@@ -1183,8 +1184,8 @@ class KafkaLogConsumer(LogConsumer):
         self._seek: dict[TopicPartition, int] | None = None  # to apply at the next Kafka poll
         self._reseek: dict[TopicPartition, int] = {}
         """Partitions to read again from a missing offset at the next Kafka poll (dense)."""
-        self._missing: tuple[TopicPartition, int, int] | None = None
-        """The last offset found missing, and how many Kafka polls in a row missed it."""
+        self._missing: dict[TopicPartition, tuple[int, int]] = {}
+        """Per partition, the offset a Kafka poll skipped, and how many in a row did."""
         self._generation = 0  # bumped by assign: results of earlier Kafka polls are stale
         self._fetch: asyncio.Future[dict[TopicPartition, list[StoredRecord]]] | None = None
         self._fetch_due = 0.0
@@ -1209,6 +1210,7 @@ class KafkaLogConsumer(LogConsumer):
         self._buffered = {}
         self._seek = dict(positions)
         self._reseek = {}
+        self._missing = {}
         self._generation += 1
         self._error = None
 
@@ -1365,8 +1367,7 @@ class KafkaLogConsumer(LogConsumer):
                 expected = self._next(tp)
                 if records[0].offset < expected:
                     records = [r for r in records if r.offset >= expected]
-                if self._dense:
-                    records = self._up_to_a_gap(tp, expected, records)
+                records = self._up_to_a_gap(tp, expected, records)
                 if records:
                     self._buffered.setdefault(tp, deque()).extend(records)
                     new = True
@@ -1380,29 +1381,36 @@ class KafkaLogConsumer(LogConsumer):
     def _up_to_a_gap(
         self, tp: TopicPartition, expected: int, records: list[StoredRecord]
     ) -> list[StoredRecord]:
-        """The records that continue at ``expected`` without a gap; past a gap the
+        """The records that continue at ``expected`` without a gap; at a gap the
         partition is read again from the missing offset. Tansu can answer a fetch with a
         batch appended after one that is not visible yet (two producers appending at
-        once): taking it would skip the earlier batch for good."""
-        for i, record in enumerate(records):
-            if record.offset != expected + i:
-                missing = expected + i
-                self._reseek[tp] = missing
-                seen = self._missing
-                times = seen[2] + 1 if seen is not None and seen[:2] == (tp, missing) else 1
-                self._missing = (tp, missing, times)
-                if times == _MISSING_WARN_AFTER:
-                    logger.warning(
-                        "%s: %d Kafka polls in a row brought records past offset %d, never "
-                        "that one; reading it again",
-                        tp,
-                        times,
-                        missing,
-                    )
-                return records[:i]
-        if self._missing is not None and self._missing[0] == tp:
-            self._missing = None
-        return records
+        once): taking it would skip the earlier batch for good. A dense topic has no gaps
+        of its own, so it is read again until the missing record comes; another topic's
+        gap that a second read finds again is its own (a transaction marker, compaction),
+        and taken."""
+        out: list[StoredRecord] = []
+        want = expected
+        for record in records:
+            if record.offset != want:
+                seen = self._missing.get(tp)
+                times = seen[1] + 1 if seen is not None and seen[0] == want else 1
+                self._missing[tp] = (want, times)
+                if self._dense or times == 1:
+                    self._reseek[tp] = want
+                    if times == _MISSING_WARN_AFTER:
+                        logger.warning(
+                            "%s: %d Kafka polls in a row brought records past offset %d, "
+                            "never that one; reading it again",
+                            tp,
+                            times,
+                            want,
+                        )
+                    return out
+                del self._missing[tp]  # read twice: the topic's own gap
+            out.append(record)
+            want = record.offset + 1
+        self._missing.pop(tp, None)
+        return out
 
     def _take(self, max_records: int) -> dict[TopicPartition, list[StoredRecord]]:
         # Rotate the starting partition so a busy partition cannot starve the others.

@@ -27,6 +27,7 @@ from runtime.log import (
     UnknownTopicError,
     sqlite,
 )
+from runtime.log import kafka as kafka_module
 from runtime.log.kafka import KafkaLog
 from runtime.log.local import LocalLog
 from runtime.log.memory import MemoryLog
@@ -891,16 +892,18 @@ def _hide_once(records: list[Any], hidden: set[int], done: list[bool]) -> list[A
     return [r for r in records if r.offset not in hidden]
 
 
-def _racing_fetches(consumer: Any, tp: TopicPartition, hidden: set[int]) -> Any:
+def _racing_fetches(consumer: Any, tp: TopicPartition, hidden: set[int], *, always: bool) -> Any:
     """``consumer``'s Kafka polls as Tansu answers one that races two producers: records
     past ``hidden`` arrive while those are not visible yet (the Kafka consumer moves past
-    them all the same)."""
+    them all the same); ``always``: every time (a gap of the topic's own)."""
     fetch = consumer._fetch_records
     done: list[bool] = []
 
     def racing(*args: Any) -> Any:
         fetched = fetch(*args)
         if tp in fetched:
+            if always:
+                done.clear()
             fetched[tp] = _hide_once(fetched[tp], hidden, done)
         return fetched
 
@@ -921,16 +924,44 @@ async def test_kafka_a_poll_that_skips_records_is_read_again_from_the_first_miss
         await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 0, b"%d" % i)
     consumer = kafka_log.consumer(dense=dense)
     consumer.assign({tp: 0})
-    monkeypatch.setattr(consumer, "_fetch_records", _racing_fetches(consumer, tp, {1, 2}))
-    if dense:
-        # Our own topics have no gaps: the skipped records are read again, in order.
-        got = await poll_until(consumer, tp, 5)
-        assert [(r.offset, r.value) for r in got] == [(i, b"%d" % i) for i in range(5)]
-    else:
-        # A topic others write may have gaps of its own (transaction markers): as it comes.
-        got = await poll_until(consumer, tp, 3)
-        assert [r.offset for r in got] == [0, 3, 4]
+    racing = _racing_fetches(consumer, tp, {1, 2}, always=False)
+    monkeypatch.setattr(consumer, "_fetch_records", racing)
+    # Read again from the first missing record, they come: in order, once each.
+    got = await poll_until(consumer, tp, 5)
+    assert [(r.offset, r.value) for r in got] == [(i, b"%d" % i) for i in range(5)]
     await consumer.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_a_gap_read_twice_is_the_topics_own_unless_the_topic_is_dense(
+    kafka_log: KafkaLog,
+    kafka_bootstrap: str,
+    topic: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for p in (0, 1):
+        for i in range(5):
+            await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, p, b"%d" % i)
+    # A topic others write (transaction markers): a gap found again is taken.
+    theirs = kafka_log.consumer(dense=False)
+    tp = TopicPartition(topic, 0)
+    theirs.assign({tp: 0})
+    monkeypatch.setattr(theirs, "_fetch_records", _racing_fetches(theirs, tp, {1, 2}, always=True))
+    assert [r.offset for r in await poll_until(theirs, tp, 3)] == [0, 3, 4]
+    await theirs.close()
+    # Ours never has one: it is read again, and said once it lasts.
+    monkeypatch.setattr(kafka_module, "_MISSING_WARN_AFTER", 3)
+    ours = kafka_log.consumer()
+    tp = TopicPartition(topic, 1)
+    ours.assign({tp: 0})
+    monkeypatch.setattr(ours, "_fetch_records", _racing_fetches(ours, tp, {1, 2}, always=True))
+    got: list[StoredRecord] = []
+    async with asyncio.timeout(10):
+        while "never that one" not in caplog.text:
+            got += (await ours.poll(0.05)).get(tp, [])
+    assert [r.offset for r in got] == [0]
+    await ours.close()
 
 
 @pytest.mark.kafka
