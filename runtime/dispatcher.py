@@ -45,6 +45,9 @@ rollback of everything (as for any answer that breaks the protocol).
 Every attempt has a total deadline (the endpoint's ``call`` timeout); a trickling answer
 fails when it runs out.
 
+A read of the log again that fails, or an unexpected error in one of its tasks, asks the
+host for a rollback: the messages behind it would otherwise wait unseen.
+
 The dispatcher applies nothing itself: its host (the worker) builds batches, checks and
 applies results, parks messages and reads the log again. Time comes from a
 :class:`Clock`, so tests can drive it.
