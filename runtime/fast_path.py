@@ -120,13 +120,13 @@ class FastPath:
             if answer is None:
                 return
             status = answer[0]
-            await send_answer(send, answer)
+            await send_answer(scope, send, answer)
         except asyncio.CancelledError:
             # Cancelled at shutdown (uvicorn's grace ended) while answering: the
             # cancellation ends here, as in the error boundary.
             if status == 500:
                 status = 503
-                await send_answer(send, shutting_down_answer())
+                await send_answer(scope, send, shutting_down_answer())
         finally:
             self.metrics.ingress_request(
                 route.template, "POST", status, time.perf_counter() - started

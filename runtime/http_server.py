@@ -9,6 +9,12 @@ answers a request uvicorn cannot parse with JSON rather than uvicorn's plain tex
 writes each response's head together with its body (one system call, one segment,
 where uvicorn writes the two apart).
 
+**Direct answers.** An application that has its whole answer at once (the ingress's fast
+path) need not pass it through two ASGI messages: each request's scope carries, under
+``scope["extensions"][DIRECT_ANSWER]``, a coroutine function taking the status, the
+headers and the body, which checks and writes them as uvicorn's ``send`` would (the
+same header checks, ``Connection: close`` and keep-alive), in one write. An ASGI server without it leaves the application to ``send``.
+
 :class:`IngressServer` serves on a socket bound beforehand (:func:`bind`), so that a
 port in use is one clear error before anything starts, and leaves signals to the
 runtime, which owns shutdown.
@@ -20,11 +26,17 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from runtime.config import IngressTimeouts
 
@@ -95,6 +107,69 @@ class _HeadWithBody:
         return getattr(self._transport, name)
 
 
+DIRECT_ANSWER = "statefun.direct_answer"
+"""The scope extension under which a request's :class:`DirectAnswer` is found."""
+
+DirectAnswerFunction = Callable[[int, Sequence[tuple[bytes, bytes]], bytes], Awaitable[None]]
+
+
+class DirectAnswer:
+    """Answers one request whole, in one write: what uvicorn's ``send`` does with a
+    response start and then its one body message, without the two messages."""
+
+    __slots__ = ("_cycle", "_transport")
+
+    def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
+        self._cycle = cycle
+        self._transport = transport  # the connection's own, not the cycle's wrapper
+
+    async def __call__(
+        self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        cycle = self._cycle
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+        if cycle.disconnected:
+            return
+        if cycle.response_started:
+            raise RuntimeError("the response has started already")
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        content = [STATUS_LINE[status]]
+        length: bytes | None = None
+        close = False
+        for name, value in (*cycle.default_headers, *headers):
+            if HEADER_RE.search(name):
+                raise RuntimeError("Invalid HTTP header name.")
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            name = name.lower()
+            if name == b"content-length":
+                length = value
+            elif name == b"connection" and b"close" in (
+                token.strip().lower() for token in value.split(b",")
+            ):
+                close = True
+            content += (name, b": ", value, b"\r\n")
+        if length is None:
+            content += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+        elif int(length) != len(body):
+            raise RuntimeError("Response content length differs from Content-Length")
+        if cycle.scope["method"] == "HEAD":
+            body = b""
+        if close:
+            cycle.keep_alive = False
+        elif not cycle.keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        self._transport.write(b"".join(content))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self._transport.close()
+        cycle.on_response()
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounds on how long a connection may sit idle
     before its first request, and on how long a request's head and body take."""
@@ -132,6 +207,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle  # the request's, created just now (its task not yet run)
         if cycle is not None:
+            extensions: dict[str, Any] = {DIRECT_ANSWER: DirectAnswer(cycle, self.transport)}
+            cycle.scope["extensions"] = extensions
             transport = _HeadWithBody(self.transport, cycle)
             cycle.transport = transport  # type: ignore[assignment]
             completed = cycle.on_response
@@ -197,6 +274,11 @@ class IngressServer(uvicorn.Server):
                 app,
                 http=bounded_protocol(timeouts),
                 log_level="warning",
+                # No access log: uvicorn formats a line for every response whenever any
+                # handler exists (the root's), at a level that drops it. The HTTP metrics
+                # count requests.
+                access_log=False,
+                server_header=False,  # no "server: uvicorn" to tell a caller what runs here
                 # uvicorn's loggers pass their records on to the root logger's handler
                 # (the format `statefun run --log-format` chose), not to uvicorn's own.
                 log_config=None,

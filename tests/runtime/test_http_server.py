@@ -1,6 +1,7 @@
 """The ingress's HTTP server bounds what a client may hold: an idle connection, a
 request head or body that trickles in, each closes in time with a JSON answer where
-a request was under way; a request it cannot parse is answered in JSON too."""
+a request was under way; a request it cannot parse is answered in JSON too. A direct
+answer writes what uvicorn's two ASGI messages would have written, in one write."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from collections.abc import Iterator
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 from support import wait_until
 
 from runtime import ingress_errors
 from runtime.config import IngressTimeouts
-from runtime.http_server import IngressServer, bind, bounded_protocol
+from runtime.http_server import DIRECT_ANSWER, IngressServer, bind, bounded_protocol
 
 TIMEOUTS = IngressTimeouts(idle=1, request_head=0.6, body=0.6)
 GRACE = 2.0
@@ -31,6 +33,30 @@ class _Available:
         return None
 
 
+async def _answering(scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /answer/{direct,sent}[?close][&unsized]``: 201 with the body's length, as a
+    direct answer or as two ASGI messages; ``close`` adds ``Connection: close``,
+    ``unsized`` leaves the content length out (a direct answer adds it)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    query = scope["query_string"].decode()
+    content = json.dumps({"length": len(body)}).encode()
+    headers = [(b"content-type", b"application/json"), (b"x-answered", b"yes")]
+    if "unsized" not in query:
+        headers.append((b"content-length", str(len(content)).encode()))
+    if "close" in query:
+        headers.append((b"connection", b"close"))
+    if scope["path"].endswith("/direct"):
+        await scope["extensions"][DIRECT_ANSWER](201, headers, content)
+    else:
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+
 def _app() -> FastAPI:
     app = FastAPI()
     ingress_errors.install(app, _Available())
@@ -39,6 +65,7 @@ def _app() -> FastAPI:
     async def echo(request: Request) -> JSONResponse:
         return JSONResponse({"length": len(await request.body())})
 
+    app.mount("/answer", _answering)
     return app
 
 
@@ -277,3 +304,57 @@ def test_a_head_request_and_100_continue_are_not_held(recorded: tuple[Served, li
         assert conn.recv(65536).startswith(b"HTTP/1.1 100 Continue")  # before the body
         conn.sendall(b"ab")
         assert read_response(conn).endswith(b'{"length":2}')
+
+
+def _without_date(answer: bytes) -> bytes:
+    return b"\r\n".join(line for line in answer.split(b"\r\n") if not line.startswith(b"date:"))
+
+
+@pytest.mark.timeout(30)
+def test_a_direct_answer_is_what_two_asgi_messages_write_in_one_write(
+    recorded: tuple[Served, list[bytes]],
+) -> None:
+    served, writes = recorded
+    request = b"POST /answer/%s HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
+    with served.connect() as conn:
+        answers = {}
+        for how in (b"sent", b"direct", b"direct"):  # on one keep-alive connection
+            before = len(writes)
+            conn.sendall(request % how)
+            answers[how] = read_response(conn)
+            wait_until(lambda before=before: len(writes) > before)
+            assert writes[before:] == [answers[how]]
+    assert answers[b"direct"].startswith(b"HTTP/1.1 201 Created\r\n")
+    assert answers[b"direct"].endswith(b'{"length": 3}')
+    assert _without_date(answers[b"direct"]) == _without_date(answers[b"sent"])
+    assert b"\r\nserver:" not in answers[b"direct"].lower()  # not told what runs here
+
+
+@pytest.mark.timeout(30)
+def test_a_direct_answer_closes_the_connection_as_send_would(served: Served) -> None:
+    # The answer says Connection: close.
+    with served.connect() as conn:
+        conn.sendall(b"POST /answer/direct?close HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        answer = read_until_closed(conn)
+    assert answer.startswith(b"HTTP/1.1 201")
+    assert b"connection: close\r\n" in answer
+    # An HTTP/1.0 client without keep-alive is told, and the connection closed.
+    with served.connect() as conn:
+        conn.sendall(b"POST /answer/direct HTTP/1.0\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        answer = read_until_closed(conn)
+    assert answer.startswith(b"HTTP/1.1 201")
+    assert b"connection: close\r\n" in answer
+
+
+@pytest.mark.timeout(30)
+def test_a_direct_answer_without_a_length_is_given_one(served: Served) -> None:
+    with served.connect() as conn:
+        conn.sendall(
+            b"POST /answer/direct?unsized HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab"
+        )
+        answer = read_response(conn)
+        assert b"content-length: 13\r\n" in answer
+        assert answer.endswith(b'{"length": 2}')
+        # and the connection serves the next request
+        conn.sendall(b"POST /answer/direct HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        assert read_response(conn).endswith(b'{"length": 0}')
