@@ -15,7 +15,9 @@ error boundary (``runtime.ingress_errors``: a log or store failure is a 503, a c
 gone mid-body is answered nothing, an unexpected exception a logged 500, a request
 cancelled at shutdown a 503). The route's own logic is the same function the documented
 route calls (``runtime.ingress``), on the same :class:`~runtime.ingress_request.IngressRequest`.
-Each answer is two ASGI messages: the status with every header, then the whole body.
+Each answer is written whole, in one go, where the server offers it
+(``runtime.http_server.DIRECT_ANSWER``); elsewhere it is two ASGI messages: the status
+with every header, then the whole body.
 
 :meth:`IngressApp.documented` serves a request through FastAPI only, the fast path
 left out: the tests compare both answers.
@@ -38,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 
 from runtime.access import ROUTES, AccessControl, Rule
 from runtime.errors import LogError, StoreError
+from runtime.http_server import DIRECT_ANSWER
 from runtime.ingress_errors import (
     Answer,
     Availability,
@@ -76,6 +79,17 @@ def fast_route(template: str, regex: re.Pattern[str], handler: Handler) -> FastR
 
 def _answer_of(response: Response) -> Answer:
     return response.status_code, response.raw_headers, bytes(response.body)
+
+
+async def _answer_now(scope: Scope, send: Send, answer: Answer) -> None:
+    """Send ``answer``, in one write where the server offers it: the fast path is the
+    outermost application, so no middleware's ``send`` would miss it (inside the
+    middlewares, answers go through ``send``: the HTTP metrics read the status there)."""
+    direct = scope.get("extensions", {}).get(DIRECT_ANSWER)
+    if direct is None:
+        await send_answer(send, answer)
+    else:
+        await direct(*answer)
 
 
 class FastPath:
@@ -120,13 +134,13 @@ class FastPath:
             if answer is None:
                 return
             status = answer[0]
-            await send_answer(scope, send, answer)
+            await _answer_now(scope, send, answer)
         except asyncio.CancelledError:
             # Cancelled at shutdown (uvicorn's grace ended) while answering: the
             # cancellation ends here, as in the error boundary.
             if status == 500:
                 status = 503
-                await send_answer(scope, send, shutting_down_answer())
+                await _answer_now(scope, send, shutting_down_answer())
         finally:
             self.metrics.ingress_request(
                 route.template, "POST", status, time.perf_counter() - started

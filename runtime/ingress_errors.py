@@ -30,7 +30,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.cluster.peers import DEMAND_PATH, REPLIES_PATH
 from runtime.errors import LogError, StoreError
-from runtime.http_server import DIRECT_ANSWER
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +93,9 @@ def internal_answer() -> Answer:
     )
 
 
-async def send_answer(scope: Scope, send: Send, answer: Answer) -> None:
-    """Send ``answer``: its status and headers, then its whole body; in one go where the
-    server offers it (``runtime.http_server.DIRECT_ANSWER``)."""
+async def send_answer(send: Send, answer: Answer) -> None:
+    """Send ``answer``: its status and headers, then its whole body."""
     status, headers, body = answer
-    direct = scope.get("extensions", {}).get(DIRECT_ANSWER)
-    if direct is not None:
-        await direct(status, headers, body)
-        return
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -123,7 +117,7 @@ class ErrorBoundary:
             and scope["path"] not in (REPLIES_PATH, DEMAND_PATH)
             and (down := unavailable_answer(self.availability)) is not None
         ):
-            await send_answer(scope, send, down)
+            await send_answer(send, down)
             return
         started = False
 
@@ -141,11 +135,11 @@ class ErrorBoundary:
             # waiting on a stalled log): answer it, rather than let uvicorn log a
             # traceback. Nobody else awaits this task, so the cancellation ends here.
             if not started:
-                await send_answer(scope, send, shutting_down_answer())
+                await send_answer(send, shutting_down_answer())
         except Exception:
             log.exception("unexpected error serving %s %s", scope["method"], scope["path"])
             if not started:
-                await send_answer(scope, send, internal_answer())
+                await send_answer(send, internal_answer())
 
 
 def log_failed(method: str, exc: LogError, availability: Availability) -> JSONResponse:

@@ -22,6 +22,7 @@ from support import wait_until
 from runtime import ingress_errors
 from runtime.config import IngressTimeouts
 from runtime.http_server import DIRECT_ANSWER, IngressServer, bind, bounded_protocol
+from runtime.metrics import IngressMetrics, Metrics
 
 TIMEOUTS = IngressTimeouts(idle=1, request_head=0.6, body=0.6)
 GRACE = 2.0
@@ -358,3 +359,49 @@ def test_a_direct_answer_without_a_length_is_given_one(served: Served) -> None:
         # and the connection serves the next request
         conn.sendall(b"POST /answer/direct HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
         assert read_response(conn).endswith(b'{"length": 0}')
+
+
+class _Unavailable:
+    def unavailable(self) -> tuple[str, float] | None:
+        return "the log is stalled", 1.0
+
+
+@pytest.mark.timeout(30)
+def test_an_error_answer_inside_the_app_passes_through_its_middleware() -> None:
+    # The direct answer is for the outermost application only: the error boundary, deep
+    # in the middleware stack, answers through ``send``, so that the HTTP metrics
+    # around it see the status it answered.
+    metrics = Metrics()
+    app = FastAPI()
+    ingress_errors.install(app, _Unavailable())
+    app.add_middleware(IngressMetrics, metrics=metrics)
+
+    @app.post("/echo")
+    async def echo() -> JSONResponse:
+        return JSONResponse({})
+
+    sock = bind("127.0.0.1", 0)
+    server = IngressServer(app, TIMEOUTS, graceful_shutdown=1)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started)
+        with socket.create_connection(sock.getsockname(), timeout=10) as conn:
+            conn.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            answer = read_response(conn)
+        assert answer.startswith(b"HTTP/1.1 503")
+        assert json_body(answer)["error"] == "unavailable"
+        # counted once the answer is out: wait for it, then it must say 503
+        labels = {"route": "unmatched", "method": "other"}
+
+        def counted(status: str) -> float | None:
+            return metrics.registry.get_sample_value(
+                "statefun_ingress_requests_total", {**labels, "status": status}
+            )
+
+        wait_until(lambda: counted("503") is not None or counted("500") is not None)
+        assert counted("503") == 1.0
+        assert counted("500") is None
+    finally:
+        server.should_exit = True
+        thread.join(10)
