@@ -14,6 +14,7 @@ import httpx
 import pytest
 from functions import make_test_functions
 from support import (
+    asgi_body,
     client,
     dead_letters,
     module_for,
@@ -127,12 +128,7 @@ def test_an_answer_that_trickles_fails_at_the_attempt_deadline(
 
     async def app(scope: Any, receive: Any, send_: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            body = b""
-            while True:
-                message = await receive()
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
+            body = await asgi_body(receive)
             request = decode_request(body)
             if trickling["on"] and any(b.target.id == "slowpoke" for b in request.batches):
                 import asyncio

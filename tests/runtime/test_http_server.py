@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
-from support import wait_until
+from support import asgi_body, wait_until
 
 from runtime import ingress_errors
 from runtime.config import IngressTimeouts
@@ -38,12 +38,7 @@ async def _answering(scope: Scope, receive: Receive, send: Send) -> None:
     """``POST /answer/{direct,sent}[?close][&unsized]``: 201 with the body's length, as a
     direct answer or as two ASGI messages; ``close`` adds ``Connection: close``,
     ``unsized`` leaves the content length out (a direct answer adds it)."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await asgi_body(receive)
     query = scope["query_string"].decode()
     content = json.dumps({"length": len(body)}).encode()
     headers = [(b"content-type", b"application/json"), (b"x-answered", b"yes")]
@@ -71,10 +66,10 @@ def _app() -> FastAPI:
 
 
 class Served:
-    def __init__(self) -> None:
+    def __init__(self, app: FastAPI | None = None) -> None:
         self.socket = bind("127.0.0.1", 0)
         self.port = self.socket.getsockname()[1]
-        self.server = IngressServer(_app(), TIMEOUTS, graceful_shutdown=1)
+        self.server = IngressServer(app or _app(), TIMEOUTS, graceful_shutdown=1)
         self._thread = threading.Thread(
             target=lambda: asyncio.run(self.server.serve(sockets=[self.socket])), daemon=True
         )
@@ -380,13 +375,9 @@ def test_an_error_answer_inside_the_app_passes_through_its_middleware() -> None:
     async def echo() -> JSONResponse:
         return JSONResponse({})
 
-    sock = bind("127.0.0.1", 0)
-    server = IngressServer(app, TIMEOUTS, graceful_shutdown=1)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
+    served = Served(app)
     try:
-        wait_until(lambda: server.started)
-        with socket.create_connection(sock.getsockname(), timeout=10) as conn:
+        with served.connect() as conn:
             conn.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
             answer = read_response(conn)
         assert answer.startswith(b"HTTP/1.1 503")
@@ -403,5 +394,4 @@ def test_an_error_answer_inside_the_app_passes_through_its_middleware() -> None:
         assert counted("503") == 1.0
         assert counted("500") is None
     finally:
-        server.should_exit = True
-        thread.join(10)
+        served.stop()
