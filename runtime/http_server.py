@@ -13,7 +13,9 @@ where uvicorn writes the two apart).
 path) need not pass it through two ASGI messages: each request's scope carries, under
 ``scope["extensions"][DIRECT_ANSWER]``, a coroutine function taking the status, the
 headers and the body, which checks and writes them as uvicorn's ``send`` would (the
-same header checks, ``Connection: close`` and keep-alive), in one write. An ASGI server without it leaves the application to ``send``.
+same header checks, ``Connection: close`` and keep-alive), in one write. Only the
+outermost application may use it: a middleware's ``send`` would not see the answer.
+Under another ASGI server the application uses ``send``.
 
 :class:`IngressServer` serves on a socket bound beforehand (:func:`bind`), so that a
 port in use is one clear error before anything starts, and leaves signals to the
@@ -26,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import uvicorn
@@ -109,8 +111,6 @@ class _HeadWithBody:
 
 DIRECT_ANSWER = "statefun.direct_answer"
 """The scope extension under which a request's :class:`DirectAnswer` is found."""
-
-DirectAnswerFunction = Callable[[int, Sequence[tuple[bytes, bytes]], bytes], Awaitable[None]]
 
 
 class DirectAnswer:
