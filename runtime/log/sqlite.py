@@ -127,8 +127,12 @@ TRUNCATE_STEP = 10_000
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(private_file(path), isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -140,8 +144,17 @@ class SqliteLog(LocalLog):
         self._path = path
         self._lock = lock
         self._reader = _connect(path)
-        writer = _connect(path)
-        writer.executescript(_SCHEMA)
+        writer: sqlite3.Connection | None = None
+        try:
+            writer = _connect(path)
+            writer.executescript(_SCHEMA)
+            self._load()
+        except BaseException:
+            # Not a log (a damaged file, a full disk): nothing stays open.
+            if writer is not None:
+                writer.close()
+            self._reader.close()
+            raise
         self._queue: queue.SimpleQueue[_Op | _Reopen | None] = queue.SimpleQueue()
         self._tail: dict[TopicPartition, _Tail] = {}
         self._thread = threading.Thread(
@@ -152,8 +165,11 @@ class SqliteLog(LocalLog):
     async def open(cls, directory: str | Path) -> SqliteLog:
         directory = Path(directory)
         lock = lock_directory(directory, "log.lock", "data directory", DataDirectoryInUse)
-        log = cls(directory / "log.db", lock)
-        log._load()
+        try:
+            log = cls(directory / "log.db", lock)
+        except BaseException:
+            unlock(lock)  # the directory may be opened again once the file is mended
+            raise
         log._thread.start()
         return log
 

@@ -3,6 +3,7 @@ record of generations; and the skip rule built from it."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -204,7 +205,7 @@ async def test_rolling_back_to_an_older_checkpoint_drops_the_newer_and_lowers_ro
 
 
 async def test_a_store_from_before_the_released_flag_counts_as_released(tmp_path: Path) -> None:
-    with sqlite3.connect(tmp_path / "checkpoints.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "checkpoints.db")) as db, db:
         db.execute(
             "CREATE TABLE manifests (checkpoint INTEGER PRIMARY KEY, generation INTEGER NOT NULL,"
             " created_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL,"

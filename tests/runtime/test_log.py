@@ -4,6 +4,7 @@ Kafka log keeps it on a real broker, Tansu's quirks included."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -229,6 +230,35 @@ async def test_sqlite_log_survives_reopening(tmp_path: Path) -> None:
         assert await reopened.append("t", 1, [Record(b"c")]) == [2]
     finally:
         await reopened.close()
+
+
+async def test_a_log_file_that_is_no_database_is_refused_and_leaves_the_directory_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "log.db").write_bytes(b"not a database, " * 64)
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", counting_connect)
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        await SqliteLog.open(tmp_path)
+    assert opened
+    for conn in opened:  # every connection it made is closed
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
+    # the file mended (here: gone), the same process opens the directory
+    (tmp_path / "log.db").unlink()
+    log = await SqliteLog.open(tmp_path)
+    try:
+        await log.ensure_topic("t", 1)
+        assert await log.append("t", 0, [Record(b"a")]) == [0]
+    finally:
+        await log.close()
 
 
 async def test_one_process_at_a_time_per_data_directory(tmp_path: Path) -> None:
