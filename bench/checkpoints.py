@@ -30,8 +30,8 @@ pipeline benchmark (``python -m bench --checkpoint-interval``, throughput) does 
   whatever the answers do), so committed and uncommitted calls see the same load; each
   message goes to an address of its own (``bench/first`` -> ``bench/second`` ->
   ``bench/done`` or the reply). Egress latency: from the 202 of ``POST /v1/messages``
-  to the first poll of ``GET /v1/egress/bench/done`` (every 5 ms, from the last
-  ``next``) that returns its record; every record must come, once. Call latency:
+  to the answer of the ``GET /v1/egress/bench/done?wait=1`` (a long poll, from the
+  last ``next``) that returns its record; every record must come, once. Call latency:
   ``POST /v1/call``, alternating ``?consistency=committed`` and the default, so both
   kinds share every checkpoint and every moment of load; every answer must be
   ``<id>:1`` with the consistency header asked for. A last run measures egress latency
@@ -99,7 +99,8 @@ QUICK_SIZES = [1_000, 10_000]
 INTERVALS = [1.0, 0.1]
 TICK = 0.001
 """Seconds between the ticks that measure the event loop's stalls."""
-EGRESS_POLL_INTERVAL = 0.005
+EGRESS_WAIT = 1.0
+"""Seconds each ``GET /v1/egress`` of the latency runs may wait for the next record."""
 CHECKPOINTS_POLL_INTERVAL = 0.2
 """Often enough to see every checkpoint at 0.1 s: the runtime lists the newest 3 to 12."""
 PROGRESS_TIMEOUT = 60.0
@@ -521,8 +522,8 @@ class LatencyRow:
     """The runtime's CPU seconds per second meanwhile (all threads; 1.0 is a core)."""
     loop_busy: float
     """The same, of its event loop's thread alone."""
-    polls: list[float] | None = None
-    """Egress rows: the durations of the ``GET``s that polled the egress, sorted."""
+    reads: int | None = None
+    """Egress rows: how many ``GET``s read the egress (long polls)."""
     on_demand: bool = True
 
     def cells(self) -> list[str]:
@@ -539,7 +540,7 @@ class LatencyRow:
             ms(percentile(lat, 90)),
             ms(percentile(lat, 99)),
             ms(lat[-1]) if lat else "-",
-            ms(percentile(self.polls, 50)) if self.polls else "-",
+            f"{self.reads}" if self.reads is not None else "-",
             f"{self.runtime_busy * 100:.0f}",
             f"{self.loop_busy * 100:.0f}",
             f"{self.checkpoints}",
@@ -559,7 +560,7 @@ LATENCY_HEADERS = [
     "p90 ms",
     "p99 ms",
     "max ms",
-    "poll ms",
+    "egress reads",
     "runtime cpu %",
     "loop cpu %",
     "checkpoints taken",
@@ -606,7 +607,7 @@ class LatencyRun:
         self.check = check
         self.egress_next: dict[str, int] = {}
         """Per egress, the offset after the last record read."""
-        self.polls: dict[str, list[float]] = {}
+        self.reads: dict[str, int] = {}
         """Per egress, how long each ``GET`` took."""
         self.checkpoints: dict[int, int] = {}
         """Checkpoint id -> duration_ms, of those seen by :meth:`note_checkpoints`."""
@@ -649,12 +650,15 @@ class LatencyRun:
         url = f"{self.ingress}/v1/egress/{egress}"
         last_progress = time.perf_counter()
         while not wanted.issubset(seen):
-            params = {"from": str(self.egress_next.get(egress, 0)), "limit": "10000"}
-            asked = time.perf_counter()
+            params = {
+                "from": str(self.egress_next.get(egress, 0)),
+                "limit": "10000",
+                "wait": str(EGRESS_WAIT),
+            }
             async with self.session.get(url, params=params) as response:
                 page: dict[str, Any] = await response.json()
                 now = time.perf_counter()
-            self.polls.setdefault(egress, []).append(now - asked)
+            self.reads[egress] = self.reads.get(egress, 0) + 1
             if response.status != 200:
                 raise Failed(f"GET {url}: {response.status} {page}")
             for record in page["records"]:
@@ -669,7 +673,6 @@ class LatencyRun:
                 missing = len(wanted - seen.keys())
                 raise Failed(f"{egress}: {missing} records missing after {PROGRESS_TIMEOUT:g} s")
             self.check()
-            await asyncio.sleep(EGRESS_POLL_INTERVAL)
 
     async def read_both(self, wanted: set[str]) -> tuple[dict[str, float], dict[str, float]]:
         """Read ``wanted`` from both egresses; (exactly-once, at-least-once) arrivals."""
@@ -732,7 +735,7 @@ class LatencyRun:
 
         await self.note_checkpoints()
         first = max(self.checkpoints, default=0) + 1
-        self.polls.clear()
+        self.reads.clear()
         cpu0 = self.cpu()
         reader = asyncio.create_task(self.read_both({f"{id_}:1" for id_ in ids}))
         try:
@@ -753,7 +756,7 @@ class LatencyRun:
                 taken,
                 durations,
                 *busy,
-                sorted(self.polls[egress]),
+                self.reads[egress],
             )
             for label, egress, seen in (
                 (f"egress {EXACTLY_ONCE}", DONE_EGRESS, exactly),

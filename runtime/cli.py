@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from importlib.metadata import version
 from pathlib import Path
@@ -57,8 +56,9 @@ EGRESS_PAGE = 1000
 ADDRESSES_PAGE = 100
 """Ids ``statefun addresses`` asks the ingress for at a time, by default."""
 
-FOLLOW_INTERVAL = 0.5
-"""Seconds between two reads of ``statefun egress --follow`` that found nothing new."""
+FOLLOW_WAIT = 10.0
+"""Seconds each read of ``statefun egress --follow`` asks the ingress to wait for a new
+record (a long poll: the record is printed as soon as the ingress has it)."""
 
 DEFAULT_INGRESS = f"http://{default_of(RuntimeConfig, 'ingress_host')}:{default_of(RuntimeConfig, 'ingress_port')}"
 
@@ -760,9 +760,12 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request(args: argparse.Namespace, method: str, path: str, **params: Any) -> Any:
-    """The JSON answer of the ingress to ``method path``; a CliError for anything else."""
-    return _answer(args, method, path, params=params or None, timeout=10).json()
+def _request(
+    args: argparse.Namespace, method: str, path: str, *, waits: float = 0.0, **params: Any
+) -> Any:
+    """The JSON answer of the ingress to ``method path``; a CliError for anything else.
+    ``waits``: seconds the ingress may hold the answer back (a long poll)."""
+    return _answer(args, method, path, params=params or None, timeout=10 + waits).json()
 
 
 def _answer(
@@ -912,10 +915,13 @@ def _egress(args: argparse.Namespace) -> int:
     path = f"/v1/egress/{_function_type_path(args.egress)}"
     limit: int | None = args.limit if args.limit is not None or args.follow else 100
     position: int = args.from_
+    wait = 0.0  # until a page comes short: then --follow waits for what comes next
     try:
         while limit is None or limit > 0:
             page = min(limit or EGRESS_PAGE, EGRESS_PAGE)
-            answer = _request(args, "GET", path, **{"from": position, "limit": page})
+            answer = _request(
+                args, "GET", path, waits=wait, **{"from": position, "limit": page, "wait": wait}
+            )
             for record in answer["records"]:
                 if args.json:
                     print(json.dumps(record), flush=True)
@@ -927,7 +933,7 @@ def _egress(args: argparse.Namespace) -> int:
             if len(answer["records"]) < page:
                 if not args.follow:
                     break
-                time.sleep(FOLLOW_INTERVAL)
+                wait = FOLLOW_WAIT
     except KeyboardInterrupt:
         # How --follow ends: what was printed is the output, not an error.
         pass

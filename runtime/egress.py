@@ -41,7 +41,7 @@ from runtime.checkpoints.epochs import EpochClock
 from runtime.checkpoints.snapshot import EGRESS_PART, EgressItem, encode_egress_items
 from runtime.errors import ConfigurationError, LogError, StoreError, UnknownTopicError
 from runtime.kafka_clusters import KafkaClusters
-from runtime.log import Log, Record
+from runtime.log import Log, Record, StoredRecord
 from runtime.log.kafka import KafkaLog
 from runtime.log.kafka_transactions import TransactionalPublisher
 from runtime.metrics import EgressCounter, Metrics
@@ -55,6 +55,10 @@ from statefun.values import TypedValue
 log = logging.getLogger(__name__)
 
 ID_HEADER = "statefun.egress-id"
+
+WAIT_RECHECK = 0.05
+"""Seconds between two reads of a read that waits for an embedded egress's next record
+(this process's own appends wake it at once)."""
 
 
 async def open_egress_topic(cluster: KafkaLog, topic: str) -> int:
@@ -201,6 +205,10 @@ class Egresses:
         """At-least-once Kafka egresses."""
         self._transactional: dict[TypeName, TransactionalKafkaWriter] = {}
         """Exactly-once Kafka egresses."""
+        self._readers: dict[str, set[asyncio.Future[None]]] = {}
+        """Per embedded egress topic, the reads waiting for its next record."""
+        self.wait_recheck = WAIT_RECHECK
+        """Seconds between two reads of a read that waits (see :meth:`read`)."""
 
     async def start(self) -> None:
         for topic in self._log_topics.values():
@@ -308,7 +316,9 @@ class Egresses:
         topic = self._log_topics.get(item.egress)
         if topic is not None:
             value = msgpack.packb((argument.typename, argument.value), use_bin_type=True)
-            return self._log.append(topic, 0, [Record(value=value, headers=headers)])
+            appended = self._log.append(topic, 0, [Record(value=value, headers=headers)])
+            appended.add_done_callback(lambda _: self._wake_readers(topic))
+            return appended
         return self._kafka[item.egress].send(*self._kafka_record(item))
 
     @staticmethod
@@ -324,16 +334,47 @@ class Egresses:
         return egress_id in self._log_topics
 
     async def read(
-        self, egress_id: TypeName, offset: int, max_records: int
+        self, egress_id: TypeName, offset: int, max_records: int, wait: float = 0.0
     ) -> list[tuple[int, str, TypedValue]]:
-        """(offset, record id, value) of an embedded egress's records from ``offset``."""
-        records = await self._log.read(self._log_topics[egress_id], 0, offset, max_records)
-        out = []
-        for r in records:
-            typename, value = msgpack.unpackb(r.value, raw=False)
-            record_id = next((v.decode() for k, v in r.headers if k == ID_HEADER), "")
-            out.append((r.offset, record_id, TypedValue(typename, value)))
-        return out
+        """(offset, record id, value) of an embedded egress's records from ``offset``.
+        With none there yet, wait up to ``wait`` seconds for the first: woken by this
+        process's appends to the egress, and reading again every ``wait_recheck`` seconds
+        for those of others (a cluster's other members)."""
+        topic = self._log_topics[egress_id]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            # Listening before reading: an append that lands during the read wakes us.
+            woken: asyncio.Future[None] = loop.create_future()
+            readers = self._readers.setdefault(topic, set())
+            readers.add(woken)
+            try:
+                records = await self._log.read(topic, 0, offset, max_records)
+                remaining = deadline - loop.time()
+                if records or remaining <= 0:
+                    return [_egress_record(r) for r in records]
+                await asyncio.wait({woken}, timeout=min(remaining, self.wait_recheck))
+            finally:
+                readers.discard(woken)
+                woken.cancel()
+                if not readers and self._readers.get(topic) is readers:
+                    del self._readers[topic]
+
+    def waiting_reads(self, egress_id: TypeName) -> int:
+        """How many reads of an embedded egress wait for its next record now."""
+        return len(self._readers.get(self._log_topics[egress_id], ()))
+
+    def _wake_readers(self, topic: str) -> None:
+        for woken in self._readers.get(topic, ()):
+            if not woken.done():
+                woken.set_result(None)
+
+
+def _egress_record(record: StoredRecord) -> tuple[int, str, TypedValue]:
+    """An embedded egress record as (offset, record id, value)."""
+    typename, value = msgpack.unpackb(record.value, raw=False)
+    record_id = next((v.decode() for k, v in record.headers if k == ID_HEADER), "")
+    return record.offset, record_id, TypedValue(typename, value)
 
 
 class EgressOutbox:

@@ -91,6 +91,9 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 """Set on the answer to a retried request (a known Idempotency-Key): nothing was appended."""
 CONSISTENCY_HEADER = "X-Statefun-Consistency"
 """Says whether a /v1/call reply comes from committed work or may be rolled back."""
+MAX_EGRESS_WAIT = 60.0
+"""The longest ``GET /v1/egress/...?wait=`` may wait for a record, in seconds."""
+
 FORWARD_TIMEOUT = 30.0
 """Seconds a member waits for the owner's answer to a forwarded request other than a call."""
 FORWARD_MARGIN = 5.0
@@ -598,6 +601,13 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
         name: str,
         from_: int = Query(0, alias="from", ge=0),
         limit: int = Query(100, ge=1, le=10_000),
+        wait: float = Query(
+            0.0,
+            ge=0,
+            le=MAX_EGRESS_WAIT,
+            description="seconds to wait for a record when none is at or past `from` yet "
+            "(a long poll: the answer comes as soon as one is)",
+        ),
     ) -> JSONResponse:
         try:
             egress_id = TypeName.parse(f"{namespace}/{name}")
@@ -610,7 +620,7 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
                 f"no egress {egress_id} kept by the runtime is declared in the module spec "
                 "(a Kafka egress is read from its Kafka topic)",
             )
-        records = await runtime.egresses.read(egress_id, from_, limit)
+        records = await runtime.egresses.read(egress_id, from_, limit, wait)
         return JSONResponse(
             {
                 "records": [{"offset": o, "id": i, **value_to_json(v)} for o, i, v in records],

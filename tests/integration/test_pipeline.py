@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
 from functions import RecordingApp, make_test_functions
 from support import (
@@ -22,7 +23,10 @@ from support import (
 
 from examples.greeter.functions import app as greeter_app
 from runtime.dispatcher import DispatchConfig
+from runtime.egress import ID_HEADER
+from runtime.log import Record
 from runtime.worker import WorkerConfig
+from statefun.address import TypeName
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -191,6 +195,60 @@ def test_function_to_function_messages_and_egress(runtime: RuntimeThread) -> Non
         wait_until(lambda: state(http, "test/counter/f1").get("count", {}).get("value") == 3)
         assert state(http, "test/forward/f1")["count"]["value"] == 3
         assert egress_values(http, "test/out", 3) == ["f1=1", "f1=2", "f1=3"]
+
+
+def test_an_egress_read_with_wait_answers_when_the_next_record_comes(
+    runtime: RuntimeThread,
+) -> None:
+    rt = runtime.runtime
+    assert rt is not None
+    egress = TypeName("test", "out")
+    with client(runtime.url) as http:
+        send_int(http, "test/forward/w", 0)
+        assert egress_values(http, "test/out", 1) == ["w=1"]
+        answers: list[httpx.Response] = []
+
+        def read_from(offset: int) -> threading.Thread:
+            def read() -> None:
+                with client(runtime.url) as own:
+                    params = {"from": offset, "wait": 30}
+                    answers.append(own.get("/v1/egress/test/out", params=params))
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            wait_until(lambda: rt.egresses.waiting_reads(egress) == 1)
+            return reader
+
+        # Woken by the record this runtime's egress appends (reading again would take longer
+        # than the test waits).
+        rt.egresses.wait_recheck = 60.0
+        reader = read_from(1)
+        send_int(http, "test/forward/w", 0)
+        reader.join(timeout=20)
+        assert [r["value"] for r in answers[0].json()["records"]] == ["w=2"]
+        assert answers[0].json()["next"] == 2
+        # Nothing comes: the answer comes at the end of the wait, empty.
+        assert http.get("/v1/egress/test/out", params={"from": 2, "wait": "0.05"}).json() == {
+            "records": [],
+            "next": 2,
+        }
+        # A record appended by someone else (another member of a cluster) wakes no one
+        # here: the waiting read finds it by reading again.
+        rt.egresses.wait_recheck = 0.05
+        reader = read_from(2)
+        topic = rt.router.topics.egress(egress)
+        record = Record(
+            value=msgpack.packb(("io.statefun.types/string", b"elsewhere"), use_bin_type=True),
+            headers=((ID_HEADER, b"other-member-1"),),
+        )
+
+        async def append_elsewhere() -> list[int]:
+            return await rt.log.append(topic, 0, [record])
+
+        assert runtime.run(append_elsewhere()) == [2]
+        reader.join(timeout=20)
+        assert answers[1].json()["records"][0]["id"] == "other-member-1"
+        assert rt.egresses.waiting_reads(egress) == 0
 
 
 def test_call_gets_the_reply_of_the_called_function(runtime: RuntimeThread) -> None:
@@ -367,6 +425,9 @@ def test_rejected_requests_leave_no_record(runtime: RuntimeThread) -> None:
             (http.get("/v1/state/nope/fn/x"), 404, "unknown_function_type"),
             (http.get("/v1/egress/test/missing"), 404, "unknown_egress"),
             (http.get("/v1/egress/test/out", params={"from": "-3"}), 400, "bad_request"),
+            (http.get("/v1/egress/test/out", params={"wait": "61"}), 400, "bad_request"),
+            (http.get("/v1/egress/test/out", params={"wait": "-1"}), 400, "bad_request"),
+            (http.get("/v1/egress/test/out", params={"wait": "nan"}), 400, "bad_request"),
             (http.get("/v1/nothing-here"), 404, "not_found"),
         ]
         for answer, status, error in cases:
