@@ -169,7 +169,13 @@ class RuntimeBase(abc.ABC):
         )
         self.kafka_clusters = KafkaClusters(log_, config.kafka, config.kafka_security)
         self.egresses = Egresses(
-            log_, self.topics, config.module, self.kafka_clusters, member=member
+            log_,
+            self.topics,
+            config.module,
+            self.kafka_clusters,
+            member=member,
+            window=config.egress_retention,
+            distrust=log_.late_landing,
         )
         self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
         self.idempotency = IdempotencyKeys(

@@ -32,6 +32,7 @@ import functools
 import itertools
 import logging
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import msgpack
@@ -59,6 +60,12 @@ ID_HEADER = "statefun.egress-id"
 WAIT_RECHECK = 0.05
 """Seconds between two reads of a read that waits for an embedded egress's next record
 (this process's own appends wake it at once)."""
+
+TAIL_RECORDS = 1024
+"""The most records an :class:`EgressTail` holds."""
+
+EgressRecord = tuple[int, str, TypedValue]
+"""An embedded egress record as read: its offset, its id and its value."""
 
 
 async def open_egress_topic(cluster: KafkaLog, topic: str) -> int:
@@ -182,9 +189,14 @@ class Egresses:
         clusters: KafkaClusters,
         *,
         member: str | None = None,
+        window: float = 0.0,
+        distrust: float = 0.0,
     ):
         """``member``: this process's member id in a cluster: its Kafka transactions and
-        their markers are its own, so members never fence each other."""
+        their markers are its own, so members never fence each other. Alone, this process
+        is the only writer of its embedded egresses, and keeps an :class:`EgressTail` of
+        each: ``window`` is the egress retention (0: none), ``distrust`` how long an
+        append that failed may still land (see :class:`EgressTail`)."""
         self._log = log_
         self._topics = topics
         self._member = member
@@ -209,6 +221,11 @@ class Egresses:
         """Per embedded egress topic, the reads waiting for its next record."""
         self.wait_recheck = WAIT_RECHECK
         """Seconds between two reads of a read that waits (see :meth:`read`)."""
+        self._tails: dict[str, EgressTail] = (
+            {topic: EgressTail(window, distrust) for topic in self._log_topics.values()}
+            if member is None
+            else {}
+        )
 
     async def start(self) -> None:
         for topic in self._log_topics.values():
@@ -317,7 +334,9 @@ class Egresses:
         if topic is not None:
             value = msgpack.packb((argument.typename, argument.value), use_bin_type=True)
             appended = self._log.append(topic, 0, [Record(value=value, headers=headers)])
-            appended.add_done_callback(lambda _: self._wake_readers(topic))
+            appended.add_done_callback(
+                lambda done: self._appended(topic, done, item.id, item.argument)
+            )
             return appended
         return self._kafka[item.egress].send(*self._kafka_record(item))
 
@@ -335,12 +354,13 @@ class Egresses:
 
     async def read(
         self, egress_id: TypeName, offset: int, max_records: int, wait: float = 0.0
-    ) -> list[tuple[int, str, TypedValue]]:
+    ) -> list[EgressRecord]:
         """(offset, record id, value) of an embedded egress's records from ``offset``.
         With none there yet, wait up to ``wait`` seconds for the first: woken by this
         process's appends to the egress, and reading again every ``wait_recheck`` seconds
         for those of others (a cluster's other members)."""
         topic = self._log_topics[egress_id]
+        tail = self._tails.get(topic)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -349,10 +369,13 @@ class Egresses:
             readers = self._readers.setdefault(topic, set())
             readers.add(woken)
             try:
-                records = await self._log.read(topic, 0, offset, max_records)
+                records = None if tail is None else tail.read(offset, max_records, loop.time())
+                if records is None:
+                    stored = await self._log.read(topic, 0, offset, max_records)
+                    records = [_egress_record(r) for r in stored]
                 remaining = deadline - loop.time()
                 if records or remaining <= 0:
-                    return [_egress_record(r) for r in records]
+                    return records
                 await asyncio.wait({woken}, timeout=min(remaining, self.wait_recheck))
             finally:
                 readers.discard(woken)
@@ -364,13 +387,76 @@ class Egresses:
         """How many reads of an embedded egress wait for its next record now."""
         return len(self._readers.get(self._log_topics[egress_id], ()))
 
-    def _wake_readers(self, topic: str) -> None:
+    def _appended(
+        self, topic: str, appended: asyncio.Future[list[int]], id_: str, value: TypedValue
+    ) -> None:
+        """An append to an embedded egress is done: its tail learns of it, and the reads
+        that wait for the topic's next record read again."""
+        tail = self._tails.get(topic)
+        if tail is not None:
+            now = asyncio.get_running_loop().time()
+            if appended.cancelled() or appended.exception() is not None:
+                tail.failed(now)
+            else:
+                tail.appended((appended.result()[0], id_, value), now)
         for woken in self._readers.get(topic, ()):
             if not woken.done():
                 woken.set_result(None)
 
 
-def _egress_record(record: StoredRecord) -> tuple[int, str, TypedValue]:
+class EgressTail:
+    """The newest records this process appended to an embedded egress topic it alone
+    writes, offsets without a gap: a read from among them or from past them is answered
+    here, without the log. (On Kafka a read is a consumer's assign, ListOffsets, seek and
+    fetch on one shared thread: about 200 ms a read while the runtime is busy.)
+
+    Only this process writes the topic, so past the newest record held the log has
+    nothing either, with one exception: an append that failed may still land (its
+    producer's request in flight). After one the tail holds nothing for ``distrust``
+    seconds, and reads go to the log; a record whose offset does not follow the newest
+    held one starts the tail again from itself. Records older than ``window`` seconds
+    (the egress retention; 0: none), which the log may have dropped, are let go, and so
+    are all but the newest :data:`TAIL_RECORDS`. Times are the caller's clock."""
+
+    def __init__(self, window: float = 0.0, distrust: float = 0.0) -> None:
+        self._window = window
+        self._distrust = distrust
+        self._records: deque[EgressRecord] = deque(maxlen=TAIL_RECORDS)
+        self._times: deque[float] = deque(maxlen=TAIL_RECORDS)
+        self._trusted_from = 0.0
+
+    def appended(self, record: EgressRecord, now: float) -> None:
+        """``record`` is durable in the log, at its offset."""
+        if now < self._trusted_from:
+            return
+        if self._records and record[0] != self._records[-1][0] + 1:
+            self.clear()  # a gap, or out of order: the records held say nothing of it
+        self._records.append(record)
+        self._times.append(now)
+
+    def failed(self, now: float) -> None:
+        """An append failed: it may land later, at an offset nobody here knows."""
+        self.clear()
+        self._trusted_from = now + self._distrust
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._times.clear()
+
+    def read(self, offset: int, max_records: int, now: float) -> list[EgressRecord] | None:
+        """The records from ``offset`` on (empty: none yet), or None if the log must say."""
+        records, times = self._records, self._times
+        if self._window > 0:
+            while times and times[0] < now - self._window:
+                times.popleft()
+                records.popleft()
+        if not records or offset < records[0][0]:
+            return None
+        skip = offset - records[0][0]
+        return list(itertools.islice(records, skip, skip + max_records))
+
+
+def _egress_record(record: StoredRecord) -> EgressRecord:
     """An embedded egress record as (offset, record id, value)."""
     typename, value = msgpack.unpackb(record.value, raw=False)
     record_id = next((v.decode() for k, v in record.headers if k == ID_HEADER), "")
