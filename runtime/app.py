@@ -175,7 +175,6 @@ class RuntimeBase(abc.ABC):
             self.kafka_clusters,
             member=member,
             window=config.egress_retention,
-            distrust=log_.late_landing,
         )
         self.dead_letters = DeadLetters(log_, self.topics.dead_letters)
         self.idempotency = IdempotencyKeys(

@@ -42,7 +42,7 @@ from runtime.checkpoints.epochs import EpochClock
 from runtime.checkpoints.snapshot import EGRESS_PART, EgressItem, encode_egress_items
 from runtime.errors import ConfigurationError, LogError, StoreError, UnknownTopicError
 from runtime.kafka_clusters import KafkaClusters
-from runtime.log import Log, Record, StoredRecord
+from runtime.log import Log, Record, StoredRecord, TopicPartition
 from runtime.log.kafka import KafkaLog
 from runtime.log.kafka_transactions import TransactionalPublisher
 from runtime.metrics import EgressCounter, Metrics
@@ -63,6 +63,9 @@ WAIT_RECHECK = 0.05
 
 TAIL_RECORDS = 1024
 """The most records an :class:`EgressTail` holds."""
+
+FOLLOW_IDLE = 60.0
+"""Seconds without a read after which an embedded egress is no longer followed."""
 
 EgressRecord = tuple[int, str, TypedValue]
 """An embedded egress record as read: its offset, its id and its value."""
@@ -190,13 +193,11 @@ class Egresses:
         *,
         member: str | None = None,
         window: float = 0.0,
-        distrust: float = 0.0,
     ):
         """``member``: this process's member id in a cluster: its Kafka transactions and
-        their markers are its own, so members never fence each other. Alone, this process
-        is the only writer of its embedded egresses, and keeps an :class:`EgressTail` of
-        each: ``window`` is the egress retention (0: none), ``distrust`` how long an
-        append that failed may still land (see :class:`EgressTail`)."""
+        their markers are its own, so members never fence each other. ``window``: the
+        embedded egresses' retention in seconds (0: none), which their followers'
+        tails keep to (see :class:`EgressFollower`)."""
         self._log = log_
         self._topics = topics
         self._member = member
@@ -221,11 +222,10 @@ class Egresses:
         """Per embedded egress topic, the reads waiting for its next record."""
         self.wait_recheck = WAIT_RECHECK
         """Seconds between two reads of a read that waits (see :meth:`read`)."""
-        self._tails: dict[str, EgressTail] = (
-            {topic: EgressTail(window, distrust) for topic in self._log_topics.values()}
-            if member is None
-            else {}
-        )
+        self._followers = {
+            topic: EgressFollower(log_, topic, window, functools.partial(self._wake, topic))
+            for topic in self._log_topics.values()
+        }
 
     async def start(self) -> None:
         for topic in self._log_topics.values():
@@ -258,6 +258,8 @@ class Egresses:
                 self._transactional.update((s.id, txn) for s in exact)
 
     async def close(self) -> None:
+        for follower in self._followers.values():
+            await follower.stop()
         for writer in {id(w): w for w in self._transactional.values()}.values():
             await writer.close()
 
@@ -333,11 +335,7 @@ class Egresses:
         topic = self._log_topics.get(item.egress)
         if topic is not None:
             value = msgpack.packb((argument.typename, argument.value), use_bin_type=True)
-            appended = self._log.append(topic, 0, [Record(value=value, headers=headers)])
-            appended.add_done_callback(
-                lambda done: self._appended(topic, done, item.id, item.argument)
-            )
-            return appended
+            return self._log.append(topic, 0, [Record(value=value, headers=headers)])
         return self._kafka[item.egress].send(*self._kafka_record(item))
 
     @staticmethod
@@ -355,21 +353,22 @@ class Egresses:
     async def read(
         self, egress_id: TypeName, offset: int, max_records: int, wait: float = 0.0
     ) -> list[EgressRecord]:
-        """(offset, record id, value) of an embedded egress's records from ``offset``.
-        With none there yet, wait up to ``wait`` seconds for the first: woken by this
-        process's appends to the egress, and reading again every ``wait_recheck`` seconds
-        for those of others (a cluster's other members)."""
+        """(offset, record id, value) of an embedded egress's records from ``offset``:
+        the newest from its follower's tail (see :class:`EgressFollower`), older ones
+        from the log. With none there yet, wait up to ``wait`` seconds for the first:
+        woken as the follower takes the next record, and reading again every
+        ``wait_recheck`` seconds (until the follower follows)."""
         topic = self._log_topics[egress_id]
-        tail = self._tails.get(topic)
+        follower = self._followers[topic]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
-            # Listening before reading: an append that lands during the read wakes us.
+            # Listening before reading: a record that comes during the read wakes us.
             woken: asyncio.Future[None] = loop.create_future()
             readers = self._readers.setdefault(topic, set())
             readers.add(woken)
             try:
-                records = None if tail is None else tail.read(offset, max_records, loop.time())
+                records = follower.read(offset, max_records)
                 if records is None:
                     stored = await self._log.read(topic, 0, offset, max_records)
                     records = [_egress_record(r) for r in stored]
@@ -387,61 +386,37 @@ class Egresses:
         """How many reads of an embedded egress wait for its next record now."""
         return len(self._readers.get(self._log_topics[egress_id], ()))
 
-    def _appended(
-        self, topic: str, appended: asyncio.Future[list[int]], id_: str, value: TypedValue
-    ) -> None:
-        """An append to an embedded egress is done: its tail learns of it, and the reads
-        that wait for the topic's next record read again."""
-        tail = self._tails.get(topic)
-        if tail is not None:
-            now = asyncio.get_running_loop().time()
-            if appended.cancelled() or appended.exception() is not None:
-                tail.failed(now)
-            else:
-                tail.appended((appended.result()[0], id_, value), now)
+    def following(self, egress_id: TypeName) -> bool:
+        """Whether reads of an embedded egress are answered from its follower's tail now."""
+        return self._followers[self._log_topics[egress_id]].following
+
+    def _wake(self, topic: str) -> None:
+        """The topic's follower took new records: the reads waiting for them read again."""
         for woken in self._readers.get(topic, ()):
             if not woken.done():
                 woken.set_result(None)
 
 
 class EgressTail:
-    """The newest records this process appended to an embedded egress topic it alone
-    writes, offsets without a gap: a read from among them or from past them is answered
-    here, without the log. (On Kafka a read is a consumer's assign, ListOffsets, seek and
-    fetch on one shared thread: about 200 ms a read while the runtime is busy.)
+    """The newest records of an embedded egress topic, in offset order without a gap,
+    up to ``position`` (the offset after the newest): a read from among them or from
+    past them is answered here. Records older than ``window`` seconds (the egress
+    retention; 0: none), which the log may have dropped, are let go, and so are all but
+    the newest :data:`TAIL_RECORDS`. Times are the caller's clock."""
 
-    Only this process writes the topic, so past the newest record held the log has
-    nothing either, with one exception: an append that failed may still land (its
-    producer's request in flight). After one the tail holds nothing for ``distrust``
-    seconds, and reads go to the log; a record whose offset does not follow the newest
-    held one starts the tail again from itself. Records older than ``window`` seconds
-    (the egress retention; 0: none), which the log may have dropped, are let go, and so
-    are all but the newest :data:`TAIL_RECORDS`. Times are the caller's clock."""
-
-    def __init__(self, window: float = 0.0, distrust: float = 0.0) -> None:
+    def __init__(self, position: int, window: float = 0.0) -> None:
+        self.position = position
         self._window = window
-        self._distrust = distrust
         self._records: deque[EgressRecord] = deque(maxlen=TAIL_RECORDS)
         self._times: deque[float] = deque(maxlen=TAIL_RECORDS)
-        self._trusted_from = 0.0
 
-    def appended(self, record: EgressRecord, now: float) -> None:
-        """``record`` is durable in the log, at its offset."""
-        if now < self._trusted_from:
-            return
-        if self._records and record[0] != self._records[-1][0] + 1:
-            self.clear()  # a gap, or out of order: the records held say nothing of it
+    def add(self, record: EgressRecord, now: float) -> None:
+        """The record at ``position``."""
+        if record[0] != self.position:
+            raise ValueError(f"record {record[0]} does not follow the tail at {self.position}")
         self._records.append(record)
         self._times.append(now)
-
-    def failed(self, now: float) -> None:
-        """An append failed: it may land later, at an offset nobody here knows."""
-        self.clear()
-        self._trusted_from = now + self._distrust
-
-    def clear(self) -> None:
-        self._records.clear()
-        self._times.clear()
+        self.position += 1
 
     def read(self, offset: int, max_records: int, now: float) -> list[EgressRecord] | None:
         """The records from ``offset`` on (empty: none yet), or None if the log must say."""
@@ -450,10 +425,82 @@ class EgressTail:
             while times and times[0] < now - self._window:
                 times.popleft()
                 records.popleft()
-        if not records or offset < records[0][0]:
+        first = records[0][0] if records else self.position
+        if offset < first:
             return None
-        skip = offset - records[0][0]
+        skip = offset - first
         return list(itertools.islice(records, skip, skip + max_records))
+
+
+class EgressFollower:
+    """Follows an embedded egress topic while it is read, keeping its newest records in
+    an :class:`EgressTail`, so reads of them (and of what is not there yet: a reader
+    that keeps up) need not go to the log. On Kafka a read of the log is a consumer's
+    assign, ListOffsets, seek and fetch on one shared thread: about 200 ms a read while
+    the runtime is busy.
+
+    The first read starts it: a consumer of the log from the topic's end then. Every
+    writer's records come through it (a cluster's other members' too), this process's
+    own handed over as they become durable; a reader asking past the newest is as far
+    behind as the consumer, as it would be reading the log. It stops after
+    :data:`FOLLOW_IDLE` seconds without a read, and when reading the log fails (the
+    next read starts it again). ``on_records`` is called as records come."""
+
+    def __init__(
+        self, log_: Log, topic: str, window: float, on_records: Callable[[], None]
+    ) -> None:
+        self._log = log_
+        self._topic = topic
+        self._window = window
+        self._on_records = on_records
+        self._tail: EgressTail | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_read = 0.0
+
+    @property
+    def following(self) -> bool:
+        return self._tail is not None
+
+    def read(self, offset: int, max_records: int) -> list[EgressRecord] | None:
+        """The records from ``offset`` on from the tail, or None if the log must say."""
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        if self._task is None:
+            self._task = loop.create_task(self._follow())
+        tail = self._tail
+        return None if tail is None else tail.read(offset, max_records, self._last_read)
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        tp = TopicPartition(self._topic, 0)
+        consumer = self._log.consumer()
+        try:
+            (end,) = await self._log.end_offsets(self._topic)
+            consumer.assign({tp: end})
+            tail = self._tail = EgressTail(end, self._window)
+            while loop.time() - self._last_read < FOLLOW_IDLE:
+                taken = (await consumer.poll(1.0)).get(tp)
+                if taken:
+                    now = loop.time()
+                    for stored in taken:
+                        tail.add(_egress_record(stored), now)
+                    self._on_records()
+        except LogError as e:
+            log.debug("following %s stopped: %s", self._topic, e)
+        except Exception:
+            # Reads go to the log until the next one starts following again.
+            log.warning("following %s failed", self._topic, exc_info=True)
+        finally:
+            self._tail = None
+            self._task = None
+            await consumer.close()
+
+    async def stop(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _egress_record(record: StoredRecord) -> EgressRecord:

@@ -86,10 +86,6 @@ class FaultyLog(Log):
     def inner(self) -> Log:
         return self._inner
 
-    @property
-    def late_landing(self) -> float:
-        return self._inner.late_landing
-
     def _refused(self) -> LogError | None:
         if self._failure is None and self._switch.on:
             self._appends_failed(disk_full_error(repr(self._inner)))

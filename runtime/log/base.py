@@ -123,12 +123,6 @@ class Log(abc.ABC):
     _append_observer: AppendObserver | None = None
 
     @property
-    def late_landing(self) -> float:
-        """How long after its future failed an append may still land, in seconds: none
-        on the embedded logs (a failed append wrote nothing)."""
-        return 0.0
-
-    @property
     def failure(self) -> LogError | None:
         """Why appends fail: the first failed append's error, until :meth:`reopen`."""
         return self._failure

@@ -494,12 +494,6 @@ class KafkaLog(Log):
         return self._loop
 
     @property
-    def late_landing(self) -> float:
-        """A record whose acknowledgement never came may be delivered until the producer
-        gives up on it: its delivery timeout, and one request in flight."""
-        return self._ack_deadline
-
-    @property
     def request_timeout(self) -> float:
         """The bound of one request to the cluster, in seconds."""
         return self._timeout

@@ -34,10 +34,10 @@ def record(offset: int) -> EgressRecord:
     return (offset, f"id-{offset}", TypedValue("test/v", str(offset).encode()))
 
 
-def tail_of(offsets: range, **settings: float) -> EgressTail:
-    tail = EgressTail(**settings)
+def tail_of(offsets: range, window: float = 0.0) -> EgressTail:
+    tail = EgressTail(offsets.start, window)
     for offset in offsets:
-        tail.appended(record(offset), now=100.0)
+        tail.add(record(offset), now=100.0)
     return tail
 
 
@@ -45,40 +45,31 @@ def test_a_tail_answers_from_its_records_and_past_them() -> None:
     tail = tail_of(range(5, 9))
     assert tail.read(5, 10, now=100.0) == [record(o) for o in range(5, 9)]
     assert tail.read(7, 1, now=100.0) == [record(7)]
-    # past the newest record: the only writer appended nothing more
+    # past the newest record: nothing yet
     assert tail.read(9, 10, now=100.0) == []
     assert tail.read(20, 10, now=100.0) == []
     # below the oldest: the log must say
     assert tail.read(4, 10, now=100.0) is None
-    assert EgressTail().read(0, 10, now=100.0) is None
+    assert EgressTail(3).read(3, 10, now=100.0) == []
+    assert EgressTail(3).read(2, 10, now=100.0) is None
 
 
-def test_a_gap_starts_the_tail_again_from_the_record_after_it() -> None:
+def test_a_tail_takes_only_the_record_at_its_position() -> None:
     tail = tail_of(range(3))
-    tail.appended(record(5), now=100.0)  # offsets 3 and 4 are someone else's
-    assert tail.read(3, 10, now=100.0) is None
-    assert tail.read(5, 10, now=100.0) == [record(5)]
-
-
-def test_after_a_failed_append_the_log_says_until_the_append_cannot_land_any_more() -> None:
-    tail = tail_of(range(3), distrust=30.0)
-    tail.failed(now=100.0)
-    assert tail.read(0, 10, now=100.0) is None
-    tail.appended(record(4), now=129.0)  # the failed one may still land at 3 (or after 4)
-    assert tail.read(4, 10, now=129.0) is None
-    tail.appended(record(5), now=130.0)
-    assert tail.read(5, 10, now=130.0) == [record(5)]
-    assert tail.read(4, 10, now=130.0) is None
+    with pytest.raises(ValueError, match="does not follow"):
+        tail.add(record(4), now=100.0)
+    assert tail.position == 3
 
 
 def test_records_older_than_the_retention_window_are_let_go() -> None:
-    tail = EgressTail(window=60.0)
-    tail.appended(record(0), now=100.0)
-    tail.appended(record(1), now=130.0)
+    tail = EgressTail(0, window=60.0)
+    tail.add(record(0), now=100.0)
+    tail.add(record(1), now=130.0)
     assert tail.read(0, 10, now=160.0) == [record(0), record(1)]
     assert tail.read(0, 10, now=160.5) is None  # record 0 may be gone from the log
     assert tail.read(1, 10, now=160.5) == [record(1)]
     assert tail.read(1, 10, now=190.5) is None
+    assert tail.read(2, 10, now=190.5) == []
 
 
 def test_a_tail_holds_the_newest_records_only() -> None:
@@ -121,25 +112,36 @@ async def alone(log: CountingLog) -> AsyncIterator[Egresses]:
     await egresses.close()
 
 
-async def test_alone_the_runtime_answers_reads_of_what_it_appended_without_the_log(
+async def following(egresses: Egresses) -> None:
+    """Once a first read has started the egress's follower, and it follows."""
+    await egresses.read(OUT, 0, 10)
+    for _ in range(1000):
+        if egresses.following(OUT):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the egress is not followed")
+
+
+async def test_once_followed_the_newest_records_are_read_without_the_log(
     alone: Egresses, log: CountingLog
 ) -> None:
-    assert await alone.read(OUT, 0, 10) == []  # nothing appended yet: the log says
-    assert log.reads == 1
-    await asyncio.gather(*(alone.publish(item(n)) for n in range(3)))
-    read = await alone.read(OUT, 1, 10)
-    assert [(o, i, v.value) for o, i, v in read] == [(1, "id-1", b"1"), (2, "id-2", b"2")]
-    assert await alone.read(OUT, 3, 10, wait=0.01) == []
-    assert log.reads == 1
-    # what the tail answers is what the log holds
-    stored = await log.read(TOPICS.egress(OUT), 0, 0)
-    assert [(r.offset, r.headers) for r in stored] == [
-        (n, (("statefun.egress-id", f"id-{n}".encode()),)) for n in range(3)
-    ]
+    await asyncio.gather(*(alone.publish(item(n)) for n in range(2)))
+    assert [i for _, i, _ in await alone.read(OUT, 0, 10)] == ["id-0", "id-1"]  # the log's
+    await following(alone)
+    reads = log.reads
+    await asyncio.gather(*(alone.publish(item(n)) for n in range(2, 5)))
+    read = await alone.read(OUT, 3, 10, wait=10)
+    assert [(o, i, v.value) for o, i, v in read[:1]] == [(3, "id-3", b"3")]
+    assert await alone.read(OUT, 5, 10, wait=0.01) == []
+    assert log.reads == reads
+    # older than the follower: from the log
+    assert [i for _, i, _ in await alone.read(OUT, 1, 1)] == ["id-1"]
+    assert log.reads == reads + 1
 
 
-async def test_a_waiting_read_is_woken_by_the_next_append(alone: Egresses) -> None:
-    alone.wait_recheck = 3600.0  # only the append can end the wait before the test's bound
+async def test_a_waiting_read_is_woken_by_the_next_record(alone: Egresses) -> None:
+    await following(alone)
+    alone.wait_recheck = 3600.0  # only the record can end the wait before the test's bound
     reading = asyncio.create_task(alone.read(OUT, 0, 10, wait=3600.0))
     await asyncio.sleep(0)  # the read listens before it first yields
     assert alone.waiting_reads(OUT) == 1
@@ -149,19 +151,28 @@ async def test_a_waiting_read_is_woken_by_the_next_append(alone: Egresses) -> No
     assert alone.waiting_reads(OUT) == 0
 
 
-async def test_in_a_cluster_a_waiting_read_finds_another_members_record_by_reading_again(
-    log: CountingLog,
-) -> None:
-    member = await egresses_on(log, member="m-1")
-    member.wait_recheck = 0.01
+async def test_another_writers_records_come_through_the_follower(log: CountingLog) -> None:
+    reader = await egresses_on(log, member="m-1")
+    reader.wait_recheck = 3600.0
+    other = await egresses_on(log, member="m-2")  # a cluster's other member: the same topic
     try:
-        reading = asyncio.create_task(member.read(OUT, 0, 10, wait=3600.0))
-        await asyncio.sleep(0)  # the read listens before it first yields
-        assert member.waiting_reads(OUT) == 1
-        other = await egresses_on(log, member="m-2")  # the same topic, another writer
+        await following(reader)
+        reading = asyncio.create_task(reader.read(OUT, 0, 10, wait=3600.0))
         await other.publish(item(7))
         read = await asyncio.wait_for(reading, timeout=10)
         assert [i for _, i, _ in read] == ["id-7"]
-        assert log.reads >= 2  # no tail in a cluster: every read asks the log
     finally:
-        await member.close()
+        await reader.close()
+        await other.close()
+
+
+async def test_a_follower_stops_with_the_egresses_and_reads_go_to_the_log_after(
+    alone: Egresses, log: CountingLog
+) -> None:
+    await following(alone)
+    await alone.close()
+    assert not alone.following(OUT)
+    await alone.publish(item(0))
+    reads = log.reads
+    assert [i for _, i, _ in await alone.read(OUT, 0, 10)] == ["id-0"]
+    assert log.reads == reads + 1
