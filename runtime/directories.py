@@ -10,6 +10,7 @@ umask: they hold every message, state and egress record.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -41,8 +42,16 @@ def lock_directory(
 
 def private_file(path: Path) -> Path:
     """``path``, created if need be, readable and writable by this user only; with the
-    side files SQLite keeps next to a database of that name, if there are any."""
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE))
+    side files SQLite keeps next to a database of that name, if there are any.
+
+    An existing file is never opened here: closing a descriptor of a file drops every
+    POSIX lock this process holds on it, SQLite's included, and a database whose
+    locks are gone looks closed to other processes. (The embedded log opens two
+    connections to its database: the second one's open used to drop the first one's
+    lock, and a reader in another process that closed its connection then deleted the
+    write-ahead log the runtime went on writing to.)"""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
     for side in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
         if side.exists():
             side.chmod(FILE_MODE)

@@ -3,6 +3,7 @@ safe and refused in one line otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -109,7 +110,8 @@ def three_checkpoints(module: Path, data: Path, port: int) -> None:
 
 
 def damage_newest(data: Path, how: str) -> int:
-    with sqlite3.connect(data / "checkpoints" / "checkpoints.db") as db:
+    # Closed on leaving (the connection's own context only commits), then committed.
+    with contextlib.closing(sqlite3.connect(data / "checkpoints" / "checkpoints.db")) as db, db:
         (newest,) = db.execute("SELECT MAX(checkpoint) FROM manifests").fetchone()
         if how == "garbage part":
             db.execute(
@@ -170,7 +172,7 @@ def test_a_damaged_newest_checkpoint_that_released_egress_is_refused_in_one_line
 
 def messages_log(data: Path) -> tuple[int, int]:
     """(records kept, sum of the partitions' starts) of the messages topic in log.db."""
-    with sqlite3.connect(data / "log.db") as db:
+    with contextlib.closing(sqlite3.connect(data / "log.db")) as db:
         kept = db.execute(
             "SELECT COUNT(*) FROM records WHERE topic = 'statefun-messages'"
         ).fetchone()[0]

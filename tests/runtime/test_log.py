@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -259,6 +261,52 @@ async def test_a_log_file_that_is_no_database_is_refused_and_leaves_the_director
         assert await log.append("t", 0, [Record(b"a")]) == [0]
     finally:
         await log.close()
+
+
+def _records_seen_by_another_process(database: Path) -> int:
+    """How many records a reader in another process finds in ``database``; its
+    connection is closed before it returns, as an operator's ``sqlite3`` would."""
+    code = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1])\n"
+        "print(db.execute('SELECT COUNT(*) FROM records').fetchone()[0])\n"
+        "db.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(database)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+async def test_a_reader_in_another_process_neither_loses_nor_hides_later_appends(
+    tmp_path: Path,
+) -> None:
+    # A reader that closes its connection deletes the write-ahead log if it believes
+    # no other process has the database open. Closing a file descriptor of the database
+    # drops every lock this process holds on it, SQLite's own included: the log's
+    # second connection once made it look closed, and its appends went on into a
+    # deleted file, never seen by anyone else and gone with the process.
+    first = await SqliteLog.open(tmp_path)
+    await first.ensure_topic("t", 1)
+    await first.close()
+    # Opened again: the database is in WAL mode from the start (as at every restart).
+    log = await SqliteLog.open(tmp_path)
+    try:
+        assert await log.append("t", 0, [Record(b"a")]) == [0]
+        assert await asyncio.to_thread(_records_seen_by_another_process, tmp_path / "log.db") == 1
+        assert await log.append("t", 0, [Record(b"b")]) == [1]
+        assert await asyncio.to_thread(_records_seen_by_another_process, tmp_path / "log.db") == 2
+    finally:
+        await log.close()
+    reopened = await SqliteLog.open(tmp_path)
+    try:
+        assert [r.value for r in await reopened.read("t", 0, 0)] == [b"a", b"b"]
+    finally:
+        await reopened.close()
 
 
 async def test_one_process_at_a_time_per_data_directory(tmp_path: Path) -> None:
