@@ -42,7 +42,7 @@ from runtime.checkpoints.epochs import EpochClock
 from runtime.checkpoints.snapshot import EGRESS_PART, EgressItem, encode_egress_items
 from runtime.errors import ConfigurationError, LogError, StoreError, UnknownTopicError
 from runtime.kafka_clusters import KafkaClusters
-from runtime.log import Log, Record, StoredRecord, TopicPartition
+from runtime.log import Log, LogConsumer, Record, StoredRecord, TopicPartition
 from runtime.log.kafka import KafkaLog
 from runtime.log.kafka_transactions import TransactionalPublisher
 from runtime.metrics import EgressCounter, Metrics
@@ -473,8 +473,9 @@ class EgressFollower:
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()
         tp = TopicPartition(self._topic, 0)
-        consumer = self._log.consumer()
+        consumer: LogConsumer | None = None
         try:
+            consumer = self._log.consumer()
             (end,) = await self._log.end_offsets(self._topic)
             consumer.assign({tp: end})
             tail = self._tail = EgressTail(end, self._window)
@@ -493,7 +494,9 @@ class EgressFollower:
         finally:
             self._tail = None
             self._task = None
-            await consumer.close()
+            if consumer is not None:
+                with contextlib.suppress(LogError):
+                    await consumer.close()
 
     async def stop(self) -> None:
         task = self._task

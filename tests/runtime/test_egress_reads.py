@@ -11,6 +11,7 @@ import pytest
 
 from runtime.checkpoints.snapshot import EgressItem
 from runtime.egress import TAIL_RECORDS, Egresses, EgressRecord, EgressTail
+from runtime.errors import LogError
 from runtime.kafka_clusters import KafkaClusters
 from runtime.log import StoredRecord
 from runtime.log.memory import MemoryLog
@@ -176,3 +177,38 @@ async def test_a_follower_stops_with_the_egresses_and_reads_go_to_the_log_after(
     reads = log.reads
     assert [i for _, i, _ in await alone.read(OUT, 0, 10)] == ["id-0"]
     assert log.reads == reads + 1
+
+
+class EndsFailOnceLog(CountingLog):
+    """A log whose first ``end_offsets`` fails, as a broker that went away would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def end_offsets(self, topic: str) -> list[int]:
+        if not self.failed:
+            self.failed = True
+            raise LogError("the broker went away")
+        return await super().end_offsets(topic)
+
+
+async def test_a_follower_that_fails_leaves_reads_to_the_log_until_the_next_read_starts_it() -> (
+    None
+):
+    log = EndsFailOnceLog()
+    egresses = await egresses_on(log)
+    try:
+        await egresses.publish(item(0))
+        assert [i for _, i, _ in await egresses.read(OUT, 0, 10)] == ["id-0"]  # the log's
+        await asyncio.sleep(0)  # the follower's first step fails
+        assert log.failed
+        assert not egresses.following(OUT)
+        await following(egresses)  # a read starts it again
+        await egresses.publish(item(1))
+        reads = log.reads
+        read = await egresses.read(OUT, 1, 10, wait=10)
+        assert [i for _, i, _ in read] == ["id-1"]
+        assert log.reads == reads
+    finally:
+        await egresses.close()
