@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 ID_HEADER = "statefun.egress-id"
 
 WAIT_RECHECK = 0.05
-"""Seconds between two reads of a read that waits for an embedded egress's next record
-(this process's own appends wake it at once)."""
+"""Seconds between two reads of a read that waits for an embedded egress's next record,
+until the egress's follower follows (it then wakes the read as the record comes)."""
 
 TAIL_RECORDS = 1024
 """The most records an :class:`EgressTail` holds."""

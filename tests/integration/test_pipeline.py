@@ -216,8 +216,8 @@ def test_an_egress_read_with_wait_answers_when_the_next_record_comes(
             wait_until(lambda: rt.egresses.waiting_reads(egress) == 1)
             return reader
 
-        # Woken by the record this runtime's egress appends (reading again would take longer
-        # than the test waits; a cluster's other members' records are found that way).
+        # Woken as the egress's follower takes the record (reading again would take longer
+        # than the test waits).
         rt.egresses.wait_recheck = 60.0
         reader = read_from(1)
         send_int(http, "test/forward/w", 0)
