@@ -395,3 +395,8 @@ spec: {{id: test/out, deliverySemantic: {{type: {egress}}}}}
 {extra}"""
     )
     return path
+
+
+VERIFIER_RUNS = "verifier-runs"
+"""The xdist group of the long verifier runs: one worker runs them one after another, so
+no two of them load the machine at once (their checks have time bounds)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -122,13 +123,17 @@ def complaints(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 def trickle(conn: socket.socket, data: bytes, every: float) -> float:
-    """Send ``data`` a byte at a time until the server closes; when it did (monotonic)."""
+    """Send ``data`` a byte at a time until the server answers or closes; when it did
+    (monotonic). It stops at the answer: a byte that reached the server after it closed
+    would be answered with a reset, which can discard the answer before it is read."""
     for byte in data:
         try:
             conn.sendall(bytes([byte]))
-        except OSError:
+            answered, _, _ = select.select([conn], [], [], every)
+        except (OSError, ValueError):  # closed, here or by the server
             break
-        time.sleep(every)
+        if answered:
+            break
     return time.monotonic()
 
 

@@ -15,12 +15,14 @@ import os
 from pathlib import Path
 
 import pytest
+from support import VERIFIER_RUNS
 
 from verifier.run import VerifierConfig, run
 
 SEED = int(os.environ.get("VERIFIER_SEED", "1"))
 
 
+@pytest.mark.xdist_group(VERIFIER_RUNS)
 @pytest.mark.slow
 @pytest.mark.kafka
 @pytest.mark.timeout(420)

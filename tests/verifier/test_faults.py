@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import wait_until
+from support import VERIFIER_RUNS, wait_until
 
 from statefun.address import Address
 from statefun.errors import ProtocolError
@@ -226,6 +226,7 @@ def _short(tmp_path: Path, log: str, only: tuple[str, ...] = ()) -> SuiteResult:
     return result
 
 
+@pytest.mark.xdist_group(VERIFIER_RUNS)
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_short_fault_suite_passes_on_the_embedded_log(tmp_path: Path) -> None:
@@ -234,6 +235,7 @@ def test_the_short_fault_suite_passes_on_the_embedded_log(tmp_path: Path) -> Non
     assert all(row.result == "PASS" for row in result.rows), result.report()
 
 
+@pytest.mark.xdist_group(VERIFIER_RUNS)
 @pytest.mark.slow
 @pytest.mark.kafka
 @pytest.mark.timeout(900)

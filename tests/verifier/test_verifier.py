@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import VERIFIER_RUNS
 
 from verifier.checks import AddressState, invariant_problems
 from verifier.egress_audit import Delivered, EgressAudit
@@ -228,12 +229,14 @@ def _short_run(tmp_path: Path, kafka: bool = False, commands: int = 5_000, **con
     assert all(a["distinct"] == stats["egress_expected"] for a in audits.values()), audits
 
 
+@pytest.mark.xdist_group(VERIFIER_RUNS)
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_short_run_on_the_embedded_log(tmp_path: Path) -> None:
     _short_run(tmp_path)
 
 
+@pytest.mark.xdist_group(VERIFIER_RUNS)
 @pytest.mark.slow
 @pytest.mark.kafka
 @pytest.mark.timeout(600)
