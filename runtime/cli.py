@@ -760,12 +760,11 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request(
-    args: argparse.Namespace, method: str, path: str, *, waits: float = 0.0, **params: Any
-) -> Any:
+def _request(args: argparse.Namespace, method: str, path: str, **params: Any) -> Any:
     """The JSON answer of the ingress to ``method path``; a CliError for anything else.
-    ``waits``: seconds the ingress may hold the answer back (a long poll)."""
-    return _answer(args, method, path, params=params or None, timeout=10 + waits).json()
+    A ``wait`` parameter (a long poll) holds the answer back that much longer."""
+    timeout = 10 + float(params.get("wait", 0))
+    return _answer(args, method, path, params=params or None, timeout=timeout).json()
 
 
 def _answer(
@@ -919,9 +918,7 @@ def _egress(args: argparse.Namespace) -> int:
     try:
         while limit is None or limit > 0:
             page = min(limit or EGRESS_PAGE, EGRESS_PAGE)
-            answer = _request(
-                args, "GET", path, waits=wait, **{"from": position, "limit": page, "wait": wait}
-            )
+            answer = _request(args, "GET", path, **{"from": position, "limit": page, "wait": wait})
             for record in answer["records"]:
                 if args.json:
                     print(json.dumps(record), flush=True)

@@ -218,13 +218,10 @@ class Egresses:
         """At-least-once Kafka egresses."""
         self._transactional: dict[TypeName, TransactionalKafkaWriter] = {}
         """Exactly-once Kafka egresses."""
-        self._readers: dict[str, set[asyncio.Future[None]]] = {}
-        """Per embedded egress topic, the reads waiting for its next record."""
         self.wait_recheck = WAIT_RECHECK
         """Seconds between two reads of a read that waits (see :meth:`read`)."""
         self._followers = {
-            topic: EgressFollower(log_, topic, window, functools.partial(self._wake, topic))
-            for topic in self._log_topics.values()
+            topic: EgressFollower(log_, topic, window) for topic in self._log_topics.values()
         }
 
     async def start(self) -> None:
@@ -358,43 +355,16 @@ class Egresses:
         from the log. With none there yet, wait up to ``wait`` seconds for the first:
         woken as the follower takes the next record, and reading again every
         ``wait_recheck`` seconds (until the follower follows)."""
-        topic = self._log_topics[egress_id]
-        follower = self._followers[topic]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while True:
-            # Listening before reading: a record that comes during the read wakes us.
-            woken: asyncio.Future[None] = loop.create_future()
-            readers = self._readers.setdefault(topic, set())
-            readers.add(woken)
-            try:
-                records = follower.read(offset, max_records)
-                if records is None:
-                    stored = await self._log.read(topic, 0, offset, max_records)
-                    records = [_egress_record(r) for r in stored]
-                remaining = deadline - loop.time()
-                if records or remaining <= 0:
-                    return records
-                await asyncio.wait({woken}, timeout=min(remaining, self.wait_recheck))
-            finally:
-                readers.discard(woken)
-                woken.cancel()
-                if not readers and self._readers.get(topic) is readers:
-                    del self._readers[topic]
+        follower = self._followers[self._log_topics[egress_id]]
+        return await follower.read(offset, max_records, wait, self.wait_recheck)
 
     def waiting_reads(self, egress_id: TypeName) -> int:
         """How many reads of an embedded egress wait for its next record now."""
-        return len(self._readers.get(self._log_topics[egress_id], ()))
+        return len(self._followers[self._log_topics[egress_id]].waiting)
 
     def following(self, egress_id: TypeName) -> bool:
         """Whether reads of an embedded egress are answered from its follower's tail now."""
         return self._followers[self._log_topics[egress_id]].following
-
-    def _wake(self, topic: str) -> None:
-        """The topic's follower took new records: the reads waiting for them read again."""
-        for woken in self._readers.get(topic, ()):
-            if not woken.done():
-                woken.set_result(None)
 
 
 class EgressTail:
@@ -444,15 +414,15 @@ class EgressFollower:
     own handed over as they become durable; a reader asking past the newest is as far
     behind as the consumer, as it would be reading the log. It stops after
     :data:`FOLLOW_IDLE` seconds without a read, and when reading the log fails (the
-    next read starts it again). ``on_records`` is called as records come."""
+    next read starts it again). Reads that wait for the next record are woken as it
+    comes."""
 
-    def __init__(
-        self, log_: Log, topic: str, window: float, on_records: Callable[[], None]
-    ) -> None:
+    def __init__(self, log_: Log, topic: str, window: float) -> None:
         self._log = log_
         self._topic = topic
         self._window = window
-        self._on_records = on_records
+        self.waiting: set[asyncio.Future[None]] = set()
+        """The reads waiting for the topic's next record."""
         self._tail: EgressTail | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_read = 0.0
@@ -461,8 +431,34 @@ class EgressFollower:
     def following(self) -> bool:
         return self._tail is not None
 
-    def read(self, offset: int, max_records: int) -> list[EgressRecord] | None:
-        """The records from ``offset`` on from the tail, or None if the log must say."""
+    async def read(
+        self, offset: int, max_records: int, wait: float, recheck: float
+    ) -> list[EgressRecord]:
+        """The records from ``offset`` on: from the tail, else from the log. With none
+        there yet, wait up to ``wait`` seconds for the first: woken as it comes, and
+        reading again every ``recheck`` seconds (until the tail follows)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            # Listening before reading: a record that comes during the read wakes us.
+            woken: asyncio.Future[None] = loop.create_future()
+            self.waiting.add(woken)
+            try:
+                records = self._from_tail(offset, max_records)
+                if records is None:
+                    stored = await self._log.read(self._topic, 0, offset, max_records)
+                    records = [_egress_record(r) for r in stored]
+                remaining = deadline - loop.time()
+                if records or remaining <= 0:
+                    return records
+                await asyncio.wait({woken}, timeout=min(remaining, recheck))
+            finally:
+                self.waiting.discard(woken)
+                woken.cancel()
+
+    def _from_tail(self, offset: int, max_records: int) -> list[EgressRecord] | None:
+        """The records from ``offset`` on from the tail, or None if the log must say; the
+        first read starts following."""
         loop = asyncio.get_running_loop()
         self._last_read = loop.time()
         if self._task is None:
@@ -485,7 +481,9 @@ class EgressFollower:
                     now = loop.time()
                     for stored in taken:
                         tail.add(_egress_record(stored), now)
-                    self._on_records()
+                    for woken in self.waiting:
+                        if not woken.done():
+                            woken.set_result(None)
         except LogError as e:
             log.debug("following %s stopped: %s", self._topic, e)
         except Exception:
