@@ -149,6 +149,11 @@ APPLIED = re.compile(
     r'(?=[^}]*outcome="success")[^}]*\}\s+(\S+)$',
     re.MULTILINE,
 )
+FUNCTION_BATCHES = re.compile(r"^statefun_function_batches_total\{[^}]*\}\s+(\S+)$", re.MULTILINE)
+FUNCTION_REQUESTS = re.compile(
+    r"^statefun_function_call_latency_seconds_count\{[^}]*\}\s+(\S+)$", re.MULTILINE
+)
+"""Addresses sent to functions, and HTTP requests that carried them (all function types)."""
 say = steps("bench.peer")
 """A line per step on standard error."""
 
@@ -411,12 +416,17 @@ class Driver:
 
     async def applied(self) -> int:
         """Messages from the ingress to ``peer/counter`` applied so far, all processes."""
-        total = 0.0
+        return int(sum(await self.counted(APPLIED)))
+
+    async def counted(self, *patterns: re.Pattern[str]) -> list[float]:
+        """Per pattern, the sum of the metric values it finds, over every process."""
+        totals = [0.0] * len(patterns)
         for url in self.d.ingresses:
             async with self.session.get(f"{url}/metrics") as r:
                 text = await r.text()
-            total += sum(float(v) for v in APPLIED.findall(text))
-        return int(total)
+            for i, pattern in enumerate(patterns):
+                totals[i] += sum(float(v) for v in pattern.findall(text))
+        return totals
 
     async def run_send(self, case: Case, prefix: str) -> tuple[dict[str, Any], dict[str, int]]:
         """``--sends`` one-way sends, ``case.concurrency`` at a time; then wait (at most
@@ -540,11 +550,15 @@ class Driver:
         case = CASES[name]
         prefix = f"{tag}-{name}-r{rep}-"
         self._profile_now = name if self.s.profile == name and rep == 1 else None
+        before = await self.counted(FUNCTION_BATCHES, FUNCTION_REQUESTS)
         if case.kind == "rr":
             result, expected = await self.run_rr(case, prefix)
         else:
             result, expected = await self.run_send(case, prefix)
         self._profile_now = None
+        after = await self.counted(FUNCTION_BATCHES, FUNCTION_REQUESTS)
+        batches, requests = (b - a for a, b in zip(before, after, strict=True))
+        result["addresses_per_request"] = batches / requests if requests else None
         result["verify"] = await self.verify(expected)
         result["case"], result["rep"] = name, rep
         return result
@@ -848,8 +862,8 @@ def cpu_table(results: dict[str, dict[str, Any]], s: Settings) -> str:
         + " | ".join(f"{r} cores" for r in roles)
         + " | "
         + " | ".join(f"{r} ms/req" for r in roles)
-        + " |",
-        "|---|---|" + "---:|" * (1 + 2 * len(roles)),
+        + " | addresses per function request |",
+        "|---|---|" + "---:|" * (2 + 2 * len(roles)),
     ]
     for m, result in results.items():
         by = _by_case(result["runs"])
@@ -871,7 +885,7 @@ def cpu_table(results: dict[str, dict[str, Any]], s: Settings) -> str:
                 + " | ".join(cells)
                 + " | "
                 + " | ".join("-" if v is None else number(v) for v in ms)
-                + " |"
+                + f" | {number(median([r.get('addresses_per_request') for r in runs]), 1)} |"
             )
     return "\n".join(lines)
 

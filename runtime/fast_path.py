@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from runtime.access import ROUTES, AccessControl, Rule
 from runtime.errors import LogError, StoreError
@@ -175,9 +177,17 @@ class FastPath:
 
 
 class IngressApp(FastAPI):
-    """The ingress's FastAPI app, with :class:`FastPath` in front of it once set."""
+    """The ingress's FastAPI app, with :class:`FastPath` in front of it once set.
+
+    The requests FastAPI serves see a trusted proxy's ``X-Forwarded-Proto`` and
+    ``X-Forwarded-For`` (uvicorn's ``ProxyHeadersMiddleware``, trusting what uvicorn trusts
+    by default: ``FORWARDED_ALLOW_IPS``, else the loopback addresses): the console marks its
+    cookie secure behind a TLS proxy. The ingress's server leaves that middleware out for
+    the fast path, whose routes read neither the scheme nor the client."""
 
     fast_path: FastPath | None = None
+    _behind_proxy: Any = None
+    """FastAPI behind uvicorn's proxy headers middleware (typed with uvicorn's ASGI types)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.fast_path
@@ -186,7 +196,13 @@ class IngressApp(FastAPI):
             if matched is not None:
                 await fast.serve(matched[0], matched[1], scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)
+        proxied = self._behind_proxy
+        if proxied is None:
+            trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+            proxied = self._behind_proxy = ProxyHeadersMiddleware(
+                cast(Any, self.documented), trusted
+            )
+        await proxied(scope, receive, send)
 
     async def documented(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the request through FastAPI only (the documented routes), for tests."""

@@ -175,16 +175,37 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     before its first request, and on how long a request's head and body take."""
 
     timeouts: ClassVar[IngressTimeouts] = IngressTimeouts()
-    _deadline: asyncio.TimerHandle | None = None
+    _deadline: float | None = None
+    """When the request's head or body must have arrived (the loop's time), if armed."""
+    _expired: Callable[[], None] | None = None
+    _timer: asyncio.TimerHandle | None = None
+    """Fires at or before the deadline: a deadline moved later re-arms it then, and one
+    disarmed leaves it to fire for nothing, so a request costs no timer of its own (a
+    timer made and cancelled per request was a measurable share of a busy ingress)."""
 
     def _arm(self, seconds: float, expired: Callable[[], None]) -> None:
+        self._deadline = deadline = self.loop.time() + seconds
+        self._expired = expired
+        timer = self._timer
+        if timer is not None and timer.when() > deadline:
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        deadline, expired = self._deadline, self._expired
+        if deadline is None or expired is None:
+            return
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+            return
         self._disarm()
-        self._deadline = self.loop.call_later(seconds, expired)
+        expired()
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = self._expired = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -196,6 +217,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -224,11 +248,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _head_timed_out(self) -> None:
-        self._deadline = None
         self._refuse(f"the request head did not arrive within {self.timeouts.request_head:g} s")
 
     def _body_timed_out(self) -> None:
-        self._deadline = None
         cycle = self.cycle
         if cycle is not None and (cycle.response_started or cycle.disconnected):
             # Answered already (say, refused before its body was read): just hang up.
@@ -279,6 +301,9 @@ class IngressServer(uvicorn.Server):
                 # count requests.
                 access_log=False,
                 server_header=False,  # no "server: uvicorn" to tell a caller what runs here
+                # The app reads a trusted proxy's headers where it needs them (the
+                # ingress's IngressApp: not on its hot routes, which read neither).
+                proxy_headers=False,
                 # uvicorn's loggers pass their records on to the root logger's handler
                 # (the format `statefun run --log-format` chose), not to uvicorn's own.
                 log_config=None,

@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlencode
 
 from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -75,8 +75,9 @@ from runtime.http_values import value_from_http, value_to_json
 from runtime.idempotency import KeyedRequest, check_key, fingerprint
 from runtime.ingress_batch import MAX_BATCH_BYTES, read_batch
 from runtime.ingress_openapi import ADDRESSED, BATCH, CALL, GUARDED, SEND, errors
-from runtime.ingress_request import IngressRequest, Rejected, error, retry_later
+from runtime.ingress_request import IngressRequest, JSONResponse, Rejected, error, retry_later
 from runtime.metrics import IngressMetrics
+from runtime.replies import reply_within
 from runtime.reports import checkpoints_report, dead_letters_report, functions_report
 from runtime.routing import INGRESS_CALLER_TYPE
 from runtime.state import AddressPage, merge_pages
@@ -400,8 +401,7 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
             else:
                 partition, offset = before.partition, before.offset
             try:
-                async with asyncio.timeout(timeout):
-                    answer = await asyncio.shield(reply)
+                answer = await reply_within(reply, timeout)
             except TimeoutError:
                 return error(
                     504,

@@ -41,6 +41,26 @@ def caller_home(address: Address) -> str | int | None:
     return int(head) if head.isdigit() else head
 
 
+async def reply_within(reply: asyncio.Future[TypedValue], seconds: float) -> TypedValue:
+    """The reply, or ``TimeoutError`` once ``seconds`` have passed without one.
+
+    The future is the waiting call's own (:meth:`ReplyWaiters.new_caller`), so the timeout
+    ends it rather than a task: one timer per call, where ``asyncio.timeout`` around
+    ``asyncio.shield`` costs a context manager, a second future and their callbacks. A
+    reply after the timeout finds the future done and goes nowhere, as one to a caller
+    that stopped waiting."""
+    timer = asyncio.get_running_loop().call_later(seconds, _time_out, reply)
+    try:
+        return await reply
+    finally:
+        timer.cancel()
+
+
+def _time_out(reply: asyncio.Future[TypedValue]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError())
+
+
 def check_member_id(member: str) -> None:
     """Refuse a member id a caller address could not name unambiguously."""
     if not member or "." in member or member.isdigit():

@@ -157,6 +157,22 @@ def test_the_console_asks_for_an_admin_token(runtime: RuntimeThread) -> None:
         assert foreign.json()["error"] == "origin_refused"
 
 
+def test_behind_a_tls_proxy_on_loopback_the_console_cookie_is_secure(
+    runtime: RuntimeThread,
+) -> None:
+    """A proxy on the runtime's own host that ends TLS says so in ``X-Forwarded-Proto``
+    (trusted from loopback, as uvicorn trusts it): the cookie is then ``Secure``; over
+    plain HTTP it cannot be, or the browser would drop it."""
+    with client(runtime.url) as browser:
+        plain = browser.post("/ui/login", data={"token": ADMIN})
+        proxied = browser.post(
+            "/ui/login", data={"token": ADMIN}, headers={"x-forwarded-proto": "https"}
+        )
+    assert (plain.status_code, proxied.status_code) == (303, 303)
+    assert "secure" not in plain.headers["set-cookie"].lower()
+    assert "; secure" in proxied.headers["set-cookie"].lower()
+
+
 def until(browser: WebDriver, what: Any, timeout: float = 10) -> Any:
     return WebDriverWait(browser, timeout).until(lambda _: what())
 

@@ -67,10 +67,10 @@ def _app() -> FastAPI:
 
 
 class Served:
-    def __init__(self, app: FastAPI | None = None) -> None:
+    def __init__(self, app: FastAPI | None = None, timeouts: IngressTimeouts = TIMEOUTS) -> None:
         self.socket = bind("127.0.0.1", 0)
         self.port = self.socket.getsockname()[1]
-        self.server = IngressServer(app or _app(), TIMEOUTS, graceful_shutdown=1)
+        self.server = IngressServer(app or _app(), timeouts, graceful_shutdown=1)
         self._thread = threading.Thread(
             target=lambda: asyncio.run(self.server.serve(sockets=[self.socket])), daemon=True
         )
@@ -170,6 +170,31 @@ def test_a_request_head_that_trickles_in_gets_408_and_is_closed(served: Served) 
     assert answer.startswith(b"HTTP/1.1 408")
     assert json_body(answer)["error"] == "request_timeout"
     assert "request head" in json_body(answer)["detail"]
+
+
+@pytest.mark.timeout(30)
+def test_a_head_trickling_after_a_slow_body_gets_408_in_time() -> None:
+    """The deadline of a request's head is kept even when the connection last waited for
+    a later one (a body's, under a longer bound): the connection's timer is moved earlier."""
+    timeouts = IngressTimeouts(idle=30, request_head=0.6, body=8)
+    served = Served(timeouts=timeouts)
+    try:
+        with served.connect() as conn:
+            conn.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
+            time.sleep(timeouts.request_head + 0.2)  # past the head's bound, within the body's
+            conn.sendall(b"hi")
+            first = conn.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200"), first
+            started = time.monotonic()
+            head = b"POST /echo HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 200 + b"\r\n\r\n"
+            sending = threading.Thread(target=trickle, args=(conn, head, 0.05), daemon=True)
+            sending.start()
+            answer = read_until_closed(conn)
+            assert time.monotonic() - started < timeouts.request_head + GRACE
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert "request head" in json_body(answer)["detail"]
+    finally:
+        served.stop()
 
 
 @pytest.mark.timeout(30)
