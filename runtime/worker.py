@@ -442,10 +442,11 @@ class Worker:
         if result.mutations:
             self.state.apply(address, result.mutations, specs, now_ms)
         self.state.touch(address, specs, now_ms)
-        origin = f"{address} answering {message_id_text(invocations[-1].message_id)}"
         for msg in result.messages:
             if (why := self._router.unroutable_target(msg.target)) is not None:
-                self._park_output(msg.target, address, msg.argument, why, origin)
+                self._park_output(
+                    msg.target, address, msg.argument, why, _origin(address, invocations)
+                )
                 continue
             self._storms.count(msg.target.function_type)
             self.metrics.route(address.function_type, msg.target.function_type).inc()
@@ -454,7 +455,7 @@ class Worker:
             if isinstance(d, DelayCancellation):
                 self._timers.cancel(address, d.token)
             elif (why := self._router.unroutable_target(d.target)) is not None:
-                self._park_output(d.target, address, d.argument, why, origin)
+                self._park_output(d.target, address, d.argument, why, _origin(address, invocations))
             elif d.cancellation_token and self._timers.has_token(address, d.cancellation_token):
                 # Functions on our SDK are told which tokens are pending and refuse a second
                 # one; others (StateFun's SDK) cannot be, and the second message is dropped.
@@ -475,7 +476,11 @@ class Worker:
             if (why := self._egresses.problem(e.egress, e.argument)) is not None:
                 self._track(
                     self._dead_letters.park_egress(
-                        e.egress, e.argument, reason=why, origin=origin, tag=header
+                        e.egress,
+                        e.argument,
+                        reason=why,
+                        origin=_origin(address, invocations),
+                        tag=header,
                     )
                 )
                 continue
@@ -605,6 +610,11 @@ class Worker:
     @property
     def processed(self) -> int:
         return self.dispatcher.processed
+
+
+def _origin(address: Address, invocations: Sequence[PendingInvocation]) -> str:
+    """Where output parked while applying an answer came from (made only when parking)."""
+    return f"{address} answering {message_id_text(invocations[-1].message_id)}"
 
 
 def _arguments(result: InvocationResult) -> Iterator[TypedValue]:

@@ -62,6 +62,7 @@ def test_the_smallest_run_on_the_embedded_log_counts_exactly_and_prints_the_tabl
         assert run["verify"]["exact"]
         assert run["verify"]["sum_read"] == run["verify"]["sum_expected"] > 0
         assert run["cpu"]["runtime"] > 0
+        assert run["addresses_per_request"] >= 1  # every case called the functions
     send = runs[-1]
     assert send["accepted"] == 300
     assert send["drained"]

@@ -4,6 +4,7 @@ deadline, answer, state and message size), pause and resume across a restart."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +79,7 @@ def test_a_send_to_a_type_nobody_serves_is_a_dead_letter_and_the_rest_applies(
         assert letter["target"] == "elsewhere/kind/k1"
         assert letter["caller"] == "test/sender/s"
         assert letter["message"] == {"type": "io.statefun.types/int", "value": 1}
+        assert re.fullmatch(r"test/sender/s answering \d+@\d+", letter["origin"]), letter
         assert (
             "no endpoint in the module spec serves function type elsewhere/kind"
             in (letter["reason"])
