@@ -32,7 +32,7 @@ from verifier import fault_functions
 from verifier.fault_functions import COUNTER, OP_TYPE, SWITCHES, UNKNOWN_TARGET
 from verifier.faults.load import classify
 from verifier.faults.scenarios import SHORT_ORDER
-from verifier.faults.suite import SuiteConfig, SuiteResult, run_suite
+from verifier.faults.suite import LOAD_RATE, SuiteConfig, SuiteResult, run_suite
 from verifier.faults.trial import Check, Row
 from verifier.faults.watch import describe
 
@@ -219,8 +219,17 @@ CONTAINMENT = ("poisons", "hot-address", "endpoint-outage")
 the embedded log has them; the run on Kafka keeps to the faults where the log matters."""
 
 
+CI_LOAD_RATE = LOAD_RATE / 2
+"""The steady load the tests offer: half the suite's (the benchmark's). Under pytest-xdist
+another worker's tests share the machine's two cores; the rows gate on the runtime
+keeping up with the healthy load during the fault as before it, so a load that needed
+most of the machine failed rows (throughput 0.66 of before, a poison parked late) whenever
+a heavy test ran beside it. A fault that is not contained still shows at this rate: the
+healthy load stops or slows whatever was offered."""
+
+
 def _short(tmp_path: Path, log: str, only: tuple[str, ...] = ()) -> SuiteResult:
-    config = SuiteConfig(logs=(log,), short=True, only=only, work_dir=tmp_path)
+    config = SuiteConfig(logs=(log,), short=True, only=only, work_dir=tmp_path, rate=CI_LOAD_RATE)
     result = asyncio.run(run_suite(config, echo=print))
     print(result.report())
     return result
