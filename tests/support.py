@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.app import Runtime, RuntimeConfig
 from runtime.dispatcher import DispatchConfig
 from runtime.http_server import IngressServer, bind
+from runtime.log.base import StoredRecord
+from runtime.log.memory import MemoryLog
 from runtime.worker import WorkerConfig
 from statefun.module_spec import ModuleSpec, parse_module_spec
 
@@ -400,3 +402,20 @@ spec: {{id: test/out, deliverySemantic: {{type: {egress}}}}}
 VERIFIER_RUNS = "verifier-runs"
 """The xdist group of the long verifier runs: one worker runs them one after another, so
 no two of them load the machine at once (their checks have time bounds)."""
+
+
+class CountingLog(MemoryLog):
+    """A MemoryLog that counts its reads and the records they return."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.records_read = 0
+
+    async def read(
+        self, topic: str, partition: int, offset: int, max_records: int = 1000
+    ) -> list[StoredRecord]:
+        self.reads += 1
+        records = await super().read(topic, partition, offset, max_records)
+        self.records_read += len(records)
+        return records

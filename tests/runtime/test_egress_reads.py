@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from support import CountingLog
 
 from runtime.checkpoints.snapshot import EgressItem
 from runtime.egress import TAIL_RECORDS, Egresses, EgressRecord, EgressTail
 from runtime.errors import LogError
 from runtime.kafka_clusters import KafkaClusters
-from runtime.log import StoredRecord
-from runtime.log.memory import MemoryLog
 from runtime.routing import Topics
 from statefun.address import TypeName
 from statefun.module_spec import parse_module_spec
@@ -77,18 +76,6 @@ def test_a_tail_holds_the_newest_records_only() -> None:
     tail = tail_of(range(TAIL_RECORDS + 10))
     assert tail.read(9, 1, now=100.0) is None
     assert tail.read(10, 1, now=100.0) == [record(10)]
-
-
-class CountingLog(MemoryLog):
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    async def read(
-        self, topic: str, partition: int, offset: int, max_records: int = 1000
-    ) -> list[StoredRecord]:
-        self.reads += 1
-        return await super().read(topic, partition, offset, max_records)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import msgpack
 import pytest
+from support import CountingLog
 
 from runtime.cluster import partition_store
 from runtime.cluster.locations import PartitionLocation
@@ -21,7 +22,7 @@ from runtime.cluster.partition_store import (
     PartitionStore,
 )
 from runtime.errors import LogError, StoreDamaged, StoreError
-from runtime.log.base import Log, Record, StoredRecord
+from runtime.log.base import Log, Record
 from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
 
@@ -47,21 +48,6 @@ def snapshot(
         list((keys or {}).items()),
         parts if parts is not None else {"worker": f"worker@{checkpoint}".encode()},
     )
-
-
-class CountingLog(MemoryLog):
-    """A MemoryLog that counts the records its reads return."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records_read = 0
-
-    async def read(
-        self, topic: str, partition: int, offset: int, max_records: int = 1000
-    ) -> list[StoredRecord]:
-        records = await super().read(topic, partition, offset, max_records)
-        self.records_read += len(records)
-        return records
 
 
 @pytest.fixture
