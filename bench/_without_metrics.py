@@ -1,5 +1,5 @@
 """``statefun run`` with the runtime's metrics switched off, for ``python -m bench.metrics``
-to compare the pipeline against: every counter and histogram of ``prometheus_client``
+to compare the pipeline against: every counter and histogram of ``runtime.metrics``
 counts nothing, the log's appends are not observed and the ingress's requests not
 timed. What is left is the runtime without its metrics (the dictionary look-ups of
 the labelled children remain: a few hundred nanoseconds a message).
@@ -12,8 +12,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import prometheus_client
-
 from runtime import metrics
 from runtime.log.base import Log
 
@@ -23,8 +21,8 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 
 
 def switch_off() -> None:
-    prometheus_client.Counter.inc = _nothing  # type: ignore[method-assign]
-    prometheus_client.Histogram.observe = _nothing  # type: ignore[method-assign]
+    metrics.Count.inc = _nothing  # type: ignore[method-assign]
+    metrics.Distribution.observe = _nothing  # type: ignore[method-assign]
     Log.observe_appends = _nothing  # type: ignore[method-assign]
     metrics.Metrics.ingress_request = _nothing  # type: ignore[method-assign]  # the fast path's
 

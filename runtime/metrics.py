@@ -6,7 +6,11 @@ ingress port. Labels stay bounded: a function type, a route template, a status, 
 cause; never an address id.
 
 Counters and histograms are incremented where the event happens (the dispatcher, the
-ingress middleware, the checkpoint hooks, the log's appends). Values the runtime keeps
+ingress middleware, the checkpoint hooks, the log's appends), always on the event loop:
+they are this module's :class:`CounterFamily` and :class:`HistogramFamily`, whose
+children count without a lock (prometheus-client's take one per increment, a
+measurable share of a busy runtime's CPU), and which the registry collects like any
+other collector: the exposition is prometheus-client's. Values the runtime keeps
 anyway (messages waiting in mailboxes, requests in flight, the time of the last
 checkpoint, how far the worker has read) are read at scrape time by a collector, so the
 hot path pays nothing for them.
@@ -22,21 +26,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Generic, Literal, TypeVar, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.log.base import AppendObserver
 from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import Address
 
-EgressCounter = Counter
-"""An egress's published counter, labelled."""
 FailureKind = Literal["timeout", "call", "protocol", "function", "refused", "unserved"]
 """Why an attempt failed: no complete answer in time; the HTTP call failed; the answer
 broke the protocol; the function raised; the runtime refused its result; the endpoint
@@ -78,6 +87,150 @@ def route_source(caller: Address | None, ingress: str | None) -> str:
     return caller.typename
 
 
+# --- counting on the event loop ---------------------------------------------------------
+
+
+class Count:
+    """One counter's value (one label set of a :class:`CounterFamily`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class Distribution:
+    """One histogram's buckets and sum (one label set of a :class:`HistogramFamily`)."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        """Per bucket, the observations in it alone (the last: above every bound)."""
+        self.sum = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """``count`` observations of ``value`` (a batch's messages share their latency)."""
+        self.counts[bisect_left(self._bounds, value)] += count
+        self.sum += value * count
+
+
+C = TypeVar("C", Count, Distribution)
+
+
+class _Family(Collector, Generic[C]):
+    """A metric's children by label values, registered as a collector. Counted on the
+    event loop only; a scrape from another thread reads a copy (``list`` of a dict or
+    a list is one step under the GIL), so it may miss an observation under way, never
+    break."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], C] = {}
+        if not self.labelnames:
+            self._children[()] = self._child()
+        registry.register(self)
+
+    def labels(self, *values: object) -> C:
+        """The child of these label values (made on first use)."""
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes the labels {self.labelnames}, not {key}")
+            child = self._children[key] = self._child()
+        return child
+
+    def _child(self) -> C:
+        raise NotImplementedError
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def _add(self, family: Metric, labels: list[str], child: C) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for labels, child in list(self._children.items()):
+            self._add(family, list(labels), child)
+        return [family]
+
+
+class CounterFamily(_Family[Count]):
+    """A Prometheus counter (exposed as ``<name>_total``)."""
+
+    def _child(self) -> Count:
+        return Count()
+
+    def _family(self) -> Metric:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Metric, labels: list[str], child: Count) -> None:
+        assert isinstance(family, CounterMetricFamily)
+        family.add_metric(labels, child.value)
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Count on the counter of no labels."""
+        self._children[()].inc(amount)
+
+
+class HistogramFamily(_Family[Distribution]):
+    """A Prometheus histogram (``<name>_bucket``, ``_count``, ``_sum``)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...],
+    ) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self._les: list[str] = [floatToGoString(b) for b in self.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
+        super().__init__(name, documentation, labelnames, registry=registry)
+
+    def _child(self) -> Distribution:
+        return Distribution(self.buckets)
+
+    def _family(self) -> Metric:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Metric, labels: list[str], child: Distribution) -> None:
+        assert isinstance(family, HistogramMetricFamily)
+        counts, total = list(child.counts), child.sum
+        cumulative, running = [], 0
+        for le, n in zip(self._les, counts, strict=True):
+            running += n
+            cumulative.append((le, float(running)))
+        family.add_metric(labels, cumulative, total)
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """Observe on the histogram of no labels."""
+        self._children[()].observe(value, count)
+
+
+EgressCounter = Count
+"""An egress's published counter, labelled."""
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionTypeLoad:
     """What a function type has under way now, read at scrape time."""
@@ -93,15 +246,15 @@ class FunctionTypeMeters:
     """One function type's counters and histograms, labelled once (the dispatcher keeps
     it with the type, so counting costs no label lookup)."""
 
-    invocations: Counter
-    batches: Counter
-    batch_size: Histogram
-    call_latency: Histogram
-    retries: Counter
-    dead_letters: Counter
-    _failures: Counter
+    invocations: Count
+    batches: Count
+    batch_size: Distribution
+    call_latency: Distribution
+    retries: Count
+    dead_letters: Count
+    _failures: CounterFamily
     _label: str
-    _by_kind: dict[str, Counter] = field(default_factory=dict)
+    _by_kind: dict[str, Count] = field(default_factory=dict)
 
     def failed(self, kind: FailureKind) -> None:
         counter = self._by_kind.get(kind)
@@ -115,9 +268,9 @@ class RouteCallMeters:
     """One route's calls, labelled once: per message delivered to the target, the outcome
     of its attempt and the time from sending its batch to the batch's result."""
 
-    succeeded: Counter
-    failed: Counter
-    latency: Histogram
+    succeeded: Count
+    failed: Count
+    latency: Distribution
 
 
 class Metrics:
@@ -127,27 +280,27 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         per_type = ["function_type"]
-        self.invocations = Counter(
+        self.invocations = CounterFamily(
             "statefun_function_invocations",
             "Messages sent to a function, counting every attempt (a retry, or the batch sent "
             "again with the states the function declared).",
             per_type,
             registry=r,
         )
-        self.batches = Counter(
+        self.batches = CounterFamily(
             "statefun_function_batches",
             "Batches (one address's messages in one request) sent to a function.",
             per_type,
             registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size = HistogramFamily(
             "statefun_function_batch_size_messages",
             "Messages per batch sent to a function.",
             per_type,
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
-        self.call_latency = Histogram(
+        self.call_latency = HistogramFamily(
             "statefun_function_call_latency_seconds",
             "Time from sending a request to a function endpoint to its complete answer, "
             "or its failure.",
@@ -155,25 +308,25 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.failures = Counter(
+        self.failures = CounterFamily(
             "statefun_function_failures",
             "Failed attempts per address, by kind.",
             ["function_type", "kind"],
             registry=r,
         )
-        self.retries = Counter(
+        self.retries = CounterFamily(
             "statefun_function_retries",
             "Attempts sent again after a failure.",
             per_type,
             registry=r,
         )
-        self.dead_letters = Counter(
+        self.dead_letters = CounterFamily(
             "statefun_function_dead_letters",
             "Messages to a function given up and parked in the dead letters.",
             per_type,
             registry=r,
         )
-        self.route_messages = Counter(
+        self.route_messages = CounterFamily(
             "statefun_route_messages",
             "Messages sent along a route: from a function type (as its result is applied; "
             "a replay after a rollback counts again) or from the HTTP ingress, to a "
@@ -181,7 +334,7 @@ class Metrics:
             ["source", "target"],
             registry=r,
         )
-        self.route_calls = Counter(
+        self.route_calls = CounterFamily(
             "statefun_route_calls",
             "Messages of a route delivered to their function, per attempt, by outcome: "
             "success (the result was applied) or failure (the attempt failed; see "
@@ -190,7 +343,7 @@ class Metrics:
             ["source", "target", "outcome"],
             registry=r,
         )
-        self.route_call_latency = Histogram(
+        self.route_call_latency = HistogramFamily(
             "statefun_route_call_seconds",
             "Per message of a route delivered to its function, the time from sending its "
             "batch to the batch's result.",
@@ -198,7 +351,7 @@ class Metrics:
             buckets=ROUTE_LATENCY_BUCKETS,
             registry=r,
         )
-        self.log_append = Histogram(
+        self.log_append = HistogramFamily(
             "statefun_log_append_seconds",
             "Time from an append to the log until its records are durable, by kind of topic "
             "(runtime.routing.TOPIC_KINDS, or other); failed appends are not observed.",
@@ -206,56 +359,58 @@ class Metrics:
             buckets=APPEND_BUCKETS,
             registry=r,
         )
-        self.egress_published = Counter(
+        self.egress_published = CounterFamily(
             "statefun_egress_published",
             "Records out to an egress (exactly-once ones once their checkpoint committed; "
             "one published again after a crash counts again).",
             ["egress"],
             registry=r,
         )
-        self.ingress_requests = Counter(
+        self.ingress_requests = CounterFamily(
             "statefun_ingress_requests",
             "HTTP requests to the ingress, by route template, method and status.",
             ["route", "method", "status"],
             registry=r,
         )
-        self._ingress_meters: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self.ingress_latency = Histogram(
+        self._ingress_meters: dict[tuple[str, str, int], tuple[Count, Distribution]] = {}
+        self.ingress_latency = HistogramFamily(
             "statefun_ingress_request_latency_seconds",
             "Time to answer an HTTP request to the ingress, by route template and method.",
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.checkpoint_duration = Histogram(
+        self.checkpoint_duration = HistogramFamily(
             "statefun_checkpoint_duration_seconds",
             "Time from a checkpoint's start to its commit.",
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
-        self.checkpoints = Counter("statefun_checkpoints", "Checkpoints committed.", registry=r)
-        self.checkpoint_bytes = Counter(
+        self.checkpoints = CounterFamily(
+            "statefun_checkpoints", "Checkpoints committed.", registry=r
+        )
+        self.checkpoint_bytes = CounterFamily(
             "statefun_checkpoint_size_bytes",
             "Bytes of the committed checkpoints (each writes what changed since the last).",
             registry=r,
         )
-        self.checkpoint_addresses = Counter(
+        self.checkpoint_addresses = CounterFamily(
             "statefun_checkpoint_changed_addresses",
             "Addresses whose state the committed checkpoints wrote.",
             registry=r,
         )
-        self.checkpoints_abandoned = Counter(
+        self.checkpoints_abandoned = CounterFamily(
             "statefun_checkpoints_abandoned",
             "Checkpoints that did not complete in time (their changes go into the next).",
             registry=r,
         )
-        self.rollbacks = Counter(
+        self.rollbacks = CounterFamily(
             "statefun_rollbacks",
             "Generations rolled back to the last completed checkpoint, by cause.",
             ["cause"],
             registry=r,
         )
-        self.recovery = Histogram(
+        self.recovery = HistogramFamily(
             "statefun_recovery_seconds",
             "Time to begin a generation in this process: restore the last completed "
             "checkpoint and resume (at a start, and after every rollback).",
@@ -267,9 +422,9 @@ class Metrics:
         self._wall: Callable[[], float] = time.time
         r.register(_Gauges(self))
         self._types: dict[str, FunctionTypeMeters] = {}
-        self._routes: dict[tuple[object, object], Counter] = {}
+        self._routes: dict[tuple[object, object], Count] = {}
         self._route_calls: dict[tuple[str, str], RouteCallMeters] = {}
-        self._egresses: dict[object, Counter] = {}
+        self._egresses: dict[object, Count] = {}
         self._pending: Callable[[], Mapping[str, int]] = dict
         self._read_lag: Callable[[], Mapping[int, int]] = dict
 
@@ -303,7 +458,7 @@ class Metrics:
         meters[0].inc()
         meters[1].observe(seconds)
 
-    def route(self, source: object, target: object) -> Counter:
+    def route(self, source: object, target: object) -> Count:
         """The messages counter of the route from ``source`` (a function type, or
         ``INGRESS_SOURCE``) to ``target`` (a function type that an endpoint serves: the
         label set stays bounded), labelled once per route."""
@@ -329,7 +484,7 @@ class Metrics:
     def log_appends(self, kind_of: Callable[[str], str]) -> AppendObserver:
         """An observer for ``Log.observe_appends`` timing every append until its records
         are durable, by the kind of its topic (``kind_of``: a few kinds)."""
-        by_topic: dict[str, Histogram] = {}
+        by_topic: dict[str, Distribution] = {}
 
         def observe(topic: str, asked: float, future: asyncio.Future[list[int]]) -> None:
             child = by_topic.get(topic)

@@ -25,9 +25,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Histogram
-
-from runtime.metrics import Metrics
+from runtime.metrics import CounterFamily, HistogramFamily, Metrics
 
 SAMPLE_EVERY = 5.0
 """Seconds between two readings of the counters."""
@@ -74,7 +72,7 @@ Reading = tuple[float, Mapping[str, TypeCounters]]
 """The clock's time and every function type's counters then."""
 
 
-def _totals(counter: Counter) -> dict[str, float]:
+def _totals(counter: CounterFamily) -> dict[str, float]:
     """A counter's values summed per function type (over its other labels)."""
     totals: dict[str, float] = {}
     for family in counter.collect():
@@ -85,7 +83,7 @@ def _totals(counter: Counter) -> dict[str, float]:
     return totals
 
 
-def _buckets(histogram: Histogram) -> dict[str, list[tuple[float, float]]]:
+def _buckets(histogram: HistogramFamily) -> dict[str, list[tuple[float, float]]]:
     buckets: dict[str, list[tuple[float, float]]] = {}
     for family in histogram.collect():
         for sample in family.samples:
