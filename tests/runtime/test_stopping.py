@@ -126,7 +126,7 @@ def test_a_worker_task_that_fails_unexpectedly_rolls_the_runtime_back() -> None:
             async with asyncio.timeout(20):
                 while runtime.worker is worker or runtime.worker is None:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
-            rollbacks = runtime.metrics.rollbacks.labels("other")._value.get()
+            rollbacks = runtime.metrics.rollbacks.labels("other").value
             assert rollbacks == 1
         finally:
             await runtime.stop()
