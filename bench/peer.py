@@ -17,7 +17,10 @@ requests hit distinct keys:
   (``add_and_format``: the counter adds, then the formatter formats and sends the text
   to the original caller: 2 hops), concurrency 1 and 64;
 * ``send_c64``: ``--sends`` one-way ``POST /v1/messages/peer/counter/{key}`` (202) at
-  concurrency 64, then a bounded wait until all are applied.
+  concurrency 64, then a bounded wait until all are applied;
+* ``send_batch_c4``: the same sends, 100 to a ``POST /v1/messages`` (the batch endpoint:
+  one request, one append per partition) at concurrency 4. Ours only: Restate's
+  ingress takes one message per request.
 
 Request-reply cases: a warm-up (``--warmup-s``, latencies not kept), then a measured
 window (``--window-s``; at concurrency 1 at most ``--lat-max-requests`` requests);
@@ -113,6 +116,9 @@ class Case:
     concurrency: int
     what: str
     """The case as the table names it."""
+    batch: int = 0
+    """One-way sends: messages per batch request (``POST /v1/messages``); 0: one per
+    request, to the address's own route."""
 
 
 CASES = {
@@ -122,6 +128,9 @@ CASES = {
     "rr_add_c64": Case("rr", "add", 64, "1 hop, concurrency 64"),
     "rr_fmt_c64": Case("rr", "add_and_format", 64, "2 hops, concurrency 64"),
     "send_c64": Case("send", "add", 64, "one-way sends, concurrency 64: accepted / processed"),
+    "send_batch_c4": Case(
+        "send", "add", 4, "one-way sends, 100 per request, concurrency 4: accepted / processed", 100
+    ),
 }
 TYPE_OF = {"add": IntType.typename, "add_and_format": ADD_AND_FORMAT.typename}
 """The ``?type=`` of each handler's message (the body is the JSON number ``1``)."""
@@ -334,13 +343,21 @@ class Driver:
         self._profile_now: str | None = None
         """The case to profile now, if any."""
 
-    async def post_one(self, url: str) -> tuple[int, bytes]:
-        """POST ``1`` to ``url``: the status and body, or -1 and the error."""
+    async def post_one(self, url: str, body: bytes = b"1") -> tuple[int, bytes]:
+        """POST ``body`` (JSON) to ``url``: the status and body, or -1 and the error."""
         try:
-            async with self.session.post(url, data=b"1", headers=JSON) as r:
+            async with self.session.post(url, data=body, headers=JSON) as r:
                 return r.status, await r.read()
         except (aiohttp.ClientError, TimeoutError) as e:
             return -1, repr(e).encode()
+
+    def batch(self, handler: str, seq: int, keys: list[str]) -> tuple[str, bytes]:
+        """The batch request sending ``1`` to each of ``keys``: its URL and body."""
+        ingress = self.d.ingresses[seq % len(self.d.ingresses)]
+        messages = [
+            {"address": f"{COUNTER}/{k}", "type": TYPE_OF[handler], "value": 1} for k in keys
+        ]
+        return f"{ingress}/v1/messages", json.dumps({"messages": messages}).encode()
 
     def url(self, kind: str, handler: str, seq: int, key: str) -> str:
         ingress = self.d.ingresses[seq % len(self.d.ingresses)]
@@ -446,16 +463,21 @@ class Driver:
         async def worker() -> None:
             nonlocal seq, errors, first_accepted
             while seq < s.sends and time.perf_counter() < t_cap:
-                key = f"{prefix}{seq % s.keys}"
-                url = self.url("messages", case.handler, seq, key)
-                seq += 1
+                count = max(1, min(case.batch, s.sends - seq))
+                keys = [f"{prefix}{(seq + i) % s.keys}" for i in range(count)]
+                if case.batch:
+                    url, request = self.batch(case.handler, seq, keys)
+                else:
+                    url, request = self.url("messages", case.handler, seq, keys[0]), b"1"
+                seq += count
                 ts = time.perf_counter()
-                status, body = await self.post_one(url)
+                status, body = await self.post_one(url, request)
                 if status == 202:
                     done = time.perf_counter()
                     if first_accepted is None:
                         first_accepted = done
-                    accepted[key] = accepted.get(key, 0) + 1
+                    for key in keys:
+                        accepted[key] = accepted.get(key, 0) + 1
                     latencies.append(done - ts)
                 else:
                     errors += 1
