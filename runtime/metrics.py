@@ -113,10 +113,9 @@ class Distribution:
         """Per bucket, the observations in it alone (the last: above every bound)."""
         self.sum = 0.0
 
-    def observe(self, value: float, count: int = 1) -> None:
-        """``count`` observations of ``value`` (a batch's messages share their latency)."""
-        self.counts[bisect_left(self._bounds, value)] += count
-        self.sum += value * count
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
 
 
 C = TypeVar("C", Count, Distribution)
@@ -222,9 +221,9 @@ class HistogramFamily(_Family[Distribution]):
             cumulative.append((le, float(running)))
         family.add_metric(labels, cumulative, total)
 
-    def observe(self, value: float, count: int = 1) -> None:
+    def observe(self, value: float) -> None:
         """Observe on the histogram of no labels."""
-        self._children[()].observe(value, count)
+        self._children[()].observe(value)
 
 
 EgressCounter = Count
