@@ -416,8 +416,10 @@ def test_when_the_coordinator_is_killed_another_member_takes_over(
         for i, id_ in enumerate(ids):
             send(alive[i % 2], f"test/counter/{id_}", 1)
 
+        seen: dict[str, Any] = {}
+
         def taken_over() -> bool:
-            now = cluster_of(alive[1])
+            now = seen["view"] = cluster_of(alive[1])
             return (
                 now["generation"] > generation
                 and now["coordinator"] not in (None, coordinator)
@@ -426,9 +428,21 @@ def test_when_the_coordinator_is_killed_another_member_takes_over(
                 and now["last_checkpoint"]["generation"] == now["generation"]
             )
 
-        wait_until(taken_over, timeout=30)
-        for id_ in ids:
-            wait_until(lambda id_=id_: count(alive[1], f"test/counter/{id_}") == 3, timeout=30)
+        try:
+            wait_until(taken_over, timeout=30)
+        except TimeoutError:
+            pytest.fail(f"not taken over from {coordinator} in generation {generation}: {seen}")
+        counts: dict[str, int | None] = dict.fromkeys(ids, 0)
+
+        def counted(id_: str) -> bool:
+            counts[id_] = count(alive[1], f"test/counter/{id_}")
+            return counts[id_] == 3
+
+        try:
+            for id_ in ids:
+                wait_until(lambda id_=id_: counted(id_), timeout=30)
+        except TimeoutError:
+            pytest.fail(f"counts after the takeover (3 each): {counts}; {cluster_of(alive[1])}")
 
 
 def test_the_kafka_ingress_partitions_are_shared_and_resume_where_the_checkpoint_says(
