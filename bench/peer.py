@@ -351,16 +351,19 @@ class Driver:
         except (aiohttp.ClientError, TimeoutError) as e:
             return -1, repr(e).encode()
 
+    def ingress(self, seq: int) -> str:
+        """The ingress the ``seq``-th request goes to (round robin over the processes)."""
+        return self.d.ingresses[seq % len(self.d.ingresses)]
+
     def batch(self, handler: str, seq: int, keys: list[str]) -> tuple[str, bytes]:
         """The batch request sending ``1`` to each of ``keys``: its URL and body."""
-        ingress = self.d.ingresses[seq % len(self.d.ingresses)]
         messages = [
             {"address": f"{COUNTER}/{k}", "type": TYPE_OF[handler], "value": 1} for k in keys
         ]
-        return f"{ingress}/v1/messages", json.dumps({"messages": messages}).encode()
+        return f"{self.ingress(seq)}/v1/messages", json.dumps({"messages": messages}).encode()
 
     def url(self, kind: str, handler: str, seq: int, key: str) -> str:
-        ingress = self.d.ingresses[seq % len(self.d.ingresses)]
+        ingress = self.ingress(seq)
         return f"{ingress}/v1/{kind}/{COUNTER}/{key}?type={TYPE_OF[handler]}" + (
             self.query if kind == "call" else ""
         )
@@ -541,7 +544,7 @@ class Driver:
 
         async def worker() -> None:
             for n, key in queue:
-                ingress = self.d.ingresses[n % len(self.d.ingresses)]
+                ingress = self.ingress(n)
                 async with self.session.get(f"{ingress}/v1/state/{COUNTER}/{key}") as r:
                     if r.status != 200:
                         got[key] = None

@@ -156,20 +156,12 @@ class _Family(Collector, Generic[C]):
     def _child(self) -> C:
         raise NotImplementedError
 
-    def _family(self) -> Metric:
-        raise NotImplementedError
-
-    def _add(self, family: Metric, labels: list[str], child: C) -> None:
-        raise NotImplementedError
+    def _snapshot(self) -> list[tuple[list[str], C]]:
+        """Every child with its label values, as of now."""
+        return [(list(labels), child) for labels, child in list(self._children.items())]
 
     def describe(self) -> Iterable[Metric]:
-        return [self._family()]
-
-    def collect(self) -> Iterable[Metric]:
-        family = self._family()
-        for labels, child in list(self._children.items()):
-            self._add(family, list(labels), child)
-        return [family]
+        return self.collect()
 
 
 class CounterFamily(_Family[Count]):
@@ -178,12 +170,11 @@ class CounterFamily(_Family[Count]):
     def _child(self) -> Count:
         return Count()
 
-    def _family(self) -> Metric:
-        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def _add(self, family: Metric, labels: list[str], child: Count) -> None:
-        assert isinstance(family, CounterMetricFamily)
-        family.add_metric(labels, child.value)
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, child in self._snapshot():
+            family.add_metric(labels, child.value)
+        return [family]
 
     def inc(self, amount: float = 1.0) -> None:
         """Count on the counter of no labels."""
@@ -209,17 +200,16 @@ class HistogramFamily(_Family[Distribution]):
     def _child(self) -> Distribution:
         return Distribution(self.buckets)
 
-    def _family(self) -> Metric:
-        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def _add(self, family: Metric, labels: list[str], child: Distribution) -> None:
-        assert isinstance(family, HistogramMetricFamily)
-        counts, total = list(child.counts), child.sum
-        cumulative, running = [], 0
-        for le, n in zip(self._les, counts, strict=True):
-            running += n
-            cumulative.append((le, float(running)))
-        family.add_metric(labels, cumulative, total)
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, child in self._snapshot():
+            counts, total = list(child.counts), child.sum
+            cumulative, running = [], 0
+            for le, n in zip(self._les, counts, strict=True):
+                running += n
+                cumulative.append((le, float(running)))
+            family.add_metric(labels, cumulative, total)
+        return [family]
 
     def observe(self, value: float) -> None:
         """Observe on the histogram of no labels."""
