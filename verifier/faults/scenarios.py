@@ -125,6 +125,10 @@ def poisons(kinds: tuple[str, ...], *, door: bool = False) -> Run:
 
 # --- a hot, slow address ------------------------------------------------------------
 
+HOT_BURST = 2 * MAX_BATCH + MAX_BATCH // 2
+"""Messages sent to the hot address at once: one batch in flight, one waiting, and more
+behind it in the log."""
+
 
 async def hot_address(trial: Trial) -> None:
     """One address gets more than ``maxNumBatchRequests`` messages at once, then a steady
@@ -136,8 +140,7 @@ async def hot_address(trial: Trial) -> None:
     trial.fault_begins()
     hot = f"{trial.name}-hot"
     trial.tracked.add((COUNTER, hot))
-    # One batch in flight and more than a batch waiting behind it.
-    burst = [trial.load.send(COUNTER, hot, {"op": "hot"}) for _ in range(2 * MAX_BATCH + 50)]
+    burst = [trial.load.send(COUNTER, hot, {"op": "hot"}) for _ in range(HOT_BURST)]
     await asyncio.gather(*burst)
     stream = trial.load.senders(COUNTER, [hot], {"op": "hot"}, 4, timings.hot_rate)
     await asyncio.sleep(timings.window)

@@ -69,7 +69,7 @@ LONG = Timings(
     stop_grace=30.0,
     fanout_cap=20_000,
     hot_slow=1.5,
-    hot_rate=150.0,
+    hot_rate=30.0,
     fresh_kafka_log=True,
 )
 
@@ -87,6 +87,6 @@ SHORT = Timings(
     stop_grace=20.0,
     fanout_cap=5_000,
     hot_slow=1.0,
-    hot_rate=150.0,
+    hot_rate=30.0,
     fresh_kafka_log=False,
 )
