@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, TypeVar
 
-from runtime.directories import lock_directory, private_file, unlock
+from runtime.directories import lock_directory, unlock
 from runtime.errors import CheckpointNotRetained, CheckpointStoreInUse, StoreDamaged, StoreError
+from runtime.sqlite_db import connect, insert_rows
 from statefun.address import TypeName
 
 T = TypeVar("T")
@@ -149,12 +150,9 @@ class CheckpointStore:
         self.path = path
         self._lock = lock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-store")
-        self._db = sqlite3.connect(
-            private_file(path), isolation_level=None, check_same_thread=False
-        )
+        db: sqlite3.Connection | None = None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db = db = connect(path)
             problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
             if problems != ["ok"]:
                 raise damaged(path, "; ".join(" ".join(p.split()) for p in problems[:3]))
@@ -162,7 +160,8 @@ class CheckpointStore:
             self._migrate()
             self.id = self._identify()
         except BaseException as e:
-            self._db.close()
+            if db is not None:
+                db.close()
             self._executor.shutdown()
             if isinstance(e, sqlite3.Error):
                 raise _failure(path, e) from None
@@ -420,17 +419,20 @@ class CheckpointStore:
         called, here on the store's thread."""
 
         def write(db: sqlite3.Connection) -> Manifest:
-            db.executemany(
-                "INSERT OR REPLACE INTO state VALUES (?, ?, ?)",
+            insert_rows(
+                db,
+                "INSERT OR REPLACE INTO state",
                 [(key, checkpoint, value) for key, value in state],
             )
             keys = [row for encode in key_rows for row in encode()]
-            db.executemany(
-                "INSERT OR REPLACE INTO keys VALUES (?, ?, ?)",
+            insert_rows(
+                db,
+                "INSERT OR REPLACE INTO keys",
                 [(key, checkpoint, value) for key, value in keys],
             )
-            db.executemany(
-                "INSERT OR REPLACE INTO parts VALUES (?, ?, ?)",
+            insert_rows(
+                db,
+                "INSERT OR REPLACE INTO parts",
                 [(checkpoint, name, data) for name, data in parts],
             )
             size = sum(len(k) + len(v or b"") for k, v in (*state, *keys)) + sum(

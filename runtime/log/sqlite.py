@@ -2,7 +2,8 @@
 
 One writer thread owns the write connection and commits whatever has queued up in a
 single transaction (group commit, ``synchronous=FULL``), so many concurrent appends
-cost one fsync. Readers use a second connection on the event loop thread; WAL lets
+cost one fsync; their records go in with a few multi-row statements, and a group that
+one statement takes is that statement alone (see :mod:`runtime.sqlite_db`). Readers use a second connection on the event loop thread; WAL lets
 them read while the writer commits. An exclusive lock on the directory keeps a second
 process from writing the same log. Truncation deletes on the writer thread too, in
 bounded steps, and keeps each partition's start offset in the database, so a partition
@@ -35,14 +36,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeGuard
 
 import msgpack
 
-from runtime.directories import lock_directory, private_file, unlock
+from runtime.directories import lock_directory, unlock
 from runtime.errors import DataDirectoryInUse
 from runtime.log.base import LogError, StoredRecord, TopicPartition
 from runtime.log.local import LocalLog, PendingAppend
+from runtime.sqlite_db import connect, insert_rows, statements_for
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL);
@@ -107,7 +109,21 @@ class _Reopen:
     future: asyncio.Future[None]
 
 
-_Op = PendingAppend | _CreateTopic | _DeleteTopic | _CommitOffsets | _Truncate
+_Other = _CreateTopic | _DeleteTopic | _CommitOffsets | _Truncate
+_Op = PendingAppend | _Other
+_RECORD_COLUMNS = 7
+"""Columns of the records table."""
+
+
+def _one_insert(group: list[_Op]) -> TypeGuard[list[PendingAppend]]:
+    """Whether ``group`` is appends whose records one insert statement takes."""
+    rows = 0
+    for op in group:
+        if not isinstance(op, PendingAppend):
+            return False
+        rows += len(op.records)
+    return statements_for(rows, _RECORD_COLUMNS) == 1
+
 
 _TOPIC_ROWS = (
     ("records", "topic"),
@@ -125,17 +141,6 @@ TRUNCATE_STEP = 10_000
 """Records deleted per transaction: appends queued behind a truncation wait at most this."""
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(private_file(path), isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
 class SqliteLog(LocalLog):
     """Use :meth:`open`; the constructor expects the directory already locked."""
 
@@ -143,10 +148,10 @@ class SqliteLog(LocalLog):
         super().__init__()
         self._path = path
         self._lock = lock
-        self._reader = _connect(path)
+        self._reader = connect(path)
         writer: sqlite3.Connection | None = None
         try:
-            writer = _connect(path)
+            writer = connect(path)
             writer.executescript(_SCHEMA)
             self._load()
         except BaseException:
@@ -225,10 +230,23 @@ class SqliteLog(LocalLog):
     def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> sqlite3.Error | None:
         """Write ``group`` in one transaction; the error if it failed (nothing written)."""
         try:
-            conn.execute("BEGIN")
-            for item in group:
-                self._apply(conn, item)
-            conn.execute("COMMIT")
+            if _one_insert(group):
+                # One statement is a transaction of its own: the group is one SQLite step.
+                self._insert(conn, group)
+            else:
+                conn.execute("BEGIN")
+                appends: list[PendingAppend] = []
+                for item in group:
+                    if isinstance(item, PendingAppend):
+                        appends.append(item)
+                        continue
+                    if appends:
+                        self._insert(conn, appends)
+                        appends = []
+                    self._apply(conn, item)
+                if appends:
+                    self._insert(conn, appends)
+                conn.execute("COMMIT")
         except sqlite3.Error as e:
             _roll_back(conn)
             self._loop.call_soon_threadsafe(self._group_failed, group, e)
@@ -250,24 +268,31 @@ class SqliteLog(LocalLog):
         return None
 
     @staticmethod
-    def _apply(conn: sqlite3.Connection, op: _Op) -> None:
-        if isinstance(op, PendingAppend):
-            conn.executemany(
-                "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        op.tp.topic,
-                        op.tp.partition,
-                        op.base_offset + i,
-                        r.key,
-                        r.value,
-                        msgpack.packb(r.headers) if r.headers else None,
-                        op.timestamp_ms,
-                    )
-                    for i, r in enumerate(op.records)
-                ],
-            )
-        elif isinstance(op, _CreateTopic):
+    def _insert(conn: sqlite3.Connection, appends: list[PendingAppend]) -> None:
+        """Insert the records of consecutive appends (a few statements: see
+        :mod:`runtime.sqlite_db`)."""
+        insert_rows(
+            conn,
+            "INSERT INTO records",
+            [
+                (
+                    op.tp.topic,
+                    op.tp.partition,
+                    op.base_offset + i,
+                    r.key,
+                    r.value,
+                    msgpack.packb(r.headers) if r.headers else None,
+                    op.timestamp_ms,
+                )
+                for op in appends
+                for i, r in enumerate(op.records)
+            ],
+        )
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, op: _Other) -> None:
+        """Apply an operation other than an append."""
+        if isinstance(op, _CreateTopic):
             conn.execute("INSERT INTO topics VALUES (?, ?)", (op.topic, op.partitions))
         elif isinstance(op, _DeleteTopic):
             for table, column in _TOPIC_ROWS:
@@ -282,8 +307,9 @@ class SqliteLog(LocalLog):
                 (op.tp.topic, op.tp.partition, op.before),
             )
         else:
-            conn.executemany(
-                "INSERT OR REPLACE INTO consumer_offsets VALUES (?, ?, ?, ?)",
+            insert_rows(
+                conn,
+                "INSERT OR REPLACE INTO consumer_offsets",
                 [(op.group, tp.topic, tp.partition, off) for tp, off in op.offsets.items()],
             )
 

@@ -234,6 +234,48 @@ async def test_sqlite_log_survives_reopening(tmp_path: Path) -> None:
         await reopened.close()
 
 
+async def test_sqlite_writes_a_group_of_many_appends_and_other_operations_exactly(
+    tmp_path: Path,
+) -> None:
+    """Appends queued together are written a few multi-row statements at a time (more
+    records than one statement takes, between other operations of the same group): every
+    record lands at its offset with its key and headers, read back from the database."""
+    log = await SqliteLog.open(tmp_path)
+    await log.ensure_topic("t", 3)
+    expected: dict[int, list[Record]] = {0: [], 1: [], 2: []}
+    pending: list[asyncio.Future[list[int]]] = []
+    for i in range(300):
+        partition = i % 3
+        records = [
+            Record(
+                f"v{i}.{j}".encode(),
+                key=f"k{i}".encode() if j else None,
+                headers=(("n", str(j).encode()),) if i % 2 else (),
+            )
+            for j in range(1 + i % 4)
+        ]
+        expected[partition] += records
+        pending.append(log.append("t", partition, records))
+        if i == 150:
+            pending.append(
+                asyncio.ensure_future(log.commit_offsets("g", {TopicPartition("t", 1): 7}))
+            )
+    await asyncio.gather(*pending)
+    await log.close()
+
+    reopened = await SqliteLog.open(tmp_path)
+    try:
+        for partition, records in expected.items():
+            stored = await reopened.read("t", partition, 0, max_records=10_000)
+            assert [r.offset for r in stored] == list(range(len(records)))
+            assert [(r.value, r.key, r.headers) for r in stored] == [
+                (r.value, r.key, r.headers) for r in records
+            ]
+        assert await reopened.committed_offsets("g", "t") == {1: 7}
+    finally:
+        await reopened.close()
+
+
 async def test_a_log_file_that_is_no_database_is_refused_and_leaves_the_directory_free(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

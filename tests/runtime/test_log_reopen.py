@@ -8,7 +8,6 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kafka_broker import TansuBroker, tansu_binary
@@ -33,16 +32,16 @@ async def test_sqlite_fails_every_append_queued_behind_a_failed_one(
     failures: list[LogError] = []
     log.on_failure(failures.append)
     writing_b, release = threading.Event(), threading.Event()
-    apply = SqliteLog._apply
+    insert = SqliteLog._insert
 
-    def failing_apply(conn: sqlite3.Connection, op: Any) -> None:
-        if isinstance(op, PendingAppend) and op.records[0].value == b"b":
+    def failing_insert(conn: sqlite3.Connection, appends: list[PendingAppend]) -> None:
+        if any(op.records[0].value == b"b" for op in appends):
             writing_b.set()
             release.wait(10)
             raise sqlite3.OperationalError(DISK_FULL)
-        apply(conn, op)
+        insert(conn, appends)
 
-    monkeypatch.setattr(SqliteLog, "_apply", staticmethod(failing_apply))
+    monkeypatch.setattr(SqliteLog, "_insert", staticmethod(failing_insert))
     try:
         await log.ensure_topic("t", 1)
         assert await log.append("t", 0, [Record(b"a")]) == [0]
