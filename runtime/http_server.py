@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -83,12 +84,13 @@ class _HeadWithBody:
 
     def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
         self._transport = transport
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)  # the cycle holds this: no reference cycle
         self._head: bytes | None = None
         self._headed = False
 
     def write(self, data: bytes) -> None:
-        if not self._headed and self._cycle.response_started:
+        cycle = self._cycle()
+        if not self._headed and cycle is not None and cycle.response_started:
             self._headed = True
             self._head = data  # the head: wait for the body
             return
@@ -120,13 +122,18 @@ class DirectAnswer:
     __slots__ = ("_cycle", "_transport")
 
     def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
-        self._cycle = cycle
+        # The cycle's scope holds this: a strong reference back would make every request
+        # a reference cycle, garbage only the collector frees (each collection then took
+        # ~10 ms at 3,000 requests/s).
+        self._cycle = weakref.ref(cycle)
         self._transport = transport  # the connection's own, not the cycle's wrapper
 
     async def __call__(
         self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes
     ) -> None:
-        cycle = self._cycle
+        cycle = self._cycle()
+        if cycle is None:
+            return  # the request's connection is gone, and uvicorn with it
         if cycle.flow.write_paused and not cycle.disconnected:
             await cycle.flow.drain()
         if cycle.disconnected:

@@ -6,6 +6,7 @@ answer writes what uvicorn's two ASGI messages would have written, in one write.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import select
@@ -384,6 +385,36 @@ def test_a_direct_answer_without_a_length_is_given_one(served: Served) -> None:
         # and the connection serves the next request
         conn.sendall(b"POST /answer/direct HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
         assert read_response(conn).endswith(b'{"length": 0}')
+
+
+@pytest.mark.timeout(30)
+def test_a_served_request_leaves_no_reference_cycle(served: Served) -> None:
+    """What a request makes is freed as soon as it is answered, not left to the garbage
+    collector: at thousands of requests a second each collection of such cycles held
+    the event loop ~10 ms."""
+    request = b"POST /answer/%s HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
+    gc.collect()
+    gc.disable()  # no collection may free a cycle before the one below finds it
+    try:
+        with served.connect() as conn:
+            for how in (b"direct", b"sent", b"direct"):
+                conn.sendall(request % how)
+                assert read_response(conn).startswith(b"HTTP/1.1 201")
+        wait_until(lambda: not served.server.server_state.connections)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = sorted(
+            {
+                type(o).__qualname__
+                for o in gc.garbage
+                if type(o).__module__.startswith(("uvicorn", "runtime.http_server"))
+            }
+        )
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
 
 
 class _Unavailable:
