@@ -60,6 +60,7 @@ from kafka.protocol.consumer.metadata import (
 )
 
 from runtime.errors import MembershipError
+from runtime.log.kafka_selector import CLIENT_CONFIG
 
 __all__ = ["Member", "Membership", "View", "ViewAssignor", "assign", "members_topic"]
 
@@ -351,7 +352,9 @@ class Membership:
     # --- the group thread -----------------------------------------------------------------
 
     def _create_topic(self) -> None:
-        admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, **self._admin_options())
+        admin = KafkaAdminClient(
+            bootstrap_servers=self._bootstrap, **CLIENT_CONFIG, **self._admin_options()
+        )
         try:
             if self.topic not in admin.list_topics():
                 admin.create_topics({self.topic: {"num_partitions": 1, "replication_factor": 1}})
@@ -380,6 +383,7 @@ class Membership:
             "allow_auto_create_topics": False,
             "fetch_max_wait_ms": _POLL_MS,
             "metrics_enabled": False,
+            **CLIENT_CONFIG,
             **self._kafka_options,
         }
         consumer = KafkaConsumer(**config)

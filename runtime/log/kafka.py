@@ -96,6 +96,7 @@ from runtime.log.base import (
     TopicPartition,
     UnknownTopicError,
 )
+from runtime.log.kafka_selector import CLIENT_CONFIG
 
 __all__ = ["KafkaLog", "KafkaLogConsumer"]
 
@@ -216,6 +217,7 @@ class _Settings:
             request_timeout_ms=self.request_timeout_ms,
             bootstrap_timeout_ms=self.request_timeout_ms,
             metrics_enabled=False,
+            **CLIENT_CONFIG,
             **dict(self.security),
             **config,
         )
@@ -436,6 +438,7 @@ class KafkaLog(Log):
                 client_id=f"{client_id}-admin",
                 request_timeout_ms=request_timeout_ms,
                 bootstrap_timeout_ms=request_timeout_ms,
+                **CLIENT_CONFIG,
                 **security,
             )
 
@@ -453,6 +456,7 @@ class KafkaLog(Log):
             "bootstrap_timeout_ms": request_timeout_ms,
             "allow_auto_create_topics": False,
             "metrics_enabled": False,
+            **CLIENT_CONFIG,
             **security,
         }
 
