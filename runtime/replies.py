@@ -49,7 +49,7 @@ async def reply_within(reply: asyncio.Future[TypedValue], seconds: float) -> Typ
     ``asyncio.shield`` costs a context manager, a second future and their callbacks. A
     reply after the timeout finds the future done and goes nowhere, as one to a caller
     that stopped waiting."""
-    timer = asyncio.get_running_loop().call_later(seconds, _time_out, reply)
+    timer = reply.get_loop().call_later(seconds, _time_out, reply)
     try:
         return await reply
     finally:
@@ -91,6 +91,9 @@ class ReplyWaiters:
             check_member_id(member)
             self._prefix = f"{member}.{self._prefix}"
         self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The event loop of the calls, once one came: on Python 3.11 each
+        ``asyncio.get_running_loop()`` is a system call (``getpid``)."""
         self._waiting: dict[Address, _Waiter] = {}
         self._closed = False
         self.on_reply: Callable[[Address, TypedValue, Tag | None], None] = lambda a, v, t: None
@@ -111,7 +114,10 @@ class ReplyWaiters:
                 INGRESS_CALLER_TYPE.name,
                 f"{self._prefix}-{next(self._ids)}",
             )
-        future: asyncio.Future[TypedValue] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[TypedValue] = loop.create_future()
         waiter = self._waiting.get(address)
         if waiter is None:
             self._waiting[address] = _Waiter([future], committed)
