@@ -896,6 +896,8 @@ class Runtime(RuntimeBase):
 
     def unavailable(self) -> tuple[str, float] | None:
         """The log or the store failing, or no generation running."""
+        if self.health.ready:
+            return None  # asked by every POST: the common answer without building any
         problems = self.health.problems()
         if self._rolling_back is None:
             problems.pop("generation", None)  # recovering, but taking messages

@@ -61,6 +61,13 @@ def _json(body: bytes) -> Any:
         raise BadInput(400, "bad_value", f"the body is not valid JSON: {e}") from None
 
 
+_TYPE_NAMES_KEPT = 1024
+_TYPE_NAME_KEPT_CHARS = 256
+_VALID_TYPE_NAMES: set[str] = set()
+"""``?type=`` names that passed their checks (a name once valid stays valid): the same
+few come with nearly every request."""
+
+
 def value_from_http(body: bytes, content_type: str | None, typename: str | None) -> TypedValue:
     media, charset = _media_type(content_type)
     if typename is None:
@@ -80,10 +87,13 @@ def value_from_http(body: bytes, content_type: str | None, typename: str | None)
             f"content type {content_type or '(none)'!r} needs ?type=<namespace/name>; "
             "send text/plain for a string, or application/json with ?type=",
         )
-    try:
-        TypeName.parse(typename)
-    except InvalidNameError as e:
-        raise BadInput(400, "bad_type", str(e)) from None
+    if typename not in _VALID_TYPE_NAMES:
+        try:
+            TypeName.parse(typename)
+        except InvalidNameError as e:
+            raise BadInput(400, "bad_type", str(e)) from None
+        if len(typename) <= _TYPE_NAME_KEPT_CHARS and len(_VALID_TYPE_NAMES) < _TYPE_NAMES_KEPT:
+            _VALID_TYPE_NAMES.add(typename)
     builtin = BUILTIN_TYPES.get(typename)
     if builtin is not None and media in ("application/json", "text/plain"):
         if media == "text/plain" and builtin is StringType:

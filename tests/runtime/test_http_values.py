@@ -2,6 +2,7 @@ from typing import Any
 
 import pytest
 
+from runtime import http_values
 from runtime.errors import BadInput
 from runtime.http_values import value_from_http, value_to_json
 from statefun.values import (
@@ -97,3 +98,19 @@ def test_bad_bodies(
 )
 def test_values_as_json(value: TypedValue, shown: dict[str, Any]) -> None:
     assert value_to_json(value) == shown
+
+
+def test_a_bad_type_name_is_refused_every_time_and_a_good_one_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_values, "_VALID_TYPE_NAMES", set())
+    for _ in range(2):
+        with pytest.raises(BadInput) as refused:
+            value_from_http(b"1", "application/json", "no-slash")
+        assert refused.value.error == "bad_type"
+    assert not http_values._VALID_TYPE_NAMES
+    for _ in range(2):
+        assert value_from_http(b"1", "application/json", "io.statefun.types/int").typename == (
+            "io.statefun.types/int"
+        )
+    assert sorted(http_values._VALID_TYPE_NAMES) == ["io.statefun.types/int"]
