@@ -52,7 +52,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -307,13 +306,27 @@ def _refusal(status: int, error: str, detail: str) -> Response:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
 
-def _bearer(headers: Headers) -> str | None:
+_READ_HEADERS = frozenset((b"host", b"origin", b"authorization", b"cookie"))
+_HOSTS_KEPT = 256
+
+
+def _read_headers(scope: Scope) -> dict[bytes, str]:
+    """The first of each header the access layer reads (lower-case name: Latin-1 value),
+    in one pass over the request's headers."""
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in _READ_HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
+def _bearer(headers: Mapping[bytes, str]) -> str | None:
     """The request's token: its Bearer credentials, or else the console's cookie."""
-    authorization = headers.get("authorization")
+    authorization = headers.get(b"authorization")
     if authorization is not None:
         scheme, _, credentials = authorization.partition(" ")
         return credentials.strip() if scheme.lower() == "bearer" else ""
-    cookie = headers.get("cookie")
+    cookie = headers.get(b"cookie")
     if cookie is not None:
         morsel = SimpleCookie(cookie).get(COOKIE)
         if morsel is not None:
@@ -344,6 +357,8 @@ class AccessControl:
         if bound and not _unspecified(bound):
             hosts.add(bound)
         self.hosts = frozenset(hosts)
+        self._hosts_allowed: set[str] = set()
+        """``Host`` headers allowed as loopback or one of :attr:`hosts`."""
         self.member_url = member_url
 
     def _load(self, path: Path) -> TokenTable:
@@ -375,8 +390,8 @@ class AccessControl:
     def refusal(self, scope: Scope, rule: Rule, params: Mapping[str, Any]) -> Response | None:
         """Why the request may not pass (an answer to send), or None to let it in; the
         caller's grant is left in the scope."""
-        headers = Headers(scope=scope)
-        host = headers.get("host")  # none at all: not a browser, which always sends it
+        headers = _read_headers(scope)
+        host = headers.get(b"host")  # none at all: not a browser, which always sends it
         if self.tokens is None and host is not None and not self._host_allowed(host):
             return _refusal(
                 403,
@@ -384,8 +399,8 @@ class AccessControl:
                 f"requests for host {host} are refused: without tokens the ingress answers "
                 "only requests naming loopback, its --ingress-host or an --allow-origin host",
             )
-        origin = headers.get("origin")
-        if origin is not None and not self._origin_allowed(origin, scope, headers):
+        origin = headers.get(b"origin")
+        if origin is not None and not self._origin_allowed(origin, scope, host):
             return _refusal(403, "origin_refused", f"requests from origin {origin} are refused")
         tokens = self.tokens
         if tokens is None:
@@ -415,14 +430,19 @@ class AccessControl:
         return None
 
     def _host_allowed(self, host: str) -> bool:
+        if host in self._hosts_allowed:
+            return True
         name = host_name(host)
         if names_loopback(name) or name in self.hosts:
+            # Allowed for good: kept (a few, asked about by every request).
+            if len(self._hosts_allowed) < _HOSTS_KEPT:
+                self._hosts_allowed.add(host)
             return True
-        url = self.member_url()
+        url = self.member_url()  # known only once the member has joined: asked each time
         return url is not None and name == host_name(urlsplit(url).netloc)
 
-    def _origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
-        own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
+    def _origin_allowed(self, origin: str, scope: Scope, host: str | None) -> bool:
+        own = f"{scope.get('scheme', 'http')}://{host or ''}"
         return origin.rstrip("/") in self.origins or origin == own
 
 

@@ -54,9 +54,21 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 """``json.loads`` with these options, made once (``loads`` makes a decoder per call)."""
 
 
+def _json_encoding(body: bytes) -> str:
+    """``json.detect_encoding``, answering the common case first: without a byte-order
+    mark (which starts with one of these bytes) or a NUL among the first four bytes
+    (UTF-16 and UTF-32 text has one), JSON is UTF-8."""
+    if body[:1] not in _MAYBE_NOT_UTF8 and b"\x00" not in body[:4]:
+        return "utf-8"
+    return json.detect_encoding(body)
+
+
+_MAYBE_NOT_UTF8 = (b"\xef", b"\xfe", b"\xff")
+
+
 def _json(body: bytes) -> Any:
     try:
-        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+        return _DECODER.decode(body.decode(_json_encoding(body), "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as e:
         raise BadInput(400, "bad_value", f"the body is not valid JSON: {e}") from None
 

@@ -19,6 +19,7 @@ import yaml
 from support import module_for, running_runtime
 from test_peers import INT, INT_TYPE, appended, two_members
 
+from runtime import access as access_module
 from runtime.access import ROUTES, AccessControl, InsecureBind, TokensFileError, check_bind
 from runtime.cluster.peers import DEMAND_PATH, REPLIES_PATH
 from runtime.config import AccessConfig
@@ -391,3 +392,27 @@ def test_the_bound_host_is_allowed_but_not_every_interface() -> None:
     assert named.hosts == {"10.1.2.3"}
     assert AccessControl(AccessConfig(), ingress_host="0.0.0.0").hosts == frozenset()
     assert AccessControl(AccessConfig(), ingress_host="::").hosts == frozenset()
+
+
+def test_hosts_allowed_for_good_are_kept_within_a_bound_and_refused_ones_never(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(access_module, "_HOSTS_KEPT", 2)
+    access = AccessControl(AccessConfig(), ingress_host="10.1.2.3")
+    rule = ROUTES["/v1/messages/{namespace}/{type_}/{id_:path}"]
+
+    def refused(host: str) -> int | None:
+        scope = {
+            "method": "POST",
+            "path": "/v1/messages/a/b/c",
+            "headers": [(b"host", host.encode())],
+        }
+        answer = access.refusal(scope, rule, {})
+        return None if answer is None else answer.status_code
+
+    for _ in range(2):
+        assert refused("evil.example") == 403
+        assert refused("127.0.0.1:1") is None
+        assert refused("10.1.2.3:8090") is None
+        assert refused("localhost") is None  # allowed, past the bound: not kept
+    assert access._hosts_allowed == {"127.0.0.1:1", "10.1.2.3:8090"}

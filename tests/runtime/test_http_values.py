@@ -1,3 +1,5 @@
+import json
+import random
 from typing import Any
 
 import pytest
@@ -114,3 +116,19 @@ def test_a_bad_type_name_is_refused_every_time_and_a_good_one_kept(
             "io.statefun.types/int"
         )
     assert sorted(http_values._VALID_TYPE_NAMES) == ["io.statefun.types/int"]
+
+
+def test_json_bodies_are_decoded_in_the_encoding_json_detects() -> None:
+    texts = ["1", "[1,2]", '{"a":"\u00e9"}']
+    encodings = ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"]
+    bodies = [t.encode(e) for t in texts for e in [*encodings, "utf-32-le", "utf-32-be"]]
+    alphabet = [0x00, 0x01, 0x31, 0x7B, 0xBB, 0xBF, 0xEF, 0xFE, 0xFF]
+    rng = random.Random(12)
+    bodies += [bytes(rng.choices(alphabet, k=rng.randint(0, 6))) for _ in range(5000)]
+    assert [http_values._json_encoding(b) for b in bodies] == [
+        json.detect_encoding(b) for b in bodies
+    ]
+    for e in encodings:
+        assert value_from_http('{"a":"\u00e9"}'.encode(e), "application/json", "x/y").value == (
+            '{"a":"\u00e9"}'.encode(e)
+        )
