@@ -123,8 +123,8 @@ class DirectAnswer:
 
     def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
         # The cycle's scope holds this: a strong reference back would make every request
-        # a reference cycle, garbage only the collector frees (each collection then took
-        # ~10 ms at 3,000 requests/s).
+        # a reference cycle, garbage only the collector frees (each collection then held
+        # the event loop ~8 ms at c64: bench/README.md).
         self._cycle = weakref.ref(cycle)
         self._transport = transport  # the connection's own, not the cycle's wrapper
 

@@ -54,6 +54,11 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 """``json.loads`` with these options, made once (``loads`` makes a decoder per call)."""
 
 
+_MAYBE_NOT_UTF8 = (b"\xef", b"\xfe", b"\xff")
+"""First bytes of the byte-order marks of UTF-8 (EF), UTF-16 big-endian (FE) and UTF-16 or
+UTF-32 little-endian (FF); UTF-32 big-endian's starts with a NUL."""
+
+
 def _json_encoding(body: bytes) -> str:
     """``json.detect_encoding``, answering the common case first: without a byte-order
     mark (which starts with one of these bytes) or a NUL among the first four bytes
@@ -61,9 +66,6 @@ def _json_encoding(body: bytes) -> str:
     if body[:1] not in _MAYBE_NOT_UTF8 and b"\x00" not in body[:4]:
         return "utf-8"
     return json.detect_encoding(body)
-
-
-_MAYBE_NOT_UTF8 = (b"\xef", b"\xfe", b"\xff")
 
 
 def _json(body: bytes) -> Any:

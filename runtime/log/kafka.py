@@ -1185,8 +1185,9 @@ class KafkaLogConsumer(LogConsumer):
     doubling from the fetch wait up to :attr:`pause_max` (``fetch_pause_max_ms``, or
     longer while this process is the only writer: :meth:`KafkaLog.sole_writer`), and
     back to none (a long poll) at the first record from elsewhere, or at once when
-    records handed over leave a gap before them (a record from elsewhere is missing). Tansu answers a fetch only at the end of
-    its wait, so without the pause an idle consumer would fetch every
+    records handed over leave a gap before them (a record from elsewhere is missing).
+    Tansu answers a fetch only at the end of its wait, so without the pause an idle
+    consumer would fetch every
     ``fetch_max_wait_ms``. (The Kafka consumer is not moved past the records handed
     over: that saved little next to the pacing, and every seek makes kafka-python
     validate the new position against the leader before it fetches again.)
@@ -1296,10 +1297,11 @@ class KafkaLogConsumer(LogConsumer):
     @property
     def pause_max(self) -> float:
         """The longest pause between this consumer's Kafka polls: the log's bound for a
-        dense consumer; for another, never more than ``fetch_pause_max_ms`` (its topic's
-        records come from outside, never handed over)."""
-        bound = self._log.fetch_pause_max
-        return bound if self._dense else min(bound, self._settings.fetch_pause_max_ms / 1000)
+        dense consumer; ``fetch_pause_max_ms`` for another (its topic's records come from
+        outside, never handed over, whoever else is a member)."""
+        if self._dense:
+            return self._log.fetch_pause_max
+        return self._settings.fetch_pause_max_ms / 1000
 
     @property
     def pause(self) -> float:

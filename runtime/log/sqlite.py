@@ -3,11 +3,12 @@
 One writer thread owns the write connection and commits whatever has queued up in a
 single transaction (group commit, ``synchronous=FULL``), so many concurrent appends
 cost one fsync; their records go in with a few multi-row statements, and a group that
-one statement takes is that statement alone (see :mod:`runtime.sqlite_db`). Readers use a second connection on the event loop thread; WAL lets
-them read while the writer commits. An exclusive lock on the directory keeps a second
-process from writing the same log. Truncation deletes on the writer thread too, in
-bounded steps, and keeps each partition's start offset in the database, so a partition
-emptied by truncation keeps its end across a reopen.
+one statement takes is that statement alone (see :mod:`runtime.sqlite_db`). Readers
+use a second connection on the event loop thread; WAL lets them read while the writer
+commits. An exclusive lock on the directory keeps a second process from writing the
+same log. Truncation deletes on the writer thread too, in bounded steps, and keeps each
+partition's start offset in the database, so a partition emptied by truncation keeps
+its end across a reopen.
 
 A group that fails to commit (a full disk, an I/O error) writes nothing, and the writer
 fails every operation queued after it without writing, until :meth:`SqliteLog.reopen`
