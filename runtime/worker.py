@@ -32,7 +32,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import httpx
 
@@ -131,6 +132,51 @@ class FunctionClients:
             await client.close()
         self._clients.clear()
         self._by_identity.clear()
+
+
+T = TypeVar("T")
+
+SCAN_CHUNK = 500
+"""Records a scan of the log reads and decodes between two turns of the event loop."""
+
+
+async def scan_log(
+    read: Callable[[int, int], Awaitable[list[StoredRecord]]],
+    accept: Callable[[StoredRecord], T | None],
+    offset: int,
+    end: Callable[[], int],
+    limit: int,
+    budget: int,
+) -> tuple[list[T], int]:
+    """What ``accept`` takes of a partition's records from ``offset`` up to ``end()`` (read
+    again before each chunk), at most ``limit`` of them, looking at ``budget`` records at
+    most; and the offset up to which it looked. It gives the event loop a turn before
+    every chunk after the first: the embedded log reads without ever suspending, and a
+    scan of thousands of records (a paused type's backlog, read again when it resumes)
+    held the loop, and every request with it, for the whole scan. The last chunk's
+    records are taken with no turn given between them and the return."""
+    found: list[T] = []
+    scanned = offset
+    first = True
+    while len(found) < limit and budget > 0:
+        if not first:
+            await asyncio.sleep(0)
+        first = False
+        stop = end()
+        if scanned >= stop:
+            break
+        records = await read(scanned, min(SCAN_CHUNK, budget, stop - scanned))
+        if not records:
+            break
+        for record in records:
+            if record.offset >= stop or len(found) >= limit:
+                break
+            scanned = record.offset + 1
+            budget -= 1
+            taken = accept(record)
+            if taken is not None:
+                found.append(taken)
+    return found, scanned
 
 
 class Worker:
@@ -387,27 +433,18 @@ class Worker:
         wanted: Callable[[Address], bool],
     ) -> tuple[list[tuple[Address, PendingInvocation]], int]:
         topic = self._router.topics.messages
-        found: list[tuple[Address, PendingInvocation]] = []
-        scanned = offset
-        budget = self.config.dispatch.reread_scan
-        while len(found) < limit and budget > 0:
-            end = self._positions[partition] if stop is None else stop
-            if scanned >= end:
-                break
-            records = await self._log.read(
-                topic, partition, scanned, min(1000, budget, end - scanned)
-            )
-            if not records:
-                break
-            for record in records:
-                if record.offset >= end or len(found) >= limit:
-                    break
-                scanned = record.offset + 1
-                budget -= 1
-                accepted = self._accept(partition, record, counted=False)
-                if accepted is not None and wanted(accepted[0]):
-                    found.append(accepted)
-        return found, scanned
+
+        async def read(start: int, count: int) -> list[StoredRecord]:
+            return await self._log.read(topic, partition, start, count)
+
+        def accept(record: StoredRecord) -> tuple[Address, PendingInvocation] | None:
+            accepted = self._accept(partition, record, counted=False)
+            return accepted if accepted is not None and wanted(accepted[0]) else None
+
+        def end() -> int:
+            return self._positions[partition] if stop is None else stop
+
+        return await scan_log(read, accept, offset, end, limit, self.config.dispatch.reread_scan)
 
     # --- the dispatcher's host ---------------------------------------------------------
 
