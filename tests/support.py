@@ -58,6 +58,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
+async def poll_until(predicate: Callable[[], Any], interval: float = 0.01) -> Any:
+    """:func:`wait_until` inside an event loop, without blocking it; the caller bounds
+    it (``asyncio.timeout``)."""
+    while True:
+        result = predicate()
+        if result:
+            return result
+        await asyncio.sleep(interval)
+
+
 class ServerThread:
     """A uvicorn server for an ASGI app, in a thread with its own event loop."""
 

@@ -6,7 +6,9 @@ exact)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import VERIFIER_RUNS, wait_until
+from support import VERIFIER_RUNS, poll_until, wait_until
 
 from statefun.address import Address
 from statefun.errors import ProtocolError
@@ -30,10 +32,11 @@ from statefun.protocol import (
 from statefun.values import IntType, TypedValue
 from verifier import fault_functions
 from verifier.fault_functions import COUNTER, OP_TYPE, SWITCHES, UNKNOWN_TARGET
-from verifier.faults.load import classify
+from verifier.faults.load import Answers, Senders, classify
 from verifier.faults.scenarios import SHORT_ORDER
 from verifier.faults.suite import LOAD_RATE, SuiteConfig, SuiteResult, run_suite
-from verifier.faults.trial import Check, Row
+from verifier.faults.timings import SHORT
+from verifier.faults.trial import CAUGHT_UP, Check, Row, Trial
 from verifier.faults.watch import describe
 
 
@@ -209,6 +212,124 @@ def test_a_row_passes_only_when_every_check_does() -> None:
     assert describe(flapping) == (
         "200 -> 503 @1.0s -> 200 @2.0s -> ... 7 more ... -> 200 @10.0s -> 503 @11.0s"
     )
+
+
+class _BacklogLoad:
+    """A steady load on 200 addresses whose runtime starts behind: each read of the
+    counts finds ``drained`` more processed, until all that was accepted is; the senders
+    are behind their pace for the first ``late_reads`` reads."""
+
+    def __init__(self, backlog: int, drained: int, late_reads: int) -> None:
+        self.accepted: Counter[tuple[str, str]] = Counter()
+        self.answers = Answers()
+        self.rate = 400.0
+        self.reads = 0
+        self._backlog = backlog
+        self._drained = drained
+        self._late_reads = late_reads
+
+    def start(self, targets: list[str]) -> None:
+        for id_ in targets:
+            self.accepted[(COUNTER, id_)] = 5
+
+    def behind(self) -> float:
+        return 1.0 if self.reads < self._late_reads else 0.0
+
+    async def total(self, function_type: str, ids: list[str]) -> int:
+        accepted = sum(self.accepted[(function_type, i)] for i in ids)
+        processed = accepted - max(0, self._backlog - self.reads * self._drained)
+        self.reads += 1
+        return processed
+
+    async def get_json(self, path: str) -> tuple[int, Any]:
+        return 200, {"records": []}
+
+
+class _StackAlone:
+    log = "embedded"
+
+    def runtime_log_size(self) -> int:
+        return 0
+
+
+def _before(trial: Trial) -> None:
+    """The trial's window before the fault, and nothing after it."""
+
+    async def window() -> None:
+        await trial.before()
+        await trial.close()  # the lag's follower, started at the fault, reads no more
+
+    asyncio.run(window())
+
+
+def _trial(load: _BacklogLoad, **timings: float) -> Trial:
+    return Trial(
+        "backlog",
+        _StackAlone(),  # type: ignore[arg-type]
+        load,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        dataclasses.replace(SHORT, **timings),
+        lambda line: None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("backlog", "late_reads", "reads_to_catch_up"),
+    [(460, 0, 3), (0, 2, 2), (460, 3, 3)],
+    ids=["unprocessed", "senders-late", "both"],
+)
+def test_the_window_before_a_fault_starts_once_the_load_is_caught_up(
+    backlog: int, late_reads: int, reads_to_catch_up: int
+) -> None:
+    # 1,000 increments accepted in the 0.5 s warm-up: 2,000/s, so 200 unprocessed is
+    # the bound. 230 are drained per read. The window is measured from the first read
+    # that is caught up, not from the backlog (which counted as throughput inflates it).
+    load = _BacklogLoad(backlog=backlog, drained=230, late_reads=late_reads)
+    trial = _trial(load, warmup=0.5, before=0.0)
+    _before(trial)
+    assert load.reads == reads_to_catch_up + 1  # and the window's end
+    assert trial.row.before == 0.0  # nothing more was accepted in the window
+    assert not trial.row.notes
+
+
+def test_a_load_never_caught_up_is_measured_anyway_and_noted() -> None:
+    load = _BacklogLoad(backlog=10**9, drained=0, late_reads=0)
+    trial = _trial(load, warmup=0.0, before=0.0, resume_timeout=3 * CAUGHT_UP)
+    _before(trial)
+    assert trial.row.before == 0.0
+    assert len(trial.row.notes) == 1
+    assert "1000000000 increments not processed" in trial.row.notes[0]
+
+
+class _AnswerLater:
+    """A load whose every send waits until released."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.sent = 0
+
+    async def send(self, function_type: str, id_: str, op: dict[str, Any]) -> bool:
+        await self.released.wait()
+        self.sent += 1
+        return True
+
+
+def test_paced_senders_say_how_far_behind_their_pace_they_are() -> None:
+    async def scenario() -> None:
+        load = _AnswerLater()
+        senders = Senders(load, COUNTER, ["a"], {"op": "inc"}, 2, 100.0)  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)  # both senders wait for an answer: nothing paced goes
+        assert senders.behind() >= 0.25  # the second's slot was due 0.02 s in
+        load.released.set()
+        async with asyncio.timeout(10):
+            await poll_until(lambda: senders.behind() == 0.0)
+        assert load.sent > 2  # the overdue messages went out to catch up
+        await senders.stop(1.0)
+        unpaced = Senders(load, COUNTER, ["a"], {"op": "inc"}, 1, None)  # type: ignore[arg-type]
+        assert unpaced.behind() == 0.0
+        await unpaced.stop(1.0)
+
+    asyncio.run(scenario())
 
 
 # --- the short form ---------------------------------------------------------------------

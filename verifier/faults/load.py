@@ -33,6 +33,16 @@ GIVE_UP_AFTER = 180.0
 """A message still not accepted after this long is *unresolved* (the run then fails):
 long enough to span any restart the suite does."""
 SCAN_CONCURRENCY = 32
+"""State reads in flight at once, over every scan (a window's end and the lag's follower
+read together): they wait for a slot here, where waiting is not part of a read's
+timeout, rather than in the connection pool."""
+READ_POOL = SCAN_CONCURRENCY + 8
+"""Connections for reads: the scans' and room for the suite's single reads beside them."""
+KEEPALIVE = 2.0
+"""Seconds a pooled connection to the runtime may sit idle before the suite drops it:
+under the ingress's own bound (5 s), so that the suite never reuses a connection the
+runtime is closing at that moment (a read that fails for nothing: two CI runs failed a
+row on one)."""
 RELAY_EVERY = 4
 """One message in this many of the steady load is a relay: an increment that reaches its
 address through a message a function sent (the runtime's own record in the log)."""
@@ -109,6 +119,9 @@ class Load:
         self.refused: Counter[tuple[str, str]] = Counter()
         self.unresolved = 0
         self.answers = Answers()
+        self.failed_reads: list[str] = []
+        """Why each read that had no HTTP answer failed."""
+        self._scan_slots = asyncio.Semaphore(SCAN_CONCURRENCY)
         self._session: aiohttp.ClientSession | None = None
         self._reader: aiohttp.ClientSession | None = None
         self._main: Senders | None = None
@@ -116,11 +129,15 @@ class Load:
     async def open(self) -> None:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, connect=2.0)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.concurrency + 16), timeout=timeout
+            connector=aiohttp.TCPConnector(
+                limit=self.concurrency + 16, keepalive_timeout=KEEPALIVE
+            ),
+            timeout=timeout,
         )
         # Reads have a pool of their own: they must not queue behind the load.
         self._reader = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=SCAN_CONCURRENCY), timeout=timeout
+            connector=aiohttp.TCPConnector(limit=READ_POOL, keepalive_timeout=KEEPALIVE),
+            timeout=timeout,
         )
 
     async def close(self) -> None:
@@ -143,6 +160,10 @@ class Load:
         main, self._main = self._main, None
         if main is not None:
             await main.stop(grace)
+
+    def behind(self) -> float:
+        """Seconds the steady load is behind its pace (0 when on it, or not paced)."""
+        return 0.0 if self._main is None else self._main.behind()
 
     def senders(
         self,
@@ -243,6 +264,7 @@ class Load:
 
     async def _json(self, method: str, path: str) -> tuple[int, Any]:
         assert self._reader is not None
+        started = time.monotonic()
         try:
             async with self._reader.request(method, self.url + path) as answer:
                 content = await answer.read()
@@ -250,15 +272,20 @@ class Load:
                     return answer.status, json.loads(content)
                 except ValueError:
                     return answer.status, None
-        except (TimeoutError, aiohttp.ClientError):
-            return 0, None
+        except (TimeoutError, aiohttp.ClientError) as e:
+            # aiohttp's connection timeouts are TimeoutErrors too: the type tells them apart.
+            elapsed = time.monotonic() - started
+            self.failed_reads.append(
+                f"{method} {path}: {type(e).__name__} after {elapsed:.1f} s: {e}"
+            )
+        return 0, None
 
     async def states(
         self, function_type: str, ids: Iterable[str], names: tuple[str, ...] = ("count",)
     ) -> dict[str, dict[str, int] | None]:
         """The int states ``names`` of each address (0 when unset); None for an address
         that could not be read."""
-        slots = asyncio.Semaphore(SCAN_CONCURRENCY)
+        slots = self._scan_slots
 
         async def one(id_: str) -> tuple[str, dict[str, int] | None]:
             async with slots:
@@ -323,6 +350,13 @@ class Senders:
         for result in results:
             if isinstance(result, Exception):
                 raise result
+
+    def behind(self) -> float:
+        """Seconds the senders are behind their pace: how long the next message they
+        owe is overdue (0 when on pace, or not paced)."""
+        if self._rate is None:
+            return 0.0
+        return max(0.0, time.monotonic() - self._pace_at)
 
     async def _sender(self) -> None:
         while not self._stopping:

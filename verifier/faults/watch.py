@@ -12,9 +12,11 @@ from typing import Any
 
 import aiohttp
 
-from verifier.faults.load import Load
+from verifier.faults.load import KEEPALIVE, Load
 
 READY_POLL = 0.15
+READY_TIMEOUT = 1.0
+"""A poll unanswered for this long is ``down``."""
 HEALTH = "/health"
 DOWN = "down"
 
@@ -29,6 +31,8 @@ class ReadyWatch:
     changes: list[tuple[float, str]] = field(default_factory=list)
     """(monotonic time, status) at each change."""
     supported: bool | None = None
+    down_why: list[tuple[float, str]] = field(default_factory=list)
+    """(monotonic time, why) of each poll that had no HTTP answer."""
     _task: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -43,18 +47,22 @@ class ReadyWatch:
 
     async def _poll(self) -> None:
         # A session of its own: the polls must not queue behind the suite's other reads.
-        timeout = aiohttp.ClientTimeout(total=1.0)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        timeout = aiohttp.ClientTimeout(total=READY_TIMEOUT)
+        connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             while True:
                 status, body = await _get(http, self.url + "/ready")
                 if status == 404:
                     self.supported = False
-                    health, _ = await _get(http, self.url + "/health")
+                    health, body = await _get(http, self.url + "/health")
+                    status = health
                     self._record(f"{HEALTH} {health}" if health else DOWN)
                 else:
                     if status in (200, 503):
                         self.supported = True
                     self._record(_status(status, body))
+                if status == 0:
+                    self.down_why.append((time.monotonic(), str(body)))
                 await asyncio.sleep(READY_POLL)
 
     def _record(self, status: str) -> None:
@@ -96,17 +104,23 @@ class ReadyWatch:
         seen += [(when - start, s) for when, s in self.changes if start < when <= end]
         return seen
 
+    def why_down(self, start: float, end: float) -> list[str]:
+        """Why each poll between ``start`` and ``end`` had no answer, times from ``start``."""
+        return [f"@{when - start:.1f}s {why}" for when, why in self.down_why if start < when <= end]
+
     def saw(self, prefix: str, start: float, end: float) -> bool:
         return any(s.startswith(prefix) for _, s in self.between(start, end))
 
 
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    """(status, JSON body or None); (0, None) when no HTTP answer came."""
+    """(status, JSON body or None); (0, why) when no HTTP answer came."""
+    started = time.monotonic()
     try:
         async with http.get(url) as answer:
             content = await answer.read()
-    except (TimeoutError, aiohttp.ClientError):
-        return 0, None
+    except (TimeoutError, aiohttp.ClientError) as e:
+        # aiohttp's connection timeouts are TimeoutErrors too: the type tells them apart.
+        return 0, f"{type(e).__name__} after {time.monotonic() - started:.2f} s: {e}"
     try:
         return answer.status, json.loads(content)
     except ValueError:
