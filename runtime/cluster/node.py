@@ -469,6 +469,9 @@ class ClusterRuntime(RuntimeBase):
 
     def _view_changed(self, view: View) -> None:
         self._view = view
+        if len(view.members) > 1:
+            # Others may append soon (to the decision log first): look for their records.
+            self.log.sole_writer(False)
         log.info(
             "view %d: coordinator %s, members %s",
             view.number,
@@ -543,6 +546,11 @@ class ClusterRuntime(RuntimeBase):
             return
         record = effect.record
         if isinstance(record, Begin):
+            view = self._view
+            self.log.sole_writer(
+                set(record.members) == {self.member.id}
+                and (view is None or [m.id for m in view.members] == [self.member.id])
+            )
             if record.generation > 1:
                 # Every Begin after the first rolls the application back: because a
                 # member asked (its Fail said what failed), or because the members changed.

@@ -185,6 +185,11 @@ class Log(abc.ABC):
             raise UnknownTopicError(f"topic {topic} has no partition {partition} (it has {count})")
         return TopicPartition(topic, partition)
 
+    def sole_writer(self, alone: bool) -> None:
+        """Whether this process is now the only writer of the application's topics: a
+        log may then look less often for records appended by others. No effect here."""
+        return  # a log that never looks for records of others has nothing to change
+
     def observe_appends(self, observer: AppendObserver) -> None:
         """Show every append from now on to ``observer``."""
         self._append_observer = observer

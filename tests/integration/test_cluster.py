@@ -36,6 +36,7 @@ from runtime.cluster.node import ClusterRuntime
 from runtime.config import ClusterConfig, RuntimeConfig, WorkerConfig
 from runtime.dispatcher import DispatchConfig
 from runtime.errors import ConfigurationError
+from runtime.log.kafka import SOLE_WRITER_FETCH_PAUSE, KafkaLog
 from statefun.module_spec import parse_module_spec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -191,10 +192,13 @@ def test_a_member_that_stops_hands_its_partitions_over_with_their_state(
     with ExitStack() as stack:
         a = start_member(member_config(functions_url, kafka_bootstrap, app_id))
         stack.callback(a.stop)
-        b = start_member(member_config(functions_url, kafka_bootstrap, app_id))
         http_a = stack.enter_context(client(a.url))
+        # Alone, a member polls Kafka for others' records seldom; not alone, as often as set.
+        wait_until(lambda: fetch_pause_max(a) == SOLE_WRITER_FETCH_PAUSE, timeout=30)
+        b = start_member(member_config(functions_url, kafka_bootstrap, app_id))
         with client(b.url) as http_b:
             wait_until(lambda: both_in_one_generation(http_a, http_b), timeout=30)
+            assert fetch_pause_max(a) == fetch_pause_max(b) < SOLE_WRITER_FETCH_PAUSE
             ids = [f"h{i}" for i in range(12)]
             for id_ in ids:
                 send(http_b, f"test/counter/{id_}", 3)
@@ -208,6 +212,14 @@ def test_a_member_that_stops_hands_its_partitions_over_with_their_state(
             send(http_a, f"test/counter/{id_}", 1)
         for id_ in ids:
             wait_until(lambda id_=id_: count(http_a, f"test/counter/{id_}") == 4, timeout=30)
+        assert fetch_pause_max(a) == SOLE_WRITER_FETCH_PAUSE  # alone again
+
+
+def fetch_pause_max(member: RuntimeThread) -> float:
+    assert member.runtime is not None
+    log = member.runtime.log
+    assert isinstance(log, KafkaLog)
+    return log.fetch_pause_max
 
 
 def nonce_of(http: httpx.Client, address: str) -> str | None:

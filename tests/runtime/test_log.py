@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
@@ -31,7 +32,7 @@ from runtime.log import (
     sqlite,
 )
 from runtime.log import kafka as kafka_module
-from runtime.log.kafka import KafkaLog
+from runtime.log.kafka import KafkaLog, KafkaLogConsumer
 from runtime.log.local import LocalLog
 from runtime.log.memory import MemoryLog
 from runtime.log.sqlite import SqliteLog
@@ -1102,3 +1103,85 @@ async def test_kafka_a_read_that_skips_records_reads_them_again(
     got = await kafka_log.read(topic, 2, 0)
     assert done  # the race happened
     assert [(r.offset, r.value) for r in got] == [(i, b"%d" % i) for i in range(4)]
+
+
+async def _paused_at_least(consumers: list[KafkaLogConsumer], seconds: list[float]) -> None:
+    """Poll until each consumer's pause between its Kafka polls (which bring nothing) is
+    at least its ``seconds``."""
+    with anyio.fail_after(30):
+        while any(c.pause < s for c, s in zip(consumers, seconds, strict=True)):
+            for consumer in consumers:
+                assert await consumer.poll(0.05) == {}
+
+
+async def _values_polled(consumer: KafkaLogConsumer, count: int) -> list[bytes]:
+    """The values of the next ``count`` records ``consumer`` polls."""
+    got: list[bytes] = []
+    with anyio.fail_after(10):
+        while len(got) < count:
+            got += [r.value for rs in (await consumer.poll(1)).values() for r in rs]
+    return got
+
+
+@pytest.fixture
+async def own_and_other(
+    kafka_bootstrap: str, topic: str
+) -> AsyncIterator[tuple[KafkaLog, KafkaLog]]:
+    """This process's Kafka log (``fetch_pause_max_ms`` 50) and another process's, both on
+    ``topic`` (one partition)."""
+    own = await KafkaLog.open(kafka_bootstrap, fetch_pause_max_ms=50)
+    other = await KafkaLog.open(kafka_bootstrap)
+    try:
+        await own.ensure_topic(topic, 1)
+        await other.ensure_topic(topic, 1)
+        yield own, other
+    finally:
+        await own.close()
+        await other.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_a_sole_writer_polls_seldom_and_often_again_once_not_alone(
+    own_and_other: tuple[KafkaLog, KafkaLog], topic: str
+) -> None:
+    own, other = own_and_other
+    tp = TopicPartition(topic, 0)
+    dense, external = own.consumer(), own.consumer(dense=False)
+    dense.assign({tp: 0})
+    external.assign({tp: 0})
+    own.sole_writer(True)
+    # Polls that bring nothing pause longer and longer: up to the sole writer's bound
+    # for a topic only the application writes, never past the set one for another.
+    await _paused_at_least([dense, external], [kafka_module.SOLE_WRITER_FETCH_PAUSE, 0.05])
+    assert dense.pause == kafka_module.SOLE_WRITER_FETCH_PAUSE
+    assert external.pause == 0.05
+    # Not alone any more: the long pause ends within the set bound.
+    await other.append(topic, 0, [Record(b"theirs")])
+    own.sole_writer(False)
+    assert dense.pause <= 0.05
+    assert await _values_polled(dense, 1) == [b"theirs"]
+    await dense.close()
+    await external.close()
+
+
+@pytest.mark.kafka
+async def test_kafka_records_handed_over_past_a_missing_one_end_a_pause(
+    own_and_other: tuple[KafkaLog, KafkaLog], topic: str
+) -> None:
+    own, other = own_and_other
+    tp = TopicPartition(topic, 0)
+    consumer = own.consumer()
+    consumer.assign({tp: 0})
+    own.sole_writer(True)
+    await _paused_at_least([consumer], [0.5])
+    assert await other.append(topic, 0, [Record(b"theirs")]) == [0]
+    assert await own.append(topic, 0, [Record(b"mine")]) == [1]  # handed over: a gap
+    assert consumer.pause == 0
+    got = await _values_polled(consumer, 2)
+    assert got == [b"theirs", b"mine"]
+    # Positions given again (a rollback): read from Kafka at once, whatever the pause.
+    await _paused_at_least([consumer], [0.5])
+    consumer.assign({tp: 0})
+    assert consumer.pause == 0
+    assert await _values_polled(consumer, 2) == got
+    await consumer.close()
