@@ -151,17 +151,15 @@ async def scan_log(
     """What ``accept`` takes of a partition's records from ``offset`` up to ``end()`` (read
     again before each chunk), at most ``limit`` of them, looking at ``budget`` records at
     most; and the offset up to which it looked. It gives the event loop a turn before
-    every chunk after the first: the embedded log reads without ever suspending, and a
-    scan of thousands of records (a paused type's backlog, read again when it resumes)
-    held the loop, and every request with it, for the whole scan. The last chunk's
-    records are taken with no turn given between them and the return."""
+    every chunk: the embedded log reads without ever suspending, so a scan (a paused
+    type's backlog read again when it resumes, up to 10,000 records at a time, and the
+    dispatcher chaining such scans while it has room) held the loop, and every request
+    with it, until it was through. The last chunk's records are taken with no turn
+    given between them and the return."""
     found: list[T] = []
     scanned = offset
-    first = True
     while len(found) < limit and budget > 0:
-        if not first:
-            await asyncio.sleep(0)
-        first = False
+        await asyncio.sleep(0)
         stop = end()
         if scanned >= stop:
             break
