@@ -41,8 +41,7 @@ READ_POOL = SCAN_CONCURRENCY + 8
 KEEPALIVE = 2.0
 """Seconds a pooled connection to the runtime may sit idle before the suite drops it:
 under the ingress's own bound (5 s), so that the suite never reuses a connection the
-runtime is closing at that moment (a read that fails for nothing: two CI runs failed a
-row on one)."""
+runtime is closing at that moment (a read that would fail for nothing)."""
 RELAY_EVERY = 4
 """One message in this many of the steady load is a relay: an increment that reaches its
 address through a message a function sent (the runtime's own record in the log)."""
