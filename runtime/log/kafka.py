@@ -196,6 +196,11 @@ class _Settings:
     not have (see :class:`KafkaLogConsumer`)."""
 
     @property
+    def fetch_pause_max(self) -> float:
+        """``fetch_pause_max_ms`` in seconds."""
+        return self.fetch_pause_max_ms / 1000
+
+    @property
     def timeout(self) -> float:
         """The bound of one request, in seconds."""
         return self.request_timeout_ms / 1000
@@ -368,9 +373,8 @@ class KafkaLog(Log):
         # goes away with its last reference.
         self._consumers: weakref.WeakSet[KafkaLogConsumer] = weakref.WeakSet()
         self._consumer_ids = itertools.count(1)
-        self.fetch_pause_max = settings.fetch_pause_max_ms / 1000
-        """The longest pause between two Kafka polls of a dense consumer whose polls bring
-        only what it has (see :class:`KafkaLogConsumer` and :meth:`sole_writer`)."""
+        self._alone = False
+        """Whether this process is the only writer of the application's topics (:meth:`sole_writer`)."""
         self._failure = None
         self._outbox: list[_Outgoing] = []
         self._drain_scheduled = False
@@ -993,10 +997,15 @@ class KafkaLog(Log):
         took 10-20% less CPU per message with the longer pause, the broker half.
         Not alone: every consumer pausing longer than ``fetch_pause_max_ms`` polls by
         then."""
-        bound = SOLE_WRITER_FETCH_PAUSE if alone else self._settings.fetch_pause_max_ms / 1000
-        self.fetch_pause_max = bound
+        self._alone = alone
         for consumer in list(self._consumers):
             consumer._bound_pause(consumer.pause_max)
+
+    @property
+    def fetch_pause_max(self) -> float:
+        """The longest pause between two Kafka polls of a dense consumer whose polls bring
+        only what it has (see :class:`KafkaLogConsumer` and :meth:`sole_writer`)."""
+        return SOLE_WRITER_FETCH_PAUSE if self._alone else self._settings.fetch_pause_max
 
     def consumer(self, *, dense: bool = True) -> KafkaLogConsumer:
         self._check_open()
@@ -1301,7 +1310,7 @@ class KafkaLogConsumer(LogConsumer):
         outside, never handed over, whoever else is a member)."""
         if self._dense:
             return self._log.fetch_pause_max
-        return self._settings.fetch_pause_max_ms / 1000
+        return self._settings.fetch_pause_max
 
     @property
     def pause(self) -> float:

@@ -1140,16 +1140,22 @@ async def own_and_other(
         await other.close()
 
 
+def _alone(own: KafkaLog, topic: str, *dense: bool) -> list[KafkaLogConsumer]:
+    """``own`` made the sole writer, with a consumer (``dense`` or not, each) of ``topic``'s
+    partition 0 from its start."""
+    consumers = [own.consumer(dense=d) for d in dense]
+    for consumer in consumers:
+        consumer.assign({TopicPartition(topic, 0): 0})
+    own.sole_writer(True)
+    return consumers
+
+
 @pytest.mark.kafka
 async def test_kafka_a_sole_writer_polls_seldom_and_often_again_once_not_alone(
     own_and_other: tuple[KafkaLog, KafkaLog], topic: str
 ) -> None:
     own, other = own_and_other
-    tp = TopicPartition(topic, 0)
-    dense, external = own.consumer(), own.consumer(dense=False)
-    dense.assign({tp: 0})
-    external.assign({tp: 0})
-    own.sole_writer(True)
+    dense, external = _alone(own, topic, True, False)
     # Polls that bring nothing pause longer and longer: up to the sole writer's bound
     # for a topic only the application writes, never past the set one for another.
     await _paused_at_least([dense, external], [kafka_module.SOLE_WRITER_FETCH_PAUSE, 0.05])
@@ -1169,10 +1175,7 @@ async def test_kafka_records_handed_over_past_a_missing_one_end_a_pause(
     own_and_other: tuple[KafkaLog, KafkaLog], topic: str
 ) -> None:
     own, other = own_and_other
-    tp = TopicPartition(topic, 0)
-    consumer = own.consumer()
-    consumer.assign({tp: 0})
-    own.sole_writer(True)
+    (consumer,) = _alone(own, topic, True)
     await _paused_at_least([consumer], [0.5])
     assert await other.append(topic, 0, [Record(b"theirs")]) == [0]
     assert await own.append(topic, 0, [Record(b"mine")]) == [1]  # handed over: a gap
@@ -1181,7 +1184,7 @@ async def test_kafka_records_handed_over_past_a_missing_one_end_a_pause(
     assert got == [b"theirs", b"mine"]
     # Positions given again (a rollback): read from Kafka at once, whatever the pause.
     await _paused_at_least([consumer], [0.5])
-    consumer.assign({tp: 0})
+    consumer.assign({TopicPartition(topic, 0): 0})
     assert consumer.pause == 0
     assert await _values_polled(consumer, 2) == got
     await consumer.close()

@@ -284,10 +284,9 @@ class Load:
     ) -> dict[str, dict[str, int] | None]:
         """The int states ``names`` of each address (0 when unset); None for an address
         that could not be read."""
-        slots = self._scan_slots
 
         async def one(id_: str) -> tuple[str, dict[str, int] | None]:
-            async with slots:
+            async with self._scan_slots:
                 status, body = await self.get_json(f"/v1/state/{function_type}/{id_}")
             if status != 200 or not isinstance(body, dict):
                 return id_, None
