@@ -125,6 +125,12 @@ class Trial:
         self._lag: asyncio.Task[None] | None = None
         self._most_behind = 0
         self._load_started = self.started
+        self._accepted_at_window: tuple[float, int | None] = (self.started, None)
+        self._accepted_before: float | None = None
+        self._accepted_during: float | None = None
+        """Increments the ingress accepted per second for the healthy addresses in the two
+        windows: a failed ratio with them as low tells the load's sending fell, not the
+        processing of what was accepted."""
 
     # --- phases -------------------------------------------------------------------------
 
@@ -136,9 +142,12 @@ class Trial:
         self._load_started = time.monotonic()
         await asyncio.sleep(self.timings.warmup)
         first = await self._caught_up()
+        accepted_first = (first[0], self._accepted())
         await asyncio.sleep(self.timings.before)
         self._fault_window = await self.measure()
+        self._accepted_at_window = (self._fault_window[0], self._accepted())
         self.row.before = rate(first, self._fault_window)
+        self._accepted_before = rate(accepted_first, self._accepted_at_window)
         self.fault_at = time.monotonic()
         self._lag = asyncio.create_task(self._follow_lag())
         self.echo(f"  {self.name}: {self._per_second(self.row.before)} before the fault")
@@ -183,6 +192,7 @@ class Trial:
         end = await self.measure()
         await self.close()
         self.row.during = rate(self._fault_window, end)
+        self._accepted_during = rate(self._accepted_at_window, (end[0], self._accepted()))
         if self.row.before:
             self.row.lag = self._most_behind / self.row.before
         self.echo(f"  {self.name}: {self._per_second(self.row.during)} during the fault")
@@ -292,11 +302,13 @@ class Trial:
             why = f": {self.load.failed_reads[-1]}" if self.load.failed_reads else ""
             self.check("throughput", False, f"could not be measured{why}"[:300])
         else:
-            self.check(
-                "throughput",
-                ratio >= RATIO_GATE,
-                f"{ratio:.2f} of the throughput before (gate {RATIO_GATE})",
-            )
+            detail = f"{ratio:.2f} of the throughput before (gate {RATIO_GATE})"
+            if ratio < RATIO_GATE and self._accepted_before and self._accepted_during:
+                detail += (
+                    f"; accepted {self._accepted_before:.0f}/s before, "
+                    f"{self._accepted_during:.0f}/s during"
+                )
+            self.check("throughput", ratio >= RATIO_GATE, detail)
 
     def check_ready_stays(self) -> None:
         """Function faults never make ``/ready`` 503 (nor the ingress go away)."""
