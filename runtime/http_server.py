@@ -185,6 +185,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _deadline: float | None = None
     """When the request's head or body must have arrived (the loop's time), if armed."""
     _expired: Callable[[], None] | None = None
+    _kept_alive = False
+    """Whether the deadline armed is the keep-alive wait after a response."""
     _timer: asyncio.TimerHandle | None = None
     """Fires at or before the deadline: a deadline moved later re-arms it then, and one
     disarmed leaves it to fire for nothing, so a request costs no timer of its own (a
@@ -253,6 +255,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but the keep-alive wait that follows a response is a deadline like
+        # the others, rather than a timer made here and cancelled by the next request.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._arm(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            self._kept_alive = True
+
+    def _unset_keepalive_if_required(self) -> None:
+        super()._unset_keepalive_if_required()  # the timer before a first request
+        if self._kept_alive:
+            self._kept_alive = False
+            self._disarm()
 
     def _head_timed_out(self) -> None:
         self._refuse(f"the request head did not arrive within {self.timeouts.request_head:g} s")

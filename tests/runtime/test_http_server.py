@@ -160,6 +160,27 @@ def test_a_keep_alive_connection_is_closed_after_the_idle_timeout(served: Served
 
 
 @pytest.mark.timeout(30)
+def test_requests_sooner_than_the_idle_timeout_keep_a_connection_until_it_idles() -> None:
+    """The wait after each response is a deadline of the connection, like the request's:
+    the next request within it is served on the connection, and once idle the
+    connection closes in time, though the longer bound of the body before was armed
+    later."""
+    timeouts = IngressTimeouts(idle=1, request_head=8, body=8)
+    server = Served(timeouts=timeouts)
+    try:
+        with server.connect() as conn:
+            for _ in range(3):
+                conn.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+                assert read_response(conn).startswith(b"HTTP/1.1 200")
+                time.sleep(timeouts.idle / 2)  # the connection waits half its idle bound
+            started = time.monotonic()
+            assert read_until_closed(conn) == b""
+            assert time.monotonic() - started < timeouts.idle + GRACE
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(30)
 def test_a_request_head_that_trickles_in_gets_408_and_is_closed(served: Served) -> None:
     head = b"POST /echo HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 200 + b"\r\n\r\n"
     with served.connect() as conn:
