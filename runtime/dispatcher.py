@@ -421,6 +421,8 @@ class Dispatcher:
         self._invoker = invoker
         self._partition_of = partition_of
         self._clock = clock or LoopClock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the dispatcher's work, once it has some."""
         self._mailboxes: dict[Address, Mailbox] = {}
         self._types: dict[TypeName, FunctionType] = {}
         self._lanes: dict[str, Lane] = {}
@@ -692,7 +694,11 @@ class Dispatcher:
         # Pump once per loop iteration, so everything delivered together is batched together.
         if not lane.pump_scheduled:
             lane.pump_scheduled = True
-            asyncio.get_running_loop().call_soon(self._pump, lane)
+            loop = self._loop
+            if loop is None:
+                # Once: on Python 3.11 each asyncio.get_running_loop() is a getpid call.
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._pump, lane)
 
     def _hold(self, mailbox: Mailbox) -> None:
         mailbox.queued = True
