@@ -11,10 +11,8 @@ the client's CPU time:
 * ``httpx``: ``httpx.AsyncClient()``, its default transport and default pool limits;
 * ``httpx pool=64``: the same transport with the pool sized as the runtime sizes it;
 * ``httpx+aiohttp``: ``httpx.AsyncClient(transport=httpx_aiohttp.AiohttpTransport(...))``,
-  the runtime's transport, with ``FunctionClient``'s limits, timeouts and headers (the
-  runtime now skips the ``AsyncClient`` and hands ``httpx.Request``s to the transport
-  directly, so its cost lies between this client's and aiohttp's);
-* ``aiohttp``: an ``aiohttp.ClientSession`` without httpx, as the reference.
+  the runtime's former transport, with ``FunctionClient``'s limits, timeouts and headers;
+* ``aiohttp``: an ``aiohttp.ClientSession`` without httpx, what the runtime now uses.
 
 Each response must be 200 with the native content type; the first one of each
 configuration is decoded. Anything else prints FAILED and exits with status 1.

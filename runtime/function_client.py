@@ -44,13 +44,12 @@ address does not make the others retry. The official SDK answers a function's ex
 with HTTP 500: that is a failed call of that batch. Retrying is the caller's business (it
 knows the batch's call budget).
 
-httpx is the client API (``httpx.Request``/``httpx.Response`` over an
-``httpx.AsyncBaseTransport``); the transport is aiohttp's (``httpx-aiohttp``), chosen by
-measurement (``bench/transport.py``): httpx's own pool serialises under concurrency.
-Requests go straight to the transport: ``httpx.AsyncClient`` adds cookie, redirect and
-header-merging work per request that a protocol call never needs. A test or an embedding
-may pass any httpx transport instead (``httpx.ASGITransport`` calls an ASGI app
-in-process).
+The HTTP client is aiohttp, used directly, chosen by measurement (``bench/transport.py``):
+httpx's own pool serialises under concurrency, and httpx's request and response models
+over aiohttp's transport (``httpx-aiohttp``) cost ~60% more CPU per call than aiohttp
+alone. A test or an embedding may pass any httpx transport instead
+(``httpx.ASGITransport`` calls an ASGI app in-process); both sit behind one seam
+(:class:`_Http`), with the same bounds and the same failures.
 
 TLS: an ``https://`` endpoint is called with the SSL context of its module spec settings
 (:class:`~statefun.module_spec.EndpointTls`: its CA or else the system's trust store, a
@@ -66,9 +65,11 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Sequence
+from typing import Protocol
 
+import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+import yarl
 
 from runtime.errors import CallFailed
 from statefun import native_codec, protobuf_codec
@@ -98,6 +99,8 @@ _STATEFUN_HEADERS = (
     ("accept", protobuf_codec.CONTENT_TYPE),
 )
 _NEGOTIATION_HEADERS = (("accept", "application/json"),)
+KEEPALIVE = 5.0
+"""Seconds a pooled connection to an endpoint stays open unused."""
 
 
 class FunctionClient:
@@ -110,19 +113,15 @@ class FunctionClient:
         max_connections: int,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
-        t = endpoint.timeouts
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
         self._endpoint = endpoint
         key = endpoint.signing_key
         self._signer = None if key is None else RequestSigner(key)
         self._templated = "{function.name}" in endpoint.url_path_template
-        self._transport = transport or AiohttpTransport(
-            verify=(endpoint.tls or EndpointTls()).context, limits=limits
+        self._http: _Http = (
+            _AiohttpHttp(endpoint, max_connections)
+            if transport is None
+            else _HttpxHttp(endpoint, transport)
         )
-        self._timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.call}
-        self._urls: dict[str, httpx.URL] = {}  # parsing a URL costs more than sending a call
         self._protocols: dict[str, str] = {}
         """The protocol decided for each URL (``auto`` endpoints only)."""
         self._served: dict[str, tuple[frozenset[str], float]] = {}
@@ -257,46 +256,19 @@ class FunctionClient:
 
     # --- HTTP --------------------------------------------------------------------------
 
-    def _request(
+    async def _exchange(
         self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes = b""
-    ) -> httpx.Request:
-        parsed = self._urls.get(url)
-        if parsed is None:
-            parsed = self._urls[url] = httpx.URL(url)
+    ) -> tuple[int, str, bytes]:
+        """Status, media type and body of the answer to a request (signed if the endpoint
+        signs); :class:`CallFailed` if no whole answer came."""
         if self._signer is not None:
             headers = (*headers, *self._signer.headers(method, body))
-        return httpx.Request(
-            method, parsed, content=body, headers=headers, extensions={"timeout": self._timeouts}
-        )
-
-    async def _send(self, request: httpx.Request) -> tuple[int, str, bytes]:
-        """Status, media type and body of the answer to ``request``."""
-        limit = self._endpoint.max_answer_bytes
-        try:
-            answer = await self._transport.handle_async_request(request)
-            try:
-                declared = answer.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > limit:
-                    raise _too_large(request, limit)
-                chunks = bytearray()
-                async for chunk in answer.aiter_bytes():
-                    chunks += chunk
-                    if len(chunks) > limit:
-                        raise _too_large(request, limit)
-                content = bytes(chunks)
-            finally:
-                await answer.aclose()
-        except httpx.HTTPError as e:
-            raise CallFailed(
-                f"{request.method} {request.url} failed: {type(e).__name__}: {e}"
-            ) from None
-        media_type = answer.headers.get("content-type", "").split(";")[0].strip().lower()
-        return answer.status_code, media_type, content
+        return await self._http.exchange(method, url, headers, body)
 
     async def _post(
         self, url: str, body: bytes, headers: Sequence[tuple[str, str]]
     ) -> tuple[int, str, bytes]:
-        return await self._send(self._request("POST", url, headers, body))
+        return await self._exchange("POST", url, headers, body)
 
     # --- negotiation -------------------------------------------------------------------
 
@@ -311,9 +283,7 @@ class FunctionClient:
         return await asyncio.shield(task)
 
     async def _ask(self, url: str) -> str:
-        status, media_type, content = await self._send(
-            self._request("GET", url, _NEGOTIATION_HEADERS)
-        )
+        status, media_type, content = await self._exchange("GET", url, _NEGOTIATION_HEADERS)
         if status == 401:
             raise CallFailed(f"GET {url} answered 401: {_text(content)}")
         advertised, served = _advertised(status, media_type, content)
@@ -342,7 +312,7 @@ class FunctionClient:
     async def close(self) -> None:
         for task in list(self._negotiations.values()):
             task.cancel()
-        await self._transport.aclose()
+        await self._http.aclose()
 
 
 def _advertised(
@@ -365,9 +335,9 @@ def _advertised(
     )
 
 
-def _too_large(request: httpx.Request, limit: int) -> CallFailed:
+def _too_large(method: str, url: object, limit: int) -> CallFailed:
     return CallFailed(
-        f"{request.method} {request.url}: the answer is larger than the endpoint's "
+        f"{method} {url}: the answer is larger than the endpoint's "
         f"payload_max_bytes ({limit} bytes)",
         protocol_violation=True,
     )
@@ -411,3 +381,129 @@ async def _gather(
             assert not isinstance(result, BaseException)
             outcomes.update(zip(indices, result, strict=True))
     return [outcomes[i] for i in range(len(batches))]
+
+
+# --- the HTTP clients ----------------------------------------------------------------------
+
+
+class _Http(Protocol):
+    """One HTTP exchange with an endpoint: status, media type and a body of at most the
+    endpoint's ``max_answer_bytes`` (else :class:`CallFailed`, as soon as that many bytes
+    arrived); any failure to get a whole answer is a :class:`CallFailed` naming it."""
+
+    async def exchange(
+        self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> tuple[int, str, bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+class _AiohttpHttp:
+    """The runtime's own client: aiohttp, pooled, without a layer above it (httpx's
+    request and response models over aiohttp cost ~60% more CPU per call:
+    ``bench/README.md``). Timeouts as the endpoint's: connecting, each read, and
+    waiting for a pooled connection (its whole call budget)."""
+
+    def __init__(self, endpoint: HttpEndpoint, max_connections: int) -> None:
+        t = endpoint.timeouts
+        self._limit = endpoint.max_answer_bytes
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=t.call, sock_connect=t.connect, sock_read=t.read
+        )
+        self._ssl = (endpoint.tls or EndpointTls()).context
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}  # parsing a URL costs more than sending a call
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Made on the first call, on the loop that makes calls.
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, ssl=self._ssl, keepalive_timeout=KEEPALIVE
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # Answers are taken as sent: nothing asks for a compressed one.
+            auto_decompress=False,
+            skip_auto_headers=("user-agent", "accept-encoding"),
+        )
+        return self._session
+
+    async def exchange(
+        self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> tuple[int, str, bytes]:
+        session = self._session or self._open()
+        target = self._urls.get(url)
+        if target is None:
+            target = self._urls[url] = yarl.URL(url)
+        limit = self._limit
+        try:
+            async with session.request(
+                method,
+                target,
+                headers=dict(headers),
+                data=body or None,
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as answer:
+                declared = answer.content_length
+                if declared is not None and declared <= limit:
+                    content = await answer.read()
+                else:
+                    if declared is not None:
+                        raise _too_large(method, url, limit)
+                    chunks = bytearray()
+                    async for chunk in answer.content.iter_any():
+                        chunks += chunk
+                        if len(chunks) > limit:
+                            raise _too_large(method, url, limit)
+                    content = bytes(chunks)
+                return answer.status, _media_type(answer.headers.get("content-type", "")), content
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise CallFailed(f"{method} {url} failed: {type(e).__name__}: {e}") from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class _HttpxHttp:
+    """Any httpx transport instead (a test's or an embedding's: ``httpx.ASGITransport``
+    calls an ASGI app in-process, ``httpx.MockTransport`` a function)."""
+
+    def __init__(self, endpoint: HttpEndpoint, transport: httpx.AsyncBaseTransport) -> None:
+        t = endpoint.timeouts
+        self._limit = endpoint.max_answer_bytes
+        self._timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.call}
+        self._transport = transport
+
+    async def exchange(
+        self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> tuple[int, str, bytes]:
+        limit = self._limit
+        request = httpx.Request(
+            method, url, content=body, headers=headers, extensions={"timeout": self._timeouts}
+        )
+        try:
+            answer = await self._transport.handle_async_request(request)
+            try:
+                declared = answer.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise _too_large(method, request.url, limit)
+                chunks = bytearray()
+                async for chunk in answer.aiter_bytes():
+                    chunks += chunk
+                    if len(chunks) > limit:
+                        raise _too_large(method, request.url, limit)
+                content = bytes(chunks)
+            finally:
+                await answer.aclose()
+        except httpx.HTTPError as e:
+            raise CallFailed(f"{method} {request.url} failed: {type(e).__name__}: {e}") from None
+        return answer.status_code, _media_type(answer.headers.get("content-type", "")), content
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
