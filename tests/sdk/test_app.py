@@ -8,6 +8,7 @@ import warnings
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
 
 with warnings.catch_warnings():
     # Starlette 1.x deprecates its TestClient on httpx in favour of httpx2, which the
@@ -128,6 +129,71 @@ def test_a_custom_path_and_late_registrations() -> None:
     functions.register("ex/late", lambda context, message: None)
     assert client.get("/fn").json()["functions"] == ["ex/counter", "ex/echo", "ex/late"]
     assert client.get("/statefun").status_code == 404
+
+
+def test_a_post_elsewhere_is_not_an_invocation() -> None:
+    client = TestClient(make_functions().asgi_app("/fn"))
+    body = request_body()
+    assert (
+        client.post("/fn", content=body, headers={"content-type": CONTENT_TYPE}).status_code == 200
+    )
+    assert (
+        client.post("/fn/x", content=body, headers={"content-type": CONTENT_TYPE}).status_code
+        == 404
+    )
+    assert client.post("/statefun", content=body).status_code == 404
+
+
+def test_an_app_mounted_under_a_prefix_serves_its_path_there() -> None:
+    outer = FastAPI()
+    outer.mount("/functions", make_functions().asgi_app())
+    client = TestClient(outer)
+    one = to_typed_value(IntType, 1)
+    caller = Address("ex", "x", "y")
+    body = request_body(InvocationBatch(Address("ex", "echo", "b"), {}, [Invocation(caller, one)]))
+    response = client.post(
+        "/functions/statefun", content=body, headers={"content-type": CONTENT_TYPE}
+    )
+    assert response.status_code == 200
+    assert decode_response(response.content).outcomes == [
+        InvocationResult(messages=[OutgoingMessage(caller, one)])
+    ]
+    assert client.get("/functions/health").json()["status"] == "ok"
+
+
+@pytest.mark.anyio
+async def test_a_body_sent_in_parts_is_read_whole() -> None:
+    app = make_functions().asgi_app()
+    one = to_typed_value(IntType, 1)
+    body = request_body(
+        InvocationBatch(Address("ex", "counter", "a"), {"count": None}, [Invocation(None, one)])
+    )
+    parts = [
+        {"type": "http.request", "body": body[:5], "more_body": True},
+        {"type": "http.request", "body": body[5:], "more_body": False},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return parts.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/statefun",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", CONTENT_TYPE.encode())],
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200
+    assert dict(sent[0]["headers"])[b"content-length"] == str(len(sent[1]["body"])).encode()
+    (outcome,) = decode_response(sent[1]["body"]).outcomes
+    assert isinstance(outcome, InvocationResult)
+    assert [m.name for m in outcome.mutations] == ["count"]
 
 
 @pytest.mark.parametrize("path", ["statefun", "", "/health"])
