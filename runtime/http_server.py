@@ -179,7 +179,8 @@ class DirectAnswer:
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounds on how long a connection may sit idle
-    before its first request, and on how long a request's head and body take."""
+    (before its first request, and between requests), and on how long a request's head
+    and body take."""
 
     timeouts: ClassVar[IngressTimeouts] = IngressTimeouts()
     _deadline: float | None = None
