@@ -64,7 +64,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Protocol
 
 import aiohttp
@@ -343,6 +343,21 @@ def _too_large(method: str, url: object, limit: int) -> CallFailed:
     )
 
 
+async def _read_within(
+    limit: int, declared: int | None, chunks: AsyncIterator[bytes], method: str, url: object
+) -> bytes:
+    """An answer's body from its chunks, failing as soon as it is known to be larger than
+    ``limit`` bytes (its declared length, else the bytes arrived)."""
+    if declared is not None and declared > limit:
+        raise _too_large(method, url, limit)
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(method, url, limit)
+    return bytes(body)
+
+
 def _text(content: bytes) -> str:
     return content[:500].decode("utf-8", "replace")
 
@@ -451,16 +466,10 @@ class _AiohttpHttp:
             ) as answer:
                 declared = answer.content_length
                 if declared is not None and declared <= limit:
-                    content = await answer.read()
+                    content = await answer.read()  # no more than it declared
                 else:
-                    if declared is not None:
-                        raise _too_large(method, url, limit)
-                    chunks = bytearray()
-                    async for chunk in answer.content.iter_any():
-                        chunks += chunk
-                        if len(chunks) > limit:
-                            raise _too_large(method, url, limit)
-                    content = bytes(chunks)
+                    chunks = answer.content.iter_any()
+                    content = await _read_within(limit, declared, chunks, method, url)
                 return answer.status, _media_type(answer.headers.get("content-type", "")), content
         except (aiohttp.ClientError, TimeoutError) as e:
             raise CallFailed(f"{method} {url} failed: {type(e).__name__}: {e}") from None
@@ -490,15 +499,10 @@ class _HttpxHttp:
         try:
             answer = await self._transport.handle_async_request(request)
             try:
-                declared = answer.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > limit:
-                    raise _too_large(method, request.url, limit)
-                chunks = bytearray()
-                async for chunk in answer.aiter_bytes():
-                    chunks += chunk
-                    if len(chunks) > limit:
-                        raise _too_large(method, request.url, limit)
-                content = bytes(chunks)
+                length = answer.headers.get("content-length", "")
+                declared = int(length) if length.isdigit() else None
+                chunks = answer.aiter_bytes()
+                content = await _read_within(limit, declared, chunks, method, request.url)
             finally:
                 await answer.aclose()
         except httpx.HTTPError as e:

@@ -1,15 +1,16 @@
 """The function client's own HTTP client (aiohttp, when no transport is given) against a
 real server: the endpoint's answer bound holds whether the answer declares its length or
 not, what the request asks for, and failures to connect or to read in time are
-:class:`CallFailed` naming what happened."""
+:class:`CallFailed` naming what happened. An injected httpx transport keeps the bound."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from support import asgi_body, serve
 
@@ -142,3 +143,30 @@ async def test_nothing_listening_fails_the_call_naming_the_address() -> None:
         url = f"http://127.0.0.1:{s.getsockname()[1]}/fn"
         with pytest.raises(CallFailed, match=r"POST http://127\.0\.0\.1:\d+/fn failed: \w+"):
             await call(url)
+
+
+@pytest.mark.parametrize("sized", [True, False])
+async def test_an_injected_transport_keeps_the_bound(sized: bool) -> None:
+    """The same bound through an httpx transport (what tests and embeddings pass)."""
+    url = "http://functions.test/fn"
+    content = native_codec.encode_response(FunctionResponse([outcome(LIMIT)]))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(content), 1024):
+            yield content[start : start + 1024]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": native_codec.CONTENT_TYPE}
+        if sized:
+            return httpx.Response(200, headers=headers, content=content)
+        return httpx.Response(200, headers=headers, content=chunks())
+
+    batch = InvocationBatch(ADDRESS, {"seen": None}, [Invocation(None, VALUE)])
+    client = FunctionClient(
+        http_endpoint(url), max_connections=1, transport=httpx.MockTransport(answer)
+    )
+    try:
+        with pytest.raises(CallFailed, match=r"larger than the endpoint's payload_max_bytes"):
+            await client.invoke(url, FunctionRequest([batch]))
+    finally:
+        await client.close()
