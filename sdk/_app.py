@@ -88,15 +88,15 @@ class _Invocations:
         return path == self.path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
+        parts: list[bytes] = []
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return  # nobody to answer
-            body += message.get("body", b"")
+            parts.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        status, content_type, content = await self._answer(scope, body)
+        status, content_type, content = await self._answer(scope, b"".join(parts))
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(content))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
