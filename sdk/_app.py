@@ -26,8 +26,6 @@ was built are listed and served.
 
 from __future__ import annotations
 
-import json
-
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
@@ -64,7 +62,8 @@ _Answer = tuple[int, bytes, bytes]
 
 
 def _error_answer(status: int, error: str, detail: str) -> _Answer:
-    return status, b"application/json", json.dumps({"error": error, "detail": detail}).encode()
+    """:func:`_error` as the invocation route sends it."""
+    return status, b"application/json", bytes(_error(status, error, detail).body)
 
 
 class _Invocations:

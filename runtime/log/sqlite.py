@@ -202,35 +202,27 @@ class SqliteLog(LocalLog):
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         failure: sqlite3.Error | None = None  # since this failed, nothing is written
-        carried: _Reopen | None = None  # met while gathering the previous group
         while True:
-            first = carried if carried is not None else self._take(block=True)
-            carried = None
+            first = self._take(block=True)
             if first is None:
                 break
             if isinstance(first, _Reopen):
                 failure = self._probe(conn, first)
                 continue
             group: list[_Op] = [first]
-            stop = False
             while True:
                 try:
                     nxt = self._take(block=False)
                 except queue.Empty:
                     break
-                if nxt is None:
-                    stop = True
-                    break
-                if isinstance(nxt, _Reopen):
-                    carried = nxt
+                if nxt is None or isinstance(nxt, _Reopen):
+                    self._taken.appendleft(nxt)  # after this group, in its turn
                     break
                 group.append(nxt)
             if failure is None:
                 failure = self._commit(conn, group)
             else:
                 self._loop.call_soon_threadsafe(self._group_failed, group, failure)
-            if stop:
-                break
         conn.close()
 
     def _take(self, *, block: bool) -> _Op | _Reopen | None:
