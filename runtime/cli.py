@@ -519,8 +519,10 @@ def _configure_logging(level: str, log_format: LogFormat) -> None:
     handler.setFormatter(formatter(log_format))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     if level != "debug":
-        # kafka-python says at INFO what it does at every connection: dozens of lines.
+        # kafka-python says at INFO what it does at every connection: dozens of lines;
+        # librdkafka (the log's producer) says at INFO what its errors say again.
         logging.getLogger("kafka").setLevel(logging.WARNING)
+        logging.getLogger("runtime.log.kafka_appender").setLevel(logging.WARNING)
 
 
 def run(

@@ -1,6 +1,7 @@
 """The Kafka log: the :class:`~runtime.log.base.Log` contract on a Kafka-protocol broker.
 
-What it owns: one idempotent producer for every append, an admin client for topics and
+What it owns: one idempotent producer for every append (librdkafka's, see
+:mod:`runtime.log.kafka_appender`), an admin client for topics and
 consumer-group offsets, a reader consumer for :meth:`KafkaLog.read` and
 :meth:`KafkaLog.end_offsets`, and one Kafka consumer per :meth:`KafkaLog.consumer`. None
 of them joins a consumer group: the runtime places partitions itself (``assign``, then
@@ -9,14 +10,14 @@ offsets committed explicitly), which also saves the seconds a group join costs.
 Threads. kafka-python blocks, and its clients are not safe to share between threads, so
 every blocking call on a client runs on a daemon thread that client owns, one call after
 another (``_ClientThread``); the event loop only waits on asyncio futures. The one call
-made on the loop is ``KafkaProducer.send``, which only queues the record once the
-producer knows the topic's partitions (:meth:`KafkaLog.ensure_topic` sees to that); it
-still costs kafka-python's serialization, tens of microseconds per record.
+made on the loop is librdkafka's ``produce``, which only queues the record (a few
+microseconds, in C); the producer's delivery thread hears the broker's acknowledgements
+and hands the durable appends to the loop, one wakeup for all that arrived meanwhile.
 
 Ordering and durability:
 
 * :meth:`KafkaLog.append` hands its records to the producer when it is called, so
-  appends land in call order. The producer is idempotent (``enable_idempotence``,
+  appends land in call order. The producer is idempotent (``enable.idempotence``,
   ``acks=all``): a partition's batches stay in order across retries, without duplicates.
 * An append's future resolves with the broker's offsets once the broker acknowledged
   every record with ``acks=all``: that is what durable means here.
@@ -41,9 +42,11 @@ Ordering and durability:
   appends (the worker, the decision log's tail) does not wait a fetch round trip for
   them. Only records that continue exactly at the consumer's position are taken, never
   ahead of it; the Kafka poll's later copies of them are dropped.
-* The producer does not linger (``linger_ms=0``): at low load a record goes out at
-  once; under load records still share requests, since those queued while the
-  previous request is in flight go out together.
+* The producer does not linger (``linger.ms=0``): at low load a record goes out at
+  once; under load a partition's records queued while its previous request is in
+  flight go out together. librdkafka sends one partition per produce request.
+* A deleted topic is not asked about again: the producer's periodic metadata refresh
+  is off (``topic.metadata.refresh.interval.ms``), and the reader lets the topic go.
 
 Tansu (the test broker) caveats worked around here:
 
@@ -75,6 +78,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from confluent_kafka import KafkaError as ConfluentError
+from confluent_kafka import KafkaException, Message
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import (
@@ -96,6 +101,7 @@ from runtime.log.base import (
     TopicPartition,
     UnknownTopicError,
 )
+from runtime.log.kafka_appender import Appender, librdkafka_security
 from runtime.log.kafka_selector import CLIENT_CONFIG
 
 __all__ = ["KafkaLog", "KafkaLogConsumer"]
@@ -243,43 +249,25 @@ def _stored(record: Any) -> StoredRecord:
     )
 
 
-_Outgoing = tuple[TopicPartition, Sequence[Record], "_Acks", asyncio.Future[list[int]]]
-"""An append waiting to be handed to the producer: where, what, and who waits."""
-
-
-class _Appender:
-    """The producer every append goes through, and the thread its calls run on; a
-    reopen replaces both."""
-
-    __slots__ = ("kafka", "send_failure", "thread")
-
-    def __init__(self, kafka: Any, thread: _ClientThread) -> None:
-        self.kafka = kafka
-        self.thread = thread
-        self.send_failure: LogError | None = None  # read and written on the thread
-
-
 class _Acks:
     """Collects the broker's acknowledgements of one append's records, on the producer's
-    sender thread, and settles the append's future on the loop once all are in."""
+    delivery thread, and settles the append's future on the loop once all are in."""
 
     __slots__ = (
+        "_acked",
         "_appender",
         "_done",
         "_future",
         "_lock",
         "_log",
-        "_offsets",
         "_records",
-        "_remaining",
-        "_timestamps",
         "_tp",
     )
 
     def __init__(
         self,
         log: KafkaLog,
-        appender: _Appender,
+        appender: Appender,
         future: asyncio.Future[list[int]],
         tp: TopicPartition,
         records: Sequence[Record],
@@ -289,34 +277,39 @@ class _Acks:
         self._future = future
         self._tp = tp
         self._records = records
-        self._offsets = [0] * len(records)
-        self._timestamps = [0] * len(records)
-        self._remaining = len(records)
+        self._acked: list[tuple[int, int]] = []
+        """(offset, timestamp) of each record acknowledged so far."""
         self._done = False
         self._lock = threading.Lock()
 
-    def acked(self, index: int, metadata: Any) -> None:
+    def delivered(self, error: ConfluentError | None, message: Message) -> None:
+        """One record's delivery report (delivery thread)."""
+        if error is not None:
+            self.failed(KafkaException(error))
+            return
+        offset = message.offset()
+        assert offset is not None  # a delivered record has one
         with self._lock:
-            self._offsets[index] = metadata.offset
-            self._timestamps[index] = metadata.timestamp
-            self._remaining -= 1
-            complete = self._remaining == 0 and not self._done
+            self._acked.append((offset, message.timestamp()[1]))
+            complete = len(self._acked) == len(self._records) and not self._done
             self._done = self._done or complete
         if complete:
-            _post(self._log._loop, self._settle)
+            self._log._durable(self)
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
         """On the loop: the append is durable; its records go to this process's readers
         of the partition that are right at them, then the appender hears of it."""
+        # The records of one append are queued one after another to one partition of an
+        # idempotent producer: their offsets follow their order, whatever order the
+        # reports came in.
+        acked = sorted(self._acked)
         stored = [
             StoredRecord(offset, record.value, record.key, tuple(record.headers), timestamp)
-            for record, offset, timestamp in zip(
-                self._records, self._offsets, self._timestamps, strict=True
-            )
+            for record, (offset, timestamp) in zip(self._records, acked, strict=True)
         ]
         for consumer in list(self._log._consumers):
             consumer.offer(self._tp, stored)
-        _resolve(self._future, self._offsets)
+        _resolve(self._future, [offset for offset, _ in acked])
 
     def failed(self, error: Exception) -> None:
         with self._lock:
@@ -341,9 +334,8 @@ class KafkaLog(Log):
         settings: _Settings,
         *,
         admin: Any,
-        producer: Any,
+        appender: Appender,
         admin_thread: _ClientThread,
-        producer_thread: _ClientThread,
         replication_factor: int,
         delivery_timeout: float,
         producer_config: Mapping[str, Any] | None = None,
@@ -353,22 +345,18 @@ class KafkaLog(Log):
         self._settings = settings
         self._timeout = settings.timeout
         self._admin = admin
-        self._appender = _Appender(producer, producer_thread)
+        self._appender = appender
         self._admin_thread = admin_thread
         self._reader_thread = _ClientThread(f"{settings.client_id}-reader", self._loop)
         self._reader: Any = None  # created on the reader thread when first needed
         self._replication_factor = replication_factor
-        # kafka-python expires an undelivered record after delivery_timeout_ms, except
-        # when its idempotent producer never got a producer id (the broker went away
-        # first): the watchdog fails appends that are not settled by then.
+        # librdkafka reports on every record within delivery_timeout_ms; should a report
+        # never come, the watchdog fails the appends not settled by then (and a bit).
         self._delivery_timeout = delivery_timeout
         self._ack_deadline = delivery_timeout + self._timeout
         self._unsettled: deque[tuple[float, asyncio.Future[list[int]]]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._topics: dict[str, int] = {}
-        self._forgotten: set[str] = set()
-        """Topics deleted or let go that the producer may still know of (see
-        :func:`_forget_in_producer`)."""
         # Weak: a consumer made for a generation that failed to start, and never used,
         # goes away with its last reference.
         self._consumers: weakref.WeakSet[KafkaLogConsumer] = weakref.WeakSet()
@@ -376,8 +364,11 @@ class KafkaLog(Log):
         self._alone = False
         """Whether this process is the only writer of the application's topics (:meth:`sole_writer`)."""
         self._failure = None
-        self._outbox: list[_Outgoing] = []
-        self._drain_scheduled = False
+        self._settling: deque[_Acks] = deque()
+        """Appends the broker acknowledged, in that order, to settle on the loop."""
+        self._settle_posted = False
+        """Whether the loop was asked to settle them: one wakeup of the loop settles
+        every append acknowledged until it runs."""
         self._closed = False
 
     @classmethod
@@ -440,7 +431,6 @@ class KafkaLog(Log):
             fetch_pause_max_ms,
         )
         admin_thread = _ClientThread(f"{client_id}-admin", loop)
-        producer_thread = _ClientThread(f"{client_id}-producer", loop)
         clients: dict[str, Any] = {}
 
         def connect_admin() -> None:
@@ -453,6 +443,7 @@ class KafkaLog(Log):
                 **security,
             )
 
+        # kafka-python's, for the producers made by new_producer (transactions).
         producer_config: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "client_id": f"{client_id}-producer",
@@ -471,9 +462,32 @@ class KafkaLog(Log):
             **security,
         }
 
-        def connect_producer() -> None:
-            clients["producer"] = KafkaProducer(**producer_config)
-
+        # librdkafka's, for the producer of appends (see runtime.log.kafka_appender).
+        appender_config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "client.id": f"{client_id}-producer",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": linger_ms,
+            "batch.size": batch_size,
+            "message.max.bytes": max_request_size,
+            "request.timeout.ms": request_timeout_ms,
+            "socket.timeout.ms": request_timeout_ms,
+            "message.timeout.ms": delivery_timeout_ms,
+            "allow.auto.create.topics": False,
+            # Appends are bounded by the runtime's own backpressure, not by a queue
+            # that refuses records (a refused record fails the log until a reopen).
+            "queue.buffering.max.messages": 2_000_000,
+            "queue.buffering.max.kbytes": 2_097_151,
+            # librdkafka keeps every topic it produced to and asks for their metadata on
+            # each periodic refresh, deleted ones included: a broker that auto-creates
+            # topics whatever the request says (Tansu does) would bring them back, and a
+            # deleted one is asked for every second after. Partition counts are fixed
+            # here, and a leader change shows as a produce error, which refreshes the
+            # topic it concerns: the periodic refresh is not needed.
+            "topic.metadata.refresh.interval.ms": -1,
+            **librdkafka_security(security),
+        }
         what = f"connecting to Kafka at {bootstrap_servers}"
         try:
             await _call(
@@ -482,23 +496,23 @@ class KafkaLog(Log):
                 lambda: _check_reachable(bootstrap_servers, settings.timeout),
                 2 * settings.timeout,
             )
-            await asyncio.gather(
-                _call(admin_thread, what, connect_admin, 2 * settings.timeout),
-                _call(producer_thread, what, connect_producer, 2 * settings.timeout),
-            )
+            await _call(admin_thread, what, connect_admin, 2 * settings.timeout)
         except BaseException:
-            # Runs after the connect calls on the same threads, whenever those end.
+            # Runs after the connect call on the same thread, whenever that ends.
             admin_thread.submit(lambda: _close_quietly(clients.get("admin")))
-            producer_thread.submit(lambda: _close_quietly(clients.get("producer")))
             admin_thread.stop()
-            producer_thread.stop()
+            raise
+        try:
+            appender = Appender.connect(appender_config, f"{client_id}-producer")
+        except BaseException:
+            admin_thread.submit(lambda: _close_quietly(clients.get("admin")))
+            admin_thread.stop()
             raise
         return cls(
             settings,
             admin=clients["admin"],
-            producer=clients["producer"],
+            appender=appender,
             admin_thread=admin_thread,
-            producer_thread=producer_thread,
             replication_factor=replication_factor,
             delivery_timeout=delivery_timeout_ms / 1000,
             producer_config=producer_config,
@@ -525,7 +539,7 @@ class KafkaLog(Log):
     @property
     def idempotent(self) -> bool:
         """Whether appends go through an idempotent producer (always, once open)."""
-        return bool(self._appender.kafka.config["enable_idempotence"])
+        return self._appender.idempotent
 
     # --- topics ---------------------------------------------------------------------------
 
@@ -547,21 +561,25 @@ class KafkaLog(Log):
             raise TopicMismatchError(
                 f"topic {topic} exists with {existing} partitions, not {partitions}"
             )
-        self._forgotten.discard(topic)  # created again: the producer must keep it
         if topic not in self._topics:
-            # Load the producer's metadata now, so append never waits for it on the loop.
-            producer = self._appender.kafka
-            known = await _call(
-                self._appender.thread,
-                f"loading the metadata of topic {topic}",
-                lambda: producer.partitions_for(topic),
-                2 * self._timeout,
-            )
-            if len(known) != partitions:
-                raise LogError(
-                    f"the producer sees {len(known)} partitions of topic {topic}, not {partitions}"
-                )
+            # Load the producer's metadata now, so that the first append does not wait
+            # for it.
+            await self._check_producer_sees(self._appender, {topic: partitions})
             self._topics[topic] = partitions
+
+    async def _check_producer_sees(self, appender: Appender, topics: Mapping[str, int]) -> None:
+        """Raise :class:`LogError` unless ``appender`` sees each topic with its count."""
+        timeout = self._timeout
+
+        def check() -> None:
+            for topic, count in topics.items():
+                seen = appender.partitions(topic, timeout)
+                if seen != count:
+                    raise LogError(
+                        f"the producer sees {seen} partitions of topic {topic}, not {count}"
+                    )
+
+        await _call(self._admin_thread, "loading the producer's metadata", check, 3 * timeout)
 
     async def open_topic(self, topic: str) -> int:
         """Make a topic someone else created usable; its partition count
@@ -611,13 +629,11 @@ class KafkaLog(Log):
             lambda: self._delete_topic(topic),
             3 * self._timeout,
         )
-        self._let_go_in_producer(topic)
 
     async def forget_topic(self, topic: str) -> None:
-        """The reader and the producer let the topic go (see :meth:`Log.forget_topic`)."""
+        """The reader lets the topic go (see :meth:`Log.forget_topic`)."""
         self._check_open()
         await self._let_go_in_reader(topic)
-        self._let_go_in_producer(topic)
 
     async def _let_go_in_reader(self, topic: str) -> None:
         await _call(
@@ -626,10 +642,6 @@ class KafkaLog(Log):
             lambda: self._forget_in_reader(topic),
             2 * self._timeout,
         )
-
-    def _let_go_in_producer(self, topic: str) -> None:
-        self._forgotten.add(topic)
-        self._forgotten -= _forget_in_producer(self._appender.kafka, self._forgotten)
 
     def _forget_in_reader(self, topic: str) -> None:
         """Close the reader if it last read ``topic`` (reader thread): a consumer keeps the
@@ -711,58 +723,39 @@ class KafkaLog(Log):
         if self._failure is not None:
             future.set_exception(self._failure)
             return future
-        if self._forgotten:
-            self._forgotten.discard(topic)  # appended to again: the producer keeps it
         if not records:
             future.set_result([])
             return future
-        # Queued here and handed to the producer's thread once per loop iteration: a send
-        # costs kafka-python's serialization and a wakeup of its I/O thread, which on the
-        # loop cost about 1 ms per record under load. The thread sends in queue order.
-        acks = _Acks(self, self._appender, future, tp, records)
-        self._outbox.append((tp, records, acks, future))
-        if not self._drain_scheduled:
-            self._drain_scheduled = True
-            self._loop.call_soon(self._drain)
+        appender = self._appender
+        acks = _Acks(self, appender, future, tp, records)
+        try:
+            appender.produce(topic, partition, records, acks.delivered)
+        except LogError as e:
+            # The records before the refused one may land: the append has failed, and
+            # every later one fails too (it would land after a gap).
+            self._appends_failed(e)
+            future.set_exception(e)
+            return future
         self._watch(future)
         return future
 
-    def _drain(self) -> None:
-        self._drain_scheduled = False
-        batch, self._outbox = self._outbox, []
-        if batch:
-            appender = self._appender
-            appender.thread.submit(lambda: self._send_all(appender, batch))
+    def _durable(self, acks: _Acks) -> None:
+        """The broker acknowledged every record of an append (delivery thread)."""
+        self._settling.append(acks)
+        if not self._settle_posted:
+            self._settle_posted = True
+            _post(self._loop, self._settle_durable)
 
-    def _send_all(self, appender: _Appender, batch: list[_Outgoing]) -> None:
-        """Hand a batch of appends to the producer, in order (producer thread). After a
-        send fails, every later append fails too: it would land after a gap."""
-        send = appender.kafka.send
-        for tp, records, acks, future in batch:
-            if appender.send_failure is not None:
-                _post(self._loop, _fail, future, appender.send_failure)
-                continue
-            for i, record in enumerate(records):
-                try:
-                    sent = send(
-                        tp.topic,
-                        value=record.value,
-                        key=record.key,
-                        headers=list(record.headers),
-                        partition=tp.partition,
-                    )
-                except (KafkaError, TypeError, ValueError) as e:
-                    error = LogError(f"appending to {tp} failed: {e}")
-                    error.__cause__ = e
-                    appender.send_failure = error
-                    _post(self._loop, self._append_failed, appender, future, tp, e)
-                    break
-                sent.add_callback(acks.acked, i)
-                sent.add_errback(acks.failed)
+    def _settle_durable(self) -> None:
+        # Cleared before taking: an acknowledgement appended after this point posts anew.
+        self._settle_posted = False
+        settling = self._settling
+        while settling:
+            settling.popleft().settle()
 
     def _append_failed(
         self,
-        appender: _Appender,
+        appender: Appender,
         future: asyncio.Future[list[int]],
         tp: TopicPartition,
         error: Exception,
@@ -806,14 +799,12 @@ class KafkaLog(Log):
             return
         if self._failure is not None:  # an append is missing: waiting would not help
             raise self._failure
-        self._drain()  # what is queued goes to the producer before its flush
-        producer = self._appender.kafka
-        await _call(
-            self._appender.thread,
-            "flushing appends",
-            lambda: producer.flush(timeout=self._ack_deadline),
-            self._ack_deadline + self._timeout,
-        )
+        # Every append is in the producer's hands as soon as it is made: flushing is
+        # waiting for the acknowledgements of those not settled yet (the watchdog fails
+        # them after the acknowledgement deadline).
+        pending = [future for _, future in self._unsettled if not future.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self._ack_deadline + self._timeout)
         if self._failure is not None:
             raise self._failure
 
@@ -826,63 +817,29 @@ class KafkaLog(Log):
         failure = self._failure
         if failure is None:
             return
-        # Never handed to the producer: these records are certainly not in the log.
-        outbox, self._outbox = self._outbox, []
-        for *_, future in outbox:
-            _fail(future, failure)
-        old = self._appender
-        # Closed on its own thread, not waited for: a producer whose broker stalled can
-        # take its whole request timeout to close, and service would wait that long
+        # Closed on a thread of its own, not waited for: a producer whose broker stalled
+        # can take its whole request timeout to close, and service would wait that long
         # after the broker is back. What it may still deliver meanwhile belongs to the
         # failed generation (skipped by the next one's skip rule) or has an unknown fate.
-        closing = old.thread.submit(lambda: _close_producer(old.kafka, self._timeout))
-        closing.add_done_callback(_closed)
-        old.thread.stop()
+        _close_in_background(self._appender, self._timeout)
         # What the old producer neither delivered nor failed by now has an unknown fate.
         for _, future in self._unsettled:
             _fail(future, failure)
         self._unsettled.clear()
-        # Ask the long-lived admin client first: a producer that cannot bootstrap leaks
-        # its sockets (kafka-python 3.0.12), so none is created while the broker is mute.
         await _call(
             self._admin_thread,
             f"reaching Kafka at {self._settings.bootstrap_servers}",
             lambda: self._admin.describe_topics(list(self._topics)),
             2 * self._timeout,
         )
-        self._appender = await self._connect_appender()
-        self._failure = None
-
-    async def _connect_appender(self) -> _Appender:
-        """A new producer on a thread of its own, knowing the partitions of every topic
-        this log appends to."""
-        thread = _ClientThread(f"{self._settings.client_id}-producer", self._loop)
-        connected: list[Any] = []
-        topics = dict(self._topics)
-
-        def connect() -> None:
-            _check_reachable(self._settings.bootstrap_servers, self._timeout)
-            connected.append(KafkaProducer(**self._producer_config))
-            for topic, count in topics.items():
-                known = connected[0].partitions_for(topic) or ()
-                if len(known) != count:
-                    raise LogError(
-                        f"the producer sees {len(known)} partitions of topic {topic}, not {count}"
-                    )
-
+        appender = Appender.connect(self._appender.config, f"{self._settings.client_id}-producer")
         try:
-            await _call(
-                thread,
-                f"reconnecting to Kafka at {self._settings.bootstrap_servers}",
-                connect,
-                3 * self._timeout,
-            )
+            await self._check_producer_sees(appender, self._topics)
         except BaseException:
-            # Runs after connect on the same thread, whenever that ends.
-            thread.submit(lambda: _close_quietly(connected[0] if connected else None))
-            thread.stop()
+            _close_in_background(appender, 0)
             raise
-        return _Appender(connected[0], thread)
+        self._appender = appender
+        self._failure = None
 
     # --- reading --------------------------------------------------------------------------
 
@@ -1058,7 +1015,6 @@ class KafkaLog(Log):
         timeout; appends not delivered by then fail), and close the clients."""
         if self._closed:
             return
-        self._drain()
         self._closed = True
         for result in await asyncio.gather(
             *(c.close() for c in list(self._consumers)), return_exceptions=True
@@ -1066,20 +1022,28 @@ class KafkaLog(Log):
             if isinstance(result, Exception):
                 logger.warning("closing the Kafka log: %s", result)
         appender = self._appender
+        # After a failed append, what is still queued would land after a gap: abandoned.
+        deliver_within = 0 if self._failure is not None else self._delivery_timeout
+
+        def close_producer_and_admin() -> None:
+            try:
+                appender.close(deliver_within)
+            finally:
+                self._admin.close()
+
         steps = [
-            (
-                appender.thread,
-                "closing the producer",
-                lambda: _close_producer(appender.kafka, self._delivery_timeout),
-                self._ack_deadline + self._timeout,
-            ),
             (
                 self._reader_thread,
                 "closing the reader",
                 lambda: _close_quietly(self._reader),
                 3 * self._timeout,
             ),
-            (self._admin_thread, "closing the admin client", self._admin.close, 2 * self._timeout),
+            (
+                self._admin_thread,
+                "closing the producer and the admin client",
+                close_producer_and_admin,
+                self._ack_deadline + 2 * self._timeout,
+            ),
         ]
         results = await asyncio.gather(
             *(_call(thread, what, fn, within) for thread, what, fn, within in steps),
@@ -1117,42 +1081,11 @@ def _check_reachable(bootstrap_servers: str, timeout: float) -> None:
     raise LogError(f"no Kafka broker answers at {bootstrap_servers} ({'; '.join(refusals)})")
 
 
-def _closed(future: asyncio.Future[None]) -> None:
-    """A failed producer's close ended (its error, if any, is only worth a line)."""
-    if not future.cancelled() and (error := future.exception()) is not None:
-        logger.warning("closing the failed Kafka producer: %s", error)
-
-
-def _forget_in_producer(producer: Any, topics: set[str]) -> set[str]:
-    """Make a kafka-python producer forget ``topics`` (deleted, or let go); return those
-    it had already forgotten.
-
-    The producer keeps every topic it ever sent to: in the topics of its metadata
-    requests, which make a broker that auto-creates topics whatever the request says
-    (Tansu does) bring a deleted topic back, and as an empty queue in its accumulator,
-    whose partition without a leader makes the sender thread ask for metadata on every
-    turn of its loop (a busy loop: most of a core while the runtime is idle). kafka-python
-    has no public call for this; its ``_metadata._topics`` and ``_accumulator._batches``
-    are used, and a producer without them is left alone. The sender can put an empty
-    queue back in a race (a ``defaultdict`` read between its snapshot of the keys and the
-    read), so a topic is forgotten again at each pass until one finds it gone. A topic
-    forgotten and then appended to is learnt anew by the producer's ``send``."""
-    metadata: Any = getattr(producer, "_metadata", None)
-    known = getattr(metadata, "_topics", None)
-    batches = getattr(getattr(producer, "_accumulator", None), "_batches", None)
-    lock = getattr(metadata, "_lock", None)
-    if not isinstance(known, set) or not isinstance(batches, dict) or lock is None:
-        return set(topics)
-    gone: set[str] = set()
-    with lock:
-        for topic in topics:
-            empty = [tp for tp, queue in list(batches.items()) if tp.topic == topic and not queue]
-            if topic not in known and not empty:
-                gone.add(topic)
-            known.discard(topic)
-            for tp in empty:
-                batches.pop(tp, None)
-    return gone
+def _close_in_background(appender: Appender, timeout: float) -> None:
+    """Close a producer a reopen replaces, on a daemon thread nobody waits for."""
+    threading.Thread(
+        target=appender.close, args=(timeout,), name="kafka-producer-closing", daemon=True
+    ).start()
 
 
 def _close_quietly(client: Any) -> None:

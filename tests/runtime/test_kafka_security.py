@@ -17,6 +17,7 @@ import pytest
 from support import write_module
 
 import runtime.log.kafka as kafka_log
+import runtime.log.kafka_appender as kafka_appender
 from runtime.cli import CliError, _parser, runtime_config
 from runtime.kafka_clusters import KafkaClusters
 from runtime.log.kafka import KafkaLog
@@ -40,11 +41,30 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 
     for name in ("KafkaAdminClient", "KafkaProducer", "KafkaConsumer"):
         monkeypatch.setattr(kafka_log, name, recording(getattr(kafka_log, name)))
+    librdkafka = kafka_appender.Producer
+
+    def build_librdkafka(config: dict[str, Any]) -> Any:
+        clients.append(("Producer", config))
+        return librdkafka(config)
+
+    monkeypatch.setattr(kafka_appender, "Producer", build_librdkafka)
     return clients
 
 
+LIBRDKAFKA_SECURITY = {
+    "security.protocol": "PLAINTEXT",
+    "ssl.endpoint.identification.algorithm": "none",
+}
+"""``SECURITY`` under librdkafka's names (the producer of the log's appends)."""
+
+
 def security_of(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: settings[k] for k in SECURITY if k in settings}
+    return {k: settings[k] for k in [*SECURITY, *LIBRDKAFKA_SECURITY] if k in settings}
+
+
+def has_security(name: str, settings: dict[str, Any]) -> bool:
+    """Whether a client was built with ``SECURITY``, under its library's names."""
+    return security_of(settings) == (LIBRDKAFKA_SECURITY if name == "Producer" else SECURITY)
 
 
 @pytest.mark.kafka
@@ -60,10 +80,10 @@ async def test_every_client_of_a_log_takes_its_security_settings(
     assert sorted(name for name, _ in built) == [
         "KafkaAdminClient",
         "KafkaConsumer",
-        "KafkaProducer",
-        "KafkaProducer",
+        "KafkaProducer",  # the transactional one
+        "Producer",  # librdkafka's, for appends
     ]
-    assert all(security_of(settings) == SECURITY for _, settings in built)
+    assert all(has_security(name, settings) for name, settings in built)
 
 
 @pytest.mark.kafka
@@ -81,8 +101,9 @@ async def test_a_cluster_named_with_other_security_settings_is_a_connection_of_i
     finally:
         await clusters.close()
         await own.close()
-    opened_secured = [s for _, s in built if security_of(s)]
-    assert [security_of(s) for s in opened_secured] == [SECURITY, SECURITY]  # admin, producer
+    opened_secured = [(name, s) for name, s in built if security_of(s)]
+    assert sorted(name for name, _ in opened_secured) == ["KafkaAdminClient", "Producer"]
+    assert all(has_security(name, s) for name, s in opened_secured)
 
 
 async def test_the_own_logs_settings_are_reused_by_what_names_them_too() -> None:
