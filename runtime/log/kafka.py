@@ -23,7 +23,10 @@ Ordering and durability:
   every record with ``acks=all``: that is what durable means here.
 * A failed append (delivery timeout, broker error) fails its future with
   :class:`LogError`, and every later append fails too: once a record may be missing,
-  later records would land after a gap, out of call order.
+  later records would land after a gap, out of call order. So does an append whose
+  record the broker took without saying at which offset: after a stall longer than a
+  request, the producer sends the request again, and a broker that had taken the first
+  one answers the second as a duplicate, with no offset.
 * :meth:`KafkaLog.reopen` replaces the producer: the old one is closed (bounded: what it
   cannot deliver by then is abandoned) and a new idempotent producer, with a producer
   id of its own, takes the appends. An append whose acknowledgement never came has an
@@ -288,7 +291,11 @@ class _Acks:
             self.failed(KafkaException(error))
             return
         offset = message.offset()
-        assert offset is not None  # a delivered record has one
+        if offset is None or offset < 0:
+            # Delivered, but at an offset nobody knows: a retry of a request the broker
+            # had taken already (after a stall) is answered as a duplicate, without one.
+            self.failed(LogError("the broker took a record without saying at which offset"))
+            return
         with self._lock:
             self._acked.append((offset, message.timestamp()[1]))
             complete = len(self._acked) == len(self._records) and not self._done

@@ -118,7 +118,10 @@ class Appender:
     def _serve(self) -> None:
         poll = self.kafka.poll
         while not self._stopping.is_set():
-            poll(_POLL_WAIT)
+            try:
+                poll(_POLL_WAIT)
+            except Exception:  # from a delivery callback: the others must still be heard
+                logger.exception("a delivery report of the Kafka producer failed")
 
     def close(self, timeout: float) -> None:
         """Deliver what is queued within ``timeout`` seconds, abandon the rest (their

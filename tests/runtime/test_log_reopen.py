@@ -165,3 +165,43 @@ async def test_kafka_reopens_with_a_new_producer_after_a_broker_stall() -> None:
             started = time.monotonic()
             await log.close()
             assert time.monotonic() - started < 5
+
+
+@pytest.mark.kafka
+@needs_tansu
+@pytest.mark.timeout(60)
+async def test_kafka_an_append_held_through_a_stall_longer_than_a_request_settles_once_it_ends() -> (
+    None
+):
+    # The producer times the request out, keeps the record, and sends it again once the
+    # broker is back, which by then may have taken the first request too: the append is
+    # then durable at an offset nobody says. Either way it settles when the stall ends,
+    # long before the log's own deadline for acknowledgements (5.5 s here).
+    with TansuBroker() as broker:
+        broker.start()
+        log = await KafkaLog.open(
+            broker.bootstrap, request_timeout_ms=500, delivery_timeout_ms=5000
+        )
+        try:
+            await log.ensure_topic("t", 1)
+            assert await log.append("t", 0, [Record(b"a")]) == [0]
+            broker.pause()
+            held = log.append("t", 0, [Record(b"b")])
+            await asyncio.sleep(1.5)
+            assert not held.done()
+            broker.resume()
+            resumed = time.monotonic()
+            (outcome,) = await asyncio.wait_for(asyncio.gather(held, return_exceptions=True), 10)
+            if isinstance(outcome, LogError):
+                assert "without saying at which offset" in str(outcome)
+                await asyncio.wait_for(log.reopen(), 10)
+            else:
+                assert outcome == [1]
+            assert time.monotonic() - resumed < 3
+            (offset,) = await asyncio.wait_for(log.append("t", 0, [Record(b"c")]), 10)
+            values = [r.value for r in await log.read("t", 0, 0)]
+            assert values[:2] == [b"a", b"b"]
+            assert values[offset] == b"c"
+        finally:
+            broker.resume()
+            await log.close()
