@@ -125,8 +125,11 @@ needs_tansu = pytest.mark.skipif(tansu_binary() is None, reason="needs the Tansu
 async def test_kafka_reopens_with_a_new_producer_after_a_broker_stall() -> None:
     with TansuBroker() as broker:
         broker.start()
+        # The delivery timeout also bounds the first append of the producer the reopen
+        # makes: it connects to the partition's leader and gets its producer id first
+        # (once over 1 s under the full suite's load, on a slow machine).
         log = await KafkaLog.open(
-            broker.bootstrap, request_timeout_ms=500, delivery_timeout_ms=1000
+            broker.bootstrap, request_timeout_ms=500, delivery_timeout_ms=2000
         )
         failures: list[LogError] = []
         log.on_failure(failures.append)
