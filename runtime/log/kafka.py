@@ -504,14 +504,9 @@ class KafkaLog(Log):
                 2 * settings.timeout,
             )
             await _call(admin_thread, what, connect_admin, 2 * settings.timeout)
-        except BaseException:
-            # Runs after the connect call on the same thread, whenever that ends.
-            admin_thread.submit(lambda: _close_quietly(clients.get("admin")))
-            admin_thread.stop()
-            raise
-        try:
             appender = Appender.connect(appender_config, f"{client_id}-producer")
         except BaseException:
+            # Runs after the connect call on the same thread, whenever that ends.
             admin_thread.submit(lambda: _close_quietly(clients.get("admin")))
             admin_thread.stop()
             raise
