@@ -60,7 +60,7 @@ import asyncio
 import contextlib
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -1014,10 +1014,19 @@ class DecisionLog:
         if isinstance(record, Moved | Snapshot):
             raise ValueError("moves are made by move()")
         while True:
-            effect = await self._place(record)
-            if effect is not None:
-                return effect
+            effects = await self._place([record])
+            if effects is not None:
+                return effects[0]
             log.debug("decision appended after the move of epoch %d: again", self._state.epoch)
+
+    async def decide_all(self, records: Sequence[DecisionRecord]) -> list[Effect] | None:
+        """Append the records at once, in order, and return what the fold made of each.
+        Another writer's record may land between them; the fold judges each by its place,
+        as it does records appended one by one. None if any landed after the epoch's
+        Moved (nobody folds those); unlike :meth:`decide`, they are not appended again."""
+        if any(isinstance(record, Moved | Snapshot) for record in records):
+            raise ValueError("moves are made by move()")
+        return await self._place(records)
 
     async def move(self) -> bool:
         """Move the decision log to the next epoch (see the class docstring); whether
@@ -1030,7 +1039,8 @@ class DecisionLog:
         topic = self.epoch_topic(snapshot.epoch)
         await self._log.ensure_topic(topic, 1, _KEEP)
         (offset,) = await self._log.append(topic, 0, [Record(encode(snapshot))])
-        effect = await self._place(Moved(snapshot.epoch, offset, snapshot.as_of))
+        effects = await self._place([Moved(snapshot.epoch, offset, snapshot.as_of)])
+        effect = None if effects is None else effects[0]
         if effect is None or not effect.applied:
             # Its snapshot stays in the new topic unread: a later move appends another.
             log.info(
@@ -1064,12 +1074,12 @@ class DecisionLog:
         except LogError as e:
             log.warning("deleting decision log epochs below %d failed: %s", epoch, e)
 
-    async def _place(self, record: DecisionRecord) -> Effect | None:
-        """Append the record to the epoch being read; what the fold made of it, or None
-        if it landed after the epoch's Moved (so nobody folds it)."""
+    async def _place(self, records: Sequence[DecisionRecord]) -> list[Effect] | None:
+        """Append the records at once to the epoch being read; what the fold made of
+        each, or None if any landed after the epoch's Moved (so nobody folds it)."""
         seen: dict[tuple[str, int], Effect] = {}
-        # Watching from before the append: the fold may reach the record before the
-        # append's future tells its offset.
+        # Watching from before the append: the fold may reach the records before the
+        # append's future tells their offsets.
         self._observers.append(seen)
         try:
             if self._tail is None:
@@ -1077,13 +1087,13 @@ class DecisionLog:
             while self._next is not None:  # appending to an epoch known to be over
                 await self._next_fold()
             topic = self._tp.topic
-            (offset,) = await self._log.append(topic, 0, [Record(encode(record))])
-            while (topic, offset) not in seen:
+            offsets = await self._log.append(topic, 0, [Record(encode(r)) for r in records])
+            while (topic, offsets[-1]) not in seen:
                 end = self._ends.get(topic)
-                if end is not None and offset > end:
+                if end is not None and offsets[-1] > end:
                     return None
                 await self._next_fold()
-            return seen[topic, offset]
+            return [seen[topic, offset] for offset in offsets]
         finally:
             # By identity: observers that saw the same records are equal dicts, and
             # list.remove would take another caller's, leaving it deaf to its own record.

@@ -214,6 +214,9 @@ class _Captured:
     ingress: dict[tuple[str, int], int]
     releases: bool
     addresses: int
+    unchanged: frozenset[int]
+    """Partitions whose snapshot is a delta of nothing with the parts of their committed
+    chain's last link: a take that is not full leaves them out (their chains stand)."""
 
 
 @dataclass(slots=True)
@@ -265,6 +268,7 @@ class ClusterRuntime(RuntimeBase):
             decisions, member, self.fingerprint, config.checkpoints
         )
         self.cluster_coordinator.on_segments_unneeded = self._drop_segments
+        self.cluster_coordinator.own_part = self._own_part
         # Only the member coordinating a generation knows a checkpoint was abandoned.
         self.cluster_coordinator.on_abandon = lambda checkpoint, error: (
             self.metrics.checkpoint_abandoned()
@@ -282,6 +286,11 @@ class ClusterRuntime(RuntimeBase):
         self._captured: dict[int, _Captured] = {}
         self._writing: set[asyncio.Task[None]] = set()
         self._owe_full = False
+        self._written_parts: dict[int, dict[int, dict[str, bytes]]] = {}
+        """Checkpoint -> the parts of each partition whose snapshot its part names."""
+        self._committed_parts: dict[int, dict[str, bytes]] = {}
+        """Partition -> the parts of the last link of its committed chain, as this
+        member wrote them in this generation (a partition not written yet: unknown)."""
         self._uncommitted = _Uncommitted()
         self.early_snapshots = 0
         """Local snapshots taken by the epoch rule, before this member read their take."""
@@ -618,6 +627,8 @@ class ClusterRuntime(RuntimeBase):
         self.outbox = None
         self.clock = None
         self._captured = {}
+        self._written_parts = {}
+        self._committed_parts = {}
 
     async def _restore(self, beginning: _Beginning) -> None:
         started = time.monotonic()
@@ -728,21 +739,38 @@ class ClusterRuntime(RuntimeBase):
             self.early_snapshots += 1
 
     def _take(self, take: Take) -> None:
+        captured = self._captured_for(take)
+        if captured is None:
+            return
+        task = asyncio.create_task(self._write(captured, take), name="checkpoint-part")
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    def _captured_for(self, take: Take) -> _Captured | None:
+        """This member's local snapshot for ``take``, captured now unless the epoch rule
+        (or the coordinator's own part) took it already; None if there is none to write:
+        no generation of the take runs here, or its snapshot was written already."""
         clock = self.clock
         if clock is None or take.generation != clock.generation or self.worker is None:
-            return
+            return None
         while clock.epoch <= take.checkpoint:
             self._capture(full=take.full or self._owe_full)
         captured = self._captured.pop(take.checkpoint, None)
         for n in [n for n in self._captured if n < take.checkpoint]:
             del self._captured[n]  # takes abandoned before they reached this member
-        if captured is None:
-            return
-        if take.full and not captured.full:
+        if captured is not None and take.full and not captured.full:
             self._owe_full = True
-        task = asyncio.create_task(self._write(captured, take.segment), name="checkpoint-part")
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
+        return captured
+
+    async def _own_part(self, take: Take) -> Part | None:
+        """The part of ``take`` of this member, the coordinator and only owner: its
+        snapshot captured and written before the take is appended, the part not appended
+        (the coordinator appends it with the take and the manifest). None if this member
+        has nothing to write or may not vouch for it; raises if writing failed."""
+        captured = self._captured_for(take)
+        if captured is None:
+            return None
+        return await self._written_part(captured, take)
 
     def _capture(self, *, full: bool) -> None:
         """Capture the local snapshot of the current epoch, cut per partition, and advance
@@ -780,6 +808,7 @@ class ClusterRuntime(RuntimeBase):
         egress = outbox.held_by_partition()
         floors = self.idempotency.floors()
         snapshots: dict[int, PartitionSnapshot] = {}
+        unchanged: set[int] = set()
         written = 0
         for p in owned:
             rows = worker.state.rows(changed.get(p, ()))
@@ -794,56 +823,77 @@ class ClusterRuntime(RuntimeBase):
             if p in whole:  # a full snapshot holds what is, not what was deleted
                 rows = [(k, v) for k, v in rows if v is not None]
                 key_rows = [(k, v) for k, v in key_rows if v is not None]
+            elif not rows and not key_rows and part == self._committed_parts.get(p):
+                unchanged.add(p)
             snapshots[p] = PartitionSnapshot(p, checkpoint, p in whole, rows, key_rows, part)
         ingress = {tp: o for reader in self.kafka_ingresses for tp, o in reader.positions.items()}
         releases = bool(egress) or self.replies.capture().releases
         self._captured[checkpoint] = _Captured(
-            clock.generation, checkpoint, whole == set(owned), snapshots, ingress, releases, written
+            clock.generation,
+            checkpoint,
+            whole == set(owned),
+            snapshots,
+            ingress,
+            releases,
+            written,
+            frozenset(unchanged),
         )
         clock.advance()
 
-    async def _write(self, captured: _Captured, segment: int) -> None:
+    async def _write(self, captured: _Captured, take: Take) -> None:
         try:
-            await self.partition_store.ensure_segment(segment)
-            # Every partition's snapshot appended at once: one round trip to the log, not
-            # one per partition (an append takes its place when called).
-            snapshots = list(captured.snapshots.items())
-            written = await asyncio.gather(
-                *(self.partition_store.write(segment, snapshot) for _, snapshot in snapshots),
-                return_exceptions=True,
-            )
-            locations: dict[int, PartitionLocation] = {}
-            for (p, _), location in zip(snapshots, written, strict=True):
-                if isinstance(location, BaseException):
-                    raise location
-                locations[p] = location
-            size = sum(len(v or b"") for _, s in snapshots for _, v in s.state)
-            # The part vouches for every message the snapshot's epochs sent: they must be
-            # durable before it is (a flush raises if one of them failed), and a member
-            # that asked for a rollback of this generation vouches for nothing more.
-            await self.log.flush()
-            if self._failed_generation == captured.generation:
-                log.debug(
-                    "the part of checkpoint %d is not written: generation %d failed here",
-                    captured.checkpoint,
-                    captured.generation,
-                )
-                return
-            await self.decisions.append(
-                Part(
-                    captured.generation,
-                    captured.checkpoint,
-                    self.member.id,
-                    locations,
-                    captured.ingress,
-                    captured.releases,
-                    size,
-                    captured.addresses,
-                )
-            )
+            part = await self._written_part(captured, take)
+            if part is not None:
+                await self.decisions.append(part)
         except (LogError, StoreError) as e:
             # Not written: the changes stay uncommitted, and the next snapshot has them.
             log.warning("writing the part of checkpoint %d failed: %s", captured.checkpoint, e)
+
+    async def _written_part(self, captured: _Captured, take: Take) -> Part | None:
+        """Write ``captured`` to the take's segment of the partition store: the part that
+        names where, once it may vouch for it (None if this member's generation failed).
+        A full take gets every partition; another only those that changed."""
+        segment = take.segment
+        await self.partition_store.ensure_segment(segment)
+        # Every partition's snapshot appended at once: one round trip to the log, not
+        # one per partition (an append takes its place when called).
+        snapshots = [
+            (p, snapshot)
+            for p, snapshot in captured.snapshots.items()
+            if take.full or p not in captured.unchanged
+        ]
+        written = await asyncio.gather(
+            *(self.partition_store.write(segment, snapshot) for _, snapshot in snapshots),
+            return_exceptions=True,
+        )
+        locations: dict[int, PartitionLocation] = {}
+        for (p, _), location in zip(snapshots, written, strict=True):
+            if isinstance(location, BaseException):
+                raise location
+            locations[p] = location
+        size = sum(len(v or b"") for _, s in snapshots for _, v in s.state)
+        # The part vouches for every message the snapshot's epochs sent: they must be
+        # durable before it is (a flush raises if one of them failed), and a member
+        # that asked for a rollback of this generation vouches for nothing more.
+        await self.log.flush()
+        if self._failed_generation == captured.generation:
+            log.debug(
+                "the part of checkpoint %d is not written: generation %d failed here",
+                captured.checkpoint,
+                captured.generation,
+            )
+            return None
+        self._written_parts[captured.checkpoint] = {p: snapshot.parts for p, snapshot in snapshots}
+        return Part(
+            captured.generation,
+            captured.checkpoint,
+            self.member.id,
+            locations,
+            captured.ingress,
+            captured.releases,
+            size,
+            captured.addresses,
+        )
 
     def _committed_checkpoint(self, manifest: Manifest) -> None:
         self.metrics.checkpoint_committed(
@@ -851,6 +901,9 @@ class ClusterRuntime(RuntimeBase):
         )
         self._last = manifest
         self._uncommitted.committed(manifest.checkpoint)
+        self._committed_parts.update(self._written_parts.pop(manifest.checkpoint, {}))
+        for n in [n for n in self._written_parts if n < manifest.checkpoint]:
+            del self._written_parts[n]
         self.replies.committed(manifest.generation, manifest.checkpoint)
         worker, outbox, clock = self.worker, self.outbox, self.clock
         if (

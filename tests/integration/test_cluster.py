@@ -31,12 +31,14 @@ from support import (
 )
 
 from runtime.checkpoints.coordinator import CheckpointConfig
-from runtime.cluster.decisions import Effect, Fail, Take
+from runtime.cluster.decisions import Effect, Fail, Part, Take
 from runtime.cluster.node import ClusterRuntime
 from runtime.config import ClusterConfig, RuntimeConfig, WorkerConfig
 from runtime.dispatcher import DispatchConfig
 from runtime.errors import ConfigurationError
 from runtime.log.kafka import SOLE_WRITER_FETCH_PAUSE, KafkaLog
+from runtime.routing import partition_for
+from statefun.address import Address
 from statefun.module_spec import parse_module_spec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -262,6 +264,66 @@ def test_a_new_member_restores_from_the_checkpoints_in_kafka(
             assert c.runtime.log.partitions  # the log is Kafka's, the store too
     finally:
         c.stop()
+
+
+def test_a_member_alone_writes_only_the_partitions_that_changed_and_restores_them_all(
+    functions_url: str, kafka_bootstrap: str
+) -> None:
+    """A take that is not full leaves out a partition whose snapshot would hold nothing
+    new: its chain stands. An idle member's parts then name no partition, a call names
+    its address's partition alone, and a new member restores every partition, whichever
+    checkpoint each one's last link is from."""
+    app_id = unique_app_id()
+    ids = [f"s{i}" for i in range(8)]
+    a = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+    try:
+        assert a.runtime is not None
+        runtime = a.runtime
+        assert isinstance(runtime, ClusterRuntime)
+        parts: list[Part] = []
+
+        def heard(effect: Effect) -> None:
+            if effect.applied and isinstance(effect.record, Part):
+                parts.append(effect.record)
+
+        a.call_soon(lambda: runtime.decisions.subscribe(heard))
+        with client(a.url) as http:
+            wait_until(lambda: cluster_of(http)["generation"] is not None, timeout=30)
+            drawn = {id_: draw_nonce(http, f"test/nonce/{id_}") for id_ in ids}
+            assert {
+                partition_for(Address.parse(f"test/nonce/{i}"), PARTITIONS) for i in ids
+            } == set(range(PARTITIONS))
+            # Idle: two parts in a row that name nothing.
+            wait_until(
+                lambda: len(parts) >= 2 and not parts[-1].locations and not parts[-2].locations,
+                timeout=30,
+            )
+            seen = len(parts)
+            drawn[ids[0]] = draw_nonce(http, f"test/nonce/{ids[0]}")
+            changed = partition_for(Address.parse(f"test/nonce/{ids[0]}"), PARTITIONS)
+            wait_until(lambda: any(p.locations for p in parts[seen:]), timeout=30)
+            assert {p for part in parts[seen:] for p in part.locations} == {changed}
+    finally:
+        a.stop()  # a last checkpoint holds every nonce
+    c = start_member(member_config(functions_url, kafka_bootstrap, app_id))
+    try:
+        with client(c.url) as http:
+            wait_until(lambda: nonce_of(http, f"test/nonce/{ids[0]}") is not None, timeout=30)
+            assert {id_: nonce_of(http, f"test/nonce/{id_}") for id_ in ids} == drawn
+    finally:
+        c.stop()
+
+
+def draw_nonce(http: httpx.Client, address: str) -> str:
+    answer = http.post(
+        f"/v1/call/{address}",
+        content='"x"',
+        params={"type": "io.statefun.types/string"},
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 200, answer.text
+    value: str = answer.json()["value"]
+    return value
 
 
 def test_the_epoch_rule_keeps_snapshots_consistent_when_a_take_reaches_a_member_late(

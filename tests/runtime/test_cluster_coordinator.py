@@ -5,7 +5,8 @@ another member, and the rollback a Fail asks for."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from runtime.cluster.decisions import (
     encode,
     next_manifest,
 )
-from runtime.errors import ModuleMismatch
+from runtime.errors import LogError, ModuleMismatch
 from runtime.log import Record
 from runtime.log.memory import MemoryLog
 
@@ -46,6 +47,8 @@ class FakeMember:
         self.member = member
         self.decisions = DecisionLog(log, TOPIC)
         self.withheld: set[int] = set()
+        self.answers = True
+        """Whether it answers takes with parts appended on their own."""
         self.parts: list[Part] = []
         self._tasks: set[asyncio.Task[int]] = set()
 
@@ -74,6 +77,8 @@ class FakeMember:
     def _heard(self, effect: Effect) -> None:
         take = effect.record
         if not effect.applied or not isinstance(take, Take) or take.checkpoint in self.withheld:
+            return
+        if not self.answers:
             return
         if self.member in self.decisions.state.owners():
             part = self.part(take)
@@ -374,3 +379,179 @@ async def test_the_coordinator_moves_the_decision_log_after_a_commit(cluster: Cl
         assert starter.state.manifest == manifest
     finally:
         await starter.close()
+
+
+# --- a coordinator that is the only owner ------------------------------------------------
+
+ALONE = {0: "a", 1: "a", 2: "a"}
+
+
+class OwnParts:
+    """Member a's parts as its runtime gives them to the coordinator (``own_part``):
+    written, not appended. Records where the decision log was when each was asked for."""
+
+    def __init__(self, cluster: Cluster, coordinator: ClusterCoordinator):
+        self.member = cluster.members["a"]
+        self.member.answers = False  # only through own_part
+        self.coordinator = coordinator
+        self.asked: list[tuple[Take, int]] = []
+        self.answer: Callable[[Take], Awaitable[Part | None]] | None = None
+        coordinator.own_part = self
+
+    async def __call__(self, take: Take) -> Part | None:
+        self.asked.append((take, self.coordinator.state.position))
+        if self.answer is not None:
+            return await self.answer(take)
+        return self.member.part(take)
+
+
+async def alone(cluster: Cluster) -> tuple[ClusterCoordinator, OwnParts]:
+    a = await cluster.coordinator("a")
+    parts = OwnParts(cluster, a)
+    effect = await a.begin(view=1, owners=ALONE, ingress_owners={}, members=MEMBERS, reason="alone")
+    assert effect.applied
+    return a, parts
+
+
+def appends_to(log: MemoryLog, topic: str) -> list[int]:
+    """Records per append to ``topic`` from now on."""
+    seen: list[int] = []
+    append = log.append
+
+    def recording(to: str, partition: int, records: Sequence[Record]) -> Any:
+        if to == topic:
+            seen.append(len(records))
+        return append(to, partition, records)
+
+    log.append = recording  # type: ignore[method-assign]
+    return seen
+
+
+def effects_of(decisions: DecisionLog) -> list[Effect]:
+    heard: list[Effect] = []
+    decisions.subscribe(heard.append)
+    return heard
+
+
+async def test_an_only_owner_writes_its_part_first_then_appends_take_part_and_manifest_at_once(
+    cluster: Cluster,
+) -> None:
+    """Two round trips to the log per checkpoint instead of four: the part is written
+    before the take is appended, then the three records go in one append, and the fold
+    applies them in order as it would one by one."""
+    a, parts = await alone(cluster)
+    position = a.state.position
+    appends = appends_to(cluster.log, a.decisions.epoch_topic(1))
+    heard = effects_of(a.decisions)
+    first = await committed(a)
+    assert [(take.checkpoint, take.full) for take, _ in parts.asked] == [(1, True)]
+    assert parts.asked[0][1] == position  # asked before anything was appended
+    assert appends == [3]
+    assert [type(e.record) for e in heard] == [Take, Part, Manifest]
+    assert all(e.applied for e in heard)
+    assert heard[-1].record == first == a.last
+    assert set(first.chains) == {0, 1, 2}
+    assert all(c[0].full for c in first.chains.values())
+    second = await committed(a)
+    assert [(take.checkpoint, take.full) for take, _ in parts.asked[1:]] == [(2, False)]
+    assert appends == [3, 3]
+    assert [loc.checkpoint for loc in second.chains[0]] == [1, 2]
+    assert a.state.take is None
+    assert a.state.manifests == [first, second]
+
+
+async def test_an_only_owner_whose_part_fails_abandons_the_take_without_appending(
+    cluster: Cluster,
+) -> None:
+    a, parts = await alone(cluster)
+    abandoned: list[tuple[int, Exception]] = []
+    a.on_abandon = lambda n, e: abandoned.append((n, e))
+
+    async def failing(take: Take) -> Part | None:
+        raise LogError("the segment is gone")
+
+    parts.answer = failing
+    appends = appends_to(cluster.log, a.decisions.epoch_topic(1))
+    assert await a.checkpoint() is None
+    assert [(n, str(e)) for n, e in abandoned] == [(1, "the segment is gone")]
+    assert appends == []
+    parts.answer = None
+    assert (await committed(a)).checkpoint == 1  # nothing was taken: the number is free
+
+
+async def test_an_only_owner_without_a_part_to_give_takes_the_usual_way(
+    cluster: Cluster,
+) -> None:
+    """A member restoring its partitions has no part yet: the take is appended alone and
+    waits for the part, as with several owners."""
+    a, parts = await alone(cluster)
+
+    async def restoring(take: Take) -> Part | None:
+        return None
+
+    parts.answer = restoring
+    parts.member.answers = True
+    appends = appends_to(cluster.log, a.decisions.epoch_topic(1))
+    manifest = await committed(a)
+    assert manifest.checkpoint == 1
+    assert appends == [1, 1, 1]  # the take, the member's part, the manifest
+
+
+async def test_a_begin_while_an_only_owner_writes_its_part_ends_the_take_unappended(
+    cluster: Cluster,
+) -> None:
+    a, parts = await alone(cluster)
+    writing, written = asyncio.Event(), asyncio.Event()
+
+    async def slow(take: Take) -> Part | None:
+        writing.set()
+        await written.wait()
+        return parts.member.part(take)
+
+    parts.answer = slow
+    commits: list[Manifest] = []
+    a.on_commit = commits.append
+    taking = asyncio.create_task(a.checkpoint())
+    await writing.wait()
+    b = await cluster.coordinator("b")
+    assert (await begin(b, view=2, reason="b took over")).applied
+    appends = appends_to(cluster.log, a.decisions.epoch_topic(1))
+    written.set()
+    async with asyncio.timeout(5):  # CONFIG's timeout is 10 s: not by abandonment
+        assert await taking is None
+    assert commits == []
+    assert appends == []
+    assert a.state.generation == 2
+    assert a.state.manifest is None
+
+
+async def test_a_begin_that_lands_just_before_an_only_owners_batch_voids_all_of_it(
+    cluster: Cluster,
+) -> None:
+    """The fold judges the batch's records by their place: a Begin that another member
+    appends between the owner's last look at the log and its append voids all three."""
+    a, _ = await alone(cluster)
+    topic = a.decisions.epoch_topic(1)
+    append = cluster.log.append
+    begin_b = Begin(2, "b", 2, ALONE, {}, MEMBERS, MODULE, "b took over")
+
+    def begin_first(to: str, partition: int, records: Sequence[Record]) -> Any:
+        if to == topic and len(records) == 3:
+            append(to, partition, [Record(encode(begin_b))])
+        return append(to, partition, records)
+
+    cluster.log.append = begin_first  # type: ignore[method-assign]
+    commits: list[Manifest] = []
+    a.on_commit = commits.append
+    heard = effects_of(a.decisions)
+    async with asyncio.timeout(5):
+        assert await a.checkpoint() is None
+    assert [(type(e.record), e.applied) for e in heard] == [
+        (Begin, True),
+        (Take, False),
+        (Part, False),
+        (Manifest, False),
+    ]
+    assert commits == []
+    assert a.state.generation == 2
+    assert a.state.manifest is None
