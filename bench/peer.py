@@ -47,6 +47,8 @@ Modes (``--mode``, repeatable; default all):
 * ``kafka``: ``statefun run --kafka``, one process (a member of an application of one)
   on a Tansu broker started for the run (``bench/_kafka.py``), or
   ``$STATEFUN_BENCH_KAFKA``;
+* ``kafka-committed``: the same, every call with ``?consistency=committed``, checkpoints
+  every ``--committed-interval`` s;
 * ``kafka3``: three processes of one application on one broker (as ``bench.cluster``
   starts them), the load spread round-robin over their ingresses. Reported, not gated.
 
@@ -97,9 +99,10 @@ from bench.peer_functions import ADD_AND_FORMAT, COUNTER
 from runtime.progress import steps
 from statefun.values import IntType
 
-MODES = ["embedded", "committed", "kafka", "kafka3"]
-KAFKA_MODES = ("kafka", "kafka3")
-MEMBERS = {"embedded": 1, "committed": 1, "kafka": 1, "kafka3": 3}
+MODES = ["embedded", "committed", "kafka", "kafka-committed", "kafka3"]
+KAFKA_MODES = ("kafka", "kafka-committed", "kafka3")
+COMMITTED_MODES = ("committed", "kafka-committed")
+MEMBERS = {"embedded": 1, "committed": 1, "kafka": 1, "kafka-committed": 1, "kafka3": 3}
 PARTITIONS = 8
 """Partitions of the messages topic on Kafka (the runtime's default, as bench.cluster)."""
 SESSION_TIMEOUT = 2.0
@@ -250,7 +253,7 @@ def start(
             log_args += ["--partitions", str(PARTITIONS), "--data-dir", str(workdir / f"data-{n}")]
         else:
             log_args = ["--data-dir", str(workdir / "data")]
-        if mode == "committed":
+        if mode in COMMITTED_MODES:
             log_args += ["--checkpoint-interval", f"{interval:g}"]
         name = "the runtime" if MEMBERS[mode] == 1 else f"runtime {n}"
         runtime = children.start(
@@ -339,7 +342,7 @@ class Driver:
         self.d = d
         self.session = session
         self.s = s
-        self.query = "&consistency=committed" if d.mode == "committed" else ""
+        self.query = "&consistency=committed" if d.mode in COMMITTED_MODES else ""
         self._profile_now: str | None = None
         """The case to profile now, if any."""
 
@@ -934,7 +937,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mode",
         action="append",
         choices=MODES,
-        help="embedded, committed, kafka, kafka3; repeatable (default: all)",
+        help="embedded, committed, kafka, kafka-committed, kafka3; repeatable (default: all)",
     )
     parser.add_argument(
         "--quick",
