@@ -176,12 +176,7 @@ def test_two_members_share_the_partitions_and_serve_any_request(
         # A call through either member, answered by whichever owns the address.
         for id_ in ids[:4]:
             for http in (http_a, http_b):
-                answer = http.post(
-                    f"/v1/call/test/echo/{id_}",
-                    content='"hi"',
-                    params={"type": "io.statefun.types/string"},
-                    headers={"content-type": "application/json"},
-                )
+                answer = call(http, f"test/echo/{id_}", '"hi"')
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["value"] == "echo: hi"
         wait_until(lambda: cluster_of(http_a)["last_checkpoint"] is not None, timeout=30)
@@ -232,6 +227,28 @@ def nonce_of(http: httpx.Client, address: str) -> str | None:
     return value
 
 
+def draw_nonce(http: httpx.Client, address: str) -> str:
+    answer = call(http, address, '"x"')
+    assert answer.status_code == 200, answer.text
+    value: str = answer.json()["value"]
+    return value
+
+
+def restored_nonces(
+    functions_url: str, kafka: str, app_id: str, ids: list[str]
+) -> dict[str, str | None]:
+    """The nonces of ``test/nonce/<id>`` a new member of the application restores."""
+    c = start_member(member_config(functions_url, kafka, app_id))
+    try:
+        with client(c.url) as http:
+            wait_until(lambda: nonce_of(http, f"test/nonce/{ids[0]}") is not None, timeout=30)
+            assert c.runtime is not None
+            assert c.runtime.log.partitions  # the log is Kafka's, the store too
+            return {id_: nonce_of(http, f"test/nonce/{id_}") for id_ in ids}
+    finally:
+        c.stop()
+
+
 def test_a_new_member_restores_from_the_checkpoints_in_kafka(
     functions_url: str, kafka_bootstrap: str
 ) -> None:
@@ -243,27 +260,10 @@ def test_a_new_member_restores_from_the_checkpoints_in_kafka(
     try:
         with client(a.url) as http:
             wait_until(lambda: cluster_of(http)["generation"] is not None, timeout=30)
-            drawn = {}
-            for id_ in ids:
-                answer = http.post(
-                    f"/v1/call/test/nonce/{id_}",
-                    content='"x"',
-                    params={"type": "io.statefun.types/string"},
-                    headers={"content-type": "application/json"},
-                )
-                assert answer.status_code == 200, answer.text
-                drawn[id_] = answer.json()["value"]
+            drawn = {id_: draw_nonce(http, f"test/nonce/{id_}") for id_ in ids}
     finally:
         a.stop()  # a last checkpoint holds every nonce
-    c = start_member(member_config(functions_url, kafka_bootstrap, app_id))
-    try:
-        with client(c.url) as http:
-            wait_until(lambda: nonce_of(http, f"test/nonce/{ids[0]}") is not None, timeout=30)
-            assert {id_: nonce_of(http, f"test/nonce/{id_}") for id_ in ids} == drawn
-            assert c.runtime is not None
-            assert c.runtime.log.partitions  # the log is Kafka's, the store too
-    finally:
-        c.stop()
+    assert restored_nonces(functions_url, kafka_bootstrap, app_id, ids) == drawn
 
 
 def test_a_member_alone_writes_only_the_partitions_that_changed_and_restores_them_all(
@@ -305,25 +305,7 @@ def test_a_member_alone_writes_only_the_partitions_that_changed_and_restores_the
             assert {p for part in parts[seen:] for p in part.locations} == {changed}
     finally:
         a.stop()  # a last checkpoint holds every nonce
-    c = start_member(member_config(functions_url, kafka_bootstrap, app_id))
-    try:
-        with client(c.url) as http:
-            wait_until(lambda: nonce_of(http, f"test/nonce/{ids[0]}") is not None, timeout=30)
-            assert {id_: nonce_of(http, f"test/nonce/{id_}") for id_ in ids} == drawn
-    finally:
-        c.stop()
-
-
-def draw_nonce(http: httpx.Client, address: str) -> str:
-    answer = http.post(
-        f"/v1/call/{address}",
-        content='"x"',
-        params={"type": "io.statefun.types/string"},
-        headers={"content-type": "application/json"},
-    )
-    assert answer.status_code == 200, answer.text
-    value: str = answer.json()["value"]
-    return value
+    assert restored_nonces(functions_url, kafka_bootstrap, app_id, ids) == drawn
 
 
 def test_the_epoch_rule_keeps_snapshots_consistent_when_a_take_reaches_a_member_late(
