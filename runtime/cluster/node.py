@@ -226,10 +226,21 @@ class _Uncommitted:
 
     state: list[tuple[int, set[Address]]] = field(default_factory=list)
     keys: list[tuple[int, dict[str, int]]] = field(default_factory=list)
+    parts: list[tuple[int, dict[int, dict[str, bytes]]]] = field(default_factory=list)
+    """Per capture, the parts of each partition its snapshot writes unless it is
+    unchanged (every partition, if a capture before it was not committed yet)."""
 
-    def committed(self, checkpoint: int) -> None:
+    def committed(self, checkpoint: int) -> dict[int, dict[str, bytes]]:
+        """Drop the captures up to ``checkpoint``, now committed; the parts their
+        partitions' chains now end with, as far as they changed."""
+        last: dict[int, dict[str, bytes]] = {}
+        for n, parts in self.parts:
+            if n <= checkpoint:
+                last.update(parts)
         self.state = [(n, s) for n, s in self.state if n > checkpoint]
         self.keys = [(n, k) for n, k in self.keys if n > checkpoint]
+        self.parts = [(n, p) for n, p in self.parts if n > checkpoint]
+        return last
 
 
 class ClusterRuntime(RuntimeBase):
@@ -286,8 +297,6 @@ class ClusterRuntime(RuntimeBase):
         self._captured: dict[int, _Captured] = {}
         self._writing: set[asyncio.Task[None]] = set()
         self._owe_full = False
-        self._written_parts: dict[int, dict[int, dict[str, bytes]]] = {}
-        """Checkpoint -> the parts of each partition whose snapshot its part names."""
         self._committed_parts: dict[int, dict[str, bytes]] = {}
         """Partition -> the parts of the last link of its committed chain, as this
         member wrote them in this generation (a partition not written yet: unknown)."""
@@ -627,7 +636,6 @@ class ClusterRuntime(RuntimeBase):
         self.outbox = None
         self.clock = None
         self._captured = {}
-        self._written_parts = {}
         self._committed_parts = {}
 
     async def _restore(self, beginning: _Beginning) -> None:
@@ -782,6 +790,9 @@ class ClusterRuntime(RuntimeBase):
         checkpoint = clock.epoch
         partitions = self.router.partitions
         uncommitted = self._uncommitted
+        # A partition is left out only against a chain that nothing captured since may
+        # still change: with a capture outstanding, every partition is written.
+        may_leave_out = not uncommitted.state
         uncommitted.state.append((checkpoint, worker.state.take_changed()))
         uncommitted.keys.append((checkpoint, self.idempotency.take_changed()))
         owned = worker.owned
@@ -823,9 +834,14 @@ class ClusterRuntime(RuntimeBase):
             if p in whole:  # a full snapshot holds what is, not what was deleted
                 rows = [(k, v) for k, v in rows if v is not None]
                 key_rows = [(k, v) for k, v in key_rows if v is not None]
-            elif not rows and not key_rows and part == self._committed_parts.get(p):
+            elif (
+                may_leave_out and not rows and not key_rows and part == self._committed_parts.get(p)
+            ):
                 unchanged.add(p)
             snapshots[p] = PartitionSnapshot(p, checkpoint, p in whole, rows, key_rows, part)
+        uncommitted.parts.append(
+            (checkpoint, {p: s.parts for p, s in snapshots.items() if p not in unchanged})
+        )
         ingress = {tp: o for reader in self.kafka_ingresses for tp, o in reader.positions.items()}
         releases = bool(egress) or self.replies.capture().releases
         self._captured[checkpoint] = _Captured(
@@ -883,7 +899,6 @@ class ClusterRuntime(RuntimeBase):
                 captured.generation,
             )
             return None
-        self._written_parts[captured.checkpoint] = {p: snapshot.parts for p, snapshot in snapshots}
         return Part(
             captured.generation,
             captured.checkpoint,
@@ -900,10 +915,7 @@ class ClusterRuntime(RuntimeBase):
             manifest.duration_ms, manifest.size_bytes, manifest.addresses
         )
         self._last = manifest
-        self._uncommitted.committed(manifest.checkpoint)
-        self._committed_parts.update(self._written_parts.pop(manifest.checkpoint, {}))
-        for n in [n for n in self._written_parts if n < manifest.checkpoint]:
-            del self._written_parts[n]
+        self._committed_parts.update(self._uncommitted.committed(manifest.checkpoint))
         self.replies.committed(manifest.generation, manifest.checkpoint)
         worker, outbox, clock = self.worker, self.outbox, self.clock
         if (
