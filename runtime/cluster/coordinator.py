@@ -295,9 +295,7 @@ class ClusterCoordinator:
             if not committed.applied:
                 log.info("manifest %d void: %s", checkpoint, committed.void)
                 return None
-            self._committed(manifest)
-            if self.state.epoch_records >= self.decisions.epoch_records:
-                await self._move()
+            await self._committed(manifest)
             return manifest
 
     async def _commit_alone(self, take: Take, part: Part, started: float) -> Manifest | None:
@@ -329,9 +327,7 @@ class ClusterCoordinator:
             return None
         if opens_segment:
             self._segment_opened = (take.segment, started)
-        self._committed(manifest)
-        if self.state.epoch_records >= self.decisions.epoch_records:
-            await self._move()
+        await self._committed(manifest)
         return manifest
 
     def _segment_age(self, segment: int, now: float) -> float:
@@ -351,7 +347,9 @@ class ClusterCoordinator:
             # The epoch goes on growing; the next commit tries again.
             log.warning("moving the decision log to a new epoch failed: %s", e)
 
-    def _committed(self, manifest: Manifest) -> None:
+    async def _committed(self, manifest: Manifest) -> None:
+        """Act on the manifest this coordinator committed, then move the decision log to a
+        new epoch if this one is full."""
         if self._abandoned_in_a_row:
             log.info(
                 "checkpoint %d committed after %d abandoned",
@@ -374,6 +372,8 @@ class ClusterCoordinator:
         if needed > self._segments_released_below:
             self._segments_released_below = needed
             self.on_segments_unneeded(needed)
+        if self.state.epoch_records >= self.decisions.epoch_records:
+            await self._move()
 
     def _abandoned(self, checkpoint: int, error: Exception) -> None:
         if self.schedule is not None:
