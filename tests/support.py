@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.app import Runtime, RuntimeConfig
 from runtime.dispatcher import DispatchConfig
 from runtime.http_server import IngressServer, bind
-from runtime.log.base import StoredRecord
+from runtime.log.base import Record, StoredRecord
+from runtime.log.kafka import KafkaLog
 from runtime.log.memory import MemoryLog
 from runtime.worker import WorkerConfig
 from statefun.module_spec import ModuleSpec, parse_module_spec
@@ -429,3 +430,16 @@ class CountingLog(MemoryLog):
         records = await super().read(topic, partition, offset, max_records)
         self.records_read += len(records)
         return records
+
+
+async def kafka_log_with_a_record(bootstrap: str, **settings: Any) -> KafkaLog:
+    """A Kafka log (``settings``: its timeouts) whose topic ``t`` holds one record, ``a``
+    at offset 0: the producer is connected and the partition's leader known."""
+    log = await KafkaLog.open(bootstrap, **settings)
+    try:
+        await log.ensure_topic("t", 1)
+        assert await log.append("t", 0, [Record(b"a")]) == [0]
+    except BaseException:
+        await log.close()
+        raise
+    return log

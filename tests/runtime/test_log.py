@@ -18,6 +18,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka_broker import TansuBroker, tansu_binary
+from support import kafka_log_with_a_record
 
 from runtime.errors import DataDirectoryInUse
 from runtime.log import (
@@ -826,12 +827,10 @@ needs_tansu = pytest.mark.skipif(tansu_binary() is None, reason="needs the Tansu
 async def test_kafka_append_fails_cleanly_when_the_broker_is_gone() -> None:
     with TansuBroker() as broker:
         broker.start()
-        log = await KafkaLog.open(
+        log = await kafka_log_with_a_record(
             broker.bootstrap, request_timeout_ms=500, delivery_timeout_ms=1000
         )
         try:
-            await log.ensure_topic("t", 1)
-            assert await log.append("t", 0, [Record(b"a")]) == [0]
             broker.kill()
             started = time.monotonic()
             with pytest.raises(LogError, match="appending to t\\[0\\] failed"):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from kafka_broker import TansuBroker, tansu_binary
+from support import kafka_log_with_a_record
 
 from runtime.log import LogError, Record
 from runtime.log.kafka import KafkaLog
@@ -182,12 +183,10 @@ async def test_kafka_an_append_held_through_a_stall_longer_than_a_request_settle
     # long before the log's own deadline for acknowledgements (5.5 s here).
     with TansuBroker() as broker:
         broker.start()
-        log = await KafkaLog.open(
+        log = await kafka_log_with_a_record(
             broker.bootstrap, request_timeout_ms=500, delivery_timeout_ms=5000
         )
         try:
-            await log.ensure_topic("t", 1)
-            assert await log.append("t", 0, [Record(b"a")]) == [0]
             broker.pause()
             held = log.append("t", 0, [Record(b"b")])
             await asyncio.sleep(1.5)
