@@ -196,7 +196,11 @@ def test_the_verifier_fails_a_run_whose_functions_are_broken(
             spells=False,
             sabotage=sabotage,
             cancel_wait=False,
-            stall_timeout=5,
+            # How long a run may apply nothing before it is called stalled: not what is
+            # tested here. 5 s was too short on a machine at half its speed, where a run
+            # under the full suite's load applied nothing for its first 5 s (four CI
+            # runs on 2026-12-07), and a stall hides the finding the test expects.
+            stall_timeout=15,
             final_timeout=8,
             work_dir=tmp_path,
         )
