@@ -36,7 +36,7 @@ from verifier.faults.load import Answers, Senders, classify
 from verifier.faults.scenarios import SHORT_ORDER
 from verifier.faults.suite import LOAD_RATE, SuiteConfig, SuiteResult, run_suite
 from verifier.faults.timings import SHORT
-from verifier.faults.trial import CAUGHT_UP, Check, Row, Trial, steady
+from verifier.faults.trial import CAUGHT_UP, WINDOW_END_ATTEMPTS, Check, Row, Trial, steady
 from verifier.faults.watch import describe
 
 
@@ -217,9 +217,12 @@ def test_a_row_passes_only_when_every_check_does() -> None:
 class _BacklogLoad:
     """A steady load on 200 addresses whose runtime starts behind: each read of the
     counts finds ``drained`` more processed, until all that was accepted is; the senders
-    are behind their pace for the first ``late_reads`` reads."""
+    are behind their pace for the first ``late_reads`` reads. The reads numbered in
+    ``failing`` (from 0) fail, as a scan with a read that timed out does."""
 
-    def __init__(self, backlog: int, drained: int, late_reads: int) -> None:
+    def __init__(
+        self, backlog: int, drained: int, late_reads: int, failing: frozenset[int] = frozenset()
+    ) -> None:
         self.accepted: Counter[tuple[str, str]] = Counter()
         self.answers = Answers()
         self.rate = 400.0
@@ -227,6 +230,7 @@ class _BacklogLoad:
         self._backlog = backlog
         self._drained = drained
         self._late_reads = late_reads
+        self._failing = failing
 
     def start(self, targets: list[str]) -> None:
         for id_ in targets:
@@ -235,11 +239,11 @@ class _BacklogLoad:
     def behind(self) -> float:
         return 1.0 if self.reads < self._late_reads else 0.0
 
-    async def total(self, function_type: str, ids: list[str]) -> int:
+    async def total(self, function_type: str, ids: list[str]) -> int | None:
         accepted = sum(self.accepted[(function_type, i)] for i in ids)
         processed = accepted - max(0, self._backlog - self.reads * self._drained)
         self.reads += 1
-        return processed
+        return None if self.reads - 1 in self._failing else processed
 
     async def get_json(self, path: str) -> tuple[int, Any]:
         return 200, {"records": []}
@@ -309,6 +313,26 @@ def test_the_steady_throughput_is_what_was_processed_up_to_what_was_accepted() -
     assert steady(238.0, 251.0) == 238.0
     assert steady(None, 255.0) is None
     assert steady(300.0, None) == 300.0
+
+
+def test_a_window_end_whose_scan_had_a_failed_read_is_scanned_again() -> None:
+    # Read 0 starts the window; read 1, its end, fails (a read's connection timed out
+    # in a CI run under load), and read 2 measures it: the window is judged, not lost.
+    load = _BacklogLoad(backlog=0, drained=0, late_reads=0, failing=frozenset({1}))
+    trial = _trial(load, warmup=0.0, before=0.0)
+    _before(trial)
+    assert load.reads == 3
+    assert trial.row.before == 0.0
+
+
+def test_a_window_end_that_cannot_be_read_stays_unmeasured() -> None:
+    load = _BacklogLoad(
+        backlog=0, drained=0, late_reads=0, failing=frozenset(range(1, 1 + WINDOW_END_ATTEMPTS))
+    )
+    trial = _trial(load, warmup=0.0, before=0.0)
+    _before(trial)
+    assert load.reads == 1 + WINDOW_END_ATTEMPTS
+    assert trial.row.before is None
 
 
 def test_a_load_never_caught_up_is_measured_anyway_and_noted() -> None:

@@ -29,6 +29,8 @@ RESUME_PROBE = 0.5
 """Seconds between throughput probes while waiting for service to resume."""
 LAG_PROBE = 1.0
 """Seconds between reads of the processing lag during a fault's window."""
+WINDOW_END_ATTEMPTS = 3
+"""Scans of the healthy counts a window's end may take (see :meth:`Trial.measure`)."""
 CAUGHT_UP = 0.1
 """The window before a fault starts once the healthy addresses are at most this many
 seconds of their offered load behind (and the probe's period while they are not)."""
@@ -156,7 +158,7 @@ class Trial:
         first = await self._caught_up()
         accepted_first = (first[0], self._accepted())
         await asyncio.sleep(self.timings.before)
-        self._fault_window = await self.measure()
+        self._fault_window = await self.measure(WINDOW_END_ATTEMPTS)
         self._accepted_at_window = (self._fault_window[0], self._accepted())
         self._accepted_before = rate(accepted_first, self._accepted_at_window)
         self.row.before = steady(rate(first, self._fault_window), self._accepted_before)
@@ -201,7 +203,7 @@ class Trial:
 
     async def end_window(self) -> None:
         """The fault's window ends: its throughput and the most it fell behind."""
-        end = await self.measure()
+        end = await self.measure(WINDOW_END_ATTEMPTS)
         await self.close()
         self.row.during = rate(self._fault_window, end)
         self._accepted_during = rate(self._accepted_at_window, (end[0], self._accepted()))
@@ -224,10 +226,20 @@ class Trial:
                 self._most_behind = max(self._most_behind, accepted - processed)
             await asyncio.sleep(LAG_PROBE)
 
-    async def measure(self) -> tuple[float, int | None]:
-        """(when, the sum of the healthy counts); the time is the middle of the reads."""
-        start = time.monotonic()
-        total = await self.load.total(COUNTER, self.ids)
+    async def measure(self, attempts: int = 1) -> tuple[float, int | None]:
+        """(when, the sum of the healthy counts); the time is the middle of the reads.
+
+        A scan with a read that failed is taken again, up to ``attempts`` scans in all;
+        the sum stays unknown (None) only if every scan had a failed read. The ends of
+        the measured windows take ``WINDOW_END_ATTEMPTS``: one read that timed out on a
+        machine under load (a 2.5 s connection timeout in a CI run, while the runtime
+        answered the other reads) says nothing of the throughput, and a window without
+        its end cannot be judged."""
+        for _ in range(attempts):
+            start = time.monotonic()
+            total = await self.load.total(COUNTER, self.ids)
+            if total is not None:
+                break
         return (start + time.monotonic()) / 2, total
 
     async def resumed(
