@@ -326,6 +326,8 @@ class Settings:
     profile_dir: Path
     log_level: str = "warning"
     """The runtime processes' ``--log-level``."""
+    profile_gil: bool = False
+    """Profile only the threads holding the GIL (py-spy ``--gil``)."""
 
 
 def cores(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -572,7 +574,7 @@ class Driver:
             return None
         self.s.profile_dir.mkdir(parents=True, exist_ok=True)
         path = self.s.profile_dir / f"peer-profile-{self.d.mode}-{self._profile_now}.folded"
-        return Profiler(self.d.runtimes[0].pid, path)
+        return Profiler(self.d.runtimes[0].pid, path, gil=self.s.profile_gil)
 
     async def case(self, name: str, rep: int, tag: str) -> dict[str, Any]:
         case = CASES[name]
@@ -623,11 +625,12 @@ def py_spy() -> str | None:
 class Profiler:
     """``py-spy record`` of one process, raw (folded stacks) to ``path``, until stopped."""
 
-    def __init__(self, pid: int, path: Path):
+    def __init__(self, pid: int, path: Path, gil: bool = False):
         binary = py_spy()
         if binary is None:
             raise BenchError("--profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
         self.path = path
+        self.gil = gil
         self.process = subprocess.Popen(
             [
                 binary,
@@ -642,6 +645,7 @@ class Profiler:
                 "100",
                 "--nonblocking",
                 "--threads",
+                *(["--gil"] if gil else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -658,7 +662,7 @@ class Profiler:
             _, err = self.process.communicate()
         if not self.path.exists():
             return {"file": str(self.path), "error": err.decode(errors="replace")[-500:]}
-        return summarize(self.path)
+        return summarize(self.path) | {"gil": self.gil}
 
 
 def frames_of(line: str) -> tuple[list[str], int]:
@@ -707,7 +711,8 @@ def profile_text(mode: str, case: str, p: dict[str, Any]) -> str:
         return f"profile of {mode} {case}: py-spy wrote nothing: {p['error']}"
     lines = [
         f"profile of the runtime (its first process), {mode}, {case}: {p['samples']} samples "
-        f"(100 Hz, all threads, idle excluded), raw stacks in {p['file']}",
+        f"(100 Hz, {'the thread holding the GIL' if p.get('gil') else 'all threads'}, "
+        f"idle excluded), raw stacks in {p['file']}",
         "  samples per thread:",
     ]
     lines += [f"  {share:6.1%}  {thread}" for thread, share in p["threads"].items()]
@@ -972,6 +977,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="record a py-spy profile of the runtime during this case's first rep, per mode",
     )
     parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="profile only the threads holding the GIL (what costs Python time), not all",
+    )
+    parser.add_argument(
         "--profile-dir", type=Path, default=Path("."), help="where profiles go (default .)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -1029,6 +1039,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile,
         args.profile_dir.resolve(),
         args.log_level,
+        args.profile_gil,
     )
     workdir = Path(tempfile.mkdtemp(prefix="statefun-bench-peer-"))
     kafka = "" if broker is None else f" (Kafka: {broker.describe()})"
