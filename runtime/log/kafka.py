@@ -3,14 +3,17 @@
 What it owns: one idempotent producer for every append (librdkafka's, see
 :mod:`runtime.log.kafka_appender`), an admin client for topics and
 consumer-group offsets, a reader consumer for :meth:`KafkaLog.read` and
-:meth:`KafkaLog.end_offsets`, and one Kafka consumer per :meth:`KafkaLog.consumer`. None
-of them joins a consumer group: the runtime places partitions itself (``assign``, then
-offsets committed explicitly), which also saves the seconds a group join costs.
+:meth:`KafkaLog.end_offsets`, and one Kafka consumer per :meth:`KafkaLog.consumer`
+(librdkafka's: every record another process appends is fetched by one, and an idle one
+still fetches once per pause; kafka-python spent Python code on every fetch, on an I/O
+thread of its own per client). None of them joins a consumer group: the runtime places
+partitions itself (``assign``, then offsets committed explicitly), which also saves the
+seconds a group join costs.
 
-Threads. kafka-python blocks, and its clients are not safe to share between threads, so
-every blocking call on a client runs on a daemon thread that client owns, one call after
-another (``_ClientThread``); the event loop only waits on asyncio futures. The one call
-made on the loop is librdkafka's ``produce``, which only queues the record (a few
+Threads. The clients block, and kafka-python's are not safe to share between threads,
+so every blocking call on a client runs on a daemon thread that client owns, one call
+after another (``_ClientThread``); the event loop only waits on asyncio futures. The one
+call made on the loop is librdkafka's ``produce``, which only queues the record (a few
 microseconds, in C); the producer's delivery thread hears the broker's acknowledgements
 and hands the durable appends to the loop, one wakeup for all that arrived meanwhile.
 
@@ -81,8 +84,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from confluent_kafka import Consumer as LibrdkafkaConsumer
 from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka import KafkaException, Message
+from confluent_kafka import TopicPartition as LibrdkafkaTopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import (
@@ -113,9 +118,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# What one kafka-python poll may return: everything it has buffered (at most one fetch
-# response per partition), so that the consumer can share it fairly between partitions.
-_DRAIN = 1_000_000
+# What one Kafka poll may return: everything librdkafka has fetched (up to this many
+# records), so that the consumer can share it fairly between partitions.
+_DRAIN = 100_000
 _ROUND_SLACK_MS = 2
 """A paced Kafka poll waits for one fetch: the broker's wait plus this much for the round
 trip."""
@@ -144,7 +149,7 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
 
 
 class _ClientThread:
-    """A daemon thread running the blocking calls on one kafka-python client, in order.
+    """A daemon thread running the blocking calls on one Kafka client, in order.
 
     A daemon, so that a call stuck on an unreachable broker cannot keep the process from
     exiting; callers bound their waits with :func:`_call`.
@@ -238,6 +243,61 @@ class _Settings:
             **dict(self.security),
             **config,
         )
+
+    def new_fetcher(self, role: str) -> LibrdkafkaConsumer:
+        """A librdkafka consumer outside any group, positioned only by ``assign`` and
+        ``seek`` (blocks while it checks the broker is reachable). librdkafka insists on
+        a ``group.id``; this one is never joined, and no offset is committed under it."""
+        _check_reachable(self.bootstrap_servers, self.timeout)
+        security = librdkafka_security(dict(self.security))
+        try:
+            return LibrdkafkaConsumer(
+                {
+                    "bootstrap.servers": self.bootstrap_servers,
+                    "client.id": f"{self.client_id}-{role}",
+                    "group.id": f"{self.client_id}-{role}-unjoined",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    # A position past the end is a bug to surface, not a reason to jump.
+                    "auto.offset.reset": "error",
+                    "allow.auto.create.topics": False,
+                    "fetch.wait.max.ms": self.fetch_max_wait_ms,
+                    "socket.timeout.ms": self.request_timeout_ms,
+                    # As the kafka-python consumers before it: the Kafka ingress reads
+                    # what it finds (the test broker does not honour aborts anyway).
+                    "isolation.level": "read_uncommitted",
+                    # As the producer's (see open): a deleted topic is not asked about.
+                    "topic.metadata.refresh.interval.ms": -1,
+                    "logger": logger,
+                    "error_cb": _on_fetcher_error,
+                    **security,
+                }
+            )
+        except (KafkaException, ValueError, TypeError) as e:
+            raise LogError(f"the Kafka consumer {role} cannot be made: {e}") from e
+
+
+def _on_fetcher_error(error: ConfluentError) -> None:
+    """librdkafka's errors outside any one record (a broker down, a connection refused):
+    it reconnects by itself, and a consumer that cannot read falls behind, which the
+    runtime sees; so they are only logged."""
+    if error.fatal():
+        logger.error("a Kafka consumer failed: %s", error)
+    else:
+        logger.info("a Kafka consumer: %s", error)
+
+
+def _stored_message(message: Message) -> StoredRecord:
+    """A librdkafka message as a :class:`StoredRecord` (a null value or header value,
+    which only other Kafka clients write, reads as empty bytes)."""
+    headers: Any = message.headers()
+    return StoredRecord(
+        message.offset(),  # type: ignore[arg-type]
+        message.value() or b"",
+        message.key(),
+        tuple((k, b"" if v is None else v) for k, v in headers) if headers else (),
+        message.timestamp()[1],
+    )
 
 
 def _stored(record: Any) -> StoredRecord:
@@ -1113,10 +1173,10 @@ def _close_producer(producer: Any, timeout: float) -> None:
 
 
 class KafkaLogConsumer(LogConsumer):
-    """Reads assigned partitions through a Kafka consumer outside any group.
+    """Reads assigned partitions through a librdkafka consumer outside any group.
 
-    A poll waits for one kafka-python poll on the consumer's thread, buffers all it
-    brought and hands out a fair share per partition. While the buffer holds records a
+    A poll waits for one Kafka poll on the consumer's thread, buffers all it brought
+    and hands out a fair share per partition. While the buffer holds records a
     poll does not wait for Kafka, but it starts a Kafka poll in the background if none
     runs and the pace allows, so records appended elsewhere are never starved by a
     steady stream of records handed over. A Kafka poll whose caller stops waiting
@@ -1131,10 +1191,8 @@ class KafkaLogConsumer(LogConsumer):
     back to none (a long poll) at the first record from elsewhere, or at once when
     records handed over leave a gap before them (a record from elsewhere is missing).
     Tansu answers a fetch only at the end of its wait, so without the pause an idle
-    consumer would fetch every
-    ``fetch_max_wait_ms``. (The Kafka consumer is not moved past the records handed
-    over: that saved little next to the pacing, and every seek makes kafka-python
-    validate the new position against the leader before it fetches again.)
+    consumer would fetch every ``fetch_max_wait_ms``. (The Kafka consumer is not moved
+    past the records handed over: that saved little next to the pacing.)
 
     A Kafka poll that skips offsets is cut at the gap, and the partition read again from
     the missing offset: Tansu can make a later batch visible before an earlier one. A
@@ -1151,7 +1209,13 @@ class KafkaLogConsumer(LogConsumer):
         self._settings = log._settings
         self._role = role
         self._thread: _ClientThread | None = None  # started by the first poll
-        self._kafka: Any = None  # created on the consumer's thread by the first poll
+        self._kafka: LibrdkafkaConsumer | None = None
+        """Created on the consumer's thread by the first poll; used only there."""
+        self._fetch_from: dict[TopicPartition, int] = {}
+        """Per partition, the offset after the last record the librdkafka consumer
+        returned: where it fetches from when assigned again (consumer thread)."""
+        self._assigned = False
+        """Whether the librdkafka consumer is assigned those partitions (consumer thread)."""
         self._positions: dict[TopicPartition, int] = {}
         self._buffered: dict[TopicPartition, deque[StoredRecord]] = {}
         self._seek: dict[TopicPartition, int] | None = None  # to apply at the next Kafka poll
@@ -1307,13 +1371,13 @@ class KafkaLogConsumer(LogConsumer):
         generation = self._generation
         seek, self._seek = self._seek, None
         reseek, self._reseek = self._reseek, {}
-        if self._pause > 0:  # paced: one fetch, not a long poll
+        paced = self._pause > 0
+        if paced:  # one fetch, not a long poll
             wait = min(wait, self._settings.one_fetch)
-        wait_ms = int(wait * 1000)
         self._fetch_due = self._loop.time() + wait
         if self._thread is None:
             self._thread = _ClientThread(f"{self._settings.client_id}-{self._role}", self._loop)
-        fetch = self._thread.submit(lambda: self._fetch_records(seek, reseek, wait_ms))
+        fetch = self._thread.submit(lambda: self._fetch_records(seek, reseek, wait, paced))
         fetch.add_done_callback(lambda f: self._fetched(generation, f))
         return fetch
 
@@ -1321,28 +1385,69 @@ class KafkaLogConsumer(LogConsumer):
         self,
         seek: dict[TopicPartition, int] | None,
         reseek: dict[TopicPartition, int],
-        wait_ms: int,
+        wait: float,
+        paced: bool = False,
     ) -> dict[TopicPartition, list[StoredRecord]]:
         """One Kafka poll (consumer thread), after moving to ``seek`` (every partition
-        assigned) and then to ``reseek`` (some of them)."""
+        assigned) and then to ``reseek`` (some of them): what librdkafka has fetched, or
+        the first records it fetches within ``wait`` seconds.
+
+        librdkafka fetches on its own threads, without the GIL, for as long as it is
+        assigned partitions. A ``paced`` poll is one fetch: the partitions are assigned
+        for it (from the offset after the last record polled) and unassigned after it,
+        so that a quiet consumer costs the broker one fetch per pause. Left assigned, an
+        idle consumer fetched every ``fetch_max_wait_ms``: 0.12 of the test broker's
+        core each. (Pausing the partitions instead would do the same, but librdkafka
+        fetches a resumed partition only at its next periodic wakeup, up to a second
+        later; an assignment is fetched at once.)
+        """
         if self._kafka is None:
-            self._kafka = self._settings.new_consumer(self._role)
-        consumer = self._kafka
-        if seek is not None:
-            consumer.assign([KafkaTopicPartition(tp.topic, tp.partition) for tp in seek])
-            for tp, offset in seek.items():
-                consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
-        for tp, offset in reseek.items():
-            consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
-        batches = consumer.poll(timeout_ms=wait_ms, max_records=_DRAIN)
-        for ktp in consumer.assignment():
-            # Fetch responses carry it: knowing it costs no request of its own.
-            if (end := consumer.highwater(ktp)) is not None:
-                self._ends[TopicPartition(ktp.topic, ktp.partition)] = end
-        return {
-            TopicPartition(ktp.topic, ktp.partition): [_stored(r) for r in records]
-            for ktp, records in batches.items()
-        }
+            self._kafka = self._settings.new_fetcher(self._role)
+        consumer: LibrdkafkaConsumer = self._kafka
+        fetch_from = self._fetch_from
+        try:
+            if seek is not None:
+                fetch_from.clear()
+                fetch_from.update(seek)
+                self._assigned = False
+            fetch_from.update(reseek)
+            if reseek or not self._assigned:
+                # Assigning drops what was fetched for an earlier assignment.
+                consumer.assign(
+                    [
+                        LibrdkafkaTopicPartition(tp.topic, tp.partition, offset)
+                        for tp, offset in fetch_from.items()
+                    ]
+                )
+                self._assigned = True
+            first = consumer.poll(wait)
+            messages = [] if first is None else [first, *consumer.consume(_DRAIN, 0)]
+            out: dict[TopicPartition, list[StoredRecord]] = {}
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == ConfluentError._PARTITION_EOF:
+                        continue
+                    raise LogError(f"polling Kafka failed: {error}")
+                tp = TopicPartition(message.topic(), message.partition())  # type: ignore[arg-type]
+                if tp not in fetch_from:
+                    continue
+                record = _stored_message(message)
+                out.setdefault(tp, []).append(record)
+                fetch_from[tp] = record.offset + 1
+            for tp in fetch_from:
+                # Fetch responses carry it: knowing it costs no request of its own.
+                _, end = consumer.get_watermark_offsets(
+                    LibrdkafkaTopicPartition(tp.topic, tp.partition), cached=True
+                )
+                if end >= 0:
+                    self._ends[tp] = end
+            if paced:
+                consumer.unassign()
+                self._assigned = False
+            return out
+        except KafkaException as e:
+            raise LogError(f"polling Kafka failed: {e}") from e
 
     def _fetched(
         self, generation: int, fetch: asyncio.Future[dict[TopicPartition, list[StoredRecord]]]

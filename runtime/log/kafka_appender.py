@@ -10,7 +10,8 @@ that hold the GIL (the caller's ``send`` and its sender thread). Measured in a K
 profile at concurrency 64, those two threads took 0.26 of the runtime's 0.88 cores.
 librdkafka builds, sends and retries batches in C on threads of its own, without the GIL:
 what is left in Python is ``produce`` (a C call, made on the event loop) and one callback
-per record on the delivery thread. The log's consumers, reader, admin client and the
+per record on the delivery thread. The log's consumers are librdkafka's too
+(:class:`runtime.log.kafka.KafkaLogConsumer`); its reader, admin client and the
 transactional producers stay kafka-python's.
 
 Threads: ``produce`` is called on the event loop, in append order, and never blocks; the

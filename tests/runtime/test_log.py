@@ -964,6 +964,37 @@ async def test_kafka_polls_pace_while_they_bring_nothing_new_and_not_after_a_rec
 
 
 @pytest.mark.kafka
+async def test_kafka_a_paced_poll_fetches_what_was_appended_elsewhere_meanwhile(
+    kafka_log: KafkaLog, kafka_bootstrap: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tp = TopicPartition(topic, 0)
+    consumer = kafka_log.consumer()
+    consumer.assign({tp: 0})
+    await kafka_log.append(topic, 0, [Record(b"a")])
+    assert [r.offset for r in await poll_until(consumer, tp, 1)] == [0]
+    longest = kafka_log._settings.fetch_pause_max_ms / 1000
+    async with asyncio.timeout(10):
+        while consumer.pause < longest:
+            assert await consumer.poll(0.05) == {}
+    # Quiet, the consumer fetches once per pause. A record appended elsewhere meanwhile
+    # comes with the next fetch (or the one after, should the broker show it late): a
+    # paced fetch is a fetch, not a wait that a Kafka client may fill or not.
+    fetches: list[tuple[Any, ...]] = []
+    fetch = consumer._fetch_records
+
+    def counted(*args: Any) -> Any:
+        fetches.append(args)
+        return fetch(*args)
+
+    await asyncio.to_thread(_produce_outside, kafka_bootstrap, topic, 0, b"outside")
+    monkeypatch.setattr(consumer, "_fetch_records", counted)
+    after = await poll_until(consumer, tp, 1)
+    assert [(r.offset, r.value) for r in after] == [(1, b"outside")]
+    assert 1 <= len(fetches) <= 2
+    await consumer.close()
+
+
+@pytest.mark.kafka
 async def test_kafka_records_from_elsewhere_arrive_while_appends_here_keep_the_consumer_busy(
     kafka_log: KafkaLog, kafka_bootstrap: str, topic: str
 ) -> None:
