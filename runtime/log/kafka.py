@@ -128,6 +128,11 @@ SOLE_WRITER_FETCH_PAUSE = 1.0
 """Seconds between a dense consumer's paced Kafka polls while this process is the only
 writer of the application's topics (:meth:`KafkaLog.sole_writer`)."""
 _MISSING_WARN_AFTER = 50
+_POSITION_ERRORS = frozenset(
+    {ConfluentError._AUTO_OFFSET_RESET, ConfluentError.OFFSET_OUT_OF_RANGE}
+)
+"""A consumer's errors that fail its poll: a position the partition does not have (a
+position past the end is a bug to surface, not a reason to jump)."""
 """Kafka polls in a row that skip the same offset of a dense topic before it is logged."""
 
 
@@ -1397,9 +1402,11 @@ class KafkaLogConsumer(LogConsumer):
         for it (from the offset after the last record polled) and unassigned after it,
         so that a quiet consumer costs the broker one fetch per pause. Left assigned, an
         idle consumer fetched every ``fetch_max_wait_ms``: 0.12 of the test broker's
-        core each. (Pausing the partitions instead would do the same, but librdkafka
-        fetches a resumed partition only at its next periodic wakeup, up to a second
-        later; an assignment is fetched at once.)
+        core each. librdkafka sends the next fetch as soon as one returns, so a paced
+        fetch costs the broker two; the second's answer goes with the assignment.
+        (Pausing the partitions instead would do the same, but librdkafka fetches a
+        resumed partition only at its next periodic wakeup, up to a second later; an
+        assignment is fetched at once.)
         """
         if self._kafka is None:
             self._kafka = self._settings.new_fetcher(self._role)
@@ -1426,9 +1433,12 @@ class KafkaLogConsumer(LogConsumer):
             for message in messages:
                 error = message.error()
                 if error is not None:
-                    if error.code() == ConfluentError._PARTITION_EOF:
-                        continue
-                    raise LogError(f"polling Kafka failed: {error}")
+                    if error.fatal() or error.code() in _POSITION_ERRORS:
+                        raise LogError(f"polling Kafka failed: {error}")
+                    # librdkafka recovers from the others by itself (a broker down, a
+                    # leader moving): a consumer that cannot read falls behind.
+                    logger.info("Kafka consumer %s: %s", self._role, error)
+                    continue
                 tp = TopicPartition(message.topic(), message.partition())  # type: ignore[arg-type]
                 if tp not in fetch_from:
                     continue
