@@ -991,6 +991,59 @@ async def test_kafka_a_paced_poll_fetches_what_was_appended_elsewhere_meanwhile(
     await consumer.close()
 
 
+class _Message:
+    def __init__(self, topic: str, partition: int) -> None:
+        self._tp = (topic, partition)
+
+    def topic(self) -> str:
+        return self._tp[0]
+
+    def partition(self) -> int:
+        return self._tp[1]
+
+
+class _ReadingAResponse:
+    """A librdkafka consumer part way through reading a fetch response: the parts of
+    ``later`` come one poll at a time. ``ends``: each partition's high watermark as
+    librdkafka has noted it (-1001: never fetched); it notes a part's before it hands
+    over its records."""
+
+    def __init__(self, later: list[_Message], ends: dict[int, int]) -> None:
+        self.later = later
+        self.ends = ends
+
+    def poll(self, timeout: float) -> _Message | None:
+        return self.later.pop(0) if self.later else None
+
+    def consume(self, count: int, timeout: float) -> list[_Message]:
+        return []
+
+    def get_watermark_offsets(self, tp: Any, cached: bool) -> tuple[int, int]:
+        return (0, self.ends[tp.partition])
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    ("ends", "taken"),
+    [
+        ({1: -1001, 2: -1001}, [1, 2]),  # never fetched: both wait
+        ({1: 10, 2: 0}, [1]),  # 1 has records past its position, 2 none
+        ({1: 0, 2: 0}, []),  # neither has records: nothing to wait for
+    ],
+    ids=["never-fetched", "one-behind", "caught-up"],
+)
+async def test_kafka_a_poll_takes_the_rest_of_the_fetch_response_it_woke_at(
+    kafka_log: KafkaLog, topic: str, ends: dict[int, int], taken: list[int]
+) -> None:
+    consumer = kafka_log.consumer()
+    consumer._fetch_from = {TopicPartition(topic, p): 0 for p in (0, 1, 2)}
+    # Partition 0's part of the response was read; the others' parts come next.
+    reading = _ReadingAResponse([_Message(topic, 1), _Message(topic, 2)], {0: 10, **ends})
+    more = consumer._rest_of_the_fetch(reading, [_Message(topic, 0)])  # type: ignore[arg-type]
+    assert [m.partition() for m in more] == taken
+    await consumer.close()
+
+
 @pytest.mark.kafka
 async def test_kafka_records_from_elsewhere_arrive_while_appends_here_keep_the_consumer_busy(
     kafka_log: KafkaLog, kafka_bootstrap: str, topic: str
