@@ -250,9 +250,9 @@ class _Settings:
         )
 
     def new_fetcher(self, role: str) -> LibrdkafkaConsumer:
-        """A librdkafka consumer outside any group, positioned only by ``assign`` and
-        ``seek`` (blocks while it checks the broker is reachable). librdkafka insists on
-        a ``group.id``; this one is never joined, and no offset is committed under it."""
+        """A librdkafka consumer outside any group, positioned only by ``assign``
+        (blocks while it checks the broker is reachable). librdkafka insists on a
+        ``group.id``; this one is never joined, and no offset is committed under it."""
         _check_reachable(self.bootstrap_servers, self.timeout)
         security = librdkafka_security(dict(self.security))
         try:
