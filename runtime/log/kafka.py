@@ -1493,8 +1493,9 @@ class KafkaLogConsumer(LogConsumer):
             message = consumer.poll(left)
             if message is None:
                 break
-            more += [message, *consumer.consume(_DRAIN, 0)]
-            seen.update((m.topic(), m.partition()) for m in more)
+            batch = [message, *consumer.consume(_DRAIN, 0)]
+            seen.update((m.topic(), m.partition()) for m in batch)
+            more += batch
             waiting = unanswered(waiting)
         return more
 
