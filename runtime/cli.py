@@ -19,6 +19,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from importlib.metadata import version
@@ -394,7 +395,8 @@ def _parser() -> argparse.ArgumentParser:
     egress.add_argument(
         "--follow",
         action="store_true",
-        help="keep printing new records as they come, until interrupted (Ctrl-C)",
+        help="keep printing new records as they come, until interrupted (Ctrl-C, SIGINT) "
+        "or terminated (SIGTERM): either ends it with status 0",
     )
     egress.add_argument(
         "--json", action="store_true", help="print each record as a JSON object on its line"
@@ -917,26 +919,34 @@ def _egress(args: argparse.Namespace) -> int:
     limit: int | None = args.limit if args.limit is not None or args.follow else 100
     position: int = args.from_
     wait = 0.0  # until a page comes short: then --follow waits for what comes next
-    try:
-        while limit is None or limit > 0:
-            page = min(limit or EGRESS_PAGE, EGRESS_PAGE)
-            answer = _request(args, "GET", path, **{"from": position, "limit": page, "wait": wait})
-            for record in answer["records"]:
-                if args.json:
-                    print(json.dumps(record), flush=True)
-                else:
-                    print(f"{record['offset']} {_shown(record)}", flush=True)
-            position = answer["next"]
-            if limit is not None:
-                limit -= len(answer["records"])
-            if len(answer["records"]) < page:
-                if not args.follow:
-                    break
-                wait = FOLLOW_WAIT
-    except KeyboardInterrupt:
-        # How --follow ends: what was printed is the output, not an error.
-        pass
+    if args.follow:
+        for ending in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(ending, _end_following)
+    while limit is None or limit > 0:
+        page = min(limit or EGRESS_PAGE, EGRESS_PAGE)
+        answer = _request(args, "GET", path, **{"from": position, "limit": page, "wait": wait})
+        for record in answer["records"]:
+            if args.json:
+                print(json.dumps(record), flush=True)
+            else:
+                print(f"{record['offset']} {_shown(record)}", flush=True)
+        position = answer["next"]
+        if limit is not None:
+            limit -= len(answer["records"])
+        if len(answer["records"]) < page:
+            if not args.follow:
+                break
+            wait = FOLLOW_WAIT
     return 0
+
+
+def _end_following(signum: int, frame: object) -> None:
+    """How ``--follow`` ends, on SIGINT or SIGTERM: what was printed is the output, not an
+    error. Installed rather than inherited, as a shell without job control starts its
+    background commands with SIGINT ignored. The process exits here, without unwinding:
+    every record was printed with a flush, and an exception raised wherever the signal
+    lands (inside the HTTP client's locks) could leave the exit waiting on a lock."""
+    os._exit(0)
 
 
 def _send(args: argparse.Namespace) -> int:

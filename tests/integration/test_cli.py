@@ -217,26 +217,32 @@ def test_state_and_egress_from_the_command_line(functions: ServerThread, tmp_pat
         assert missing.returncode == 1
         assert "404: unknown_egress" in missing.stderr
 
-        with subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", "egress", "test/out", "--follow", *ingress],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as follow:
-            try:
-                assert follow.stdout is not None
-                assert follow.stdout.readline() == f"{first['offset']} {first['value']}\n"
-                assert follow.stdout.readline() == f"{second['offset']} {second['value']}\n"
-                statefun("send", "test/counter/c", "1", "--type", INT, *ingress)
-                assert follow.stdout.readline().split(" ", 1)[1] == "c=6\n"
-                follow.send_signal(signal.SIGINT)
-                assert follow.wait(timeout=10) == 0
-                assert follow.stderr is not None
-                assert "Traceback" not in follow.stderr.read()
-            finally:
-                if follow.poll() is None:  # a failed assertion: do not wait for it
-                    follow.kill()
+        follower = [sys.executable, "-m", "runtime.cli", "egress", "test/out", "--follow", *ingress]
+        # Started the way a shell without job control starts a background command: with
+        # SIGINT ignored, which Python would otherwise inherit and never raise on.
+        sigint_ignored = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+        printed = [f"{r['offset']} {r['value']}\n" for r in (first, second)]
+        for ending, command, new_value in (
+            (signal.SIGINT, sigint_ignored + follower, "c=6"),
+            (signal.SIGTERM, follower, "c=7"),
+        ):
+            with subprocess.Popen(
+                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ) as follow:
+                try:
+                    assert follow.stdout is not None
+                    for line in printed:
+                        assert follow.stdout.readline() == line
+                    statefun("send", "test/counter/c", "1", "--type", INT, *ingress)
+                    printed.append(follow.stdout.readline())
+                    assert printed[-1].split(" ", 1)[1] == f"{new_value}\n"
+                    follow.send_signal(ending)
+                    assert follow.wait(timeout=10) == 0
+                    assert follow.stderr is not None
+                    assert "Traceback" not in follow.stderr.read()
+                finally:
+                    if follow.poll() is None:  # a failed assertion: do not wait for it
+                        follow.kill()
     finally:
         status, err = runtime.signal(signal.SIGTERM)
     assert status == 0, err
