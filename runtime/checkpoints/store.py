@@ -143,6 +143,35 @@ def damaged(path: Path, what: str) -> StoreDamaged:
     )
 
 
+def _prune_every_row(db: sqlite3.Connection, oldest: int) -> None:
+    """Drop every state and key row no checkpoint from ``oldest`` on needs: one older than
+    its address's newest row at or below ``oldest``, or a deletion that is that row."""
+    for table, key in (("state", "address"), ("keys", "key")):
+        db.execute(
+            f"DELETE FROM {table} WHERE checkpoint < ("
+            f"  SELECT MAX(t.checkpoint) FROM {table} t"
+            f"  WHERE t.{key} = {table}.{key} AND t.checkpoint <= ?)",
+            (oldest,),
+        )
+        db.execute(f"DELETE FROM {table} WHERE value IS NULL AND checkpoint <= ?", (oldest,))
+
+
+def _prune_rows_of(
+    db: sqlite3.Connection, table: str, key: str, names: set[bytes], oldest: int
+) -> None:
+    """:func:`_prune_every_row` for the rows of these addresses (or keys) alone: each
+    delete a lookup of the primary key."""
+    db.executemany(
+        f"DELETE FROM {table} WHERE {key} = ?1 AND checkpoint < ("
+        f"  SELECT MAX(checkpoint) FROM {table} WHERE {key} = ?1 AND checkpoint <= ?2)",
+        ((name, oldest) for name in names),
+    )
+    db.executemany(
+        f"DELETE FROM {table} WHERE {key} = ? AND checkpoint <= ? AND value IS NULL",
+        ((name, oldest) for name in names),
+    )
+
+
 class CheckpointStore:
     """Use :meth:`open`."""
 
@@ -150,6 +179,12 @@ class CheckpointStore:
         self.path = path
         self._lock = lock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-store")
+        self._written: dict[int, tuple[list[bytes], list[bytes]]] = {}
+        """Per checkpoint committed since the open and not yet pruned through, the
+        addresses and the idempotency keys it wrote rows of: where the next prune looks
+        (the store's thread only)."""
+        self._pruned_through: int | None = None
+        """The oldest retained checkpoint at the last prune (None: no prune since the open)."""
         db: sqlite3.Connection | None = None
         try:
             self._db = db = connect(path)
@@ -159,6 +194,10 @@ class CheckpointStore:
             self._db.executescript(_SCHEMA)
             self._migrate()
             self.id = self._identify()
+            newest = self._db.execute("SELECT MAX(checkpoint) FROM manifests").fetchone()[0]
+            self._written_above: int = newest or 0
+            """Every state or key row of a checkpoint above this one was written since the
+            open, and is in :attr:`_written`."""
         except BaseException as e:
             if db is not None:
                 db.close()
@@ -435,6 +474,7 @@ class CheckpointStore:
                 "INSERT OR REPLACE INTO parts",
                 [(checkpoint, name, data) for name, data in parts],
             )
+            self._written[checkpoint] = ([key for key, _ in state], [key for key, _ in keys])
             size = sum(len(k) + len(v or b"") for k, v in (*state, *keys)) + sum(
                 len(d) for _, d in parts
             )
@@ -581,32 +621,42 @@ class CheckpointStore:
 
     async def retain(self, keep: int) -> None:
         """Keep the newest ``keep`` checkpoints; drop older manifests, parts and the state
-        rows no retained checkpoint can need."""
+        and key rows no retained checkpoint can need.
 
-        def prune(db: sqlite3.Connection) -> None:
+        A row is needed while it is its address's (or key's) newest at or below the
+        oldest retained checkpoint, and holds a value. A row stops being needed only when
+        a newer one of its address lands at or below that checkpoint: so a prune looks
+        only at the addresses written since the oldest retained checkpoint of the one
+        before (:attr:`_written`), and costs what changed, not the whole state. The first
+        prune after the open, and any until the retained checkpoints are all of this
+        open, look at every row."""
+
+        def prune(db: sqlite3.Connection) -> int | None:
             kept = db.execute(
                 "SELECT checkpoint FROM manifests ORDER BY checkpoint DESC LIMIT ?", (keep,)
             ).fetchall()
             if len(kept) < keep:
-                return
-            oldest = kept[-1][0]
+                return None
+            oldest: int = kept[-1][0]
             db.execute("DELETE FROM manifests WHERE checkpoint < ?", (oldest,))
             db.execute("DELETE FROM parts WHERE checkpoint < ?", (oldest,))
-            # A row older than a key's newest row at or below the oldest retained
-            # checkpoint is never read again; nor is a deletion that is that newest row.
-            for table, key in (("state", "address"), ("keys", "key")):
-                db.execute(
-                    f"DELETE FROM {table} WHERE checkpoint < ("
-                    f"  SELECT MAX(t.checkpoint) FROM {table} t"
-                    f"  WHERE t.{key} = {table}.{key} AND t.checkpoint <= ?)",
-                    (oldest,),
-                )
-                db.execute(
-                    f"DELETE FROM {table} WHERE value IS NULL AND checkpoint <= ?",
-                    (oldest,),
-                )
+            since = self._pruned_through
+            if since is None or since < self._written_above:
+                _prune_every_row(db, oldest)
+            else:
+                written = [w for c, w in self._written.items() if since < c <= oldest]
+                _prune_rows_of(db, "state", "address", {a for w, _ in written for a in w}, oldest)
+                _prune_rows_of(db, "keys", "key", {k for _, w in written for k in w}, oldest)
+            return oldest
 
-        await self._run(lambda: self._transaction(prune))
+        def pruned() -> None:
+            oldest = self._transaction(prune)
+            if oldest is not None:
+                self._pruned_through = oldest
+                for checkpoint in [c for c in self._written if c <= oldest]:
+                    del self._written[checkpoint]
+
+        await self._run(pruned)
 
     async def close(self) -> None:
         await self._run(self._db.close)

@@ -4,6 +4,7 @@ record of generations; and the skip rule built from it."""
 from __future__ import annotations
 
 import contextlib
+import random
 import sqlite3
 import time
 from collections.abc import Callable
@@ -57,6 +58,97 @@ async def test_retention_keeps_what_the_retained_checkpoints_need(tmp_path: Path
         assert await store.load_parts(1) == {}
         rows = store._db.execute("SELECT address, checkpoint FROM state ORDER BY 1, 2").fetchall()
         assert rows == [(b"a", 2), (b"a", 4), (b"b", 1), (b"c", 3)]
+    finally:
+        await store.close()
+
+
+def needed_rows(
+    history: dict[int, dict[bytes, bytes | None]], oldest: int
+) -> list[tuple[bytes, int]]:
+    """The rows the checkpoints from ``oldest`` on need: each address's rows above
+    ``oldest``, and its newest at or below ``oldest`` if that holds a value."""
+    rows: dict[bytes, list[tuple[int, bytes | None]]] = {}
+    for checkpoint, written in sorted(history.items()):
+        for name, value in written.items():
+            rows.setdefault(name, []).append((checkpoint, value))
+    needed = []
+    for name, versions in rows.items():
+        below = [(c, v) for c, v in versions if c <= oldest]
+        if below and below[-1][1] is not None:
+            needed.append((name, below[-1][0]))
+        needed += [(name, c) for c, _ in versions if c > oldest]
+    return sorted(needed)
+
+
+async def test_pruning_after_each_retain_leaves_exactly_the_rows_still_needed(
+    tmp_path: Path,
+) -> None:
+    """Retention prunes only what changed since the last prune (the first after an open
+    looks at every row): across opens, both kinds leave exactly the rows the retained
+    checkpoints need, in the state table and the key table alike."""
+    rng = random.Random(7)
+    names = [b"a%d" % i for i in range(12)]
+    state: dict[int, dict[bytes, bytes | None]] = {}
+    keys: dict[int, dict[bytes, bytes | None]] = {}
+    checkpoint = 0
+    for _open in range(3):
+        store = await CheckpointStore.open(tmp_path)
+        try:
+            for _ in range(25):
+                checkpoint += 1
+                state[checkpoint] = {
+                    n: rng.choice([None, b"v%d" % checkpoint])
+                    for n in rng.sample(names, rng.randint(0, 4))
+                }
+                keys[checkpoint] = {
+                    n: rng.choice([None, b"k%d" % checkpoint])
+                    for n in rng.sample(names, rng.randint(0, 3))
+                }
+                rows = keys[checkpoint]
+                await store.commit(
+                    checkpoint,
+                    1,
+                    list(state[checkpoint].items()),
+                    [("worker", b"p")],
+                    time.monotonic(),
+                    key_rows=[lambda rows=rows: list(rows.items())],  # type: ignore[misc]
+                )
+                if rng.random() < 0.4:
+                    await store.retain(3)
+                    oldest = checkpoint - 2
+                    assert store._db.execute(
+                        "SELECT address, checkpoint FROM state ORDER BY 1, 2"
+                    ).fetchall() == needed_rows(state, oldest)
+                    assert store._db.execute(
+                        "SELECT key, checkpoint FROM keys ORDER BY 1, 2"
+                    ).fetchall() == needed_rows(keys, oldest)
+                    for c in (oldest, checkpoint):
+                        expected = {}
+                        for n in range(1, c + 1):
+                            expected.update(state[n])
+                        assert sorted(await store.load_state(c)) == sorted(
+                            (k, v) for k, v in expected.items() if v is not None
+                        )
+        finally:
+            await store.close()
+
+
+async def test_prunes_after_an_open_reach_the_rows_written_before_it(tmp_path: Path) -> None:
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        await commit(store, 1, {b"a": b"a1"})
+        await commit(store, 2, {b"b": b"b2"})
+        await commit(store, 3, {b"a": b"a3"})
+    finally:
+        await store.close()
+    store = await CheckpointStore.open(tmp_path)
+    try:
+        await commit(store, 4, {b"a": b"a4"})
+        await store.retain(3)  # oldest 2: a1 is still a's newest row at or below it
+        await commit(store, 5, {b"c": b"c5"})
+        await store.retain(3)  # oldest 3: a3, written before the open, supersedes a1
+        rows = store._db.execute("SELECT address, checkpoint FROM state ORDER BY 1, 2").fetchall()
+        assert rows == [(b"a", 3), (b"a", 4), (b"b", 2), (b"c", 5)]
     finally:
         await store.close()
 
