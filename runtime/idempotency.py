@@ -298,6 +298,35 @@ class IdempotencyKeys:
         if pending is not None and not pending.done():
             pending.set_result(answer)
 
+    async def append(
+        self,
+        request: KeyedRequest,
+        appending: Awaitable[list[tuple[int, int]]],
+        caller: Address | None = None,
+        *,
+        batch: bool = False,
+    ) -> list[tuple[int, int]]:
+        """Append the keyed request's message(s) (``appending``: their positions) and
+        settle the key by what became of the append: :meth:`accepted` once durable,
+        :meth:`abandoned` if it failed. A caller that stops waiting (cancelled: a client
+        gone, the runtime stopping) does not stop the append, which may land: the key stays
+        held, its floor in every checkpoint taken meanwhile, until the append ends and
+        settles it. Abandoning it at the cancellation instead would leave a record that
+        lands without its key: a checkpoint that read past it would not know the key, and
+        a retry would be appended again. ``batch``: the answer keeps every position."""
+        appended = asyncio.ensure_future(appending)
+
+        def settle(done: asyncio.Future[list[tuple[int, int]]]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                self.abandoned(request)
+                return
+            positions = done.result()
+            partition, offset = positions[0]
+            self.accepted(request, partition, offset, caller, positions if batch else None)
+
+        appended.add_done_callback(settle)
+        return await asyncio.shield(appended)
+
     def abandoned(self, request: KeyedRequest) -> None:
         """The request failed before anything was appended: the next one with the key
         goes first. Nothing to do for a request that did not hold the key."""

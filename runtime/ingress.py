@@ -339,15 +339,14 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
         """Append the message; with a key, remember the answer (or that nothing happened)."""
         if key is None:
             return await runtime.append_message(accepted.target, caller, accepted.value)
-        try:
-            partition, offset = await runtime.append_message(
-                accepted.target, caller, accepted.value, key.headers
-            )
-        except BaseException:
-            runtime.idempotency.abandoned(key)
-            raise
-        runtime.idempotency.accepted(key, partition, offset, caller)
-        return partition, offset
+
+        async def appending() -> list[tuple[int, int]]:
+            return [
+                await runtime.append_message(accepted.target, caller, accepted.value, key.headers)
+            ]
+
+        (position,) = await runtime.idempotency.append(key, appending(), caller)
+        return position
 
     # The two POST routes are served by the fast path (``runtime.fast_path``) before
     # FastAPI sees them; the routes below document them and serve them the same way
@@ -486,14 +485,10 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
             kept = before.positions or ((before.partition, before.offset),)
             return _batch_answer(kept, replayed=True)
         count = len(messages)
-        try:
-            positions = await runtime.append_messages(
-                [(t, v, keyed.batch_headers(i, count)) for i, (t, v) in enumerate(messages)]
-            )
-        except BaseException:
-            runtime.idempotency.abandoned(keyed)
-            raise
-        runtime.idempotency.accepted(keyed, *positions[0], positions=positions)
+        appending = runtime.append_messages(
+            [(t, v, keyed.batch_headers(i, count)) for i, (t, v) in enumerate(messages)]
+        )
+        positions = await runtime.idempotency.append(keyed, appending, batch=True)
         return _batch_answer(positions)
 
     @app.get(

@@ -82,6 +82,47 @@ async def test_an_abandoned_first_request_lets_the_next_one_go_first() -> None:
     assert (await keys.begin("k", b"fp", TARGET)).earlier is None
 
 
+async def test_an_append_its_caller_stopped_waiting_for_still_settles_the_key() -> None:
+    """A request cancelled while its message is being appended (its client gone, the
+    runtime stopping) leaves the append running, and it may land: the key stays held, its
+    floor in the checkpoints taken meanwhile, and the append's outcome settles it. A retry
+    then gets the first request's answer, never a second append."""
+    keys = IdempotencyKeys(retention=60, read_floor=lambda target: (3, 40))
+    first = await keys.begin("k", b"fp", TARGET)
+    durable = asyncio.Event()
+
+    async def appending() -> list[tuple[int, int]]:
+        await durable.wait()
+        return [(3, 41)]
+
+    caller = asyncio.create_task(keys.append(first, appending()))
+    await asyncio.sleep(0)  # the append starts
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert decode_floors(keys.capture().part or b"") == {3: 40}  # still held
+    retry = asyncio.create_task(keys.begin("k", b"fp", TARGET))
+    await asyncio.sleep(0)
+    assert not retry.done()  # it waits for the first request's outcome
+    durable.set()
+    again = await asyncio.wait_for(retry, timeout=5)
+    assert again.earlier is not None
+    assert (again.earlier.partition, again.earlier.offset) == (3, 41)
+    assert keys.capture().part is None  # no key held any more: no floor
+
+
+async def test_an_append_that_fails_lets_the_next_request_go_first() -> None:
+    keys = IdempotencyKeys(retention=60)
+    first = await keys.begin("k", b"fp", TARGET)
+
+    async def failing() -> list[tuple[int, int]]:
+        raise OSError("the log is full")
+
+    with pytest.raises(OSError, match="full"):
+        await keys.append(first, failing())
+    assert (await asyncio.wait_for(keys.begin("k", b"fp", TARGET), timeout=5)).earlier is None
+
+
 async def test_a_request_that_fails_to_begin_leaves_the_key_free() -> None:
     """Were the key held while beginning failed, every retry would wait on it forever."""
     failing = True
