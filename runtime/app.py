@@ -413,20 +413,18 @@ class RuntimeBase(abc.ABC):
         """Append a parked message to the messages log again, as a message from outside:
         (partition, offset, whether an earlier replay had appended it already). Asking twice
         appends once: the replay carries an idempotency key of its own."""
-        target, argument = letter.target, letter.argument
-        assert target is not None
-        assert argument is not None
+        assert letter.target is not None
+        assert letter.argument is not None
         key = f"statefun.dead-letter/{letter.offset}"
         request = await self.idempotency.begin(
-            key, fingerprint(key, "", None, letter.value), target
+            key, fingerprint(key, "", None, letter.value), letter.target
         )
         if request.earlier is not None:
             return request.earlier.partition, request.earlier.offset, True
-
-        async def appending() -> list[tuple[int, int]]:
-            return [await self.append_message(target, letter.caller, argument, request.headers)]
-
-        ((partition, offset),) = await self.idempotency.append(request, appending())
+        appending = self.append_message(
+            letter.target, letter.caller, letter.argument, request.headers
+        )
+        partition, offset = await self.idempotency.append(request, appending)
         await self.records.mark_dead_letter(letter.offset, REPLAYED)
         log.info(
             "dead letter %d replayed to %s (%d@%d)", letter.offset, letter.target, partition, offset

@@ -39,6 +39,7 @@ import heapq
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgpack
 
@@ -52,6 +53,8 @@ from runtime.replies import ReplyWaiters
 from runtime.routing import INGRESS_CALLER_TYPE
 from statefun.address import Address
 from statefun.values import TypedValue
+
+T = TypeVar("T")
 
 KEY_HEADER = "statefun.idempotency"
 MAX_KEY_LENGTH = 255
@@ -301,28 +304,40 @@ class IdempotencyKeys:
     async def append(
         self,
         request: KeyedRequest,
-        appending: Awaitable[list[tuple[int, int]]],
+        appending: Awaitable[tuple[int, int]],
         caller: Address | None = None,
-        *,
-        batch: bool = False,
+    ) -> tuple[int, int]:
+        """Append the keyed request's message (``appending``: its position) and settle the
+        key by what became of the append: :meth:`accepted` once durable, :meth:`abandoned`
+        if it failed. A caller that stops waiting (cancelled: a client gone, the runtime
+        stopping) does not stop the append, which may land: the key stays held, its floor
+        in every checkpoint taken meanwhile, until the append ends and settles it.
+        Abandoning it at the cancellation instead would leave a record that lands without
+        its key: a checkpoint that read past it would not know the key, and a retry would
+        be appended again."""
+        return await self._settled_by(
+            request, appending, lambda at: self.accepted(request, *at, caller)
+        )
+
+    async def append_batch(
+        self, request: KeyedRequest, appending: Awaitable[list[tuple[int, int]]]
     ) -> list[tuple[int, int]]:
-        """Append the keyed request's message(s) (``appending``: their positions) and
-        settle the key by what became of the append: :meth:`accepted` once durable,
-        :meth:`abandoned` if it failed. A caller that stops waiting (cancelled: a client
-        gone, the runtime stopping) does not stop the append, which may land: the key stays
-        held, its floor in every checkpoint taken meanwhile, until the append ends and
-        settles it. Abandoning it at the cancellation instead would leave a record that
-        lands without its key: a checkpoint that read past it would not know the key, and
-        a retry would be appended again. ``batch``: the answer keeps every position."""
+        """:meth:`append` for a batch (``appending``: every message's position, which the
+        answer keeps)."""
+        return await self._settled_by(
+            request, appending, lambda at: self.accepted(request, *at[0], positions=at)
+        )
+
+    async def _settled_by(
+        self, request: KeyedRequest, appending: Awaitable[T], durable: Callable[[T], None]
+    ) -> T:
         appended = asyncio.ensure_future(appending)
 
-        def settle(done: asyncio.Future[list[tuple[int, int]]]) -> None:
+        def settle(done: asyncio.Future[T]) -> None:
             if done.cancelled() or done.exception() is not None:
                 self.abandoned(request)
-                return
-            positions = done.result()
-            partition, offset = positions[0]
-            self.accepted(request, partition, offset, caller, positions if batch else None)
+            else:
+                durable(done.result())
 
         appended.add_done_callback(settle)
         return await asyncio.shield(appended)

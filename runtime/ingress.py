@@ -339,14 +339,8 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
         """Append the message; with a key, remember the answer (or that nothing happened)."""
         if key is None:
             return await runtime.append_message(accepted.target, caller, accepted.value)
-
-        async def appending() -> list[tuple[int, int]]:
-            return [
-                await runtime.append_message(accepted.target, caller, accepted.value, key.headers)
-            ]
-
-        (position,) = await runtime.idempotency.append(key, appending(), caller)
-        return position
+        appending = runtime.append_message(accepted.target, caller, accepted.value, key.headers)
+        return await runtime.idempotency.append(key, appending, caller)
 
     # The two POST routes are served by the fast path (``runtime.fast_path``) before
     # FastAPI sees them; the routes below document them and serve them the same way
@@ -488,7 +482,7 @@ def create_ingress_app(runtime: RuntimeBase) -> IngressApp:
         appending = runtime.append_messages(
             [(t, v, keyed.batch_headers(i, count)) for i, (t, v) in enumerate(messages)]
         )
-        positions = await runtime.idempotency.append(keyed, appending, batch=True)
+        positions = await runtime.idempotency.append_batch(keyed, appending)
         return _batch_answer(positions)
 
     @app.get(

@@ -91,9 +91,9 @@ async def test_an_append_its_caller_stopped_waiting_for_still_settles_the_key() 
     first = await keys.begin("k", b"fp", TARGET)
     durable = asyncio.Event()
 
-    async def appending() -> list[tuple[int, int]]:
+    async def appending() -> tuple[int, int]:
         await durable.wait()
-        return [(3, 41)]
+        return 3, 41
 
     caller = asyncio.create_task(keys.append(first, appending()))
     await asyncio.sleep(0)  # the append starts
@@ -115,7 +115,7 @@ async def test_an_append_that_fails_lets_the_next_request_go_first() -> None:
     keys = IdempotencyKeys(retention=60)
     first = await keys.begin("k", b"fp", TARGET)
 
-    async def failing() -> list[tuple[int, int]]:
+    async def failing() -> tuple[int, int]:
         raise OSError("the log is full")
 
     with pytest.raises(OSError, match="full"):
