@@ -300,6 +300,7 @@ class RuntimeBase(abc.ABC):
             owned=owned,
             on_later_epoch=on_later_epoch,
             metrics=self.metrics,
+            keys=self.idempotency,
         )
         return outbox, worker
 

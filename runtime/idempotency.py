@@ -25,7 +25,10 @@ since the previous one. The capture takes them in the same synchronous step as t
 worker's, so the table agrees with the snapshot's read positions; their encoding runs
 on the store's thread, off the event loop. Keys accepted after the checkpoint are found
 again at a restore by reading the log from the checkpoint's read positions to its end
-(:meth:`~IdempotencyKeys.recover`): a retry after a crash is recognised too. A
+(:meth:`~IdempotencyKeys.recover`): a retry after a crash is recognised too. The worker
+shows the table every keyed record it reads (:meth:`~IdempotencyKeys.first_with_key`):
+a key appended by a member that no longer owns the partition is learnt there, and of two
+records with one key only the first in the partition is processed. A
 committed reply given to a retried call marks its checkpoint as released in the store,
 so that checkpoint is never given up for an older one.
 """
@@ -107,6 +110,16 @@ class KeyedRequest:
     def caller(self) -> Address:
         """The caller address of a call with this key: the same for every retry."""
         return caller_for(self.key, self.home)
+
+
+def key_of(headers: Iterable[tuple[str, bytes]]) -> tuple[str, bytes] | None:
+    """The key and fingerprint a single message's record carries, or None (no key, or a
+    message of a keyed batch)."""
+    for name, value in headers:
+        if name == KEY_HEADER:
+            key, print_, *batch = msgpack.unpackb(value, raw=False)
+            return None if batch else (key, bytes(print_))
+    return None
 
 
 def fingerprint(path: str, query: str, content_type: str | None, body: bytes) -> bytes:
@@ -286,16 +299,25 @@ class IdempotencyKeys:
         positions: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         """The request's message is durable at ``partition``/``offset`` (a batch's first;
-        ``positions``: all of them)."""
-        answer = Answer(
-            request.fingerprint,
-            self._now_ms(),
-            partition,
-            offset,
-            caller,
-            positions=None if positions is None else tuple(positions),
-        )
-        self._remember(request.key, answer)
+        ``positions``: all of them). If the worker read an earlier record with the key
+        meanwhile (another member's append, from before this one owned the partition),
+        that record stays the key's: this one is a duplicate the worker skips, and a call
+        waiting here gets the earlier one's reply if it is known."""
+        known = self._accepted.get(request.key)
+        if known is not None and (known.partition, known.offset) != (partition, offset):
+            answer = known
+            if caller is not None and known.reply is not None:
+                self._replies.deliver(caller, known.reply, known.reply_tag)
+        else:
+            answer = Answer(
+                request.fingerprint,
+                self._now_ms(),
+                partition,
+                offset,
+                caller,
+                positions=None if positions is None else tuple(positions),
+            )
+            self._remember(request.key, answer)
         self._pending_floors.pop(request.key, None)
         pending = self._pending.pop(request.key, None)
         if pending is not None and not pending.done():
@@ -378,6 +400,30 @@ class IdempotencyKeys:
         if earlier is not None and earlier.reply is not None and earlier.reply_tag is not None:
             self._replies.hold(caller, earlier.reply, earlier.reply_tag)
         return caller, future
+
+    # --- the worker's reads ----------------------------------------------------------------
+
+    def first_with_key(
+        self, keyed: tuple[str, bytes], partition: int, offset: int, caller: Address | None
+    ) -> bool:
+        """Whether the record the worker reads at ``partition``/``offset``, carrying the
+        key and fingerprint ``keyed``, is the key's first record: the one processed. A
+        key this process does not know yet is learnt from it, so that every checkpoint
+        whose read positions are past the record holds the key.
+
+        Members append keyed requests for the partitions they believe they own, and a
+        member learns of a new generation a little after the others: a key can be
+        appended by a member that no longer owns the partition, after the new owner read
+        the log's end at its restore, or twice (a retry reaching the new owner first).
+        The order of the partition decides: its first record with a key is processed,
+        any later one is a duplicate the worker skips. (A batch's messages span
+        partitions that other members may read: they are not checked here.)"""
+        key, print_ = keyed
+        known = self._accepted.get(key)
+        if known is None:
+            self._remember(key, Answer(print_, self._now_ms(), partition, offset, caller))
+            return True
+        return (known.partition, known.offset) == (partition, offset)
 
     # --- the table ------------------------------------------------------------------------
 
@@ -493,7 +539,15 @@ class IdempotencyKeys:
         self._changed = set()
         self._forgotten = {}
         for key, answer in since.items():
-            if table.get(key) != answer:  # only what the table lacks goes into the next one
+            # Only what the table lacks goes into the next one. Where the table has the
+            # key at another record, the table's is the one the checkpoint processed (or
+            # will replay): this process's record of the key is a duplicate.
+            known = table.get(key)
+            if known is None or (
+                known != answer
+                and (known.partition, known.offset) == (answer.partition, answer.offset)
+                and known.reply is None
+            ):
                 self._remember(key, answer)
 
     async def recover(

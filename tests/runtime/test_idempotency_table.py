@@ -140,6 +140,52 @@ async def test_a_request_that_fails_to_begin_leaves_the_key_free() -> None:
     assert retry.earlier is None
 
 
+async def test_the_worker_learns_a_key_from_its_record_and_skips_later_records_with_it() -> None:
+    """A member that no longer owns the partition appended a keyed request after the new
+    owner restored: the owner's worker reads it, and from then on the key is known (a
+    retry gets its answer, the next checkpoint holds it) and a later record with the key
+    is a duplicate."""
+    keys = IdempotencyKeys(retention=60)
+    keys.capture()
+    assert keys.first_with_key(("k", b"fp"), 2, 5, None)
+    retry = await keys.begin("k", b"fp", TARGET)
+    assert retry.earlier is not None
+    assert (retry.earlier.partition, retry.earlier.offset) == (2, 5)
+    assert rows(keys.capture())["k"] == retry.earlier  # a checkpoint past the record holds it
+    assert not keys.first_with_key(("k", b"fp"), 2, 9, None)  # a duplicate: skipped
+    assert keys.first_with_key(("k", b"fp"), 2, 5, None)  # read again: still the first
+
+
+async def test_an_append_landing_after_an_earlier_record_with_its_key_is_a_duplicate() -> None:
+    """The new owner appends a retry whose key it did not know, while the first request's
+    record (appended by the old owner) is in the partition before it: the first stays the
+    key's, and the waiting call gets the first one's reply."""
+    keys = IdempotencyKeys(retention=60)
+    request = await keys.begin("call", b"fp", TARGET)
+    caller, reply = keys.wait_for_reply(request, committed=False)
+    assert keys.first_with_key(("call", b"fp"), 0, 3, caller)  # the old owner's record
+    keys.reply(caller, REPLY, None)  # its work ran, and replied before anyone waited
+    keys.accepted(request, 0, 8, caller)  # this retry's record lands after it
+    assert await asyncio.wait_for(reply, timeout=5) == REPLY
+    again = await keys.begin("call", b"fp", TARGET)
+    assert again.earlier is not None
+    assert again.earlier.offset == 3
+    assert not keys.first_with_key(("call", b"fp"), 0, 8, caller)
+
+
+async def test_a_rollback_keeps_the_checkpoints_record_of_a_key_over_a_later_one_here() -> None:
+    """The checkpoint processed the record another member appended with the key; this
+    process appended a retry of it meanwhile. After the rollback the checkpoint's record
+    is the key's: the retry's is skipped when replayed."""
+    keys = IdempotencyKeys(retention=60)
+    await accept(keys, "k", 0, 8)
+    keys.restore({"k": Answer(b"fp", 1, 0, 3)}, {0: 4}, SkipRule(2, {1: 5}))
+    again = await keys.begin("k", b"fp", TARGET)
+    assert again.earlier is not None
+    assert again.earlier.offset == 3
+    assert not keys.first_with_key(("k", b"fp"), 0, 8, None)
+
+
 async def test_answers_expire_after_the_retention_window() -> None:
     clock = Clock(1_000)
     keys = IdempotencyKeys(retention=10, now_ms=clock)
