@@ -288,6 +288,8 @@ class Verification:
         self.functions: FunctionServer | None = None
         self.broker: TansuBroker | None = None
         self.sender_http: httpx.AsyncClient | None = None
+        self.retired_senders: list[httpx.AsyncClient] = []
+        """Senders replaced at a kill, closed with the last one (see ``_close_sender``)."""
         self.http: httpx.AsyncClient | None = None
         self.kafka: str | None = None
         self.kafka_egress_topic: str | None = None
@@ -551,9 +553,13 @@ spec:
         )
 
     async def _close_sender(self) -> None:
+        """Close the sender and those a kill retired (the sending is over)."""
+        senders, self.retired_senders = self.retired_senders, []
         if self.sender_http is not None:
-            await self.sender_http.aclose()
+            senders.append(self.sender_http)
             self.sender_http = None
+        for sender in senders:
+            await sender.aclose()
 
     async def _send_all(self) -> None:
         slots = asyncio.Semaphore(self.config.concurrency)
@@ -931,7 +937,9 @@ spec:
         await runtime.ready()
         self._new_sender()  # the old one's pooled connections died with the runtime
         if old is not None:
-            await old.aclose()
+            # Closed once nothing is in flight: a request still waiting for a connection
+            # of its pool would open one after an aclose() here, which nothing then closes.
+            self.retired_senders.append(old)
         self.kill_restarts.append(time.monotonic() - started)
         self.hot_kills += hot
         self.last_progress_at = time.monotonic()
