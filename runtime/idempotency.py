@@ -28,8 +28,8 @@ again at a restore by reading the log from the checkpoint's read positions to it
 (:meth:`~IdempotencyKeys.recover`): a retry after a crash is recognised too. The worker
 shows the table every keyed record it reads (:meth:`~IdempotencyKeys.first_with_key`):
 a key appended by a member that no longer owns the partition is learnt there, and of two
-records with one key only the first in the partition is processed. A
-committed reply given to a retried call marks its checkpoint as released in the store,
+single messages with one key only the first in the partition is processed (a batch's
+are never skipped: it is taken whole). A committed reply given to a retried call marks its checkpoint as released in the store,
 so that checkpoint is never given up for an older one.
 """
 
@@ -42,7 +42,7 @@ import heapq
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgpack
 
@@ -112,13 +112,21 @@ class KeyedRequest:
         return caller_for(self.key, self.home)
 
 
-def key_of(headers: Iterable[tuple[str, bytes]]) -> tuple[str, bytes] | None:
-    """The key and fingerprint a single message's record carries, or None (no key, or a
-    message of a keyed batch)."""
+class RecordKey(NamedTuple):
+    """The idempotency key a record carries (see :func:`key_of`)."""
+
+    key: str
+    fingerprint: bytes
+    batch: tuple[int, int] | None = None
+    """A keyed batch's message: its index and the batch's size."""
+
+
+def key_of(headers: Iterable[tuple[str, bytes]]) -> RecordKey | None:
+    """The idempotency key a record carries, or None."""
     for name, value in headers:
         if name == KEY_HEADER:
             key, print_, *batch = msgpack.unpackb(value, raw=False)
-            return None if batch else (key, bytes(print_))
+            return RecordKey(key, bytes(print_), (int(batch[0]), int(batch[1])) if batch else None)
     return None
 
 
@@ -404,22 +412,33 @@ class IdempotencyKeys:
     # --- the worker's reads ----------------------------------------------------------------
 
     def first_with_key(
-        self, keyed: tuple[str, bytes], partition: int, offset: int, caller: Address | None
+        self, keyed: RecordKey, partition: int, offset: int, caller: Address | None
     ) -> bool:
-        """Whether the record the worker reads at ``partition``/``offset``, carrying the
-        key and fingerprint ``keyed``, is the key's first record: the one processed. A
-        key this process does not know yet is learnt from it, so that every checkpoint
-        whose read positions are past the record holds the key.
+        """Whether the record the worker reads at ``partition``/``offset``, carrying
+        ``keyed``, is the key's first record: the one processed. A key this process does
+        not know yet is learnt from it, so that every checkpoint whose read positions are
+        past the record holds the key.
 
         Members append keyed requests for the partitions they believe they own, and a
         member learns of a new generation a little after the others: a key can be
         appended by a member that no longer owns the partition, after the new owner read
         the log's end at its restore, or twice (a retry reaching the new owner first).
         The order of the partition decides: its first record with a key is processed,
-        any later one is a duplicate the worker skips. (A batch's messages span
-        partitions that other members may read: they are not checked here.)"""
-        key, print_ = keyed
+        any later one is a duplicate the worker skips.
+
+        A keyed batch's messages span partitions that other members may read, and a
+        batch is taken whole or not at all: its key is learnt from its first message
+        (the others' positions unknown), and none of its records is skipped."""
+        key, print_, batch = keyed
         known = self._accepted.get(key)
+        if batch is not None:
+            index, count = batch
+            if known is None and index == 0:
+                positions = ((partition, offset), *((None,) * (count - 1)))
+                self._remember(
+                    key, Answer(print_, self._now_ms(), partition, offset, positions=positions)
+                )
+            return True
         if known is None:
             self._remember(key, Answer(print_, self._now_ms(), partition, offset, caller))
             return True

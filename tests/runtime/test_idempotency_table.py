@@ -15,6 +15,7 @@ from runtime.idempotency import (
     RELEASED_BY_RETRY,
     Answer,
     IdempotencyKeys,
+    RecordKey,
     caller_for,
     check_key,
     decode_floors,
@@ -147,13 +148,13 @@ async def test_the_worker_learns_a_key_from_its_record_and_skips_later_records_w
     is a duplicate."""
     keys = IdempotencyKeys(retention=60)
     keys.capture()
-    assert keys.first_with_key(("k", b"fp"), 2, 5, None)
+    assert keys.first_with_key(RecordKey("k", b"fp"), 2, 5, None)
     retry = await keys.begin("k", b"fp", TARGET)
     assert retry.earlier is not None
     assert (retry.earlier.partition, retry.earlier.offset) == (2, 5)
     assert rows(keys.capture())["k"] == retry.earlier  # a checkpoint past the record holds it
-    assert not keys.first_with_key(("k", b"fp"), 2, 9, None)  # a duplicate: skipped
-    assert keys.first_with_key(("k", b"fp"), 2, 5, None)  # read again: still the first
+    assert not keys.first_with_key(RecordKey("k", b"fp"), 2, 9, None)  # a duplicate: skipped
+    assert keys.first_with_key(RecordKey("k", b"fp"), 2, 5, None)  # read again: still the first
 
 
 async def test_an_append_landing_after_an_earlier_record_with_its_key_is_a_duplicate() -> None:
@@ -163,14 +164,28 @@ async def test_an_append_landing_after_an_earlier_record_with_its_key_is_a_dupli
     keys = IdempotencyKeys(retention=60)
     request = await keys.begin("call", b"fp", TARGET)
     caller, reply = keys.wait_for_reply(request, committed=False)
-    assert keys.first_with_key(("call", b"fp"), 0, 3, caller)  # the old owner's record
+    assert keys.first_with_key(RecordKey("call", b"fp"), 0, 3, caller)  # the old owner's record
     keys.reply(caller, REPLY, None)  # its work ran, and replied before anyone waited
     keys.accepted(request, 0, 8, caller)  # this retry's record lands after it
     assert await asyncio.wait_for(reply, timeout=5) == REPLY
     again = await keys.begin("call", b"fp", TARGET)
     assert again.earlier is not None
     assert again.earlier.offset == 3
-    assert not keys.first_with_key(("call", b"fp"), 0, 8, caller)
+    assert not keys.first_with_key(RecordKey("call", b"fp"), 0, 8, caller)
+
+
+async def test_a_batchs_key_is_learnt_from_its_first_message_and_no_message_skipped() -> None:
+    """A batch is taken whole or not at all, and its messages are read by the owners of
+    their partitions: its key is learnt where its first message is, and no record of a
+    batch is skipped (which would take part of one)."""
+    keys = IdempotencyKeys(retention=60)
+    assert keys.first_with_key(RecordKey("b", b"fp", (1, 3)), 4, 7, None)
+    assert len(keys) == 0  # not the first message: the key is kept where that one is
+    assert keys.first_with_key(RecordKey("b", b"fp", (0, 3)), 2, 5, None)
+    retry = await keys.begin("b", b"fp", TARGET)
+    assert retry.earlier is not None
+    assert retry.earlier.positions == ((2, 5), None, None)
+    assert keys.first_with_key(RecordKey("b", b"fp", (0, 3)), 2, 9, None)
 
 
 async def test_a_rollback_keeps_the_checkpoints_record_of_a_key_over_a_later_one_here() -> None:
@@ -183,7 +198,7 @@ async def test_a_rollback_keeps_the_checkpoints_record_of_a_key_over_a_later_one
     again = await keys.begin("k", b"fp", TARGET)
     assert again.earlier is not None
     assert again.earlier.offset == 3
-    assert not keys.first_with_key(("k", b"fp"), 0, 8, None)
+    assert not keys.first_with_key(RecordKey("k", b"fp"), 0, 8, None)
 
 
 async def test_answers_expire_after_the_retention_window() -> None:
