@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -35,7 +36,9 @@ from runtime.cluster.decisions import Effect, Fail, Part, Take
 from runtime.cluster.node import ClusterRuntime
 from runtime.config import ClusterConfig, RuntimeConfig, WorkerConfig
 from runtime.dispatcher import DispatchConfig
+from runtime.envelope import Envelope
 from runtime.errors import ConfigurationError
+from runtime.idempotency import KeyedRequest, key_of
 from runtime.log.kafka import SOLE_WRITER_FETCH_PAUSE, KafkaLog
 from runtime.routing import partition_for
 from statefun.address import Address
@@ -398,6 +401,62 @@ def test_a_keyed_call_retried_through_another_member_is_answered_once(
             assert sum(a.run(log_.end_offsets(topic))) == before
             refused = call(http_b, address, '"other"', key)
             assert refused.status_code == 422
+
+
+def test_a_key_a_former_owner_appends_late_is_learnt_by_the_owner_and_handed_over(
+    functions_url: str, kafka_bootstrap: str
+) -> None:
+    """A member learns of a new generation a little after the others, so the member that
+    owned a partition before may append a keyed request for it after the new owner read
+    the log's end at its restore, and may append it twice. The owner processes the first
+    record and skips the second; the key is in its checkpoints, so a retry is answered
+    from it, before and after the partition moves to another member."""
+    with two_members(functions_url, kafka_bootstrap) as (a, b, http_a, http_b):
+        assert a.runtime is not None
+        assert b.runtime is not None
+        log_, topic = a.runtime.log, a.runtime.topics.messages
+        owned_by_b = set(b.call_soon(lambda: b.runtime.worker.owned))
+        address = next(
+            f"test/counter/late{i}"
+            for i in itertools.count()
+            if partition_for(Address("test", "counter", f"late{i}"), PARTITIONS) in owned_by_b
+        )
+        headers = {"content-type": "application/json", "idempotency-key": "on-time"}
+        params = {"type": "io.statefun.types/int"}
+        first = http_b.post(f"/v1/messages/{address}", content="1", params=params, headers=headers)
+        assert first.status_code == 202, first.text
+        partition, offset = first.json()["partition"], first.json()["offset"]
+        [record] = a.run(log_.read(topic, partition, offset, 1))
+        keyed = key_of(record.headers)
+        assert keyed is not None
+        # The same request, keyed "late" by its client, appended twice by member a as the
+        # former owner would: to b's partition, without b's ingress knowing the key.
+        late = Envelope.from_record(record).to_record(KeyedRequest("late", keyed[1], None).headers)
+
+        async def append_late() -> list[int]:
+            return await log_.append(topic, partition, [late, late])
+
+        a.run(append_late())
+        send(http_a, address, 10)
+        wait_until(lambda: (count(http_b, address) or 0) >= 12, timeout=30)
+        assert count(http_b, address) == 12  # 1 + 1 (its duplicate skipped) + 10
+        headers["idempotency-key"] = "late"
+        ends = a.run(log_.end_offsets(topic))
+        for http in (http_a, http_b):
+            again = http.post(
+                f"/v1/messages/{address}", content="1", params=params, headers=headers
+            )
+            assert again.status_code == 202, again.text
+            assert again.headers["idempotent-replayed"] == "true"
+        assert a.run(log_.end_offsets(topic)) == ends  # nothing appended
+        b.stop()  # a takes the partition over from b's last checkpoint
+        wait_until(lambda: len(cluster_of(http_a)["members"]) == 1, timeout=30)
+        wait_until(lambda: count(http_a, address) is not None, timeout=30)
+        assert count(http_a, address) == 12
+        again = http_a.post(f"/v1/messages/{address}", content="1", params=params, headers=headers)
+        assert again.status_code == 202, again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert a.run(log_.end_offsets(topic)) == ends
 
 
 def test_a_process_with_another_module_is_refused(functions_url: str, kafka_bootstrap: str) -> None:
