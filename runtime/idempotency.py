@@ -323,6 +323,9 @@ class IdempotencyKeys:
                 partition,
                 offset,
                 caller,
+                # The worker may have read this record, and the reply come, before now.
+                reply=None if known is None else known.reply,
+                reply_tag=None if known is None else known.reply_tag,
                 positions=None if positions is None else tuple(positions),
             )
             self._remember(request.key, answer)

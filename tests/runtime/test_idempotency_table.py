@@ -174,6 +174,18 @@ async def test_an_append_landing_after_an_earlier_record_with_its_key_is_a_dupli
     assert not keys.first_with_key(RecordKey("call", b"fp"), 0, 8, caller)
 
 
+async def test_a_reply_that_comes_before_the_append_is_known_durable_is_kept() -> None:
+    """The worker can read a record, and its call be answered, before the ingress hears
+    that the append is durable: the reply stays for the retries."""
+    keys = IdempotencyKeys(retention=60)
+    request = await keys.begin("call", b"fp", TARGET)
+    keys.first_with_key(RecordKey("call", b"fp"), 0, 3, request.caller)
+    keys.reply(request.caller, REPLY, Tag(1, 2, "p"))
+    keys.accepted(request, 0, 3, request.caller)
+    retry = await keys.begin("call", b"fp", TARGET)
+    assert await keys.retry_reply(retry, committed=False) == REPLY
+
+
 async def test_a_batchs_key_is_learnt_from_its_first_message_and_no_message_skipped() -> None:
     """A batch is taken whole or not at all, and its messages are read by the owners of
     their partitions: its key is learnt where its first message is, and no record of a
