@@ -26,10 +26,8 @@ worker's, so the table agrees with the snapshot's read positions; their encoding
 on the store's thread, off the event loop. Keys accepted after the checkpoint are found
 again at a restore by reading the log from the checkpoint's read positions to its end
 (:meth:`~IdempotencyKeys.recover`): a retry after a crash is recognised too. The worker
-shows the table every keyed record it reads (:meth:`~IdempotencyKeys.first_with_key`):
-a key appended by a member that no longer owns the partition is learnt there, and of two
-single messages with one key only the first in the partition is processed (a batch's
-are never skipped: it is taken whole). A committed reply given to a retried call marks its checkpoint as released in the store,
+shows the table every keyed record it reads (:meth:`~IdempotencyKeys.read`): a key
+appended by a member that no longer owns the partition is learnt there. A committed reply given to a retried call marks its checkpoint as released in the store,
 so that checkpoint is never given up for an older one.
 """
 
@@ -309,8 +307,8 @@ class IdempotencyKeys:
         """The request's message is durable at ``partition``/``offset`` (a batch's first;
         ``positions``: all of them). If the worker read an earlier record with the key
         meanwhile (another member's append, from before this one owned the partition),
-        that record stays the key's: this one is a duplicate the worker skips, and a call
-        waiting here gets the earlier one's reply if it is known."""
+        that record stays the key's answer, and a call waiting here gets its reply if it
+        is known."""
         known = self._accepted.get(request.key)
         if known is not None and (known.partition, known.offset) != (partition, offset):
             answer = known
@@ -414,38 +412,35 @@ class IdempotencyKeys:
 
     # --- the worker's reads ----------------------------------------------------------------
 
-    def first_with_key(
-        self, keyed: RecordKey, partition: int, offset: int, caller: Address | None
-    ) -> bool:
-        """Whether the record the worker reads at ``partition``/``offset``, carrying
-        ``keyed``, is the key's first record: the one processed. A key this process does
-        not know yet is learnt from it, so that every checkpoint whose read positions are
-        past the record holds the key.
+    def read(self, keyed: RecordKey, partition: int, offset: int, caller: Address | None) -> None:
+        """The worker read a record at ``partition``/``offset`` carrying ``keyed``: a key
+        this process does not know yet is learnt from it, in the same synchronous step as
+        the read position moves, so that every checkpoint whose read positions are past
+        the record holds the key.
 
         Members append keyed requests for the partitions they believe they own, and a
         member learns of a new generation a little after the others: a key can be
-        appended by a member that no longer owns the partition, after the new owner read
-        the log's end at its restore, or twice (a retry reaching the new owner first).
-        The order of the partition decides: its first record with a key is processed,
-        any later one is a duplicate the worker skips.
+        appended by a member that no longer owns the partition after the new owner read
+        the log's end at its restore. Its record is processed all the same (it is input
+        from outside); without this, a retry after the next rollback would not be known
+        and would be appended, and applied, again. A keyed batch's key is learnt from its
+        first message (the others' positions unknown, as after a restore).
 
-        A keyed batch's messages span partitions that other members may read, and a
-        batch is taken whole or not at all: its key is learnt from its first message
-        (the others' positions unknown), and none of its records is skipped."""
+        Only the first record read with a key is learnt: the position an append's
+        acknowledgement gives can be wrong (the test broker answered appends after a
+        stall at offsets counted from 0), so a record is never skipped on it."""
         key, print_, batch = keyed
-        known = self._accepted.get(key)
-        if batch is not None:
-            index, count = batch
-            if known is None and index == 0:
-                positions = ((partition, offset), *((None,) * (count - 1)))
-                self._remember(
-                    key, Answer(print_, self._now_ms(), partition, offset, positions=positions)
-                )
-            return True
-        if known is None:
+        if key in self._accepted:
+            return
+        if batch is None:
             self._remember(key, Answer(print_, self._now_ms(), partition, offset, caller))
-            return True
-        return (known.partition, known.offset) == (partition, offset)
+            return
+        index, count = batch
+        if index == 0:
+            positions = ((partition, offset), *((None,) * (count - 1)))
+            self._remember(
+                key, Answer(print_, self._now_ms(), partition, offset, positions=positions)
+            )
 
     # --- the table ------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 messages, timers and egress, for one generation.
 
 It reads its partitions of the messages log, skips the tagged records of rolled-back work
-(the skip rule) and the later records of an idempotency key (the first in the partition
-is the one processed: ``IdempotencyKeys.first_with_key``), and hands each message to the :class:`~runtime.dispatcher.Dispatcher`,
+(the skip rule), shows the idempotency keys each keyed record it reads
+(``IdempotencyKeys.read``), and hands each message to the :class:`~runtime.dispatcher.Dispatcher`,
 which owns the mailboxes and the function calls. As the dispatcher's host it builds
 batches (the address's state, the state specs registered for its type, the tokens of
 its pending delayed messages), and checks each result whole before applying it: every
@@ -208,8 +208,8 @@ class Worker:
         a record of this generation from a later epoch than the clock's, before the worker
         processes it; it must take the local snapshot of the current epoch (the epoch
         rule, with several processes). None: such a record is another runtime's, logged.
-        ``keys``: the idempotency keys of the partitions it reads; of records carrying
-        the same key, only the first in its partition is processed."""
+        ``keys``: the idempotency keys of the partitions it reads, which learn the keys
+        of the records it reads."""
         self.config = config or WorkerConfig()
         self.clients = clients
         self.state = state
@@ -244,8 +244,6 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._replay_ends: dict[int, int] = {}
         self.skipped = 0
-        self.duplicates = 0
-        """Keyed records skipped: a request with the key came first in the partition."""
         self._keys = keys
 
     # --- lifecycle -------------------------------------------------------------------
@@ -388,22 +386,8 @@ class Worker:
             log.error("skipping a record of %s[%d]: %s", self._router.topics.messages, partition, e)
             return None
         caller = envelope.caller
-        keys = self._keys
-        if (
-            keys is not None
-            and (keyed := key_of(record.headers)) is not None
-            and not keys.first_with_key(keyed, partition, record.offset, caller)
-        ):
-            if counted:
-                self.duplicates += 1
-                log.warning(
-                    "skipping record %d@%d to %s: another request with its Idempotency-Key "
-                    "came first in the partition",
-                    partition,
-                    record.offset,
-                    envelope.target,
-                )
-            return None
+        if self._keys is not None and (keyed := key_of(record.headers)) is not None:
+            self._keys.read(keyed, partition, record.offset, caller)
         return envelope.target, PendingInvocation(
             caller,
             envelope.argument,

@@ -141,37 +141,39 @@ async def test_a_request_that_fails_to_begin_leaves_the_key_free() -> None:
     assert retry.earlier is None
 
 
-async def test_the_worker_learns_a_key_from_its_record_and_skips_later_records_with_it() -> None:
+async def test_the_worker_learns_a_key_from_the_first_record_it_reads_with_it() -> None:
     """A member that no longer owns the partition appended a keyed request after the new
     owner restored: the owner's worker reads it, and from then on the key is known (a
-    retry gets its answer, the next checkpoint holds it) and a later record with the key
-    is a duplicate."""
+    retry gets its answer, the next checkpoint holds it)."""
     keys = IdempotencyKeys(retention=60)
     keys.capture()
-    assert keys.first_with_key(RecordKey("k", b"fp"), 2, 5, None)
+    keys.read(RecordKey("k", b"fp"), 2, 5, None)
     retry = await keys.begin("k", b"fp", TARGET)
     assert retry.earlier is not None
     assert (retry.earlier.partition, retry.earlier.offset) == (2, 5)
     assert rows(keys.capture())["k"] == retry.earlier  # a checkpoint past the record holds it
-    assert not keys.first_with_key(RecordKey("k", b"fp"), 2, 9, None)  # a duplicate: skipped
-    assert keys.first_with_key(RecordKey("k", b"fp"), 2, 5, None)  # read again: still the first
+    keys.read(RecordKey("k", b"fp"), 2, 9, None)  # a later record with the key
+    again = await keys.begin("k", b"fp", TARGET)
+    assert again.earlier is not None
+    assert again.earlier.offset == 5  # the first stays the key's
+    assert rows(keys.capture()) == {}  # nothing changed
 
 
-async def test_an_append_landing_after_an_earlier_record_with_its_key_is_a_duplicate() -> None:
+async def test_an_append_landing_after_an_earlier_record_with_its_key_keeps_the_earlier() -> None:
     """The new owner appends a retry whose key it did not know, while the first request's
     record (appended by the old owner) is in the partition before it: the first stays the
-    key's, and the waiting call gets the first one's reply."""
+    key's answer, and the waiting call gets the first one's reply."""
     keys = IdempotencyKeys(retention=60)
     request = await keys.begin("call", b"fp", TARGET)
     caller, reply = keys.wait_for_reply(request, committed=False)
-    assert keys.first_with_key(RecordKey("call", b"fp"), 0, 3, caller)  # the old owner's record
+    keys.read(RecordKey("call", b"fp"), 0, 3, caller)  # the old owner's record
     keys.reply(caller, REPLY, None)  # its work ran, and replied before anyone waited
     keys.accepted(request, 0, 8, caller)  # this retry's record lands after it
     assert await asyncio.wait_for(reply, timeout=5) == REPLY
     again = await keys.begin("call", b"fp", TARGET)
     assert again.earlier is not None
     assert again.earlier.offset == 3
-    assert not keys.first_with_key(RecordKey("call", b"fp"), 0, 8, caller)
+    assert await keys.retry_reply(again, committed=False) == REPLY
 
 
 async def test_a_reply_that_comes_before_the_append_is_known_durable_is_kept() -> None:
@@ -179,38 +181,35 @@ async def test_a_reply_that_comes_before_the_append_is_known_durable_is_kept() -
     that the append is durable: the reply stays for the retries."""
     keys = IdempotencyKeys(retention=60)
     request = await keys.begin("call", b"fp", TARGET)
-    keys.first_with_key(RecordKey("call", b"fp"), 0, 3, request.caller)
+    keys.read(RecordKey("call", b"fp"), 0, 3, request.caller)
     keys.reply(request.caller, REPLY, Tag(1, 2, "p"))
     keys.accepted(request, 0, 3, request.caller)
     retry = await keys.begin("call", b"fp", TARGET)
     assert await keys.retry_reply(retry, committed=False) == REPLY
 
 
-async def test_a_batchs_key_is_learnt_from_its_first_message_and_no_message_skipped() -> None:
-    """A batch is taken whole or not at all, and its messages are read by the owners of
-    their partitions: its key is learnt where its first message is, and no record of a
-    batch is skipped (which would take part of one)."""
+async def test_a_batchs_key_is_learnt_from_its_first_message() -> None:
+    """A batch's messages are read by the owners of their partitions: its key is learnt
+    where its first message is, the others' positions unknown."""
     keys = IdempotencyKeys(retention=60)
-    assert keys.first_with_key(RecordKey("b", b"fp", (1, 3)), 4, 7, None)
+    keys.read(RecordKey("b", b"fp", (1, 3)), 4, 7, None)
     assert len(keys) == 0  # not the first message: the key is kept where that one is
-    assert keys.first_with_key(RecordKey("b", b"fp", (0, 3)), 2, 5, None)
+    keys.read(RecordKey("b", b"fp", (0, 3)), 2, 5, None)
     retry = await keys.begin("b", b"fp", TARGET)
     assert retry.earlier is not None
     assert retry.earlier.positions == ((2, 5), None, None)
-    assert keys.first_with_key(RecordKey("b", b"fp", (0, 3)), 2, 9, None)
 
 
 async def test_a_rollback_keeps_the_checkpoints_record_of_a_key_over_a_later_one_here() -> None:
-    """The checkpoint processed the record another member appended with the key; this
-    process appended a retry of it meanwhile. After the rollback the checkpoint's record
-    is the key's: the retry's is skipped when replayed."""
+    """The checkpoint holds the record another member appended with the key; this process
+    appended a retry of it meanwhile. After the rollback the checkpoint's answer is the
+    key's."""
     keys = IdempotencyKeys(retention=60)
     await accept(keys, "k", 0, 8)
     keys.restore({"k": Answer(b"fp", 1, 0, 3)}, {0: 4}, SkipRule(2, {1: 5}))
     again = await keys.begin("k", b"fp", TARGET)
     assert again.earlier is not None
     assert again.earlier.offset == 3
-    assert not keys.first_with_key(RecordKey("k", b"fp"), 0, 8, None)
 
 
 async def test_answers_expire_after_the_retention_window() -> None:
