@@ -1,17 +1,11 @@
 """What the suite watches while faults run: the runtime's readiness (``GET /ready``,
 polled every ``READY_POLL`` seconds, each change of status recorded with its time) and
-its dead letters (``GET /v1/dead-letters``).
-
-The readiness polls run on a thread and event loop of their own: on the suite's loop
-they waited behind the load's tasks, and on a busy machine a poll's 1 s timeout fired
-after 2 s with its answer unread, recorded as the runtime being down."""
+its dead letters (``GET /v1/dead-letters``)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,32 +33,24 @@ class ReadyWatch:
     supported: bool | None = None
     down_why: list[tuple[float, str]] = field(default_factory=list)
     """(monotonic time, why) of each poll that had no HTTP answer."""
-    _thread: threading.Thread | None = None
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _loop: asyncio.AbstractEventLoop | None = None
-    """The suite's loop, where ``_changed`` is set."""
+    _task: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._poll()), name="ready-watch", daemon=True
-        )
-        self._thread.start()
+        self._task = asyncio.create_task(self._poll(), name="ready-watch")
 
     async def stop(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stopping.set()
-            await asyncio.to_thread(thread.join, READY_TIMEOUT + 5)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
 
     async def _poll(self) -> None:
         # A session of its own: the polls must not queue behind the suite's other reads.
         timeout = aiohttp.ClientTimeout(total=READY_TIMEOUT)
         connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            while not self._stopping.is_set():
+            while True:
                 status, body = await _get(http, self.url + "/ready")
                 if status == 404:
                     self.supported = False
@@ -80,12 +66,9 @@ class ReadyWatch:
                 await asyncio.sleep(READY_POLL)
 
     def _record(self, status: str) -> None:
-        """On the watch's thread: a list append is atomic, and the suite's loop is told."""
         if not self.changes or self.changes[-1][1] != status:
             self.changes.append((time.monotonic(), status))
-            if self._loop is not None:
-                with contextlib.suppress(RuntimeError):  # the suite's loop is closed
-                    self._loop.call_soon_threadsafe(self._changed.set)
+            self._changed.set()
 
     async def wait_for(self, prefix: str, within: float) -> bool:
         """Wait (at most ``within`` seconds) until the status starts with ``prefix``."""
