@@ -27,8 +27,9 @@ on the store's thread, off the event loop. Keys accepted after the checkpoint ar
 again at a restore by reading the log from the checkpoint's read positions to its end
 (:meth:`~IdempotencyKeys.recover`): a retry after a crash is recognised too. The worker
 shows the table every keyed record it reads (:meth:`~IdempotencyKeys.read`): a key
-appended by a member that no longer owns the partition is learnt there. A committed reply given to a retried call marks its checkpoint as released in the store,
-so that checkpoint is never given up for an older one.
+appended by a member that no longer owns the partition is learnt there. A committed
+reply given to a retried call marks its checkpoint as released in the store, so that
+checkpoint is never given up for an older one.
 """
 
 from __future__ import annotations
@@ -557,8 +558,8 @@ class IdempotencyKeys:
         self._forgotten = {}
         for key, answer in since.items():
             # Only what the table lacks goes into the next one. Where the table has the
-            # key at another record, the table's is the one the checkpoint processed (or
-            # will replay): this process's record of the key is a duplicate.
+            # key at another record (one its worker read first), the table's answer stays;
+            # a reply this process kept for the same record is added to it.
             known = table.get(key)
             if known is None or (
                 known != answer
