@@ -593,18 +593,16 @@ class IdempotencyKeys:
                 if not records:
                     break
                 for record in records:
-                    for name, value in record.headers:
-                        if name == KEY_HEADER:
-                            key, print_, *batch = msgpack.unpackb(value, raw=False)
-                            if batch:
-                                index, count = batch
-                                found = batches.setdefault(key, (print_, count, {}))[2]
-                                found[index] = (partition, record.offset)
-                            elif key not in self._accepted:
-                                caller = Envelope.from_record(record).caller
-                                self._remember(
-                                    key, Answer(print_, now_ms, partition, record.offset, caller)
-                                )
+                    keyed = key_of(record.headers)
+                    if keyed is None:
+                        continue
+                    if keyed.batch is not None:
+                        index, count = keyed.batch
+                        found = batches.setdefault(keyed.key, (keyed.fingerprint, count, {}))[2]
+                        found[index] = (partition, record.offset)
+                    elif keyed.key not in self._accepted:
+                        caller = Envelope.from_record(record).caller
+                        self.read(keyed, partition, record.offset, caller)
                 offset = records[-1].offset + 1
         for key, (print_, count, found) in batches.items():
             first = found.get(0)  # in the partition that keeps the key

@@ -4,9 +4,9 @@ messages, timers and egress, for one generation.
 It reads its partitions of the messages log, skips the tagged records of rolled-back work
 (the skip rule), shows the idempotency keys each keyed record it reads
 (``IdempotencyKeys.read``), and hands each message to the
-:class:`~runtime.dispatcher.Dispatcher`, which owns the mailboxes and the function calls. As the dispatcher's host it builds
-batches (the address's state, the state specs registered for its type, the tokens of
-its pending delayed messages), and checks each result whole before applying it: every
+:class:`~runtime.dispatcher.Dispatcher`, which owns the mailboxes and the function calls.
+As the dispatcher's host it builds batches (the address's state, the state specs
+registered for its type, the tokens of its pending delayed messages), and checks each result whole before applying it: every
 mutated state is registered with its type and within ``max_state_bytes``, every message
 within ``max_message_bytes``. A refused result applies nothing (the dispatcher treats it
 as a failed attempt). Output that cannot be delivered (a message to a function type no
