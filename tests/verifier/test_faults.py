@@ -239,6 +239,9 @@ class _BacklogLoad:
     def behind(self) -> float:
         return 1.0 if self.reads < self._late_reads else 0.0
 
+    def offered(self) -> float | None:
+        return self.rate
+
     async def total(self, function_type: str, ids: list[str]) -> int | None:
         accepted = sum(self.accepted[(function_type, i)] for i in ids)
         processed = accepted - max(0, self._backlog - self.reads * self._drained)
@@ -307,12 +310,17 @@ def test_a_backlog_drained_in_the_window_before_a_fault_is_not_throughput() -> N
     assert trial.row.before == 0.0  # nothing was accepted in the window
 
 
-def test_the_steady_throughput_is_what_was_processed_up_to_what_was_accepted() -> None:
+def test_the_steady_throughput_is_what_was_processed_up_to_what_was_accepted_and_offered() -> None:
     # The CI run that failed its gate: 300/s processed before the fault, 255/s accepted.
     assert steady(300.0, 255.0) == 255.0
     assert steady(238.0, 251.0) == 238.0
     assert steady(None, 255.0) is None
     assert steady(300.0, None) == 300.0
+    # The CI run whose senders caught up on a debt in the window before the fault: 277/s
+    # accepted against the 250/s offered.
+    assert steady(270.0, 277.0, 250.0) == 250.0
+    assert steady(240.0, 277.0, 250.0) == 240.0
+    assert steady(270.0, None, None) == 270.0
 
 
 def test_a_window_end_whose_scan_had_a_failed_read_is_scanned_again() -> None:

@@ -160,6 +160,13 @@ class Load:
         if main is not None:
             await main.stop(grace)
 
+    def offered(self) -> float | None:
+        """Increments per second the steady load offers at its pace (None: not paced): a
+        relay is an increment at its address and one at its target."""
+        if self.rate is None:
+            return None
+        return self.rate * (1 + 1 / RELAY_EVERY)
+
     def behind(self) -> float:
         """Seconds the steady load is behind its pace (0 when on it, or not paced)."""
         return 0.0 if self._main is None else self._main.behind()
