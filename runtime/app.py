@@ -158,6 +158,7 @@ class RuntimeBase(abc.ABC):
         )
         self.replies = ReplyWaiters(member)
         self.replies.on_demand = self._demand_checkpoint
+        self.replies.unsettled = log_.unsettled
         self.topics = Topics(config.app_id)
         self.router = Router(
             log_,

@@ -335,6 +335,36 @@ class Egresses:
             return self._log.append(topic, 0, [Record(value=value, headers=headers)])
         return self._kafka[item.egress].send(*self._kafka_record(item))
 
+    def publish_at_once(self, item: EgressItem) -> asyncio.Future[list[int]]:
+        """Write an at-least-once record as the work that produced it is applied: to an
+        embedded egress at once (its topic is in the log, after that work's input), to
+        Kafka once every record the worker may have taken early from the log is durable
+        (``Log.unsettled``): a record published from input that never became durable
+        would be one no replay produces again. If the log fails instead, so does this."""
+        unsettled = None if item.egress in self._log_topics else self._log.unsettled()
+        if unsettled is None:
+            return self.publish(item)
+        published: asyncio.Future[list[int]] = unsettled.get_loop().create_future()
+
+        def outcome(done: asyncio.Future[list[int]]) -> None:
+            if published.done():
+                return
+            if done.cancelled():
+                published.cancel()
+            elif (error := done.exception()) is not None:
+                published.set_exception(error)
+            else:
+                published.set_result(done.result())
+
+        def settled(done: asyncio.Future[list[int]]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                outcome(done)
+            else:
+                self.publish(item).add_done_callback(outcome)
+
+        unsettled.add_done_callback(settled)
+        return published
+
     @staticmethod
     def _kafka_record(item: EgressItem) -> tuple[str, Record]:
         """The topic and record of a Kafka egress item, with its id."""
@@ -600,7 +630,7 @@ class EgressOutbox:
             self._partition_of[item.id] = partition
             self._on_demand()
             return
-        self._egresses.publish(item).add_done_callback(
+        self._egresses.publish_at_once(item).add_done_callback(
             functools.partial(self._published_at_least_once, self._metrics.egress(egress_id))
         )
 

@@ -13,7 +13,9 @@ produced. Without a member id (one process) the address names nothing: it is loc
 
 A call may ask for a *committed* reply: the reply is held until the checkpoint of the
 epoch that produced it commits, so rolled-back work can never answer a call (replay
-produces the reply again). Otherwise the first reply answers at once.
+produces the reply again). Otherwise the first reply answers at once, but not before the
+records the worker took early from the embedded log (``Log.early_consumer``) are
+durable: a reply always comes from input that replay would find.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ class ReplyWaiters:
         """Sees every message to a caller address, waited for or not (idempotency keys)."""
         self.on_demand: Callable[[], None] = lambda: None
         """Called when a reply is held for a commit: a checkpoint should come soon."""
+        self.unsettled: Callable[[], asyncio.Future[list[int]] | None] = lambda: None
+        """The log's newest append not yet durable (``Log.unsettled``): a reply answers
+        only once it is, since the work that produced the reply may have read a record
+        of it."""
 
     def new_caller(
         self, *, committed: bool = False, address: Address | None = None
@@ -147,13 +153,33 @@ class ReplyWaiters:
         waiter = self._waiting.get(address)
         if waiter is None:
             return False
+        unsettled = None if waiter.committed else self.unsettled()
+        if unsettled is None:
+            self._release(address, value, tag)
+        else:
+            unsettled.add_done_callback(lambda done: self._settled(address, value, tag, done))
+        return True
+
+    def _settled(
+        self, address: Address, value: TypedValue, tag: Tag | None, done: asyncio.Future[list[int]]
+    ) -> None:
+        """What the reply may derive from is durable now; if the log failed instead, the
+        generation rolls back, and replay answers the call again."""
+        if not done.cancelled() and done.exception() is None:
+            self._release(address, value, tag)
+
+    def _release(self, address: Address, value: TypedValue, tag: Tag | None) -> None:
+        """Answer the call waiting at ``address``, or hold the reply until its commit (a
+        committed reply needs no wait for the log: its checkpoint flushes it first)."""
+        waiter = self._waiting.get(address)
+        if waiter is None:
+            return
         if waiter.committed and tag is not None:
             if waiter.held is None:
                 waiter.held = (value, tag)
                 self.on_demand()
-            return True
+            return
         self._answer(address, value)
-        return True
 
     def capture(self) -> Capture:
         """The replies held now are of work up to this checkpoint: its commit releases them."""

@@ -1,9 +1,10 @@
 """The worker: from the messages log to the dispatcher, and from function results to state,
 messages, timers and egress, for one generation.
 
-It reads its partitions of the messages log, skips the tagged records of rolled-back work
-(the skip rule), shows the idempotency keys each keyed record it reads
-(``IdempotencyKeys.read``), and hands each message to the
+It reads its partitions of the messages log (the embedded log's appends as they are made,
+before they are durable: ``Log.early_consumer``; keyed records once durable), skips the
+tagged records of rolled-back work (the skip rule), shows the idempotency keys each keyed
+record it reads (``IdempotencyKeys.read``), and hands each message to the
 :class:`~runtime.dispatcher.Dispatcher`, which owns the mailboxes and the function calls.
 As the dispatcher's host it builds batches (the address's state, the state specs
 registered for its type, the tokens of its pending delayed messages), and checks each result whole before applying it: every
@@ -142,6 +143,12 @@ SCAN_CHUNK = 500
 """Records a scan of the log reads and decodes between two turns of the event loop."""
 
 
+def _unkeyed(record: StoredRecord) -> bool:
+    """Whether the worker may take ``record`` before it is durable: a key is learnt only
+    from a durable record (see ``IdempotencyKeys.read``)."""
+    return key_of(record.headers) is None
+
+
 async def scan_log(
     read: Callable[[int, int], Awaitable[list[StoredRecord]]],
     accept: Callable[[StoredRecord], T | None],
@@ -240,7 +247,9 @@ class Worker:
         self._storms = StormWatch(self.config.storm_rate)
         self._positions: dict[int, int] = {}
         self._timers = TimerService(self._fire_delayed)
-        self._consumer = log_.consumer()
+        # Records are taken as they are appended, before they are durable, but for keyed
+        # ones: a key is learnt from a durable record only (IdempotencyKeys.read).
+        self._consumer = log_.early_consumer(_unkeyed)
         self._tasks: list[asyncio.Task[None]] = []
         self._replay_ends: dict[int, int] = {}
         self.skipped = 0
@@ -441,7 +450,7 @@ class Worker:
         topic = self._router.topics.messages
 
         async def read(start: int, count: int) -> list[StoredRecord]:
-            return await self._log.read(topic, partition, start, count)
+            return await self._log.read_early(topic, partition, start, count, _unkeyed)
 
         def accept(record: StoredRecord) -> tuple[Address, PendingInvocation] | None:
             accepted = self._accept(partition, record, counted=False)

@@ -10,7 +10,10 @@ Ordering and durability contract:
 * :meth:`Log.append` takes its place in the partition when it is *called*, so appends
   made one after another land in that order even if nobody awaits them in between;
   the future it returns resolves with the offsets once the records are durable.
-* Readers (:meth:`Log.read`, :class:`LogConsumer`) see only durable records.
+* Readers (:meth:`Log.read`, :class:`LogConsumer`) see only durable records, but for
+  one: a consumer made with :meth:`Log.early_consumer` may be handed records this
+  process appended before they are durable (the embedded logs do), and then lets
+  nothing derived from them out before :meth:`Log.unsettled` says they are.
 
 Failure contract:
 
@@ -239,6 +242,38 @@ class Log(abc.ABC):
         compaction), so a record past a missing one is the broker's race, never a gap:
         the missing ones are read until they come. False for topics others write: a gap
         found again when read again is taken as the topic's own."""
+
+    def early_consumer(self, admits: Callable[[StoredRecord], bool]) -> LogConsumer:
+        """A consumer of topics only this application writes that may also be handed the
+        records this process appended and that are not durable yet, in offset order, up
+        to the first that ``admits`` refuses (which waits until it is durable): the
+        reader overlaps its work with the log's write. A record handed over early may
+        still fail to become durable: the log then fails (:meth:`on_failure`), and its
+        reader must roll back what it did with it, and let nothing of it out before
+        :meth:`unsettled` is settled. A log that hands out only durable records (Kafka:
+        what a broker returns is acknowledged) gives a plain consumer."""
+        del admits  # every record it hands out is durable
+        return self.consumer()
+
+    async def read_early(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_records: int,
+        admits: Callable[[StoredRecord], bool],
+    ) -> list[StoredRecord]:
+        """:meth:`read`, and past the durable records what an :meth:`early_consumer` with
+        ``admits`` would be handed: a reader that reads early reads records again as it
+        read them first."""
+        del admits  # every record it reads is durable
+        return await self.read(topic, partition, offset, max_records)
+
+    def unsettled(self) -> asyncio.Future[list[int]] | None:
+        """The newest append that is not durable yet, or None: once it settles, every
+        record handed out early so far is durable (or the log failed). None from a log
+        that hands out only durable records."""
+        return None
 
     @abc.abstractmethod
     async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:

@@ -1,5 +1,6 @@
 """What the two embedded logs share: offsets assigned at call time, durable ends
-tracked in memory, consumers woken when records become durable, and truncation.
+tracked in memory, consumers woken when records become durable, records handed to an
+early consumer before they are, and truncation.
 
 A subclass only decides how records are made durable (:meth:`LocalLog._write`), read
 back (:meth:`LocalLog._read_range`), dropped (:meth:`LocalLog._drop`) and how a topic
@@ -8,6 +9,11 @@ durability through :meth:`LocalLog._made_durable`, in append order, and failure 
 :meth:`LocalLog._failed`. Once an append failed, none after it is written until
 :meth:`LocalLog.reopen`, which hands out offsets again from the durable ends: the
 failed appends left no record and no gap.
+
+An early consumer (:meth:`LocalLog.early_consumer`: the worker's) is handed this
+process's appends as they are made, before their write: the worker calls the function
+while the log commits. Only what its predicate admits, in offset order, and nothing
+once an append failed (every append not yet durable then fails too).
 
 Retention (``runtime.retention``) drops the records of a partition below an offset
 (:meth:`LocalLog.truncate`): the partition's *start*. Offsets are never reused: a
@@ -18,8 +24,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from runtime.log.base import (
@@ -42,6 +49,25 @@ class PendingAppend:
     records: Sequence[Record]
     timestamp_ms: int
     future: asyncio.Future[list[int]]
+    stored: list[StoredRecord] | None = None
+    """Its records as read back (made once, by :func:`stored_records`)."""
+
+
+def stored_records(append: PendingAppend) -> list[StoredRecord]:
+    """The records of ``append`` as a reader gets them, at their offsets."""
+    if append.stored is None:
+        base, ts = append.base_offset, append.timestamp_ms
+        append.stored = [
+            StoredRecord(
+                base + i,
+                r.value,
+                r.key,
+                r.headers if type(r.headers) is tuple else tuple(r.headers),
+                ts,
+            )
+            for i, r in enumerate(append.records)
+        ]
+    return append.stored
 
 
 class LocalLog(Log):
@@ -53,6 +79,9 @@ class LocalLog(Log):
         self._start: dict[TopicPartition, int] = {}
         self._last_append: asyncio.Future[list[int]] | None = None
         self._wakeup: asyncio.Future[None] = self._loop.create_future()
+        self._unsettled: dict[TopicPartition, collections.deque[PendingAppend]] = {}
+        """Per partition, its appends not yet durable, in offset order."""
+        self._early_consumers = 0
 
     # --- for subclasses ----------------------------------------------------------------
 
@@ -99,6 +128,9 @@ class LocalLog(Log):
             # A topic deleted since the append is no longer tracked.
             if a.tp in self._durable and end > self._durable[a.tp]:
                 self._durable[a.tp] = end
+            unsettled = self._unsettled.get(a.tp)
+            if unsettled and unsettled[0] is a:
+                unsettled.popleft()
             if not a.future.done():
                 a.future.set_result(list(range(a.base_offset, end)))
         self._wake_consumers()
@@ -110,6 +142,7 @@ class LocalLog(Log):
     def _failed(self, appends: Sequence[PendingAppend], error: LogError) -> None:
         """The log can no longer make records durable: fail these appends and every later one."""
         self._appends_failed(error)
+        self._unsettled.clear()  # none of them will be durable
         for a in appends:
             if not a.future.done():
                 a.future.set_exception(error)
@@ -142,6 +175,7 @@ class LocalLog(Log):
         for p in range(partitions):
             tp = TopicPartition(topic, p)
             del self._next[tp], self._durable[tp], self._start[tp]
+            self._unsettled.pop(tp, None)
         await self._delete_topic(topic, partitions)
 
     async def list_topics(self) -> set[str]:
@@ -159,7 +193,11 @@ class LocalLog(Log):
         self._next[tp] = base + len(records)
         timestamp_ms = int(time.time() * 1000)
         self._last_append = future
-        self._write(PendingAppend(tp, base, records, timestamp_ms, future))
+        append = PendingAppend(tp, base, records, timestamp_ms, future)
+        self._write(append)
+        if self._early_consumers and not future.done():
+            self._unsettled.setdefault(tp, collections.deque()).append(append)
+            self._wake_consumers()
         return future
 
     async def reopen(self) -> None:
@@ -170,6 +208,7 @@ class LocalLog(Log):
         # the offsets of the failed appends are free again.
         self._next.update(self._durable)
         self._last_append = None
+        self._unsettled.clear()
         self._failure = None
 
     async def flush(self) -> None:
@@ -228,12 +267,58 @@ class LocalLog(Log):
     def consumer(self, *, dense: bool = True) -> LogConsumer:
         return LocalConsumer(self)
 
+    def early_consumer(self, admits: Callable[[StoredRecord], bool]) -> LogConsumer:
+        self._early_consumers += 1
+        return LocalConsumer(self, admits)
+
+    async def read_early(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_records: int,
+        admits: Callable[[StoredRecord], bool],
+    ) -> list[StoredRecord]:
+        records = await self.read(topic, partition, offset, max_records)
+        if len(records) < max_records:
+            tp = self._tp(topic, partition)
+            start = max(self._first(tp, offset), self._durable[tp])
+            records = records + self._early(tp, start, max_records - len(records), admits)
+        return records
+
+    def unsettled(self) -> asyncio.Future[list[int]] | None:
+        last = self._last_append
+        return None if last is None or last.done() else last
+
+    def _early(
+        self, tp: TopicPartition, start: int, limit: int, admits: Callable[[StoredRecord], bool]
+    ) -> list[StoredRecord]:
+        """Up to ``limit`` records not yet durable from ``start`` on, in offset order, up to
+        the first ``admits`` refuses; none once an append failed."""
+        out: list[StoredRecord] = []
+        if self._failure is not None:
+            return out
+        for append in self._unsettled.get(tp, ()):
+            if append.base_offset + len(append.records) <= start:
+                continue
+            for record in stored_records(append):
+                if record.offset < start:
+                    continue
+                # An append made before the first early consumer is not held here:
+                # what follows it waits until it is durable (offsets without a gap).
+                if record.offset != start + len(out) or len(out) >= limit or not admits(record):
+                    return out
+                out.append(record)
+        return out
+
 
 class LocalConsumer(LogConsumer):
-    def __init__(self, log: LocalLog):
+    def __init__(self, log: LocalLog, admits: Callable[[StoredRecord], bool] | None = None):
         self._log = log
         self._positions: dict[TopicPartition, int] = {}
         self._rotation = 0
+        self._admits = admits
+        """Early records it may be handed (None: durable ones only)."""
 
     def assign(self, positions: Mapping[TopicPartition, int]) -> None:
         for tp in positions:
@@ -255,7 +340,11 @@ class LocalConsumer(LogConsumer):
             ready = [
                 tp
                 for tp, pos in self._positions.items()
-                if tp in log._durable and log._durable[tp] > log._first(tp, pos)
+                if tp in log._durable
+                and (
+                    log._durable[tp] > log._first(tp, pos)
+                    or self._early_from(tp, log._first(tp, pos), 1)
+                )
             ]
             if ready:
                 return self._take(ready, max_records)
@@ -282,11 +371,21 @@ class LocalConsumer(LogConsumer):
         for tp in ready:
             start = self._log._first(tp, self._positions[tp])
             end = min(self._log._durable[tp], start + share)
-            records = self._log._read_range(tp, start, end)
+            records = self._log._read_range(tp, start, end) if start < end else []
+            if len(records) < share:
+                records = records + self._early_from(tp, max(start, end), share - len(records))
             if records:
                 out[tp] = records
                 self._positions[tp] = records[-1].offset + 1
         return out
 
+    def _early_from(self, tp: TopicPartition, start: int, limit: int) -> list[StoredRecord]:
+        if self._admits is None:
+            return []
+        return self._log._early(tp, start, limit, self._admits)
+
     async def close(self) -> None:
         self._positions = {}
+        if self._admits is not None:
+            self._admits = None
+            self._log._early_consumers -= 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from runtime.log.base import StoredRecord, TopicPartition
-from runtime.log.local import LocalLog, PendingAppend
+from runtime.log.local import LocalLog, PendingAppend, stored_records
 
 
 class MemoryLog(LocalLog):
@@ -28,11 +28,7 @@ class MemoryLog(LocalLog):
             del self._offsets[group, tp]
 
     def _write(self, append: PendingAppend) -> None:
-        stored = self._records[append.tp]
-        for i, r in enumerate(append.records):
-            stored.append(
-                StoredRecord(append.base_offset + i, r.value, r.key, r.headers, append.timestamp_ms)
-            )
+        self._records[append.tp].extend(stored_records(append))
         # Durable "later", as on disk: appenders never see their future done synchronously.
         self._loop.call_soon(self._made_durable, [append])
 

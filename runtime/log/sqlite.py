@@ -45,7 +45,7 @@ import msgpack
 from runtime.directories import lock_directory, unlock
 from runtime.errors import DataDirectoryInUse
 from runtime.log.base import LogError, StoredRecord, TopicPartition
-from runtime.log.local import LocalLog, PendingAppend
+from runtime.log.local import LocalLog, PendingAppend, stored_records
 from runtime.sqlite_db import connect, insert_rows, statements_for
 
 _SCHEMA = """
@@ -382,20 +382,11 @@ class SqliteLog(LocalLog):
         tp = append.tp
         if tp not in self._durable:  # its topic was deleted meanwhile
             return
-        stored = [
-            StoredRecord(
-                append.base_offset + i,
-                r.value,
-                r.key,
-                r.headers if type(r.headers) is tuple else tuple(r.headers),
-                append.timestamp_ms,
-            )
-            for i, r in enumerate(append.records)
-        ]
+        stored = stored_records(append)
         size = sum(len(r.value) + len(r.key or b"") for r in stored)
         tail = self._tail.get(tp)
         if tail is None or tail.base + len(tail.records) != append.base_offset:
-            tail = self._tail[tp] = _Tail(append.base_offset, stored, size)
+            tail = self._tail[tp] = _Tail(append.base_offset, list(stored), size)
         else:
             tail.records += stored
             tail.size += size

@@ -9,11 +9,17 @@ from collections.abc import Sequence
 
 import pytest
 
+from runtime import egress
 from runtime.checkpoints.epochs import EpochClock, SkipRule
 from runtime.checkpoints.snapshot import EgressItem, decode_egress_items
 from runtime.egress import EgressOutbox
 from runtime.errors import LogError
+from runtime.log import Record
+from runtime.log.memory import MemoryLog
+from runtime.routing import Topics
 from statefun.address import TypeName
+from statefun.egress import KafkaProducerRecord
+from statefun.module_spec import KafkaEgress, ModuleSpec
 from statefun.values import TypedValue
 
 OUT = TypeName("test", "out")
@@ -127,3 +133,61 @@ def test_a_restore_holds_what_is_not_out_yet(published_through: int) -> None:
 
     published = asyncio.run(scenario())
     assert published == (["1.5.p.1", "1.6.p.2"] if published_through == 0 else ["1.6.p.2"])
+
+
+class KafkaWriter:
+    """A fake of the at-least-once Kafka egress writer: what it was given, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, topic: str, record: Record) -> asyncio.Future[list[int]]:
+        self.sent.append(record.value)
+        done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        done.set_result([len(self.sent) - 1])
+        return done
+
+
+def kafka_item(n: int) -> EgressItem:
+    record = KafkaProducerRecord("topic", b"%d" % n).encode()
+    return EgressItem(f"1.1.p.{n}", OUT, TypedValue("type/kafka", record), 1)
+
+
+def test_an_at_least_once_kafka_record_waits_until_the_log_holds_its_input() -> None:
+    # The worker takes records early (before they are durable): what it sends to Kafka
+    # at once must not be out before they are, or a failed write would leave a record
+    # out that no replay produces again.
+    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes], bool]:
+        log = MemoryLog()
+        await log.ensure_topic("in", 1)
+        module = ModuleSpec(egresses=(KafkaEgress(OUT, "kafka:9092", "at-least-once"),))
+        egresses = egress.Egresses(log, Topics("app"), module, None)  # type: ignore[arg-type]
+        writer = KafkaWriter()
+        egresses._kafka[OUT] = writer  # type: ignore[assignment]
+        appended = log.append("in", 0, [Record(b"input")])
+        first = egresses.publish_at_once(kafka_item(1))
+        second = egresses.publish_at_once(kafka_item(2))
+        before = list(writer.sent)
+        await appended
+        await asyncio.gather(first, second)
+        after = list(writer.sent)
+        failing = MemoryLog()
+        await failing.ensure_topic("in", 1)
+        lost = egress.Egresses(failing, Topics("app"), module, None)  # type: ignore[arg-type]
+        lost_writer = KafkaWriter()
+        lost._kafka[OUT] = lost_writer  # type: ignore[assignment]
+        doomed = failing.append("in", 0, [Record(b"input")])
+        never = lost.publish_at_once(kafka_item(3))
+        doomed.set_exception(LogError("the disk is full"))  # the write failed
+        failed = False
+        try:
+            await never
+        except LogError:
+            failed = True
+        return before, after, lost_writer.sent, failed
+
+    before, after, lost, failed = asyncio.run(scenario())
+    assert before == []  # nothing out while the input is not durable
+    assert after == [b"1", b"2"]  # then in the order they were sent
+    assert lost == []
+    assert failed

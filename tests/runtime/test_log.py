@@ -487,6 +487,68 @@ async def local_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     await opened.close()
 
 
+async def test_an_early_consumer_takes_appends_before_they_are_durable_a_plain_one_after(
+    local_log: LocalLog,
+) -> None:
+    tp = TopicPartition("t", 0)
+    early = local_log.early_consumer(lambda record: True)
+    plain = local_log.consumer()
+    early.assign({tp: 0})
+    plain.assign({tp: 0})
+    appended = local_log.append("t", 0, [Record(b"a", b"k", (("h", b"v"),)), Record(b"b")])
+    assert local_log.unsettled() is appended
+    got = await early.poll(0.0)
+    assert not appended.done()  # taken while the log is still writing it
+    assert [(r.offset, r.value) for r in got[tp]] == [(0, b"a"), (1, b"b")]
+    assert got[tp][0].headers == (("h", b"v"),)
+    assert got[tp][0].key == b"k"
+    assert await plain.poll(0.0) == {}
+    # Read again (a mailbox's overflow) as the early consumer read it, and no further.
+    assert await local_log.read_early("t", 0, 0, 10, lambda record: True) == got[tp]
+    assert await local_log.read_early("t", 0, 1, 1, lambda record: True) == got[tp][1:]
+    assert (
+        await local_log.read_early("t", 0, 0, 10, lambda record: record.value == b"a")
+        == (got[tp][:1])
+    )
+    assert await local_log.read("t", 0, 0) == []
+    assert await appended == [0, 1]
+    assert local_log.unsettled() is None
+    assert (await plain.poll(1.0))[tp] == got[tp]  # the same records, once durable
+    assert await early.poll(0.01) == {}  # each record once
+    await early.close()
+    await plain.close()
+
+
+async def test_an_early_consumer_waits_at_a_record_it_does_not_admit_until_it_is_durable(
+    local_log: LocalLog,
+) -> None:
+    tp = TopicPartition("t", 1)
+    early = local_log.early_consumer(lambda record: record.value != b"keyed")
+    early.assign({tp: 0})
+    appends = [local_log.append("t", 1, [Record(v)]) for v in (b"a", b"keyed", b"c")]
+    first = await early.poll(0.0)
+    assert [r.value for r in first[tp]] == [b"a"]  # not past the record it refuses
+    assert await early.poll(0.0) == {}
+    await asyncio.gather(*appends)
+    rest = await poll_until(early, tp, 2)
+    assert [(r.offset, r.value) for r in rest] == [(1, b"keyed"), (2, b"c")]
+    await early.close()
+
+
+async def test_an_early_consumer_takes_no_append_past_one_made_before_it_existed(
+    local_log: LocalLog,
+) -> None:
+    tp = TopicPartition("t", 0)
+    before = local_log.append("t", 0, [Record(b"x")])  # not held for early consumers
+    early = local_log.early_consumer(lambda record: True)
+    early.assign({tp: 0})
+    after = local_log.append("t", 0, [Record(b"y")])
+    assert await early.poll(0.0) == {}  # y is not taken over the gap x leaves
+    await asyncio.gather(before, after)
+    assert [(r.offset, r.value) for r in await poll_until(early, tp, 2)] == [(0, b"x"), (1, b"y")]
+    await early.close()
+
+
 async def test_truncation_drops_records_below_an_offset_and_keeps_the_end(
     local_log: LocalLog,
 ) -> None:

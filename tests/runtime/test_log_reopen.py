@@ -13,7 +13,7 @@ import pytest
 from kafka_broker import TansuBroker, tansu_binary
 from support import kafka_log_with_a_record
 
-from runtime.log import LogError, Record
+from runtime.log import LogError, Record, TopicPartition
 from runtime.log.kafka import KafkaLog
 from runtime.log.local import PendingAppend
 from runtime.log.memory import MemoryLog
@@ -76,6 +76,53 @@ async def test_sqlite_fails_every_append_queued_behind_a_failed_one(
         assert [r.value for r in await reopened.read("t", 0, 0)] == [b"a", b"e"]
     finally:
         await reopened.close()
+
+
+async def test_records_taken_early_whose_append_fails_are_gone_and_their_offsets_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An early consumer may have taken a record that then fails to be written: the log
+    hands out nothing more that is not durable, its reader is moved back (a rollback),
+    and the offset goes to the next append after the reopen."""
+    log = await SqliteLog.open(tmp_path)
+    insert = SqliteLog._insert
+
+    def failing_insert(conn: sqlite3.Connection, appends: list[PendingAppend]) -> None:
+        if any(op.records[0].value == b"b" for op in appends):
+            raise sqlite3.OperationalError(DISK_FULL)
+        insert(conn, appends)
+
+    monkeypatch.setattr(SqliteLog, "_insert", staticmethod(failing_insert))
+    tp = TopicPartition("t", 0)
+    try:
+        await log.ensure_topic("t", 1)
+        early = log.early_consumer(lambda record: True)
+        early.assign({tp: 0})
+        assert await log.append("t", 0, [Record(b"a")]) == [0]
+        b = log.append("t", 0, [Record(b"b")])
+        c = log.append("t", 0, [Record(b"c")])
+        unsettled = log.unsettled()
+        assert unsettled is c
+        taken = await early.poll(1.0)
+        assert [(r.offset, r.value) for r in taken[tp]] == [(0, b"a"), (1, b"b"), (2, b"c")]
+        for failed in (b, c):
+            with pytest.raises(LogError, match=DISK_FULL):
+                await failed
+        assert unsettled.exception() is not None  # what waited on it learns of the failure
+        early.assign({tp: 1})  # the rollback
+        assert await early.poll(0.0) == {}  # b and c are gone, not handed out again
+        d = log.append("t", 0, [Record(b"d")])
+        assert d.done()  # refused at once
+        with pytest.raises(LogError):
+            await d
+        await log.reopen()
+        e = log.append("t", 0, [Record(b"e")])
+        again = await early.poll(0.0)
+        assert [(r.offset, r.value) for r in again[tp]] == [(1, b"e")]  # b's offset
+        assert await e == [1]
+        await early.close()
+    finally:
+        await log.close()
 
 
 async def test_sqlite_reopen_fails_while_the_log_still_cannot_write(tmp_path: Path) -> None:
