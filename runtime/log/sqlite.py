@@ -16,9 +16,9 @@ reaches it in the queue: a later group committing would leave a gap in the offse
 The reopen proves the log can write again by committing a probe row.
 
 **The durable tail.** The records of each partition's last appends are kept in memory
-once durable (at most ``TAIL_RECORDS`` per partition and ``TAIL_BYTES`` of them), so a consumer at the end, the
-worker reading what the ingress just appended, gets them without reading them back from
-SQLite. Reads still go by offset: the tail holds exactly the durable records at those
+once durable (at most ``TAIL_RECORDS`` per partition and ``TAIL_BYTES`` of them), so a
+consumer at the end (a reader of an embedded egress; the worker, at a record it could
+not take before it was durable) gets them without reading them back from SQLite. Reads still go by offset: the tail holds exactly the durable records at those
 offsets (what SQLite returns), so a reader gets from it only what it would read from the
 log at its own position, never ahead of it, and a reader moved back (a rollback) or
 behind the tail reads from SQLite as before. Failed appends never reach the tail (their

@@ -242,6 +242,9 @@ class _BacklogLoad:
     def offered(self) -> float | None:
         return self.rate
 
+    def most_busy(self) -> tuple[int, int] | None:
+        return None
+
     async def total(self, function_type: str, ids: list[str]) -> int | None:
         accepted = sum(self.accepted[(function_type, i)] for i in ids)
         processed = accepted - max(0, self._backlog - self.reads * self._drained)
@@ -321,6 +324,44 @@ def test_the_steady_throughput_is_what_was_processed_up_to_what_was_accepted_and
     assert steady(270.0, 277.0, 250.0) == 250.0
     assert steady(240.0, 277.0, 250.0) == 240.0
     assert steady(270.0, None, None) == 270.0
+
+
+@pytest.mark.parametrize(
+    ("during", "busy", "passes"),
+    [
+        (189.0, (3, 64), True),  # the CI run: the senders were late on their own
+        (189.0, (64, 64), False),  # every sender waited for the runtime: it held them back
+        (150.0, (3, 64), False),  # what was accepted was not processed
+        (189.0, None, False),  # unknown: judged against before
+    ],
+    ids=["load-late", "runtime-held-the-load", "not-processed", "unknown"],
+)
+def test_a_window_whose_load_fell_behind_on_its_own_is_judged_against_what_was_accepted(
+    during: float, busy: tuple[int, int] | None, passes: bool
+) -> None:
+    # A CI run's poisons row: 256 increments/s before the fault, 193/s accepted during it
+    # and 189/s processed (0.74 of before), with no sender ever waiting for the runtime.
+    trial = _trial(_BacklogLoad(backlog=0, drained=0, late_reads=0))
+    trial.row.before, trial.row.during = 256.0, during
+    trial._accepted_before, trial._accepted_during = 256.0, 193.0
+    trial._busy_during = busy
+    trial.check_ratio()
+    (check,) = trial.row.checks
+    assert check.ok is passes, check.detail
+    assert check.detail.startswith(f"{during / 256.0:.2f} of the throughput before")
+    if busy is not None and busy[0] < busy[1]:
+        assert f"{during / 193.0:.2f} of what was accepted" in check.detail
+
+
+def test_a_window_at_the_gate_or_over_is_judged_against_the_throughput_before() -> None:
+    trial = _trial(_BacklogLoad(backlog=0, drained=0, late_reads=0))
+    trial.row.before, trial.row.during = 250.0, 240.0
+    trial._accepted_before, trial._accepted_during = 250.0, 100.0
+    trial._busy_during = (2, 64)
+    trial.check_ratio()
+    assert [(c.ok, c.detail) for c in trial.row.checks] == [
+        (True, "0.96 of the throughput before (gate 0.8)")
+    ]
 
 
 def test_a_window_end_whose_scan_had_a_failed_read_is_scanned_again() -> None:

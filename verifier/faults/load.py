@@ -171,6 +171,12 @@ class Load:
         """Seconds the steady load is behind its pace (0 when on it, or not paced)."""
         return 0.0 if self._main is None else self._main.behind()
 
+    def most_busy(self) -> tuple[int, int] | None:
+        """(the most of the steady load's senders that waited for an answer at once since
+        the last call, how many there are); None without a steady load."""
+        main = self._main
+        return None if main is None else (main.most_busy(), main.concurrency)
+
     def senders(
         self,
         function_type: str,
@@ -342,6 +348,9 @@ class Senders:
         self._next = 0
         self._stopping = False
         self._pace_at = time.monotonic()
+        self.concurrency = concurrency
+        self._busy = 0
+        self._most_busy = 0
         self._tasks = [asyncio.create_task(self._sender()) for _ in range(concurrency)]
 
     async def stop(self, grace: float | None = None) -> None:
@@ -363,6 +372,12 @@ class Senders:
             return 0.0
         return max(0.0, time.monotonic() - self._pace_at)
 
+    def most_busy(self) -> int:
+        """The most senders waiting for an answer at once since the last call (all of
+        them: the runtime's answers held the load back)."""
+        most, self._most_busy = self._most_busy, self._busy
+        return most
+
     async def _sender(self) -> None:
         while not self._stopping:
             await self._pace()
@@ -372,7 +387,12 @@ class Senders:
             op = self._op
             if self._relay_every and n % self._relay_every == 0:
                 op = {"op": "relay", "to": self._targets[(n + 1) % len(self._targets)]}
-            await self._load.send(self._function_type, target, op)
+            self._busy += 1
+            self._most_busy = max(self._most_busy, self._busy)
+            try:
+                await self._load.send(self._function_type, target, op)
+            finally:
+                self._busy -= 1
 
     async def _pace(self) -> None:
         if self._rate is None:

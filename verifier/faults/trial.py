@@ -29,6 +29,8 @@ RESUME_PROBE = 0.5
 """Seconds between throughput probes while waiting for service to resume."""
 LAG_PROBE = 1.0
 """Seconds between reads of the processing lag during a fault's window."""
+LOOP_PROBE = 0.05
+"""Seconds between two looks at how late this process's event loop runs."""
 WINDOW_END_ATTEMPTS = 3
 """Scans of the healthy counts a window's end may take (see :meth:`Trial.measure`)."""
 CAUGHT_UP = 0.1
@@ -147,6 +149,12 @@ class Trial:
         self._accepted_at_window: tuple[float, int | None] = (self.started, None)
         self._accepted_before: float | None = None
         self._accepted_during: float | None = None
+        self._busy_during: tuple[int, int] | None = None
+        """The most senders of the steady load that waited for the runtime at once during
+        the fault's window, and how many there are."""
+        self._stall = 0.0
+        """The longest this process's event loop (the load's) was late during the window."""
+        self._loop_watch: asyncio.Task[None] | None = None
         """Increments the ingress accepted per second for the healthy addresses in the two
         windows: a failed ratio with them as low tells the load's sending fell, not the
         processing of what was accepted."""
@@ -165,6 +173,8 @@ class Trial:
         await asyncio.sleep(self.timings.before)
         self._fault_window = await self.measure(WINDOW_END_ATTEMPTS)
         self._accepted_at_window = (self._fault_window[0], self._accepted())
+        self.load.most_busy()  # counted from the fault's window on
+        self._loop_watch = asyncio.create_task(self._follow_loop())
         self._accepted_before = rate(accepted_first, self._accepted_at_window)
         self.row.before = steady(
             rate(first, self._fault_window), self._accepted_before, self.load.offered()
@@ -214,16 +224,25 @@ class Trial:
         await self.close()
         self.row.during = rate(self._fault_window, end)
         self._accepted_during = rate(self._accepted_at_window, (end[0], self._accepted()))
+        self._busy_during = self.load.most_busy()
         if self.row.before:
             self.row.lag = self._most_behind / self.row.before
         self.echo(f"  {self.name}: {self._per_second(self.row.during)} during the fault")
 
     async def close(self) -> None:
-        """Stop following the lag (idempotent)."""
-        if self._lag is not None:
-            self._lag.cancel()
-            await asyncio.gather(self._lag, return_exceptions=True)
-            self._lag = None
+        """Stop following the lag and the event loop (idempotent)."""
+        for task in (self._lag, self._loop_watch):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._lag = self._loop_watch = None
+
+    async def _follow_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(LOOP_PROBE)
+            self._stall = max(self._stall, loop.time() - asked - LOOP_PROBE)
 
     async def _follow_lag(self) -> None:
         while True:
@@ -328,18 +347,46 @@ class Trial:
         self.row.checks.append(Check(name, ok, detail))
 
     def check_ratio(self) -> None:
+        """Healthy throughput during the fault, at least the gate's share of the throughput
+        before; or, when the load itself fell behind its pace, of what the ingress
+        accepted meanwhile.
+
+        The load offers messages at a pace from ``concurrency`` senders: a sender waits
+        for its message's answer, so the runtime holds the load back only when every
+        sender waits for it at once. If none ever did during the window and the ingress
+        still accepted less than before, the senders were late on their own: this
+        process (the load generator, on a machine another test shares) did not run them.
+        Two CI runs failed so, each with every increment accepted processed within the
+        window (no lag): 0.78 of before, 277/s accepted before and 209/s during (a hot
+        address), and 0.76, 256/s and 193/s (poisons). Such a window is judged against
+        what was accepted; a runtime that held the load back is judged as before."""
         ratio = self.row.ratio
         if ratio is None:
             why = f": {self.load.failed_reads[-1]}" if self.load.failed_reads else ""
             self.check("throughput", False, f"could not be measured{why}"[:300])
-        else:
-            detail = f"{ratio:.2f} of the throughput before (gate {RATIO_GATE})"
-            if ratio < RATIO_GATE and self._accepted_before and self._accepted_during:
-                detail += (
-                    f"; accepted {self._accepted_before:.0f}/s before, "
-                    f"{self._accepted_during:.0f}/s during"
-                )
+            return
+        detail = f"{ratio:.2f} of the throughput before (gate {RATIO_GATE})"
+        if ratio >= RATIO_GATE or not (self._accepted_before and self._accepted_during):
             self.check("throughput", ratio >= RATIO_GATE, detail)
+            return
+        detail += (
+            f"; accepted {self._accepted_before:.0f}/s before, {self._accepted_during:.0f}/s "
+            f"during; the load's event loop was late by {self._stall:.2f} s at most"
+        )
+        busy = self._busy_during
+        assert self.row.before is not None
+        assert self.row.during is not None
+        if busy is None or busy[0] >= busy[1] or self._accepted_during >= self.row.before:
+            if busy is not None:
+                detail += f"; {busy[0]} of the load's {busy[1]} senders waited at once"
+            self.check("throughput", False, detail)
+            return
+        judged = self.row.during / self._accepted_during
+        detail += (
+            f"; at most {busy[0]} of the load's {busy[1]} senders waited for the runtime at "
+            f"once: {judged:.2f} of what was accepted"
+        )
+        self.check("throughput", judged >= RATIO_GATE, detail)
 
     def check_ready_stays(self) -> None:
         """Function faults never make ``/ready`` 503 (nor the ingress go away)."""
