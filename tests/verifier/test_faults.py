@@ -327,30 +327,33 @@ def test_the_steady_throughput_is_what_was_processed_up_to_what_was_accepted_and
 
 
 @pytest.mark.parametrize(
-    ("during", "busy", "passes"),
+    ("during", "busy", "stall", "passes"),
     [
-        (189.0, (3, 64), True),  # the CI run: the senders were late on their own
-        (189.0, (64, 64), False),  # every sender waited for the runtime: it held them back
-        (150.0, (3, 64), False),  # what was accepted was not processed
-        (189.0, None, False),  # unknown: judged against before
+        (189.0, (3, 64), 0.1, True),  # the CI run: the senders were late on their own
+        (189.0, (64, 64), 0.1, False),  # every sender waited for the runtime: it held them
+        (189.0, (64, 64), 1.56, True),  # they "waited" while this process's loop stalled
+        (150.0, (3, 64), 0.1, False),  # what was accepted was not processed
+        (189.0, None, 0.1, False),  # unknown: judged against before
     ],
-    ids=["load-late", "runtime-held-the-load", "not-processed", "unknown"],
+    ids=["load-late", "runtime-held-the-load", "loop-stalled", "not-processed", "unknown"],
 )
 def test_a_window_whose_load_fell_behind_on_its_own_is_judged_against_what_was_accepted(
-    during: float, busy: tuple[int, int] | None, passes: bool
+    during: float, busy: tuple[int, int] | None, stall: float, passes: bool
 ) -> None:
     # A CI run's poisons row: 256 increments/s before the fault, 193/s accepted during it
     # and 189/s processed (0.74 of before), with no sender ever waiting for the runtime.
+    # The fake load's pace, 400 messages/s, lets its 64 senders wait 0.16 s at once.
     trial = _trial(_BacklogLoad(backlog=0, drained=0, late_reads=0))
     trial.row.before, trial.row.during = 256.0, during
     trial._accepted_before, trial._accepted_during = 256.0, 193.0
     trial._busy_during = busy
+    trial._stall = stall
     trial.check_ratio()
     (check,) = trial.row.checks
     assert check.ok is passes, check.detail
     assert check.detail.startswith(f"{during / 256.0:.2f} of the throughput before")
-    if busy is not None and busy[0] < busy[1]:
-        assert f"{during / 193.0:.2f} of what was accepted" in check.detail
+    judged = f"late on its own, {during / 193.0:.2f} of what was accepted"
+    assert (judged in check.detail) is (busy is not None and (busy[0] < 64 or stall > 0.16))
 
 
 def test_a_window_at_the_gate_or_over_is_judged_against_the_throughput_before() -> None:

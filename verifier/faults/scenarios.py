@@ -174,7 +174,8 @@ async def endpoint_outage(trial: Trial) -> None:
     await trial.before()
     trial.fault_begins()
     server = trial.stack.flaky
-    server.kill()
+    # Off the event loop: reaping the process must not hold the load's senders back.
+    await asyncio.to_thread(server.kill)
     await asyncio.sleep(timings.outage)
     # The window is the outage: the server's start (a Python process importing its
     # framework, a core for a second) is the machine's load, not the runtime's doing.
