@@ -37,7 +37,7 @@ from verifier.faults.scenarios import SHORT_ORDER
 from verifier.faults.suite import LOAD_RATE, SuiteConfig, SuiteResult, run_suite
 from verifier.faults.timings import SHORT
 from verifier.faults.trial import CAUGHT_UP, WINDOW_END_ATTEMPTS, Check, Row, Trial, steady
-from verifier.faults.watch import describe
+from verifier.faults.watch import DOWN, DOWN_AFTER, ReadyWatch, describe
 
 
 @pytest.fixture(autouse=True)
@@ -260,6 +260,79 @@ class _StackAlone:
 
     def runtime_log_size(self) -> int:
         return 0
+
+
+class _ReadyServer:
+    """A loopback HTTP server whose ``GET /ready`` answers 200, except the requests it is
+    told to leave unanswered."""
+
+    def __init__(self) -> None:
+        self.unanswered = 0
+        """The next this many requests get no answer."""
+        self.answered = 0
+        self.progress = asyncio.Event()
+        """Set at each request answered."""
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _ReadyServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                if self.unanswered:
+                    self.unanswered -= 1
+                    await reader.read()  # until the client gives up on it
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+                self.answered += 1
+                self.progress.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _watch_ready(unanswered: int) -> ReadyWatch:
+    """Watch a server that leaves ``unanswered`` polls in a row unanswered once it has
+    answered one, until it has answered two after them."""
+
+    async def watch() -> ReadyWatch:
+        async with _ReadyServer() as server:
+            ready = ReadyWatch(f"http://127.0.0.1:{server.port}", timeout=0.2)
+            ready.start()
+            await asyncio.wait_for(ready.wait_for("200", 5.0), 10.0)
+            server.unanswered = unanswered
+            answered = server.answered
+            async with asyncio.timeout(10.0):
+                while server.unanswered or server.answered < answered + 2:
+                    server.progress.clear()
+                    await server.progress.wait()
+            await ready.stop()
+            return ready
+
+    return asyncio.run(watch())
+
+
+def test_one_unanswered_ready_poll_is_a_miss_not_down() -> None:
+    ready = _watch_ready(1)
+    assert [status for _, status in ready.changes] == ["200"]
+    assert len(ready.misses) == 1
+    assert "TimeoutError" in ready.misses[0][1]
+
+
+def test_ready_polls_unanswered_in_a_row_are_down() -> None:
+    ready = _watch_ready(DOWN_AFTER)
+    assert [status for _, status in ready.changes] == ["200", DOWN, "200"]
+    assert len(ready.misses) == DOWN_AFTER
 
 
 def _before(trial: Trial) -> None:

@@ -402,9 +402,9 @@ class Trial:
             return
         bad = [s for _, s in seen if s != "200"]
         detail = "200 throughout" if not bad else describe(seen)
-        why = self.ready.why_down(self.fault_at, now)
+        why = self.ready.why_missed(self.fault_at, now)
         if why:
-            detail += f" (down: {'; '.join(why[:3])})"
+            detail += f" (polls unanswered: {'; '.join(why[:3])})"
         self.check("/ready stays 200", not bad, detail)
 
     def check_ready_degraded(self, until: float) -> None:
