@@ -12,7 +12,11 @@ the client's CPU time:
 * ``httpx pool=64``: the same transport with the pool sized as the runtime sizes it;
 * ``httpx+aiohttp``: ``httpx.AsyncClient(transport=httpx_aiohttp.AiohttpTransport(...))``,
   the runtime's former transport, with ``FunctionClient``'s limits, timeouts and headers;
-* ``aiohttp``: an ``aiohttp.ClientSession`` without httpx, what the runtime now uses.
+* ``aiohttp``: an ``aiohttp.ClientSession`` without httpx, the runtime's client until
+  2026-12-08;
+* ``runtime``: ``runtime.endpoint_http.Http1``, the runtime's own HTTP/1.1 client (httptools
+  reading the answers), with ``FunctionClient``'s pool size, timeouts and headers: what the
+  runtime uses now.
 
 Each response must be 200 with the native content type; the first one of each
 configuration is decoded. Anything else prints FAILED and exits with status 1.
@@ -44,10 +48,12 @@ from bench._support import (
     free_port,
     percentile,
 )
+from runtime.endpoint_http import Http1
 from runtime.progress import steps
 from sdk import Context, Message, StatefulFunctions
 from statefun import native_codec
 from statefun.address import Address
+from statefun.module_spec import FunctionTypePattern, HttpEndpoint, HttpTimeouts
 from statefun.protocol import FunctionRequest, Invocation, InvocationBatch, InvocationResult
 from statefun.values import TypedValue
 
@@ -63,7 +69,9 @@ def noop(context: Context, message: Message) -> None:
 
 app = functions.asgi_app()
 
-CLIENTS = ["httpx", "httpx pool=64", "httpx+aiohttp", "aiohttp"]
+CLIENTS = ["httpx", "httpx pool=64", "httpx+aiohttp", "aiohttp", "runtime"]
+MEASURED = "runtime"
+"""The client the summary compares with the others."""
 CONCURRENCIES = [1, 8, 64]
 BATCH_SIZES = [1, 10]
 POOL = 64
@@ -133,6 +141,21 @@ def request_body(invocations: int) -> bytes:
 
 async def open_client(name: str, url: str, stack: AsyncExitStack) -> Post:
     """A ``Post`` through the client ``name``; closed with ``stack``."""
+    if name == "runtime":
+        endpoint = HttpEndpoint(
+            FunctionTypePattern.parse("bench/*"),
+            url,
+            timeouts=HttpTimeouts(call=60, connect=10, read=10, write=10),
+            protocol="native",
+        )
+        http = Http1(endpoint, POOL)
+        stack.push_async_callback(http.aclose)
+        headers = tuple(HEADERS.items())
+
+        async def post_runtime(body: bytes) -> tuple[int, str, bytes]:
+            return await http.exchange("POST", url, headers, body)
+
+        return post_runtime
     if name == "aiohttp":
         session = await stack.enter_async_context(
             aiohttp.ClientSession(
@@ -235,11 +258,12 @@ async def measure(server: Child, url: str, args: argparse.Namespace) -> list[Res
 
 
 def summary(results: Sequence[Result]) -> list[str]:
-    """httpx+aiohttp's requests/s and client CPU per request relative to the others."""
+    """The runtime's client's requests/s and client CPU per request relative to the
+    others'."""
     by_key = {(r.client, r.invocations, r.concurrency): r for r in results}
     lines = []
     for r in results:
-        if r.client != "httpx+aiohttp":
+        if r.client != MEASURED:
             continue
         parts = []
         for other in CLIENTS:
@@ -250,14 +274,14 @@ def summary(results: Sequence[Result]) -> list[str]:
             cpu = (r.client_cpu / r.requests) / (o.client_cpu / o.requests)
             parts.append(f"{speed:.2f}x the requests/s of {other} at {cpu:.2f}x its CPU")
         if parts:
-            lines.append(f"x{r.invocations} c={r.concurrency}: httpx+aiohttp " + "; ".join(parts))
+            lines.append(f"x{r.invocations} c={r.concurrency}: {MEASURED} " + "; ".join(parts))
     return lines
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.transport",
-        description="HTTP clients for the function client: httpx vs httpx on aiohttp.",
+        description="HTTP clients for the function client: httpx, aiohttp and the runtime's own.",
     )
     parser.add_argument("--requests", type=int, help="requests per configuration (default 2000)")
     parser.add_argument(

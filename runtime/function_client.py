@@ -44,12 +44,12 @@ address does not make the others retry. The official SDK answers a function's ex
 with HTTP 500: that is a failed call of that batch. Retrying is the caller's business (it
 knows the batch's call budget).
 
-The HTTP client is aiohttp, used directly, chosen by measurement (``bench/transport.py``):
-httpx's own pool serialises under concurrency, and httpx's request and response models
-over aiohttp's transport (``httpx-aiohttp``) cost ~60% more CPU per call than aiohttp
-alone. A test or an embedding may pass any httpx transport instead
-(``httpx.ASGITransport`` calls an ASGI app in-process); both sit behind one seam
-(:class:`_Http`), with the same bounds and the same failures.
+The HTTP client is the runtime's own (:mod:`runtime.endpoint_http`: HTTP/1.1 with
+httptools reading the answers), chosen by measurement (``bench/transport.py``): aiohttp
+costs about four times its CPU per exchange, httpx more. A test or an embedding may pass
+any httpx transport instead (``httpx.ASGITransport`` calls an ASGI app in-process); both
+sit behind one seam (:class:`~runtime.endpoint_http.EndpointHttp`), with the same bounds
+and the same failures.
 
 TLS: an ``https://`` endpoint is called with the SSL context of its module spec settings
 (:class:`~statefun.module_spec.EndpointTls`: its CA or else the system's trust store, a
@@ -64,17 +64,15 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Sequence
 
-import aiohttp
 import httpx
-import yarl
 
+from runtime.endpoint_http import EndpointHttp, Http1, HttpxHttp
 from runtime.errors import CallFailed
 from statefun import native_codec, protobuf_codec
 from statefun.errors import ProtocolError
-from statefun.module_spec import EndpointTls, HttpEndpoint
+from statefun.module_spec import HttpEndpoint
 from statefun.protocol import (
     BatchOutcome,
     FunctionFailure,
@@ -99,8 +97,6 @@ _STATEFUN_HEADERS = (
     ("accept", protobuf_codec.CONTENT_TYPE),
 )
 _NEGOTIATION_HEADERS = (("accept", "application/json"),)
-KEEPALIVE = 5.0
-"""Seconds a pooled connection to an endpoint stays open unused."""
 
 
 class FunctionClient:
@@ -117,10 +113,10 @@ class FunctionClient:
         key = endpoint.signing_key
         self._signer = None if key is None else RequestSigner(key)
         self._templated = "{function.name}" in endpoint.url_path_template
-        self._http: _Http = (
-            _AiohttpHttp(endpoint, max_connections)
+        self._http: EndpointHttp = (
+            Http1(endpoint, max_connections)
             if transport is None
-            else _HttpxHttp(endpoint, transport)
+            else HttpxHttp(endpoint, transport)
         )
         self._protocols: dict[str, str] = {}
         """The protocol decided for each URL (``auto`` endpoints only)."""
@@ -335,29 +331,6 @@ def _advertised(
     )
 
 
-def _too_large(method: str, url: object, limit: int) -> CallFailed:
-    return CallFailed(
-        f"{method} {url}: the answer is larger than the endpoint's "
-        f"payload_max_bytes ({limit} bytes)",
-        protocol_violation=True,
-    )
-
-
-async def _read_within(
-    limit: int, declared: int | None, chunks: AsyncIterator[bytes], method: str, url: object
-) -> bytes:
-    """An answer's body from its chunks, failing as soon as it is known to be larger than
-    ``limit`` bytes (its declared length, else the bytes arrived)."""
-    if declared is not None and declared > limit:
-        raise _too_large(method, url, limit)
-    body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(method, url, limit)
-    return bytes(body)
-
-
 def _text(content: bytes) -> str:
     return content[:500].decode("utf-8", "replace")
 
@@ -396,118 +369,3 @@ async def _gather(
             assert not isinstance(result, BaseException)
             outcomes.update(zip(indices, result, strict=True))
     return [outcomes[i] for i in range(len(batches))]
-
-
-# --- the HTTP clients ----------------------------------------------------------------------
-
-
-class _Http(Protocol):
-    """One HTTP exchange with an endpoint: status, media type and a body of at most the
-    endpoint's ``max_answer_bytes`` (else :class:`CallFailed`, as soon as that many bytes
-    arrived); any failure to get a whole answer is a :class:`CallFailed` naming it."""
-
-    async def exchange(
-        self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> tuple[int, str, bytes]: ...
-
-    async def aclose(self) -> None: ...
-
-
-def _media_type(content_type: str) -> str:
-    return content_type.split(";")[0].strip().lower()
-
-
-class _AiohttpHttp:
-    """The runtime's own client: aiohttp, pooled, without a layer above it (httpx's
-    request and response models over aiohttp cost ~60% more CPU per call:
-    ``bench/README.md``). Timeouts as the endpoint's: connecting, each read, and
-    waiting for a pooled connection (its whole call budget)."""
-
-    def __init__(self, endpoint: HttpEndpoint, max_connections: int) -> None:
-        t = endpoint.timeouts
-        self._limit = endpoint.max_answer_bytes
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=t.call, sock_connect=t.connect, sock_read=t.read
-        )
-        self._ssl = (endpoint.tls or EndpointTls()).context
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, yarl.URL] = {}  # parsing a URL costs more than sending a call
-
-    def _open(self) -> aiohttp.ClientSession:
-        # Made on the first call, on the loop that makes calls.
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections, ssl=self._ssl, keepalive_timeout=KEEPALIVE
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # Answers are taken as sent: nothing asks for a compressed one.
-            auto_decompress=False,
-            skip_auto_headers=("user-agent", "accept-encoding"),
-        )
-        return self._session
-
-    async def exchange(
-        self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> tuple[int, str, bytes]:
-        session = self._session or self._open()
-        target = self._urls.get(url)
-        if target is None:
-            target = self._urls[url] = yarl.URL(url)
-        limit = self._limit
-        try:
-            async with session.request(
-                method,
-                target,
-                headers=dict(headers),
-                data=body or None,
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as answer:
-                declared = answer.content_length
-                if declared is not None and declared <= limit:
-                    content = await answer.read()  # no more than it declared
-                else:
-                    chunks = answer.content.iter_any()
-                    content = await _read_within(limit, declared, chunks, method, url)
-                return answer.status, _media_type(answer.headers.get("content-type", "")), content
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise CallFailed(f"{method} {url} failed: {type(e).__name__}: {e}") from None
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-class _HttpxHttp:
-    """Any httpx transport instead (a test's or an embedding's: ``httpx.ASGITransport``
-    calls an ASGI app in-process, ``httpx.MockTransport`` a function)."""
-
-    def __init__(self, endpoint: HttpEndpoint, transport: httpx.AsyncBaseTransport) -> None:
-        t = endpoint.timeouts
-        self._limit = endpoint.max_answer_bytes
-        self._timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.call}
-        self._transport = transport
-
-    async def exchange(
-        self, method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> tuple[int, str, bytes]:
-        limit = self._limit
-        request = httpx.Request(
-            method, url, content=body, headers=headers, extensions={"timeout": self._timeouts}
-        )
-        try:
-            answer = await self._transport.handle_async_request(request)
-            try:
-                length = answer.headers.get("content-length", "")
-                declared = int(length) if length.isdigit() else None
-                chunks = answer.aiter_bytes()
-                content = await _read_within(limit, declared, chunks, method, request.url)
-            finally:
-                await answer.aclose()
-        except httpx.HTTPError as e:
-            raise CallFailed(f"{method} {request.url} failed: {type(e).__name__}: {e}") from None
-        return answer.status_code, _media_type(answer.headers.get("content-type", "")), content
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
