@@ -10,9 +10,9 @@ connection, a reset, a read that timed out, an answer that is not HTTP) is a
 
 **Why a client of our own.** A call to a function is one POST of a body we have whole,
 answered by one body the endpoint sends whole: no redirects, cookies, proxies or
-compression. aiohttp, the client before this one, spent 0.18-0.23 ms of CPU per
+compression. aiohttp, the client before this one, spent 0.20-0.38 ms of CPU per
 exchange on this machine; this one, with httptools (the parser uvicorn uses) reading the
-answers, 0.04-0.05 ms (``python -m bench.transport``). At concurrency 1 every call pays
+answers, 0.10-0.13 ms (``python -m bench.transport``). At concurrency 1 every call pays
 one exchange; busy, one exchange carries several addresses' batches.
 
 What it does:
