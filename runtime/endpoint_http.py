@@ -120,6 +120,7 @@ class _Answer:
 
     def __init__(self) -> None:
         self.status = 0
+        """Set once the head is read (no answer has status 0)."""
         self.content_type = b""
         self.declared: int | None = None
         self.chunked = False
@@ -141,7 +142,6 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._answer = _Answer()
         self._done: asyncio.Future[_Answer] | None = None
-        self._headers_complete = False
         self._keep_alive = True
         self._read_timeout = 0.0
         self._deadline = 0.0
@@ -181,8 +181,7 @@ class _Connection(asyncio.Protocol):
         if done is None or done.done():
             return
         answer = self._answer
-        if self._headers_complete and answer.declared is None and not answer.chunked:
-            self._keep_alive = False
+        if answer.status and answer.declared is None and not answer.chunked:
             done.set_result(answer)  # an answer that ends with its connection
             return
         why = f"{type(exc).__name__}: {exc}" if exc else "the endpoint closed the connection"
@@ -204,7 +203,6 @@ class _Connection(asyncio.Protocol):
             answer.chunked = b"chunked" in value.lower()
 
     def on_headers_complete(self) -> None:
-        self._headers_complete = True
         self._answer.status = self._parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
@@ -227,7 +225,6 @@ class _Connection(asyncio.Protocol):
         """Send ``request`` (``method`` to ``url``) and wait for its whole answer."""
         assert self.transport is not None
         self._answer = _Answer()
-        self._headers_complete = False
         self._method, self._url = method, url
         self._read_timeout = read_timeout
         self._deadline = self._loop.time() + read_timeout

@@ -40,6 +40,7 @@ class ReadyWatch:
     """(monotonic time, status) at each change."""
     supported: bool | None = None
     timeout: float = READY_TIMEOUT
+    """Seconds a poll may go unanswered before it is a miss."""
     misses: list[tuple[float, str]] = field(default_factory=list)
     """(monotonic time, why) of each poll that had no HTTP answer."""
     _task: asyncio.Task[None] | None = None
